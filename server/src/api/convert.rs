@@ -1,0 +1,154 @@
+//! Decoding requests (with field-naming validation) and encoding responses.
+
+use crate::domain::{self, Millis};
+use crate::error::ServiceError;
+use receipts_proto::v1 as pb;
+use uuid::Uuid;
+
+/// Parses a required UUID field.
+pub(crate) fn uuid(field: &str, value: &str) -> Result<Uuid, ServiceError> {
+    if value.is_empty() {
+        return Err(ServiceError::invalid(field, "required"));
+    }
+    Uuid::parse_str(value)
+        .map_err(|_| ServiceError::invalid(field, format!("{value:?} is not a valid UUID")))
+}
+
+/// Parses a repeated UUID field with size limits.
+pub(crate) fn uuids(field: &str, values: &[String], max: usize) -> Result<Vec<Uuid>, ServiceError> {
+    check_len(field, values.len(), max)?;
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| uuid(&format!("{field}[{i}]"), v))
+        .collect()
+}
+
+/// Rejects empty and over-limit batches.
+pub(crate) fn check_len(field: &str, len: usize, max: usize) -> Result<(), ServiceError> {
+    if len == 0 {
+        return Err(ServiceError::invalid(field, "must not be empty"));
+    }
+    if len > max {
+        return Err(ServiceError::invalid(
+            field,
+            format!("{len} entries is over the limit of {max}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Parses a seq (≥ 1).
+pub(crate) fn seq(field: &str, value: i64) -> Result<u64, ServiceError> {
+    if value < 1 {
+        return Err(ServiceError::invalid(field, format!("must be at least 1, got {value}")));
+    }
+    Ok(value as u64)
+}
+
+fn ms(v: Option<Millis>) -> i64 {
+    v.unwrap_or(0)
+}
+
+/// Encodes a tick.
+pub(crate) fn tick(t: domain::Tick) -> pb::Tick {
+    match t {
+        domain::Tick::Sent => pb::Tick::Sent,
+        domain::Tick::Delivered => pb::Tick::Delivered,
+        domain::Tick::Read => pb::Tick::Read,
+    }
+}
+
+/// Encodes a message state.
+pub(crate) fn message_state(s: &domain::MessageState) -> pb::MessageReceipts {
+    let a = &s.aggregate;
+    pb::MessageReceipts {
+        message_id: s.message.id.to_string(),
+        conversation_id: s.message.conversation.to_string(),
+        seq: s.message.seq as i64,
+        sender_id: s.message.sender.to_string(),
+        sent_at_ms: s.message.sent_at,
+        tick: tick(a.tick) as i32,
+        delivered_count: a.delivered_count as i64,
+        read_count: a.read_count as i64,
+        recipients_total: a.recipients_total as i64,
+        delivered_at_ms: ms(a.delivered_at),
+        read_at_ms: ms(a.read_at),
+        recipients: s
+            .recipients
+            .iter()
+            .map(|r| pb::RecipientReceipt {
+                user_id: r.user.to_string(),
+                state: match r.state {
+                    domain::RecipientState::None => pb::RecipientState::None,
+                    domain::RecipientState::Delivered => pb::RecipientState::Delivered,
+                    domain::RecipientState::Read => pb::RecipientState::Read,
+                } as i32,
+                delivered_at_ms: ms(r.delivered_at),
+                read_at_ms: ms(r.read_at),
+            })
+            .collect(),
+    }
+}
+
+/// Encodes a bulk outcome.
+pub(crate) fn outcome(o: crate::store::ConversationOutcome) -> pb::ConversationOutcome {
+    use crate::store::ConversationOutcome as O;
+    match o {
+        O::Ok => pb::ConversationOutcome::Ok,
+        O::NotFound => pb::ConversationOutcome::NotFound,
+        O::PermissionDenied => pb::ConversationOutcome::PermissionDenied,
+    }
+}
+
+/// Encodes an event body for the stream.
+pub(crate) fn event(body: &domain::EventBody) -> pb::subscribe_receipts_response::Event {
+    use pb::subscribe_receipts_response::Event as E;
+    match body {
+        domain::EventBody::Receipts {
+            conversation,
+            group,
+            messages,
+        } => E::Receipts(pb::ConversationReceipts {
+            conversation_id: conversation.to_string(),
+            group: *group,
+            messages: messages.iter().map(message_state).collect(),
+        }),
+        domain::EventBody::Watermark {
+            conversation,
+            read_up_to,
+            unread,
+        } => E::Watermark(watermark(conversation, *read_up_to, *unread)),
+    }
+}
+
+/// Encodes a watermark sync.
+pub(crate) fn watermark(c: &Uuid, read_up_to: u64, unread: u64) -> pb::WatermarkSync {
+    pb::WatermarkSync {
+        conversation_id: c.to_string(),
+        read_up_to_seq: read_up_to as i64,
+        unread_count: unread as i64,
+    }
+}
+
+/// Encodes a reset.
+pub(crate) fn reset(
+    reason: crate::store::ResetReason,
+    snapshot: &crate::store::Snapshot,
+) -> pb::ReceiptsReset {
+    use crate::store::ResetReason as R;
+    pb::ReceiptsReset {
+        reason: match reason {
+            R::Expired => pb::ResetReason::CursorExpired,
+            R::EpochChanged => pb::ResetReason::EpochChanged,
+            R::Invalid => pb::ResetReason::CursorInvalid,
+            R::TooLarge => pb::ResetReason::ReplayTooLarge,
+        } as i32,
+        recent_messages: snapshot.recent_messages.iter().map(message_state).collect(),
+        watermarks: snapshot
+            .watermarks
+            .iter()
+            .map(|(c, wm, unread)| watermark(c, *wm, *unread))
+            .collect(),
+    }
+}

@@ -1,0 +1,471 @@
+//! gRPC handlers: decode and validate → authorize → call the store → encode.
+
+pub(crate) mod convert;
+
+use crate::auth::{Identity, Role};
+use crate::config::ServeArgs;
+use crate::domain::{self, Cursor};
+use crate::error::ServiceError;
+use crate::store::{self, MemberChange, ReceiptStore, Replay};
+use convert::{check_len, uuid, uuids};
+use receipts_proto::v1 as pb;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+/// Limits and knobs the handlers need.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Most ids per write batch.
+    pub max_batch: usize,
+    /// Most ids per GetReceipts.
+    pub max_get_receipts: usize,
+    /// Most conversations per bulk call.
+    pub max_bulk_conversations: usize,
+    /// Most initial members.
+    pub max_members: usize,
+    /// Most events per replay.
+    pub max_replay: usize,
+}
+
+impl From<&ServeArgs> for Limits {
+    fn from(c: &ServeArgs) -> Self {
+        Self {
+            max_batch: c.max_batch,
+            max_get_receipts: c.max_get_receipts,
+            max_bulk_conversations: c.max_bulk_conversations,
+            max_members: c.max_members,
+            max_replay: c.max_replay,
+        }
+    }
+}
+
+/// Both services share this state.
+#[derive(Clone, Debug)]
+pub struct Api {
+    store: Arc<dyn ReceiptStore>,
+    limits: Limits,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Api {
+    /// Handlers over `store`; `shutdown` flips to true when streams must end.
+    pub fn new(store: Arc<dyn ReceiptStore>, limits: Limits, shutdown: watch::Receiver<bool>) -> Self {
+        Self {
+            store,
+            limits,
+            shutdown,
+        }
+    }
+}
+
+fn identity<T>(req: &Request<T>) -> Result<Identity, Status> {
+    req.extensions()
+        .get::<Identity>()
+        .copied()
+        .ok_or_else(|| Status::unauthenticated("missing credentials"))
+}
+
+fn user<T>(req: &Request<T>) -> Result<Identity, Status> {
+    let id = identity(req)?;
+    match id.role {
+        Role::User => Ok(id),
+        Role::Service => Err(Status::permission_denied(
+            "this call is for users; a service token cannot act as a user",
+        )),
+    }
+}
+
+fn service<T>(req: &Request<T>) -> Result<Identity, Status> {
+    let id = identity(req)?;
+    match id.role {
+        Role::Service => Ok(id),
+        Role::User => Err(Status::permission_denied(
+            "only the messaging backend (service role) may call ReceiptBackendService",
+        )),
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::SubscribeReceiptsResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::receipt_service_server::ReceiptService for Api {
+    async fn mark_delivered(
+        &self,
+        req: Request<pb::MarkDeliveredRequest>,
+    ) -> Result<Response<pb::MarkDeliveredResponse>, Status> {
+        let me = user(&req)?;
+        let ids = uuids("message_ids", &req.get_ref().message_ids, self.limits.max_batch)?;
+        let results = self
+            .store
+            .mark_delivered(me.id, ids, domain::now_millis())
+            .await?;
+        Ok(Response::new(pb::MarkDeliveredResponse {
+            results: results
+                .into_iter()
+                .map(|r| pb::DeliveryResult {
+                    message_id: r.message.to_string(),
+                    outcome: match r.outcome {
+                        store::DeliveryOutcome::Recorded => pb::DeliveryOutcome::Recorded,
+                        store::DeliveryOutcome::AlreadyDelivered => {
+                            pb::DeliveryOutcome::AlreadyDelivered
+                        }
+                        store::DeliveryOutcome::NotARecipient => pb::DeliveryOutcome::NotARecipient,
+                    } as i32,
+                    delivered_at_ms: r.delivered_at.unwrap_or(0),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn mark_read_up_to(
+        &self,
+        req: Request<pb::MarkReadUpToRequest>,
+    ) -> Result<Response<pb::MarkReadUpToResponse>, Status> {
+        let me = user(&req)?;
+        let r = req.get_ref();
+        let conversation = uuid("conversation_id", &r.conversation_id)?;
+        let message = uuid("message_id", &r.message_id)?;
+        let out = self
+            .store
+            .mark_read_up_to(me.id, conversation, message, domain::now_millis())
+            .await?;
+        Ok(Response::new(pb::MarkReadUpToResponse {
+            read_up_to_seq: out.read_up_to as i64,
+            advanced: out.advanced,
+            unread_count: out.unread as i64,
+        }))
+    }
+
+    async fn get_receipts(
+        &self,
+        req: Request<pb::GetReceiptsRequest>,
+    ) -> Result<Response<pb::GetReceiptsResponse>, Status> {
+        let me = user(&req)?;
+        let r = req.get_ref();
+        let conversation = uuid("conversation_id", &r.conversation_id)?;
+        let ids = uuids("message_ids", &r.message_ids, self.limits.max_get_receipts)?;
+        let states = self
+            .store
+            .receipts(me.id, conversation, ids, r.include_recipients)
+            .await?;
+        Ok(Response::new(pb::GetReceiptsResponse {
+            messages: states.iter().map(convert::message_state).collect(),
+        }))
+    }
+
+    type SubscribeReceiptsStream = EventStream;
+
+    async fn subscribe_receipts(
+        &self,
+        req: Request<pb::SubscribeReceiptsRequest>,
+    ) -> Result<Response<Self::SubscribeReceiptsStream>, Status> {
+        let me = user(&req)?;
+        let cursor_text = &req.get_ref().cursor;
+        // An unparseable cursor is not a client error worth failing on: the
+        // client gets a reset with a snapshot, exactly like an expired one.
+        let (cursor, invalid) = if cursor_text.is_empty() {
+            (None, false)
+        } else {
+            match Cursor::decode(cursor_text) {
+                Some(c) => (Some(c), false),
+                None => (
+                    Some(Cursor {
+                        epoch: u64::MAX,
+                        offset: 0,
+                    }),
+                    true,
+                ),
+            }
+        };
+        // Register for live events before reading the log: nothing committed
+        // in between can fall through the crack.
+        let mut live = self.store.hub().subscribe(me.id);
+        let replay = self
+            .store
+            .replay(me.id, cursor, self.limits.max_replay)
+            .await?;
+        let (tx, rx) = mpsc::channel::<Result<pb::SubscribeReceiptsResponse, Status>>(16);
+        let mut shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            use pb::subscribe_receipts_response::Event as E;
+            let (head, first) = match replay {
+                Replay::Events { events, head } => {
+                    let coalesced = domain::coalesce(events);
+                    let mut out = Vec::with_capacity(coalesced.len());
+                    for e in &coalesced {
+                        out.push(pb::SubscribeReceiptsResponse {
+                            cursor: Cursor {
+                                epoch: head.epoch,
+                                offset: e.offset,
+                            }
+                            .encode(),
+                            event: Some(convert::event(&e.body)),
+                        });
+                    }
+                    (head, out)
+                }
+                Replay::Reset {
+                    mut reason,
+                    snapshot,
+                    head,
+                } => {
+                    if invalid {
+                        reason = store::ResetReason::Invalid;
+                    }
+                    let ev = pb::SubscribeReceiptsResponse {
+                        cursor: head.encode(),
+                        event: Some(E::Reset(convert::reset(reason, &snapshot))),
+                    };
+                    (head, vec![ev])
+                }
+            };
+            let replayed = first.len() as i64;
+            for ev in first {
+                if tx.send(Ok(ev)).await.is_err() {
+                    return;
+                }
+            }
+            let live_marker = pb::SubscribeReceiptsResponse {
+                cursor: head.encode(),
+                event: Some(E::Live(pb::StreamLive { replayed })),
+            };
+            if tx.send(Ok(live_marker)).await.is_err() {
+                return;
+            }
+            let mut last = head.offset;
+            loop {
+                tokio::select! {
+                    ev = live.events.recv() => {
+                        let Some(ev) = ev else {
+                            let status = if live.overflowed() {
+                                Status::resource_exhausted(
+                                    "subscriber too slow: event buffer full; resume from your last cursor",
+                                )
+                            } else {
+                                Status::unavailable("event source closed; resume from your last cursor")
+                            };
+                            let _ = tx.send(Err(status)).await;
+                            return;
+                        };
+                        if ev.offset <= last {
+                            continue;
+                        }
+                        last = ev.offset;
+                        let msg = pb::SubscribeReceiptsResponse {
+                            cursor: Cursor { epoch: head.epoch, offset: ev.offset }.encode(),
+                            event: Some(convert::event(&ev.body)),
+                        };
+                        if tx.send(Ok(msg)).await.is_err() {
+                            return;
+                        }
+                    }
+                    _ = async { shutdown.wait_for(|s| *s).await.map(|_| ()) } => {
+                        let _ = tx
+                            .send(Err(Status::unavailable(
+                                "server shutting down; resume from your last cursor",
+                            )))
+                            .await;
+                        return;
+                    }
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn get_unread_counts(
+        &self,
+        req: Request<pb::GetUnreadCountsRequest>,
+    ) -> Result<Response<pb::GetUnreadCountsResponse>, Status> {
+        let me = user(&req)?;
+        let ids = uuids(
+            "conversation_ids",
+            &req.get_ref().conversation_ids,
+            self.limits.max_bulk_conversations,
+        )?;
+        let counts = self.store.unread_counts(me.id, ids).await?;
+        Ok(Response::new(pb::GetUnreadCountsResponse {
+            conversations: counts
+                .into_iter()
+                .map(|c| pb::ConversationUnread {
+                    conversation_id: c.conversation.to_string(),
+                    outcome: convert::outcome(c.outcome) as i32,
+                    unread_count: c.unread as i64,
+                    read_up_to_seq: c.read_up_to as i64,
+                    last_seq: c.last_seq as i64,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn mark_conversations_read(
+        &self,
+        req: Request<pb::MarkConversationsReadRequest>,
+    ) -> Result<Response<pb::MarkConversationsReadResponse>, Status> {
+        let me = user(&req)?;
+        let ids = uuids(
+            "conversation_ids",
+            &req.get_ref().conversation_ids,
+            self.limits.max_bulk_conversations,
+        )?;
+        let results = self
+            .store
+            .mark_conversations_read(me.id, ids, domain::now_millis())
+            .await?;
+        Ok(Response::new(pb::MarkConversationsReadResponse {
+            results: results
+                .into_iter()
+                .map(|r| pb::ConversationReadResult {
+                    conversation_id: r.conversation.to_string(),
+                    outcome: convert::outcome(r.outcome) as i32,
+                    read_up_to_seq: r.read.read_up_to as i64,
+                    advanced: r.read.advanced,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn get_privacy_settings(
+        &self,
+        req: Request<pb::GetPrivacySettingsRequest>,
+    ) -> Result<Response<pb::GetPrivacySettingsResponse>, Status> {
+        let me = user(&req)?;
+        let sharing = self.store.sharing(me.id).await?;
+        Ok(Response::new(pb::GetPrivacySettingsResponse {
+            settings: Some(pb::PrivacySettings {
+                send_read_receipts: sharing,
+            }),
+        }))
+    }
+
+    async fn update_privacy_settings(
+        &self,
+        req: Request<pb::UpdatePrivacySettingsRequest>,
+    ) -> Result<Response<pb::UpdatePrivacySettingsResponse>, Status> {
+        let me = user(&req)?;
+        let settings = req
+            .get_ref()
+            .settings
+            .as_ref()
+            .ok_or_else(|| ServiceError::invalid("settings", "required"))?;
+        let sharing = self
+            .store
+            .set_sharing(me.id, settings.send_read_receipts)
+            .await?;
+        Ok(Response::new(pb::UpdatePrivacySettingsResponse {
+            settings: Some(pb::PrivacySettings {
+                send_read_receipts: sharing,
+            }),
+        }))
+    }
+}
+
+fn member_changes(
+    field: &str,
+    changes: &[pb::MembershipChange],
+    max: usize,
+) -> Result<Vec<MemberChange>, ServiceError> {
+    check_len(field, changes.len(), max)?;
+    changes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            Ok(MemberChange {
+                user: uuid(&format!("{field}[{i}].user_id"), &c.user_id)?,
+                from_seq: convert::seq(&format!("{field}[{i}].from_seq"), c.from_seq)?,
+            })
+        })
+        .collect()
+}
+
+#[tonic::async_trait]
+impl pb::receipt_backend_service_server::ReceiptBackendService for Api {
+    async fn create_conversation(
+        &self,
+        req: Request<pb::CreateConversationRequest>,
+    ) -> Result<Response<pb::CreateConversationResponse>, Status> {
+        service(&req)?;
+        let r = req.get_ref();
+        let conversation = uuid("conversation_id", &r.conversation_id)?;
+        let members = uuids("member_ids", &r.member_ids, self.limits.max_members)?;
+        let mut seen = std::collections::HashSet::new();
+        for (i, m) in members.iter().enumerate() {
+            if !seen.insert(*m) {
+                return Err(ServiceError::invalid(
+                    format!("member_ids[{i}]"),
+                    format!("{m} is listed twice"),
+                )
+                .into());
+            }
+        }
+        let created = self
+            .store
+            .create_conversation(conversation, members)
+            .await?;
+        Ok(Response::new(pb::CreateConversationResponse { created }))
+    }
+
+    async fn add_members(
+        &self,
+        req: Request<pb::AddMembersRequest>,
+    ) -> Result<Response<pb::AddMembersResponse>, Status> {
+        service(&req)?;
+        let r = req.get_ref();
+        let conversation = uuid("conversation_id", &r.conversation_id)?;
+        let changes = member_changes("members", &r.members, self.limits.max_batch)?;
+        let out = self.store.add_members(conversation, changes).await?;
+        Ok(Response::new(pb::AddMembersResponse {
+            added: out.changed as i64,
+            member_count: out.member_count as i64,
+        }))
+    }
+
+    async fn remove_members(
+        &self,
+        req: Request<pb::RemoveMembersRequest>,
+    ) -> Result<Response<pb::RemoveMembersResponse>, Status> {
+        service(&req)?;
+        let r = req.get_ref();
+        let conversation = uuid("conversation_id", &r.conversation_id)?;
+        let changes = member_changes("members", &r.members, self.limits.max_batch)?;
+        let out = self.store.remove_members(conversation, changes).await?;
+        Ok(Response::new(pb::RemoveMembersResponse {
+            removed: out.changed as i64,
+            member_count: out.member_count as i64,
+        }))
+    }
+
+    async fn register_messages(
+        &self,
+        req: Request<pb::RegisterMessagesRequest>,
+    ) -> Result<Response<pb::RegisterMessagesResponse>, Status> {
+        service(&req)?;
+        let msgs = &req.get_ref().messages;
+        check_len("messages", msgs.len(), self.limits.max_batch)?;
+        let now = domain::now_millis();
+        let mut out = Vec::with_capacity(msgs.len());
+        for (i, m) in msgs.iter().enumerate() {
+            let f = |name: &str| format!("messages[{i}].{name}");
+            if m.sent_at_ms < 0 {
+                return Err(ServiceError::invalid(f("sent_at_ms"), "must not be negative").into());
+            }
+            out.push(domain::Message {
+                id: uuid(&f("message_id"), &m.message_id)?,
+                conversation: uuid(&f("conversation_id"), &m.conversation_id)?,
+                seq: convert::seq(&f("seq"), m.seq)?,
+                sender: uuid(&f("sender_id"), &m.sender_id)?,
+                sent_at: if m.sent_at_ms == 0 { now } else { m.sent_at_ms },
+            });
+        }
+        let registered = self.store.register_messages(out).await?;
+        Ok(Response::new(pb::RegisterMessagesResponse {
+            registered: registered as i64,
+        }))
+    }
+}

@@ -1,0 +1,250 @@
+//! Who is calling: verified JWT bearer tokens, or — in dev mode on loopback
+//! only — a plain `x-receipts-user` header.
+//!
+//! The interceptor puts an [`Identity`] into the request extensions; handlers
+//! take identity from there and never from a request field.
+
+use crate::config::ServeArgs;
+use crate::error::ServiceError;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// Metadata key of the dev-mode user header.
+pub const DEV_USER_HEADER: &str = "x-receipts-user";
+/// Metadata key of the dev-mode role header (`user` or `service`).
+pub const DEV_ROLE_HEADER: &str = "x-receipts-role";
+
+/// What a caller may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// An end user acting as itself.
+    User,
+    /// The messaging backend.
+    Service,
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "user" => Ok(Role::User),
+            "service" => Ok(Role::Service),
+            other => Err(format!("unknown role {other:?} (expected user or service)")),
+        }
+    }
+}
+
+/// The authenticated caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// The caller's id (`sub`).
+    pub id: Uuid,
+    /// Its role.
+    pub role: Role,
+}
+
+/// Token claims.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Claims {
+    /// The user or service id.
+    pub sub: String,
+    /// `user` or `service`.
+    pub role: Role,
+    /// Expiry (seconds since the epoch); required.
+    pub exp: u64,
+    /// Issued at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+}
+
+/// Verifies credentials.
+#[derive(Clone)]
+pub struct Authenticator {
+    keys: Arc<Vec<(DecodingKey, Validation)>>,
+    dev_mode: bool,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("keys", &self.keys.len())
+            .field("dev_mode", &self.dev_mode)
+            .finish()
+    }
+}
+
+fn validation(alg: Algorithm, cfg: &ServeArgs) -> Validation {
+    let mut v = Validation::new(alg);
+    v.set_required_spec_claims(&["exp", "sub"]);
+    v.leeway = 5;
+    if let Some(iss) = &cfg.jwt_issuer {
+        v.set_issuer(&[iss]);
+    }
+    match &cfg.jwt_audience {
+        Some(aud) => v.set_audience(&[aud]),
+        None => v.validate_aud = false,
+    }
+    v
+}
+
+impl Authenticator {
+    /// Builds the verifier from configuration.
+    pub fn from_config(cfg: &ServeArgs) -> Result<Self, crate::config::ConfigError> {
+        let mut keys = Vec::new();
+        if let Some(secret) = &cfg.jwt_secret {
+            keys.push((
+                DecodingKey::from_secret(secret.as_bytes()),
+                validation(Algorithm::HS256, cfg),
+            ));
+        }
+        if let Some(path) = &cfg.jwt_public_key_file {
+            let pem = std::fs::read(path).map_err(|e| crate::config::ConfigError {
+                key: "--jwt-public-key-file",
+                reason: format!("cannot read {}: {e}", path.display()),
+            })?;
+            if let Ok(k) = DecodingKey::from_rsa_pem(&pem) {
+                keys.push((k, validation(Algorithm::RS256, cfg)));
+            } else if let Ok(k) = DecodingKey::from_ec_pem(&pem) {
+                keys.push((k, validation(Algorithm::ES256, cfg)));
+            } else {
+                return Err(crate::config::ConfigError {
+                    key: "--jwt-public-key-file",
+                    reason: "not an RSA or EC public key in PEM form".into(),
+                });
+            }
+        }
+        Ok(Self {
+            keys: Arc::new(keys),
+            dev_mode: cfg.dev_mode,
+        })
+    }
+
+    /// Identifies the caller of a request.
+    pub fn identify(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Result<Identity, ServiceError> {
+        if let Some(auth) = metadata.get("authorization") {
+            let value = auth
+                .to_str()
+                .map_err(|_| ServiceError::Unauthenticated("authorization: not ASCII".into()))?;
+            let token = value
+                .strip_prefix("Bearer ")
+                .or_else(|| value.strip_prefix("bearer "))
+                .ok_or_else(|| {
+                    ServiceError::Unauthenticated(
+                        "authorization: expected `Bearer <token>`".into(),
+                    )
+                })?;
+            return self.verify(token.trim());
+        }
+        if let Some(user) = metadata.get(DEV_USER_HEADER) {
+            if !self.dev_mode {
+                return Err(ServiceError::Unauthenticated(format!(
+                    "{DEV_USER_HEADER}: dev mode is off; send `authorization: Bearer <token>`"
+                )));
+            }
+            if !peer.is_some_and(|p| p.ip().is_loopback()) {
+                return Err(ServiceError::Unauthenticated(format!(
+                    "{DEV_USER_HEADER}: only accepted from loopback peers"
+                )));
+            }
+            let id = user
+                .to_str()
+                .ok()
+                .and_then(|s| Uuid::parse_str(s.trim()).ok())
+                .ok_or_else(|| {
+                    ServiceError::Unauthenticated(format!("{DEV_USER_HEADER}: not a UUID"))
+                })?;
+            let role = match metadata.get(DEV_ROLE_HEADER) {
+                None => Role::User,
+                Some(r) => r
+                    .to_str()
+                    .map_err(|_| ServiceError::Unauthenticated(format!("{DEV_ROLE_HEADER}: not ASCII")))?
+                    .parse()
+                    .map_err(|e| ServiceError::Unauthenticated(format!("{DEV_ROLE_HEADER}: {e}")))?,
+            };
+            return Ok(Identity { id, role });
+        }
+        Err(ServiceError::Unauthenticated(
+            "missing credentials: send `authorization: Bearer <token>`".into(),
+        ))
+    }
+
+    fn verify(&self, token: &str) -> Result<Identity, ServiceError> {
+        if self.keys.is_empty() {
+            return Err(ServiceError::Unauthenticated(
+                "authorization: tokens are not configured on this server".into(),
+            ));
+        }
+        let mut last = None;
+        for (key, validation) in self.keys.iter() {
+            match jsonwebtoken::decode::<Claims>(token, key, validation) {
+                Ok(data) => {
+                    let id = Uuid::parse_str(&data.claims.sub).map_err(|_| {
+                        ServiceError::Unauthenticated("authorization: sub is not a UUID".into())
+                    })?;
+                    return Ok(Identity {
+                        id,
+                        role: data.claims.role,
+                    });
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        let reason = match last.as_ref().map(|e| e.kind()) {
+            Some(jsonwebtoken::errors::ErrorKind::ExpiredSignature) => "token expired",
+            Some(jsonwebtoken::errors::ErrorKind::InvalidSignature) => "bad signature",
+            Some(jsonwebtoken::errors::ErrorKind::InvalidIssuer) => "wrong issuer",
+            Some(jsonwebtoken::errors::ErrorKind::InvalidAudience) => "wrong audience",
+            _ => "invalid token",
+        };
+        Err(ServiceError::Unauthenticated(format!("authorization: {reason}")))
+    }
+}
+
+/// Mints an HS256 token (for `receiptd token` and tests).
+pub fn mint_token(
+    secret: &str,
+    sub: Uuid,
+    role: Role,
+    ttl: std::time::Duration,
+) -> Result<String, jsonwebtoken::errors::Error> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let claims = Claims {
+        sub: sub.to_string(),
+        role,
+        exp: now + ttl.as_secs(),
+        iat: Some(now),
+    };
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+}
+
+/// A tonic interceptor that authenticates every call.
+#[derive(Clone, Debug)]
+pub struct AuthInterceptor {
+    /// The verifier.
+    pub auth: Authenticator,
+}
+
+impl tonic::service::Interceptor for AuthInterceptor {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let identity = self
+            .auth
+            .identify(req.metadata(), req.remote_addr())
+            .map_err(ServiceError::into_status)?;
+        req.extensions_mut().insert(identity);
+        Ok(req)
+    }
+}

@@ -1,0 +1,191 @@
+//! Configuration: flags and `RECEIPTS_*` environment variables, validated
+//! before any port is bound.
+
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The receipts service.
+#[derive(Debug, Parser)]
+#[command(name = "receiptd", version, about = "Read receipts over gRPC and gRPC-web")]
+pub struct Cli {
+    /// What to do (default: serve).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Server settings.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// Sub-commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the API (the default).
+    Serve,
+    /// Mint a signed HS256 token for local use, printed on stdout.
+    Token(TokenArgs),
+}
+
+/// `receiptd token` arguments.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The user (or service) id the token speaks for (`sub`).
+    #[arg(long)]
+    pub sub: uuid::Uuid,
+    /// `user` or `service`.
+    #[arg(long, default_value = "user")]
+    pub role: String,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub ttl_secs: u64,
+}
+
+/// Everything `receiptd` serves with.
+#[derive(Clone, Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (gRPC and gRPC-web on one port).
+    #[arg(long, env = "RECEIPTS_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// Directory of the embedded store (created if missing).
+    #[arg(long, env = "RECEIPTS_DATA_DIR", default_value = "./receipts-data")]
+    pub data_dir: PathBuf,
+
+    /// HS256 secret for verifying bearer tokens (and minting with `token`).
+    #[arg(long, env = "RECEIPTS_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// PEM file with an RSA or EC public key for verifying RS256/ES256 tokens.
+    #[arg(long, env = "RECEIPTS_JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
+
+    /// Required `iss` claim, if set.
+    #[arg(long, env = "RECEIPTS_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Required `aud` claim, if set.
+    #[arg(long, env = "RECEIPTS_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// DEVELOPMENT ONLY: trust the `x-receipts-user` (and `x-receipts-role`)
+    /// metadata instead of a token. Refused unless listening on loopback.
+    #[arg(long, env = "RECEIPTS_DEV_MODE", default_value_t = false)]
+    pub dev_mode: bool,
+
+    /// Group aggregation window in milliseconds (10..=2000).
+    #[arg(long, env = "RECEIPTS_GROUP_WINDOW_MS", default_value_t = 1000)]
+    pub group_window_ms: u64,
+
+    /// Most ids in one MarkDelivered, RegisterMessages, AddMembers or
+    /// RemoveMembers call.
+    #[arg(long, env = "RECEIPTS_MAX_BATCH", default_value_t = 1000)]
+    pub max_batch: usize,
+
+    /// Most message ids in one GetReceipts call.
+    #[arg(long, env = "RECEIPTS_MAX_GET_RECEIPTS", default_value_t = 100)]
+    pub max_get_receipts: usize,
+
+    /// Most conversation ids in GetUnreadCounts / MarkConversationsRead.
+    #[arg(long, env = "RECEIPTS_MAX_BULK_CONVERSATIONS", default_value_t = 500)]
+    pub max_bulk_conversations: usize,
+
+    /// Most members in CreateConversation.
+    #[arg(long, env = "RECEIPTS_MAX_MEMBERS", default_value_t = 10000)]
+    pub max_members: usize,
+
+    /// Events buffered per subscriber before its stream is ended (resumable).
+    #[arg(long, env = "RECEIPTS_SUBSCRIBER_BUFFER", default_value_t = 1024)]
+    pub subscriber_buffer: usize,
+
+    /// Events kept in the replay log behind cursors.
+    #[arg(long, env = "RECEIPTS_LOG_RETENTION", default_value_t = 1_000_000)]
+    pub log_retention: u64,
+
+    /// Most events one replay may carry before a reset is sent instead.
+    #[arg(long, env = "RECEIPTS_MAX_REPLAY", default_value_t = 10_000)]
+    pub max_replay: usize,
+
+    /// Origins allowed for browser (gRPC-web) calls, comma separated; `*`
+    /// allows any origin.
+    #[arg(long, env = "RECEIPTS_CORS_ORIGINS", default_value = "*", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, env = "RECEIPTS_LOG_JSON", default_value_t = false)]
+    pub log_json: bool,
+}
+
+/// A configuration problem, naming the key.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {key}: {reason}")]
+pub struct ConfigError {
+    /// The flag (and variable) at fault.
+    pub key: &'static str,
+    /// Why.
+    pub reason: String,
+}
+
+impl ServeArgs {
+    /// Checks everything that can be checked before binding.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |key, reason: &str| {
+            Err(ConfigError {
+                key,
+                reason: reason.into(),
+            })
+        };
+        if !(10..=2000).contains(&self.group_window_ms) {
+            return err(
+                "--group-window-ms",
+                "must be between 10 and 2000 (groups are pushed within 2 s)",
+            );
+        }
+        if self.dev_mode && !self.listen.ip().is_loopback() {
+            return err(
+                "--dev-mode",
+                "dev mode trusts a plain header and is only allowed on a loopback listen address",
+            );
+        }
+        if self.jwt_secret.is_none() && self.jwt_public_key_file.is_none() && !self.dev_mode {
+            return err(
+                "--jwt-secret",
+                "no way to authenticate: set --jwt-secret and/or --jwt-public-key-file (or --dev-mode on loopback)",
+            );
+        }
+        if self.jwt_secret.as_deref().is_some_and(|s| s.len() < 16) {
+            return err("--jwt-secret", "must be at least 16 bytes");
+        }
+        for (key, v) in [
+            ("--max-batch", self.max_batch),
+            ("--max-get-receipts", self.max_get_receipts),
+            ("--max-bulk-conversations", self.max_bulk_conversations),
+            ("--max-members", self.max_members),
+            ("--subscriber-buffer", self.subscriber_buffer),
+            ("--max-replay", self.max_replay),
+        ] {
+            if v == 0 {
+                return err(key, "must be at least 1");
+            }
+        }
+        if self.cors_origins.is_empty() {
+            return err("--cors-origins", "must name at least one origin or *");
+        }
+        Ok(())
+    }
+
+    /// The group window as a duration.
+    pub fn group_window(&self) -> Duration {
+        Duration::from_millis(self.group_window_ms)
+    }
+
+    /// Settings for tests and embedding: loopback, dev mode, the given data
+    /// directory, and defaults for the rest.
+    pub fn for_tests(data_dir: PathBuf) -> Self {
+        let cli = Cli::parse_from(["receiptd", "--dev-mode", "--listen", "127.0.0.1:0"]);
+        Self {
+            data_dir,
+            ..cli.serve
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! `receiptd`: the Receipts service as a library.
+//!
+//! [`run`] serves the whole API (gRPC, gRPC-web with CORS, health, reflection)
+//! on a bound listener until `shutdown` resolves; the binary only parses
+//! configuration and calls it, and tests call it on port 0.
+
+#![warn(missing_docs, missing_debug_implementations)]
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod live;
+pub mod store;
+
+use crate::api::{Api, Limits};
+use crate::auth::{AuthInterceptor, Authenticator};
+use crate::config::ServeArgs;
+use crate::store::ReceiptStore;
+use crate::store::embedded::{EmbeddedOptions, EmbeddedStore};
+use receipts_proto::v1::receipt_backend_service_server::ReceiptBackendServiceServer;
+use receipts_proto::v1::receipt_service_server::ReceiptServiceServer;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Bad configuration (exit code 64 in the binary).
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The store could not be opened.
+    #[error("store: {0}")]
+    Store(#[from] error::ServiceError),
+    /// The transport failed.
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// Reflection could not be built.
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// Headers browsers may send on gRPC-web calls.
+const CORS_ALLOW_HEADERS: &[&str] = &[
+    "content-type",
+    "x-grpc-web",
+    "x-user-agent",
+    "grpc-timeout",
+    "authorization",
+    "traceparent",
+    "tracestate",
+    auth::DEV_USER_HEADER,
+    auth::DEV_ROLE_HEADER,
+];
+/// Headers browsers may read: without these, gRPC-web errors are invisible.
+const CORS_EXPOSE_HEADERS: &[&str] = &["grpc-status", "grpc-message", "grpc-status-details-bin"];
+
+fn cors(config: &ServeArgs) -> CorsLayer {
+    let origin = if config.cors_origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            config
+                .cors_origins
+                .iter()
+                .filter_map(|o| http::HeaderValue::from_str(o).ok()),
+        )
+    };
+    let names = |list: &[&'static str]| -> Vec<http::HeaderName> {
+        list.iter()
+            .map(|h| http::HeaderName::from_static(h))
+            .collect()
+    };
+    CorsLayer::new()
+        .allow_origin(origin)
+        .allow_methods([http::Method::POST, http::Method::OPTIONS])
+        .allow_headers(names(CORS_ALLOW_HEADERS))
+        .expose_headers(names(CORS_EXPOSE_HEADERS))
+        .max_age(Duration::from_secs(24 * 3600))
+}
+
+/// Opens the store configured in `config`.
+pub fn open_store(config: &ServeArgs) -> Result<Arc<dyn ReceiptStore>, RunError> {
+    let store = EmbeddedStore::open(
+        &config.data_dir,
+        EmbeddedOptions {
+            group_window: config.group_window(),
+            log_retention: config.log_retention,
+            subscriber_buffer: config.subscriber_buffer,
+        },
+    )?;
+    Ok(Arc::new(store))
+}
+
+/// Serves on `listener` until `shutdown` resolves, then drains: health goes
+/// NOT_SERVING, open streams end with a resumable UNAVAILABLE, in-flight
+/// calls finish, pending group windows are flushed and the store closes.
+pub async fn run(
+    listener: TcpListener,
+    config: ServeArgs,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), RunError> {
+    config.validate()?;
+    let authenticator = Authenticator::from_config(&config)?;
+    if config.dev_mode {
+        tracing::warn!(
+            "DEV MODE: the `{}` header is trusted WITHOUT verification (loopback only). Never use this in production.",
+            auth::DEV_USER_HEADER
+        );
+    }
+    let store = open_store(&config)?;
+    let (stop_streams, streams_stopped) = tokio::sync::watch::channel(false);
+    let api = Api::new(store.clone(), Limits::from(&config), streams_stopped);
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<ReceiptServiceServer<Api>>()
+        .await;
+    health
+        .set_serving::<ReceiptBackendServiceServer<Api>>()
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(receipts_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(receipts_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let interceptor = AuthInterceptor {
+        auth: authenticator,
+    };
+
+    let addr = listener.local_addr().ok();
+    tracing::info!(?addr, data_dir = %config.data_dir.display(), "receiptd serving");
+    let drain = {
+        let health = health.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down: draining streams");
+            health.set_not_serving::<ReceiptServiceServer<Api>>().await;
+            health
+                .set_not_serving::<ReceiptBackendServiceServer<Api>>()
+                .await;
+            let _ = stop_streams.send(true);
+        }
+    };
+    tonic::transport::Server::builder()
+        // gRPC-web arrives over HTTP/1.1 from browsers.
+        .accept_http1(true)
+        // CORS first, so preflights are answered before anything else.
+        .layer(cors(&config))
+        // Translate gRPC-web (binary and text) to gRPC for the services below.
+        .layer(tonic_web::GrpcWebLayer::new())
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        // Authentication is per service so health and reflection stay open.
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            ReceiptServiceServer::new(api.clone()),
+            interceptor.clone(),
+        ))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            ReceiptBackendServiceServer::new(api),
+            interceptor,
+        ))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            drain,
+        )
+        .await?;
+    store.shutdown().await;
+    tracing::info!("receiptd stopped");
+    Ok(())
+}

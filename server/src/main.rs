@@ -1,0 +1,100 @@
+//! `receiptd`: parses and validates configuration, binds, and runs the server.
+
+use clap::Parser;
+use receipts_server::auth::{Role, mint_token};
+use receipts_server::config::{Cli, Command};
+use std::process::ExitCode;
+
+/// sysexits' EX_USAGE: the configuration is wrong.
+const EXIT_CONFIG: u8 = 64;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Token(args)) = &cli.command {
+        let Some(secret) = &cli.serve.jwt_secret else {
+            eprintln!("receiptd token: --jwt-secret (or RECEIPTS_JWT_SECRET) is required");
+            return ExitCode::from(EXIT_CONFIG);
+        };
+        let role: Role = match args.role.parse() {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("receiptd token: --role: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        };
+        let ttl = std::time::Duration::from_secs(args.ttl_secs);
+        return match mint_token(secret, args.sub, role, ttl) {
+            Ok(t) => {
+                println!("{t}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("receiptd token: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let config = cli.serve;
+    init_tracing(config.log_json);
+    if let Err(e) = config.validate() {
+        tracing::error!("{e}");
+        eprintln!("receiptd: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(listen = %config.listen, "cannot bind: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "listening (gRPC and gRPC-web)");
+    }
+    match receipts_server::run(listener, config, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e @ receipts_server::RunError::Config(_)) => {
+            tracing::error!("{e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

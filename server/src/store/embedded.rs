@@ -1,0 +1,1381 @@
+//! The embedded default store: one redb file in a data directory.
+//!
+//! Why redb: pure Rust (nothing to install, no C toolchain), ACID transactions
+//! with fsync on commit, MVCC so readers never block the writer, and a stable
+//! file format. See `docs/storage-embedded.md`.
+//!
+//! Writes go through one writer thread that applies queued jobs in a single
+//! transaction and commits once (group commit): every job in the batch is
+//! acknowledged only after the fsync, so an acknowledged write survives
+//! `kill -9`. Each job validates before it writes, so a rejected job leaves
+//! nothing behind even though it shares the transaction. Reads use their own
+//! snapshot transactions on the blocking thread pool.
+//!
+//! Keys are fixed-width big-endian byte strings (`uuid ‖ uuid ‖ seq`), so
+//! range scans give seq order. Values are postcard-encoded.
+
+use super::*;
+use crate::domain::{
+    self, Aggregate, EventBody, Membership, MembershipError, Message, ReadWatermark,
+    RecipientFacts, WatermarkAdvance,
+};
+use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+type Bytes = &'static [u8];
+type Def = TableDefinition<'static, Bytes, Bytes>;
+
+const META: Def = TableDefinition::new("meta");
+const CONVS: Def = TableDefinition::new("conversations");
+const MEMBERS: Def = TableDefinition::new("members");
+const USER_CONVS: Def = TableDefinition::new("user_conversations");
+const MESSAGES: Def = TableDefinition::new("messages");
+const CONV_MSGS: Def = TableDefinition::new("conversation_messages");
+const SENDER_MSGS: Def = TableDefinition::new("sender_messages");
+const DELIVERED: Def = TableDefinition::new("delivered");
+const WATERMARKS: Def = TableDefinition::new("watermarks");
+const READ_HIST: Def = TableDefinition::new("read_history");
+const PUBLIC_HIST: Def = TableDefinition::new("public_read_history");
+const PRIVACY: Def = TableDefinition::new("privacy");
+const EVENTS: Def = TableDefinition::new("events");
+const EVENT_INDEX: Def = TableDefinition::new("event_index");
+const PENDING: Def = TableDefinition::new("pending_windows");
+
+const META_EPOCH: &[u8] = b"epoch";
+const META_NEXT_OFFSET: &[u8] = b"next_offset";
+const META_TRIMMED_TO: &[u8] = b"trimmed_to";
+const META_SENDER_COUNTER: &[u8] = b"sender_counter";
+
+/// Most messages carried by one event; larger updates are split.
+const MAX_MESSAGES_PER_EVENT: usize = 500;
+/// Most jobs committed together.
+const MAX_BATCH: usize = 512;
+/// Most trimmed log entries per commit (keeps commits short).
+const MAX_TRIM_PER_COMMIT: usize = 4096;
+/// Messages and conversations in a reset snapshot.
+const SNAPSHOT_MESSAGES: usize = 200;
+const SNAPSHOT_CONVERSATIONS: usize = 500;
+
+/// Settings of the embedded store.
+#[derive(Clone, Debug)]
+pub struct EmbeddedOptions {
+    /// Group aggregation window.
+    pub group_window: Duration,
+    /// Events kept in the replay log (older ones are trimmed).
+    pub log_retention: u64,
+    /// Buffered events per live subscriber.
+    pub subscriber_buffer: usize,
+}
+
+/// The embedded store. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+    jobs: std::sync::Mutex<Option<std_mpsc::Sender<Job>>>,
+    writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    hub: Arc<Hub>,
+    epoch: u64,
+}
+
+fn k1(a: &Uuid) -> [u8; 16] {
+    *a.as_bytes()
+}
+fn k2(a: &Uuid, b: &Uuid) -> [u8; 32] {
+    let mut k = [0u8; 32];
+    k[..16].copy_from_slice(a.as_bytes());
+    k[16..].copy_from_slice(b.as_bytes());
+    k
+}
+fn k_seq(a: &Uuid, seq: u64) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..16].copy_from_slice(a.as_bytes());
+    k[16..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+fn k3(a: &Uuid, b: &Uuid, seq: u64) -> [u8; 40] {
+    let mut k = [0u8; 40];
+    k[..32].copy_from_slice(&k2(a, b));
+    k[32..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+fn uuid_at(bytes: &[u8], at: usize) -> Uuid {
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&bytes[at..at + 16]);
+    Uuid::from_bytes(b)
+}
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_be_bytes(b)
+}
+fn i64_val(bytes: &[u8]) -> i64 {
+    u64_at(bytes, 0) as i64
+}
+
+fn storage(e: impl std::fmt::Display) -> ServiceError {
+    tracing::error!(error = %e, "embedded store error");
+    ServiceError::Unavailable {
+        message: "embedded store error".into(),
+    }
+}
+fn corrupt(e: impl std::fmt::Display) -> ServiceError {
+    ServiceError::Internal(format!("corrupt record: {e}"))
+}
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    postcard::to_allocvec(v).expect("postcard encoding of plain data cannot fail")
+}
+fn decode<'a, T: Deserialize<'a>>(b: &'a [u8]) -> StoreResult<T> {
+    postcard::from_bytes(b).map_err(corrupt)
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+struct ConversationMeta {
+    created_at: Millis,
+    member_count: u64,
+}
+
+/// Read access shared by write jobs and read transactions.
+struct Tables<T> {
+    meta: T,
+    convs: T,
+    members: T,
+    user_convs: T,
+    messages: T,
+    conv_msgs: T,
+    sender_msgs: T,
+    delivered: T,
+    watermarks: T,
+    read_hist: T,
+    public_hist: T,
+    privacy: T,
+    events: T,
+    event_index: T,
+    pending: T,
+}
+
+macro_rules! open_tables {
+    ($txn:expr) => {
+        Tables {
+            meta: $txn.open_table(META).map_err(storage)?,
+            convs: $txn.open_table(CONVS).map_err(storage)?,
+            members: $txn.open_table(MEMBERS).map_err(storage)?,
+            user_convs: $txn.open_table(USER_CONVS).map_err(storage)?,
+            messages: $txn.open_table(MESSAGES).map_err(storage)?,
+            conv_msgs: $txn.open_table(CONV_MSGS).map_err(storage)?,
+            sender_msgs: $txn.open_table(SENDER_MSGS).map_err(storage)?,
+            delivered: $txn.open_table(DELIVERED).map_err(storage)?,
+            watermarks: $txn.open_table(WATERMARKS).map_err(storage)?,
+            read_hist: $txn.open_table(READ_HIST).map_err(storage)?,
+            public_hist: $txn.open_table(PUBLIC_HIST).map_err(storage)?,
+            privacy: $txn.open_table(PRIVACY).map_err(storage)?,
+            events: $txn.open_table(EVENTS).map_err(storage)?,
+            event_index: $txn.open_table(EVENT_INDEX).map_err(storage)?,
+            pending: $txn.open_table(PENDING).map_err(storage)?,
+        }
+    };
+}
+
+/// Everything about one conversation's members needed to compute states.
+struct ConvContext {
+    conversation: ConversationId,
+    members: Vec<(UserId, Membership)>,
+    watermarks: HashMap<UserId, ReadWatermark>,
+    sharing: HashMap<UserId, bool>,
+}
+
+fn get_bytes<T: ReadableTable<Bytes, Bytes>>(t: &T, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {
+    Ok(t.get(key).map_err(storage)?.map(|g| g.value().to_vec()))
+}
+
+impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
+    fn meta_u64(&self, key: &[u8]) -> StoreResult<u64> {
+        Ok(get_bytes(&self.meta, key)?.map(|b| u64_at(&b, 0)).unwrap_or(0))
+    }
+
+    fn conversation(&self, c: &ConversationId) -> StoreResult<Option<ConversationMeta>> {
+        get_bytes(&self.convs, &k1(c))?.map(|b| decode(&b)).transpose()
+    }
+
+    fn membership(&self, c: &ConversationId, u: &UserId) -> StoreResult<Option<Membership>> {
+        get_bytes(&self.members, &k2(c, u))?.map(|b| decode(&b)).transpose()
+    }
+
+    fn members(&self, c: &ConversationId) -> StoreResult<Vec<(UserId, Membership)>> {
+        let lo = k2(c, &Uuid::nil());
+        let hi = k2(c, &Uuid::max());
+        let mut out = Vec::new();
+        for entry in self.members.range(lo.as_slice()..=hi.as_slice()).map_err(storage)? {
+            let (k, v) = entry.map_err(storage)?;
+            out.push((uuid_at(k.value(), 16), decode(v.value())?));
+        }
+        Ok(out)
+    }
+
+    fn message(&self, m: &MessageId) -> StoreResult<Option<Message>> {
+        get_bytes(&self.messages, &k1(m))?.map(|b| decode(&b)).transpose()
+    }
+
+    fn watermark(&self, c: &ConversationId, u: &UserId) -> StoreResult<ReadWatermark> {
+        Ok(get_bytes(&self.watermarks, &k2(c, u))?
+            .map(|b| ReadWatermark {
+                seq: u64_at(&b, 0),
+                public_seq: u64_at(&b, 8),
+            })
+            .unwrap_or_default())
+    }
+
+    fn sharing(&self, u: &UserId) -> StoreResult<bool> {
+        Ok(get_bytes(&self.privacy, &k1(u))?.is_none_or(|b| b.first() == Some(&1)))
+    }
+
+    fn delivered_at(&self, m: &MessageId, u: &UserId) -> StoreResult<Option<Millis>> {
+        Ok(get_bytes(&self.delivered, &k2(m, u))?.map(|b| i64_val(&b)))
+    }
+
+    /// The time of the first advancement that reached `seq` or beyond.
+    fn first_covering(
+        table: &T,
+        c: &ConversationId,
+        u: &UserId,
+        seq: Seq,
+    ) -> StoreResult<Option<Millis>> {
+        let lo = k3(c, u, seq);
+        let hi = k3(c, u, u64::MAX);
+        let mut range = table.range(lo.as_slice()..=hi.as_slice()).map_err(storage)?;
+        match range.next() {
+            Some(entry) => Ok(Some(i64_val(entry.map_err(storage)?.1.value()))),
+            None => Ok(None),
+        }
+    }
+
+    fn last_seq(&self, c: &ConversationId) -> StoreResult<Seq> {
+        let lo = k_seq(c, 0);
+        let hi = k_seq(c, u64::MAX);
+        let mut range = self
+            .conv_msgs
+            .range(lo.as_slice()..=hi.as_slice())
+            .map_err(storage)?;
+        match range.next_back() {
+            Some(entry) => Ok(u64_at(entry.map_err(storage)?.0.value(), 16)),
+            None => Ok(0),
+        }
+    }
+
+    /// `(seq, message, sender)` for seqs in `lo..=hi`.
+    fn messages_between(
+        &self,
+        c: &ConversationId,
+        lo: Seq,
+        hi: Seq,
+    ) -> StoreResult<Vec<(Seq, MessageId, UserId)>> {
+        let (lo, hi) = (k_seq(c, lo), k_seq(c, hi));
+        let mut out = Vec::new();
+        for entry in self
+            .conv_msgs
+            .range(lo.as_slice()..=hi.as_slice())
+            .map_err(storage)?
+        {
+            let (k, v) = entry.map_err(storage)?;
+            out.push((u64_at(k.value(), 16), uuid_at(v.value(), 0), uuid_at(v.value(), 16)));
+        }
+        Ok(out)
+    }
+
+    /// Messages others sent after `wm` while `membership` covered them.
+    fn unread(
+        &self,
+        c: &ConversationId,
+        u: &UserId,
+        wm: Seq,
+        membership: &Membership,
+    ) -> StoreResult<u64> {
+        let (lo, hi) = (k_seq(c, wm.saturating_add(1)), k_seq(c, u64::MAX));
+        let mut n = 0;
+        for entry in self
+            .conv_msgs
+            .range(lo.as_slice()..=hi.as_slice())
+            .map_err(storage)?
+        {
+            let (k, v) = entry.map_err(storage)?;
+            if uuid_at(v.value(), 16) != *u && membership.contains(u64_at(k.value(), 16)) {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    fn context(&self, c: &ConversationId) -> StoreResult<ConvContext> {
+        let members = self.members(c)?;
+        let mut watermarks = HashMap::with_capacity(members.len());
+        let mut sharing = HashMap::with_capacity(members.len());
+        for (u, _) in &members {
+            watermarks.insert(*u, self.watermark(c, u)?);
+            sharing.insert(*u, self.sharing(u)?);
+        }
+        Ok(ConvContext {
+            conversation: *c,
+            members,
+            watermarks,
+            sharing,
+        })
+    }
+
+    /// The state of `m` as `viewer` may see it (the rules are in `domain`).
+    fn state(
+        &self,
+        ctx: &ConvContext,
+        viewer: &UserId,
+        m: &Message,
+        with_recipients: bool,
+    ) -> StoreResult<domain::MessageState> {
+        let mut views = Vec::new();
+        for (u, membership) in &ctx.members {
+            if *u == m.sender || !membership.contains(m.seq) {
+                continue;
+            }
+            let wm = ctx.watermarks.get(u).copied().unwrap_or_default();
+            let read_at = if wm.seq >= m.seq {
+                Self::first_covering(&self.read_hist, &ctx.conversation, u, m.seq)?
+            } else {
+                None
+            };
+            let public_read_at = if wm.public_seq >= m.seq {
+                Self::first_covering(&self.public_hist, &ctx.conversation, u, m.seq)?
+            } else {
+                None
+            };
+            let facts = RecipientFacts {
+                delivered_at: self.delivered_at(&m.id, u)?,
+                read_at,
+                public_read_at,
+                sharing: ctx.sharing.get(u).copied().unwrap_or(true),
+            };
+            views.push(domain::recipient_view(*viewer, *u, facts));
+        }
+        let aggregate: Aggregate = domain::aggregate(&views);
+        Ok(domain::MessageState {
+            message: *m,
+            aggregate,
+            recipients: if with_recipients { views } else { Vec::new() },
+        })
+    }
+
+    fn events_after(&self, u: &UserId, after: u64, max: usize) -> StoreResult<Vec<Event>> {
+        let lo = k_seq(u, after.saturating_add(1));
+        let hi = k_seq(u, u64::MAX);
+        let mut out = Vec::new();
+        for entry in self
+            .events
+            .range(lo.as_slice()..=hi.as_slice())
+            .map_err(storage)?
+            .take(max)
+        {
+            let (k, v) = entry.map_err(storage)?;
+            out.push(Event {
+                offset: u64_at(k.value(), 16),
+                user: *u,
+                body: decode(v.value())?,
+            });
+        }
+        Ok(out)
+    }
+
+    fn snapshot(&self, u: &UserId) -> StoreResult<Snapshot> {
+        let lo = k_seq(u, 0);
+        let hi = k_seq(u, u64::MAX);
+        let mut recent = Vec::new();
+        for entry in self
+            .sender_msgs
+            .range(lo.as_slice()..=hi.as_slice())
+            .map_err(storage)?
+            .rev()
+            .take(SNAPSHOT_MESSAGES)
+        {
+            let (_, v) = entry.map_err(storage)?;
+            if let Some(m) = self.message(&uuid_at(v.value(), 0))? {
+                recent.push(m);
+            }
+        }
+        let mut contexts: HashMap<ConversationId, ConvContext> = HashMap::new();
+        let mut recent_messages = Vec::with_capacity(recent.len());
+        for m in &recent {
+            if !contexts.contains_key(&m.conversation) {
+                contexts.insert(m.conversation, self.context(&m.conversation)?);
+            }
+            recent_messages.push(self.state(&contexts[&m.conversation], u, m, false)?);
+        }
+        let (lo, hi) = (k2(u, &Uuid::nil()), k2(u, &Uuid::max()));
+        let mut watermarks = Vec::new();
+        for entry in self
+            .user_convs
+            .range(lo.as_slice()..=hi.as_slice())
+            .map_err(storage)?
+        {
+            if watermarks.len() >= SNAPSHOT_CONVERSATIONS {
+                break;
+            }
+            let (k, _) = entry.map_err(storage)?;
+            let c = uuid_at(k.value(), 16);
+            let Some(membership) = self.membership(&c, u)? else {
+                continue;
+            };
+            if !membership.is_current() {
+                continue;
+            }
+            let wm = self.watermark(&c, u)?;
+            watermarks.push((c, wm.seq, self.unread(&c, u, wm.seq, &membership)?));
+        }
+        Ok(Snapshot {
+            recent_messages,
+            watermarks,
+        })
+    }
+
+    /// Checks that `c` exists and `u` is a current member.
+    fn authorize(&self, c: &ConversationId, u: &UserId, field: &str) -> StoreResult<Membership> {
+        if self.conversation(c)?.is_none() {
+            return Err(ServiceError::not_found(field, "conversation", c));
+        }
+        match self.membership(c, u)? {
+            Some(m) if m.is_current() => Ok(m),
+            _ => Err(ServiceError::PermissionDenied(format!(
+                "{field}: caller is not a member of conversation {c}"
+            ))),
+        }
+    }
+}
+
+/// A group conversation's open aggregation window.
+#[derive(Clone, Copy, Debug)]
+struct Window {
+    lo: Seq,
+    hi: Seq,
+    deadline: Instant,
+}
+
+/// State owned by the writer thread.
+struct WriterState {
+    next_offset: u64,
+    trimmed_to: u64,
+    sender_counter: u64,
+    windows: HashMap<ConversationId, Window>,
+    options: EmbeddedOptions,
+}
+
+/// A write transaction in progress, shared by the jobs of one batch.
+struct WriteCtx<'a, 'txn> {
+    t: &'a mut Tables<Table<'txn, Bytes, Bytes>>,
+    st: &'a mut WriterState,
+    events: Vec<Arc<Event>>,
+}
+
+/// What a job hands back: called after the commit with its outcome.
+type Completion = Box<dyn FnOnce(StoreResult<()>) + Send>;
+/// A queued write: runs inside the batch transaction and returns its
+/// completion, plus whether it failed in storage (which aborts the batch,
+/// since the job may have written part of its changes).
+type Job = Box<dyn FnOnce(&mut WriteCtx<'_, '_>) -> (Completion, bool) + Send>;
+
+fn put(t: &mut Table<'_, Bytes, Bytes>, k: &[u8], v: &[u8]) -> StoreResult<()> {
+    t.insert(k, v).map_err(storage)?;
+    Ok(())
+}
+
+impl WriteCtx<'_, '_> {
+    fn emit(&mut self, user: UserId, body: EventBody) -> StoreResult<()> {
+        let offset = self.st.next_offset;
+        self.st.next_offset += 1;
+        put(&mut self.t.events, &k_seq(&user, offset), &encode(&body))?;
+        put(&mut self.t.event_index, &offset.to_be_bytes(), &k1(&user))?;
+        self.events.push(Arc::new(Event { offset, user, body }));
+        Ok(())
+    }
+
+    /// Announces that the states of messages at `seqs` in `c` changed: pushed
+    /// at once in direct conversations, folded into the group window otherwise.
+    fn touch(&mut self, c: &ConversationId, seqs: &[Seq]) -> StoreResult<()> {
+        let (Some(&lo), Some(&hi)) = (seqs.iter().min(), seqs.iter().max()) else {
+            return Ok(());
+        };
+        let group = self
+            .t
+            .conversation(c)?
+            .is_some_and(|meta| meta.member_count > 2);
+        if group {
+            let w = self.st.windows.entry(*c).or_insert(Window {
+                lo,
+                hi,
+                deadline: Instant::now() + self.st.options.group_window,
+            });
+            w.lo = w.lo.min(lo);
+            w.hi = w.hi.max(hi);
+            let v = [w.lo.to_be_bytes(), w.hi.to_be_bytes()].concat();
+            put(&mut self.t.pending, &k1(c), &v)?;
+            return Ok(());
+        }
+        let wanted: HashSet<Seq> = seqs.iter().copied().collect();
+        let msgs: Vec<_> = self
+            .t
+            .messages_between(c, lo, hi)?
+            .into_iter()
+            .filter(|(s, _, _)| wanted.contains(s))
+            .collect();
+        let ctx = self.t.context(c)?;
+        self.emit_states(&ctx, msgs, false)
+    }
+
+    /// Computes the states of `msgs` for their senders and logs one event per
+    /// sender (split into chunks).
+    fn emit_states(
+        &mut self,
+        ctx: &ConvContext,
+        msgs: Vec<(Seq, MessageId, UserId)>,
+        group: bool,
+    ) -> StoreResult<()> {
+        let mut by_sender: BTreeMap<UserId, Vec<domain::MessageState>> = BTreeMap::new();
+        for (_, id, sender) in msgs {
+            let Some(m) = self.t.message(&id)? else {
+                continue;
+            };
+            by_sender
+                .entry(sender)
+                .or_default()
+                .push(self.t.state(ctx, &sender, &m, !group)?);
+        }
+        for (sender, states) in by_sender {
+            for chunk in states.chunks(MAX_MESSAGES_PER_EVENT) {
+                self.emit(
+                    sender,
+                    EventBody::Receipts {
+                        conversation: ctx.conversation,
+                        group,
+                        messages: chunk.to_vec(),
+                    },
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush_window(&mut self, c: &ConversationId, w: Window) -> StoreResult<()> {
+        self.t.pending.remove(k1(c).as_slice()).map_err(storage)?;
+        let ctx = self.t.context(c)?;
+        let msgs = self.t.messages_between(c, w.lo, w.hi)?;
+        self.emit_states(&ctx, msgs, true)
+    }
+
+    fn flush_due_windows(&mut self, all: bool) -> StoreResult<()> {
+        let now = Instant::now();
+        let due: Vec<(ConversationId, Window)> = self
+            .st
+            .windows
+            .iter()
+            .filter(|(_, w)| all || w.deadline <= now)
+            .map(|(c, w)| (*c, *w))
+            .collect();
+        for (c, w) in due {
+            self.st.windows.remove(&c);
+            self.flush_window(&c, w)?;
+        }
+        Ok(())
+    }
+
+    fn trim(&mut self) -> StoreResult<()> {
+        let head = self.st.next_offset.saturating_sub(1);
+        let keep_from = head.saturating_sub(self.st.options.log_retention);
+        if keep_from <= self.st.trimmed_to {
+            return Ok(());
+        }
+        let upto = keep_from.min(self.st.trimmed_to + MAX_TRIM_PER_COMMIT as u64);
+        let lo = (self.st.trimmed_to + 1).to_be_bytes();
+        let hi = upto.to_be_bytes();
+        let doomed: Vec<(u64, Uuid)> = self
+            .t
+            .event_index
+            .range(lo.as_slice()..=hi.as_slice())
+            .map_err(storage)?
+            .map(|e| e.map(|(k, v)| (u64_at(k.value(), 0), uuid_at(v.value(), 0))))
+            .collect::<Result<_, _>>()
+            .map_err(storage)?;
+        for (offset, user) in doomed {
+            self.t.event_index.remove(offset.to_be_bytes().as_slice()).map_err(storage)?;
+            self.t.events.remove(k_seq(&user, offset).as_slice()).map_err(storage)?;
+        }
+        self.st.trimmed_to = upto;
+        put(&mut self.t.meta, META_TRIMMED_TO, &upto.to_be_bytes())
+    }
+
+    fn save_counters(&mut self) -> StoreResult<()> {
+        put(&mut self.t.meta, META_NEXT_OFFSET, &self.st.next_offset.to_be_bytes())?;
+        put(&mut self.t.meta, META_SENDER_COUNTER, &self.st.sender_counter.to_be_bytes())
+    }
+
+    /// Applies a read by `u` up to `to` (the rule is [`ReadWatermark::advance`]).
+    fn apply_read(
+        &mut self,
+        u: &UserId,
+        c: &ConversationId,
+        membership: &Membership,
+        to: Seq,
+        at: Millis,
+    ) -> StoreResult<ReadResult> {
+        let wm = self.t.watermark(c, u)?;
+        let sharing = self.t.sharing(u)?;
+        let Some(adv) = wm.advance(to, sharing) else {
+            return Ok(ReadResult {
+                read_up_to: wm.seq,
+                advanced: false,
+                unread: self.t.unread(c, u, wm.seq, membership)?,
+            });
+        };
+        let WatermarkAdvance { before, after } = adv;
+        let v = [after.seq.to_be_bytes(), after.public_seq.to_be_bytes()].concat();
+        put(&mut self.t.watermarks, &k2(c, u), &v)?;
+        put(&mut self.t.read_hist, &k3(c, u, after.seq), &at.to_be_bytes())?;
+        if adv.is_public() {
+            put(&mut self.t.public_hist, &k3(c, u, after.seq), &at.to_be_bytes())?;
+        }
+        let unread = self.t.unread(c, u, after.seq, membership)?;
+        self.emit(
+            *u,
+            EventBody::Watermark {
+                conversation: *c,
+                read_up_to: after.seq,
+                unread,
+            },
+        )?;
+        // What others may notice: reads that became visible, and messages that
+        // became delivered through this read. Nothing else, so a private read
+        // of already-delivered messages sends no event at all.
+        let mut changed = Vec::new();
+        let first = if adv.is_public() {
+            before.public_seq.min(before.seq)
+        } else {
+            before.seq
+        };
+        for (seq, id, sender) in self.t.messages_between(c, first + 1, after.seq)? {
+            if sender == *u || !membership.contains(seq) {
+                continue;
+            }
+            let visible = adv.is_public() && seq > before.public_seq;
+            let newly_delivered = seq > before.seq && self.t.delivered_at(&id, u)?.is_none();
+            if visible || newly_delivered {
+                changed.push(seq);
+            }
+        }
+        self.touch(c, &changed)?;
+        Ok(ReadResult {
+            read_up_to: after.seq,
+            advanced: true,
+            unread,
+        })
+    }
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path, options: EmbeddedOptions) -> StoreResult<Self> {
+        std::fs::create_dir_all(dir).map_err(storage)?;
+        let db = Database::create(dir.join("receipts.redb")).map_err(storage)?;
+        let txn = db.begin_write().map_err(storage)?;
+        let (epoch, next_offset, trimmed_to, sender_counter, pending) = {
+            let mut t = open_tables!(txn);
+            let epoch = match get_bytes(&t.meta, META_EPOCH)? {
+                Some(b) => u64_at(&b, 0),
+                None => {
+                    let e: u64 = rand::random::<u64>() >> 1;
+                    put(&mut t.meta, META_EPOCH, &e.to_be_bytes())?;
+                    e
+                }
+            };
+            let next_offset = t.meta_u64(META_NEXT_OFFSET)?.max(1);
+            let trimmed_to = t.meta_u64(META_TRIMMED_TO)?;
+            let sender_counter = t.meta_u64(META_SENDER_COUNTER)?;
+            let mut pending = HashMap::new();
+            for entry in t.pending.iter().map_err(storage)? {
+                let (k, v) = entry.map_err(storage)?;
+                // Windows left open by a stop or crash are flushed right away.
+                pending.insert(
+                    uuid_at(k.value(), 0),
+                    Window {
+                        lo: u64_at(v.value(), 0),
+                        hi: u64_at(v.value(), 8),
+                        deadline: Instant::now(),
+                    },
+                );
+            }
+            (epoch, next_offset, trimmed_to, sender_counter, pending)
+        };
+        txn.commit().map_err(storage)?;
+        let db = Arc::new(db);
+        let hub = Hub::new(options.subscriber_buffer);
+        let state = WriterState {
+            next_offset,
+            trimmed_to,
+            sender_counter,
+            windows: pending,
+            options,
+        };
+        let (tx, rx) = std_mpsc::channel::<Job>();
+        let writer = {
+            let db = db.clone();
+            let hub = hub.clone();
+            std::thread::Builder::new()
+                .name("receipts-writer".into())
+                .spawn(move || writer_loop(db, hub, state, rx))
+                .map_err(storage)?
+        };
+        Ok(Self {
+            db,
+            jobs: std::sync::Mutex::new(Some(tx)),
+            writer: std::sync::Mutex::new(Some(writer)),
+            hub,
+            epoch,
+        })
+    }
+
+    /// Runs `f` in the writer's next transaction and waits for the commit.
+    async fn write<R, F>(&self, f: F) -> StoreResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut WriteCtx<'_, '_>) -> StoreResult<R> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel::<StoreResult<R>>();
+        let job: Job = Box::new(move |ctx| {
+            let result = f(ctx);
+            let fatal = matches!(
+                result,
+                Err(ServiceError::Unavailable { .. } | ServiceError::Internal(_))
+            );
+            let done: Completion = Box::new(move |commit: StoreResult<()>| {
+                let out = match (result, commit) {
+                    (Err(e), _) => Err(e),
+                    (Ok(_), Err(e)) => Err(e),
+                    (Ok(r), Ok(())) => Ok(r),
+                };
+                let _ = tx.send(out);
+            });
+            (done, fatal)
+        });
+        let sender = self
+            .jobs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        match sender {
+            Some(s) if s.send(job).is_ok() => {}
+            _ => {
+                return Err(ServiceError::Unavailable {
+                    message: "store is shutting down".into(),
+                });
+            }
+        }
+        rx.await.map_err(|_| ServiceError::Unavailable {
+            message: "store writer stopped".into(),
+        })?
+    }
+
+    /// Runs `f` on a read snapshot on the blocking pool.
+    async fn read<R, F>(&self, f: F) -> StoreResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Tables<redb::ReadOnlyTable<Bytes, Bytes>>) -> StoreResult<R> + Send + 'static,
+    {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_read().map_err(storage)?;
+            let t = open_tables!(txn);
+            f(&t)
+        })
+        .await
+        .map_err(|e| ServiceError::Internal(format!("read task failed: {e}")))?
+    }
+}
+
+fn writer_loop(
+    db: Arc<Database>,
+    hub: Arc<Hub>,
+    mut st: WriterState,
+    rx: std_mpsc::Receiver<Job>,
+) {
+    let mut closed = false;
+    loop {
+        let mut jobs: Vec<Job> = Vec::new();
+        if !closed {
+            let next_deadline = st.windows.values().map(|w| w.deadline).min();
+            let first = match next_deadline {
+                None => rx.recv().map_err(|_| std_mpsc::RecvTimeoutError::Disconnected),
+                Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
+            };
+            match first {
+                Ok(job) => jobs.push(job),
+                Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => closed = true,
+            }
+            while jobs.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+        }
+        let saved = (st.next_offset, st.trimmed_to, st.sender_counter, st.windows.clone());
+        let (completions, events, commit) = run_batch(&db, &mut st, jobs, closed);
+        if commit.is_ok() {
+            hub.publish(&events);
+        } else {
+            // Nothing of the batch is stored: forget its in-memory effects.
+            (st.next_offset, st.trimmed_to, st.sender_counter, st.windows) = saved;
+        }
+        for done in completions {
+            done(match &commit {
+                Ok(()) => Ok(()),
+                Err(e) => Err(ServiceError::Unavailable {
+                    message: format!("commit failed: {e}"),
+                }),
+            });
+        }
+        if closed {
+            break;
+        }
+    }
+}
+
+type BatchOutcome = (Vec<Completion>, Vec<Arc<Event>>, Result<(), String>);
+
+fn run_batch(db: &Database, st: &mut WriterState, jobs: Vec<Job>, flush_all: bool) -> BatchOutcome {
+    let mut completions = Vec::with_capacity(jobs.len());
+    let result = (|| -> StoreResult<Vec<Arc<Event>>> {
+        let txn = db.begin_write().map_err(storage)?;
+        let events = {
+            let mut t = open_tables!(txn);
+            let mut ctx = WriteCtx {
+                t: &mut t,
+                st,
+                events: Vec::new(),
+            };
+            let mut fatal = false;
+            for job in jobs {
+                let (done, failed) = job(&mut ctx);
+                completions.push(done);
+                fatal |= failed;
+            }
+            if fatal {
+                return Err(ServiceError::Unavailable {
+                    message: "a write in the batch failed in storage".into(),
+                });
+            }
+            ctx.flush_due_windows(flush_all)?;
+            ctx.trim()?;
+            ctx.save_counters()?;
+            ctx.events
+        };
+        txn.commit().map_err(storage)?;
+        Ok(events)
+    })();
+    match result {
+        Ok(events) => (completions, events, Ok(())),
+        Err(e) => (completions, Vec::new(), Err(e.to_string())),
+    }
+}
+
+fn dedup<T: Copy + Eq + std::hash::Hash>(items: Vec<T>) -> Vec<T> {
+    let mut seen = HashSet::new();
+    items.into_iter().filter(|x| seen.insert(*x)).collect()
+}
+
+#[async_trait]
+impl ReceiptStore for EmbeddedStore {
+    async fn create_conversation(
+        &self,
+        conversation: ConversationId,
+        members: Vec<UserId>,
+    ) -> StoreResult<bool> {
+        self.write(move |ctx| {
+            let members = dedup(members);
+            if ctx.t.conversation(&conversation)?.is_some() {
+                let existing: HashSet<UserId> = ctx
+                    .t
+                    .members(&conversation)?
+                    .into_iter()
+                    .filter(|(_, m)| m.is_current())
+                    .map(|(u, _)| u)
+                    .collect();
+                if existing == members.iter().copied().collect() {
+                    return Ok(false);
+                }
+                return Err(ServiceError::AlreadyExists {
+                    field: "conversation_id".into(),
+                    reason: format!("conversation {conversation} exists with other members"),
+                });
+            }
+            let meta = ConversationMeta {
+                created_at: domain::now_millis(),
+                member_count: members.len() as u64,
+            };
+            put(&mut ctx.t.convs, &k1(&conversation), &encode(&meta))?;
+            for u in &members {
+                put(&mut ctx.t.members, &k2(&conversation, u), &encode(&Membership::joined(1)))?;
+                put(&mut ctx.t.user_convs, &k2(u, &conversation), &[])?;
+            }
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn add_members(
+        &self,
+        conversation: ConversationId,
+        changes: Vec<MemberChange>,
+    ) -> StoreResult<MembershipResult> {
+        self.change_members(conversation, changes, true).await
+    }
+
+    async fn remove_members(
+        &self,
+        conversation: ConversationId,
+        changes: Vec<MemberChange>,
+    ) -> StoreResult<MembershipResult> {
+        self.change_members(conversation, changes, false).await
+    }
+
+    async fn register_messages(&self, messages: Vec<NewMessage>) -> StoreResult<u64> {
+        self.write(move |ctx| {
+            // Validate the whole batch before writing anything.
+            let mut fresh = Vec::new();
+            let mut seen_seq: HashMap<(ConversationId, Seq), MessageId> = HashMap::new();
+            let mut seen_id: HashMap<MessageId, Message> = HashMap::new();
+            for (i, m) in messages.iter().enumerate() {
+                let field = |f: &str| format!("messages[{i}].{f}");
+                if let Some(prev) = seen_id.get(&m.id) {
+                    if prev != m {
+                        return Err(ServiceError::invalid(
+                            field("message_id"),
+                            "appears twice in the batch with different content",
+                        ));
+                    }
+                    continue;
+                }
+                seen_id.insert(m.id, *m);
+                if let Some(other) = seen_seq.insert((m.conversation, m.seq), m.id) {
+                    return Err(ServiceError::invalid(
+                        field("seq"),
+                        format!("seq {} is also used by {other} in this batch", m.seq),
+                    ));
+                }
+                if ctx.t.conversation(&m.conversation)?.is_none() {
+                    return Err(ServiceError::not_found(
+                        field("conversation_id"),
+                        "conversation",
+                        m.conversation,
+                    ));
+                }
+                if let Some(existing) = ctx.t.message(&m.id)? {
+                    let same = existing.conversation == m.conversation
+                        && existing.seq == m.seq
+                        && existing.sender == m.sender;
+                    if same {
+                        continue;
+                    }
+                    return Err(ServiceError::AlreadyExists {
+                        field: field("message_id"),
+                        reason: format!("message {} is registered with other content", m.id),
+                    });
+                }
+                if let Some(b) = get_bytes(&ctx.t.conv_msgs, &k_seq(&m.conversation, m.seq))? {
+                    return Err(ServiceError::AlreadyExists {
+                        field: field("seq"),
+                        reason: format!(
+                            "seq {} of conversation {} is message {}",
+                            m.seq,
+                            m.conversation,
+                            uuid_at(&b, 0)
+                        ),
+                    });
+                }
+                let sender_ok = ctx
+                    .t
+                    .membership(&m.conversation, &m.sender)?
+                    .is_some_and(|ms| ms.contains(m.seq));
+                if !sender_ok {
+                    return Err(ServiceError::FailedPrecondition {
+                        field: field("sender_id"),
+                        reason: format!(
+                            "sender {} is not a member of conversation {} at seq {}",
+                            m.sender, m.conversation, m.seq
+                        ),
+                    });
+                }
+                fresh.push(*m);
+            }
+            for m in &fresh {
+                put(&mut ctx.t.messages, &k1(&m.id), &encode(m))?;
+                let v = k2(&m.id, &m.sender);
+                put(&mut ctx.t.conv_msgs, &k_seq(&m.conversation, m.seq), &v)?;
+                ctx.st.sender_counter += 1;
+                put(
+                    &mut ctx.t.sender_msgs,
+                    &k_seq(&m.sender, ctx.st.sender_counter),
+                    &k1(&m.id),
+                )?;
+            }
+            Ok(fresh.len() as u64)
+        })
+        .await
+    }
+
+    async fn mark_delivered(
+        &self,
+        user: UserId,
+        messages: Vec<MessageId>,
+        at: Millis,
+    ) -> StoreResult<Vec<DeliveryResult>> {
+        self.write(move |ctx| {
+            let ids = dedup(messages);
+            let mut found = Vec::with_capacity(ids.len());
+            let mut memberships: HashMap<ConversationId, Membership> = HashMap::new();
+            for id in &ids {
+                let Some(m) = ctx.t.message(id)? else {
+                    return Err(ServiceError::not_found("message_ids", "message", id));
+                };
+                if !memberships.contains_key(&m.conversation) {
+                    let ms = ctx.t.authorize(&m.conversation, &user, "message_ids")?;
+                    memberships.insert(m.conversation, ms);
+                }
+                found.push(m);
+            }
+            let mut results = Vec::with_capacity(found.len());
+            let mut touched: BTreeMap<ConversationId, Vec<Seq>> = BTreeMap::new();
+            for m in &found {
+                let membership = &memberships[&m.conversation];
+                if m.sender == user || !membership.contains(m.seq) {
+                    results.push(DeliveryResult {
+                        message: m.id,
+                        outcome: DeliveryOutcome::NotARecipient,
+                        delivered_at: None,
+                    });
+                    continue;
+                }
+                let existing = ctx.t.delivered_at(&m.id, &user)?;
+                let wm = ctx.t.watermark(&m.conversation, &user)?;
+                let read_at = if wm.seq >= m.seq {
+                    Tables::first_covering(&ctx.t.read_hist, &m.conversation, &user, m.seq)?
+                } else {
+                    None
+                };
+                let earlier = match (existing, read_at) {
+                    (Some(d), Some(r)) => Some(d.min(r)),
+                    (d, r) => d.or(r),
+                };
+                if let Some(t) = earlier {
+                    results.push(DeliveryResult {
+                        message: m.id,
+                        outcome: DeliveryOutcome::AlreadyDelivered,
+                        delivered_at: Some(t),
+                    });
+                    continue;
+                }
+                put(&mut ctx.t.delivered, &k2(&m.id, &user), &at.to_be_bytes())?;
+                touched.entry(m.conversation).or_default().push(m.seq);
+                results.push(DeliveryResult {
+                    message: m.id,
+                    outcome: DeliveryOutcome::Recorded,
+                    delivered_at: Some(at),
+                });
+            }
+            for (c, seqs) in touched {
+                ctx.touch(&c, &seqs)?;
+            }
+            Ok(results)
+        })
+        .await
+    }
+
+    async fn mark_read_up_to(
+        &self,
+        user: UserId,
+        conversation: ConversationId,
+        message: MessageId,
+        at: Millis,
+    ) -> StoreResult<ReadResult> {
+        self.write(move |ctx| {
+            let membership = ctx.t.authorize(&conversation, &user, "conversation_id")?;
+            let Some(m) = ctx.t.message(&message)? else {
+                return Err(ServiceError::not_found("message_id", "message", message));
+            };
+            if m.conversation != conversation {
+                return Err(ServiceError::invalid(
+                    "message_id",
+                    format!("message {message} belongs to another conversation"),
+                ));
+            }
+            ctx.apply_read(&user, &conversation, &membership, m.seq, at)
+        })
+        .await
+    }
+
+    async fn mark_conversations_read(
+        &self,
+        user: UserId,
+        conversations: Vec<ConversationId>,
+        at: Millis,
+    ) -> StoreResult<Vec<ConversationRead>> {
+        self.write(move |ctx| {
+            let mut out = Vec::new();
+            for c in dedup(conversations) {
+                let none = ReadResult {
+                    read_up_to: 0,
+                    advanced: false,
+                    unread: 0,
+                };
+                let (outcome, read) = match ctx.t.authorize(&c, &user, "conversation_ids") {
+                    Ok(membership) => {
+                        let last = ctx.t.last_seq(&c)?;
+                        (
+                            ConversationOutcome::Ok,
+                            ctx.apply_read(&user, &c, &membership, last, at)?,
+                        )
+                    }
+                    Err(ServiceError::NotFound { .. }) => (ConversationOutcome::NotFound, none),
+                    Err(ServiceError::PermissionDenied(_)) => {
+                        (ConversationOutcome::PermissionDenied, none)
+                    }
+                    Err(e) => return Err(e),
+                };
+                out.push(ConversationRead {
+                    conversation: c,
+                    outcome,
+                    read,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn set_sharing(&self, user: UserId, sharing: bool) -> StoreResult<bool> {
+        self.write(move |ctx| {
+            put(&mut ctx.t.privacy, &k1(&user), &[u8::from(sharing)])?;
+            Ok(sharing)
+        })
+        .await
+    }
+
+    async fn sharing(&self, user: UserId) -> StoreResult<bool> {
+        self.read(move |t| t.sharing(&user)).await
+    }
+
+    async fn receipts(
+        &self,
+        viewer: UserId,
+        conversation: ConversationId,
+        messages: Vec<MessageId>,
+        include_recipients: bool,
+    ) -> StoreResult<Vec<MessageState>> {
+        self.read(move |t| {
+            t.authorize(&conversation, &viewer, "conversation_id")?;
+            let mut found = Vec::new();
+            for id in dedup(messages) {
+                match t.message(&id)? {
+                    Some(m) if m.conversation == conversation => found.push(m),
+                    Some(_) => {
+                        return Err(ServiceError::invalid(
+                            "message_ids",
+                            format!("message {id} belongs to another conversation"),
+                        ));
+                    }
+                    None => return Err(ServiceError::not_found("message_ids", "message", id)),
+                }
+            }
+            let ctx = t.context(&conversation)?;
+            found
+                .iter()
+                .map(|m| t.state(&ctx, &viewer, m, include_recipients))
+                .collect()
+        })
+        .await
+    }
+
+    async fn unread_counts(
+        &self,
+        user: UserId,
+        conversations: Vec<ConversationId>,
+    ) -> StoreResult<Vec<UnreadCount>> {
+        self.read(move |t| {
+            let mut out = Vec::new();
+            for c in dedup(conversations) {
+                let mut r = UnreadCount {
+                    conversation: c,
+                    outcome: ConversationOutcome::Ok,
+                    unread: 0,
+                    read_up_to: 0,
+                    last_seq: 0,
+                };
+                match t.authorize(&c, &user, "conversation_ids") {
+                    Ok(membership) => {
+                        let wm = t.watermark(&c, &user)?;
+                        r.read_up_to = wm.seq;
+                        r.last_seq = t.last_seq(&c)?;
+                        r.unread = t.unread(&c, &user, wm.seq, &membership)?;
+                    }
+                    Err(ServiceError::NotFound { .. }) => r.outcome = ConversationOutcome::NotFound,
+                    Err(ServiceError::PermissionDenied(_)) => {
+                        r.outcome = ConversationOutcome::PermissionDenied
+                    }
+                    Err(e) => return Err(e),
+                }
+                out.push(r);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn replay(
+        &self,
+        user: UserId,
+        cursor: Option<Cursor>,
+        max: usize,
+    ) -> StoreResult<Replay> {
+        let epoch = self.epoch;
+        self.read(move |t| {
+            let head = Cursor {
+                epoch,
+                offset: t.meta_u64(META_NEXT_OFFSET)?.max(1) - 1,
+            };
+            let trimmed_to = t.meta_u64(META_TRIMMED_TO)?;
+            let reset = |reason| -> StoreResult<Replay> {
+                Ok(Replay::Reset {
+                    reason,
+                    snapshot: t.snapshot(&user)?,
+                    head,
+                })
+            };
+            let Some(cursor) = cursor else {
+                return Ok(Replay::Events {
+                    events: Vec::new(),
+                    head,
+                });
+            };
+            if cursor.epoch != epoch {
+                return reset(ResetReason::EpochChanged);
+            }
+            if cursor.offset > head.offset {
+                return reset(ResetReason::Invalid);
+            }
+            if cursor.offset < trimmed_to {
+                return reset(ResetReason::Expired);
+            }
+            let events = t.events_after(&user, cursor.offset, max.saturating_add(1))?;
+            if events.len() > max {
+                return reset(ResetReason::TooLarge);
+            }
+            Ok(Replay::Events { events, head })
+        })
+        .await
+    }
+
+    fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    async fn shutdown(&self) {
+        let sender = self
+            .jobs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        drop(sender);
+        let handle = self
+            .writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+    }
+}
+
+impl EmbeddedStore {
+    async fn change_members(
+        &self,
+        conversation: ConversationId,
+        changes: Vec<MemberChange>,
+        join: bool,
+    ) -> StoreResult<MembershipResult> {
+        self.write(move |ctx| {
+            let Some(mut meta) = ctx.t.conversation(&conversation)? else {
+                return Err(ServiceError::not_found(
+                    "conversation_id",
+                    "conversation",
+                    conversation,
+                ));
+            };
+            let mut updated: BTreeMap<UserId, (Membership, Seq)> = BTreeMap::new();
+            for (i, ch) in changes.iter().enumerate() {
+                let mut ms = match updated.get(&ch.user) {
+                    Some((m, _)) => m.clone(),
+                    None => ctx.t.membership(&conversation, &ch.user)?.unwrap_or_default(),
+                };
+                let changed = if join {
+                    ms.join(ch.from_seq)
+                } else {
+                    ms.leave(ch.from_seq)
+                };
+                let reason = match changed {
+                    Ok(true) => {
+                        updated.insert(ch.user, (ms, ch.from_seq));
+                        continue;
+                    }
+                    Ok(false) => continue,
+                    Err(MembershipError::LeaveBeforeJoin) => {
+                        "must be after the seq the member joined at"
+                    }
+                    Err(MembershipError::JoinBeforeLeave) => {
+                        "must not be before the seq the member last left at"
+                    }
+                };
+                return Err(ServiceError::FailedPrecondition {
+                    field: format!("members[{i}].from_seq"),
+                    reason: reason.into(),
+                });
+            }
+            let mut lowest = Seq::MAX;
+            for (u, (ms, from)) in &updated {
+                put(&mut ctx.t.members, &k2(&conversation, u), &encode(ms))?;
+                put(&mut ctx.t.user_convs, &k2(u, &conversation), &[])?;
+                lowest = lowest.min(*from);
+            }
+            if join {
+                meta.member_count += updated.len() as u64;
+            } else {
+                meta.member_count = meta.member_count.saturating_sub(updated.len() as u64);
+            }
+            put(&mut ctx.t.convs, &k1(&conversation), &encode(&meta))?;
+            // Recipients of already registered messages at or after the change
+            // are now different: their counts change.
+            let last = ctx.t.last_seq(&conversation)?;
+            if !updated.is_empty() && lowest <= last {
+                let seqs: Vec<Seq> = ctx
+                    .t
+                    .messages_between(&conversation, lowest, last)?
+                    .into_iter()
+                    .map(|(s, _, _)| s)
+                    .collect();
+                ctx.touch(&conversation, &seqs)?;
+            }
+            Ok(MembershipResult {
+                changed: updated.len() as u64,
+                member_count: meta.member_count,
+            })
+        })
+        .await
+    }
+}

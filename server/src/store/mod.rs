@@ -1,0 +1,251 @@
+//! Storage: the [`ReceiptStore`] contract and its backends.
+//!
+//! # Contract (every backend)
+//! - A write either commits whole or changes nothing; a write that returned
+//!   `Ok` survives a crash of the process (and, for distributed backends, of
+//!   the node).
+//! - Validation (unknown ids, membership, conflicts) happens inside the same
+//!   atomic step as the write, so a rejected call changes nothing.
+//! - State only moves forward: delivered and read never revert, watermarks are
+//!   max-merged (see [`crate::domain`], whose functions decide every rule).
+//! - A write commits the [`Event`]s it causes to the replay log atomically with
+//!   the state change (directly for direct conversations, through a durable
+//!   pending window for groups), then hands them to the [`Hub`] for live
+//!   delivery. Event offsets only grow within an epoch; the epoch changes if
+//!   the log may have lost entries.
+//! - Every method is batch-friendly: one call per request, however many ids
+//!   the request carries.
+
+pub mod embedded;
+
+use crate::domain::{
+    ConversationId, Cursor, Event, MessageId, MessageState, Millis, Seq, UserId,
+};
+use crate::error::ServiceError;
+use crate::live::Hub;
+use async_trait::async_trait;
+use std::sync::Arc;
+
+/// Result of a store call.
+pub type StoreResult<T> = Result<T, ServiceError>;
+
+/// What MarkDelivered did for one message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    /// Newly delivered.
+    Recorded,
+    /// Already delivered or read.
+    AlreadyDelivered,
+    /// The caller sent it or was not a member at its seq.
+    NotARecipient,
+}
+
+/// One MarkDelivered result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeliveryResult {
+    /// The message.
+    pub message: MessageId,
+    /// What happened.
+    pub outcome: DeliveryOutcome,
+    /// When it became delivered for the caller.
+    pub delivered_at: Option<Millis>,
+}
+
+/// The caller's read position after a read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadResult {
+    /// The (true) watermark.
+    pub read_up_to: Seq,
+    /// Whether this call moved it.
+    pub advanced: bool,
+    /// Unread messages after the call.
+    pub unread: u64,
+}
+
+/// Outcome for one conversation of a bulk call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConversationOutcome {
+    /// Done.
+    Ok,
+    /// No such conversation.
+    NotFound,
+    /// The caller is not a member.
+    PermissionDenied,
+}
+
+/// One MarkConversationsRead result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConversationRead {
+    /// The conversation.
+    pub conversation: ConversationId,
+    /// Whether it could be marked.
+    pub outcome: ConversationOutcome,
+    /// The result when it could.
+    pub read: ReadResult,
+}
+
+/// One GetUnreadCounts result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnreadCount {
+    /// The conversation.
+    pub conversation: ConversationId,
+    /// Whether it could be counted.
+    pub outcome: ConversationOutcome,
+    /// Unread messages.
+    pub unread: u64,
+    /// The caller's watermark.
+    pub read_up_to: Seq,
+    /// The highest registered seq.
+    pub last_seq: Seq,
+}
+
+/// A membership change request for one user.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemberChange {
+    /// The user.
+    pub user: UserId,
+    /// First seq it applies to.
+    pub from_seq: Seq,
+}
+
+/// The result of a membership change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MembershipResult {
+    /// Users whose membership changed.
+    pub changed: u64,
+    /// Current members after the call.
+    pub member_count: u64,
+}
+
+/// The state a client needs to repaint after a reset.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The caller's most recent sent messages, newest first.
+    pub recent_messages: Vec<MessageState>,
+    /// The caller's watermark and unread count per conversation.
+    pub watermarks: Vec<(ConversationId, Seq, u64)>,
+}
+
+/// Why a cursor cannot be honoured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResetReason {
+    /// Trimmed from the log.
+    Expired,
+    /// From another epoch.
+    EpochChanged,
+    /// Unparseable, or ahead of the log.
+    Invalid,
+    /// More missed events than a replay may carry.
+    TooLarge,
+}
+
+/// What a subscriber gets before going live.
+#[derive(Clone, Debug)]
+pub enum Replay {
+    /// Missed events (not yet coalesced), then live after `head`.
+    Events {
+        /// Events after the cursor, in log order.
+        events: Vec<Event>,
+        /// The log position the replay reaches.
+        head: Cursor,
+    },
+    /// The cursor cannot be honoured: repaint from the snapshot.
+    Reset {
+        /// Why.
+        reason: ResetReason,
+        /// Current state.
+        snapshot: Snapshot,
+        /// The log position the snapshot reflects.
+        head: Cursor,
+    },
+}
+
+/// A registered message, as the backend describes it.
+pub type NewMessage = crate::domain::Message;
+
+/// The storage contract (see the module docs).
+#[async_trait]
+pub trait ReceiptStore: Send + Sync + std::fmt::Debug + 'static {
+    /// Creates a conversation whose members are members from seq 1. Returns
+    /// `false` if it already existed with the same members.
+    async fn create_conversation(
+        &self,
+        conversation: ConversationId,
+        members: Vec<UserId>,
+    ) -> StoreResult<bool>;
+
+    /// Adds members from the given seqs.
+    async fn add_members(
+        &self,
+        conversation: ConversationId,
+        changes: Vec<MemberChange>,
+    ) -> StoreResult<MembershipResult>;
+
+    /// Removes members from the given seqs.
+    async fn remove_members(
+        &self,
+        conversation: ConversationId,
+        changes: Vec<MemberChange>,
+    ) -> StoreResult<MembershipResult>;
+
+    /// Registers messages (all or nothing). Returns how many were new.
+    async fn register_messages(&self, messages: Vec<NewMessage>) -> StoreResult<u64>;
+
+    /// Records deliveries by `user` (all checked before any is written).
+    async fn mark_delivered(
+        &self,
+        user: UserId,
+        messages: Vec<MessageId>,
+        at: Millis,
+    ) -> StoreResult<Vec<DeliveryResult>>;
+
+    /// Moves `user`'s watermark in `conversation` up to `message`.
+    async fn mark_read_up_to(
+        &self,
+        user: UserId,
+        conversation: ConversationId,
+        message: MessageId,
+        at: Millis,
+    ) -> StoreResult<ReadResult>;
+
+    /// Marks conversations read up to their last message, one result each.
+    async fn mark_conversations_read(
+        &self,
+        user: UserId,
+        conversations: Vec<ConversationId>,
+        at: Millis,
+    ) -> StoreResult<Vec<ConversationRead>>;
+
+    /// Sets whether `user` shares read receipts; returns the setting.
+    async fn set_sharing(&self, user: UserId, sharing: bool) -> StoreResult<bool>;
+
+    /// Whether `user` shares read receipts (default true).
+    async fn sharing(&self, user: UserId) -> StoreResult<bool>;
+
+    /// Message states as `viewer` may see them.
+    async fn receipts(
+        &self,
+        viewer: UserId,
+        conversation: ConversationId,
+        messages: Vec<MessageId>,
+        include_recipients: bool,
+    ) -> StoreResult<Vec<MessageState>>;
+
+    /// Unread counts, one result per conversation.
+    async fn unread_counts(
+        &self,
+        user: UserId,
+        conversations: Vec<ConversationId>,
+    ) -> StoreResult<Vec<UnreadCount>>;
+
+    /// Events for `user` after `cursor` (at most `max`), or a reset. Without a
+    /// cursor, no events and the current head.
+    async fn replay(&self, user: UserId, cursor: Option<Cursor>, max: usize)
+    -> StoreResult<Replay>;
+
+    /// The live side of the event log on this node.
+    fn hub(&self) -> &Arc<Hub>;
+
+    /// Flushes pending work (group windows) and stops background tasks.
+    async fn shutdown(&self);
+}

@@ -136,9 +136,7 @@ impl Authenticator {
                 .strip_prefix("Bearer ")
                 .or_else(|| value.strip_prefix("bearer "))
                 .ok_or_else(|| {
-                    ServiceError::Unauthenticated(
-                        "authorization: expected `Bearer <token>`".into(),
-                    )
+                    ServiceError::Unauthenticated("authorization: expected `Bearer <token>`".into())
                 })?;
             return self.verify(token.trim());
         }
@@ -164,9 +162,13 @@ impl Authenticator {
                 None => Role::User,
                 Some(r) => r
                     .to_str()
-                    .map_err(|_| ServiceError::Unauthenticated(format!("{DEV_ROLE_HEADER}: not ASCII")))?
+                    .map_err(|_| {
+                        ServiceError::Unauthenticated(format!("{DEV_ROLE_HEADER}: not ASCII"))
+                    })?
                     .parse()
-                    .map_err(|e| ServiceError::Unauthenticated(format!("{DEV_ROLE_HEADER}: {e}")))?,
+                    .map_err(|e| {
+                        ServiceError::Unauthenticated(format!("{DEV_ROLE_HEADER}: {e}"))
+                    })?,
             };
             return Ok(Identity { id, role });
         }
@@ -203,7 +205,9 @@ impl Authenticator {
             Some(jsonwebtoken::errors::ErrorKind::InvalidAudience) => "wrong audience",
             _ => "invalid token",
         };
-        Err(ServiceError::Unauthenticated(format!("authorization: {reason}")))
+        Err(ServiceError::Unauthenticated(format!(
+            "authorization: {reason}"
+        )))
     }
 }
 

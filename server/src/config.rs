@@ -8,7 +8,11 @@ use std::time::Duration;
 
 /// The receipts service.
 #[derive(Debug, Parser)]
-#[command(name = "receiptd", version, about = "Read receipts over gRPC and gRPC-web")]
+#[command(
+    name = "receiptd",
+    version,
+    about = "Read receipts over gRPC and gRPC-web"
+)]
 pub struct Cli {
     /// What to do (default: serve).
     #[command(subcommand)]
@@ -108,7 +112,12 @@ pub struct ServeArgs {
 
     /// Origins allowed for browser (gRPC-web) calls, comma separated; `*`
     /// allows any origin.
-    #[arg(long, env = "RECEIPTS_CORS_ORIGINS", default_value = "*", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "RECEIPTS_CORS_ORIGINS",
+        default_value = "*",
+        value_delimiter = ','
+    )]
     pub cors_origins: Vec<String>,
 
     /// Log as JSON lines instead of human-readable text.

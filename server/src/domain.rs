@@ -267,7 +267,9 @@ pub fn aggregate(views: &[RecipientView]) -> Aggregate {
         delivered_count: delivered.len() as u64,
         read_count: read.len() as u64,
         recipients_total: total,
-        delivered_at: all_delivered.then(|| delivered.iter().copied().max()).flatten(),
+        delivered_at: all_delivered
+            .then(|| delivered.iter().copied().max())
+            .flatten(),
         read_at: all_read.then(|| read.iter().copied().max()).flatten(),
     }
 }
@@ -416,7 +418,12 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn facts(delivered: Option<Millis>, read: Option<Millis>, public: Option<Millis>, sharing: bool) -> RecipientFacts {
+    fn facts(
+        delivered: Option<Millis>,
+        read: Option<Millis>,
+        public: Option<Millis>,
+        sharing: bool,
+    ) -> RecipientFacts {
         RecipientFacts {
             delivered_at: delivered,
             read_at: read,
@@ -429,21 +436,42 @@ mod tests {
     fn watermark_max_merge_ignores_older_and_equal_positions() {
         let wm = ReadWatermark::default();
         let a = wm.advance(5, true).expect("advances");
-        assert_eq!(a.after, ReadWatermark { seq: 5, public_seq: 5 });
+        assert_eq!(
+            a.after,
+            ReadWatermark {
+                seq: 5,
+                public_seq: 5
+            }
+        );
         assert!(a.after.advance(5, true).is_none());
         assert!(a.after.advance(3, true).is_none());
     }
 
     #[test]
     fn private_read_does_not_move_public_position_until_reading_further() {
-        let wm = ReadWatermark { seq: 5, public_seq: 5 };
+        let wm = ReadWatermark {
+            seq: 5,
+            public_seq: 5,
+        };
         let private = wm.advance(9, false).expect("advances").after;
-        assert_eq!(private, ReadWatermark { seq: 9, public_seq: 5 });
+        assert_eq!(
+            private,
+            ReadWatermark {
+                seq: 9,
+                public_seq: 5
+            }
+        );
         // Sharing again, re-reading the same position reveals nothing.
         assert!(private.advance(9, true).is_none());
         let further = private.advance(10, true).expect("advances");
         assert!(further.is_public());
-        assert_eq!(further.after, ReadWatermark { seq: 10, public_seq: 10 });
+        assert_eq!(
+            further.after,
+            ReadWatermark {
+                seq: 10,
+                public_seq: 10
+            }
+        );
     }
 
     #[test]
@@ -470,7 +498,10 @@ mod tests {
         let me = Uuid::from_u128(1);
         let other = Uuid::from_u128(2);
         let f = facts(Some(1), Some(2), Some(2), false);
-        assert_eq!(recipient_view(me, other, f).state, RecipientState::Delivered);
+        assert_eq!(
+            recipient_view(me, other, f).state,
+            RecipientState::Delivered
+        );
         assert_eq!(recipient_view(other, other, f).state, RecipientState::Read);
     }
 
@@ -481,7 +512,10 @@ mod tests {
 
     #[test]
     fn cursor_round_trips_and_rejects_garbage() {
-        let c = Cursor { epoch: 42, offset: 7 };
+        let c = Cursor {
+            epoch: 42,
+            offset: 7,
+        };
         assert_eq!(Cursor::decode(&c.encode()), Some(c));
         assert_eq!(Cursor::decode("not-a-cursor"), None);
         assert_eq!(Cursor::decode(""), None);

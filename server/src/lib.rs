@@ -117,9 +117,7 @@ pub async fn run(
     let api = Api::new(store.clone(), Limits::from(&config), streams_stopped);
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<ReceiptServiceServer<Api>>()
-        .await;
+    health.set_serving::<ReceiptServiceServer<Api>>().await;
     health
         .set_serving::<ReceiptBackendServiceServer<Api>>()
         .await;

@@ -41,7 +41,10 @@ pub(crate) fn check_len(field: &str, len: usize, max: usize) -> Result<(), Servi
 /// Parses a seq (≥ 1).
 pub(crate) fn seq(field: &str, value: i64) -> Result<u64, ServiceError> {
     if value < 1 {
-        return Err(ServiceError::invalid(field, format!("must be at least 1, got {value}")));
+        return Err(ServiceError::invalid(
+            field,
+            format!("must be at least 1, got {value}"),
+        ));
     }
     Ok(value as u64)
 }

@@ -52,7 +52,11 @@ pub struct Api {
 
 impl Api {
     /// Handlers over `store`; `shutdown` flips to true when streams must end.
-    pub fn new(store: Arc<dyn ReceiptStore>, limits: Limits, shutdown: watch::Receiver<bool>) -> Self {
+    pub fn new(
+        store: Arc<dyn ReceiptStore>,
+        limits: Limits,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
         Self {
             store,
             limits,
@@ -88,7 +92,8 @@ fn service<T>(req: &Request<T>) -> Result<Identity, Status> {
     }
 }
 
-type EventStream = Pin<Box<dyn Stream<Item = Result<pb::SubscribeReceiptsResponse, Status>> + Send>>;
+type EventStream =
+    Pin<Box<dyn Stream<Item = Result<pb::SubscribeReceiptsResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl pb::receipt_service_server::ReceiptService for Api {
@@ -97,7 +102,11 @@ impl pb::receipt_service_server::ReceiptService for Api {
         req: Request<pb::MarkDeliveredRequest>,
     ) -> Result<Response<pb::MarkDeliveredResponse>, Status> {
         let me = user(&req)?;
-        let ids = uuids("message_ids", &req.get_ref().message_ids, self.limits.max_batch)?;
+        let ids = uuids(
+            "message_ids",
+            &req.get_ref().message_ids,
+            self.limits.max_batch,
+        )?;
         let results = self
             .store
             .mark_delivered(me.id, ids, domain::now_millis())
@@ -187,7 +196,9 @@ impl pb::receipt_service_server::ReceiptService for Api {
             .store
             .replay(me.id, cursor, self.limits.max_replay)
             .await?;
-        let (tx, rx) = mpsc::channel::<Result<pb::SubscribeReceiptsResponse, Status>>(16);
+        // A tiny hand-off: the bounded buffer that matters is the hub's
+        // (`--subscriber-buffer`), so a slow reader is detected there.
+        let (tx, rx) = mpsc::channel::<Result<pb::SubscribeReceiptsResponse, Status>>(1);
         let mut shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             use pb::subscribe_receipts_response::Event as E;

@@ -195,22 +195,32 @@ fn get_bytes<T: ReadableTable<Bytes, Bytes>>(t: &T, key: &[u8]) -> StoreResult<O
 
 impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
     fn meta_u64(&self, key: &[u8]) -> StoreResult<u64> {
-        Ok(get_bytes(&self.meta, key)?.map(|b| u64_at(&b, 0)).unwrap_or(0))
+        Ok(get_bytes(&self.meta, key)?
+            .map(|b| u64_at(&b, 0))
+            .unwrap_or(0))
     }
 
     fn conversation(&self, c: &ConversationId) -> StoreResult<Option<ConversationMeta>> {
-        get_bytes(&self.convs, &k1(c))?.map(|b| decode(&b)).transpose()
+        get_bytes(&self.convs, &k1(c))?
+            .map(|b| decode(&b))
+            .transpose()
     }
 
     fn membership(&self, c: &ConversationId, u: &UserId) -> StoreResult<Option<Membership>> {
-        get_bytes(&self.members, &k2(c, u))?.map(|b| decode(&b)).transpose()
+        get_bytes(&self.members, &k2(c, u))?
+            .map(|b| decode(&b))
+            .transpose()
     }
 
     fn members(&self, c: &ConversationId) -> StoreResult<Vec<(UserId, Membership)>> {
         let lo = k2(c, &Uuid::nil());
         let hi = k2(c, &Uuid::max());
         let mut out = Vec::new();
-        for entry in self.members.range(lo.as_slice()..=hi.as_slice()).map_err(storage)? {
+        for entry in self
+            .members
+            .range(lo.as_slice()..=hi.as_slice())
+            .map_err(storage)?
+        {
             let (k, v) = entry.map_err(storage)?;
             out.push((uuid_at(k.value(), 16), decode(v.value())?));
         }
@@ -218,7 +228,9 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
     }
 
     fn message(&self, m: &MessageId) -> StoreResult<Option<Message>> {
-        get_bytes(&self.messages, &k1(m))?.map(|b| decode(&b)).transpose()
+        get_bytes(&self.messages, &k1(m))?
+            .map(|b| decode(&b))
+            .transpose()
     }
 
     fn watermark(&self, c: &ConversationId, u: &UserId) -> StoreResult<ReadWatermark> {
@@ -247,7 +259,9 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
     ) -> StoreResult<Option<Millis>> {
         let lo = k3(c, u, seq);
         let hi = k3(c, u, u64::MAX);
-        let mut range = table.range(lo.as_slice()..=hi.as_slice()).map_err(storage)?;
+        let mut range = table
+            .range(lo.as_slice()..=hi.as_slice())
+            .map_err(storage)?;
         match range.next() {
             Some(entry) => Ok(Some(i64_val(entry.map_err(storage)?.1.value()))),
             None => Ok(None),
@@ -282,7 +296,11 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
             .map_err(storage)?
         {
             let (k, v) = entry.map_err(storage)?;
-            out.push((u64_at(k.value(), 16), uuid_at(v.value(), 0), uuid_at(v.value(), 16)));
+            out.push((
+                u64_at(k.value(), 16),
+                uuid_at(v.value(), 0),
+                uuid_at(v.value(), 16),
+            ));
         }
         Ok(out)
     }
@@ -604,16 +622,30 @@ impl WriteCtx<'_, '_> {
             .collect::<Result<_, _>>()
             .map_err(storage)?;
         for (offset, user) in doomed {
-            self.t.event_index.remove(offset.to_be_bytes().as_slice()).map_err(storage)?;
-            self.t.events.remove(k_seq(&user, offset).as_slice()).map_err(storage)?;
+            self.t
+                .event_index
+                .remove(offset.to_be_bytes().as_slice())
+                .map_err(storage)?;
+            self.t
+                .events
+                .remove(k_seq(&user, offset).as_slice())
+                .map_err(storage)?;
         }
         self.st.trimmed_to = upto;
         put(&mut self.t.meta, META_TRIMMED_TO, &upto.to_be_bytes())
     }
 
     fn save_counters(&mut self) -> StoreResult<()> {
-        put(&mut self.t.meta, META_NEXT_OFFSET, &self.st.next_offset.to_be_bytes())?;
-        put(&mut self.t.meta, META_SENDER_COUNTER, &self.st.sender_counter.to_be_bytes())
+        put(
+            &mut self.t.meta,
+            META_NEXT_OFFSET,
+            &self.st.next_offset.to_be_bytes(),
+        )?;
+        put(
+            &mut self.t.meta,
+            META_SENDER_COUNTER,
+            &self.st.sender_counter.to_be_bytes(),
+        )
     }
 
     /// Applies a read by `u` up to `to` (the rule is [`ReadWatermark::advance`]).
@@ -637,9 +669,17 @@ impl WriteCtx<'_, '_> {
         let WatermarkAdvance { before, after } = adv;
         let v = [after.seq.to_be_bytes(), after.public_seq.to_be_bytes()].concat();
         put(&mut self.t.watermarks, &k2(c, u), &v)?;
-        put(&mut self.t.read_hist, &k3(c, u, after.seq), &at.to_be_bytes())?;
+        put(
+            &mut self.t.read_hist,
+            &k3(c, u, after.seq),
+            &at.to_be_bytes(),
+        )?;
         if adv.is_public() {
-            put(&mut self.t.public_hist, &k3(c, u, after.seq), &at.to_be_bytes())?;
+            put(
+                &mut self.t.public_hist,
+                &k3(c, u, after.seq),
+                &at.to_be_bytes(),
+            )?;
         }
         let unread = self.t.unread(c, u, after.seq, membership)?;
         self.emit(
@@ -798,19 +838,16 @@ impl EmbeddedStore {
     }
 }
 
-fn writer_loop(
-    db: Arc<Database>,
-    hub: Arc<Hub>,
-    mut st: WriterState,
-    rx: std_mpsc::Receiver<Job>,
-) {
+fn writer_loop(db: Arc<Database>, hub: Arc<Hub>, mut st: WriterState, rx: std_mpsc::Receiver<Job>) {
     let mut closed = false;
     loop {
         let mut jobs: Vec<Job> = Vec::new();
         if !closed {
             let next_deadline = st.windows.values().map(|w| w.deadline).min();
             let first = match next_deadline {
-                None => rx.recv().map_err(|_| std_mpsc::RecvTimeoutError::Disconnected),
+                None => rx
+                    .recv()
+                    .map_err(|_| std_mpsc::RecvTimeoutError::Disconnected),
                 Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
             };
             match first {
@@ -825,7 +862,12 @@ fn writer_loop(
                 }
             }
         }
-        let saved = (st.next_offset, st.trimmed_to, st.sender_counter, st.windows.clone());
+        let saved = (
+            st.next_offset,
+            st.trimmed_to,
+            st.sender_counter,
+            st.windows.clone(),
+        );
         let (completions, events, commit) = run_batch(&db, &mut st, jobs, closed);
         if commit.is_ok() {
             hub.publish(&events);
@@ -921,7 +963,11 @@ impl ReceiptStore for EmbeddedStore {
             };
             put(&mut ctx.t.convs, &k1(&conversation), &encode(&meta))?;
             for u in &members {
-                put(&mut ctx.t.members, &k2(&conversation, u), &encode(&Membership::joined(1)))?;
+                put(
+                    &mut ctx.t.members,
+                    &k2(&conversation, u),
+                    &encode(&Membership::joined(1)),
+                )?;
                 put(&mut ctx.t.user_convs, &k2(u, &conversation), &[])?;
             }
             Ok(true)
@@ -1322,7 +1368,10 @@ impl EmbeddedStore {
             for (i, ch) in changes.iter().enumerate() {
                 let mut ms = match updated.get(&ch.user) {
                     Some((m, _)) => m.clone(),
-                    None => ctx.t.membership(&conversation, &ch.user)?.unwrap_or_default(),
+                    None => ctx
+                        .t
+                        .membership(&conversation, &ch.user)?
+                        .unwrap_or_default(),
                 };
                 let changed = if join {
                     ms.join(ch.from_seq)
@@ -1377,5 +1426,140 @@ impl EmbeddedStore {
             })
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redb::ReadableTableMetadata as _;
+
+    const STATE_TABLES: [Def; 11] = [
+        CONVS,
+        MEMBERS,
+        USER_CONVS,
+        MESSAGES,
+        CONV_MSGS,
+        SENDER_MSGS,
+        DELIVERED,
+        WATERMARKS,
+        READ_HIST,
+        PUBLIC_HIST,
+        PRIVACY,
+    ];
+
+    fn state_rows(store: &EmbeddedStore) -> u64 {
+        let txn = store.db.begin_read().expect("read");
+        STATE_TABLES
+            .iter()
+            .map(|def| txn.open_table(*def).expect("table").len().expect("len"))
+            .sum()
+    }
+
+    fn options() -> EmbeddedOptions {
+        EmbeddedOptions {
+            group_window: Duration::from_millis(50),
+            log_retention: 1_000_000,
+            subscriber_buffer: 16,
+        }
+    }
+
+    async fn conversation_with(
+        store: &EmbeddedStore,
+        n: u64,
+    ) -> (ConversationId, UserId, UserId, MessageId) {
+        let (c, a, b) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        store
+            .create_conversation(c, vec![a, b])
+            .await
+            .expect("create");
+        let mut last = Uuid::nil();
+        let msgs: Vec<Message> = (1..=n)
+            .map(|seq| {
+                last = Uuid::now_v7();
+                Message {
+                    id: last,
+                    conversation: c,
+                    seq,
+                    sender: a,
+                    sent_at: 1,
+                }
+            })
+            .collect();
+        for chunk in msgs.chunks(1000) {
+            store
+                .register_messages(chunk.to_vec())
+                .await
+                .expect("register");
+        }
+        (c, a, b, last)
+    }
+
+    /// The seed design's watermark: a read costs the same number of stored
+    /// rows whether it covers one message or thousands.
+    #[tokio::test]
+    async fn mark_read_up_to_writes_the_same_rows_for_1_or_5000_messages() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EmbeddedStore::open(dir.path(), options()).expect("open");
+        let mut deltas = Vec::new();
+        for n in [1, 5000] {
+            let (c, _, reader, last) = conversation_with(&store, n).await;
+            let before = state_rows(&store);
+            let r = store
+                .mark_read_up_to(reader, c, last, 10)
+                .await
+                .expect("read");
+            assert_eq!(r.read_up_to, n);
+            deltas.push(state_rows(&store) - before);
+        }
+        assert_eq!(deltas[0], deltas[1], "rows written: {deltas:?}");
+        assert_eq!(
+            deltas[0], 3,
+            "watermark, history entry, public history entry"
+        );
+        store.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_the_epoch_and_the_log_position() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EmbeddedStore::open(dir.path(), options()).expect("open");
+        let (c, _, reader, last) = conversation_with(&store, 3).await;
+        store
+            .mark_read_up_to(reader, c, last, 10)
+            .await
+            .expect("read");
+        let Replay::Events { head, .. } = store.replay(reader, None, 10).await.expect("replay")
+        else {
+            panic!("no cursor, no reset");
+        };
+        store.shutdown().await;
+        drop(store);
+        let store = EmbeddedStore::open(dir.path(), options()).expect("reopen");
+        let replay = store
+            .replay(
+                reader,
+                Some(Cursor {
+                    epoch: head.epoch,
+                    offset: 0,
+                }),
+                10,
+            )
+            .await
+            .expect("replay");
+        let Replay::Events {
+            events,
+            head: again,
+        } = replay
+        else {
+            panic!("same epoch must replay, not reset");
+        };
+        assert_eq!(again, head);
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e.body, EventBody::Watermark { read_up_to: 3, .. }))
+        );
+        store.shutdown().await;
     }
 }

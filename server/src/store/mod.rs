@@ -18,9 +18,7 @@
 
 pub mod embedded;
 
-use crate::domain::{
-    ConversationId, Cursor, Event, MessageId, MessageState, Millis, Seq, UserId,
-};
+use crate::domain::{ConversationId, Cursor, Event, MessageId, MessageState, Millis, Seq, UserId};
 use crate::error::ServiceError;
 use crate::live::Hub;
 use async_trait::async_trait;

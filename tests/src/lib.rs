@@ -1,0 +1,480 @@
+//! Test harness: a real `receiptd` on an ephemeral port (in-process, or as a
+//! child process for crash tests) and clients over a real TCP socket.
+
+#![allow(missing_docs)]
+
+use receipts_proto::v1 as pb;
+use receipts_server::auth::{Role, mint_token};
+use receipts_server::config::ServeArgs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+pub use pb::receipt_backend_service_client::ReceiptBackendServiceClient;
+pub use pb::receipt_service_client::ReceiptServiceClient;
+
+/// The HS256 secret every test server accepts.
+pub const SECRET: &str = "test-secret-0123456789abcdef";
+
+/// Adds a bearer token (or nothing) to every call.
+#[derive(Clone, Debug)]
+pub struct Bearer(pub Option<String>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(t) = &self.0 {
+            req.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {t}").parse().expect("ascii"),
+            );
+        }
+        Ok(req)
+    }
+}
+
+/// A user-facing client.
+pub type UserClient = ReceiptServiceClient<InterceptedService<Channel, Bearer>>;
+/// A backend client.
+pub type BackendClient = ReceiptBackendServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// A token for `id` with `role`, valid for an hour.
+pub fn token(id: Uuid, role: Role) -> String {
+    mint_token(SECRET, id, role, Duration::from_secs(3600)).expect("mint")
+}
+
+/// Settings for a test server in `dir` (dev mode on loopback, and tokens).
+pub fn test_config(dir: &Path) -> ServeArgs {
+    let mut c = ServeArgs::for_tests(dir.to_path_buf());
+    c.jwt_secret = Some(SECRET.into());
+    c.group_window_ms = 100;
+    c
+}
+
+/// A server running inside the test process on `127.0.0.1:0`.
+#[derive(Debug)]
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// Starts with the default test configuration.
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts after `tweak` adjusted the configuration.
+    pub async fn start_with(tweak: impl FnOnce(&mut ServeArgs)) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = test_config(dir.path());
+        tweak(&mut config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            receipts_server::run(listener, config, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("server run");
+        });
+        wait_serving(addr).await;
+        Self {
+            addr,
+            dir,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn channel(&self) -> Channel {
+        channel(self.addr).await
+    }
+
+    /// A client acting as `user` (with a valid user token).
+    pub async fn user(&self, user: Uuid) -> UserClient {
+        ReceiptServiceClient::with_interceptor(
+            self.channel().await,
+            Bearer(Some(token(user, Role::User))),
+        )
+    }
+
+    /// A client with an arbitrary (or no) token.
+    pub async fn user_with_token(&self, token: Option<String>) -> UserClient {
+        ReceiptServiceClient::with_interceptor(self.channel().await, Bearer(token))
+    }
+
+    /// The messaging backend.
+    pub async fn backend(&self) -> BackendClient {
+        ReceiptBackendServiceClient::with_interceptor(
+            self.channel().await,
+            Bearer(Some(token(Uuid::new_v4(), Role::Service))),
+        )
+    }
+
+    /// Stops gracefully and waits for the server to finish.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// Connects to `addr`.
+pub async fn channel(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .expect("connect")
+}
+
+/// Polls grpc.health.v1 until the receipts service reports SERVING.
+pub async fn wait_serving(addr: SocketAddr) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(ch) = Channel::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .connect()
+            .await
+        {
+            let mut health = tonic_health::pb::health_client::HealthClient::new(ch);
+            let req = tonic_health::pb::HealthCheckRequest {
+                service: "receipts.v1.ReceiptService".into(),
+            };
+            if let Ok(resp) = health.check(req).await {
+                if resp.get_ref().status
+                    == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+                {
+                    return;
+                }
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "server at {addr} never became SERVING"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A `receiptd` child process (for crash and restart tests); killed on drop.
+#[derive(Debug)]
+pub struct ChildServer {
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+/// Where cargo put the `receiptd` binary (built by the test command).
+pub fn receiptd_path() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("receiptd");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first with `cargo build -p receipts-server --bin receiptd`",
+        bin.display()
+    );
+    bin
+}
+
+/// A free loopback port (bound and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+impl ChildServer {
+    /// Starts `receiptd` on `port` with `data_dir` and waits until SERVING.
+    pub async fn start(data_dir: &Path, port: u16) -> Self {
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let child = std::process::Command::new(receiptd_path())
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--jwt-secret")
+            .arg(SECRET)
+            .arg("--group-window-ms")
+            .arg("100")
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn receiptd");
+        wait_serving(addr).await;
+        Self {
+            addr,
+            data_dir: data_dir.to_path_buf(),
+            child: Some(child),
+        }
+    }
+
+    /// `kill -9`: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit status.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        let pid = c.id().to_string();
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status();
+        c.wait().ok()
+    }
+
+    pub async fn user(&self, user: Uuid) -> UserClient {
+        ReceiptServiceClient::with_interceptor(
+            channel(self.addr).await,
+            Bearer(Some(token(user, Role::User))),
+        )
+    }
+
+    pub async fn backend(&self) -> BackendClient {
+        ReceiptBackendServiceClient::with_interceptor(
+            channel(self.addr).await,
+            Bearer(Some(token(Uuid::new_v4(), Role::Service))),
+        )
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A conversation created through the backend API, with message helpers.
+#[derive(Clone, Debug)]
+pub struct Conversation {
+    pub id: Uuid,
+    pub members: Vec<Uuid>,
+    next_seq: i64,
+}
+
+impl Conversation {
+    /// Creates a conversation with `n` fresh members.
+    pub async fn create(backend: &mut BackendClient, n: usize) -> Self {
+        let members: Vec<Uuid> = (0..n).map(|_| Uuid::now_v7()).collect();
+        Self::create_with(backend, members).await
+    }
+
+    /// Creates a conversation with the given members.
+    pub async fn create_with(backend: &mut BackendClient, members: Vec<Uuid>) -> Self {
+        let id = Uuid::now_v7();
+        backend
+            .create_conversation(pb::CreateConversationRequest {
+                conversation_id: id.to_string(),
+                member_ids: members.iter().map(Uuid::to_string).collect(),
+            })
+            .await
+            .expect("create conversation");
+        Self {
+            id,
+            members,
+            next_seq: 1,
+        }
+    }
+
+    /// Registers a message from `sender` at the next seq; returns its id.
+    pub async fn send(&mut self, backend: &mut BackendClient, sender: Uuid) -> Uuid {
+        let id = Uuid::now_v7();
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        backend
+            .register_messages(pb::RegisterMessagesRequest {
+                messages: vec![registration(id, self.id, seq, sender)],
+            })
+            .await
+            .expect("register message");
+        id
+    }
+
+    /// The seq the next message will get.
+    pub fn next_seq(&self) -> i64 {
+        self.next_seq
+    }
+
+    /// Skips seqs (e.g. after registering messages by hand).
+    pub fn set_next_seq(&mut self, seq: i64) {
+        self.next_seq = seq;
+    }
+}
+
+/// A registration entry.
+pub fn registration(
+    id: Uuid,
+    conversation: Uuid,
+    seq: i64,
+    sender: Uuid,
+) -> pb::MessageRegistration {
+    pb::MessageRegistration {
+        message_id: id.to_string(),
+        conversation_id: conversation.to_string(),
+        seq,
+        sender_id: sender.to_string(),
+        sent_at_ms: 0,
+    }
+}
+
+/// Marks delivered.
+pub async fn deliver(client: &mut UserClient, ids: &[Uuid]) -> pb::MarkDeliveredResponse {
+    client
+        .mark_delivered(pb::MarkDeliveredRequest {
+            message_ids: ids.iter().map(Uuid::to_string).collect(),
+        })
+        .await
+        .expect("mark delivered")
+        .into_inner()
+}
+
+/// Marks read up to `message`.
+pub async fn read_up_to(
+    client: &mut UserClient,
+    conversation: Uuid,
+    message: Uuid,
+) -> pb::MarkReadUpToResponse {
+    client
+        .mark_read_up_to(pb::MarkReadUpToRequest {
+            conversation_id: conversation.to_string(),
+            message_id: message.to_string(),
+        })
+        .await
+        .expect("mark read")
+        .into_inner()
+}
+
+/// The receipts of one message (with recipients) as `client` sees them.
+pub async fn receipt(
+    client: &mut UserClient,
+    conversation: Uuid,
+    message: Uuid,
+) -> pb::MessageReceipts {
+    client
+        .get_receipts(pb::GetReceiptsRequest {
+            conversation_id: conversation.to_string(),
+            message_ids: vec![message.to_string()],
+            include_recipients: true,
+        })
+        .await
+        .expect("get receipts")
+        .into_inner()
+        .messages
+        .remove(0)
+}
+
+/// Sets whether `client`'s user shares read receipts.
+pub async fn set_sharing(client: &mut UserClient, on: bool) {
+    client
+        .update_privacy_settings(pb::UpdatePrivacySettingsRequest {
+            settings: Some(pb::PrivacySettings {
+                send_read_receipts: on,
+            }),
+        })
+        .await
+        .expect("update privacy");
+}
+
+/// An open subscription.
+pub struct Subscription {
+    pub stream: tonic::Streaming<pb::SubscribeReceiptsResponse>,
+    /// The cursor of the last event received.
+    pub cursor: String,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("cursor", &self.cursor)
+            .finish()
+    }
+}
+
+impl Subscription {
+    /// Subscribes (optionally from `cursor`) and reads up to the `live` marker,
+    /// returning the replayed events.
+    pub async fn open(
+        client: &mut UserClient,
+        cursor: Option<String>,
+    ) -> (Self, Vec<pb::SubscribeReceiptsResponse>) {
+        let stream = client
+            .subscribe_receipts(pb::SubscribeReceiptsRequest {
+                cursor: cursor.clone().unwrap_or_default(),
+            })
+            .await
+            .expect("subscribe")
+            .into_inner();
+        let mut sub = Self {
+            stream,
+            cursor: cursor.unwrap_or_default(),
+        };
+        let mut replayed = Vec::new();
+        loop {
+            let ev = sub.next().await.expect("event before live marker");
+            if matches!(
+                ev.event,
+                Some(pb::subscribe_receipts_response::Event::Live(_))
+            ) {
+                return (sub, replayed);
+            }
+            replayed.push(ev);
+        }
+    }
+
+    /// The next event, or `None` if none arrives within 5 s.
+    pub async fn next(&mut self) -> Option<pb::SubscribeReceiptsResponse> {
+        self.next_within(Duration::from_secs(5)).await
+    }
+
+    /// The next event within `wait`.
+    pub async fn next_within(&mut self, wait: Duration) -> Option<pb::SubscribeReceiptsResponse> {
+        match tokio::time::timeout(wait, self.stream.message()).await {
+            Ok(Ok(Some(ev))) => {
+                self.cursor = ev.cursor.clone();
+                Some(ev)
+            }
+            _ => None,
+        }
+    }
+
+    /// Waits for the next receipts event and returns its messages.
+    pub async fn next_receipts(&mut self) -> pb::ConversationReceipts {
+        loop {
+            let ev = self.next().await.expect("expected a receipts event");
+            if let Some(pb::subscribe_receipts_response::Event::Receipts(r)) = ev.event {
+                return r;
+            }
+        }
+    }
+}

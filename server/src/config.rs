@@ -120,6 +120,11 @@ pub struct ServeArgs {
     )]
     pub cors_origins: Vec<String>,
 
+    /// On SIGTERM/SIGINT, how long open calls and streams (e.g. health
+    /// watches) may take to finish before connections are closed.
+    #[arg(long, env = "RECEIPTS_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
+    pub shutdown_grace_ms: u64,
+
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, env = "RECEIPTS_LOG_JSON", default_value_t = false)]
     pub log_json: bool,

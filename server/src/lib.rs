@@ -135,6 +135,7 @@ pub async fn run(
 
     let addr = listener.local_addr().ok();
     tracing::info!(?addr, data_dir = %config.data_dir.display(), "receiptd serving");
+    let (draining, drain_started) = tokio::sync::oneshot::channel::<()>();
     let drain = {
         let health = health.clone();
         async move {
@@ -145,9 +146,10 @@ pub async fn run(
                 .set_not_serving::<ReceiptBackendServiceServer<Api>>()
                 .await;
             let _ = stop_streams.send(true);
+            let _ = draining.send(());
         }
     };
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         // gRPC-web arrives over HTTP/1.1 from browsers.
         .accept_http1(true)
         // CORS first, so preflights are answered before anything else.
@@ -169,8 +171,22 @@ pub async fn run(
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             drain,
-        )
-        .await?;
+        );
+    // Shutdown is bounded: calls that do not finish within the grace period
+    // (a client holding a health watch open, say) are cut off.
+    let grace = Duration::from_millis(config.shutdown_grace_ms);
+    tokio::select! {
+        served = server => served?,
+        _ = async {
+            if drain_started.await.is_ok() {
+                tokio::time::sleep(grace).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        } => {
+            tracing::warn!(?grace, "shutdown grace period over; closing remaining connections");
+        }
+    }
     store.shutdown().await;
     tracing::info!("receiptd stopped");
     Ok(())

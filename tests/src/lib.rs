@@ -50,6 +50,7 @@ pub fn test_config(dir: &Path) -> ServeArgs {
     let mut c = ServeArgs::for_tests(dir.to_path_buf());
     c.jwt_secret = Some(SECRET.into());
     c.group_window_ms = 100;
+    c.shutdown_grace_ms = 2000;
     c
 }
 
@@ -165,12 +166,11 @@ pub async fn wait_serving(addr: SocketAddr) {
             let req = tonic_health::pb::HealthCheckRequest {
                 service: "receipts.v1.ReceiptService".into(),
             };
-            if let Ok(resp) = health.check(req).await {
-                if resp.get_ref().status
-                    == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
-                {
-                    return;
-                }
+            let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+            if let Ok(resp) = health.check(req).await
+                && resp.get_ref().status == serving
+            {
+                return;
             }
         }
         assert!(

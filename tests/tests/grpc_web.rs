@@ -8,15 +8,20 @@ use uuid::Uuid;
 
 /// Sends one HTTP/1.1 request and returns the raw response (connection closed).
 async fn http1(s: &TestServer, head: &str, body: &[u8]) -> Vec<u8> {
-    let mut conn = tokio::net::TcpStream::connect(s.addr).await.expect("connect");
+    let mut conn = tokio::net::TcpStream::connect(s.addr)
+        .await
+        .expect("connect");
     let mut req = head.replace('\n', "\r\n").into_bytes();
     req.extend_from_slice(body);
     conn.write_all(&req).await.expect("write");
     let mut out = Vec::new();
-    tokio::time::timeout(std::time::Duration::from_secs(10), conn.read_to_end(&mut out))
-        .await
-        .expect("response in time")
-        .expect("read");
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        conn.read_to_end(&mut out),
+    )
+    .await
+    .expect("response in time")
+    .expect("read");
     out
 }
 
@@ -44,21 +49,36 @@ async fn grpc_web_call_over_http1_returns_the_message_and_trailers() {
     let frame = grpc_web_frame(&pb::GetPrivacySettingsRequest {});
     let resp = http1(
         &s,
-        &post("/receipts.v1.ReceiptService/GetPrivacySettings", Uuid::now_v7(), frame.len()),
+        &post(
+            "/receipts.v1.ReceiptService/GetPrivacySettings",
+            Uuid::now_v7(),
+            frame.len(),
+        ),
         &frame,
     )
     .await;
     let text = lower(&resp);
     assert!(text.starts_with("http/1.1 200"), "{text}");
-    assert!(text.contains("content-type: application/grpc-web"), "{text}");
-    assert!(text.contains("access-control-allow-origin"), "CORS on the actual response: {text}");
+    assert!(
+        text.contains("content-type: application/grpc-web"),
+        "{text}"
+    );
+    assert!(
+        text.contains("access-control-allow-origin"),
+        "CORS on the actual response: {text}"
+    );
     // The body holds a data frame (flag 0x00) with the message, then a trailer
     // frame (flag 0x80) with grpc-status: 0.
-    let body_at = resp.windows(4).position(|w| w == b"\r\n\r\n").expect("head end") + 4;
+    let body_at = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("head end")
+        + 4;
     let body = dechunk(&resp[body_at..]);
     assert_eq!(body[0], 0x00);
     let len = u32::from_be_bytes(body[1..5].try_into().unwrap()) as usize;
-    let msg: pb::GetPrivacySettingsResponse = prost::Message::decode(&body[5..5 + len]).expect("decode");
+    let msg: pb::GetPrivacySettingsResponse =
+        prost::Message::decode(&body[5..5 + len]).expect("decode");
     assert!(msg.settings.expect("settings").send_read_receipts);
     assert_eq!(body[5 + len], 0x80);
     assert!(lower(&body[5 + len..]).contains("grpc-status:0"));
@@ -72,19 +92,29 @@ async fn grpc_web_error_is_readable_by_browsers() {
     });
     let resp = http1(
         &s,
-        &post("/receipts.v1.ReceiptService/MarkDelivered", Uuid::now_v7(), frame.len()),
+        &post(
+            "/receipts.v1.ReceiptService/MarkDelivered",
+            Uuid::now_v7(),
+            frame.len(),
+        ),
         &frame,
     )
     .await;
     let text = lower(&resp);
     assert!(text.starts_with("http/1.1 200"), "{text}");
-    assert!(text.contains("grpc-status: 3"), "trailers-only error in headers: {text}");
+    assert!(
+        text.contains("grpc-status: 3"),
+        "trailers-only error in headers: {text}"
+    );
     assert!(text.contains("message_ids[0]"), "{text}");
     let expose = text
         .lines()
         .find(|l| l.starts_with("access-control-expose-headers"))
         .expect("expose headers");
-    assert!(expose.contains("grpc-status") && expose.contains("grpc-message"), "{expose}");
+    assert!(
+        expose.contains("grpc-status") && expose.contains("grpc-message"),
+        "{expose}"
+    );
 }
 
 #[tokio::test]
@@ -112,7 +142,10 @@ async fn cors_only_allows_configured_origins() {
         )
     };
     let ok = lower(&http1(&s, &preflight("http://app.test"), b"").await);
-    assert!(ok.contains("access-control-allow-origin: http://app.test"), "{ok}");
+    assert!(
+        ok.contains("access-control-allow-origin: http://app.test"),
+        "{ok}"
+    );
     let other = lower(&http1(&s, &preflight("http://evil.test"), b"").await);
     assert!(!other.contains("access-control-allow-origin"), "{other}");
 }
@@ -125,7 +158,10 @@ fn dechunk(body: &[u8]) -> Vec<u8> {
         let Some(line_end) = rest.windows(2).position(|w| w == b"\r\n") else {
             return body.to_vec();
         };
-        let Ok(size) = usize::from_str_radix(std::str::from_utf8(&rest[..line_end]).unwrap_or("x").trim(), 16) else {
+        let Ok(size) = usize::from_str_radix(
+            std::str::from_utf8(&rest[..line_end]).unwrap_or("x").trim(),
+            16,
+        ) else {
             return body.to_vec();
         };
         if size == 0 {

@@ -51,10 +51,10 @@ impl Model {
                 self.messages.push((seq, u));
             }
             Op::Deliver(u, i) => {
-                if let Some(m) = self.pick(i) {
-                    if self.messages[m].1 != u {
-                        self.delivered.insert((u, m));
-                    }
+                if let Some(m) = self.pick(i)
+                    && self.messages[m].1 != u
+                {
+                    self.delivered.insert((u, m));
                 }
             }
             Op::Read(u, i) => {

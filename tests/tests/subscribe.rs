@@ -48,7 +48,7 @@ async fn group_changes_arrive_as_one_summary_with_absolute_counts() {
     let m = c.send(&mut backend, sender).await;
     let (mut sub, _) = Subscription::open(&mut s.user(sender).await, None).await;
     let mut calls = Vec::new();
-    for u in c.members[1..].to_vec() {
+    for u in c.members[1..].iter().copied() {
         let client = s.user(u).await;
         calls.push(tokio::spawn(async move {
             let mut client = client;

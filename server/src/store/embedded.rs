@@ -423,8 +423,8 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
         let mut contexts: HashMap<ConversationId, ConvContext> = HashMap::new();
         let mut recent_messages = Vec::with_capacity(recent.len());
         for m in &recent {
-            if !contexts.contains_key(&m.conversation) {
-                contexts.insert(m.conversation, self.context(&m.conversation)?);
+            if let std::collections::hash_map::Entry::Vacant(e) = contexts.entry(m.conversation) {
+                e.insert(self.context(&m.conversation)?);
             }
             recent_messages.push(self.state(&contexts[&m.conversation], u, m, false)?);
         }
@@ -1090,9 +1090,10 @@ impl ReceiptStore for EmbeddedStore {
                 let Some(m) = ctx.t.message(id)? else {
                     return Err(ServiceError::not_found("message_ids", "message", id));
                 };
-                if !memberships.contains_key(&m.conversation) {
-                    let ms = ctx.t.authorize(&m.conversation, &user, "message_ids")?;
-                    memberships.insert(m.conversation, ms);
+                if let std::collections::hash_map::Entry::Vacant(e) =
+                    memberships.entry(m.conversation)
+                {
+                    e.insert(ctx.t.authorize(&m.conversation, &user, "message_ids")?);
                 }
                 found.push(m);
             }

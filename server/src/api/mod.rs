@@ -172,6 +172,13 @@ impl pb::receipt_service_server::ReceiptService for Api {
         req: Request<pb::SubscribeReceiptsRequest>,
     ) -> Result<Response<Self::SubscribeReceiptsStream>, Status> {
         let me = user(&req)?;
+        if *self.shutdown.borrow() {
+            // Draining: do not open new streams; the client retries elsewhere
+            // (or here, after the restart) with its cursor.
+            return Err(Status::unavailable(
+                "server shutting down; resume from your last cursor",
+            ));
+        }
         let cursor_text = &req.get_ref().cursor;
         // An unparseable cursor is not a client error worth failing on: the
         // client gets a reset with a snapshot, exactly like an expired one.

@@ -23,8 +23,8 @@ cargo fmt --all -- --check
 step "clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
-step "build receiptd (the crash tests run the real binary)"
-cargo build -p receipts-server --bin receiptd
+step "build receiptd (the crash tests run the real binary) and the examples"
+cargo build -p receipts-server --bin receiptd -p receipts-examples
 
 step "tests"
 cargo test --workspace
@@ -49,6 +49,9 @@ for i in $(seq 1 300); do
   sleep 0.1
 done
 GRPCURL=$GOBIN/grpcurl examples/tour.sh "127.0.0.1:$PORT"
+
+step "Rust SDK example: live ticks in a direct chat and a group"
+target/debug/ticks "http://127.0.0.1:$PORT"
 kill -TERM "$PID"
 if ! wait "$PID"; then echo "receiptd did not exit cleanly on SIGTERM"; cat "$DATA.log"; exit 1; fi
-echo "tour: 1 passed, 0 failed"
+echo "examples: 2 passed, 0 failed"

@@ -1,0 +1,297 @@
+//! Client-side batching: the read marker and the delivered batcher.
+//!
+//! Both run a small background task. Marks are kept until sent; a failed send
+//! is retried on the next tick (marks are idempotent, so re-sending is safe).
+//! `flush()` sends now and waits; `close()` flushes and stops; dropping the
+//! handle flushes in the background. Nothing handed over is lost unless the
+//! process exits before the background flush completes — call `close()`
+//! during orderly shutdown.
+
+use crate::{Client, Error};
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+enum ReadCmd {
+    Mark {
+        conversation: Uuid,
+        message: Uuid,
+        seq: u64,
+    },
+    Flush(oneshot::Sender<Result<(), Error>>),
+}
+
+/// Turns a stream of "this message is now visible" into at most one
+/// MarkReadUpTo per conversation per interval, always for the highest seq
+/// seen. Made by [`Client::read_marker`].
+///
+/// ```no_run
+/// # async fn demo(client: receipts_sdk::Client, chat: uuid::Uuid, msgs: Vec<(uuid::Uuid, u64)>) -> Result<(), receipts_sdk::Error> {
+/// let marker = client.read_marker(std::time::Duration::from_secs(1));
+/// for (message, seq) in msgs {
+///     marker.mark(chat, message, seq); // cheap: no network call here
+/// }
+/// marker.close().await?; // one MarkReadUpTo for the highest seq
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct ReadMarker {
+    tx: Option<mpsc::UnboundedSender<ReadCmd>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl ReadMarker {
+    pub(crate) fn start(client: Client, interval: Duration) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(read_task(client, interval, rx));
+        Self {
+            tx: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Notes that `message` (at `seq`) of `conversation` is visible. Lower
+    /// seqs than one already noted are ignored.
+    pub fn mark(&self, conversation: Uuid, message: Uuid, seq: u64) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(ReadCmd::Mark {
+                conversation,
+                message,
+                seq,
+            });
+        }
+    }
+
+    /// Sends everything pending now and waits for the answers.
+    pub async fn flush(&self) -> Result<(), Error> {
+        let (done, wait) = oneshot::channel();
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(ReadCmd::Flush(done));
+        }
+        wait.await
+            .map_err(|_| Error::Config("read marker stopped".into()))?
+    }
+
+    /// Flushes and stops the marker.
+    pub async fn close(mut self) -> Result<(), Error> {
+        let result = self.flush().await;
+        self.tx.take();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        result
+    }
+}
+
+impl Drop for ReadMarker {
+    fn drop(&mut self) {
+        // Closing the channel makes the task flush what is pending and exit.
+        self.tx.take();
+    }
+}
+
+async fn read_task(client: Client, interval: Duration, mut rx: mpsc::UnboundedReceiver<ReadCmd>) {
+    let mut pending: HashMap<Uuid, (u64, Uuid)> = HashMap::new();
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            cmd = rx.recv() => match cmd {
+                Some(ReadCmd::Mark { conversation, message, seq }) => {
+                    let e = pending.entry(conversation).or_insert((seq, message));
+                    if seq > e.0 {
+                        *e = (seq, message);
+                    }
+                }
+                Some(ReadCmd::Flush(done)) => {
+                    let _ = done.send(flush_reads(&client, &mut pending).await);
+                }
+                None => {
+                    if let Err(e) = flush_reads(&client, &mut pending).await {
+                        tracing::warn!(%e, "read marker: final flush failed");
+                    }
+                    return;
+                }
+            },
+            _ = ticker.tick() => {
+                if let Err(e) = flush_reads(&client, &mut pending).await {
+                    tracing::warn!(%e, "read marker: flush failed; will retry");
+                }
+            }
+        }
+    }
+}
+
+async fn flush_reads(
+    client: &Client,
+    pending: &mut HashMap<Uuid, (u64, Uuid)>,
+) -> Result<(), Error> {
+    let mut first_error = None;
+    for (conversation, (seq, message)) in std::mem::take(pending) {
+        if let Err(e) = client.mark_read_up_to(conversation, message).await {
+            if e.is_transient() {
+                // Keep it for the next tick unless something newer came in.
+                pending.entry(conversation).or_insert((seq, message));
+            }
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+enum DeliveredCmd {
+    Deliver(Uuid),
+    Flush(oneshot::Sender<Result<(), Error>>),
+}
+
+/// Groups MarkDelivered calls: a batch goes out when it holds `max_batch`
+/// messages or `max_delay` after its first message, whichever comes first.
+/// Made by [`Client::delivered_batcher`].
+///
+/// ```no_run
+/// # async fn demo(client: receipts_sdk::Client, arrived: Vec<uuid::Uuid>) -> Result<(), receipts_sdk::Error> {
+/// use std::time::Duration;
+/// let batcher = client.delivered_batcher(100, Duration::from_millis(200));
+/// for message in arrived {
+///     batcher.deliver(message);
+/// }
+/// batcher.close().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct DeliveredBatcher {
+    tx: Option<mpsc::UnboundedSender<DeliveredCmd>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl DeliveredBatcher {
+    pub(crate) fn start(client: Client, max_batch: usize, max_delay: Duration) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(delivered_task(
+            client,
+            max_batch.clamp(1, 1000),
+            max_delay,
+            rx,
+        ));
+        Self {
+            tx: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Notes that `message` arrived on this device.
+    pub fn deliver(&self, message: Uuid) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(DeliveredCmd::Deliver(message));
+        }
+    }
+
+    /// Sends everything pending now and waits for the answers.
+    pub async fn flush(&self) -> Result<(), Error> {
+        let (done, wait) = oneshot::channel();
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(DeliveredCmd::Flush(done));
+        }
+        wait.await
+            .map_err(|_| Error::Config("delivered batcher stopped".into()))?
+    }
+
+    /// Flushes and stops the batcher.
+    pub async fn close(mut self) -> Result<(), Error> {
+        let result = self.flush().await;
+        self.tx.take();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        result
+    }
+}
+
+impl Drop for DeliveredBatcher {
+    fn drop(&mut self) {
+        self.tx.take();
+    }
+}
+
+async fn delivered_task(
+    client: Client,
+    max_batch: usize,
+    max_delay: Duration,
+    mut rx: mpsc::UnboundedReceiver<DeliveredCmd>,
+) {
+    let mut pending: Vec<Uuid> = Vec::new();
+    let mut seen: HashSet<Uuid> = HashSet::new();
+    let mut deadline: Option<tokio::time::Instant> = None;
+    loop {
+        let timer = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            cmd = rx.recv() => match cmd {
+                Some(DeliveredCmd::Deliver(m)) => {
+                    if seen.insert(m) {
+                        pending.push(m);
+                    }
+                    deadline.get_or_insert_with(|| tokio::time::Instant::now() + max_delay);
+                    if pending.len() >= max_batch {
+                        let _ = send_delivered(&client, &mut pending, &mut seen, max_batch).await;
+                        deadline = (!pending.is_empty()).then(|| tokio::time::Instant::now() + max_delay);
+                    }
+                }
+                Some(DeliveredCmd::Flush(done)) => {
+                    let r = send_delivered(&client, &mut pending, &mut seen, max_batch).await;
+                    deadline = (!pending.is_empty()).then(|| tokio::time::Instant::now() + max_delay);
+                    let _ = done.send(r);
+                }
+                None => {
+                    if let Err(e) = send_delivered(&client, &mut pending, &mut seen, max_batch).await {
+                        tracing::warn!(%e, "delivered batcher: final flush failed");
+                    }
+                    return;
+                }
+            },
+            _ = timer => {
+                if let Err(e) = send_delivered(&client, &mut pending, &mut seen, max_batch).await {
+                    tracing::warn!(%e, "delivered batcher: flush failed; will retry");
+                }
+                deadline = (!pending.is_empty()).then(|| tokio::time::Instant::now() + max_delay);
+            }
+        }
+    }
+}
+
+async fn send_delivered(
+    client: &Client,
+    pending: &mut Vec<Uuid>,
+    seen: &mut HashSet<Uuid>,
+    max_batch: usize,
+) -> Result<(), Error> {
+    while !pending.is_empty() {
+        let n = pending.len().min(max_batch);
+        let batch: Vec<Uuid> = pending[..n].to_vec();
+        match client.mark_delivered(&batch).await {
+            Ok(_) => {
+                pending.drain(..n);
+                for m in &batch {
+                    seen.remove(m);
+                }
+            }
+            Err(e) if e.is_transient() => return Err(e),
+            Err(e) => {
+                // A permanent error (an unknown id, say) would fail forever:
+                // drop the batch and report it.
+                pending.drain(..n);
+                for m in &batch {
+                    seen.remove(m);
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,717 @@
+//! The client, its builder, credentials, deadlines and retries.
+
+use crate::batch::{DeliveredBatcher, ReadMarker};
+use crate::subscribe::Subscription;
+use crate::types::*;
+use crate::{Error, proto};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint};
+use uuid::Uuid;
+
+/// A source of bearer tokens, asked before every call and every
+/// (re)connection of a subscription, so it can refresh tokens before they
+/// expire. Implemented for `String` (a fixed token) and, through
+/// [`token_fn`], for async closures.
+pub trait TokenProvider: Send + Sync + 'static {
+    /// The token to send now.
+    fn token(&self) -> Pin<Box<dyn Future<Output = Result<String, Error>> + Send + '_>>;
+}
+
+impl TokenProvider for String {
+    fn token(&self) -> Pin<Box<dyn Future<Output = Result<String, Error>> + Send + '_>> {
+        Box::pin(async move { Ok(self.clone()) })
+    }
+}
+
+struct FnProvider<F>(F);
+
+impl<F, Fut> TokenProvider for FnProvider<F>
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<String, Error>> + Send + 'static,
+{
+    fn token(&self) -> Pin<Box<dyn Future<Output = Result<String, Error>> + Send + '_>> {
+        Box::pin((self.0)())
+    }
+}
+
+/// A token provider from an async closure (e.g. one that refreshes a token
+/// from your identity service when it nears expiry).
+///
+/// ```
+/// use receipts_sdk::{token_fn, Client};
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), receipts_sdk::Error> {
+/// let client = Client::builder("http://127.0.0.1:50051")
+///     .token_provider(token_fn(|| async { Ok("a-fresh-jwt".to_string()) }))
+///     .connect_lazy()?;
+/// # let _ = client; Ok(()) }
+/// ```
+pub fn token_fn<F, Fut>(f: F) -> impl TokenProvider
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<String, Error>> + Send + 'static,
+{
+    FnProvider(f)
+}
+
+#[derive(Clone)]
+enum Auth {
+    None,
+    Token(Arc<dyn TokenProvider>),
+    Dev { user: Uuid, service: bool },
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Auth::None => f.write_str("None"),
+            Auth::Token(_) => f.write_str("Token(..)"),
+            Auth::Dev { user, service } => write!(f, "Dev({user}, service: {service})"),
+        }
+    }
+}
+
+/// When and how often calls are retried. Only transient failures
+/// (UNAVAILABLE, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, transport errors) are
+/// retried; that is safe for every call of this API because receipt writes
+/// are idempotent by design (marks only move state forward, registrations
+/// with the same content are no-ops).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in total, including the first (1 = no retries).
+    pub max_attempts: u32,
+    /// Backoff before the first retry.
+    pub initial_backoff: Duration,
+    /// Upper bound of any backoff.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 4,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// No retries.
+    pub fn none() -> Self {
+        Self {
+            max_attempts: 1,
+            ..Self::default()
+        }
+    }
+
+    /// The wait before retry number `attempt` (1-based): exponential, capped,
+    /// with jitter (between half and all of it), so many clients that failed
+    /// together do not come back together.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self
+            .initial_backoff
+            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)));
+        let capped = exp.min(self.max_backoff);
+        let jitter: f64 = rand::random_range(0.5..=1.0);
+        capped.mul_f64(jitter)
+    }
+}
+
+/// Configures and connects a [`Client`].
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    endpoint: String,
+    auth: Auth,
+    timeout: Duration,
+    connect_timeout: Duration,
+    retry: RetryPolicy,
+    user_agent: Option<String>,
+}
+
+impl ClientBuilder {
+    /// A builder for the server at `endpoint` (`http://host:port`, or
+    /// `https://…` for TLS with the system's webpki roots).
+    ///
+    /// ```
+    /// let builder = receipts_sdk::ClientBuilder::new("http://127.0.0.1:50051");
+    /// # let _ = builder;
+    /// ```
+    pub fn new(endpoint: impl Into<String>) -> Self {
+        Self {
+            endpoint: endpoint.into(),
+            auth: Auth::None,
+            timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            retry: RetryPolicy::default(),
+            user_agent: None,
+        }
+    }
+
+    /// Authenticates with a fixed bearer token (a JWT).
+    ///
+    /// ```
+    /// let builder = receipts_sdk::Client::builder("http://127.0.0.1:50051").token("eyJ…");
+    /// # let _ = builder;
+    /// ```
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.auth = Auth::Token(Arc::new(token.into()));
+        self
+    }
+
+    /// Authenticates with tokens from `provider`, asked before every call.
+    ///
+    /// ```
+    /// use receipts_sdk::{token_fn, Client};
+    /// let builder = Client::builder("http://127.0.0.1:50051")
+    ///     .token_provider(token_fn(|| async { Ok("eyJ…".to_string()) }));
+    /// # let _ = builder;
+    /// ```
+    pub fn token_provider(mut self, provider: impl TokenProvider) -> Self {
+        self.auth = Auth::Token(Arc::new(provider));
+        self
+    }
+
+    /// DEVELOPMENT ONLY: act as `user` through the `x-receipts-user` header,
+    /// which only a server started with `--dev-mode` on loopback accepts.
+    ///
+    /// ```
+    /// let me = uuid::Uuid::now_v7();
+    /// let builder = receipts_sdk::Client::builder("http://127.0.0.1:50051").dev_user(me);
+    /// # let _ = builder;
+    /// ```
+    pub fn dev_user(mut self, user: Uuid) -> Self {
+        self.auth = Auth::Dev {
+            user,
+            service: false,
+        };
+        self
+    }
+
+    /// DEVELOPMENT ONLY: act as the messaging backend (service role) through
+    /// dev-mode headers.
+    ///
+    /// ```
+    /// let builder = receipts_sdk::Client::builder("http://127.0.0.1:50051")
+    ///     .dev_service(uuid::Uuid::now_v7());
+    /// # let _ = builder;
+    /// ```
+    pub fn dev_service(mut self, id: Uuid) -> Self {
+        self.auth = Auth::Dev {
+            user: id,
+            service: true,
+        };
+        self
+    }
+
+    /// The deadline of each unary call (default 10 s), sent to the server as
+    /// `grpc-timeout`. Subscriptions have no deadline.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let builder = receipts_sdk::Client::builder("http://127.0.0.1:50051")
+    ///     .timeout(Duration::from_secs(2));
+    /// # let _ = builder;
+    /// ```
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// How long connecting may take (default 5 s).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let builder = receipts_sdk::Client::builder("http://127.0.0.1:50051")
+    ///     .connect_timeout(Duration::from_secs(1));
+    /// # let _ = builder;
+    /// ```
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The retry policy for transient failures (default: 4 attempts,
+    /// exponential backoff from 100 ms to 5 s, with jitter).
+    ///
+    /// ```
+    /// use receipts_sdk::RetryPolicy;
+    /// let builder = receipts_sdk::Client::builder("http://127.0.0.1:50051")
+    ///     .retry(RetryPolicy { max_attempts: 10, ..RetryPolicy::default() });
+    /// # let _ = builder;
+    /// ```
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// The `user-agent` prefix to send (e.g. `my-app/1.2`).
+    ///
+    /// ```
+    /// let builder = receipts_sdk::Client::builder("http://127.0.0.1:50051").user_agent("chat-api/3.1");
+    /// # let _ = builder;
+    /// ```
+    pub fn user_agent(mut self, agent: impl Into<String>) -> Self {
+        self.user_agent = Some(agent.into());
+        self
+    }
+
+    fn endpoint(&self) -> Result<Endpoint, Error> {
+        let mut e = Endpoint::from_shared(self.endpoint.clone())
+            .map_err(|e| Error::Config(format!("endpoint {:?}: {e}", self.endpoint)))?
+            .connect_timeout(self.connect_timeout)
+            .tcp_nodelay(true);
+        let agent = match &self.user_agent {
+            Some(a) => format!("{a} receipts-sdk-rust/{}", env!("CARGO_PKG_VERSION")),
+            None => format!("receipts-sdk-rust/{}", env!("CARGO_PKG_VERSION")),
+        };
+        e = e
+            .user_agent(agent)
+            .map_err(|e| Error::Config(format!("user agent: {e}")))?;
+        if self.endpoint.starts_with("https://") {
+            let tls = tonic::transport::ClientTlsConfig::new().with_webpki_roots();
+            e = e
+                .tls_config(tls)
+                .map_err(|e| Error::Config(format!("tls: {e}")))?;
+        }
+        Ok(e)
+    }
+
+    fn finish(self, channel: Channel) -> Client {
+        Client {
+            channel,
+            inner: Arc::new(Inner {
+                auth: self.auth,
+                timeout: self.timeout,
+                retry: self.retry,
+            }),
+        }
+    }
+
+    /// Connects now, failing if the server cannot be reached.
+    pub async fn connect(self) -> Result<Client, Error> {
+        let channel = self.endpoint()?.connect().await?;
+        Ok(self.finish(channel))
+    }
+
+    /// Returns at once and connects on first use (and reconnects after the
+    /// connection drops). Must be called within a Tokio runtime.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let client = receipts_sdk::Client::builder("http://127.0.0.1:50051")
+    ///     .dev_user(uuid::Uuid::now_v7())
+    ///     .connect_lazy()
+    ///     .expect("valid endpoint");
+    /// # let _ = client; }
+    /// ```
+    pub fn connect_lazy(self) -> Result<Client, Error> {
+        let channel = self.endpoint()?.connect_lazy();
+        Ok(self.finish(channel))
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    auth: Auth,
+    timeout: Duration,
+    retry: RetryPolicy,
+}
+
+/// A Receipts client. Cheap to clone: clones share one connection.
+#[derive(Clone, Debug)]
+pub struct Client {
+    channel: Channel,
+    inner: Arc<Inner>,
+}
+
+type UserStub = proto::receipt_service_client::ReceiptServiceClient<Channel>;
+type BackendStub = proto::receipt_backend_service_client::ReceiptBackendServiceClient<Channel>;
+
+fn ids(v: &[Uuid]) -> Vec<String> {
+    v.iter().map(Uuid::to_string).collect()
+}
+
+impl Client {
+    /// A builder for the server at `endpoint`.
+    pub fn builder(endpoint: impl Into<String>) -> ClientBuilder {
+        ClientBuilder::new(endpoint)
+    }
+
+    /// A request carrying credentials (and the call deadline if `deadline`).
+    pub(crate) async fn request<T>(
+        &self,
+        msg: T,
+        deadline: bool,
+    ) -> Result<tonic::Request<T>, Error> {
+        let mut req = tonic::Request::new(msg);
+        if deadline {
+            req.set_timeout(self.inner.timeout);
+        }
+        let md = req.metadata_mut();
+        let value = |s: String| {
+            s.parse::<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>()
+                .map_err(|_| Error::Config("credential is not a valid header value".into()))
+        };
+        match &self.inner.auth {
+            Auth::None => {}
+            Auth::Token(p) => {
+                let token = p.token().await?;
+                md.insert("authorization", value(format!("Bearer {token}"))?);
+            }
+            Auth::Dev { user, service } => {
+                md.insert("x-receipts-user", value(user.to_string())?);
+                if *service {
+                    md.insert("x-receipts-role", value("service".into())?);
+                }
+            }
+        }
+        Ok(req)
+    }
+
+    pub(crate) fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    pub(crate) fn retry_policy(&self) -> RetryPolicy {
+        self.inner.retry
+    }
+
+    /// Runs a unary call with credentials, deadline and retries.
+    async fn unary<Req, Resp, F, Fut>(&self, msg: Req, call: F) -> Result<Resp, Error>
+    where
+        Req: Clone,
+        F: Fn(Channel, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+    {
+        let policy = self.inner.retry;
+        let mut attempt = 1;
+        loop {
+            let req = self.request(msg.clone(), true).await?;
+            match call(self.channel.clone(), req).await {
+                Ok(resp) => return Ok(resp.into_inner()),
+                Err(status) => {
+                    let err = Error::from_status(status);
+                    if !err.is_transient() || attempt >= policy.max_attempts {
+                        return Err(err);
+                    }
+                    let wait = policy.backoff(attempt);
+                    tracing::debug!(%err, attempt, ?wait, "transient failure; retrying");
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// Acknowledges that one of your devices has these messages (≤ 1000).
+    /// Returns one result per distinct message, in order. All messages are
+    /// checked first: an unknown one fails the call and records nothing.
+    pub async fn mark_delivered(&self, message_ids: &[Uuid]) -> Result<Vec<Delivery>, Error> {
+        let req = proto::MarkDeliveredRequest {
+            message_ids: ids(message_ids),
+        };
+        let resp = self
+            .unary(req, |ch, r| async move {
+                UserStub::new(ch).mark_delivered(r).await
+            })
+            .await?;
+        resp.results
+            .into_iter()
+            .map(|r| {
+                Ok(Delivery {
+                    message_id: uuid("message_id", &r.message_id)?,
+                    outcome: match proto::DeliveryOutcome::try_from(r.outcome) {
+                        Ok(proto::DeliveryOutcome::Recorded) => DeliveryOutcome::Recorded,
+                        Ok(proto::DeliveryOutcome::NotARecipient) => DeliveryOutcome::NotARecipient,
+                        _ => DeliveryOutcome::AlreadyDelivered,
+                    },
+                    delivered_at: time(r.delivered_at_ms),
+                })
+            })
+            .collect()
+    }
+
+    /// Marks everything in `conversation_id` up to and including `message_id`
+    /// read. Late or repeated calls are harmless no-ops.
+    pub async fn mark_read_up_to(
+        &self,
+        conversation_id: Uuid,
+        message_id: Uuid,
+    ) -> Result<ReadPosition, Error> {
+        let req = proto::MarkReadUpToRequest {
+            conversation_id: conversation_id.to_string(),
+            message_id: message_id.to_string(),
+        };
+        let r = self
+            .unary(req, |ch, r| async move {
+                UserStub::new(ch).mark_read_up_to(r).await
+            })
+            .await?;
+        Ok(ReadPosition {
+            read_up_to_seq: r.read_up_to_seq.max(0) as u64,
+            advanced: r.advanced,
+            unread_count: r.unread_count.max(0) as u64,
+        })
+    }
+
+    /// The receipt state of messages of one conversation (≤ 100), with
+    /// per-recipient entries if `with_recipients`.
+    pub async fn get_receipts(
+        &self,
+        conversation_id: Uuid,
+        message_ids: &[Uuid],
+        with_recipients: bool,
+    ) -> Result<Vec<MessageReceipts>, Error> {
+        let req = proto::GetReceiptsRequest {
+            conversation_id: conversation_id.to_string(),
+            message_ids: ids(message_ids),
+            include_recipients: with_recipients,
+        };
+        let r = self
+            .unary(req, |ch, r| async move {
+                UserStub::new(ch).get_receipts(r).await
+            })
+            .await?;
+        r.messages
+            .into_iter()
+            .map(MessageReceipts::try_from)
+            .collect()
+    }
+
+    /// Unread badges for up to 500 conversations, one result each.
+    pub async fn unread_counts(
+        &self,
+        conversation_ids: &[Uuid],
+    ) -> Result<Vec<UnreadCount>, Error> {
+        let req = proto::GetUnreadCountsRequest {
+            conversation_ids: ids(conversation_ids),
+        };
+        let r = self
+            .unary(req, |ch, r| async move {
+                UserStub::new(ch).get_unread_counts(r).await
+            })
+            .await?;
+        r.conversations
+            .into_iter()
+            .map(|c| {
+                Ok(UnreadCount {
+                    conversation_id: uuid("conversation_id", &c.conversation_id)?,
+                    outcome: outcome(c.outcome),
+                    unread_count: c.unread_count.max(0) as u64,
+                    read_up_to_seq: c.read_up_to_seq.max(0) as u64,
+                    last_seq: c.last_seq.max(0) as u64,
+                })
+            })
+            .collect()
+    }
+
+    /// Marks up to 500 conversations read up to their latest message.
+    pub async fn mark_conversations_read(
+        &self,
+        conversation_ids: &[Uuid],
+    ) -> Result<Vec<ConversationRead>, Error> {
+        let req = proto::MarkConversationsReadRequest {
+            conversation_ids: ids(conversation_ids),
+        };
+        let r = self
+            .unary(req, |ch, r| async move {
+                UserStub::new(ch).mark_conversations_read(r).await
+            })
+            .await?;
+        r.results
+            .into_iter()
+            .map(|c| {
+                Ok(ConversationRead {
+                    conversation_id: uuid("conversation_id", &c.conversation_id)?,
+                    outcome: outcome(c.outcome),
+                    read_up_to_seq: c.read_up_to_seq.max(0) as u64,
+                    advanced: c.advanced,
+                })
+            })
+            .collect()
+    }
+
+    /// Whether you send read receipts.
+    pub async fn sends_read_receipts(&self) -> Result<bool, Error> {
+        let r = self
+            .unary(proto::GetPrivacySettingsRequest {}, |ch, r| async move {
+                UserStub::new(ch).get_privacy_settings(r).await
+            })
+            .await?;
+        Ok(r.settings.is_none_or(|s| s.send_read_receipts))
+    }
+
+    /// Turns sending read receipts on or off (effective at once).
+    pub async fn set_send_read_receipts(&self, on: bool) -> Result<bool, Error> {
+        let req = proto::UpdatePrivacySettingsRequest {
+            settings: Some(proto::PrivacySettings {
+                send_read_receipts: on,
+            }),
+        };
+        let r = self
+            .unary(req, |ch, r| async move {
+                UserStub::new(ch).update_privacy_settings(r).await
+            })
+            .await?;
+        Ok(r.settings.is_none_or(|s| s.send_read_receipts))
+    }
+
+    /// Subscribes to your receipts, from `cursor` (or from now). The stream
+    /// reconnects by itself and resumes where it left off; see
+    /// [`Subscription`].
+    pub fn subscribe(&self, cursor: Option<Cursor>) -> Subscription {
+        Subscription::start(self.clone(), cursor)
+    }
+
+    /// A read marker that sends at most one MarkReadUpTo per conversation per
+    /// `interval` (see [`ReadMarker`]).
+    pub fn read_marker(&self, interval: Duration) -> ReadMarker {
+        ReadMarker::start(self.clone(), interval)
+    }
+
+    /// A batcher that groups MarkDelivered calls: a batch is sent when it has
+    /// `max_batch` messages or `max_delay` after its first (see
+    /// [`DeliveredBatcher`]).
+    pub fn delivered_batcher(&self, max_batch: usize, max_delay: Duration) -> DeliveredBatcher {
+        DeliveredBatcher::start(self.clone(), max_batch, max_delay)
+    }
+
+    /// The messaging backend's calls (need a `service` token).
+    pub fn backend(&self) -> BackendClient {
+        BackendClient {
+            client: self.clone(),
+        }
+    }
+}
+
+/// The messaging backend's side: conversations, membership, registration.
+/// Obtain with [`Client::backend`] on a client with a `service` token.
+#[derive(Clone, Debug)]
+pub struct BackendClient {
+    client: Client,
+}
+
+impl BackendClient {
+    /// Creates a conversation; `Ok(false)` if it already existed with the same
+    /// members.
+    pub async fn create_conversation(
+        &self,
+        conversation_id: Uuid,
+        members: &[Uuid],
+    ) -> Result<bool, Error> {
+        let req = proto::CreateConversationRequest {
+            conversation_id: conversation_id.to_string(),
+            member_ids: ids(members),
+        };
+        let r = self
+            .client
+            .unary(req, |ch, r| async move {
+                BackendStub::new(ch).create_conversation(r).await
+            })
+            .await?;
+        Ok(r.created)
+    }
+
+    /// Adds members from `from_seq` on; returns (added, member count).
+    pub async fn add_members(
+        &self,
+        conversation_id: Uuid,
+        members: &[Uuid],
+        from_seq: u64,
+    ) -> Result<(u64, u64), Error> {
+        let req = proto::AddMembersRequest {
+            conversation_id: conversation_id.to_string(),
+            members: changes(members, from_seq),
+        };
+        let r = self
+            .client
+            .unary(req, |ch, r| async move {
+                BackendStub::new(ch).add_members(r).await
+            })
+            .await?;
+        Ok((r.added.max(0) as u64, r.member_count.max(0) as u64))
+    }
+
+    /// Removes members from `from_seq` on; returns (removed, member count).
+    pub async fn remove_members(
+        &self,
+        conversation_id: Uuid,
+        members: &[Uuid],
+        from_seq: u64,
+    ) -> Result<(u64, u64), Error> {
+        let req = proto::RemoveMembersRequest {
+            conversation_id: conversation_id.to_string(),
+            members: changes(members, from_seq),
+        };
+        let r = self
+            .client
+            .unary(req, |ch, r| async move {
+                BackendStub::new(ch).remove_members(r).await
+            })
+            .await?;
+        Ok((r.removed.max(0) as u64, r.member_count.max(0) as u64))
+    }
+
+    /// Registers sent messages, in batches of up to 1000 per call (larger
+    /// slices are split). Returns how many were new. Safe to retry.
+    pub async fn register_messages(&self, messages: &[NewMessage]) -> Result<u64, Error> {
+        let mut registered = 0;
+        for chunk in messages.chunks(1000) {
+            let req = proto::RegisterMessagesRequest {
+                messages: chunk
+                    .iter()
+                    .map(|m| proto::MessageRegistration {
+                        message_id: m.message_id.to_string(),
+                        conversation_id: m.conversation_id.to_string(),
+                        seq: m.seq as i64,
+                        sender_id: m.sender_id.to_string(),
+                        sent_at_ms: m.sent_at.map(millis).unwrap_or(0),
+                    })
+                    .collect(),
+            };
+            let r = self
+                .client
+                .unary(req, |ch, r| async move {
+                    BackendStub::new(ch).register_messages(r).await
+                })
+                .await?;
+            registered += r.registered.max(0) as u64;
+        }
+        Ok(registered)
+    }
+}
+
+fn changes(members: &[Uuid], from_seq: u64) -> Vec<proto::MembershipChange> {
+    members
+        .iter()
+        .map(|u| proto::MembershipChange {
+            user_id: u.to_string(),
+            from_seq: from_seq as i64,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_is_capped() {
+        let p = RetryPolicy::default();
+        for attempt in 1..20 {
+            let full = p
+                .initial_backoff
+                .saturating_mul(2u32.saturating_pow(attempt - 1))
+                .min(p.max_backoff);
+            let b = p.backoff(attempt);
+            assert!(
+                b <= full && b >= full / 2,
+                "attempt {attempt}: {b:?} vs {full:?}"
+            );
+        }
+    }
+}

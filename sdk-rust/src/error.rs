@@ -1,0 +1,152 @@
+//! One error type for every SDK call, decoded from gRPC statuses in exactly
+//! one place ([`Error::from_status`]).
+
+use tonic::{Code, Status};
+
+/// What went wrong. Every variant that came from the server keeps its
+/// [`Status`] (see [`Error::status`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The request was malformed; `field` names the offending request field
+    /// (e.g. `message_ids[2]`) when the server said which.
+    #[error("invalid argument ({field}): {}", status.message())]
+    InvalidArgument {
+        /// The request field the server named.
+        field: String,
+        /// The server's status.
+        status: Status,
+    },
+    /// An id does not exist.
+    #[error("not found: {}", .0.message())]
+    NotFound(Status),
+    /// The caller may not do this (not a member, wrong role).
+    #[error("permission denied: {}", .0.message())]
+    PermissionDenied(Status),
+    /// Missing, expired or invalid credentials.
+    #[error("unauthenticated: {}", .0.message())]
+    Unauthenticated(Status),
+    /// Conflicts with stored data.
+    #[error("already exists: {}", .0.message())]
+    AlreadyExists(Status),
+    /// Valid input that does not fit the current state.
+    #[error("failed precondition: {}", .0.message())]
+    FailedPrecondition(Status),
+    /// Rate or capacity limits; retrying later may succeed.
+    #[error("resource exhausted: {}", .0.message())]
+    ResourceExhausted(Status),
+    /// The service is unavailable (restarting, overloaded, storage down).
+    #[error("unavailable: {}", .0.message())]
+    Unavailable(Status),
+    /// The per-call deadline passed.
+    #[error("deadline exceeded: {}", .0.message())]
+    DeadlineExceeded(Status),
+    /// Any other status.
+    #[error("{}: {}", .0.code(), .0.message())]
+    Other(Status),
+    /// The connection could not be set up.
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// The token provider failed.
+    #[error("token provider: {0}")]
+    Token(String),
+    /// Client-side misuse (bad endpoint URL, invalid header value).
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The server sent something the SDK does not understand.
+    #[error("protocol: {0}")]
+    Protocol(String),
+}
+
+impl Error {
+    /// Decodes a gRPC status into the typed error.
+    pub fn from_status(status: Status) -> Self {
+        match status.code() {
+            Code::InvalidArgument => Error::InvalidArgument {
+                field: field_of(status.message()),
+                status,
+            },
+            Code::NotFound => Error::NotFound(status),
+            Code::PermissionDenied => Error::PermissionDenied(status),
+            Code::Unauthenticated => Error::Unauthenticated(status),
+            Code::AlreadyExists => Error::AlreadyExists(status),
+            Code::FailedPrecondition => Error::FailedPrecondition(status),
+            Code::ResourceExhausted => Error::ResourceExhausted(status),
+            Code::Unavailable => Error::Unavailable(status),
+            Code::DeadlineExceeded => Error::DeadlineExceeded(status),
+            _ => Error::Other(status),
+        }
+    }
+
+    /// The server's status, if the error came from the server.
+    pub fn status(&self) -> Option<&Status> {
+        match self {
+            Error::InvalidArgument { status, .. } => Some(status),
+            Error::NotFound(s)
+            | Error::PermissionDenied(s)
+            | Error::Unauthenticated(s)
+            | Error::AlreadyExists(s)
+            | Error::FailedPrecondition(s)
+            | Error::ResourceExhausted(s)
+            | Error::Unavailable(s)
+            | Error::DeadlineExceeded(s)
+            | Error::Other(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The gRPC code, if the error came from the server.
+    pub fn code(&self) -> Option<Code> {
+        self.status().map(Status::code)
+    }
+
+    /// Whether repeating the same call later may succeed. Receipt writes are
+    /// idempotent, so the SDK retries these itself (see `RetryPolicy`).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Error::Unavailable(_)
+                | Error::ResourceExhausted(_)
+                | Error::DeadlineExceeded(_)
+                | Error::Transport(_)
+        ) || matches!(self, Error::Other(s) if matches!(s.code(), Code::Aborted | Code::Unknown))
+    }
+}
+
+impl From<Status> for Error {
+    fn from(s: Status) -> Self {
+        Error::from_status(s)
+    }
+}
+
+/// The server names the field before the first `: ` of an INVALID_ARGUMENT
+/// message (`message_ids[0]: "x" is not a valid UUID`).
+fn field_of(message: &str) -> String {
+    match message.split_once(": ") {
+        Some((field, _)) if !field.contains(' ') => field.to_string(),
+        _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_argument_names_the_field() {
+        let e = Error::from_status(Status::invalid_argument(
+            "message_ids[3]: \"x\" is not a valid UUID",
+        ));
+        match e {
+            Error::InvalidArgument { field, .. } => assert_eq!(field, "message_ids[3]"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn transient_codes_are_retried_others_are_not() {
+        assert!(Error::from_status(Status::unavailable("x")).is_transient());
+        assert!(!Error::from_status(Status::permission_denied("x")).is_transient());
+        assert!(!Error::from_status(Status::invalid_argument("f: x")).is_transient());
+    }
+}

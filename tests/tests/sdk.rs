@@ -1,0 +1,420 @@
+//! The Rust SDK against a real receiptd: every method, typed errors, token
+//! refresh, batching, and a subscription that survives a server restart.
+
+use futures::StreamExt;
+use receipts_sdk::{
+    Client, ConversationOutcome, DeliveryOutcome, Error, Event, NewMessage, RetryPolicy, Tick,
+    token_fn,
+};
+use receipts_server::auth::Role;
+use receipts_tests::*;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+use uuid::Uuid;
+
+async fn user_client(url: &str, user: Uuid) -> Client {
+    Client::builder(url)
+        .token(token(user, Role::User))
+        .connect()
+        .await
+        .expect("connect")
+}
+
+async fn backend(url: &str) -> receipts_sdk::BackendClient {
+    Client::builder(url)
+        .token(token(Uuid::now_v7(), Role::Service))
+        .connect()
+        .await
+        .expect("connect")
+        .backend()
+}
+
+/// A conversation with `n` members and `k` messages from the first member.
+async fn chat(url: &str, n: usize, k: u64) -> (Uuid, Vec<Uuid>, Vec<Uuid>) {
+    let b = backend(url).await;
+    let members: Vec<Uuid> = (0..n).map(|_| Uuid::now_v7()).collect();
+    let conv = Uuid::now_v7();
+    assert!(b.create_conversation(conv, &members).await.unwrap());
+    let msgs: Vec<NewMessage> = (1..=k)
+        .map(|seq| NewMessage {
+            message_id: Uuid::now_v7(),
+            conversation_id: conv,
+            seq,
+            sender_id: members[0],
+            sent_at: None,
+        })
+        .collect();
+    assert_eq!(b.register_messages(&msgs).await.unwrap(), k);
+    (conv, members, msgs.iter().map(|m| m.message_id).collect())
+}
+
+/// Next event that is not a lifecycle notice, within 10 s.
+async fn next_change(sub: &mut receipts_sdk::Subscription) -> Event {
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .expect("an event in time")
+            .expect("stream open")
+            .expect("no error");
+        if !matches!(ev, Event::Live { .. } | Event::Reconnecting { .. }) {
+            return ev;
+        }
+    }
+}
+
+#[tokio::test]
+async fn sdk_covers_every_method() {
+    let s = TestServer::start().await;
+    let url = s.url();
+    let (conv, members, msgs) = chat(&url, 3, 3).await;
+    let b = backend(&url).await;
+    // Backend: idempotent create, membership.
+    assert!(!b.create_conversation(conv, &members).await.unwrap());
+    let newcomer = Uuid::now_v7();
+    assert_eq!(b.add_members(conv, &[newcomer], 4).await.unwrap(), (1, 4));
+    assert_eq!(
+        b.remove_members(conv, &[newcomer], 5).await.unwrap(),
+        (1, 3)
+    );
+
+    let (alice, bob) = (
+        user_client(&url, members[0]).await,
+        user_client(&url, members[1]).await,
+    );
+    let d = bob.mark_delivered(&[msgs[0], msgs[0]]).await.unwrap();
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].outcome, DeliveryOutcome::Recorded);
+    assert!(d[0].delivered_at.is_some());
+    let pos = bob.mark_read_up_to(conv, msgs[1]).await.unwrap();
+    assert_eq!(
+        (pos.read_up_to_seq, pos.advanced, pos.unread_count),
+        (2, true, 1)
+    );
+    let r = alice.get_receipts(conv, &msgs, true).await.unwrap();
+    assert_eq!(r.len(), 3);
+    assert_eq!(
+        (r[0].read_count, r[0].delivered_count, r[0].recipients_total),
+        (1, 1, 2)
+    );
+    assert_eq!(r[0].recipients.len(), 2);
+    assert_eq!(r[0].tick, Tick::Sent);
+    let u = bob.unread_counts(&[conv]).await.unwrap();
+    assert_eq!(
+        (u[0].outcome, u[0].unread_count, u[0].last_seq),
+        (ConversationOutcome::Ok, 1, 3)
+    );
+    let m = bob
+        .mark_conversations_read(&[conv, Uuid::now_v7()])
+        .await
+        .unwrap();
+    assert_eq!(m[0].read_up_to_seq, 3);
+    assert_eq!(m[1].outcome, ConversationOutcome::NotFound);
+    assert!(bob.sends_read_receipts().await.unwrap());
+    assert!(!bob.set_send_read_receipts(false).await.unwrap());
+    assert!(!bob.sends_read_receipts().await.unwrap());
+    let r = alice.get_receipts(conv, &msgs[..1], false).await.unwrap();
+    assert_eq!(r[0].read_count, 0, "bob's reads are now hidden");
+    // Subscribe: live marker first.
+    let mut sub = alice.subscribe(None);
+    assert!(matches!(
+        sub.next().await,
+        Some(Ok(Event::Live { replayed: 0 }))
+    ));
+    assert!(sub.cursor().is_some());
+}
+
+#[tokio::test]
+async fn sdk_maps_every_status_to_a_typed_error() {
+    let s = TestServer::start().await;
+    let url = s.url();
+    let (conv, members, msgs) = chat(&url, 2, 1).await;
+    let stranger = user_client(&url, Uuid::now_v7()).await;
+    let member = user_client(&url, members[1]).await;
+    let b = backend(&url).await;
+
+    match stranger.mark_read_up_to(conv, msgs[0]).await {
+        Err(Error::PermissionDenied(s)) => assert_eq!(s.code(), tonic::Code::PermissionDenied),
+        other => panic!("{other:?}"),
+    }
+    match member.mark_delivered(&[Uuid::now_v7()]).await {
+        Err(e @ Error::NotFound(_)) => assert_eq!(e.code(), Some(tonic::Code::NotFound)),
+        other => panic!("{other:?}"),
+    }
+    match member.mark_delivered(&[]).await {
+        Err(Error::InvalidArgument { field, .. }) => assert_eq!(field, "message_ids"),
+        other => panic!("{other:?}"),
+    }
+    match b
+        .create_conversation(conv, &[Uuid::now_v7(), Uuid::now_v7()])
+        .await
+    {
+        Err(Error::AlreadyExists(_)) => {}
+        other => panic!("{other:?}"),
+    }
+    let not_member = NewMessage {
+        message_id: Uuid::now_v7(),
+        conversation_id: conv,
+        seq: 2,
+        sender_id: Uuid::now_v7(),
+        sent_at: None,
+    };
+    match b.register_messages(&[not_member]).await {
+        Err(Error::FailedPrecondition(s)) => assert!(s.message().contains("sender_id")),
+        other => panic!("{other:?}"),
+    }
+    let anonymous = Client::builder(&url).connect().await.unwrap();
+    match anonymous.unread_counts(&[conv]).await {
+        Err(Error::Unauthenticated(_)) => {}
+        other => panic!("{other:?}"),
+    }
+    // A user token on the backend service.
+    match member
+        .backend()
+        .create_conversation(Uuid::now_v7(), &[members[0]])
+        .await
+    {
+        Err(Error::PermissionDenied(_)) => {}
+        other => panic!("{other:?}"),
+    }
+    // Nothing listening: UNAVAILABLE, after the configured attempts.
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let unreachable = Client::builder(dead)
+        .retry(RetryPolicy::none())
+        .token(token(Uuid::now_v7(), Role::User))
+        .connect_lazy()
+        .unwrap();
+    match unreachable.unread_counts(&[conv]).await {
+        Err(e @ Error::Unavailable(_)) => assert!(e.is_transient()),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn sdk_asks_the_token_provider_again_and_recovers_from_an_expired_token() {
+    let s = TestServer::start().await;
+    let url = s.url();
+    let (conv, members, msgs) = chat(&url, 2, 1).await;
+    let alice = members[0];
+    let calls = Arc::new(AtomicU32::new(0));
+    let provider = {
+        let calls = calls.clone();
+        token_fn(move || {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n == 0 {
+                    // The first token handed out has already expired.
+                    Ok(expired_token(alice))
+                } else {
+                    Ok(token(alice, Role::User))
+                }
+            }
+        })
+    };
+    let client = Client::builder(&url)
+        .token_provider(provider)
+        .retry(RetryPolicy {
+            initial_backoff: Duration::from_millis(10),
+            ..RetryPolicy::default()
+        })
+        .connect()
+        .await
+        .unwrap();
+    // The subscription's first connection is refused; it reconnects with a
+    // fresh token and goes live.
+    let mut sub = client.subscribe(None);
+    let mut saw_reconnect = false;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
+            Event::Reconnecting { reason, .. } => {
+                assert!(reason.contains("expired"), "{reason}");
+                saw_reconnect = true;
+            }
+            Event::Live { .. } => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(saw_reconnect);
+    let before = calls.load(Ordering::SeqCst);
+    client.get_receipts(conv, &msgs, false).await.unwrap();
+    client.unread_counts(&[conv]).await.unwrap();
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        before + 2,
+        "asked before every call"
+    );
+}
+
+fn expired_token(user: Uuid) -> String {
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = receipts_server::auth::Claims {
+        sub: user.to_string(),
+        role: Role::User,
+        exp: now - 3600,
+        iat: Some(now - 7200),
+    };
+    encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn read_marker_sends_one_call_for_a_burst_and_loses_nothing_on_drop() {
+    let s = TestServer::start().await;
+    let url = s.url();
+    let (conv, members, msgs) = chat(&url, 2, 10).await;
+    let bob = user_client(&url, members[1]).await;
+    // Bob's other device watches his watermark: one event per MarkReadUpTo
+    // that moved it.
+    let mut watch = user_client(&url, members[1]).await.subscribe(None);
+    assert!(matches!(watch.next().await, Some(Ok(Event::Live { .. }))));
+
+    let marker = bob.read_marker(Duration::from_secs(60));
+    for (i, m) in msgs.iter().enumerate().take(8) {
+        marker.mark(conv, *m, i as u64 + 1);
+    }
+    marker.mark(conv, msgs[2], 3); // late and lower: ignored
+    marker.flush().await.unwrap();
+    match next_change(&mut watch).await {
+        Event::Watermark(w) => assert_eq!((w.read_up_to_seq, w.unread_count), (8, 2)),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), watch.next())
+            .await
+            .is_err(),
+        "one call for the whole burst"
+    );
+    // Marks still pending when the marker is dropped are sent.
+    marker.mark(conv, msgs[9], 10);
+    drop(marker);
+    match next_change(&mut watch).await {
+        Event::Watermark(w) => assert_eq!(w.read_up_to_seq, 10),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn delivered_batcher_groups_by_size_and_time_and_flushes_on_close() {
+    let s = TestServer::start().await;
+    let url = s.url();
+    let (conv, members, msgs) = chat(&url, 2, 250).await;
+    let bob = user_client(&url, members[1]).await;
+    let batcher = bob.delivered_batcher(100, Duration::from_millis(50));
+    for m in &msgs[..200] {
+        batcher.deliver(*m);
+    }
+    // The time bound sends a partial batch without a flush.
+    batcher.deliver(msgs[200]);
+    let alice = user_client(&url, members[0]).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = alice
+            .get_receipts(conv, &msgs[200..201], false)
+            .await
+            .unwrap();
+        if r[0].delivered_count == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "time-bounded batch never sent"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for m in &msgs[201..] {
+        batcher.deliver(*m);
+    }
+    batcher.close().await.unwrap();
+    for chunk in msgs.chunks(100) {
+        let r = alice.get_receipts(conv, chunk, false).await.unwrap();
+        assert!(
+            r.iter()
+                .all(|m| m.delivered_count == 1 && m.tick == Tick::Delivered)
+        );
+    }
+}
+
+// Multi-threaded: `terminate` blocks while waiting for the child, and the
+// client's connection must keep running meanwhile (HTTP/2 graceful shutdown
+// waits for the client to acknowledge).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_survives_a_server_restart_with_no_loss_and_no_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut server = ChildServer::start(dir.path(), port).await;
+    let url = format!("http://{}", server.addr);
+    let (conv, members, msgs) = chat(&url, 2, 6).await;
+    let alice = Client::builder(&url)
+        .token(token(members[0], Role::User))
+        .retry(RetryPolicy {
+            initial_backoff: Duration::from_millis(50),
+            ..RetryPolicy::default()
+        })
+        .connect()
+        .await
+        .unwrap();
+    let bob = user_client(&url, members[1]).await;
+    let mut sub = alice.subscribe(None);
+    assert!(matches!(sub.next().await, Some(Ok(Event::Live { .. }))));
+
+    let mut seen: Vec<(Uuid, Tick)> = Vec::new();
+    fn collect(seen: &mut Vec<(Uuid, Tick)>, ev: Event) {
+        if let Event::Receipts { messages, .. } = ev {
+            seen.extend(messages.iter().map(|m| (m.message_id, m.tick)));
+        }
+    }
+    for m in &msgs[..3] {
+        bob.mark_delivered(&[*m]).await.unwrap();
+        collect(&mut seen, next_change(&mut sub).await);
+    }
+    // Stop the server gracefully; the stream ends with a resumable status.
+    let status = server.terminate().expect("exit status");
+    assert!(status.success(), "graceful exit: {status:?}");
+    // Writes the subscriber has not seen yet, made while it was away: on the
+    // next server process (same data directory and port).
+    let server2 = ChildServer::start(dir.path(), port).await;
+    let bob = user_client(&url, members[1]).await;
+    for m in &msgs[3..] {
+        bob.mark_delivered(&[*m]).await.unwrap();
+    }
+    bob.mark_read_up_to(conv, msgs[5]).await.unwrap();
+    // Everything arrives exactly once (replay is coalesced per message).
+    while seen.iter().filter(|(_, t)| *t == Tick::Read).count() < 6 {
+        collect(&mut seen, next_change(&mut sub).await);
+    }
+    // Whether the stream came back before or after the later writes, each
+    // message's state arrives at most once per state: no duplicate, no gap.
+    let delivered: Vec<Uuid> = seen
+        .iter()
+        .filter(|(_, t)| *t == Tick::Delivered)
+        .map(|(m, _)| *m)
+        .collect();
+    assert_eq!(
+        delivered[..3],
+        msgs[..3],
+        "delivered before the restart, in order"
+    );
+    let pairs: HashSet<(Uuid, Tick)> = seen.iter().copied().collect();
+    assert_eq!(pairs.len(), seen.len(), "no duplicate: {seen:?}");
+    let read: HashSet<Uuid> = seen
+        .iter()
+        .filter(|(_, t)| *t == Tick::Read)
+        .map(|(m, _)| *m)
+        .collect();
+    assert_eq!(read.len(), 6, "every message read: {seen:?}");
+    drop(server2);
+}

@@ -28,7 +28,7 @@ enum ReadCmd {
 ///
 /// ```no_run
 /// # async fn demo(client: receipts_sdk::Client, chat: uuid::Uuid, msgs: Vec<(uuid::Uuid, u64)>) -> Result<(), receipts_sdk::Error> {
-/// let marker = client.read_marker(std::time::Duration::from_secs(1));
+/// let marker = client.read_marker(receipts_sdk::ReadMarker::DEFAULT_INTERVAL);
 /// for (message, seq) in msgs {
 ///     marker.mark(chat, message, seq); // cheap: no network call here
 /// }
@@ -42,6 +42,10 @@ pub struct ReadMarker {
 }
 
 impl ReadMarker {
+    /// The interval the SDK recommends: at most one MarkReadUpTo per
+    /// conversation per second.
+    pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
+
     pub(crate) fn start(client: Client, interval: Duration) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(read_task(client, interval, rx));

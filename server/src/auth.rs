@@ -235,7 +235,24 @@ pub fn mint_token(
     )
 }
 
+/// The interceptor's verdict, read by the handlers.
+#[derive(Clone, Debug)]
+pub struct AuthOutcome(pub Result<Identity, String>);
+
+impl AuthOutcome {
+    /// The caller, or UNAUTHENTICATED with the reason.
+    pub fn identity(&self) -> Result<Identity, tonic::Status> {
+        self.0.clone().map_err(tonic::Status::unauthenticated)
+    }
+}
+
 /// A tonic interceptor that authenticates every call.
+///
+/// It records its verdict instead of rejecting the call itself: the handler
+/// rejects it after the request message was read. Answering before reading
+/// the body makes HTTP/1.1 (gRPC-web) connections close under a client that
+/// is still sending, which clients see as a broken pipe instead of
+/// UNAUTHENTICATED.
 #[derive(Clone, Debug)]
 pub struct AuthInterceptor {
     /// The verifier.
@@ -244,11 +261,14 @@ pub struct AuthInterceptor {
 
 impl tonic::service::Interceptor for AuthInterceptor {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        let identity = self
+        let outcome = self
             .auth
             .identify(req.metadata(), req.remote_addr())
-            .map_err(ServiceError::into_status)?;
-        req.extensions_mut().insert(identity);
+            .map_err(|e| match e {
+                ServiceError::Unauthenticated(m) => m,
+                other => other.to_string(),
+            });
+        req.extensions_mut().insert(AuthOutcome(outcome));
         Ok(req)
     }
 }

@@ -172,3 +172,52 @@ fn dechunk(body: &[u8]) -> Vec<u8> {
         rest = &rest[start + size + 2..];
     }
 }
+
+/// A client that sends headers before the body (as connect-node does) must
+/// get its UNAUTHENTICATED answer, not a connection closed under it: the
+/// server reads the request before answering, even when it will reject it.
+#[tokio::test]
+async fn rejected_grpc_web_call_is_answered_after_the_body_is_read() {
+    let s = TestServer::start_with(|c| c.dev_mode = false).await;
+    let frame = grpc_web_frame(&pb::GetPrivacySettingsRequest {});
+    let head = format!(
+        "POST /receipts.v1.ReceiptService/GetPrivacySettings HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/grpc-web+proto\r\nX-Grpc-Web: 1\r\nContent-Length: {}\r\n\r\n",
+        frame.len()
+    );
+    let mut conn = tokio::net::TcpStream::connect(s.addr)
+        .await
+        .expect("connect");
+    conn.write_all(head.as_bytes()).await.expect("write head");
+    let mut early = [0u8; 64];
+    let answered_early =
+        tokio::time::timeout(std::time::Duration::from_millis(300), conn.read(&mut early))
+            .await
+            .is_ok();
+    assert!(
+        !answered_early,
+        "the server answered before reading the request"
+    );
+    conn.write_all(&frame)
+        .await
+        .expect("write body: the connection is still open");
+    let mut resp = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !lower(&resp).contains("grpc-status") {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), conn.read(&mut buf))
+            .await
+            .expect("answer in time")
+            .expect("read");
+        assert!(
+            n > 0,
+            "connection closed without an answer: {}",
+            lower(&resp)
+        );
+        resp.extend_from_slice(&buf[..n]);
+    }
+    let text = lower(&resp);
+    assert!(text.contains("grpc-status: 16"), "{text}");
+    assert!(
+        text.contains("authorization") || text.contains("credentials"),
+        "{text}"
+    );
+}

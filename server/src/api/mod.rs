@@ -2,7 +2,7 @@
 
 pub(crate) mod convert;
 
-use crate::auth::{Identity, Role};
+use crate::auth::{AuthOutcome, Identity, Role};
 use crate::config::ServeArgs;
 use crate::domain::{self, Cursor};
 use crate::error::ServiceError;
@@ -67,9 +67,9 @@ impl Api {
 
 fn identity<T>(req: &Request<T>) -> Result<Identity, Status> {
     req.extensions()
-        .get::<Identity>()
-        .copied()
-        .ok_or_else(|| Status::unauthenticated("missing credentials"))
+        .get::<AuthOutcome>()
+        .ok_or_else(|| Status::unauthenticated("missing credentials"))?
+        .identity()
 }
 
 fn user<T>(req: &Request<T>) -> Result<Identity, Status> {

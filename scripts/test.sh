@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every test of the project, installing what the tests need first.
+# Runs every test of the project, installing what the tests need first
+# (npm packages, Debian's chromium, grpcurl from the Go module proxy).
 # Idempotent: a second run reuses what the first installed (tools are cached
 # under .cache/, cargo's build under target/).
 set -euo pipefail
@@ -9,13 +10,6 @@ CACHE=$ROOT/.cache
 mkdir -p "$CACHE"
 
 step() { printf '\n==> %s\n' "$*"; }
-
-step "protobuf lint (buf, default rules)"
-if [ ! -x "$CACHE/buf/node_modules/.bin/buf" ]; then
-  mkdir -p "$CACHE/buf"
-  (cd "$CACHE/buf" && npm install --no-audit --no-fund --silent @bufbuild/buf@1 >/dev/null)
-fi
-(cd proto && "$CACHE/buf/node_modules/.bin/buf" lint)
 
 step "rustfmt"
 cargo fmt --all -- --check
@@ -28,6 +22,11 @@ cargo build -p receipts-server --bin receiptd -p receipts-examples
 
 step "tests"
 cargo test --workspace
+
+# The TypeScript SDK and the browser example: generated-code freshness, buf
+# lint and breaking, type checks, Node tests and headless Chromium, all
+# against the receiptd built above.
+scripts/test-ts.sh
 
 step "README tour with grpcurl against a real receiptd (reflection, dev mode, graceful stop)"
 export GOBIN=$CACHE/go-bin

@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Tests the TypeScript SDK (sdk-ts/) and the browser example (examples/web/)
+# against the real receiptd (target/debug/receiptd, built by scripts/test.sh or
+# `cargo build -p receipts-server --bin receiptd`) and Debian's Chromium.
+#
+# Idempotent: a clean install runs only when a node_modules is missing or was
+# not installed from the current package-lock.json; Chromium is installed
+# with apt only if missing.
+# Fails (never skips) when receiptd or Chromium is missing or does not start.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+SDK=$ROOT/sdk-ts
+WEB=$ROOT/examples/web
+export npm_config_loglevel=error npm_config_fund=false npm_config_audit=false
+
+step() { printf '\n==> %s\n' "$*"; }
+fail() { printf 'test-ts: %s\n' "$*" >&2; exit 1; }
+
+export RECEIPTD=$ROOT/target/debug/receiptd
+[ -x "$RECEIPTD" ] || fail "$RECEIPTD is missing: run \`cargo build -p receipts-server --bin receiptd\` first"
+command -v node >/dev/null || fail "node is not installed"
+
+step "Chromium from Debian's packages"
+export CHROMIUM=/usr/bin/chromium
+if [ ! -x "$CHROMIUM" ]; then
+  SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+"$CHROMIUM" --version 2>/dev/null || fail "$CHROMIUM does not run"
+
+# A clean install of exactly the locked versions, unless node_modules was
+# installed from this very package-lock.json. Not `npm ci`: the registry this
+# project reaches lacks other platforms' optional packages (buf's and rollup's
+# darwin/win32 builds), so the lockfile cannot list them and `npm ci` rejects
+# it as out of sync. `npm install` over a removed node_modules installs the
+# same locked tree; a lockfile it would have to change fails the run.
+install() {
+  local dir=$1 stamp=$1/node_modules/.receipts-lock.sha256 want
+  want=$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    echo "${dir#"$ROOT"/}: node_modules matches package-lock.json, reused"
+    return
+  fi
+  rm -rf "$dir/node_modules"
+  (cd "$dir" && npm install --no-audit --no-fund --no-update-notifier)
+  if [ "$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)" != "$want" ]; then
+    fail "${dir#"$ROOT"/}/package-lock.json did not match package.json; npm updated it: review and commit it"
+  fi
+  echo "$want" >"$stamp"
+}
+
+step "npm dependencies"
+install "$SDK"
+install "$WEB"
+
+cd "$SDK"
+BIN=$SDK/node_modules/.bin
+export PATH=$BIN:$PATH # buf runs the protoc-gen-es plugin from here
+SCRATCH=$(mktemp -d)
+trap 'rm -rf "$SCRATCH"' EXIT
+
+step "generated code (src/gen) is what buf.gen.yaml makes from proto/"
+"$BIN/buf" generate -o "$SCRATCH/gen"
+if ! diff -ru src/gen "$SCRATCH/gen/src/gen"; then
+  fail "sdk-ts/src/gen is stale: run \`npm run generate\` in sdk-ts and commit the result"
+fi
+echo "src/gen is up to date"
+
+step "buf lint"
+"$BIN/buf" lint ../proto
+echo "buf lint: clean"
+
+step "buf breaking against the committed baseline (sdk-ts/proto-baseline.binpb)"
+"$BIN/buf" breaking ../proto --against proto-baseline.binpb
+echo "no breaking change"
+# The check must be able to fail: deleting a field from a copy is caught.
+cp -r ../proto/buf.yaml ../proto/receipts "$SCRATCH/"
+sed -i 's/^  bool include_recipients = 3;$/  reserved 3;/' "$SCRATCH/receipts/v1/receipts.proto"
+grep -q '^  reserved 3;$' "$SCRATCH/receipts/v1/receipts.proto" || fail "negative control: could not edit the proto copy"
+if "$BIN/buf" breaking "$SCRATCH" --against proto-baseline.binpb >/dev/null 2>&1; then
+  fail "buf breaking did not catch a deleted field"
+fi
+echo "a deleted field is caught"
+
+step "type check and build the SDK"
+"$BIN/tsc" --noEmit
+rm -rf dist
+"$BIN/tsc" -p tsconfig.build.json
+# The package as consumers import it (package.json exports, Node condition).
+node --input-type=module -e '
+  const sdk = await import("@receipts/sdk");
+  for (const name of ["createReceiptsClient", "createBackendClient", "ReceiptsError", "Tick"]) {
+    if (!(name in sdk)) { console.error("missing export " + name); process.exit(1); }
+  }
+  console.log("@receipts/sdk resolves to dist/ and exports its API");'
+
+step "type check the example"
+(cd "$WEB" && node_modules/.bin/tsc --noEmit && node_modules/.bin/tsc --noEmit -p tsconfig.node.json)
+echo "examples/web: clean"
+
+step "SDK tests (vitest, Node) against a real receiptd"
+"$BIN/vitest" run --reporter=default --reporter=json --outputFile.json="$SCRATCH/sdk.json"
+
+step "browser end to end (headless Chromium, vite preview, real receiptd)"
+(cd "$WEB" && node_modules/.bin/vitest run --reporter=default --reporter=json --outputFile.json="$SCRATCH/web.json")
+
+node -e '
+  let passed = 0, failed = 0;
+  for (const f of process.argv.slice(1)) {
+    const r = require(f);
+    passed += r.numPassedTests;
+    failed += r.numFailedTests;
+  }
+  console.log(`\nts: ${passed} passed, ${failed} failed`);
+  process.exit(failed === 0 && passed > 0 ? 0 : 1);' "$SCRATCH/sdk.json" "$SCRATCH/web.json"

@@ -1,0 +1,65 @@
+// @receipts/sdk, browser entry (and any runtime with streaming `fetch`): the
+// default transport is gRPC-web over fetch (@connectrpc/connect-web).
+// src/node.ts is the same API with Node's own HTTP stack; keep both export
+// lists identical (a test checks it).
+import { createGrpcWebTransport } from "@connectrpc/connect-web";
+import { backendClientFactory } from "./backend.js";
+import { receiptsClientFactory } from "./client.js";
+
+const webTransport = (baseUrl: string) => createGrpcWebTransport({ baseUrl });
+
+/**
+ * Creates a client acting as one user.
+ *
+ * ```ts
+ * const client = createReceiptsClient({ baseUrl: "https://receipts.example.com", token: getJwt });
+ * await client.markReadUpTo(conversationId, messageId);
+ * ```
+ */
+export const createReceiptsClient = receiptsClientFactory(webTransport);
+
+/**
+ * Creates a client of the messaging backend (a token with the `service` role).
+ *
+ * ```ts
+ * const backend = createBackendClient({ baseUrl, token: serviceJwt });
+ * await backend.registerMessages([{ messageId, conversationId, seq: 1, senderId }]);
+ * ```
+ */
+export const createBackendClient = backendClientFactory(webTransport);
+
+export { ReceiptsError } from "./errors.js";
+export { Code } from "@connectrpc/connect";
+export {
+  ConversationOutcome,
+  DeliveryOutcome,
+  ReceiptService,
+  RecipientState,
+  ResetReason,
+  Tick,
+} from "./gen/receipts/v1/receipts_pb.js";
+export { ReceiptBackendService } from "./gen/receipts/v1/backend_pb.js";
+export type { Transport } from "@connectrpc/connect";
+export type { BackendClient, BackendClientOptions, MembershipChange, MessageRegistration } from "./backend.js";
+export type { ReceiptsClient, ReceiptsClientOptions, RequestOptions } from "./client.js";
+export type { ConnectionOptions } from "./connection.js";
+export type { DeliveredBatcher, DeliveredBatcherOptions } from "./delivered-batcher.js";
+export type { ReadMark, ReadMarker, ReadMarkerOptions } from "./read-marker.js";
+export type { ReceiptSubscription, ReconnectOptions, SubscribeOptions } from "./subscription.js";
+export type {
+  ConversationReadResult,
+  ConversationUnread,
+  DeliveryResult,
+  LiveEvent,
+  MessageReceipts,
+  PrivacySettings,
+  ReadUpToResult,
+  ReceiptEvent,
+  ReceiptsEvent,
+  ReceiptsSnapshot,
+  RecipientReceipt,
+  ReconnectingEvent,
+  ResetEvent,
+  Watermark,
+  WatermarkEvent,
+} from "./types.js";

@@ -1,0 +1,269 @@
+// Domain types: plain ids, numbers and Dates instead of protobuf messages and
+// bigints, converted from the generated types in exactly one place (here).
+// The enums are the generated ones (src/gen), re-exported by index.ts.
+import type * as pb from "./gen/receipts/v1/receipts_pb.js";
+import type {
+  ConversationOutcome,
+  DeliveryOutcome,
+  RecipientState,
+  ResetReason,
+  Tick,
+} from "./gen/receipts/v1/receipts_pb.js";
+import type { ReceiptsError } from "./errors.js";
+
+/** The receipt state of one message, as the caller may see it. */
+export interface MessageReceipts {
+  messageId: string;
+  conversationId: string;
+  /** Its position in the conversation (≥ 1). */
+  seq: number;
+  senderId: string;
+  /** When it was sent (registered, or the time the backend supplied). */
+  sentAt: Date;
+  /** The sender's aggregate tick: sent, delivered (every recipient has it) or read (every recipient read it). */
+  tick: Tick;
+  /** Recipients that have it on at least one device (read implies delivered). */
+  deliveredCount: number;
+  /** Recipients that have read it, as the caller may see it ("2 of 3 read"). */
+  readCount: number;
+  /** Members at the message's seq, minus its sender. */
+  recipientsTotal: number;
+  /** When the last recipient got it; `null` until every recipient has it. */
+  deliveredAt: Date | null;
+  /** When the last recipient read it; `null` until every recipient has (as the caller sees it). */
+  readAt: Date | null;
+  /** Per-recipient states: filled by `getReceipts(…, { includeRecipients: true })` and in direct-chat events. */
+  recipients: RecipientReceipt[];
+}
+
+/** One recipient's state for one message. */
+export interface RecipientReceipt {
+  userId: string;
+  state: RecipientState;
+  /** When one of the recipient's devices first had it; `null` if none yet. */
+  deliveredAt: Date | null;
+  /** When the first read covering it was made; `null` if unread or hidden by the recipient's privacy settings. */
+  readAt: Date | null;
+}
+
+/** The outcome of acknowledging one message with `markDelivered`. */
+export interface DeliveryResult {
+  messageId: string;
+  outcome: DeliveryOutcome;
+  /** When the caller's delivery first became true; `null` for `DeliveryOutcome.NOT_A_RECIPIENT`. */
+  deliveredAt: Date | null;
+}
+
+/** The caller's read position in a conversation after `markReadUpTo`. */
+export interface ReadUpToResult {
+  /** The caller's read watermark (a seq). */
+  readUpToSeq: number;
+  /** True if the call moved the watermark forward (false for a late or duplicate call). */
+  advanced: boolean;
+  /** The caller's unread count in the conversation after the call. */
+  unreadCount: number;
+}
+
+/** The caller's read watermark and unread count in one conversation. */
+export interface Watermark {
+  conversationId: string;
+  readUpToSeq: number;
+  unreadCount: number;
+}
+
+/** The unread badge of one conversation (`getUnreadCounts`). */
+export interface ConversationUnread {
+  conversationId: string;
+  /** `OK`, or why the other fields are 0 (`NOT_FOUND`, `PERMISSION_DENIED`). */
+  outcome: ConversationOutcome;
+  /** Messages others sent after the caller's watermark, while the caller was a member. */
+  unreadCount: number;
+  readUpToSeq: number;
+  /** The highest seq registered in the conversation. */
+  lastSeq: number;
+}
+
+/** The result of marking one conversation read (`markConversationsRead`). */
+export interface ConversationReadResult {
+  conversationId: string;
+  outcome: ConversationOutcome;
+  readUpToSeq: number;
+  advanced: boolean;
+}
+
+/** A user's privacy settings. */
+export interface PrivacySettings {
+  /** Whether others may see when this user read their messages (default true). */
+  sendReadReceipts: boolean;
+}
+
+/** What a client needs to repaint after a reset: replace local state with it. */
+export interface ReceiptsSnapshot {
+  /** The caller's most recently sent messages (up to 200), newest first, without per-recipient entries. */
+  recentMessages: MessageReceipts[];
+  /** The caller's watermark and unread count in each of its conversations (up to 500). */
+  watermarks: Watermark[];
+}
+
+/**
+ * One event of a subscription. Every event carries `cursor`, the position to
+ * resume from after it (opaque; store it as is).
+ */
+export type ReceiptEvent =
+  | ReceiptsEvent
+  | WatermarkEvent
+  | ResetEvent
+  | LiveEvent
+  | ReconnectingEvent;
+
+/** Absolute states of messages the caller sent in one conversation changed. */
+export interface ReceiptsEvent {
+  type: "receipts";
+  cursor: string;
+  conversationId: string;
+  /** Group updates are aggregated over a short window; direct ones arrive at once. */
+  group: boolean;
+  /** Absolute states: applying an older or repeated update again is harmless. */
+  messages: MessageReceipts[];
+}
+
+/** The caller's own read watermark moved (on any of its devices). */
+export interface WatermarkEvent extends Watermark {
+  type: "watermark";
+  cursor: string;
+}
+
+/** The stream could not resume from the cursor: replace local state with `snapshot`, then continue. */
+export interface ResetEvent {
+  type: "reset";
+  cursor: string;
+  reason: ResetReason;
+  snapshot: ReceiptsSnapshot;
+}
+
+/** Replay is complete: what follows is live. Sent once per connection. */
+export interface LiveEvent {
+  type: "live";
+  cursor: string;
+  /** How many events were replayed on this connection before it. */
+  replayed: number;
+}
+
+/**
+ * The connection was lost; the subscription reconnects after `delayMs` and
+ * resumes from `cursor` (the last one it yielded). Informational: nothing to
+ * apply. A `live` event follows once it has caught up.
+ */
+export interface ReconnectingEvent {
+  type: "reconnecting";
+  cursor: string;
+  /** 1 for the first retry after a loss, growing while retries fail. */
+  attempt: number;
+  delayMs: number;
+  /** Why the connection ended. */
+  error: ReceiptsError;
+}
+
+const int = (v: bigint): number => Number(v);
+const time = (ms: bigint): Date | null => (ms === 0n ? null : new Date(Number(ms)));
+
+/** @internal */
+export function messageReceipts(m: pb.MessageReceipts): MessageReceipts {
+  return {
+    messageId: m.messageId,
+    conversationId: m.conversationId,
+    seq: int(m.seq),
+    senderId: m.senderId,
+    sentAt: new Date(Number(m.sentAtMs)),
+    tick: m.tick,
+    deliveredCount: int(m.deliveredCount),
+    readCount: int(m.readCount),
+    recipientsTotal: int(m.recipientsTotal),
+    deliveredAt: time(m.deliveredAtMs),
+    readAt: time(m.readAtMs),
+    recipients: m.recipients.map((r) => ({
+      userId: r.userId,
+      state: r.state,
+      deliveredAt: time(r.deliveredAtMs),
+      readAt: time(r.readAtMs),
+    })),
+  };
+}
+
+/** @internal */
+export function deliveryResult(r: pb.DeliveryResult): DeliveryResult {
+  return {
+    messageId: r.messageId,
+    outcome: r.outcome,
+    deliveredAt: time(r.deliveredAtMs),
+  };
+}
+
+/** @internal */
+export function watermark(w: pb.WatermarkSync): Watermark {
+  return {
+    conversationId: w.conversationId,
+    readUpToSeq: int(w.readUpToSeq),
+    unreadCount: int(w.unreadCount),
+  };
+}
+
+/** @internal */
+export function conversationUnread(c: pb.ConversationUnread): ConversationUnread {
+  return {
+    conversationId: c.conversationId,
+    outcome: c.outcome,
+    unreadCount: int(c.unreadCount),
+    readUpToSeq: int(c.readUpToSeq),
+    lastSeq: int(c.lastSeq),
+  };
+}
+
+/** @internal */
+export function conversationReadResult(r: pb.ConversationReadResult): ConversationReadResult {
+  return {
+    conversationId: r.conversationId,
+    outcome: r.outcome,
+    readUpToSeq: int(r.readUpToSeq),
+    advanced: r.advanced,
+  };
+}
+
+/**
+ * Converts one stream message; `undefined` for an event kind this SDK does not
+ * know yet (a newer server), whose cursor the subscription still advances past.
+ *
+ * @internal
+ */
+export function receiptEvent(
+  res: pb.SubscribeReceiptsResponse,
+): Exclude<ReceiptEvent, ReconnectingEvent> | undefined {
+  const cursor = res.cursor;
+  const e = res.event;
+  switch (e.case) {
+    case "receipts":
+      return {
+        type: "receipts",
+        cursor,
+        conversationId: e.value.conversationId,
+        group: e.value.group,
+        messages: e.value.messages.map(messageReceipts),
+      };
+    case "watermark":
+      return { type: "watermark", cursor, ...watermark(e.value) };
+    case "reset":
+      return {
+        type: "reset",
+        cursor,
+        reason: e.value.reason,
+        snapshot: {
+          recentMessages: e.value.recentMessages.map(messageReceipts),
+          watermarks: e.value.watermarks.map(watermark),
+        },
+      };
+    case "live":
+      return { type: "live", cursor, replayed: int(e.value.replayed) };
+    default:
+      return undefined;
+  }
+}

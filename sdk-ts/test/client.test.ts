@@ -1,0 +1,181 @@
+// Every method of both clients against a real receiptd, with domain types out.
+import { describe, expect, it, vi } from "vitest";
+import {
+  ConversationOutcome,
+  DeliveryOutcome,
+  RecipientState,
+  Tick,
+  createBackendClient,
+  createReceiptsClient,
+} from "../src/node.js";
+import { mintToken } from "./receiptd.js";
+import { backend, baseUrl, chat, uuid } from "./world.js";
+
+describe("ReceiptService", () => {
+  it("markDelivered answers per distinct message and turns the tick to delivered", async () => {
+    const c = await chat(2);
+    const [m1, m2] = await c.send(2);
+    const before = Date.now();
+    const results = await c.clients[1]!.markDelivered([m1!.id, m2!.id, m1!.id]);
+    expect(results.map((r) => [r.messageId, r.outcome])).toEqual([
+      [m1!.id, DeliveryOutcome.RECORDED],
+      [m2!.id, DeliveryOutcome.RECORDED],
+    ]);
+    expect(results[0]!.deliveredAt).toBeInstanceOf(Date);
+    expect(results[0]!.deliveredAt!.getTime()).toBeGreaterThanOrEqual(before - 1000);
+
+    const again = await c.clients[1]!.markDelivered([m1!.id]);
+    expect(again[0]!.outcome).toBe(DeliveryOutcome.ALREADY_DELIVERED);
+    const own = await c.clients[0]!.markDelivered([m1!.id]);
+    expect(own[0]).toEqual({ messageId: m1!.id, outcome: DeliveryOutcome.NOT_A_RECIPIENT, deliveredAt: null });
+
+    const [state] = await c.clients[0]!.getReceipts(c.conversationId, [m1!.id]);
+    expect(state!.tick).toBe(Tick.DELIVERED);
+  });
+
+  it("markReadUpTo moves the watermark once and reports the unread count", async () => {
+    const c = await chat(2);
+    const ms = await c.send(3);
+    const first = await c.clients[1]!.markReadUpTo(c.conversationId, ms[1]!.id);
+    expect(first).toEqual({ readUpToSeq: 2, advanced: true, unreadCount: 1 });
+    const late = await c.clients[1]!.markReadUpTo(c.conversationId, ms[0]!.id);
+    expect(late).toEqual({ readUpToSeq: 2, advanced: false, unreadCount: 1 });
+  });
+
+  it("getReceipts returns counts, times as Dates, and recipients when asked", async () => {
+    const c = await chat(3);
+    const sentAt = new Date("2026-01-02T03:04:05.678Z");
+    const m = { id: uuid(), seq: 1 };
+    await backend().registerMessages([
+      { messageId: m.id, conversationId: c.conversationId, seq: 1, senderId: c.users[0]!, sentAt },
+    ]);
+    await c.clients[1]!.markReadUpTo(c.conversationId, m.id);
+
+    const [plain] = await c.clients[0]!.getReceipts(c.conversationId, [m.id]);
+    expect(plain).toMatchObject({
+      messageId: m.id,
+      conversationId: c.conversationId,
+      seq: 1,
+      senderId: c.users[0],
+      sentAt,
+      tick: Tick.SENT,
+      deliveredCount: 1,
+      readCount: 1,
+      recipientsTotal: 2,
+      deliveredAt: null,
+      readAt: null,
+      recipients: [],
+    });
+
+    const [full] = await c.clients[0]!.getReceipts(c.conversationId, [m.id], { includeRecipients: true });
+    const byUser = new Map(full!.recipients.map((r) => [r.userId, r]));
+    expect(byUser.get(c.users[1]!)!.state).toBe(RecipientState.READ);
+    expect(byUser.get(c.users[1]!)!.readAt).toBeInstanceOf(Date);
+    expect(byUser.get(c.users[2]!)).toEqual({
+      userId: c.users[2],
+      state: RecipientState.NONE,
+      deliveredAt: null,
+      readAt: null,
+    });
+  });
+
+  it("getUnreadCounts and markConversationsRead answer per conversation", async () => {
+    const a = await chat(2);
+    await a.send(2);
+    const b = await chat(2);
+    await b.send(1);
+    const stranger = uuid();
+    const me = a.clients[1]!;
+    // The same user in b: b.users[1] is another user, so b is not this user's.
+    const counts = await me.getUnreadCounts([a.conversationId, b.conversationId, stranger]);
+    expect(counts).toEqual([
+      { conversationId: a.conversationId, outcome: ConversationOutcome.OK, unreadCount: 2, readUpToSeq: 0, lastSeq: 2 },
+      { conversationId: b.conversationId, outcome: ConversationOutcome.PERMISSION_DENIED, unreadCount: 0, readUpToSeq: 0, lastSeq: 0 },
+      { conversationId: stranger, outcome: ConversationOutcome.NOT_FOUND, unreadCount: 0, readUpToSeq: 0, lastSeq: 0 },
+    ]);
+    const read = await me.markConversationsRead([a.conversationId, stranger]);
+    expect(read).toEqual([
+      { conversationId: a.conversationId, outcome: ConversationOutcome.OK, readUpToSeq: 2, advanced: true },
+      { conversationId: stranger, outcome: ConversationOutcome.NOT_FOUND, readUpToSeq: 0, advanced: false },
+    ]);
+    const [after] = await me.getUnreadCounts([a.conversationId]);
+    expect(after!.unreadCount).toBe(0);
+  });
+
+  it("privacy settings round-trip and hide reads from the sender", async () => {
+    const c = await chat(2);
+    const [m] = await c.send(1);
+    const reader = c.clients[1]!;
+    expect(await reader.getPrivacySettings()).toEqual({ sendReadReceipts: true });
+    expect(await reader.updatePrivacySettings({ sendReadReceipts: false })).toEqual({ sendReadReceipts: false });
+    expect(await reader.getPrivacySettings()).toEqual({ sendReadReceipts: false });
+    await reader.markReadUpTo(c.conversationId, m!.id);
+    const [seen] = await c.clients[0]!.getReceipts(c.conversationId, [m!.id]);
+    expect([seen!.tick, seen!.readCount, seen!.deliveredCount]).toEqual([Tick.DELIVERED, 0, 1]);
+  });
+});
+
+describe("credentials", () => {
+  it("calls a token function before every call, so tokens can refresh", async () => {
+    const user = uuid();
+    const token = vi.fn(async () => mintToken(user, "user"));
+    const client = createReceiptsClient({ baseUrl: baseUrl(), token });
+    await client.getPrivacySettings();
+    await client.getPrivacySettings();
+    expect(token).toHaveBeenCalledTimes(2);
+  });
+
+  it("dev mode acts as devUserId through the x-receipts-user header", async () => {
+    const c = await chat(2);
+    const [m] = await c.send(1);
+    const dev = createReceiptsClient({ baseUrl: baseUrl(), devUserId: c.users[1]! });
+    const [r] = await dev.markDelivered([m!.id]);
+    expect(r!.outcome).toBe(DeliveryOutcome.RECORDED);
+    const devBackend = createBackendClient({ baseUrl: baseUrl(), devUserId: uuid() });
+    expect(await devBackend.createConversation(uuid(), [uuid(), uuid()])).toEqual({ created: true });
+  });
+
+  it("refuses options without exactly one credential, or without an address", () => {
+    expect(() => createReceiptsClient({ baseUrl: baseUrl() })).toThrow(/exactly one of `token` and `devUserId`/);
+    expect(() => createReceiptsClient({ baseUrl: baseUrl(), token: "t", devUserId: uuid() })).toThrow(TypeError);
+    expect(() => createBackendClient({ token: "t" })).toThrow(/`baseUrl`/);
+  });
+});
+
+describe("ReceiptBackendService", () => {
+  it("creates conversations idempotently", async () => {
+    const b = backend();
+    const id = uuid();
+    const members = [uuid(), uuid()];
+    expect(await b.createConversation(id, members)).toEqual({ created: true });
+    expect(await b.createConversation(id, members)).toEqual({ created: false });
+  });
+
+  it("adds and removes members from a seq on", async () => {
+    const c = await chat(2);
+    const b = backend();
+    const carol = uuid();
+    expect(await b.addMembers(c.conversationId, [{ userId: carol, fromSeq: 2 }])).toEqual({ added: 1, memberCount: 3 });
+    expect(await b.addMembers(c.conversationId, [{ userId: carol, fromSeq: 2 }])).toEqual({ added: 0, memberCount: 3 });
+    const [m1, m2] = await c.send(2);
+    const [first, second] = await c.clients[0]!.getReceipts(c.conversationId, [m1!.id, m2!.id]);
+    expect([first!.recipientsTotal, second!.recipientsTotal]).toEqual([1, 2]);
+    expect(await b.removeMembers(c.conversationId, [{ userId: carol, fromSeq: 3 }])).toEqual({ removed: 1, memberCount: 2 });
+  });
+
+  it("registers messages idempotently and counts only new ones", async () => {
+    const c = await chat(2);
+    const b = backend();
+    const batch = [1, 2].map((seq) => ({
+      messageId: uuid(),
+      conversationId: c.conversationId,
+      seq,
+      senderId: c.users[0]!,
+      sentAt: 1_700_000_000_000 + seq,
+    }));
+    expect(await b.registerMessages(batch)).toEqual({ registered: 2 });
+    expect(await b.registerMessages(batch)).toEqual({ registered: 0 });
+    const [m] = await c.clients[0]!.getReceipts(c.conversationId, [batch[0]!.messageId]);
+    expect(m!.sentAt).toEqual(new Date(1_700_000_000_001));
+  });
+});

@@ -1,0 +1,142 @@
+// The debounced read marker against a real server: a burst becomes one call
+// with the highest mark, at most one call per conversation per interval, and
+// flush()/close() lose nothing.
+import { describe, expect, it, vi } from "vitest";
+import { Code, ReceiptsError, createReceiptsClient } from "../src/node.js";
+import { mintToken } from "./receiptd.js";
+import { chat, countingTransport, type Chat } from "./world.js";
+
+/** The reader of `c` (users[1]) on a transport that counts its calls. */
+function reader(c: Chat) {
+  const { transport, calls } = countingTransport();
+  const client = createReceiptsClient({ transport, token: mintToken(c.users[1]!, "user") });
+  const marks = () => calls.filter((x) => x.method === "MarkReadUpTo");
+  return { client, marks };
+}
+
+async function watermark(c: Chat): Promise<number> {
+  const [u] = await c.clients[1]!.getUnreadCounts([c.conversationId]);
+  return u!.readUpToSeq;
+}
+
+describe("readMarker", () => {
+  it("turns a burst of marks into one call with the highest, after the interval", async () => {
+    const c = await chat(2);
+    const ms = await c.send(5);
+    const { client, marks } = reader(c);
+    const marker = client.readMarker({ intervalMs: 300 });
+    const start = Date.now();
+    // Out of order, as scrolling produces them.
+    for (const i of [0, 2, 1, 4, 3]) {
+      marker.mark(c.conversationId, ms[i]!.id, ms[i]!.seq);
+    }
+    expect(marks()).toHaveLength(0);
+    await vi.waitFor(() => expect(marks()).toHaveLength(1), { timeout: 3000, interval: 20 });
+    expect(marks()[0]!.at - start).toBeGreaterThanOrEqual(290);
+    expect(marks()[0]!.message).toMatchObject({ conversationId: c.conversationId, messageId: ms[4]!.id });
+    await vi.waitFor(async () => expect(await watermark(c)).toBe(5));
+    // Marks at or below what the server confirmed cost nothing.
+    marker.mark(c.conversationId, ms[2]!.id, ms[2]!.seq);
+    await marker.flush();
+    expect(marks()).toHaveLength(1);
+    await marker.close();
+  });
+
+  it("sends at most one call per conversation per interval", async () => {
+    const c = await chat(2);
+    const ms = await c.send(4);
+    const { client, marks } = reader(c);
+    const marker = client.readMarker({ intervalMs: 200 });
+    for (const m of ms) {
+      marker.mark(c.conversationId, m.id, m.seq);
+      await new Promise((r) => setTimeout(r, 120));
+    }
+    await vi.waitFor(async () => expect(await watermark(c)).toBe(4), { timeout: 3000, interval: 20 });
+    const at = marks().map((x) => x.at);
+    expect(at.length).toBeGreaterThanOrEqual(2); // 4 marks over ~480 ms, 200 ms apart at least
+    for (let i = 1; i < at.length; i++) {
+      expect(at[i]! - at[i - 1]!).toBeGreaterThanOrEqual(190);
+    }
+    await marker.close();
+  });
+
+  it("sends each conversation's mark on its own, and one failure does not stop the others", async () => {
+    const a = await chat(2);
+    const b = await chat(2);
+    const { transport, calls } = countingTransport();
+    const user = a.users[1]!;
+    const client = createReceiptsClient({ transport, token: mintToken(user, "user") });
+    const [a1] = await a.send(1);
+    const marker = client.readMarker({ intervalMs: 10_000 });
+    marker.mark(a.conversationId, a1!.id, a1!.seq);
+    const [b1] = await b.send(1);
+    marker.mark(b.conversationId, b1!.id, b1!.seq);
+    // b is not this user's: that mark fails for good; a's succeeds.
+    const e = await marker.flush().then(() => undefined, (err: unknown) => err);
+    expect(e).toBeInstanceOf(ReceiptsError);
+    expect((e as ReceiptsError).code).toBe(Code.PermissionDenied);
+    expect(calls.filter((x) => x.method === "MarkReadUpTo")).toHaveLength(2);
+    expect(await watermark(a)).toBe(1);
+    await marker.close();
+  });
+
+  it("loses nothing on flush() and close(), long before the interval", async () => {
+    const c = await chat(2);
+    const ms = await c.send(3);
+    const { client, marks } = reader(c);
+    const marker = client.readMarker({ intervalMs: 60_000 });
+    marker.mark(c.conversationId, ms[0]!.id, ms[0]!.seq);
+    await marker.flush();
+    expect(await watermark(c)).toBe(1);
+    marker.mark(c.conversationId, ms[2]!.id, ms[2]!.seq);
+    marker.mark(c.conversationId, ms[1]!.id, ms[1]!.seq);
+    await marker.close();
+    expect(await watermark(c)).toBe(3);
+    expect(marks()).toHaveLength(2);
+    expect(() => marker.mark(c.conversationId, ms[2]!.id, ms[2]!.seq)).toThrow(/closed/);
+  });
+
+  it("keeps a mark that failed retryably and sends it again", async () => {
+    const c = await chat(2);
+    const ms = await c.send(3);
+    const { transport, calls, failNext } = countingTransport();
+    const client = createReceiptsClient({ transport, token: mintToken(c.users[1]!, "user") });
+    const marks = () => calls.filter((x) => x.method === "MarkReadUpTo").length;
+    const onError = vi.fn();
+    const marker = client.readMarker({ intervalMs: 100, onError });
+    failNext(2); // the background send, and the SDK's one immediate retry
+    marker.mark(c.conversationId, ms[1]!.id, ms[1]!.seq);
+    await vi.waitFor(async () => expect(await watermark(c)).toBe(2), { timeout: 3000, interval: 20 });
+    expect(marks()).toBe(3);
+    expect(onError).not.toHaveBeenCalled();
+
+    failNext(2);
+    marker.mark(c.conversationId, ms[2]!.id, ms[2]!.seq);
+    const e = await marker.flush().then(() => undefined, (err: unknown) => err);
+    expect((e as ReceiptsError).retryable).toBe(true);
+    expect(await watermark(c)).toBe(2);
+    await marker.close(); // still pending: sent now
+    expect(marks()).toBe(6);
+    expect(await watermark(c)).toBe(3);
+  });
+
+  it("reports a background failure to onError, with its mark", async () => {
+    const c = await chat(2);
+    const other = await chat(2);
+    const [m] = await other.send(1);
+    const onError = vi.fn();
+    const marker = c.clients[1]!.readMarker({ intervalMs: 50, onError });
+    marker.mark(other.conversationId, m!.id, 1);
+    await vi.waitFor(() => expect(onError).toHaveBeenCalledTimes(1));
+    const [error, mark] = onError.mock.calls[0]!;
+    expect((error as ReceiptsError).code).toBe(Code.PermissionDenied);
+    expect(mark).toEqual({ conversationId: other.conversationId, messageId: m!.id, seq: 1 });
+    await marker.close();
+  });
+
+  it("refuses a seq that is not a positive integer", () => {
+    const marker = createReceiptsClient({ baseUrl: "http://127.0.0.1:1", token: "t" }).readMarker();
+    expect(() => marker.mark("c", "m", 0)).toThrow(TypeError);
+    expect(() => marker.mark("c", "m", 1.5)).toThrow(TypeError);
+  });
+});

@@ -18,7 +18,7 @@ step "clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
 step "build receiptd (the crash tests run the real binary) and the examples"
-cargo build -p receipts-server --bin receiptd -p receipts-examples
+cargo build -p receipts-server -p receipts-examples --bins
 
 step "tests"
 cargo test --workspace

@@ -479,6 +479,8 @@ struct Window {
 
 /// State owned by the writer thread.
 struct WriterState {
+    /// The last time stamped on a write: times follow commit order.
+    last_stamp: Millis,
     next_offset: u64,
     trimmed_to: u64,
     sender_counter: u64,
@@ -506,6 +508,15 @@ fn put(t: &mut Table<'_, Bytes, Bytes>, k: &[u8], v: &[u8]) -> StoreResult<()> {
 }
 
 impl WriteCtx<'_, '_> {
+    /// The time to record for a write accepted at `at`: never earlier than a
+    /// write committed before it, so "first time it became true" follows the
+    /// order in which writes actually took effect, whatever order concurrent
+    /// requests reached the writer in.
+    fn stamp(&mut self, at: Millis) -> Millis {
+        self.st.last_stamp = self.st.last_stamp.max(at);
+        self.st.last_stamp
+    }
+
     fn emit(&mut self, user: UserId, body: EventBody) -> StoreResult<()> {
         let offset = self.st.next_offset;
         self.st.next_offset += 1;
@@ -756,6 +767,7 @@ impl EmbeddedStore {
         let db = Arc::new(db);
         let hub = Hub::new(options.subscriber_buffer);
         let state = WriterState {
+            last_stamp: 0,
             next_offset,
             trimmed_to,
             sender_counter,
@@ -1097,6 +1109,7 @@ impl ReceiptStore for EmbeddedStore {
                 }
                 found.push(m);
             }
+            let at = ctx.stamp(at);
             let mut results = Vec::with_capacity(found.len());
             let mut touched: BTreeMap<ConversationId, Vec<Seq>> = BTreeMap::new();
             for m in &found {
@@ -1162,6 +1175,7 @@ impl ReceiptStore for EmbeddedStore {
                     format!("message {message} belongs to another conversation"),
                 ));
             }
+            let at = ctx.stamp(at);
             ctx.apply_read(&user, &conversation, &membership, m.seq, at)
         })
         .await
@@ -1174,6 +1188,7 @@ impl ReceiptStore for EmbeddedStore {
         at: Millis,
     ) -> StoreResult<Vec<ConversationRead>> {
         self.write(move |ctx| {
+            let at = ctx.stamp(at);
             let mut out = Vec::new();
             for c in dedup(conversations) {
                 let none = ReadResult {
@@ -1518,6 +1533,25 @@ mod tests {
             deltas[0], 3,
             "watermark, history entry, public history entry"
         );
+        store.shutdown().await;
+    }
+
+    /// A read accepted earlier but applied after a delivery must not be
+    /// recorded as earlier than that delivery.
+    #[tokio::test]
+    async fn recorded_times_follow_commit_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EmbeddedStore::open(dir.path(), options()).expect("open");
+        let (c, a, b, m) = conversation_with(&store, 1).await;
+        let d = store
+            .mark_delivered(b, vec![m], 1_000)
+            .await
+            .expect("deliver");
+        assert_eq!(d[0].delivered_at, Some(1_000));
+        store.mark_read_up_to(b, c, m, 900).await.expect("read");
+        let s = store.receipts(a, c, vec![m], true).await.expect("receipts");
+        let r = s[0].recipients[0];
+        assert_eq!((r.delivered_at, r.read_at), (Some(1_000), Some(1_000)));
         store.shutdown().await;
     }
 

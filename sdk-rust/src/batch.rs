@@ -13,13 +13,68 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-enum ReadCmd {
-    Mark {
-        conversation: Uuid,
-        message: Uuid,
-        seq: u64,
-    },
+/// A command to a batching task: an item to batch, or a request to send
+/// everything now.
+enum Cmd<T> {
+    Item(T),
     Flush(oneshot::Sender<Result<(), Error>>),
+}
+
+/// The handle side shared by the batchers: a channel into the task, and the
+/// task itself. Dropping it closes the channel, which makes the task flush
+/// what is pending and exit.
+#[derive(Debug)]
+struct Worker<T> {
+    tx: Option<mpsc::UnboundedSender<Cmd<T>>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    name: &'static str,
+}
+
+impl<T: Send + 'static> Worker<T> {
+    fn start<F, Fut>(name: &'static str, run: F) -> Self
+    where
+        F: FnOnce(mpsc::UnboundedReceiver<Cmd<T>>) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Self {
+            tx: Some(tx),
+            task: Some(tokio::spawn(run(rx))),
+            name,
+        }
+    }
+
+    fn send(&self, item: T) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Cmd::Item(item));
+        }
+    }
+
+    async fn flush(&self) -> Result<(), Error> {
+        let (done, wait) = oneshot::channel();
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Cmd::Flush(done));
+        }
+        wait.await
+            .map_err(|_| Error::Config(format!("{} stopped", self.name)))?
+    }
+
+    async fn close(mut self) -> Result<(), Error> {
+        let result = self.flush().await;
+        self.tx.take();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        result
+    }
+}
+
+/// A conversation's read position to send.
+#[derive(Debug)]
+struct ReadMark {
+    conversation: Uuid,
+    message: Uuid,
+    seq: u64,
 }
 
 /// Turns a stream of "this message is now visible" into at most one
@@ -37,8 +92,7 @@ enum ReadCmd {
 /// ```
 #[derive(Debug)]
 pub struct ReadMarker {
-    tx: Option<mpsc::UnboundedSender<ReadCmd>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    worker: Worker<ReadMark>,
 }
 
 impl ReadMarker {
@@ -47,55 +101,37 @@ impl ReadMarker {
     pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
 
     pub(crate) fn start(client: Client, interval: Duration) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(read_task(client, interval, rx));
         Self {
-            tx: Some(tx),
-            task: Some(task),
+            worker: Worker::start("read marker", move |rx| read_task(client, interval, rx)),
         }
     }
 
     /// Notes that `message` (at `seq`) of `conversation` is visible. Lower
     /// seqs than one already noted are ignored.
     pub fn mark(&self, conversation: Uuid, message: Uuid, seq: u64) {
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(ReadCmd::Mark {
-                conversation,
-                message,
-                seq,
-            });
-        }
+        self.worker.send(ReadMark {
+            conversation,
+            message,
+            seq,
+        });
     }
 
     /// Sends everything pending now and waits for the answers.
     pub async fn flush(&self) -> Result<(), Error> {
-        let (done, wait) = oneshot::channel();
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(ReadCmd::Flush(done));
-        }
-        wait.await
-            .map_err(|_| Error::Config("read marker stopped".into()))?
+        self.worker.flush().await
     }
 
     /// Flushes and stops the marker.
-    pub async fn close(mut self) -> Result<(), Error> {
-        let result = self.flush().await;
-        self.tx.take();
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
-        result
+    pub async fn close(self) -> Result<(), Error> {
+        self.worker.close().await
     }
 }
 
-impl Drop for ReadMarker {
-    fn drop(&mut self) {
-        // Closing the channel makes the task flush what is pending and exit.
-        self.tx.take();
-    }
-}
-
-async fn read_task(client: Client, interval: Duration, mut rx: mpsc::UnboundedReceiver<ReadCmd>) {
+async fn read_task(
+    client: Client,
+    interval: Duration,
+    mut rx: mpsc::UnboundedReceiver<Cmd<ReadMark>>,
+) {
     let mut pending: HashMap<Uuid, (u64, Uuid)> = HashMap::new();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -103,13 +139,13 @@ async fn read_task(client: Client, interval: Duration, mut rx: mpsc::UnboundedRe
     loop {
         tokio::select! {
             cmd = rx.recv() => match cmd {
-                Some(ReadCmd::Mark { conversation, message, seq }) => {
+                Some(Cmd::Item(ReadMark { conversation, message, seq })) => {
                     let e = pending.entry(conversation).or_insert((seq, message));
                     if seq > e.0 {
                         *e = (seq, message);
                     }
                 }
-                Some(ReadCmd::Flush(done)) => {
+                Some(Cmd::Flush(done)) => {
                     let _ = done.send(flush_reads(&client, &mut pending).await);
                 }
                 None => {
@@ -145,11 +181,6 @@ async fn flush_reads(
     first_error.map_or(Ok(()), Err)
 }
 
-enum DeliveredCmd {
-    Deliver(Uuid),
-    Flush(oneshot::Sender<Result<(), Error>>),
-}
-
 /// Groups MarkDelivered calls: a batch goes out when it holds `max_batch`
 /// messages or `max_delay` after its first message, whichever comes first.
 /// Made by [`Client::delivered_batcher`].
@@ -166,56 +197,32 @@ enum DeliveredCmd {
 /// ```
 #[derive(Debug)]
 pub struct DeliveredBatcher {
-    tx: Option<mpsc::UnboundedSender<DeliveredCmd>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    worker: Worker<Uuid>,
 }
 
 impl DeliveredBatcher {
     pub(crate) fn start(client: Client, max_batch: usize, max_delay: Duration) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(delivered_task(
-            client,
-            max_batch.clamp(1, 1000),
-            max_delay,
-            rx,
-        ));
+        let max_batch = max_batch.clamp(1, 1000);
         Self {
-            tx: Some(tx),
-            task: Some(task),
+            worker: Worker::start("delivered batcher", move |rx| {
+                delivered_task(client, max_batch, max_delay, rx)
+            }),
         }
     }
 
     /// Notes that `message` arrived on this device.
     pub fn deliver(&self, message: Uuid) {
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(DeliveredCmd::Deliver(message));
-        }
+        self.worker.send(message);
     }
 
     /// Sends everything pending now and waits for the answers.
     pub async fn flush(&self) -> Result<(), Error> {
-        let (done, wait) = oneshot::channel();
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(DeliveredCmd::Flush(done));
-        }
-        wait.await
-            .map_err(|_| Error::Config("delivered batcher stopped".into()))?
+        self.worker.flush().await
     }
 
     /// Flushes and stops the batcher.
-    pub async fn close(mut self) -> Result<(), Error> {
-        let result = self.flush().await;
-        self.tx.take();
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
-        result
-    }
-}
-
-impl Drop for DeliveredBatcher {
-    fn drop(&mut self) {
-        self.tx.take();
+    pub async fn close(self) -> Result<(), Error> {
+        self.worker.close().await
     }
 }
 
@@ -223,7 +230,7 @@ async fn delivered_task(
     client: Client,
     max_batch: usize,
     max_delay: Duration,
-    mut rx: mpsc::UnboundedReceiver<DeliveredCmd>,
+    mut rx: mpsc::UnboundedReceiver<Cmd<Uuid>>,
 ) {
     let mut pending: Vec<Uuid> = Vec::new();
     let mut seen: HashSet<Uuid> = HashSet::new();
@@ -237,7 +244,7 @@ async fn delivered_task(
         };
         tokio::select! {
             cmd = rx.recv() => match cmd {
-                Some(DeliveredCmd::Deliver(m)) => {
+                Some(Cmd::Item(m)) => {
                     if seen.insert(m) {
                         pending.push(m);
                     }
@@ -247,7 +254,7 @@ async fn delivered_task(
                         deadline = (!pending.is_empty()).then(|| tokio::time::Instant::now() + max_delay);
                     }
                 }
-                Some(DeliveredCmd::Flush(done)) => {
+                Some(Cmd::Flush(done)) => {
                     let r = send_delivered(&client, &mut pending, &mut seen, max_batch).await;
                     deadline = (!pending.is_empty()).then(|| tokio::time::Instant::now() + max_delay);
                     let _ = done.send(r);

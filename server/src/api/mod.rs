@@ -6,7 +6,7 @@ use crate::auth::{AuthOutcome, Identity, Role};
 use crate::config::ServeArgs;
 use crate::domain::{self, Cursor};
 use crate::error::ServiceError;
-use crate::store::{self, MemberChange, ReceiptStore, Replay};
+use crate::store::{self, MemberChange, ReceiptStore, Replay, ReplayFrom};
 use convert::{check_len, uuid, uuids};
 use receipts_proto::v1 as pb;
 use std::pin::Pin;
@@ -179,29 +179,15 @@ impl pb::receipt_service_server::ReceiptService for Api {
                 "server shutting down; resume from your last cursor",
             ));
         }
-        let cursor_text = &req.get_ref().cursor;
         // An unparseable cursor is not a client error worth failing on: the
         // client gets a reset with a snapshot, exactly like an expired one.
-        let (cursor, invalid) = if cursor_text.is_empty() {
-            (None, false)
-        } else {
-            match Cursor::decode(cursor_text) {
-                Some(c) => (Some(c), false),
-                None => (
-                    Some(Cursor {
-                        epoch: u64::MAX,
-                        offset: 0,
-                    }),
-                    true,
-                ),
-            }
-        };
+        let from = ReplayFrom::parse(&req.get_ref().cursor);
         // Register for live events before reading the log: nothing committed
         // in between can fall through the crack.
         let mut live = self.store.hub().subscribe(me.id);
         let replay = self
             .store
-            .replay(me.id, cursor, self.limits.max_replay)
+            .replay(me.id, from, self.limits.max_replay)
             .await?;
         // A tiny hand-off: the bounded buffer that matters is the hub's
         // (`--subscriber-buffer`), so a slow reader is detected there.
@@ -226,13 +212,10 @@ impl pb::receipt_service_server::ReceiptService for Api {
                     (head, out)
                 }
                 Replay::Reset {
-                    mut reason,
+                    reason,
                     snapshot,
                     head,
                 } => {
-                    if invalid {
-                        reason = store::ResetReason::Invalid;
-                    }
                     let ev = pb::SubscribeReceiptsResponse {
                         cursor: head.encode(),
                         event: Some(E::Reset(convert::reset(reason, &snapshot))),

@@ -526,10 +526,15 @@ impl WriteCtx<'_, '_> {
         Ok(())
     }
 
-    /// Announces that the states of messages at `seqs` in `c` changed: pushed
+    /// Announces that the states of `msgs` (seq, id, sender) in `c` changed: pushed
     /// at once in direct conversations, folded into the group window otherwise.
-    fn touch(&mut self, c: &ConversationId, seqs: &[Seq]) -> StoreResult<()> {
-        let (Some(&lo), Some(&hi)) = (seqs.iter().min(), seqs.iter().max()) else {
+    fn touch(
+        &mut self,
+        c: &ConversationId,
+        msgs: Vec<(Seq, MessageId, UserId)>,
+    ) -> StoreResult<()> {
+        let seqs = msgs.iter().map(|(s, _, _)| *s);
+        let (Some(lo), Some(hi)) = (seqs.clone().min(), seqs.max()) else {
             return Ok(());
         };
         let group = self
@@ -548,13 +553,6 @@ impl WriteCtx<'_, '_> {
             put(&mut self.t.pending, &k1(c), &v)?;
             return Ok(());
         }
-        let wanted: HashSet<Seq> = seqs.iter().copied().collect();
-        let msgs: Vec<_> = self
-            .t
-            .messages_between(c, lo, hi)?
-            .into_iter()
-            .filter(|(s, _, _)| wanted.contains(s))
-            .collect();
         let ctx = self.t.context(c)?;
         self.emit_states(&ctx, msgs, false)
     }
@@ -717,10 +715,10 @@ impl WriteCtx<'_, '_> {
             let visible = adv.is_public() && seq > before.public_seq;
             let newly_delivered = seq > before.seq && self.t.delivered_at(&id, u)?.is_none();
             if visible || newly_delivered {
-                changed.push(seq);
+                changed.push((seq, id, sender));
             }
         }
-        self.touch(c, &changed)?;
+        self.touch(c, changed)?;
         Ok(ReadResult {
             read_up_to: after.seq,
             advanced: true,
@@ -1111,7 +1109,8 @@ impl ReceiptStore for EmbeddedStore {
             }
             let at = ctx.stamp(at);
             let mut results = Vec::with_capacity(found.len());
-            let mut touched: BTreeMap<ConversationId, Vec<Seq>> = BTreeMap::new();
+            let mut touched: BTreeMap<ConversationId, Vec<(Seq, MessageId, UserId)>> =
+                BTreeMap::new();
             for m in &found {
                 let membership = &memberships[&m.conversation];
                 if m.sender == user || !membership.contains(m.seq) {
@@ -1142,15 +1141,18 @@ impl ReceiptStore for EmbeddedStore {
                     continue;
                 }
                 put(&mut ctx.t.delivered, &k2(&m.id, &user), &at.to_be_bytes())?;
-                touched.entry(m.conversation).or_default().push(m.seq);
+                touched
+                    .entry(m.conversation)
+                    .or_default()
+                    .push((m.seq, m.id, m.sender));
                 results.push(DeliveryResult {
                     message: m.id,
                     outcome: DeliveryOutcome::Recorded,
                     delivered_at: Some(at),
                 });
             }
-            for (c, seqs) in touched {
-                ctx.touch(&c, &seqs)?;
+            for (c, msgs) in touched {
+                ctx.touch(&c, msgs)?;
             }
             Ok(results)
         })
@@ -1299,12 +1301,7 @@ impl ReceiptStore for EmbeddedStore {
         .await
     }
 
-    async fn replay(
-        &self,
-        user: UserId,
-        cursor: Option<Cursor>,
-        max: usize,
-    ) -> StoreResult<Replay> {
+    async fn replay(&self, user: UserId, from: ReplayFrom, max: usize) -> StoreResult<Replay> {
         let epoch = self.epoch;
         self.read(move |t| {
             let head = Cursor {
@@ -1319,11 +1316,15 @@ impl ReceiptStore for EmbeddedStore {
                     head,
                 })
             };
-            let Some(cursor) = cursor else {
-                return Ok(Replay::Events {
-                    events: Vec::new(),
-                    head,
-                });
+            let cursor = match from {
+                ReplayFrom::Live => {
+                    return Ok(Replay::Events {
+                        events: Vec::new(),
+                        head,
+                    });
+                }
+                ReplayFrom::Unparseable => return reset(ResetReason::Invalid),
+                ReplayFrom::Cursor(c) => c,
             };
             if cursor.epoch != epoch {
                 return reset(ResetReason::EpochChanged);
@@ -1428,13 +1429,8 @@ impl EmbeddedStore {
             // are now different: their counts change.
             let last = ctx.t.last_seq(&conversation)?;
             if !updated.is_empty() && lowest <= last {
-                let seqs: Vec<Seq> = ctx
-                    .t
-                    .messages_between(&conversation, lowest, last)?
-                    .into_iter()
-                    .map(|(s, _, _)| s)
-                    .collect();
-                ctx.touch(&conversation, &seqs)?;
+                let msgs = ctx.t.messages_between(&conversation, lowest, last)?;
+                ctx.touch(&conversation, msgs)?;
             }
             Ok(MembershipResult {
                 changed: updated.len() as u64,
@@ -1564,7 +1560,10 @@ mod tests {
             .mark_read_up_to(reader, c, last, 10)
             .await
             .expect("read");
-        let Replay::Events { head, .. } = store.replay(reader, None, 10).await.expect("replay")
+        let Replay::Events { head, .. } = store
+            .replay(reader, ReplayFrom::Live, 10)
+            .await
+            .expect("replay")
         else {
             panic!("no cursor, no reset");
         };
@@ -1574,7 +1573,7 @@ mod tests {
         let replay = store
             .replay(
                 reader,
-                Some(Cursor {
+                ReplayFrom::Cursor(Cursor {
                     epoch: head.epoch,
                     offset: 0,
                 }),

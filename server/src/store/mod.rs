@@ -137,6 +137,27 @@ pub enum ResetReason {
     TooLarge,
 }
 
+/// Where a subscriber asks to start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplayFrom {
+    /// No cursor: the live position.
+    Live,
+    /// After this cursor.
+    Cursor(Cursor),
+    /// A cursor that could not be parsed: always a reset.
+    Unparseable,
+}
+
+impl ReplayFrom {
+    /// From the cursor text a client sent (empty: live).
+    pub fn parse(text: &str) -> Self {
+        if text.is_empty() {
+            return Self::Live;
+        }
+        Cursor::decode(text).map_or(Self::Unparseable, Self::Cursor)
+    }
+}
+
 /// What a subscriber gets before going live.
 #[derive(Clone, Debug)]
 pub enum Replay {
@@ -236,10 +257,9 @@ pub trait ReceiptStore: Send + Sync + std::fmt::Debug + 'static {
         conversations: Vec<ConversationId>,
     ) -> StoreResult<Vec<UnreadCount>>;
 
-    /// Events for `user` after `cursor` (at most `max`), or a reset. Without a
-    /// cursor, no events and the current head.
-    async fn replay(&self, user: UserId, cursor: Option<Cursor>, max: usize)
-    -> StoreResult<Replay>;
+    /// Events for `user` after the cursor (at most `max`), or a reset. From
+    /// the live position: no events and the current head.
+    async fn replay(&self, user: UserId, from: ReplayFrom, max: usize) -> StoreResult<Replay>;
 
     /// The live side of the event log on this node.
     fn hub(&self) -> &Arc<Hub>;

@@ -125,9 +125,77 @@ pub struct ServeArgs {
     #[arg(long, env = "RECEIPTS_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
     pub shutdown_grace_ms: u64,
 
+    /// Where state lives: `embedded` (one process, a local data directory)
+    /// or `redis-scylla` (Redis hot store and bus, ScyllaDB persistence, many
+    /// stateless nodes).
+    #[arg(long, env = "RECEIPTS_STORE", value_enum, default_value_t = StoreKind::Embedded)]
+    pub store: StoreKind,
+
+    /// Redis URL(s), comma separated: one server, or seed nodes of a Redis
+    /// Cluster (with --redis-cluster).
+    #[arg(
+        long,
+        env = "RECEIPTS_REDIS_URLS",
+        value_delimiter = ',',
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub redis_urls: Vec<String>,
+
+    /// Treat --redis-urls as the seed nodes of a Redis Cluster.
+    #[arg(long, env = "RECEIPTS_REDIS_CLUSTER", default_value_t = false)]
+    pub redis_cluster: bool,
+
+    /// Prefix of every Redis key (several deployments can share a Redis).
+    #[arg(long, env = "RECEIPTS_REDIS_PREFIX", default_value = "rc")]
+    pub redis_prefix: String,
+
+    /// Hot data in Redis expires this many seconds after its last update
+    /// (reads then fall through to Scylla).
+    #[arg(long, env = "RECEIPTS_HOT_TTL_SECS", default_value_t = 86_400)]
+    pub hot_ttl_secs: u64,
+
+    /// How often queued changes are flushed from Redis to Scylla (also at
+    /// shutdown).
+    #[arg(long, env = "RECEIPTS_FLUSH_INTERVAL_MS", default_value_t = 60_000)]
+    pub flush_interval_ms: u64,
+
+    /// Scylla (or Cassandra) contact points, `host:port`, comma separated.
+    #[arg(
+        long,
+        env = "RECEIPTS_SCYLLA_NODES",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:9042"
+    )]
+    pub scylla_nodes: Vec<String>,
+
+    /// Scylla keyspace (created with its tables at start-up if missing).
+    #[arg(long, env = "RECEIPTS_SCYLLA_KEYSPACE", default_value = "receipts")]
+    pub scylla_keyspace: String,
+
+    /// Replication of a keyspace created at start-up, as a CQL map.
+    #[arg(
+        long,
+        env = "RECEIPTS_SCYLLA_REPLICATION",
+        default_value = "{'class': 'SimpleStrategy', 'replication_factor': 1}"
+    )]
+    pub scylla_replication: String,
+
+    /// How long Scylla keeps receipts (days).
+    #[arg(long, env = "RECEIPTS_RETENTION_DAYS", default_value_t = 90)]
+    pub retention_days: u64,
+
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, env = "RECEIPTS_LOG_JSON", default_value_t = false)]
     pub log_json: bool,
+}
+
+/// Which store backs the service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    /// One process, durable in --data-dir.
+    Embedded,
+    /// Redis + ScyllaDB, many nodes.
+    RedisScylla,
 }
 
 /// A configuration problem, naming the key.
@@ -180,6 +248,33 @@ impl ServeArgs {
         ] {
             if v == 0 {
                 return err(key, "must be at least 1");
+            }
+        }
+        if self.store == StoreKind::RedisScylla {
+            if self.redis_urls.is_empty() {
+                return err("--redis-urls", "must name at least one redis:// URL");
+            }
+            if self.scylla_nodes.is_empty() {
+                return err("--scylla-nodes", "must name at least one host:port");
+            }
+            let ks = &self.scylla_keyspace;
+            if ks.is_empty()
+                || ks.len() > 48
+                || !ks.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            {
+                return err(
+                    "--scylla-keyspace",
+                    "must be 1-48 letters, digits or underscores",
+                );
+            }
+            if self.hot_ttl_secs == 0 {
+                return err("--hot-ttl-secs", "must be at least 1");
+            }
+            if self.flush_interval_ms < 10 {
+                return err("--flush-interval-ms", "must be at least 10");
+            }
+            if self.retention_days == 0 {
+                return err("--retention-days", "must be at least 1");
             }
         }
         if self.cors_origins.is_empty() {

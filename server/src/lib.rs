@@ -84,7 +84,27 @@ fn cors(config: &ServeArgs) -> CorsLayer {
 }
 
 /// Opens the store configured in `config`.
-pub fn open_store(config: &ServeArgs) -> Result<Arc<dyn ReceiptStore>, RunError> {
+pub async fn open_store(config: &ServeArgs) -> Result<Arc<dyn ReceiptStore>, RunError> {
+    if config.store == config::StoreKind::RedisScylla {
+        let store = store::redis::RedisStore::open(store::redis::RedisOptions {
+            redis_urls: config.redis_urls.clone(),
+            cluster: config.redis_cluster,
+            prefix: config.redis_prefix.clone(),
+            hot_ttl: Duration::from_secs(config.hot_ttl_secs),
+            group_window: config.group_window(),
+            log_retention: config.log_retention,
+            flush_interval: Duration::from_millis(config.flush_interval_ms),
+            subscriber_buffer: config.subscriber_buffer,
+            scylla: store::scylla::ScyllaOptions {
+                nodes: config.scylla_nodes.clone(),
+                keyspace: config.scylla_keyspace.clone(),
+                replication: config.scylla_replication.clone(),
+                retention: Duration::from_secs(config.retention_days * 86_400),
+            },
+        })
+        .await?;
+        return Ok(Arc::new(store));
+    }
     let store = EmbeddedStore::open(
         &config.data_dir,
         EmbeddedOptions {
@@ -112,7 +132,7 @@ pub async fn run(
             auth::DEV_USER_HEADER
         );
     }
-    let store = open_store(&config)?;
+    let store = open_store(&config).await?;
     let (stop_streams, streams_stopped) = tokio::sync::watch::channel(false);
     let api = Api::new(store.clone(), Limits::from(&config), streams_stopped);
 
@@ -131,6 +151,40 @@ pub async fn run(
         .build_v1alpha()?;
     let interceptor = AuthInterceptor {
         auth: authenticator,
+    };
+
+    // Health follows the backends: NOT_SERVING while one is unreachable.
+    let backend_watch = {
+        let health = health.clone();
+        let store = store.clone();
+        let mut stopped = stop_streams.subscribe();
+        tokio::spawn(async move {
+            use tonic_health::ServingStatus;
+            let mut last = true;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                    _ = stopped.wait_for(|s| *s) => return,
+                }
+                let ok = store.healthy().await;
+                if ok == last || *stopped.borrow() {
+                    continue;
+                }
+                last = ok;
+                let status = if ok {
+                    ServingStatus::Serving
+                } else {
+                    ServingStatus::NotServing
+                };
+                for name in [
+                    "",
+                    <ReceiptServiceServer<Api> as tonic::server::NamedService>::NAME,
+                    <ReceiptBackendServiceServer<Api> as tonic::server::NamedService>::NAME,
+                ] {
+                    health.set_service_status(name, status).await;
+                }
+            }
+        })
     };
 
     let addr = listener.local_addr().ok();
@@ -187,6 +241,7 @@ pub async fn run(
             tracing::warn!(?grace, "shutdown grace period over; closing remaining connections");
         }
     }
+    backend_watch.abort();
     store.shutdown().await;
     tracing::info!("receiptd stopped");
     Ok(())

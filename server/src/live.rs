@@ -112,6 +112,13 @@ impl Hub {
         }
     }
 
+    /// Ends every subscriber's stream (resumable): used when the source of
+    /// live events may have dropped some, so clients resume from their
+    /// cursors and replay from the log.
+    pub fn disconnect_all(&self) {
+        self.lock().clear();
+    }
+
     fn remove(&self, user: UserId, id: u64) {
         let mut subs = self.lock();
         if let Some(slots) = subs.get_mut(&user) {

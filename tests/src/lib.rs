@@ -45,13 +45,103 @@ pub fn token(id: Uuid, role: Role) -> String {
     mint_token(SECRET, id, role, Duration::from_secs(3600)).expect("mint")
 }
 
-/// Settings for a test server in `dir` (dev mode on loopback, and tokens).
+/// Settings for a test server in `dir` (dev mode on loopback, and tokens),
+/// on the store the run is parameterised with (see [`TestStore`]).
 pub fn test_config(dir: &Path) -> ServeArgs {
     let mut c = ServeArgs::for_tests(dir.to_path_buf());
     c.jwt_secret = Some(SECRET.into());
     c.group_window_ms = 100;
     c.shutdown_grace_ms = 2000;
+    TestStore::from_env().configure(&mut c);
     c
+}
+
+/// The store every behaviour test runs against, chosen for the whole run by
+/// `RECEIPTS_TEST_STORE`: `embedded` (default), `redis` (a standalone Redis
+/// at `RECEIPTS_TEST_REDIS` plus Cassandra at `RECEIPTS_TEST_CASSANDRA`) or
+/// `redis-cluster` (the cluster seeds in `RECEIPTS_TEST_REDIS_CLUSTER` plus
+/// Cassandra). A missing backend setting fails the test, never skips it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TestStore {
+    Embedded,
+    Redis { urls: Vec<String>, cluster: bool },
+}
+
+impl TestStore {
+    pub fn from_env() -> Self {
+        match std::env::var("RECEIPTS_TEST_STORE").as_deref() {
+            Err(_) | Ok("") | Ok("embedded") => Self::Embedded,
+            Ok("redis") => Self::Redis {
+                urls: vec![required_env("RECEIPTS_TEST_REDIS")],
+                cluster: false,
+            },
+            Ok("redis-cluster") => Self::Redis {
+                urls: required_env("RECEIPTS_TEST_REDIS_CLUSTER")
+                    .split(',')
+                    .map(str::to_string)
+                    .collect(),
+                cluster: true,
+            },
+            Ok(other) => {
+                panic!("RECEIPTS_TEST_STORE={other}: expected embedded, redis or redis-cluster")
+            }
+        }
+    }
+
+    /// Points `c` at this store; Redis runs get a fresh key prefix per server
+    /// (so each test has its own logs and epochs) and share one keyspace.
+    pub fn configure(&self, c: &mut ServeArgs) {
+        use receipts_server::config::StoreKind;
+        let Self::Redis { urls, cluster } = self else {
+            return;
+        };
+        c.store = StoreKind::RedisScylla;
+        c.redis_urls = urls.clone();
+        c.redis_cluster = *cluster;
+        c.redis_prefix = format!("t{}", &Uuid::new_v4().simple().to_string()[..12]);
+        c.scylla_nodes = vec![required_env("RECEIPTS_TEST_CASSANDRA")];
+        c.scylla_keyspace =
+            std::env::var("RECEIPTS_TEST_KEYSPACE").unwrap_or_else(|_| "receipts_test".into());
+        c.flush_interval_ms = 200;
+    }
+}
+
+/// An environment variable a backend test needs: panics (fails the test)
+/// when it is missing, so a backend that did not start is never skipped.
+pub fn required_env(name: &str) -> String {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => v,
+        _ => panic!(
+            "{name} is not set: the backend this test needs did not start (run scripts/test.sh, which starts it)"
+        ),
+    }
+}
+
+/// Creates the Scylla schema once per test process, before servers start in
+/// parallel (each server also runs the idempotent migration).
+pub async fn prepare_backends(c: &ServeArgs) {
+    use receipts_server::config::StoreKind;
+    static SCHEMA: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    if c.store != StoreKind::RedisScylla {
+        return;
+    }
+    SCHEMA
+        .get_or_init(|| async {
+            receipts_server::store::scylla::ScyllaPersistence::connect(&scylla_options(c))
+                .await
+                .expect("cassandra reachable and schema created");
+        })
+        .await;
+}
+
+/// The Scylla settings of `c`.
+pub fn scylla_options(c: &ServeArgs) -> receipts_server::store::scylla::ScyllaOptions {
+    receipts_server::store::scylla::ScyllaOptions {
+        nodes: c.scylla_nodes.clone(),
+        keyspace: c.scylla_keyspace.clone(),
+        replication: c.scylla_replication.clone(),
+        retention: Duration::from_secs(c.retention_days * 86_400),
+    }
 }
 
 /// A server running inside the test process on `127.0.0.1:0`.
@@ -74,6 +164,7 @@ impl TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut config = test_config(dir.path());
         tweak(&mut config);
+        prepare_backends(&config).await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -214,8 +305,14 @@ pub fn free_port() -> u16 {
 impl ChildServer {
     /// Starts `receiptd` on `port` with `data_dir` and waits until SERVING.
     pub async fn start(data_dir: &Path, port: u16) -> Self {
+        Self::start_with_args(data_dir, port, &[]).await
+    }
+
+    /// Like [`ChildServer::start`], with extra command-line flags.
+    pub async fn start_with_args(data_dir: &Path, port: u16, extra: &[String]) -> Self {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
         let child = std::process::Command::new(receiptd_path())
+            .args(extra)
             .arg("--listen")
             .arg(addr.to_string())
             .arg("--data-dir")

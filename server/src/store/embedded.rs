@@ -16,8 +16,8 @@
 
 use super::*;
 use crate::domain::{
-    self, Aggregate, EventBody, Membership, MembershipError, Message, ReadWatermark,
-    RecipientFacts, WatermarkAdvance,
+    self, Aggregate, EventBody, Membership, Message, ReadWatermark, RecipientFacts,
+    WatermarkAdvance,
 };
 use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -1005,70 +1005,24 @@ impl ReceiptStore for EmbeddedStore {
         self.write(move |ctx| {
             // Validate the whole batch before writing anything.
             let mut fresh = Vec::new();
-            let mut seen_seq: HashMap<(ConversationId, Seq), MessageId> = HashMap::new();
-            let mut seen_id: HashMap<MessageId, Message> = HashMap::new();
-            for (i, m) in messages.iter().enumerate() {
-                let field = |f: &str| format!("messages[{i}].{f}");
-                if let Some(prev) = seen_id.get(&m.id) {
-                    if prev != m {
-                        return Err(ServiceError::invalid(
-                            field("message_id"),
-                            "appears twice in the batch with different content",
-                        ));
-                    }
-                    continue;
-                }
-                seen_id.insert(m.id, *m);
-                if let Some(other) = seen_seq.insert((m.conversation, m.seq), m.id) {
-                    return Err(ServiceError::invalid(
-                        field("seq"),
-                        format!("seq {} is also used by {other} in this batch", m.seq),
-                    ));
-                }
+            for (i, m) in distinct_registrations(&messages)? {
                 if ctx.t.conversation(&m.conversation)?.is_none() {
                     return Err(ServiceError::not_found(
-                        field("conversation_id"),
+                        format!("messages[{i}].conversation_id"),
                         "conversation",
                         m.conversation,
                     ));
                 }
-                if let Some(existing) = ctx.t.message(&m.id)? {
-                    let same = existing.conversation == m.conversation
-                        && existing.seq == m.seq
-                        && existing.sender == m.sender;
-                    if same {
-                        continue;
-                    }
-                    return Err(ServiceError::AlreadyExists {
-                        field: field("message_id"),
-                        reason: format!("message {} is registered with other content", m.id),
-                    });
-                }
-                if let Some(b) = get_bytes(&ctx.t.conv_msgs, &k_seq(&m.conversation, m.seq))? {
-                    return Err(ServiceError::AlreadyExists {
-                        field: field("seq"),
-                        reason: format!(
-                            "seq {} of conversation {} is message {}",
-                            m.seq,
-                            m.conversation,
-                            uuid_at(&b, 0)
-                        ),
-                    });
-                }
-                let sender_ok = ctx
+                let existing = ctx.t.message(&m.id)?;
+                let seq_taken_by = get_bytes(&ctx.t.conv_msgs, &k_seq(&m.conversation, m.seq))?
+                    .map(|b| uuid_at(&b, 0));
+                let sender_is_member = ctx
                     .t
                     .membership(&m.conversation, &m.sender)?
                     .is_some_and(|ms| ms.contains(m.seq));
-                if !sender_ok {
-                    return Err(ServiceError::FailedPrecondition {
-                        field: field("sender_id"),
-                        reason: format!(
-                            "sender {} is not a member of conversation {} at seq {}",
-                            m.sender, m.conversation, m.seq
-                        ),
-                    });
+                if judge_registration(i, &m, existing, seq_taken_by, sender_is_member)? {
+                    fresh.push(m);
                 }
-                fresh.push(*m);
             }
             for m in &fresh {
                 put(&mut ctx.t.messages, &k1(&m.id), &encode(m))?;
@@ -1381,38 +1335,9 @@ impl EmbeddedStore {
                     conversation,
                 ));
             };
-            let mut updated: BTreeMap<UserId, (Membership, Seq)> = BTreeMap::new();
-            for (i, ch) in changes.iter().enumerate() {
-                let mut ms = match updated.get(&ch.user) {
-                    Some((m, _)) => m.clone(),
-                    None => ctx
-                        .t
-                        .membership(&conversation, &ch.user)?
-                        .unwrap_or_default(),
-                };
-                let changed = if join {
-                    ms.join(ch.from_seq)
-                } else {
-                    ms.leave(ch.from_seq)
-                };
-                let reason = match changed {
-                    Ok(true) => {
-                        updated.insert(ch.user, (ms, ch.from_seq));
-                        continue;
-                    }
-                    Ok(false) => continue,
-                    Err(MembershipError::LeaveBeforeJoin) => {
-                        "must be after the seq the member joined at"
-                    }
-                    Err(MembershipError::JoinBeforeLeave) => {
-                        "must not be before the seq the member last left at"
-                    }
-                };
-                return Err(ServiceError::FailedPrecondition {
-                    field: format!("members[{i}].from_seq"),
-                    reason: reason.into(),
-                });
-            }
+            let updated = fold_member_changes(&changes, join, |u| {
+                Ok(ctx.t.membership(&conversation, u)?.unwrap_or_default())
+            })?;
             let mut lowest = Seq::MAX;
             for (u, (ms, from)) in &updated {
                 put(&mut ctx.t.members, &k2(&conversation, u), &encode(ms))?;

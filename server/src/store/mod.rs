@@ -17,6 +17,8 @@
 //!   the request carries.
 
 pub mod embedded;
+pub mod redis;
+pub mod scylla;
 
 use crate::domain::{ConversationId, Cursor, Event, MessageId, MessageState, Millis, Seq, UserId};
 use crate::error::ServiceError;
@@ -264,6 +266,132 @@ pub trait ReceiptStore: Send + Sync + std::fmt::Debug + 'static {
     /// The live side of the event log on this node.
     fn hub(&self) -> &Arc<Hub>;
 
+    /// Whether every backend the store needs is reachable right now (drives
+    /// the health service).
+    async fn healthy(&self) -> bool {
+        true
+    }
+
     /// Flushes pending work (group windows) and stops background tasks.
     async fn shutdown(&self);
+}
+
+/// Folds membership changes, in request order, over the current memberships
+/// (`current(user)`, empty for a stranger): the users whose membership
+/// changed, with their new membership and the seq it changed at. A change
+/// the membership rules refuse is FAILED_PRECONDITION naming its entry.
+/// Both stores validate with this before they write anything.
+pub(crate) fn fold_member_changes(
+    changes: &[MemberChange],
+    join: bool,
+    mut current: impl FnMut(&UserId) -> Result<crate::domain::Membership, ServiceError>,
+) -> Result<std::collections::BTreeMap<UserId, (crate::domain::Membership, Seq)>, ServiceError> {
+    use crate::domain::MembershipError;
+    let mut updated = std::collections::BTreeMap::new();
+    for (i, ch) in changes.iter().enumerate() {
+        let mut ms = match updated.get(&ch.user) {
+            Some((m, _)) => crate::domain::Membership::clone(m),
+            None => current(&ch.user)?,
+        };
+        let changed = if join {
+            ms.join(ch.from_seq)
+        } else {
+            ms.leave(ch.from_seq)
+        };
+        let reason = match changed {
+            Ok(true) => {
+                updated.insert(ch.user, (ms, ch.from_seq));
+                continue;
+            }
+            Ok(false) => continue,
+            Err(MembershipError::LeaveBeforeJoin) => "must be after the seq the member joined at",
+            Err(MembershipError::JoinBeforeLeave) => {
+                "must not be before the seq the member last left at"
+            }
+        };
+        return Err(ServiceError::FailedPrecondition {
+            field: format!("members[{i}].from_seq"),
+            reason: reason.into(),
+        });
+    }
+    Ok(updated)
+}
+
+/// The distinct registrations of a batch with their request index, in
+/// request order: an id repeated with identical content counts once; an id
+/// repeated with other content, or a (conversation, seq) used twice, is
+/// INVALID_ARGUMENT naming the later entry. Pure; both stores start here.
+pub(crate) fn distinct_registrations(
+    messages: &[NewMessage],
+) -> Result<Vec<(usize, NewMessage)>, ServiceError> {
+    use std::collections::HashMap;
+    let mut seen_seq: HashMap<(ConversationId, Seq), MessageId> = HashMap::new();
+    let mut seen_id: HashMap<MessageId, NewMessage> = HashMap::new();
+    let mut out = Vec::with_capacity(messages.len());
+    for (i, m) in messages.iter().enumerate() {
+        if let Some(prev) = seen_id.get(&m.id) {
+            if prev != m {
+                return Err(ServiceError::invalid(
+                    format!("messages[{i}].message_id"),
+                    "appears twice in the batch with different content",
+                ));
+            }
+            continue;
+        }
+        seen_id.insert(m.id, *m);
+        if let Some(other) = seen_seq.insert((m.conversation, m.seq), m.id) {
+            return Err(ServiceError::invalid(
+                format!("messages[{i}].seq"),
+                format!("seq {} is also used by {other} in this batch", m.seq),
+            ));
+        }
+        out.push((i, *m));
+    }
+    Ok(out)
+}
+
+/// Judges registration `i` against what the store holds: the message
+/// already registered under its id, the message holding its seq, and whether
+/// its sender is a member at that seq. `Ok(true)`: new; `Ok(false)`: an
+/// identical re-registration (accepted, counts zero); otherwise the status
+/// naming the field.
+pub(crate) fn judge_registration(
+    i: usize,
+    m: &NewMessage,
+    existing: Option<NewMessage>,
+    seq_taken_by: Option<MessageId>,
+    sender_is_member: bool,
+) -> Result<bool, ServiceError> {
+    let field = |f: &str| format!("messages[{i}].{f}");
+    if let Some(existing) = existing {
+        let same = existing.conversation == m.conversation
+            && existing.seq == m.seq
+            && existing.sender == m.sender;
+        if same {
+            return Ok(false);
+        }
+        return Err(ServiceError::AlreadyExists {
+            field: field("message_id"),
+            reason: format!("message {} is registered with other content", m.id),
+        });
+    }
+    if let Some(other) = seq_taken_by {
+        return Err(ServiceError::AlreadyExists {
+            field: field("seq"),
+            reason: format!(
+                "seq {} of conversation {} is message {}",
+                m.seq, m.conversation, other
+            ),
+        });
+    }
+    if !sender_is_member {
+        return Err(ServiceError::FailedPrecondition {
+            field: field("sender_id"),
+            reason: format!(
+                "sender {} is not a member of conversation {} at seq {}",
+                m.sender, m.conversation, m.seq
+            ),
+        });
+    }
+    Ok(true)
 }

@@ -1,0 +1,156 @@
+//! Key names. Every key of one conversation carries the hash tag `{<conv>}`
+//! and every key of one user the tag `{u<user>}`, so a Redis Cluster keeps each
+//! group of keys in one slot and a Lua script may touch all of them at once.
+//! See docs/storage.md for what each key holds and how long it lives.
+
+use crate::domain::{ConversationId, MessageId, UserId};
+
+/// Key builder for one namespace prefix (several deployments, or tests, can
+/// share one Redis).
+#[derive(Clone, Debug)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_string(),
+        }
+    }
+
+    fn conv(&self, c: &ConversationId, suffix: &str) -> String {
+        format!("{}:{{{}}}:{suffix}", self.prefix, c.simple())
+    }
+
+    fn user(&self, u: &UserId, suffix: &str) -> String {
+        format!("{}:{{u{}}}:{suffix}", self.prefix, u.simple())
+    }
+
+    /// Hash: `v` version, `t` last stamp, `n` current member count,
+    /// `m:<user>` membership.
+    pub fn meta(&self, c: &ConversationId) -> String {
+        self.conv(c, "c")
+    }
+    /// Hash: user -> watermark (true and public seq).
+    pub fn watermarks(&self, c: &ConversationId) -> String {
+        self.conv(c, "w")
+    }
+    /// Sorted set: user scored by public watermark ("how many have read m").
+    pub fn readers(&self, c: &ConversationId) -> String {
+        self.conv(c, "rz")
+    }
+    /// Sorted set: `<message>:<sender>` scored by seq.
+    pub fn seqs(&self, c: &ConversationId) -> String {
+        self.conv(c, "s")
+    }
+    /// Hash: message -> its registration.
+    pub fn messages(&self, c: &ConversationId) -> String {
+        self.conv(c, "mi")
+    }
+    /// Hash per message (the seed's receipt hash): recipient -> `D:<ms>`,
+    /// plus `_` once the hash holds everything known about the message.
+    pub fn receipt(&self, c: &ConversationId, m: &MessageId) -> String {
+        self.conv(c, &format!("r:{}", m.simple()))
+    }
+    /// Sorted set: read history (`<seq>:<ms>` scored by seq) of a user.
+    pub fn history(&self, c: &ConversationId, u: &UserId, public: bool) -> String {
+        self.conv(
+            c,
+            &format!("{}:{}", if public { "p" } else { "h" }, u.simple()),
+        )
+    }
+    /// Stream: events committed with the state, not yet in users' logs.
+    pub fn outbox(&self, c: &ConversationId) -> String {
+        self.conv(c, "o")
+    }
+    /// Stream: changes not yet persisted to Scylla.
+    pub fn conv_queue(&self, c: &ConversationId) -> String {
+        self.conv(c, "q")
+    }
+    /// Hash: messages touched in the open group window.
+    pub fn window(&self, c: &ConversationId) -> String {
+        self.conv(c, "g")
+    }
+    /// String: the conversation a message belongs to.
+    pub fn message_home(&self, m: &MessageId) -> String {
+        format!("{}:{{m{}}}:home", self.prefix, m.simple())
+    }
+    /// Hash: `s` sharing flag, `v` its version.
+    pub fn sharing(&self, u: &UserId) -> String {
+        self.user(u, "sh")
+    }
+    /// Stream: user-level changes not yet persisted to Scylla.
+    pub fn user_queue(&self, u: &UserId) -> String {
+        self.user(u, "q")
+    }
+    /// Set: conversations the user belongs to.
+    pub fn user_conversations(&self, u: &UserId) -> String {
+        self.user(u, "cv")
+    }
+    /// Sorted set: `<conv>:<message>` the user sent, scored by sent time.
+    pub fn sent(&self, u: &UserId) -> String {
+        self.user(u, "sent")
+    }
+    /// Hash: `epoch`, `next` (last offset), `trim` (highest trimmed offset),
+    /// `f:<conv>` (last outbox entry forwarded from that conversation).
+    pub fn log_meta(&self, u: &UserId) -> String {
+        self.user(u, "e")
+    }
+    /// Sorted set: the user's replay log, scored by offset.
+    pub fn log(&self, u: &UserId) -> String {
+        self.user(u, "l")
+    }
+    /// Sorted set: queues with unpersisted work, scored by last registration.
+    pub fn queue_index(&self) -> String {
+        format!("{}:queues", self.prefix)
+    }
+    /// Lock for flushing one queue.
+    pub fn flush_lock(&self, queue: &str) -> String {
+        format!("{queue}:lock")
+    }
+    /// Pub/sub channel for events.
+    pub fn bus(&self) -> String {
+        format!("{}:bus", self.prefix)
+    }
+
+    /// Parses the conversation out of a queue key built by [`Keys::conv_queue`].
+    pub fn queue_conversation(&self, queue: &str) -> Option<ConversationId> {
+        let rest = queue.strip_prefix(&self.prefix)?.strip_prefix(":{")?;
+        let rest = rest.strip_suffix("}:q")?;
+        if rest.starts_with('u') {
+            return None;
+        }
+        uuid::Uuid::parse_str(rest).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conversation_keys_share_one_hash_tag() {
+        let k = Keys::new("rc");
+        let c = uuid::Uuid::now_v7();
+        let m = uuid::Uuid::now_v7();
+        let u = uuid::Uuid::now_v7();
+        let tag = format!("{{{}}}", c.simple());
+        for key in [
+            k.meta(&c),
+            k.watermarks(&c),
+            k.readers(&c),
+            k.seqs(&c),
+            k.messages(&c),
+            k.receipt(&c, &m),
+            k.history(&c, &u, true),
+            k.outbox(&c),
+            k.conv_queue(&c),
+            k.window(&c),
+        ] {
+            assert!(key.contains(&tag), "{key}");
+        }
+        assert_eq!(k.queue_conversation(&k.conv_queue(&c)), Some(c));
+        assert_eq!(k.queue_conversation(&k.user_queue(&u)), None);
+    }
+}

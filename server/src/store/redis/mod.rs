@@ -1,0 +1,2373 @@
+//! The production tier: Redis as the hot store and real-time bus, ScyllaDB as
+//! the persistent store, any number of stateless `receiptd` nodes sharing them.
+//!
+//! # How a write works
+//! 1. Read what the decision needs (pipelined, one slot) together with the
+//!    conversation's version.
+//! 2. Decide in Rust with the same [`crate::domain`] rules as every store.
+//! 3. Commit with one Lua call in the conversation's slot ([`scripts::APPLY`]):
+//!    if the version is unchanged, apply the writes, append the events they
+//!    cause to the conversation's outbox stream and the changes to persist to
+//!    its queue stream, and bump the version; otherwise re-read and retry.
+//! 4. Forward the outbox into each addressee's replay log (once, in order:
+//!    [`scripts::FORWARD`]) which publishes on the bus; every node hands what it
+//!    hears to its local subscribers.
+//! 5. A flusher (any node, every `flush_interval` and at shutdown) drains the
+//!    queue streams into Scylla, acknowledging (deleting) entries only after
+//!    Scylla accepted them. A node that dies leaves its queue, outbox and
+//!    group window to the next node's flusher.
+//!
+//! Hot keys expire `hot_ttl` after their last update; reads that miss fall
+//! through to Scylla and re-warm Redis. The queue streams and their index
+//! never expire (they are drained). docs/storage.md lists every key and table.
+
+mod keys;
+mod scripts;
+
+use super::scylla::{PersistOp, ScyllaOptions, ScyllaPersistence};
+use super::{
+    ConversationOutcome, ConversationRead, DeliveryOutcome, DeliveryResult, MemberChange,
+    MembershipResult, NewMessage, ReadResult, ReceiptStore, Replay, ReplayFrom, ResetReason,
+    Snapshot, StoreResult, UnreadCount, fold_member_changes,
+};
+use super::{distinct_registrations, judge_registration};
+use crate::domain::{
+    self, ConversationId, Cursor, Event, EventBody, Membership, Message, MessageId, MessageState,
+    Millis, ReadWatermark, RecipientFacts, Seq, UserId,
+};
+use crate::error::ServiceError;
+use crate::live::Hub;
+use async_trait::async_trait;
+use keys::Keys;
+use redis::aio::ConnectionLike;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+/// Most messages in one event (as in the embedded store).
+const MAX_MESSAGES_PER_EVENT: usize = 500;
+/// Messages and conversations in a reset snapshot.
+const SNAPSHOT_MESSAGES: usize = 200;
+const SNAPSHOT_CONVERSATIONS: usize = 500;
+/// How long a queue registration stays valid for a commit (ms).
+const LEASE_MS: u64 = 10_000;
+/// Compare-and-apply attempts before giving up with UNAVAILABLE.
+const MAX_ATTEMPTS: usize = 64;
+/// Queue entries read per flush round.
+const FLUSH_CHUNK: usize = 1000;
+
+/// Settings of the Redis + Scylla store.
+#[derive(Clone, Debug)]
+pub struct RedisOptions {
+    /// `redis://` URLs: one for a single server, the seed nodes of a cluster.
+    pub redis_urls: Vec<String>,
+    /// Whether the URLs name a Redis Cluster.
+    pub cluster: bool,
+    /// Key prefix (lets several deployments share one Redis).
+    pub prefix: String,
+    /// Hot data expires this long after its last update.
+    pub hot_ttl: Duration,
+    /// Group aggregation window.
+    pub group_window: Duration,
+    /// Events kept per user in the replay log.
+    pub log_retention: u64,
+    /// How often queued changes are flushed to Scylla.
+    pub flush_interval: Duration,
+    /// Buffered events per live subscriber.
+    pub subscriber_buffer: usize,
+    /// The persistent tier.
+    pub scylla: ScyllaOptions,
+}
+
+/// A connection to a single Redis or to a Redis Cluster.
+#[derive(Clone)]
+enum Conn {
+    Single(redis::aio::ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+fn redis_err(e: redis::RedisError) -> ServiceError {
+    tracing::warn!(error = %e, "redis call failed");
+    ServiceError::Unavailable {
+        message: format!("redis: {e}"),
+    }
+}
+
+fn scylla_err(e: ServiceError) -> ServiceError {
+    tracing::warn!(error = %e, "scylla call failed");
+    e
+}
+
+fn corrupt(what: &str) -> ServiceError {
+    ServiceError::Internal(format!("corrupt hot data: {what}"))
+}
+
+fn enc<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    postcard::to_stdvec(v).expect("postcard encoding of plain data cannot fail")
+}
+
+fn dec<'a, T: serde::Deserialize<'a>>(b: &'a [u8], what: &str) -> StoreResult<T> {
+    postcard::from_bytes(b).map_err(|_| corrupt(what))
+}
+
+fn hex(u: &Uuid) -> String {
+    u.simple().to_string()
+}
+
+fn parse_uuid(s: &str) -> StoreResult<Uuid> {
+    Uuid::parse_str(s).map_err(|_| corrupt("uuid"))
+}
+
+/// Builds one command's arguments.
+/// The part of a command's key (its first argument) that Redis Cluster
+/// hashes: the text between the first `{` and the next `}` when non-empty,
+/// else the whole key. Commands with equal tags share a slot.
+fn hash_tag(cmd: &Cmd) -> &[u8] {
+    let key = match cmd.args_iter().nth(1) {
+        Some(redis::Arg::Simple(key)) => key,
+        _ => return &[],
+    };
+    if let Some(open) = key.iter().position(|b| *b == b'{')
+        && let Some(len) = key[open + 1..].iter().position(|b| *b == b'}')
+        && len > 0
+    {
+        return &key[open + 1..open + 1 + len];
+    }
+    key
+}
+
+macro_rules! rcmd {
+    ($($a:expr),+ $(,)?) => {{
+        let mut v: Vec<Vec<u8>> = Vec::new();
+        $( v.extend(redis::ToRedisArgs::to_redis_args(&$a)); )+
+        v
+    }};
+}
+
+/// Writes decided by a compare-and-apply round.
+#[derive(Default)]
+struct Plan {
+    cmds: Vec<Vec<Vec<u8>>>,
+    persist: Vec<PersistOp>,
+    /// Events to commit in the outbox: (addressee, body).
+    events: Vec<(UserId, EventBody)>,
+}
+
+/// What is known of one conversation at one version.
+struct View {
+    c: ConversationId,
+    ver: u64,
+    /// Membership version (only grows, survives re-warming).
+    mver: u64,
+    /// Last recorded write time.
+    stamp: Millis,
+    /// Current members.
+    count: u64,
+    members: BTreeMap<UserId, Membership>,
+    wms: HashMap<UserId, ReadWatermark>,
+    sharing: HashMap<UserId, bool>,
+    messages: HashMap<MessageId, Message>,
+    deliveries: HashMap<MessageId, HashMap<UserId, Millis>>,
+    /// (user, public) -> history entries (seq, at) in seq order.
+    hist: HashMap<(UserId, bool), Vec<(Seq, Millis)>>,
+}
+
+impl View {
+    fn group(&self) -> bool {
+        self.count > 2
+    }
+
+    fn wm(&self, u: &UserId) -> ReadWatermark {
+        self.wms.get(u).copied().unwrap_or_default()
+    }
+
+    fn authorize(&self, u: &UserId, field: &str) -> StoreResult<Membership> {
+        match self.members.get(u) {
+            Some(m) if m.is_current() => Ok(m.clone()),
+            _ => Err(ServiceError::PermissionDenied(format!(
+                "{field}: caller is not a member of conversation {}",
+                self.c
+            ))),
+        }
+    }
+
+    fn first_covering(&self, u: &UserId, public: bool, seq: Seq) -> Option<Millis> {
+        self.hist
+            .get(&(*u, public))
+            .and_then(|h| h.iter().find(|(s, _)| *s >= seq).map(|(_, at)| *at))
+    }
+
+    fn delivered_at(&self, m: &MessageId, u: &UserId) -> Option<Millis> {
+        self.deliveries.get(m).and_then(|d| d.get(u)).copied()
+    }
+
+    /// The state of `m` as `viewer` may see it (the rules are in `domain`).
+    fn state(&self, viewer: &UserId, m: &Message, with_recipients: bool) -> MessageState {
+        let mut views = Vec::new();
+        for (u, membership) in &self.members {
+            if *u == m.sender || !membership.contains(m.seq) {
+                continue;
+            }
+            let wm = self.wm(u);
+            let facts = RecipientFacts {
+                delivered_at: self.delivered_at(&m.id, u),
+                read_at: (wm.seq >= m.seq)
+                    .then(|| self.first_covering(u, false, m.seq))
+                    .flatten(),
+                public_read_at: (wm.public_seq >= m.seq)
+                    .then(|| self.first_covering(u, true, m.seq))
+                    .flatten(),
+                sharing: self.sharing.get(u).copied().unwrap_or(true),
+            };
+            views.push(domain::recipient_view(*viewer, *u, facts));
+        }
+        MessageState {
+            message: *m,
+            aggregate: domain::aggregate(&views),
+            recipients: if with_recipients { views } else { Vec::new() },
+        }
+    }
+}
+
+/// A parsed `seq`-index entry.
+#[derive(Clone, Copy)]
+struct Indexed {
+    seq: Seq,
+    id: MessageId,
+    sender: UserId,
+}
+
+struct Inner {
+    conn: Conn,
+    keys: Keys,
+    scylla: ScyllaPersistence,
+    opts: RedisOptions,
+    hub: Arc<Hub>,
+    /// Group windows this node opened: conversation -> deadline.
+    windows: Mutex<HashMap<ConversationId, Instant>>,
+    healthy: AtomicBool,
+    bus_url: String,
+}
+
+/// The Redis + Scylla store. Cheap to share behind an `Arc`.
+pub struct RedisStore {
+    inner: Arc<Inner>,
+    stop: watch::Sender<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("redis", &self.inner.opts.redis_urls)
+            .field("cluster", &self.inner.opts.cluster)
+            .field("scylla", &self.inner.opts.scylla.nodes)
+            .finish()
+    }
+}
+
+impl RedisStore {
+    /// Connects to Redis and Scylla (creating Scylla's schema if needed) and
+    /// starts the bus listener, the window timer, the flusher and the health
+    /// probe.
+    pub async fn open(opts: RedisOptions) -> StoreResult<Self> {
+        let conn = if opts.cluster {
+            let client =
+                redis::cluster::ClusterClient::new(opts.redis_urls.clone()).map_err(redis_err)?;
+            Conn::Cluster(client.get_async_connection().await.map_err(redis_err)?)
+        } else {
+            let url = opts
+                .redis_urls
+                .first()
+                .ok_or_else(|| ServiceError::Internal("no redis url".into()))?;
+            let client = redis::Client::open(url.as_str()).map_err(redis_err)?;
+            let config = redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(Duration::from_secs(2)))
+                .set_response_timeout(Some(Duration::from_secs(5)))
+                .set_number_of_retries(2);
+            Conn::Single(
+                client
+                    .get_connection_manager_with_config(config)
+                    .await
+                    .map_err(redis_err)?,
+            )
+        };
+        let scylla = ScyllaPersistence::connect(&opts.scylla)
+            .await
+            .map_err(scylla_err)?;
+        let hub = Hub::new(opts.subscriber_buffer);
+        let inner = Arc::new(Inner {
+            conn,
+            keys: Keys::new(&opts.prefix),
+            scylla,
+            bus_url: opts.redis_urls[0].clone(),
+            opts,
+            hub,
+            windows: Mutex::new(HashMap::new()),
+            healthy: AtomicBool::new(true),
+        });
+        let (stop, _) = watch::channel(false);
+        let tasks = vec![
+            tokio::spawn(bus_loop(inner.clone(), stop.subscribe())),
+            tokio::spawn(window_loop(inner.clone(), stop.subscribe())),
+            tokio::spawn(flush_loop(inner.clone(), stop.subscribe())),
+            tokio::spawn(health_loop(inner.clone(), stop.subscribe())),
+        ];
+        Ok(Self {
+            inner,
+            stop,
+            tasks: Mutex::new(tasks),
+        })
+    }
+
+    /// Drains every queue into Scylla now (what the flusher does on its
+    /// interval). Returns how many entries were persisted.
+    pub async fn flush_all(&self) -> StoreResult<u64> {
+        self.inner.flush_all().await
+    }
+}
+
+impl Inner {
+    fn conn(&self) -> Conn {
+        self.conn.clone()
+    }
+
+    fn ttl(&self) -> u64 {
+        self.opts.hot_ttl.as_secs().max(1)
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> StoreResult<T> {
+        cmd.query_async(&mut self.conn()).await.map_err(redis_err)
+    }
+
+    /// Runs a pipeline. Every pipeline here is either all reads (every
+    /// reply kept, in order) or all writes (every command `.ignore()`d, read
+    /// as `()`); on a Redis Cluster a pipeline whose keys span several hash
+    /// tags is split into one pipeline per tag, run concurrently, and the
+    /// replies put back in command order, which is only right for those two
+    /// shapes.
+    async fn pipe<T: redis::FromRedisValue>(&self, p: &Pipeline) -> StoreResult<T> {
+        if p.is_empty() {
+            // Redis rejects an empty pipeline; its answer is an empty list.
+            return T::from_redis_value(Value::Array(Vec::new())).map_err(|e| redis_err(e.into()));
+        }
+        if matches!(self.conn, Conn::Cluster(_)) {
+            let mut groups: Vec<(&[u8], Pipeline, Vec<usize>)> = Vec::new();
+            for (i, cmd) in p.cmd_iter().enumerate() {
+                let tag = hash_tag(cmd);
+                match groups.iter_mut().find(|(t, _, _)| *t == tag) {
+                    Some((_, sub, at)) => {
+                        sub.add_command(cmd.clone());
+                        at.push(i);
+                    }
+                    None => {
+                        let mut sub = redis::pipe();
+                        sub.add_command(cmd.clone());
+                        groups.push((tag, sub, vec![i]));
+                    }
+                }
+            }
+            if groups.len() > 1 {
+                let replies = futures::future::try_join_all(groups.iter().map(|(_, sub, _)| {
+                    let mut conn = self.conn();
+                    async move { sub.query_async::<Vec<Value>>(&mut conn).await }
+                }))
+                .await
+                .map_err(redis_err)?;
+                let mut all = vec![Value::Nil; p.len()];
+                for ((_, _, at), values) in groups.iter().zip(replies) {
+                    for (i, v) in at.iter().zip(values) {
+                        all[*i] = v;
+                    }
+                }
+                return T::from_redis_value(Value::Array(all)).map_err(|e| redis_err(e.into()));
+            }
+        }
+        p.query_async(&mut self.conn()).await.map_err(redis_err)
+    }
+
+    // ----- reading -----------------------------------------------------
+
+    /// The conversation's meta and watermarks, re-warmed from Scylla on a
+    /// miss. `None`: no such conversation.
+    async fn view(&self, c: &ConversationId) -> StoreResult<Option<View>> {
+        for _ in 0..3 {
+            let mut p = redis::pipe();
+            p.hgetall(self.keys.meta(c))
+                .hgetall(self.keys.watermarks(c));
+            let (meta, wms): (HashMap<String, Vec<u8>>, HashMap<String, String>) =
+                self.pipe(&p).await?;
+            if meta.contains_key("n") {
+                return Ok(Some(parse_view(c, meta, wms)?));
+            }
+            if !self.rewarm(c).await? {
+                return Ok(None);
+            }
+        }
+        Err(ServiceError::Unavailable {
+            message: format!("conversation {c} could not be loaded into redis"),
+        })
+    }
+
+    /// Loads a conversation from Scylla into Redis. `false`: Scylla has none.
+    async fn rewarm(&self, c: &ConversationId) -> StoreResult<bool> {
+        let Some(img) = self.scylla.conversation(*c).await.map_err(scylla_err)? else {
+            return Ok(false);
+        };
+        tracing::debug!(conversation = %c, messages = img.messages.len(), "re-warming from scylla");
+        let k = &self.keys;
+        let ttl = self.ttl();
+        let mut plan = Plan::default();
+        let count = img.members.iter().filter(|(_, m)| m.is_current()).count() as u64;
+        let mut meta = rcmd!["HSET", k.meta(c), "n", count, "mv", img.version, "t", 0i64];
+        for (u, m) in &img.members {
+            meta.extend(rcmd![format!("m:{}", hex(u)), enc(m)]);
+        }
+        plan.cmds.push(meta);
+        let mut hist_keys = Vec::new();
+        for (u, wm) in &img.watermarks {
+            plan.cmds.push(rcmd![
+                "HSET",
+                k.watermarks(c),
+                hex(u),
+                format!("{}:{}", wm.seq, wm.public_seq)
+            ]);
+            plan.cmds
+                .push(rcmd!["ZADD", k.readers(c), wm.public_seq, hex(u)]);
+        }
+        for (u, public, seq, at) in &img.history {
+            let key = k.history(c, u, *public);
+            plan.cmds
+                .push(rcmd!["ZADD", key.clone(), *seq, format!("{seq}:{at}")]);
+            hist_keys.push(key);
+        }
+        for chunk in img.messages.chunks(200) {
+            let mut z = rcmd!["ZADD", k.seqs(c)];
+            let mut h = rcmd!["HSET", k.messages(c)];
+            for m in chunk {
+                z.extend(rcmd![m.seq, format!("{}:{}", hex(&m.id), hex(&m.sender))]);
+                h.extend(rcmd![hex(&m.id), enc(m)]);
+            }
+            plan.cmds.push(z);
+            plan.cmds.push(h);
+        }
+        hist_keys.sort();
+        hist_keys.dedup();
+        for key in [
+            k.meta(c),
+            k.watermarks(c),
+            k.readers(c),
+            k.seqs(c),
+            k.messages(c),
+        ]
+        .into_iter()
+        .chain(hist_keys)
+        {
+            plan.cmds.push(rcmd!["EXPIRE", key, ttl]);
+        }
+        // Only if still absent (version 0): a concurrent re-warm or write wins.
+        match self.apply(c, 0, 0, plan.cmds).await? {
+            Applied::Done | Applied::Conflict => Ok(true),
+            Applied::LeaseExpired => Ok(true),
+        }
+    }
+
+    async fn ensure_sharing(&self, view: &mut View, users: &[UserId]) -> StoreResult<()> {
+        let missing: Vec<UserId> = users
+            .iter()
+            .filter(|u| !view.sharing.contains_key(u))
+            .copied()
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let values = self.sharing_of(&missing).await?;
+        for (u, s) in missing.into_iter().zip(values) {
+            view.sharing.insert(u, s.0);
+        }
+        Ok(())
+    }
+
+    /// (sharing, version) per user; re-warmed from Scylla on a miss.
+    async fn sharing_of(&self, users: &[UserId]) -> StoreResult<Vec<(bool, u64)>> {
+        let mut p = redis::pipe();
+        for u in users {
+            p.cmd("HMGET").arg(self.keys.sharing(u)).arg("s").arg("v");
+        }
+        let rows: Vec<(Option<String>, Option<u64>)> = self.pipe(&p).await?;
+        let mut out = Vec::with_capacity(users.len());
+        for (u, row) in users.iter().zip(rows) {
+            match row {
+                (Some(s), Some(v)) => out.push((s == "1", v)),
+                _ => {
+                    let persisted = self.scylla.sharing(*u).await.map_err(scylla_err)?;
+                    let (s, v) = persisted.unwrap_or((true, 0));
+                    if persisted.is_some() {
+                        // Re-warm only if still absent; a concurrent change wins.
+                        let mut p = redis::pipe();
+                        p.cmd("HSETNX")
+                            .arg(self.keys.sharing(u))
+                            .arg("v")
+                            .arg(v)
+                            .ignore()
+                            .cmd("HSETNX")
+                            .arg(self.keys.sharing(u))
+                            .arg("s")
+                            .arg(if s { "1" } else { "0" })
+                            .ignore()
+                            .cmd("EXPIRE")
+                            .arg(self.keys.sharing(u))
+                            .arg(self.ttl())
+                            .ignore();
+                        self.pipe::<()>(&p).await?;
+                    }
+                    out.push((s, v));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Loads messages by id (they must belong to `view`'s conversation).
+    async fn ensure_messages(&self, view: &mut View, ids: &[MessageId]) -> StoreResult<()> {
+        let missing: Vec<MessageId> = ids
+            .iter()
+            .filter(|m| !view.messages.contains_key(m))
+            .copied()
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(self.keys.messages(&view.c));
+        for m in &missing {
+            cmd.arg(hex(m));
+        }
+        let rows: Vec<Option<Vec<u8>>> = self.query(&cmd).await?;
+        for row in rows.into_iter().flatten() {
+            let m: Message = dec(&row, "message")?;
+            view.messages.insert(m.id, m);
+        }
+        Ok(())
+    }
+
+    /// Loads the receipt hashes of `ids`, re-warming expired ones from Scylla.
+    async fn ensure_deliveries(&self, view: &mut View, ids: &[MessageId]) -> StoreResult<()> {
+        let missing: Vec<MessageId> = ids
+            .iter()
+            .filter(|m| !view.deliveries.contains_key(m))
+            .copied()
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut p = redis::pipe();
+        for m in &missing {
+            p.hgetall(self.keys.receipt(&view.c, m));
+        }
+        let rows: Vec<HashMap<Vec<u8>, String>> = self.pipe(&p).await?;
+        for (m, row) in missing.into_iter().zip(rows) {
+            let mut d = HashMap::new();
+            if !row.contains_key(b"_".as_slice()) {
+                // Expired (or never touched): what Scylla has, merged back.
+                let persisted = self.scylla.deliveries(m).await.map_err(scylla_err)?;
+                let key = self.keys.receipt(&view.c, &m);
+                let mut p = redis::pipe();
+                for (u, at) in &persisted {
+                    p.cmd("HSETNX")
+                        .arg(&key)
+                        .arg(u.as_bytes().as_slice())
+                        .arg(format!("D:{at}"))
+                        .ignore();
+                }
+                p.cmd("HSET").arg(&key).arg("_").arg("1").ignore();
+                p.cmd("EXPIRE").arg(&key).arg(self.ttl()).ignore();
+                self.pipe::<()>(&p).await?;
+                for (u, at) in persisted {
+                    d.insert(u, at);
+                }
+            }
+            for (field, value) in row {
+                if field.len() != 16 {
+                    continue;
+                }
+                let u = Uuid::from_slice(&field).map_err(|_| corrupt("receipt field"))?;
+                let at = value
+                    .strip_prefix("D:")
+                    .and_then(|t| t.parse::<Millis>().ok())
+                    .ok_or_else(|| corrupt("receipt value"))?;
+                let e = d.entry(u).or_insert(at);
+                *e = (*e).min(at);
+            }
+            view.deliveries.insert(m, d);
+        }
+        Ok(())
+    }
+
+    /// Loads read histories from `min_seq` on for `users`.
+    async fn ensure_history(
+        &self,
+        view: &mut View,
+        users: &[UserId],
+        min_seq: Seq,
+    ) -> StoreResult<()> {
+        let wanted: Vec<(UserId, bool)> = users
+            .iter()
+            .flat_map(|u| [(*u, false), (*u, true)])
+            .filter(|(u, public)| {
+                let wm = view.wm(u);
+                let top = if *public { wm.public_seq } else { wm.seq };
+                top >= min_seq && !view.hist.contains_key(&(*u, *public))
+            })
+            .collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let mut p = redis::pipe();
+        for (u, public) in &wanted {
+            p.cmd("ZRANGEBYSCORE")
+                .arg(self.keys.history(&view.c, u, *public))
+                .arg(min_seq)
+                .arg("+inf");
+        }
+        let rows: Vec<Vec<String>> = self.pipe(&p).await?;
+        for (key, row) in wanted.into_iter().zip(rows) {
+            let mut entries = Vec::with_capacity(row.len());
+            for e in row {
+                let (s, at) = e.split_once(':').ok_or_else(|| corrupt("history"))?;
+                entries.push((
+                    s.parse().map_err(|_| corrupt("history seq"))?,
+                    at.parse().map_err(|_| corrupt("history time"))?,
+                ));
+            }
+            view.hist.insert(key, entries);
+        }
+        Ok(())
+    }
+
+    /// Loads everything needed to compute the states of `ids`.
+    async fn prepare_states(&self, view: &mut View, ids: &[MessageId]) -> StoreResult<()> {
+        self.ensure_messages(view, ids).await?;
+        self.ensure_deliveries(view, ids).await?;
+        let members: Vec<UserId> = view.members.keys().copied().collect();
+        self.ensure_sharing(view, &members).await?;
+        let min_seq = ids
+            .iter()
+            .filter_map(|m| view.messages.get(m).map(|m| m.seq))
+            .min()
+            .unwrap_or(Seq::MAX);
+        self.ensure_history(view, &members, min_seq).await
+    }
+
+    /// A message of `c` by id: from Redis, else from Scylla. (A message's
+    /// home is recorded just before its conversation commits, so a home
+    /// without the message is a registration that never committed.)
+    async fn find_message(
+        &self,
+        c: &ConversationId,
+        m: &MessageId,
+    ) -> StoreResult<Option<Message>> {
+        let hot: Option<Vec<u8>> = self
+            .query(redis::cmd("HGET").arg(self.keys.messages(c)).arg(hex(m)))
+            .await?;
+        match hot {
+            Some(b) => Ok(Some(dec(&b, "message")?)),
+            None => self.scylla.message(*m).await.map_err(scylla_err),
+        }
+    }
+
+    /// `(seq, id, sender)` for seqs in `lo..=hi`.
+    async fn between(&self, c: &ConversationId, lo: Seq, hi: Seq) -> StoreResult<Vec<Indexed>> {
+        if lo > hi {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(String, f64)> = self
+            .query(
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(self.keys.seqs(c))
+                    .arg(lo)
+                    .arg(hi)
+                    .arg("WITHSCORES"),
+            )
+            .await?;
+        rows.into_iter()
+            .map(|(member, score)| {
+                let (id, sender) = member.split_once(':').ok_or_else(|| corrupt("seq index"))?;
+                Ok(Indexed {
+                    seq: score as Seq,
+                    id: parse_uuid(id)?,
+                    sender: parse_uuid(sender)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn last_seq(&self, c: &ConversationId) -> StoreResult<Seq> {
+        let rows: Vec<(String, f64)> = self
+            .query(
+                redis::cmd("ZRANGE")
+                    .arg(self.keys.seqs(c))
+                    .arg(-1)
+                    .arg(-1)
+                    .arg("WITHSCORES"),
+            )
+            .await?;
+        Ok(rows.first().map_or(0, |(_, s)| *s as Seq))
+    }
+
+    /// Messages others sent after `wm` while `membership` covered them.
+    async fn unread(
+        &self,
+        c: &ConversationId,
+        u: &UserId,
+        wm: Seq,
+        membership: &Membership,
+    ) -> StoreResult<u64> {
+        Ok(self
+            .between(c, wm.saturating_add(1), Seq::MAX)
+            .await?
+            .iter()
+            .filter(|m| m.sender != *u && membership.contains(m.seq))
+            .count() as u64)
+    }
+
+    /// The conversation a message belongs to (re-warmed from Scylla).
+    async fn homes(&self, ids: &[MessageId]) -> StoreResult<Vec<Option<ConversationId>>> {
+        let mut p = redis::pipe();
+        for m in ids {
+            p.get(self.keys.message_home(m));
+        }
+        let rows: Vec<Option<String>> = self.pipe(&p).await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for (m, row) in ids.iter().zip(rows) {
+            match row {
+                Some(c) => out.push(Some(parse_uuid(&c)?)),
+                None => match self.scylla.message(*m).await.map_err(scylla_err)? {
+                    Some(msg) => {
+                        let _: () = self
+                            .query(
+                                redis::cmd("SET")
+                                    .arg(self.keys.message_home(m))
+                                    .arg(hex(&msg.conversation))
+                                    .arg("EX")
+                                    .arg(self.ttl()),
+                            )
+                            .await?;
+                        out.push(Some(msg.conversation));
+                    }
+                    None => out.push(None),
+                },
+            }
+        }
+        Ok(out)
+    }
+
+    // ----- writing -----------------------------------------------------
+
+    /// Registers a queue as holding work; returns the registration time.
+    async fn register(&self, queue: &str) -> StoreResult<u64> {
+        scripts::REGISTER
+            .key(self.keys.queue_index())
+            .arg(queue)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(redis_err)
+    }
+
+    /// Compare-and-apply on the hash `versioned` (see [`scripts::APPLY`]).
+    async fn apply_on(
+        &self,
+        versioned: String,
+        expected: u64,
+        registered: u64,
+        cmds: Vec<Vec<Vec<u8>>>,
+    ) -> StoreResult<Applied> {
+        let mut inv = scripts::APPLY.key(versioned);
+        inv.arg(expected)
+            .arg(registered)
+            .arg(LEASE_MS)
+            .arg(cmds.len());
+        for c in &cmds {
+            inv.arg(c.len());
+            for a in c {
+                inv.arg(a.as_slice());
+            }
+        }
+        let r: i64 = inv
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(redis_err)?;
+        Ok(match r {
+            -1 => Applied::Conflict,
+            -2 => Applied::LeaseExpired,
+            _ => Applied::Done,
+        })
+    }
+
+    async fn apply(
+        &self,
+        c: &ConversationId,
+        expected: u64,
+        registered: u64,
+        cmds: Vec<Vec<Vec<u8>>>,
+    ) -> StoreResult<Applied> {
+        self.apply_on(self.keys.meta(c), expected, registered, cmds)
+            .await
+    }
+
+    /// Commits a plan decided at `view.ver`: the writes, the outbox entries
+    /// and the queue entries, atomically. `Ok(false)`: the version moved.
+    async fn commit(&self, view: &View, mut plan: Plan) -> StoreResult<bool> {
+        let c = view.c;
+        let k = &self.keys;
+        let ttl = self.ttl();
+        let has_events = !plan.events.is_empty();
+        for (u, body) in &plan.events {
+            plan.cmds.push(rcmd![
+                "XADD",
+                k.outbox(&c),
+                "*",
+                "u",
+                hex(u),
+                "b",
+                enc(body)
+            ]);
+        }
+        let registered = if plan.persist.is_empty() {
+            0
+        } else {
+            let q = k.conv_queue(&c);
+            plan.cmds
+                .push(rcmd!["XADD", q.clone(), "*", "p", enc(&plan.persist)]);
+            self.register(&q).await?
+        };
+        for key in [
+            k.meta(&c),
+            k.watermarks(&c),
+            k.readers(&c),
+            k.seqs(&c),
+            k.messages(&c),
+        ] {
+            plan.cmds.push(rcmd!["EXPIRE", key, ttl]);
+        }
+        let applied = self
+            .apply(&c, view.ver, registered, std::mem::take(&mut plan.cmds))
+            .await?;
+        match applied {
+            Applied::Done => {
+                if has_events {
+                    self.forward(&c).await?;
+                }
+                Ok(true)
+            }
+            Applied::Conflict | Applied::LeaseExpired => Ok(false),
+        }
+    }
+
+    /// Moves committed outbox entries of `c` into their addressees' logs, in
+    /// order and at most once each, then deletes them from the outbox.
+    async fn forward(&self, c: &ConversationId) -> StoreResult<()> {
+        loop {
+            let entries: redis::streams::StreamRangeReply = self
+                .query(
+                    redis::cmd("XRANGE")
+                        .arg(self.keys.outbox(c))
+                        .arg("-")
+                        .arg("+")
+                        .arg("COUNT")
+                        .arg(500),
+                )
+                .await?;
+            if entries.ids.is_empty() {
+                return Ok(());
+            }
+            let mut done = Vec::with_capacity(entries.ids.len());
+            for entry in &entries.ids {
+                let user: String = entry.get("u").ok_or_else(|| corrupt("outbox user"))?;
+                let body: Vec<u8> = entry.get("b").ok_or_else(|| corrupt("outbox body"))?;
+                let u = parse_uuid(&user)?;
+                let _: (i64, i64, String) = scripts::FORWARD
+                    .key(self.keys.log_meta(&u))
+                    .key(self.keys.log(&u))
+                    .arg(hex(c))
+                    .arg(&entry.id)
+                    .arg(body)
+                    .arg(self.opts.log_retention.max(1))
+                    .arg(self.ttl())
+                    .arg(fresh_epoch())
+                    .arg(self.keys.bus())
+                    .arg(user)
+                    .invoke_async(&mut self.conn())
+                    .await
+                    .map_err(redis_err)?;
+                done.push(entry.id.clone());
+            }
+            let mut cmd = redis::cmd("XDEL");
+            cmd.arg(self.keys.outbox(c));
+            for id in &done {
+                cmd.arg(id);
+            }
+            let _: i64 = self.query(&cmd).await?;
+        }
+    }
+
+    /// Announces that the states of `msgs` changed (the view already holds the
+    /// new state): events now for direct conversations, the group window
+    /// otherwise.
+    async fn touch(&self, view: &mut View, plan: &mut Plan, msgs: &[Indexed]) -> StoreResult<bool> {
+        if msgs.is_empty() {
+            return Ok(false);
+        }
+        if view.group() {
+            let mut cmd = rcmd!["HSET", self.keys.window(&view.c)];
+            for m in msgs {
+                cmd.extend(rcmd![hex(&m.id), "1"]);
+            }
+            plan.cmds.push(cmd);
+            plan.cmds
+                .push(rcmd!["EXPIRE", self.keys.window(&view.c), self.ttl()]);
+            return Ok(true);
+        }
+        let ids: Vec<MessageId> = msgs.iter().map(|m| m.id).collect();
+        self.prepare_states(view, &ids).await?;
+        emit_states(view, plan, &ids, false);
+        Ok(false)
+    }
+
+    /// Opens (or keeps) this node's timer for `c`'s group window.
+    fn schedule_window(&self, c: ConversationId) {
+        let mut w = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        w.entry(c)
+            .or_insert_with(|| Instant::now() + self.opts.group_window);
+    }
+
+    /// Flushes `c`'s group window: one summary per sender with absolute counts.
+    async fn flush_window(&self, c: &ConversationId) -> StoreResult<()> {
+        for _ in 0..MAX_ATTEMPTS {
+            let Some(mut view) = self.view(c).await? else {
+                return Ok(());
+            };
+            let touched: HashMap<String, String> = self
+                .query(redis::cmd("HGETALL").arg(self.keys.window(c)))
+                .await?;
+            if touched.is_empty() {
+                return Ok(());
+            }
+            let ids: Vec<MessageId> = touched
+                .keys()
+                .map(|m| parse_uuid(m))
+                .collect::<StoreResult<_>>()?;
+            self.prepare_states(&mut view, &ids).await?;
+            let mut plan = Plan::default();
+            plan.cmds.push(rcmd!["DEL", self.keys.window(c)]);
+            emit_states(&view, &mut plan, &ids, true);
+            if self.commit(&view, plan).await? {
+                return Ok(());
+            }
+            backoff().await;
+        }
+        Err(contended(c))
+    }
+
+    /// Applies a read by `u` up to `to` to the view and the plan.
+    async fn apply_read(
+        &self,
+        view: &mut View,
+        plan: &mut Plan,
+        u: &UserId,
+        membership: &Membership,
+        to: Seq,
+        at: Millis,
+    ) -> StoreResult<(ReadResult, bool)> {
+        let c = view.c;
+        let wm = view.wm(u);
+        let sharing = self.sharing_of(&[*u]).await?[0].0;
+        view.sharing.insert(*u, sharing);
+        let Some(adv) = wm.advance(to, sharing) else {
+            return Ok((
+                ReadResult {
+                    read_up_to: wm.seq,
+                    advanced: false,
+                    unread: self.unread(&c, u, wm.seq, membership).await?,
+                },
+                false,
+            ));
+        };
+        let (before, after) = (adv.before, adv.after);
+        let k = &self.keys;
+        plan.cmds.push(rcmd![
+            "HSET",
+            k.watermarks(&c),
+            hex(u),
+            format!("{}:{}", after.seq, after.public_seq)
+        ]);
+        plan.cmds
+            .push(rcmd!["ZADD", k.readers(&c), after.public_seq, hex(u)]);
+        plan.cmds.push(rcmd![
+            "ZADD",
+            k.history(&c, u, false),
+            after.seq,
+            format!("{}:{at}", after.seq)
+        ]);
+        plan.cmds
+            .push(rcmd!["EXPIRE", k.history(&c, u, false), self.ttl()]);
+        if adv.is_public() {
+            plan.cmds.push(rcmd![
+                "ZADD",
+                k.history(&c, u, true),
+                after.seq,
+                format!("{}:{at}", after.seq)
+            ]);
+            plan.cmds
+                .push(rcmd!["EXPIRE", k.history(&c, u, true), self.ttl()]);
+        }
+        plan.persist.push(PersistOp::Watermark {
+            conversation: c,
+            user: *u,
+            watermark: after,
+            public_advanced: adv.is_public(),
+            at,
+        });
+        // Histories must be loaded before the view changes (it is the old state
+        // plus this advancement).
+        let first = if adv.is_public() {
+            before.public_seq.min(before.seq)
+        } else {
+            before.seq
+        };
+        let candidates = self.between(&c, first + 1, after.seq).await?;
+        let ids: Vec<MessageId> = candidates.iter().map(|m| m.id).collect();
+        self.ensure_deliveries(view, &ids).await?;
+        let members: Vec<UserId> = view.members.keys().copied().collect();
+        let min_seq = candidates.first().map_or(Seq::MAX, |m| m.seq);
+        self.ensure_history(view, &members, min_seq).await?;
+        view.wms.insert(*u, after);
+        let h = view.hist.entry((*u, false)).or_default();
+        h.push((after.seq, at));
+        if adv.is_public() {
+            view.hist
+                .entry((*u, true))
+                .or_default()
+                .push((after.seq, at));
+        }
+        let unread = self.unread(&c, u, after.seq, membership).await?;
+        plan.events.push((
+            *u,
+            EventBody::Watermark {
+                conversation: c,
+                read_up_to: after.seq,
+                unread,
+            },
+        ));
+        let mut changed = Vec::new();
+        for m in candidates {
+            if m.sender == *u || !membership.contains(m.seq) {
+                continue;
+            }
+            let visible = adv.is_public() && m.seq > before.public_seq;
+            let newly_delivered = m.seq > before.seq && view.delivered_at(&m.id, u).is_none();
+            if visible || newly_delivered {
+                changed.push(m);
+            }
+        }
+        let windowed = self.touch(view, plan, &changed).await?;
+        Ok((
+            ReadResult {
+                read_up_to: after.seq,
+                advanced: true,
+                unread,
+            },
+            windowed,
+        ))
+    }
+
+    // ----- the log and the bus -----------------------------------------
+
+    async fn log_head(&self, u: &UserId) -> StoreResult<(u64, u64, u64)> {
+        let (epoch, next, trim): (String, u64, u64) = scripts::LOG_HEAD
+            .key(self.keys.log_meta(u))
+            .key(self.keys.log(u))
+            .arg(fresh_epoch())
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(redis_err)?;
+        Ok((epoch.parse().map_err(|_| corrupt("epoch"))?, next, trim))
+    }
+
+    async fn events_after(&self, u: &UserId, after: u64, max: usize) -> StoreResult<Vec<Event>> {
+        let rows: Vec<Vec<u8>> = self
+            .query(
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(self.keys.log(u))
+                    .arg(format!("({after}"))
+                    .arg("+inf")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(max),
+            )
+            .await?;
+        rows.iter().map(|r| parse_log_entry(u, r)).collect()
+    }
+
+    async fn snapshot(&self, u: &UserId) -> StoreResult<Snapshot> {
+        let sent: Vec<String> = self
+            .query(
+                redis::cmd("ZREVRANGE")
+                    .arg(self.keys.sent(u))
+                    .arg(0)
+                    .arg(SNAPSHOT_MESSAGES as i64 - 1),
+            )
+            .await?;
+        let mut recent: Vec<(ConversationId, MessageId)> = Vec::new();
+        if sent.is_empty() {
+            for m in self
+                .scylla
+                .recent_sent(*u, SNAPSHOT_MESSAGES)
+                .await
+                .map_err(scylla_err)?
+            {
+                recent.push((m.conversation, m.id));
+            }
+        } else {
+            for s in sent {
+                let (c, m) = s.split_once(':').ok_or_else(|| corrupt("sent index"))?;
+                recent.push((parse_uuid(c)?, parse_uuid(m)?));
+            }
+        }
+        let mut views: HashMap<ConversationId, View> = HashMap::new();
+        let mut by_conv: BTreeMap<ConversationId, Vec<MessageId>> = BTreeMap::new();
+        for (c, m) in &recent {
+            by_conv.entry(*c).or_default().push(*m);
+        }
+        for (c, ids) in &by_conv {
+            if let Some(mut v) = self.view(c).await? {
+                self.prepare_states(&mut v, ids).await?;
+                views.insert(*c, v);
+            }
+        }
+        let mut recent_messages = Vec::new();
+        for (c, m) in &recent {
+            if let Some(v) = views.get(c)
+                && let Some(msg) = v.messages.get(m)
+            {
+                recent_messages.push(v.state(u, msg, false));
+            }
+        }
+        let mut convs: Vec<String> = self
+            .query(redis::cmd("SMEMBERS").arg(self.keys.user_conversations(u)))
+            .await?;
+        if convs.is_empty() {
+            convs = self
+                .scylla
+                .user_conversations(*u)
+                .await
+                .map_err(scylla_err)?
+                .iter()
+                .map(hex)
+                .collect();
+        }
+        convs.sort();
+        let mut watermarks = Vec::new();
+        for c in convs {
+            if watermarks.len() >= SNAPSHOT_CONVERSATIONS {
+                break;
+            }
+            let c = parse_uuid(&c)?;
+            let Some(v) = self.view(&c).await? else {
+                continue;
+            };
+            let Some(membership) = v.members.get(u).filter(|m| m.is_current()) else {
+                continue;
+            };
+            let wm = v.wm(u);
+            watermarks.push((c, wm.seq, self.unread(&c, u, wm.seq, membership).await?));
+        }
+        Ok(Snapshot {
+            recent_messages,
+            watermarks,
+        })
+    }
+
+    // ----- flushing to Scylla ------------------------------------------
+
+    async fn flush_all(&self) -> StoreResult<u64> {
+        let queues: Vec<(String, f64)> = self
+            .query(
+                redis::cmd("ZRANGE")
+                    .arg(self.keys.queue_index())
+                    .arg(0)
+                    .arg(-1)
+                    .arg("WITHSCORES"),
+            )
+            .await?;
+        let mut total = 0;
+        for (queue, score) in queues {
+            total += self.flush_queue(&queue, score).await?;
+        }
+        Ok(total)
+    }
+
+    /// Drains one queue into Scylla (under a lock, so nodes do not double the
+    /// work), then finishes what a dead node may have left in the
+    /// conversation's outbox and window.
+    async fn flush_queue(&self, queue: &str, score: f64) -> StoreResult<u64> {
+        let lock = self.keys.flush_lock(queue);
+        let token = Uuid::new_v4().to_string();
+        let got: Option<String> = self
+            .query(
+                redis::cmd("SET")
+                    .arg(&lock)
+                    .arg(&token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(30_000),
+            )
+            .await?;
+        if got.is_none() {
+            return Ok(0);
+        }
+        let result = self.drain(queue, score).await;
+        let _: i64 = scripts::UNLOCK
+            .key(&lock)
+            .arg(&token)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(redis_err)?;
+        result
+    }
+
+    async fn drain(&self, queue: &str, score: f64) -> StoreResult<u64> {
+        let mut total = 0u64;
+        loop {
+            let entries: redis::streams::StreamRangeReply = self
+                .query(
+                    redis::cmd("XRANGE")
+                        .arg(queue)
+                        .arg("-")
+                        .arg("+")
+                        .arg("COUNT")
+                        .arg(FLUSH_CHUNK),
+                )
+                .await?;
+            if entries.ids.is_empty() {
+                break;
+            }
+            let mut ops = Vec::new();
+            for e in &entries.ids {
+                let bytes: Vec<u8> = e.get("p").ok_or_else(|| corrupt("queue entry"))?;
+                ops.extend(dec::<Vec<PersistOp>>(&bytes, "queue entry")?);
+            }
+            self.scylla.apply(&ops).await.map_err(scylla_err)?;
+            total += ops.len() as u64;
+            let mut cmd = redis::cmd("XDEL");
+            cmd.arg(queue);
+            for e in &entries.ids {
+                cmd.arg(&e.id);
+            }
+            let _: i64 = self.query(&cmd).await?;
+        }
+        if let Some(c) = self.keys.queue_conversation(queue) {
+            self.forward(&c).await?;
+            self.flush_window(&c).await?;
+        }
+        let _: i64 = scripts::UNREGISTER
+            .key(self.keys.queue_index())
+            .arg(queue)
+            .arg(score as u64)
+            .arg(LEASE_MS)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(redis_err)?;
+        Ok(total)
+    }
+
+    async fn ping(&self) -> bool {
+        let redis_ok = tokio::time::timeout(
+            Duration::from_secs(2),
+            self.query::<String>(&redis::cmd("PING")),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok());
+        let scylla_ok = tokio::time::timeout(Duration::from_secs(2), self.scylla.ping())
+            .await
+            .is_ok_and(|r| r.is_ok());
+        redis_ok && scylla_ok
+    }
+}
+
+enum Applied {
+    Done,
+    Conflict,
+    LeaseExpired,
+}
+
+fn contended(c: &ConversationId) -> ServiceError {
+    ServiceError::Unavailable {
+        message: format!("conversation {c} is too contended right now; retry"),
+    }
+}
+
+async fn backoff() {
+    let ms = rand::random_range(1..8u64);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+fn fresh_epoch() -> u64 {
+    // Below 2^53 so Lua's numbers never round it (it is kept as text anyway).
+    rand::random_range(1..(1u64 << 53))
+}
+
+fn parse_view(
+    c: &ConversationId,
+    meta: HashMap<String, Vec<u8>>,
+    wms: HashMap<String, String>,
+) -> StoreResult<View> {
+    let num = |f: &str| -> StoreResult<u64> {
+        meta.get(f)
+            .map(|b| {
+                std::str::from_utf8(b)
+                    .ok()
+                    .and_then(|s| s.parse::<i64>().ok())
+                    .map(|v| v.max(0) as u64)
+                    .ok_or_else(|| corrupt("meta number"))
+            })
+            .transpose()
+            .map(|v| v.unwrap_or(0))
+    };
+    let mut members = BTreeMap::new();
+    for (f, v) in &meta {
+        if let Some(u) = f.strip_prefix("m:") {
+            members.insert(parse_uuid(u)?, dec(v, "membership")?);
+        }
+    }
+    let mut watermarks = HashMap::new();
+    for (u, v) in wms {
+        let (s, p) = v.split_once(':').ok_or_else(|| corrupt("watermark"))?;
+        watermarks.insert(
+            parse_uuid(&u)?,
+            ReadWatermark {
+                seq: s.parse().map_err(|_| corrupt("watermark"))?,
+                public_seq: p.parse().map_err(|_| corrupt("watermark"))?,
+            },
+        );
+    }
+    Ok(View {
+        c: *c,
+        ver: num("v")?,
+        mver: num("mv")?,
+        stamp: num("t")? as Millis,
+        count: num("n")?,
+        members,
+        wms: watermarks,
+        sharing: HashMap::new(),
+        messages: HashMap::new(),
+        deliveries: HashMap::new(),
+        hist: HashMap::new(),
+    })
+}
+
+fn parse_log_entry(u: &UserId, row: &[u8]) -> StoreResult<Event> {
+    let colon = row
+        .iter()
+        .position(|b| *b == b':')
+        .ok_or_else(|| corrupt("log entry"))?;
+    let offset = std::str::from_utf8(&row[..colon])
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| corrupt("log offset"))?;
+    Ok(Event {
+        offset,
+        user: *u,
+        body: dec(&row[colon + 1..], "log event")?,
+    })
+}
+
+/// Parses a bus message `<user>:<epoch>:<offset>:<event>`.
+fn parse_bus(payload: &[u8]) -> Option<(u64, Event)> {
+    let mut parts = payload.splitn(4, |b| *b == b':');
+    let user = Uuid::parse_str(std::str::from_utf8(parts.next()?).ok()?).ok()?;
+    let epoch = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    let offset = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    let body = postcard::from_bytes(parts.next()?).ok()?;
+    Some((epoch, Event { offset, user, body }))
+}
+
+/// Computes the states of `ids` for their senders and adds one event per
+/// sender (split into chunks) to the plan.
+fn emit_states(view: &View, plan: &mut Plan, ids: &[MessageId], group: bool) {
+    let mut by_sender: BTreeMap<UserId, Vec<MessageState>> = BTreeMap::new();
+    let mut msgs: Vec<&Message> = ids.iter().filter_map(|m| view.messages.get(m)).collect();
+    msgs.sort_by_key(|m| m.seq);
+    for m in msgs {
+        by_sender
+            .entry(m.sender)
+            .or_default()
+            .push(view.state(&m.sender, m, !group));
+    }
+    for (sender, states) in by_sender {
+        for chunk in states.chunks(MAX_MESSAGES_PER_EVENT) {
+            plan.events.push((
+                sender,
+                EventBody::Receipts {
+                    conversation: view.c,
+                    group,
+                    messages: chunk.to_vec(),
+                },
+            ));
+        }
+    }
+}
+
+fn dedup<T: Copy + Eq + std::hash::Hash>(items: Vec<T>) -> Vec<T> {
+    let mut seen = HashSet::new();
+    items.into_iter().filter(|x| seen.insert(*x)).collect()
+}
+
+// ----- background tasks ------------------------------------------------
+
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Listens on the bus and hands events to local subscribers. After a lost
+/// connection, every local subscriber is ended with a resumable status: it
+/// resumes from its cursor and replays what the bus may have dropped (or gets
+/// a reset if the log's epoch changed, e.g. Redis restarted empty).
+async fn bus_loop(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
+    use futures::StreamExt as _;
+    let mut first = true;
+    loop {
+        let connected = async {
+            let client = redis::Client::open(inner.bus_url.as_str())?;
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(inner.keys.bus()).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        }
+        .await;
+        match connected {
+            Ok(pubsub) => {
+                if !first {
+                    tracing::warn!("event bus reconnected; ending local streams so they resume");
+                }
+                inner.hub.disconnect_all();
+                first = false;
+                let mut messages = pubsub.into_on_message();
+                loop {
+                    tokio::select! {
+                        msg = messages.next() => {
+                            let Some(msg) = msg else { break };
+                            let payload: Vec<u8> = msg.get_payload_bytes().to_vec();
+                            if let Some((_epoch, event)) = parse_bus(&payload) {
+                                inner.hub.publish(&[Arc::new(event)]);
+                            }
+                        }
+                        _ = stopped(&mut stop) => return,
+                    }
+                }
+                tracing::warn!("event bus connection lost");
+                inner.hub.disconnect_all();
+            }
+            Err(e) => tracing::warn!(error = %e, "event bus: cannot connect"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = stopped(&mut stop) => return,
+        }
+    }
+}
+
+async fn window_loop(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
+    let tick = (inner.opts.group_window / 10).max(Duration::from_millis(5));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            _ = stopped(&mut stop) => return,
+        }
+        let now = Instant::now();
+        let due: Vec<ConversationId> = {
+            let mut w = inner.windows.lock().unwrap_or_else(|e| e.into_inner());
+            let due: Vec<ConversationId> = w
+                .iter()
+                .filter(|(_, d)| **d <= now)
+                .map(|(c, _)| *c)
+                .collect();
+            for c in &due {
+                w.remove(c);
+            }
+            due
+        };
+        for c in due {
+            if let Err(e) = inner.flush_window(&c).await {
+                tracing::warn!(conversation = %c, error = %e, "group window flush failed; retrying");
+                inner.schedule_window(c);
+            }
+        }
+    }
+}
+
+async fn flush_loop(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(inner.opts.flush_interval) => {}
+            _ = stopped(&mut stop) => return,
+        }
+        match inner.flush_all().await {
+            Ok(n) if n > 0 => tracing::debug!(persisted = n, "flushed to scylla"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "flush to scylla failed; will retry"),
+        }
+    }
+}
+
+async fn health_loop(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let ok = inner.ping().await;
+        let was = inner.healthy.swap(ok, Ordering::AcqRel);
+        if was != ok {
+            if ok {
+                tracing::info!("backends reachable again");
+            } else {
+                tracing::warn!("a backend is unreachable");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = stopped(&mut stop) => return,
+        }
+    }
+}
+
+// ----- the contract ----------------------------------------------------
+
+#[async_trait]
+impl ReceiptStore for RedisStore {
+    async fn create_conversation(
+        &self,
+        conversation: ConversationId,
+        members: Vec<UserId>,
+    ) -> StoreResult<bool> {
+        let s = &self.inner;
+        let members = dedup(members);
+        let c = conversation;
+        for _ in 0..MAX_ATTEMPTS {
+            if let Some(view) = s.view(&c).await? {
+                let existing: HashSet<UserId> = view
+                    .members
+                    .iter()
+                    .filter(|(_, m)| m.is_current())
+                    .map(|(u, _)| *u)
+                    .collect();
+                if existing == members.iter().copied().collect() {
+                    return Ok(false);
+                }
+                return Err(ServiceError::AlreadyExists {
+                    field: "conversation_id".into(),
+                    reason: format!("conversation {c} exists with other members"),
+                });
+            }
+            let image: Vec<(UserId, Membership)> = members
+                .iter()
+                .map(|u| (*u, Membership::joined(1)))
+                .collect();
+            let mut plan = Plan::default();
+            let mut meta = rcmd![
+                "HSET",
+                s.keys.meta(&c),
+                "n",
+                members.len() as u64,
+                "mv",
+                1u64,
+                "t",
+                0i64
+            ];
+            for (u, m) in &image {
+                meta.extend(rcmd![format!("m:{}", hex(u)), enc(m)]);
+            }
+            plan.cmds.push(meta);
+            plan.persist.push(PersistOp::Conversation {
+                conversation: c,
+                members: image,
+                version: 1,
+            });
+            let view = View {
+                c,
+                ver: 0,
+                mver: 0,
+                stamp: 0,
+                count: 0,
+                members: BTreeMap::new(),
+                wms: HashMap::new(),
+                sharing: HashMap::new(),
+                messages: HashMap::new(),
+                deliveries: HashMap::new(),
+                hist: HashMap::new(),
+            };
+            if s.commit(&view, plan).await? {
+                let mut p = redis::pipe();
+                for u in &members {
+                    p.sadd(s.keys.user_conversations(u), hex(&c))
+                        .ignore()
+                        .expire(s.keys.user_conversations(u), s.ttl() as i64)
+                        .ignore();
+                }
+                s.pipe::<()>(&p).await?;
+                return Ok(true);
+            }
+            backoff().await;
+        }
+        Err(contended(&c))
+    }
+
+    async fn add_members(
+        &self,
+        conversation: ConversationId,
+        changes: Vec<MemberChange>,
+    ) -> StoreResult<MembershipResult> {
+        self.change_members(conversation, changes, true).await
+    }
+
+    async fn remove_members(
+        &self,
+        conversation: ConversationId,
+        changes: Vec<MemberChange>,
+    ) -> StoreResult<MembershipResult> {
+        self.change_members(conversation, changes, false).await
+    }
+
+    async fn register_messages(&self, messages: Vec<NewMessage>) -> StoreResult<u64> {
+        let s = &self.inner;
+        // Validate the whole batch before writing anything.
+        let order = distinct_registrations(&messages)?;
+        let ids: Vec<MessageId> = order.iter().map(|(_, m)| m.id).collect();
+        let homes = s.homes(&ids).await?;
+        let mut by_conv: BTreeMap<ConversationId, Vec<(usize, Message)>> = BTreeMap::new();
+        for (i, m) in &order {
+            by_conv.entry(m.conversation).or_default().push((*i, *m));
+        }
+        let home_of: HashMap<MessageId, Option<ConversationId>> =
+            ids.iter().copied().zip(homes).collect();
+        // Per conversation: validate (all conversations first), then commit.
+        let mut plans: Vec<(View, Plan, Vec<Message>)> = Vec::new();
+        let mut total = 0;
+        for attempt in 0..MAX_ATTEMPTS {
+            plans.clear();
+            for (c, msgs) in &by_conv {
+                let (i0, _) = msgs[0];
+                let Some(mut view) = s.view(c).await? else {
+                    return Err(ServiceError::not_found(
+                        format!("messages[{i0}].conversation_id"),
+                        "conversation",
+                        c,
+                    ));
+                };
+                let ids: Vec<MessageId> = msgs.iter().map(|(_, m)| m.id).collect();
+                s.ensure_messages(&mut view, &ids).await?;
+                let seqs: Vec<Seq> = msgs.iter().map(|(_, m)| m.seq).collect();
+                let taken = taken_seqs(s, c, &seqs).await?;
+                let mut fresh = Vec::new();
+                for (i, m) in msgs {
+                    let existing = match view.messages.get(&m.id) {
+                        Some(e) => Some(*e),
+                        None => match home_of.get(&m.id).copied().flatten() {
+                            Some(home) if home != *c => s.find_message(&home, &m.id).await?,
+                            _ => None,
+                        },
+                    };
+                    let sender_is_member = view
+                        .members
+                        .get(&m.sender)
+                        .is_some_and(|ms| ms.contains(m.seq));
+                    if judge_registration(
+                        *i,
+                        m,
+                        existing,
+                        taken.get(&m.seq).copied(),
+                        sender_is_member,
+                    )? {
+                        fresh.push(*m);
+                    }
+                }
+                let mut plan = Plan::default();
+                if !fresh.is_empty() {
+                    let k = &s.keys;
+                    let mut z = rcmd!["ZADD", k.seqs(c)];
+                    let mut h = rcmd!["HSET", k.messages(c)];
+                    for m in &fresh {
+                        z.extend(rcmd![m.seq, format!("{}:{}", hex(&m.id), hex(&m.sender))]);
+                        h.extend(rcmd![hex(&m.id), enc(m)]);
+                        plan.cmds.push(rcmd!["HSET", k.receipt(c, &m.id), "_", "1"]);
+                        plan.cmds
+                            .push(rcmd!["EXPIRE", k.receipt(c, &m.id), s.ttl()]);
+                        plan.persist.push(PersistOp::Message(*m));
+                    }
+                    plan.cmds.push(z);
+                    plan.cmds.push(h);
+                }
+                plans.push((view, plan, fresh));
+            }
+            // Message ids resolve to their conversation before the commit, so
+            // a reader never sees a committed id it cannot find.
+            let mut p = redis::pipe();
+            for (_, _, fresh) in &plans {
+                for m in fresh {
+                    p.cmd("SET")
+                        .arg(s.keys.message_home(&m.id))
+                        .arg(hex(&m.conversation))
+                        .arg("EX")
+                        .arg(s.ttl())
+                        .ignore();
+                }
+            }
+            s.pipe::<()>(&p).await?;
+            let mut conflict = false;
+            let mut committed = Vec::new();
+            for (view, plan, fresh) in plans.drain(..) {
+                if fresh.is_empty() {
+                    continue;
+                }
+                if s.commit(&view, plan).await? {
+                    total += fresh.len() as u64;
+                    committed.extend(fresh);
+                } else {
+                    conflict = true;
+                }
+            }
+            let mut p = redis::pipe();
+            for m in &committed {
+                p.zadd(
+                    s.keys.sent(&m.sender),
+                    format!("{}:{}", hex(&m.conversation), hex(&m.id)),
+                    m.sent_at,
+                )
+                .ignore()
+                .cmd("ZREMRANGEBYRANK")
+                .arg(s.keys.sent(&m.sender))
+                .arg(0)
+                .arg(-(SNAPSHOT_MESSAGES as i64) - 1)
+                .ignore()
+                .expire(s.keys.sent(&m.sender), s.ttl() as i64)
+                .ignore();
+            }
+            s.pipe::<()>(&p).await?;
+            if !conflict {
+                return Ok(total);
+            }
+            // Some conversation moved: its messages are re-checked (the ones
+            // committed are now "already registered, same content").
+            let _ = attempt;
+            backoff().await;
+        }
+        Err(ServiceError::Unavailable {
+            message: "register: conversations too contended right now; retry".into(),
+        })
+    }
+
+    async fn mark_delivered(
+        &self,
+        user: UserId,
+        messages: Vec<MessageId>,
+        at: Millis,
+    ) -> StoreResult<Vec<DeliveryResult>> {
+        let s = &self.inner;
+        let ids = dedup(messages);
+        let homes = s.homes(&ids).await?;
+        let mut by_conv: BTreeMap<ConversationId, Vec<MessageId>> = BTreeMap::new();
+        for (id, home) in ids.iter().zip(&homes) {
+            let Some(c) = home else {
+                return Err(ServiceError::not_found("message_ids", "message", id));
+            };
+            by_conv.entry(*c).or_default().push(*id);
+        }
+        // Validate every conversation before writing any.
+        let mut views = BTreeMap::new();
+        for (c, msgs) in &by_conv {
+            let Some(mut view) = s.view(c).await? else {
+                return Err(ServiceError::not_found("message_ids", "message", msgs[0]));
+            };
+            s.ensure_messages(&mut view, msgs).await?;
+            if let Some(m) = msgs.iter().find(|m| !view.messages.contains_key(m)) {
+                return Err(ServiceError::not_found("message_ids", "message", m));
+            }
+            view.authorize(&user, "message_ids")?;
+            views.insert(*c, view);
+        }
+        let mut results: HashMap<MessageId, DeliveryResult> = HashMap::new();
+        for (c, msgs) in &by_conv {
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                let mut view = match views.remove(c) {
+                    Some(v) => v,
+                    None => s.view(c).await?.ok_or_else(|| {
+                        ServiceError::not_found("message_ids", "message", msgs[0])
+                    })?,
+                };
+                s.ensure_messages(&mut view, msgs).await?;
+                let membership = view.authorize(&user, "message_ids")?;
+                s.ensure_deliveries(&mut view, msgs).await?;
+                let min_seq = msgs
+                    .iter()
+                    .filter_map(|m| view.messages.get(m).map(|m| m.seq))
+                    .min()
+                    .unwrap_or(Seq::MAX);
+                s.ensure_history(&mut view, &[user], min_seq).await?;
+                let at = at.max(view.stamp);
+                let mut plan = Plan::default();
+                plan.cmds.push(rcmd!["HSET", s.keys.meta(c), "t", at]);
+                let mut touched = Vec::new();
+                let mut out = Vec::new();
+                for id in msgs {
+                    let m = view.messages[id];
+                    if m.sender == user || !membership.contains(m.seq) {
+                        out.push(DeliveryResult {
+                            message: m.id,
+                            outcome: DeliveryOutcome::NotARecipient,
+                            delivered_at: None,
+                        });
+                        continue;
+                    }
+                    let existing = view.delivered_at(&m.id, &user);
+                    let read_at = if view.wm(&user).seq >= m.seq {
+                        view.first_covering(&user, false, m.seq)
+                    } else {
+                        None
+                    };
+                    let earlier = match (existing, read_at) {
+                        (Some(d), Some(r)) => Some(d.min(r)),
+                        (d, r) => d.or(r),
+                    };
+                    if let Some(t) = earlier {
+                        out.push(DeliveryResult {
+                            message: m.id,
+                            outcome: DeliveryOutcome::AlreadyDelivered,
+                            delivered_at: Some(t),
+                        });
+                        continue;
+                    }
+                    let key = s.keys.receipt(c, &m.id);
+                    plan.cmds.push(rcmd![
+                        "HSET",
+                        key.clone(),
+                        user.as_bytes().as_slice(),
+                        format!("D:{at}")
+                    ]);
+                    plan.cmds.push(rcmd!["EXPIRE", key, s.ttl()]);
+                    plan.persist.push(PersistOp::Delivered {
+                        conversation: *c,
+                        message: m.id,
+                        user,
+                        at,
+                    });
+                    view.deliveries.entry(m.id).or_default().insert(user, at);
+                    touched.push(Indexed {
+                        seq: m.seq,
+                        id: m.id,
+                        sender: m.sender,
+                    });
+                    out.push(DeliveryResult {
+                        message: m.id,
+                        outcome: DeliveryOutcome::Recorded,
+                        delivered_at: Some(at),
+                    });
+                }
+                let windowed = s.touch(&mut view, &mut plan, &touched).await?;
+                if touched.is_empty() || s.commit(&view, plan).await? {
+                    if windowed {
+                        s.schedule_window(*c);
+                    }
+                    for r in out {
+                        results.insert(r.message, r);
+                    }
+                    break;
+                }
+                if attempt >= MAX_ATTEMPTS {
+                    return Err(contended(c));
+                }
+                backoff().await;
+            }
+        }
+        Ok(ids.iter().map(|id| results[id]).collect())
+    }
+
+    async fn mark_read_up_to(
+        &self,
+        user: UserId,
+        conversation: ConversationId,
+        message: MessageId,
+        at: Millis,
+    ) -> StoreResult<ReadResult> {
+        let s = &self.inner;
+        let c = conversation;
+        for _ in 0..MAX_ATTEMPTS {
+            let Some(mut view) = s.view(&c).await? else {
+                return Err(ServiceError::not_found(
+                    "conversation_id",
+                    "conversation",
+                    c,
+                ));
+            };
+            let membership = view.authorize(&user, "conversation_id")?;
+            s.ensure_messages(&mut view, &[message]).await?;
+            let m = match view.messages.get(&message) {
+                Some(m) => *m,
+                None => {
+                    let home = s.homes(&[message]).await?[0];
+                    return Err(match home {
+                        Some(_) => ServiceError::invalid(
+                            "message_id",
+                            format!("message {message} belongs to another conversation"),
+                        ),
+                        None => ServiceError::not_found("message_id", "message", message),
+                    });
+                }
+            };
+            let at = at.max(view.stamp);
+            let mut plan = Plan::default();
+            plan.cmds.push(rcmd!["HSET", s.keys.meta(&c), "t", at]);
+            let (result, windowed) = s
+                .apply_read(&mut view, &mut plan, &user, &membership, m.seq, at)
+                .await?;
+            if !result.advanced {
+                return Ok(result);
+            }
+            if s.commit(&view, plan).await? {
+                if windowed {
+                    s.schedule_window(c);
+                }
+                return Ok(result);
+            }
+            backoff().await;
+        }
+        Err(contended(&c))
+    }
+
+    async fn mark_conversations_read(
+        &self,
+        user: UserId,
+        conversations: Vec<ConversationId>,
+        at: Millis,
+    ) -> StoreResult<Vec<ConversationRead>> {
+        let s = &self.inner;
+        let mut out = Vec::new();
+        'conv: for c in dedup(conversations) {
+            let none = ReadResult {
+                read_up_to: 0,
+                advanced: false,
+                unread: 0,
+            };
+            for _ in 0..MAX_ATTEMPTS {
+                let Some(mut view) = s.view(&c).await? else {
+                    out.push(ConversationRead {
+                        conversation: c,
+                        outcome: ConversationOutcome::NotFound,
+                        read: none,
+                    });
+                    continue 'conv;
+                };
+                let Ok(membership) = view.authorize(&user, "conversation_ids") else {
+                    out.push(ConversationRead {
+                        conversation: c,
+                        outcome: ConversationOutcome::PermissionDenied,
+                        read: none,
+                    });
+                    continue 'conv;
+                };
+                let last = s.last_seq(&c).await?;
+                let at = at.max(view.stamp);
+                let mut plan = Plan::default();
+                plan.cmds.push(rcmd!["HSET", s.keys.meta(&c), "t", at]);
+                let (read, windowed) = s
+                    .apply_read(&mut view, &mut plan, &user, &membership, last, at)
+                    .await?;
+                if !read.advanced || s.commit(&view, plan).await? {
+                    if windowed {
+                        s.schedule_window(c);
+                    }
+                    out.push(ConversationRead {
+                        conversation: c,
+                        outcome: ConversationOutcome::Ok,
+                        read,
+                    });
+                    continue 'conv;
+                }
+                backoff().await;
+            }
+            return Err(contended(&c));
+        }
+        Ok(out)
+    }
+
+    async fn set_sharing(&self, user: UserId, sharing: bool) -> StoreResult<bool> {
+        let s = &self.inner;
+        for _ in 0..MAX_ATTEMPTS {
+            let (_, version) = s.sharing_of(&[user]).await?[0];
+            let q = s.keys.user_queue(&user);
+            let key = s.keys.sharing(&user);
+            let op = PersistOp::Sharing {
+                user,
+                sharing,
+                version: version + 1,
+            };
+            let registered = s.register(&q).await?;
+            let cmds = vec![
+                rcmd!["HSET", key.clone(), "s", if sharing { "1" } else { "0" }],
+                rcmd!["XADD", q, "*", "p", enc(&vec![op])],
+                rcmd!["EXPIRE", key.clone(), s.ttl()],
+            ];
+            if let Applied::Done = s.apply_on(key, version, registered, cmds).await? {
+                return Ok(sharing);
+            }
+            backoff().await;
+        }
+        Err(ServiceError::Unavailable {
+            message: "sharing setting too contended right now; retry".into(),
+        })
+    }
+
+    async fn sharing(&self, user: UserId) -> StoreResult<bool> {
+        Ok(self.inner.sharing_of(&[user]).await?[0].0)
+    }
+
+    async fn receipts(
+        &self,
+        viewer: UserId,
+        conversation: ConversationId,
+        messages: Vec<MessageId>,
+        include_recipients: bool,
+    ) -> StoreResult<Vec<MessageState>> {
+        let s = &self.inner;
+        let Some(mut view) = s.view(&conversation).await? else {
+            return Err(ServiceError::not_found(
+                "conversation_id",
+                "conversation",
+                conversation,
+            ));
+        };
+        view.authorize(&viewer, "conversation_id")?;
+        let ids = dedup(messages);
+        s.ensure_messages(&mut view, &ids).await?;
+        let missing: Vec<MessageId> = ids
+            .iter()
+            .filter(|m| !view.messages.contains_key(m))
+            .copied()
+            .collect();
+        if !missing.is_empty() {
+            let homes = s.homes(&missing).await?;
+            let (id, home) = (missing[0], homes[0]);
+            return Err(match home {
+                Some(_) => ServiceError::invalid(
+                    "message_ids",
+                    format!("message {id} belongs to another conversation"),
+                ),
+                None => ServiceError::not_found("message_ids", "message", id),
+            });
+        }
+        s.prepare_states(&mut view, &ids).await?;
+        Ok(ids
+            .iter()
+            .map(|m| view.state(&viewer, &view.messages[m], include_recipients))
+            .collect())
+    }
+
+    async fn unread_counts(
+        &self,
+        user: UserId,
+        conversations: Vec<ConversationId>,
+    ) -> StoreResult<Vec<UnreadCount>> {
+        let s = &self.inner;
+        let mut out = Vec::new();
+        for c in dedup(conversations) {
+            let mut r = UnreadCount {
+                conversation: c,
+                outcome: ConversationOutcome::Ok,
+                unread: 0,
+                read_up_to: 0,
+                last_seq: 0,
+            };
+            match s.view(&c).await? {
+                None => r.outcome = ConversationOutcome::NotFound,
+                Some(view) => match view.authorize(&user, "conversation_ids") {
+                    Ok(membership) => {
+                        let wm = view.wm(&user);
+                        r.read_up_to = wm.seq;
+                        r.last_seq = s.last_seq(&c).await?;
+                        r.unread = s.unread(&c, &user, wm.seq, &membership).await?;
+                    }
+                    Err(_) => r.outcome = ConversationOutcome::PermissionDenied,
+                },
+            }
+            out.push(r);
+        }
+        Ok(out)
+    }
+
+    async fn replay(&self, user: UserId, from: ReplayFrom, max: usize) -> StoreResult<Replay> {
+        let s = &self.inner;
+        let (epoch, next, trim) = s.log_head(&user).await?;
+        let head = Cursor {
+            epoch,
+            offset: next,
+        };
+        let cursor = match from {
+            ReplayFrom::Live => {
+                return Ok(Replay::Events {
+                    events: Vec::new(),
+                    head,
+                });
+            }
+            ReplayFrom::Unparseable => None,
+            ReplayFrom::Cursor(c) => Some(c),
+        };
+        let reason = match cursor {
+            None => Some(ResetReason::Invalid),
+            Some(c) if c.epoch != epoch => Some(ResetReason::EpochChanged),
+            Some(c) if c.offset > head.offset => Some(ResetReason::Invalid),
+            Some(c) if c.offset < trim => Some(ResetReason::Expired),
+            Some(_) => None,
+        };
+        if let Some(reason) = reason {
+            return Ok(Replay::Reset {
+                reason,
+                snapshot: s.snapshot(&user).await?,
+                head,
+            });
+        }
+        let after = cursor.map_or(0, |c| c.offset);
+        let events = s.events_after(&user, after, max.saturating_add(1)).await?;
+        if events.len() > max {
+            return Ok(Replay::Reset {
+                reason: ResetReason::TooLarge,
+                snapshot: s.snapshot(&user).await?,
+                head,
+            });
+        }
+        let head = Cursor {
+            epoch,
+            offset: events.last().map_or(next, |e| e.offset.max(next)),
+        };
+        Ok(Replay::Events { events, head })
+    }
+
+    fn hub(&self) -> &Arc<Hub> {
+        &self.inner.hub
+    }
+
+    async fn healthy(&self) -> bool {
+        self.inner.healthy.load(Ordering::Acquire)
+    }
+
+    async fn shutdown(&self) {
+        // Flush this node's open group windows and every queued change, then
+        // stop the background tasks.
+        let open: Vec<ConversationId> = {
+            let mut w = self.inner.windows.lock().unwrap_or_else(|e| e.into_inner());
+            w.drain().map(|(c, _)| c).collect()
+        };
+        for c in open {
+            if let Err(e) = self.inner.flush_window(&c).await {
+                tracing::warn!(conversation = %c, error = %e, "window flush at shutdown failed");
+            }
+        }
+        if let Err(e) = self.inner.flush_all().await {
+            tracing::warn!(error = %e, "flush to scylla at shutdown failed; another node will finish it");
+        }
+        let _ = self.stop.send(true);
+        let tasks: Vec<JoinHandle<()>> = self
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect();
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Which of `seqs` are already used in `c`, and by which message.
+async fn taken_seqs(
+    s: &Inner,
+    c: &ConversationId,
+    seqs: &[Seq],
+) -> StoreResult<HashMap<Seq, MessageId>> {
+    let mut p = redis::pipe();
+    for seq in seqs {
+        p.cmd("ZRANGEBYSCORE")
+            .arg(s.keys.seqs(c))
+            .arg(*seq)
+            .arg(*seq);
+    }
+    let rows: Vec<Vec<String>> = s.pipe(&p).await?;
+    let mut out = HashMap::new();
+    for (seq, row) in seqs.iter().zip(rows) {
+        if let Some(member) = row.first() {
+            let (id, _) = member.split_once(':').ok_or_else(|| corrupt("seq index"))?;
+            out.insert(*seq, parse_uuid(id)?);
+        }
+    }
+    Ok(out)
+}
+
+impl RedisStore {
+    async fn change_members(
+        &self,
+        conversation: ConversationId,
+        changes: Vec<MemberChange>,
+        join: bool,
+    ) -> StoreResult<MembershipResult> {
+        let s = &self.inner;
+        let c = conversation;
+        for _ in 0..MAX_ATTEMPTS {
+            let Some(mut view) = s.view(&c).await? else {
+                return Err(ServiceError::not_found(
+                    "conversation_id",
+                    "conversation",
+                    c,
+                ));
+            };
+            let updated = fold_member_changes(&changes, join, |u| {
+                Ok(view.members.get(u).cloned().unwrap_or_default())
+            })?;
+            let count = if join {
+                view.count + updated.len() as u64
+            } else {
+                view.count.saturating_sub(updated.len() as u64)
+            };
+            if updated.is_empty() {
+                return Ok(MembershipResult {
+                    changed: 0,
+                    member_count: view.count,
+                });
+            }
+            let mut plan = Plan::default();
+            let mver = view.mver + 1;
+            let mut meta = rcmd!["HSET", s.keys.meta(&c), "n", count, "mv", mver];
+            let mut lowest = Seq::MAX;
+            for (u, (ms, from)) in &updated {
+                meta.extend(rcmd![format!("m:{}", hex(u)), enc(ms)]);
+                view.members.insert(*u, ms.clone());
+                lowest = lowest.min(*from);
+            }
+            plan.cmds.push(meta);
+            view.count = count;
+            plan.persist.push(PersistOp::Conversation {
+                conversation: c,
+                members: view.members.iter().map(|(u, m)| (*u, m.clone())).collect(),
+                version: mver,
+            });
+            // Recipients of already registered messages at or after the change
+            // are now different: their counts change.
+            let last = s.last_seq(&c).await?;
+            let mut windowed = false;
+            if lowest <= last {
+                let msgs = s.between(&c, lowest, last).await?;
+                windowed = s.touch(&mut view, &mut plan, &msgs).await?;
+            }
+            if s.commit(&view, plan).await? {
+                if windowed {
+                    s.schedule_window(c);
+                }
+                let mut p = redis::pipe();
+                for u in updated.keys() {
+                    p.sadd(s.keys.user_conversations(u), hex(&c))
+                        .ignore()
+                        .expire(s.keys.user_conversations(u), s.ttl() as i64)
+                        .ignore();
+                }
+                s.pipe::<()>(&p).await?;
+                return Ok(MembershipResult {
+                    changed: updated.len() as u64,
+                    member_count: count,
+                });
+            }
+            backoff().await;
+        }
+        Err(contended(&c))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_tags_follow_the_cluster_rule() {
+        let tag = |key: &str| hash_tag(redis::cmd("GET").arg(key)).to_vec();
+        assert_eq!(tag("rc:{abc}:w"), b"abc");
+        assert_eq!(tag("rc:{abc}:r:{def}"), b"abc", "only the first tag counts");
+        assert_eq!(
+            tag("rc:{}:x"),
+            b"rc:{}:x",
+            "an empty tag hashes the whole key"
+        );
+        assert_eq!(tag("rc:{open"), b"rc:{open");
+        assert_eq!(tag("rc:bus"), b"rc:bus");
+        assert_eq!(hash_tag(&redis::cmd("PING")), b"");
+    }
+
+    #[test]
+    fn bus_messages_round_trip() {
+        let u = Uuid::now_v7();
+        let body = EventBody::Watermark {
+            conversation: Uuid::now_v7(),
+            read_up_to: 7,
+            unread: 2,
+        };
+        let mut payload = format!("{}:{}:{}:", hex(&u), 42u64, 9u64).into_bytes();
+        payload.extend(enc(&body));
+        let (epoch, event) = parse_bus(&payload).unwrap();
+        assert_eq!(epoch, 42);
+        assert_eq!(event.offset, 9);
+        assert_eq!(event.user, u);
+        assert_eq!(event.body, body);
+        assert!(parse_bus(b"nonsense").is_none());
+    }
+
+    #[test]
+    fn log_entries_keep_colons_in_the_body() {
+        let u = Uuid::now_v7();
+        let body = EventBody::Watermark {
+            conversation: Uuid::from_bytes([b':'; 16]),
+            read_up_to: 58,
+            unread: 58,
+        };
+        let mut row = b"12:".to_vec();
+        row.extend(enc(&body));
+        let e = parse_log_entry(&u, &row).unwrap();
+        assert_eq!(e.offset, 12);
+        assert_eq!(e.body, body);
+    }
+}

@@ -1,0 +1,132 @@
+//! The Lua scripts: small, generic and slot-local. The rules live in Rust
+//! (`crate::domain`); Redis only checks versions and applies writes atomically.
+
+use redis::Script;
+use std::sync::LazyLock;
+
+/// Compare-and-apply. KEYS[1]: a hash whose field `v` is the version.
+/// ARGV: expected version, queue registration time in ms (0: none), lease in
+/// ms, number of commands, then each command as its argument count followed
+/// by its arguments (all keys in KEYS[1]'s slot). Returns the new version,
+/// -1 if the version moved (the caller re-reads and retries) or -2 if the
+/// queue registration is older than the lease (the caller registers again).
+pub static APPLY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local v = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
+if v ~= tonumber(ARGV[1]) then return -1 end
+local reg = tonumber(ARGV[2])
+if reg > 0 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if now - reg > tonumber(ARGV[3]) then return -2 end
+end
+local i = 5
+for _ = 1, tonumber(ARGV[4]) do
+  local n = tonumber(ARGV[i])
+  redis.call(unpack(ARGV, i + 1, i + n))
+  i = i + n + 1
+end
+redis.call('HSET', KEYS[1], 'v', v + 1)
+return v + 1
+"#,
+    )
+});
+
+/// Appends one outbox entry to a user's replay log, once. KEYS: the log's
+/// meta hash, the log. ARGV: conversation, outbox entry id, payload,
+/// retention (events), ttl (s), a fresh epoch to use if the log has none,
+/// bus channel, user. Returns {appended, offset, epoch}.
+pub static FORWARD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local function cmp(a, b)
+  local am, as = string.match(a, '(%d+)-(%d+)')
+  local bm, bs = string.match(b, '(%d+)-(%d+)')
+  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  if am ~= bm then if am < bm then return -1 else return 1 end end
+  if as ~= bs then if as < bs then return -1 else return 1 end end
+  return 0
+end
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  redis.call('DEL', KEYS[2])
+  epoch = ARGV[6]
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'next', 0, 'trim', 0)
+end
+local f = redis.call('HGET', KEYS[1], 'f:' .. ARGV[1])
+if f and cmp(ARGV[2], f) <= 0 then return {0, 0, epoch} end
+local off = redis.call('HINCRBY', KEYS[1], 'next', 1)
+redis.call('ZADD', KEYS[2], off, tostring(off) .. ':' .. ARGV[3])
+local keep = tonumber(ARGV[4])
+if off > keep then
+  local cut = off - keep
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', cut)
+  redis.call('HSET', KEYS[1], 'trim', cut)
+end
+redis.call('HSET', KEYS[1], 'f:' .. ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+redis.call('PUBLISH', ARGV[7], ARGV[8] .. ':' .. epoch .. ':' .. tostring(off) .. ':' .. ARGV[3])
+return {1, off, epoch}
+"#,
+    )
+});
+
+/// Gives a user's log an epoch if it has none. KEYS: meta, log. ARGV: fresh
+/// epoch. Returns {epoch, next, trim}.
+pub static LOG_HEAD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  redis.call('DEL', KEYS[2])
+  epoch = ARGV[1]
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'next', 0, 'trim', 0)
+end
+return {epoch, redis.call('HGET', KEYS[1], 'next'), redis.call('HGET', KEYS[1], 'trim')}
+"#,
+    )
+});
+
+/// Registers a queue as holding work. KEYS: the index. ARGV: queue key.
+/// Returns the registration time (ms, Redis clock).
+pub static REGISTER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], 'GT', now, ARGV[1])
+return now
+"#,
+    )
+});
+
+/// Forgets a drained queue if nobody registered it since `score` and the
+/// registration is older than twice the lease. KEYS: the index. ARGV: queue,
+/// score seen, lease (ms).
+pub static UNREGISTER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not s then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if tonumber(s) == tonumber(ARGV[2]) and tonumber(s) < now - 2 * tonumber(ARGV[3]) then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+"#,
+    )
+});
+
+/// Releases a lock if still held with `token`. KEYS: lock. ARGV: token.
+pub static UNLOCK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#,
+    )
+});

@@ -273,6 +273,15 @@ impl ServeArgs {
             if self.flush_interval_ms < 10 {
                 return err("--flush-interval-ms", "must be at least 10");
             }
+            // Hot data must outlive the flush that persists it: a key that
+            // expired before its queued change reached Scylla would re-warm
+            // without that change.
+            if self.hot_ttl_secs.saturating_mul(1000) < self.flush_interval_ms.saturating_mul(3) {
+                return err(
+                    "--hot-ttl-secs",
+                    "must be at least three times --flush-interval-ms",
+                );
+            }
             if self.retention_days == 0 {
                 return err("--retention-days", "must be at least 1");
             }

@@ -121,6 +121,19 @@ return 0
     )
 });
 
+/// Deletes flushed entries from a queue stream and drops the stream once it
+/// is empty, so idle conversations leave no key behind. KEYS: the stream.
+/// ARGV: entry ids. Returns how many entries were deleted.
+pub static XDEL_DROP: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local n = redis.call('XDEL', KEYS[1], unpack(ARGV))
+if redis.call('XLEN', KEYS[1]) == 0 then redis.call('DEL', KEYS[1]) end
+return n
+"#,
+    )
+});
+
 /// Releases a lock if still held with `token`. KEYS: lock. ARGV: token.
 pub static UNLOCK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(

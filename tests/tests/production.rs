@@ -1,0 +1,674 @@
+//! The production tier across real processes: several `receiptd` nodes
+//! (`--store redis-scylla`) sharing a real Redis and a real Cassandra, killed
+//! with `kill -9`, with hot data expired and Redis restarted under them.
+//!
+//! Needs `RECEIPTS_TEST_REDIS` and `RECEIPTS_TEST_CASSANDRA` (set by
+//! `eval "$(scripts/backends.sh env)"`, which `scripts/test.sh` does); fails,
+//! never skips, without them. The Redis-restart test starts its own
+//! `redis-server` (from Debian's package) so it can kill it.
+
+use pb::subscribe_receipts_response::Event as E;
+use receipts_proto::v1 as pb;
+use receipts_server::domain::Cursor;
+use receipts_server::store::scylla::{ScyllaOptions, ScyllaPersistence};
+use receipts_tests::*;
+use std::collections::{BTreeMap, HashSet};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use tempfile::TempDir;
+use tokio::time::{Instant, sleep};
+use tonic_health::pb::health_check_response::ServingStatus;
+use uuid::Uuid;
+
+const KEYSPACE: &str = "receipts_prod_test";
+
+/// One deployment: a key prefix of its own on the shared Redis, the shared
+/// test keyspace, and the nodes' (unused) data directories.
+struct Tier {
+    redis_url: String,
+    prefix: String,
+    dir: TempDir,
+    scylla: ScyllaPersistence,
+}
+
+impl Tier {
+    async fn new() -> Self {
+        Self::with_redis(required_env("RECEIPTS_TEST_REDIS")).await
+    }
+
+    async fn with_redis(redis_url: String) -> Self {
+        let cassandra = required_env("RECEIPTS_TEST_CASSANDRA");
+        let scylla = ScyllaPersistence::connect(&ScyllaOptions {
+            nodes: vec![cassandra],
+            keyspace: KEYSPACE.into(),
+            ..ScyllaOptions::default()
+        })
+        .await
+        .expect("Cassandra reachable (schema created)");
+        Self {
+            redis_url,
+            prefix: format!("p{}", &Uuid::new_v4().simple().to_string()[..12]),
+            dir: tempfile::tempdir().expect("tempdir"),
+            scylla,
+        }
+    }
+
+    fn args(&self, extra: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> = [
+            "--store",
+            "redis-scylla",
+            "--redis-urls",
+            &self.redis_url,
+            "--redis-prefix",
+            &self.prefix,
+            "--scylla-nodes",
+            &required_env("RECEIPTS_TEST_CASSANDRA"),
+            "--scylla-keyspace",
+            KEYSPACE,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    }
+
+    /// Starts a node flushing to Cassandra every 200 ms.
+    async fn node(&self) -> ChildServer {
+        self.node_with(&["--flush-interval-ms", "200"]).await
+    }
+
+    async fn node_with(&self, extra: &[&str]) -> ChildServer {
+        let data = self.dir.path().join(Uuid::new_v4().simple().to_string());
+        std::fs::create_dir_all(&data).expect("node dir");
+        ChildServer::start_with_args(&data, free_port(), &self.args(extra)).await
+    }
+
+    async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.redis_url.as_str())
+            .expect("redis url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis reachable")
+    }
+
+    /// Every key of this deployment.
+    async fn keys(&self) -> Vec<String> {
+        let mut con = self.redis().await;
+        let mut out = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{}:*", self.prefix))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut con)
+                .await
+                .expect("scan");
+            out.extend(batch);
+            if next == 0 {
+                return out;
+            }
+            cursor = next;
+        }
+    }
+}
+
+fn tick(m: &pb::MessageReceipts) -> pb::Tick {
+    pb::Tick::try_from(m.tick).expect("tick")
+}
+
+fn offset(ev: &pb::SubscribeReceiptsResponse) -> u64 {
+    Cursor::decode(&ev.cursor).expect("cursor").offset
+}
+
+/// Waits (up to 30 s) until `check` holds.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check().await {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The newest state of each message in a run of events.
+fn latest_states(events: &[pb::SubscribeReceiptsResponse]) -> BTreeMap<String, (i64, i64, i32)> {
+    let mut out = BTreeMap::new();
+    for ev in events {
+        if let Some(E::Receipts(r)) = &ev.event {
+            for m in &r.messages {
+                out.insert(
+                    m.message_id.clone(),
+                    (m.delivered_count, m.read_count, m.tick),
+                );
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn three_nodes_share_writes_and_events_with_no_gap_and_no_duplicate() {
+    let tier = Tier::new().await;
+    let (a, b, c) = (tier.node().await, tier.node().await, tier.node().await);
+    let mut backend = a.backend().await;
+    let mut direct = Conversation::create(&mut backend, 2).await;
+    let (alice, bob) = (direct.members[0], direct.members[1]);
+
+    // Alice watches from B and from C; Bob writes on A.
+    let (mut on_b, replayed) = Subscription::open(&mut b.user(alice).await, None).await;
+    assert!(replayed.is_empty());
+    let (mut on_c, _) = Subscription::open(&mut c.user(alice).await, None).await;
+
+    let mut sent = Vec::new();
+    for _ in 0..30 {
+        sent.push(direct.send(&mut backend, alice).await);
+    }
+    let mut bob_on_a = a.user(bob).await;
+    for m in &sent {
+        deliver(&mut bob_on_a, &[*m]).await;
+    }
+    for m in sent.iter().skip(4).step_by(5) {
+        read_up_to(&mut bob_on_a, direct.id, *m).await;
+    }
+    // 30 deliveries and 6 reads, each one event on Alice's log.
+    let mut seen_b = Vec::new();
+    let mut seen_c = Vec::new();
+    for _ in 0..36 {
+        seen_b.push(on_b.next().await.expect("event on node B"));
+        seen_c.push(on_c.next().await.expect("event on node C"));
+    }
+    assert!(
+        on_b.next_within(Duration::from_millis(500)).await.is_none(),
+        "no extra event on B"
+    );
+    assert!(
+        on_c.next_within(Duration::from_millis(100)).await.is_none(),
+        "no extra event on C"
+    );
+    assert_eq!(seen_b, seen_c, "both nodes stream the same log");
+    let offsets: Vec<u64> = seen_b.iter().map(offset).collect();
+    for w in offsets.windows(2) {
+        assert_eq!(w[1], w[0] + 1, "consecutive offsets: no gap, no duplicate");
+    }
+    for (ev, m) in seen_b.iter().zip(&sent) {
+        let Some(E::Receipts(r)) = &ev.event else {
+            panic!("expected receipts, got {ev:?}");
+        };
+        assert_eq!(r.messages.len(), 1);
+        assert_eq!(r.messages[0].message_id, m.to_string(), "in write order");
+        assert_eq!(tick(&r.messages[0]), pb::Tick::Delivered);
+    }
+    let finals = latest_states(&seen_b);
+    for m in &sent {
+        assert_eq!(finals[&m.to_string()].2, pb::Tick::Read as i32, "{m}");
+    }
+
+    // A group spread over the nodes: counts are absolute and converge.
+    let mut group = Conversation::create(&mut c.backend().await, 6).await;
+    let sender = group.members[0];
+    let gm = group.send(&mut c.backend().await, sender).await;
+    let (mut watcher, _) = Subscription::open(&mut a.user(sender).await, None).await;
+    let nodes = [&a, &b, &c];
+    let mut calls = Vec::new();
+    for (i, u) in group.members[1..].iter().copied().enumerate() {
+        let mut client = nodes[i % 3].user(u).await;
+        let conv = group.id;
+        calls.push(tokio::spawn(async move {
+            deliver(&mut client, &[gm]).await;
+            read_up_to(&mut client, conv, gm).await;
+        }));
+    }
+    for call in calls {
+        call.await.expect("reader task");
+    }
+    loop {
+        let r = watcher.next_receipts().await;
+        assert!(r.group);
+        let m = &r.messages[0];
+        assert!(m.read_count <= m.delivered_count && m.delivered_count <= 5);
+        if m.read_count == 5 {
+            assert_eq!(tick(m), pb::Tick::Read);
+            break;
+        }
+    }
+    for node in nodes {
+        let r = receipt(&mut node.user(sender).await, group.id, gm).await;
+        assert_eq!(
+            (r.delivered_count, r.read_count, r.recipients_total),
+            (5, 5, 5)
+        );
+    }
+
+    // Resume on another node after missing events: exactly the rest.
+    let cursor = on_c.cursor.clone();
+    drop(on_c);
+    let more: Vec<Uuid> = {
+        let mut v = Vec::new();
+        for _ in 0..5 {
+            v.push(direct.send(&mut backend, alice).await);
+        }
+        v
+    };
+    deliver(&mut bob_on_a, &more).await;
+    read_up_to(&mut bob_on_a, direct.id, more[4]).await;
+    let live_tail = [
+        on_b.next().await.expect("delivered batch"),
+        on_b.next().await.expect("read"),
+    ];
+    let (_resumed, replay) =
+        Subscription::open(&mut b.user(alice).await, Some(cursor.clone())).await;
+    assert!(!replay.is_empty(), "the missed events are replayed");
+    let from = Cursor::decode(&cursor).expect("cursor").offset;
+    let mut last = from;
+    for ev in &replay {
+        assert!(!matches!(ev.event, Some(E::Reset(_))), "no reset: {ev:?}");
+        assert!(offset(ev) > last, "replay moves forward only");
+        last = offset(ev);
+    }
+    assert_eq!(
+        last,
+        offset(&live_tail[1]),
+        "replay ends where the log ends"
+    );
+    assert_eq!(latest_states(&replay), latest_states(&live_tail));
+}
+
+#[tokio::test]
+async fn a_node_killed_after_acknowledging_writes_loses_nothing() {
+    let tier = Tier::new().await;
+    // The victim never flushes on its own within the test.
+    let mut victim = tier.node_with(&["--flush-interval-ms", "3600000"]).await;
+    let mut backend = victim.backend().await;
+    let mut direct = Conversation::create(&mut backend, 2).await;
+    let mut group = Conversation::create(&mut backend, 4).await;
+    let (alice, bob) = (direct.members[0], direct.members[1]);
+    let dm: Vec<Uuid> = {
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            v.push(direct.send(&mut backend, alice).await);
+        }
+        v
+    };
+    let gm = group.send(&mut backend, group.members[0]).await;
+    let mut bob_client = victim.user(bob).await;
+    deliver(&mut bob_client, &dm).await;
+    read_up_to(&mut bob_client, direct.id, dm[1]).await;
+    let carol = group.members[1];
+    let mut carol_client = victim.user(carol).await;
+    set_sharing(&mut carol_client, false).await;
+    deliver(&mut carol_client, &[gm]).await;
+    read_up_to(&mut carol_client, group.id, gm).await;
+
+    // Acknowledged, and not yet in Cassandra: the kill below is what matters.
+    assert_eq!(tier.scylla.message(dm[0]).await.expect("scylla"), None);
+    victim.kill9();
+
+    let _survivor = tier.node().await;
+    let s = &tier.scylla;
+    eventually("every acknowledged write reaches Cassandra", || async {
+        let Ok(Some(d)) = s.conversation(direct.id).await else {
+            return false;
+        };
+        let Ok(Some(g)) = s.conversation(group.id).await else {
+            return false;
+        };
+        let bob_wm = d
+            .watermarks
+            .iter()
+            .find(|(u, _)| *u == bob)
+            .map(|(_, w)| *w);
+        let carol_wm = g
+            .watermarks
+            .iter()
+            .find(|(u, _)| *u == carol)
+            .map(|(_, w)| *w);
+        let mut delivered = 0;
+        for m in dm.iter().chain([&gm]) {
+            delivered += s.deliveries(*m).await.unwrap_or_default().len();
+        }
+        d.messages.len() == 3
+            && g.messages.len() == 1
+            && d.members.len() == 2
+            && g.members.len() == 4
+            && bob_wm.is_some_and(|w| w.seq == 2 && w.public_seq == 2)
+            && carol_wm.is_some_and(|w| w.seq == 1 && w.public_seq == 0)
+            && delivered == 4
+            && s.sharing(carol)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|(on, _)| !on)
+    })
+    .await;
+}
+
+/// The receipts of `ids`, with recipients.
+async fn receipts_of(
+    client: &mut UserClient,
+    conversation: Uuid,
+    ids: &[Uuid],
+) -> Vec<pb::MessageReceipts> {
+    client
+        .get_receipts(pb::GetReceiptsRequest {
+            conversation_id: conversation.to_string(),
+            message_ids: ids.iter().map(Uuid::to_string).collect(),
+            include_recipients: true,
+        })
+        .await
+        .expect("get receipts")
+        .into_inner()
+        .messages
+}
+
+#[tokio::test]
+async fn expired_hot_data_reads_through_from_cassandra() {
+    let tier = Tier::new().await;
+    // Hot data lives 3 s after its last update; flushes every 100 ms.
+    let node = tier
+        .node_with(&["--hot-ttl-secs", "3", "--flush-interval-ms", "100"])
+        .await;
+    let mut backend = node.backend().await;
+    let mut group = Conversation::create(&mut backend, 3).await;
+    let (alice, bob, carol) = (group.members[0], group.members[1], group.members[2]);
+    let m1 = group.send(&mut backend, alice).await;
+    let m2 = group.send(&mut backend, alice).await;
+    let m3 = group.send(&mut backend, alice).await;
+    deliver(&mut node.user(bob).await, &[m1, m2]).await;
+    read_up_to(&mut node.user(bob).await, group.id, m1).await;
+    deliver(&mut node.user(carol).await, &[m1]).await;
+    let mut alice_client = node.user(alice).await;
+    let before = receipts_of(&mut alice_client, group.id, &[m1, m2, m3]).await;
+
+    // Wait until the conversation's hot keys are gone (expired, as Redis
+    // would evict them), with everything flushed first by then.
+    let tag = group.id.simple().to_string();
+    eventually("the conversation's hot keys expire", || async {
+        !tier.keys().await.iter().any(|k| k.contains(&tag))
+    })
+    .await;
+
+    let after = receipts_of(&mut alice_client, group.id, &[m1, m2, m3]).await;
+    assert_eq!(after, before, "read through from Cassandra, unchanged");
+    assert!(
+        tier.keys().await.iter().any(|k| k.contains(&tag)),
+        "the read re-warmed Redis"
+    );
+    // Writes go on from the re-warmed state.
+    read_up_to(&mut node.user(carol).await, group.id, m3).await;
+    let r = receipt(&mut alice_client, group.id, m1).await;
+    assert_eq!((r.delivered_count, r.read_count), (2, 2));
+    assert_eq!(tick(&r), pb::Tick::Read);
+    let r = receipt(&mut alice_client, group.id, m3).await;
+    assert_eq!((r.delivered_count, r.read_count), (1, 1));
+    let unread = node
+        .user(bob)
+        .await
+        .get_unread_counts(pb::GetUnreadCountsRequest {
+            conversation_ids: vec![group.id.to_string()],
+        })
+        .await
+        .expect("unread")
+        .into_inner();
+    assert_eq!(unread.conversations[0].unread_count, 2, "{unread:?}");
+}
+
+/// A `redis-server` owned by one test: no persistence, killed on drop.
+struct OwnedRedis {
+    port: u16,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+impl OwnedRedis {
+    fn start(port: u16) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut r = Self {
+            port,
+            dir,
+            child: None,
+        };
+        r.spawn();
+        r
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/backends.sh install puts it on PATH)");
+        self.child = Some(child);
+        wait_port(self.port, true);
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        wait_port(self.port, false);
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for OwnedRedis {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn wait_port(port: u16, open: bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() != open {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "port {port} never became {}",
+            if open { "open" } else { "closed" }
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+async fn health(addr: std::net::SocketAddr) -> Option<ServingStatus> {
+    let mut client = tonic_health::pb::health_client::HealthClient::new(channel(addr).await);
+    let resp = client
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "receipts.v1.ReceiptService".into(),
+        })
+        .await
+        .ok()?;
+    ServingStatus::try_from(resp.into_inner().status).ok()
+}
+
+#[tokio::test]
+async fn a_redis_restart_gives_subscribers_a_reset_never_a_silent_gap() {
+    let mut redis = OwnedRedis::start(free_port());
+    let tier = Tier::with_redis(redis.url()).await;
+    let node = tier.node_with(&["--flush-interval-ms", "100"]).await;
+    let mut backend = node.backend().await;
+    let mut direct = Conversation::create(&mut backend, 2).await;
+    let (alice, bob) = (direct.members[0], direct.members[1]);
+    let m1 = direct.send(&mut backend, alice).await;
+    let m2 = direct.send(&mut backend, alice).await;
+    let (mut sub, _) = Subscription::open(&mut node.user(alice).await, None).await;
+    deliver(&mut node.user(bob).await, &[m1]).await;
+    assert_eq!(
+        tick(&sub.next_receipts().await.messages[0]),
+        pb::Tick::Delivered
+    );
+    let cursor = sub.cursor.clone();
+    eventually("m1's delivery reaches Cassandra", || async {
+        tier.scylla.deliveries(m1).await.is_ok_and(|d| d.len() == 1)
+    })
+    .await;
+
+    redis.kill9();
+    eventually("health says NOT_SERVING while Redis is down", || async {
+        health(node.addr).await == Some(ServingStatus::NotServing)
+    })
+    .await;
+    let err = node
+        .user(bob)
+        .await
+        .mark_delivered(pb::MarkDeliveredRequest {
+            message_ids: vec![m2.to_string()],
+        })
+        .await
+        .expect_err("no write without Redis");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(!err.message().is_empty());
+
+    // Back empty: the hot tier and the replay log are gone.
+    redis.spawn();
+    eventually("health says SERVING once Redis is back", || async {
+        health(node.addr).await == Some(ServingStatus::Serving)
+    })
+    .await;
+    // The old stream ends (resumably) or stays open; either way nothing
+    // may be missed: a write after the restart, then a resume.
+    deliver(&mut node.user(bob).await, &[m2]).await;
+    let (_resumed, replay) = Subscription::open(&mut node.user(alice).await, Some(cursor)).await;
+    let Some(E::Reset(reset)) = replay.first().and_then(|e| e.event.clone()) else {
+        panic!("a cursor from before the restart must get a reset, got {replay:?}");
+    };
+    assert_eq!(reset.reason, pb::ResetReason::EpochChanged as i32);
+    let state: BTreeMap<String, i32> = reset
+        .recent_messages
+        .iter()
+        .map(|m| (m.message_id.clone(), m.tick))
+        .collect();
+    assert_eq!(
+        state.get(&m1.to_string()),
+        Some(&(pb::Tick::Delivered as i32))
+    );
+    assert_eq!(
+        state.get(&m2.to_string()),
+        Some(&(pb::Tick::Delivered as i32))
+    );
+    // The old subscription never silently skips: it either ended or it
+    // carries m2's event.
+    let mut saw_m2_or_end = false;
+    while let Some(ev) = sub.next_within(Duration::from_secs(2)).await {
+        if let Some(E::Receipts(r)) = &ev.event
+            && r.messages.iter().any(|m| m.message_id == m2.to_string())
+        {
+            saw_m2_or_end = true;
+        }
+    }
+    let ended = sub
+        .stream
+        .message()
+        .await
+        .map(|m| m.is_none())
+        .unwrap_or(true);
+    assert!(
+        saw_m2_or_end || ended,
+        "the old stream neither ended nor carried m2"
+    );
+}
+
+#[tokio::test]
+async fn memory_per_message_in_a_20_member_group() {
+    let tier = Tier::new().await;
+    let node = tier.node().await;
+    let mut backend = node.backend().await;
+    let mut group = Conversation::create(&mut backend, 20).await;
+    let sender = group.members[0];
+    const MESSAGES: usize = 100;
+    let mut sent = Vec::new();
+    for _ in 0..MESSAGES {
+        sent.push(group.send(&mut backend, sender).await);
+    }
+    let mut clients = Vec::new();
+    for u in &group.members[1..] {
+        clients.push(node.user(*u).await);
+    }
+    for client in &mut clients {
+        for chunk in sent.chunks(50) {
+            deliver(client, chunk).await;
+        }
+        read_up_to(client, group.id, *sent.last().unwrap()).await;
+    }
+    let r = receipt(&mut node.user(sender).await, group.id, sent[0]).await;
+    assert_eq!(
+        (r.delivered_count, r.read_count, r.recipients_total),
+        (19, 19, 19)
+    );
+    // Let windows and queues drain so only steady state is measured.
+    eventually("the queues drain", || async {
+        tier.scylla
+            .deliveries(sent[MESSAGES - 1])
+            .await
+            .is_ok_and(|d| d.len() == 19)
+    })
+    .await;
+    sleep(Duration::from_millis(500)).await;
+
+    let mut con = tier.redis().await;
+    let tag = group.id.simple().to_string();
+    let mut per_message = 0u64;
+    let mut shared = 0u64;
+    let mut one_receipt_hash = 0u64;
+    let ids: HashSet<String> = sent.iter().map(|m| m.simple().to_string()).collect();
+    for key in tier.keys().await {
+        let bytes: Option<u64> = redis::cmd("MEMORY")
+            .arg("USAGE")
+            .arg(&key)
+            .arg("SAMPLES")
+            .arg(0)
+            .query_async(&mut con)
+            .await
+            .expect("memory usage");
+        let bytes = bytes.unwrap_or(0);
+        let is_message_key = ids.iter().any(|id| key.contains(id.as_str()));
+        if key.contains(&tag) && key.contains(":r:") {
+            if key.contains(&sent[0].simple().to_string()) {
+                one_receipt_hash = bytes;
+            }
+            per_message += bytes;
+        } else if is_message_key {
+            per_message += bytes; // the message's home key
+        } else if key.contains(&tag) {
+            shared += bytes; // index, messages hash, watermarks, histories
+        }
+    }
+    let total = per_message + shared;
+    eprintln!(
+        "redis memory, 20-member group, {MESSAGES} messages, all delivered and read: \
+         receipt hash of one message {one_receipt_hash} B; per message {} B \
+         (receipt hash + home key) + {} B share of conversation structures = {} B per message \
+         (seed estimate: ~200 B)",
+        per_message / MESSAGES as u64,
+        shared / MESSAGES as u64,
+        total / MESSAGES as u64
+    );
+    assert!(one_receipt_hash > 0, "the receipt hash exists");
+}
+
+#[tokio::test]
+async fn hot_data_that_would_expire_before_its_flush_is_refused_with_exit_64() {
+    let tier = Tier::new().await;
+    let out = Command::new(receiptd_path())
+        .args(tier.args(&["--hot-ttl-secs", "60", "--flush-interval-ms", "60000"]))
+        .args(["--listen", "127.0.0.1:0", "--jwt-secret", SECRET])
+        .arg("--data-dir")
+        .arg(tier.dir.path())
+        .output()
+        .expect("run receiptd");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "stderr: {stderr}");
+    assert!(stderr.contains("--hot-ttl-secs"), "stderr: {stderr}");
+}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the project, installing what the tests need first
-# (npm packages, Debian's chromium, grpcurl from the Go module proxy).
+# (Debian's redis-server, Cassandra 5.0 resolved with Maven, npm packages,
+# Debian's chromium, grpcurl from the Go module proxy).
 # Idempotent: a second run reuses what the first installed (tools are cached
 # under .cache/, cargo's build under target/).
 set -euo pipefail
@@ -20,8 +21,35 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "build receiptd (the crash tests run the real binary) and the examples"
 cargo build -p receipts-server -p receipts-examples --bins
 
-step "tests"
+step "backends: Redis (standalone and a 3-master cluster) and Cassandra 5.0"
+# Backends this run starts are stopped at the end; ones already running (a
+# developer's) are reused and left alone. A backend that does not come up
+# fails the run here.
+STARTED_BACKENDS=0
+scripts/backends.sh running || STARTED_BACKENDS=1
+stop_backends() {
+  if [ "$STARTED_BACKENDS" = 1 ]; then
+    scripts/backends.sh stop-cassandra || true
+    scripts/backends.sh stop-redis || true
+  fi
+}
+trap stop_backends EXIT
+scripts/backends.sh install
+scripts/backends.sh start-redis
+scripts/backends.sh start-cassandra
+eval "$(scripts/backends.sh env)"
+
+step "tests (embedded store; Cassandra persistence; the production tier's multi-node tests)"
 cargo test --workspace
+
+# One conformance suite, many stores: the behaviour tests run unchanged
+# against Redis + Cassandra and against a Redis Cluster + Cassandra.
+for store in redis redis-cluster; do
+  step "behaviour suites against the $store store"
+  RECEIPTS_TEST_STORE=$store cargo test -p receipts-tests \
+    --test semantics --test subscribe --test model --test errors \
+    --test sdk --test grpc_web --test serving
+done
 
 # The TypeScript SDK and the browser example: generated-code freshness, buf
 # lint and breaking, type checks, Node tests and headless Chromium, all
@@ -37,7 +65,11 @@ PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); p
 DATA=$(mktemp -d)
 target/debug/receiptd --dev-mode --listen "127.0.0.1:$PORT" --data-dir "$DATA" 2>"$DATA.log" &
 PID=$!
-cleanup() { kill "$PID" 2>/dev/null || true; rm -rf "$DATA" "$DATA.log"; }
+cleanup() {
+  kill "$PID" 2>/dev/null || true
+  rm -rf "$DATA" "$DATA.log"
+  stop_backends
+}
 trap cleanup EXIT
 for i in $(seq 1 300); do
   if "$GOBIN/grpcurl" -plaintext -d '{"service":"receipts.v1.ReceiptService"}' "127.0.0.1:$PORT" \

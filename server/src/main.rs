@@ -1,8 +1,7 @@
 //! `receiptd`: parses and validates configuration, binds, and runs the server.
 
-use clap::Parser;
 use receipts_server::auth::{Role, mint_token};
-use receipts_server::config::{Cli, Command};
+use receipts_server::config::{Command, LoadError, load};
 use std::process::ExitCode;
 
 /// sysexits' EX_USAGE: the configuration is wrong.
@@ -10,7 +9,34 @@ const EXIT_CONFIG: u8 = 64;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let loaded = match load(std::env::args_os()) {
+        Ok(l) => l,
+        Err(LoadError::Args(e)) => {
+            // --help and --version print and succeed; anything else is a
+            // configuration error, named by clap.
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+        Err(e) => {
+            eprintln!("receiptd: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let cli = &loaded.cli;
+    if let Some(Command::Config) = &cli.command {
+        print!("{}", loaded.to_toml());
+        return match cli.serve.validate() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("receiptd: {e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        };
+    }
     if let Some(Command::Token(args)) = &cli.command {
         let Some(secret) = &cli.serve.jwt_secret else {
             eprintln!("receiptd token: --jwt-secret (or RECEIPTS_JWT_SECRET) is required");
@@ -35,8 +61,9 @@ async fn main() -> ExitCode {
             }
         };
     }
-    let config = cli.serve;
+    let config = cli.serve.clone();
     init_tracing(config.log_json);
+    tracing::info!(config = %loaded.summary(), "effective configuration");
     if let Err(e) = config.validate() {
         tracing::error!("{e}");
         eprintln!("receiptd: {e}");

@@ -368,6 +368,46 @@ async fn receipts_of(
 }
 
 #[tokio::test]
+async fn sigterm_flushes_every_queued_write_before_exit() {
+    let tier = Tier::new().await;
+    // Never flushes on its interval within the test: only shutdown does.
+    let mut node = tier
+        .node_with(&[
+            "--flush-interval-ms",
+            "3600000",
+            "--shutdown-grace-ms",
+            "1000",
+        ])
+        .await;
+    let mut backend = node.backend().await;
+    let mut group = Conversation::create(&mut backend, 3).await;
+    let (alice, bob) = (group.members[0], group.members[1]);
+    let m = group.send(&mut backend, alice).await;
+    let mut bob_client = node.user(bob).await;
+    deliver(&mut bob_client, &[m]).await;
+    read_up_to(&mut bob_client, group.id, m).await;
+    assert_eq!(tier.scylla.message(m).await.expect("scylla"), None);
+    drop((backend, bob_client));
+    let status = node.terminate().expect("exit status");
+    assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+    // Nothing else runs: what is in Cassandra now was flushed at shutdown.
+    let image = tier
+        .scylla
+        .conversation(group.id)
+        .await
+        .expect("scylla")
+        .expect("conversation flushed");
+    assert_eq!(image.messages.len(), 1);
+    let wm = image
+        .watermarks
+        .iter()
+        .find(|(u, _)| *u == bob)
+        .map(|(_, w)| *w);
+    assert_eq!(wm.map(|w| w.seq), Some(1));
+    assert_eq!(tier.scylla.deliveries(m).await.expect("scylla").len(), 1);
+}
+
+#[tokio::test]
 async fn expired_hot_data_reads_through_from_cassandra() {
     let tier = Tier::new().await;
     // Hot data lives 3 s after its last update; flushes every 100 ms.

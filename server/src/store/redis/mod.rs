@@ -885,12 +885,17 @@ impl Inner {
             // a conversation that went quiet.
             plan.cmds.push(rcmd!["EXPIRE", k.outbox(&c), ttl]);
         }
-        let registered = if plan.persist.is_empty() {
+        // The conversation's queue is registered for Scylla writes and for
+        // events alike: if this node dies before forwarding, the next drain
+        // of that queue (on any node) forwards the outbox.
+        let registered = if plan.persist.is_empty() && !has_events {
             0
         } else {
             let q = k.conv_queue(&c);
-            plan.cmds
-                .push(rcmd!["XADD", q.clone(), "*", "p", enc(&plan.persist)]);
+            if !plan.persist.is_empty() {
+                plan.cmds
+                    .push(rcmd!["XADD", q.clone(), "*", "p", enc(&plan.persist)]);
+            }
             self.register(&q).await?
         };
         for key in [

@@ -61,6 +61,16 @@ impl Keys {
         )
     }
     /// Stream: events committed with the state, not yet in users' logs.
+    /// The conversation's state keys whose expiry every write refreshes.
+    pub fn conversation_state(&self, c: &ConversationId) -> [String; 5] {
+        [
+            self.meta(c),
+            self.watermarks(c),
+            self.readers(c),
+            self.seqs(c),
+            self.messages(c),
+        ]
+    }
     pub fn outbox(&self, c: &ConversationId) -> String {
         self.conv(c, "o")
     }
@@ -136,18 +146,13 @@ mod tests {
         let m = uuid::Uuid::now_v7();
         let u = uuid::Uuid::now_v7();
         let tag = format!("{{{}}}", c.simple());
-        for key in [
-            k.meta(&c),
-            k.watermarks(&c),
-            k.readers(&c),
-            k.seqs(&c),
-            k.messages(&c),
+        for key in k.conversation_state(&c).into_iter().chain([
             k.receipt(&c, &m),
             k.history(&c, &u, true),
             k.outbox(&c),
             k.conv_queue(&c),
             k.window(&c),
-        ] {
+        ]) {
             assert!(key.contains(&tag), "{key}");
         }
         assert_eq!(k.queue_conversation(&k.conv_queue(&c)), Some(c));

@@ -398,30 +398,25 @@ impl Inner {
             return T::from_redis_value(Value::Array(Vec::new())).map_err(|e| redis_err(e.into()));
         }
         if matches!(self.conn, Conn::Cluster(_)) {
-            let mut groups: Vec<(&[u8], Pipeline, Vec<usize>)> = Vec::new();
+            let mut groups: Vec<(Pipeline, Vec<usize>)> = Vec::new();
+            let mut by_tag: HashMap<&[u8], usize> = HashMap::new();
             for (i, cmd) in p.cmd_iter().enumerate() {
-                let tag = hash_tag(cmd);
-                match groups.iter_mut().find(|(t, _, _)| *t == tag) {
-                    Some((_, sub, at)) => {
-                        sub.add_command(cmd.clone());
-                        at.push(i);
-                    }
-                    None => {
-                        let mut sub = redis::pipe();
-                        sub.add_command(cmd.clone());
-                        groups.push((tag, sub, vec![i]));
-                    }
-                }
+                let g = *by_tag.entry(hash_tag(cmd)).or_insert_with(|| {
+                    groups.push((redis::pipe(), Vec::new()));
+                    groups.len() - 1
+                });
+                groups[g].0.add_command(cmd.clone());
+                groups[g].1.push(i);
             }
             if groups.len() > 1 {
-                let replies = futures::future::try_join_all(groups.iter().map(|(_, sub, _)| {
+                let replies = futures::future::try_join_all(groups.iter().map(|(sub, _)| {
                     let mut conn = self.conn();
                     async move { sub.query_async::<Vec<Value>>(&mut conn).await }
                 }))
                 .await
                 .map_err(redis_err)?;
                 let mut all = vec![Value::Nil; p.len()];
-                for ((_, _, at), values) in groups.iter().zip(replies) {
+                for ((_, at), values) in groups.iter().zip(replies) {
                     for (i, v) in at.iter().zip(values) {
                         all[*i] = v;
                     }
@@ -499,16 +494,7 @@ impl Inner {
         }
         hist_keys.sort();
         hist_keys.dedup();
-        for key in [
-            k.meta(c),
-            k.watermarks(c),
-            k.readers(c),
-            k.seqs(c),
-            k.messages(c),
-        ]
-        .into_iter()
-        .chain(hist_keys)
-        {
+        for key in k.conversation_state(c).into_iter().chain(hist_keys) {
             plan.cmds.push(rcmd!["EXPIRE", key, ttl]);
         }
         // Only if still absent (version 0): a concurrent re-warm or write wins.
@@ -898,13 +884,7 @@ impl Inner {
             }
             self.register(&q).await?
         };
-        for key in [
-            k.meta(&c),
-            k.watermarks(&c),
-            k.readers(&c),
-            k.seqs(&c),
-            k.messages(&c),
-        ] {
+        for key in k.conversation_state(&c) {
             plan.cmds.push(rcmd!["EXPIRE", key, ttl]);
         }
         let applied = self

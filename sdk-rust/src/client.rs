@@ -2,6 +2,7 @@
 
 use crate::batch::{DeliveredBatcher, ReadMarker};
 use crate::subscribe::Subscription;
+use crate::trace::{TraceContext, TraceSource};
 use crate::types::*;
 use crate::{Error, proto};
 use std::future::Future;
@@ -130,6 +131,7 @@ pub struct ClientBuilder {
     connect_timeout: Duration,
     retry: RetryPolicy,
     user_agent: Option<String>,
+    trace: Option<TraceSource>,
 }
 
 impl ClientBuilder {
@@ -148,6 +150,7 @@ impl ClientBuilder {
             connect_timeout: Duration::from_secs(5),
             retry: RetryPolicy::default(),
             user_agent: None,
+            trace: None,
         }
     }
 
@@ -259,6 +262,43 @@ impl ClientBuilder {
         self
     }
 
+    /// Sends W3C Trace Context with every call, so the service's spans join
+    /// your trace. `current` is called before every call, retry and stream
+    /// (re)connect; returning `None` sends nothing. A malformed `traceparent`
+    /// fails the call with [`Error::Config`] before anything is sent.
+    ///
+    /// With OpenTelemetry, return the current context as the propagator
+    /// writes it:
+    ///
+    /// ```ignore
+    /// use opentelemetry::global;
+    /// use tracing_opentelemetry::OpenTelemetrySpanExt;
+    /// let builder = receipts_sdk::Client::builder(url).trace_context(|| {
+    ///     let mut carrier = std::collections::HashMap::new();
+    ///     let cx = tracing::Span::current().context();
+    ///     global::get_text_map_propagator(|p| p.inject_context(&cx, &mut carrier));
+    ///     Some(receipts_sdk::TraceContext {
+    ///         traceparent: carrier.remove("traceparent")?,
+    ///         tracestate: carrier.remove("tracestate").filter(|s| !s.is_empty()),
+    ///     })
+    /// });
+    /// ```
+    ///
+    /// ```
+    /// use receipts_sdk::TraceContext;
+    /// let builder = receipts_sdk::Client::builder("http://127.0.0.1:50051").trace_context(|| {
+    ///     Some(TraceContext::new("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"))
+    /// });
+    /// # let _ = builder;
+    /// ```
+    pub fn trace_context(
+        mut self,
+        current: impl Fn() -> Option<TraceContext> + Send + Sync + 'static,
+    ) -> Self {
+        self.trace = Some(TraceSource(Arc::new(current)));
+        self
+    }
+
     fn endpoint(&self) -> Result<Endpoint, Error> {
         let mut e = Endpoint::from_shared(self.endpoint.clone())
             .map_err(|e| Error::Config(format!("endpoint {:?}: {e}", self.endpoint)))?
@@ -287,6 +327,7 @@ impl ClientBuilder {
                 auth: self.auth,
                 timeout: self.timeout,
                 retry: self.retry,
+                trace: self.trace,
             }),
         }
     }
@@ -319,6 +360,7 @@ struct Inner {
     auth: Auth,
     timeout: Duration,
     retry: RetryPolicy,
+    trace: Option<TraceSource>,
 }
 
 /// A Receipts client. Cheap to clone: clones share one connection.
@@ -367,6 +409,13 @@ impl Client {
                 if *service {
                     md.insert("x-receipts-role", value("service".into())?);
                 }
+            }
+        }
+        if let Some(cx) = self.inner.trace.as_ref().and_then(|t| (t.0)()) {
+            cx.check().map_err(Error::Config)?;
+            md.insert("traceparent", value(cx.traceparent)?);
+            if let Some(state) = cx.tracestate {
+                md.insert("tracestate", value(state)?);
             }
         }
         Ok(req)

@@ -107,12 +107,14 @@ mod batch;
 mod client;
 mod error;
 mod subscribe;
+mod trace;
 mod types;
 
 pub use batch::{DeliveredBatcher, ReadMarker};
 pub use client::{BackendClient, Client, ClientBuilder, RetryPolicy, TokenProvider, token_fn};
 pub use error::Error;
 pub use subscribe::{Event, Subscription};
+pub use trace::TraceContext;
 pub use types::{
     ConversationOutcome, ConversationRead, Cursor, Delivery, DeliveryOutcome, MessageReceipts,
     NewMessage, ReadPosition, RecipientReceipt, RecipientState, ResetReason, Snapshot, Tick,

@@ -1,7 +1,24 @@
-// Where calls go and who makes them: the transport plus the credentials sent
-// with every call. Credentials travel as per-call headers (not transport
-// interceptors) so that they also apply to a transport the caller supplies.
-import type { Transport } from "@connectrpc/connect";
+// Where calls go and who makes them: the transport plus the credentials (and
+// the caller's W3C trace context) sent with every call. Both travel as
+// per-call headers (not transport interceptors) so that they also apply to a
+// transport the caller supplies.
+import { Code, type Transport } from "@connectrpc/connect";
+import { ReceiptsError } from "./errors.js";
+
+/**
+ * A W3C Trace Context (https://www.w3.org/TR/trace-context/): the values of
+ * the `traceparent` and `tracestate` headers.
+ */
+export interface TraceContext {
+  /**
+   * `version-traceid-spanid-flags` in lowercase hex, e.g.
+   * `00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01`. The version
+   * must not be `ff`, and neither id may be all zeros.
+   */
+  traceparent: string;
+  /** Vendor entries, e.g. `congo=t61rcWkgMzE`; omitted or `""` sends none. */
+  tracestate?: string | undefined;
+}
 
 /** Options shared by `createReceiptsClient` and `createBackendClient`. */
 export interface ConnectionOptions {
@@ -30,6 +47,41 @@ export interface ConnectionOptions {
   transport?: Transport;
   /** Deadline of each unary call, in milliseconds (default 30 000). Streams have none. */
   timeoutMs?: number;
+  /**
+   * The caller's current trace, sent as the W3C `traceparent` (and
+   * `tracestate`) headers so that the server's spans join it. Called before
+   * every call, every retry and every (re)connect of a subscription, so each
+   * carries the span current at that moment; returning `undefined` sends
+   * neither header. Calls that `readMarker()` and `deliveredBatcher()` make
+   * run from timers, so they carry whatever context is current there.
+   *
+   * An invalid value is not sent: the call rejects (a subscription throws)
+   * with a `ReceiptsError` of code `InvalidArgument` whose `field` is
+   * `traceparent` or `tracestate`, before anything goes on the wire — as the
+   * SDK reports other bad input of a call. It is not retryable. Valid means
+   * lowercase `^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$`, a version
+   * other than `ff`, and a trace id and span id that are not all zeros; a
+   * `tracestate` must be printable ASCII.
+   *
+   * With OpenTelemetry (whose SDKs register the W3C propagator by default),
+   * without the SDK depending on it:
+   *
+   * ```ts
+   * import { context, propagation } from "@opentelemetry/api";
+   *
+   * const client = createReceiptsClient({
+   *   baseUrl,
+   *   token: getJwt,
+   *   traceContext: () => {
+   *     const carrier: { traceparent?: string; tracestate?: string } = {};
+   *     propagation.inject(context.active(), carrier);
+   *     const { traceparent, tracestate } = carrier;
+   *     return traceparent === undefined ? undefined : { traceparent, tracestate };
+   *   },
+   * });
+   * ```
+   */
+  traceContext?: () => TraceContext | undefined | Promise<TraceContext | undefined>;
 }
 
 /** Makes the default transport for a base URL. @internal */
@@ -38,7 +90,7 @@ export type TransportFactory = (baseUrl: string) => Transport;
 /** @internal */
 export interface Connection {
   readonly transport: Transport;
-  /** The headers of one call, with fresh credentials. */
+  /** The headers of one call, with fresh credentials and trace context. */
   headers(): Promise<Headers>;
   readonly timeoutMs: number;
 }
@@ -50,7 +102,7 @@ export function openConnection(
   defaultTransport: TransportFactory,
   caller: string,
 ): Connection {
-  const { token, devUserId } = options;
+  const { token, devUserId, traceContext } = options;
   if ((token === undefined) === (devUserId === undefined)) {
     throw new TypeError(
       `${caller}: pass exactly one of \`token\` and \`devUserId\` (the latter only against a receiptd in --dev-mode)`,
@@ -75,7 +127,70 @@ export function openConnection(
         h.set("x-receipts-user", devUserId);
         h.set("x-receipts-role", role);
       }
+      if (traceContext !== undefined) {
+        const trace = await traceContext();
+        if (trace !== undefined) {
+          h.set("traceparent", checkTraceparent(trace.traceparent));
+          const state = checkTracestate(trace.tracestate);
+          if (state !== undefined) {
+            h.set("tracestate", state);
+          }
+        }
+      }
       return h;
     },
   };
+}
+
+const TRACEPARENT = /^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$/;
+
+/** Printable ASCII and spaces, as the W3C grammar allows: safe as a header value everywhere. */
+const TRACESTATE = /^[\x20-\x7e]*$/;
+
+/** Bad trace context of a call, reported like other bad input of a call. */
+function invalid(field: string, reason: string): ReceiptsError {
+  return new ReceiptsError(Code.InvalidArgument, `${field}: ${reason}`);
+}
+
+/** A quoted value for an error message, cut short if long. */
+function quote(value: string): string {
+  return JSON.stringify(value.length > 80 ? `${value.slice(0, 80)}…` : value);
+}
+
+/** The `traceparent` to send, or throws `ReceiptsError` (InvalidArgument) saying why not. */
+function checkTraceparent(value: unknown): string {
+  if (typeof value !== "string") {
+    throw invalid("traceparent", `must be a string, got ${typeof value}`);
+  }
+  const m = TRACEPARENT.exec(value);
+  if (m === null) {
+    throw invalid(
+      "traceparent",
+      `${quote(value)} is not a W3C traceparent (version-traceid-spanid-flags: 2, 32, 16 and 2 lowercase hex digits)`,
+    );
+  }
+  if (m[1] === "ff") {
+    throw invalid("traceparent", `${quote(value)} has the invalid version ff`);
+  }
+  if (/^0+$/.test(m[2]!)) {
+    throw invalid("traceparent", `${quote(value)} has an all-zero trace id`);
+  }
+  if (/^0+$/.test(m[3]!)) {
+    throw invalid("traceparent", `${quote(value)} has an all-zero span id`);
+  }
+  return value;
+}
+
+/** The `tracestate` to send (`undefined` for none), or throws `ReceiptsError` (InvalidArgument). */
+function checkTracestate(value: unknown): string | undefined {
+  if (value === undefined || value === "") {
+    return undefined;
+  }
+  if (typeof value !== "string") {
+    throw invalid("tracestate", `must be a string, got ${typeof value}`);
+  }
+  if (!TRACESTATE.test(value)) {
+    throw invalid("tracestate", `${quote(value)} is not a W3C tracestate (printable ASCII only)`);
+  }
+  return value;
 }

@@ -46,7 +46,7 @@ export { ReceiptBackendService } from "./gen/receipts/v1/backend_pb.js";
 export type { Transport } from "@connectrpc/connect";
 export type { BackendClient, BackendClientOptions, MembershipChange, MessageRegistration } from "./backend.js";
 export type { ReceiptsClient, ReceiptsClientOptions, RequestOptions } from "./client.js";
-export type { ConnectionOptions } from "./connection.js";
+export type { ConnectionOptions, TraceContext } from "./connection.js";
 export type { DeliveredBatcher, DeliveredBatcherOptions } from "./delivered-batcher.js";
 export type { ReadMark, ReadMarker, ReadMarkerOptions } from "./read-marker.js";
 export type { ReceiptSubscription, ReconnectOptions, SubscribeOptions } from "./subscription.js";

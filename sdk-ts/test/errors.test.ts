@@ -9,16 +9,7 @@ import * as node from "../src/node.js";
 import { Code, ReceiptsError } from "../src/node.js";
 import { mintToken } from "./receiptd.js";
 import { baseUrl, chat, uuid } from "./world.js";
-
-/** Runs `call` and returns its ReceiptsError (failing if it resolves). */
-async function rejection(call: Promise<unknown>): Promise<ReceiptsError> {
-  const e: unknown = await call.then(
-    () => undefined,
-    (err: unknown) => err,
-  );
-  expect(e).toBeInstanceOf(ReceiptsError);
-  return e as ReceiptsError;
-}
+import { rejection } from "./rejection.js";
 
 /** A loopback port nothing listens on (bound by the OS, then released). */
 function closedPort(): Promise<number> {

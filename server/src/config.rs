@@ -205,6 +205,56 @@ pub struct ServeArgs {
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, env = "RECEIPTS_LOG_JSON", default_value_t = false)]
     pub log_json: bool,
+
+    /// Serve Prometheus metrics at `http://<addr>/metrics` (off unless set;
+    /// e.g. `0.0.0.0:9464`). Keep it off the public network.
+    #[arg(long, env = "RECEIPTS_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// Longest a unary call may run on the server (the caller's
+    /// `grpc-timeout` applies when shorter); past it the call gets
+    /// DEADLINE_EXCEEDED.
+    #[arg(long, env = "RECEIPTS_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    pub request_timeout_ms: u64,
+
+    /// Most receipts calls in flight on this node; beyond it calls are shed
+    /// at once with UNAVAILABLE (clients back off and retry). Streams count
+    /// only while they open.
+    #[arg(long, env = "RECEIPTS_MAX_CONCURRENT_REQUESTS", default_value_t = 1024)]
+    pub max_concurrent_requests: usize,
+
+    /// Largest request message in bytes; a larger one gets
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "RECEIPTS_MAX_MESSAGE_BYTES", default_value_t = 1 << 20)]
+    pub max_message_bytes: usize,
+
+    /// Writes (MarkDelivered, MarkReadUpTo, MarkConversationsRead,
+    /// UpdatePrivacySettings) per second one user may make on this node,
+    /// sustained; 0 turns the limit off. Service-role calls are not limited.
+    #[arg(long, env = "RECEIPTS_USER_WRITES_PER_SEC", default_value_t = 50)]
+    pub user_writes_per_sec: u32,
+
+    /// Writes one user may make in a burst above the sustained rate.
+    #[arg(long, env = "RECEIPTS_USER_WRITE_BURST", default_value_t = 100)]
+    pub user_write_burst: u32,
+
+    /// Subscriptions one user may open per second on this node, sustained;
+    /// 0 turns the limit off.
+    #[arg(long, env = "RECEIPTS_USER_SUBSCRIBES_PER_SEC", default_value_t = 2)]
+    pub user_subscribes_per_sec: u32,
+
+    /// Subscriptions one user may open in a burst above the sustained rate
+    /// (all devices reconnecting at once after a network change).
+    #[arg(long, env = "RECEIPTS_USER_SUBSCRIBE_BURST", default_value_t = 20)]
+    pub user_subscribe_burst: u32,
+
+    /// Open subscriptions one user may hold on this node (one per device).
+    #[arg(
+        long,
+        env = "RECEIPTS_MAX_SUBSCRIPTIONS_PER_USER",
+        default_value_t = 20
+    )]
+    pub max_subscriptions_per_user: usize,
 }
 
 /// Which store backs the service.
@@ -263,10 +313,33 @@ impl ServeArgs {
             ("--max-members", self.max_members),
             ("--subscriber-buffer", self.subscriber_buffer),
             ("--max-replay", self.max_replay),
+            ("--max-concurrent-requests", self.max_concurrent_requests),
+            ("--max-message-bytes", self.max_message_bytes),
+            (
+                "--max-subscriptions-per-user",
+                self.max_subscriptions_per_user,
+            ),
         ] {
             if v == 0 {
                 return err(key, "must be at least 1");
             }
+        }
+        if self.request_timeout_ms == 0 {
+            return err("--request-timeout-ms", "must be at least 1");
+        }
+        if self.user_writes_per_sec > 0 && self.user_write_burst < self.user_writes_per_sec {
+            return err(
+                "--user-write-burst",
+                "must be at least --user-writes-per-sec",
+            );
+        }
+        if self.user_subscribes_per_sec > 0
+            && self.user_subscribe_burst < self.user_subscribes_per_sec
+        {
+            return err(
+                "--user-subscribe-burst",
+                "must be at least --user-subscribes-per-sec",
+            );
         }
         if self.store == StoreKind::RedisScylla {
             if self.redis_urls.is_empty() {

@@ -81,6 +81,21 @@ impl ServiceError {
         }
     }
 
+    /// A short name of the variant, for metrics and span fields.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::InvalidArgument { .. } => "invalid_argument",
+            Self::NotFound { .. } => "not_found",
+            Self::PermissionDenied(_) => "permission_denied",
+            Self::Unauthenticated(_) => "unauthenticated",
+            Self::AlreadyExists { .. } => "already_exists",
+            Self::FailedPrecondition { .. } => "failed_precondition",
+            Self::ResourceExhausted(_) => "resource_exhausted",
+            Self::Unavailable { .. } => "unavailable",
+            Self::Internal(_) => "internal",
+        }
+    }
+
     /// Converts to the gRPC status sent to the client.
     pub fn into_status(self) -> tonic::Status {
         use tonic::Status;

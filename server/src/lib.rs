@@ -11,10 +11,13 @@ pub mod auth;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod layers;
 pub mod live;
+pub mod metrics;
 pub mod store;
+pub mod telemetry;
 
-use crate::api::{Api, Limits};
+use crate::api::Api;
 use crate::auth::{AuthInterceptor, Authenticator};
 use crate::config::ServeArgs;
 use crate::store::ReceiptStore;
@@ -42,6 +45,14 @@ pub enum RunError {
     /// Reflection could not be built.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The metrics listener could not be bound.
+    #[error("metrics listener {addr}: {source}")]
+    MetricsListen {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// Why binding failed.
+        source: std::io::Error,
+    },
 }
 
 /// Headers browsers may send on gRPC-web calls.
@@ -132,9 +143,53 @@ pub async fn run(
             auth::DEV_USER_HEADER
         );
     }
-    let store = open_store(&config).await?;
+    let metrics = metrics::Metrics::new();
+    // Bind the metrics port before opening the store, so a taken port fails
+    // fast.
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| RunError::MetricsListen { addr, source })?,
+        ),
+        None => None,
+    };
+    let store: Arc<dyn ReceiptStore> = Arc::new(store::observed::ObservedStore::new(
+        open_store(&config).await?,
+        metrics.clone(),
+    ));
     let (stop_streams, streams_stopped) = tokio::sync::watch::channel(false);
-    let api = Api::new(store.clone(), Limits::from(&config), streams_stopped);
+    let api = Api::new(
+        store.clone(),
+        &config,
+        metrics.clone(),
+        streams_stopped.clone(),
+    );
+    let metrics_server = metrics_listener.map(|listener| {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "metrics at http://{addr}/metrics");
+        }
+        let mut stopped = streams_stopped.clone();
+        tokio::spawn(metrics::serve(
+            listener,
+            metrics.clone(),
+            store.clone(),
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            },
+        ))
+    });
+    // Per-user limiter state of idle users is dropped now and then.
+    let housekeeping = {
+        let api = api.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                every.tick().await;
+                api.housekeep();
+            }
+        })
+    };
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ReceiptServiceServer<Api>>().await;
@@ -203,23 +258,34 @@ pub async fn run(
             let _ = draining.send(());
         }
     };
+    let layers = tower::ServiceBuilder::new()
+        // CORS first, so preflights are answered before anything else.
+        .layer(cors(&config))
+        // Translate gRPC-web (binary and text) to gRPC for the layers below.
+        .layer(tonic_web::GrpcWebLayer::new())
+        // A span per call (joined to the caller's trace) and RPC metrics.
+        .layer(layers::ObserveLayer::new(metrics.clone()))
+        // Shed past the concurrency limit; the server's deadline; size status.
+        .layer(layers::ProtectLayer::new(
+            config.max_concurrent_requests,
+            Duration::from_millis(config.request_timeout_ms),
+            metrics.clone(),
+        ));
+    let max_message = config.max_message_bytes;
     let server = tonic::transport::Server::builder()
         // gRPC-web arrives over HTTP/1.1 from browsers.
         .accept_http1(true)
-        // CORS first, so preflights are answered before anything else.
-        .layer(cors(&config))
-        // Translate gRPC-web (binary and text) to gRPC for the services below.
-        .layer(tonic_web::GrpcWebLayer::new())
+        .layer(layers)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         // Authentication is per service so health and reflection stay open.
         .add_service(tonic::service::interceptor::InterceptedService::new(
-            ReceiptServiceServer::new(api.clone()),
+            ReceiptServiceServer::new(api.clone()).max_decoding_message_size(max_message),
             interceptor.clone(),
         ))
         .add_service(tonic::service::interceptor::InterceptedService::new(
-            ReceiptBackendServiceServer::new(api),
+            ReceiptBackendServiceServer::new(api).max_decoding_message_size(max_message),
             interceptor,
         ))
         .serve_with_incoming_shutdown(
@@ -242,7 +308,12 @@ pub async fn run(
         }
     }
     backend_watch.abort();
+    housekeeping.abort();
     store.shutdown().await;
+    if let Some(m) = metrics_server {
+        // Stopped with the streams; it only has to finish its last scrape.
+        let _ = tokio::time::timeout(Duration::from_secs(1), m).await;
+    }
     tracing::info!("receiptd stopped");
     Ok(())
 }

@@ -62,7 +62,13 @@ async fn main() -> ExitCode {
         };
     }
     let config = cli.serve.clone();
-    init_tracing(config.log_json);
+    let telemetry = match receipts_server::telemetry::init(config.log_json) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("receiptd: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     tracing::info!(config = %loaded.summary(), "effective configuration");
     if let Err(e) = config.validate() {
         tracing::error!("{e}");
@@ -79,7 +85,12 @@ async fn main() -> ExitCode {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "listening (gRPC and gRPC-web)");
     }
-    match receipts_server::run(listener, config, shutdown_signal()).await {
+    if telemetry.exporting() {
+        tracing::info!("exporting traces over OTLP/gRPC");
+    }
+    let served = receipts_server::run(listener, config, shutdown_signal()).await;
+    telemetry.shutdown().await;
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e @ receipts_server::RunError::Config(_)) => {
             tracing::error!("{e}");
@@ -89,19 +100,6 @@ async fn main() -> ExitCode {
             tracing::error!("{e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
     }
 }
 

@@ -52,6 +52,10 @@ pub fn test_config(dir: &Path) -> ServeArgs {
     c.jwt_secret = Some(SECRET.into());
     c.group_window_ms = 100;
     c.shutdown_grace_ms = 2000;
+    // Behaviour tests write far faster than a person; tests/tests/protection.rs
+    // covers the per-user limits.
+    c.user_writes_per_sec = 0;
+    c.user_subscribes_per_sec = 0;
     TestStore::from_env().configure(&mut c);
     c
 }
@@ -310,8 +314,23 @@ impl ChildServer {
 
     /// Like [`ChildServer::start`], with extra command-line flags.
     pub async fn start_with_args(data_dir: &Path, port: u16, extra: &[String]) -> Self {
+        Self::start_with_env(data_dir, port, extra, &[]).await
+    }
+
+    /// Like [`ChildServer::start_with_args`], with extra environment
+    /// variables. Per-user rate limits are off (through the environment, so
+    /// a flag can turn them back on): tests write faster than people.
+    pub async fn start_with_env(
+        data_dir: &Path,
+        port: u16,
+        extra: &[String],
+        env: &[(&str, String)],
+    ) -> Self {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
         let child = std::process::Command::new(receiptd_path())
+            .env("RECEIPTS_USER_WRITES_PER_SEC", "0")
+            .env("RECEIPTS_USER_SUBSCRIBES_PER_SEC", "0")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .args(extra)
             .arg("--listen")
             .arg(addr.to_string())
@@ -574,4 +593,61 @@ impl Subscription {
             }
         }
     }
+}
+
+/// `GET /metrics` from a `--metrics-listen` address: the response body.
+pub async fn scrape(addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("metrics port reachable");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: receipts\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("send scrape");
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.expect("read scrape");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "scrape answered {head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/openmetrics-text"),
+        "scrape content type: {head}"
+    );
+    body.to_string()
+}
+
+/// The value of the sample `series` (name plus labels exactly as rendered,
+/// e.g. `receipts_resets_total{reason="expired"}`), 0 if absent.
+pub fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == series).then(|| value.parse::<f64>().expect("numeric sample"))
+        })
+        .unwrap_or(0.0)
+}
+
+/// Starts a unary call whose request message never arrives, so the server
+/// holds it in flight (a slow or stuck client) until the handle is aborted.
+/// Authenticated as `user`, so it gets past the interceptor.
+pub fn stalled_call(addr: SocketAddr, user: Uuid) -> tokio::task::JoinHandle<tonic::Status> {
+    tokio::spawn(async move {
+        let mut grpc = tonic::client::Grpc::new(channel(addr).await);
+        grpc.ready().await.expect("ready");
+        let mut req = tonic::Request::new(futures::stream::pending::<pb::GetReceiptsRequest>());
+        req.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", token(user, Role::User))
+                .parse()
+                .expect("ascii"),
+        );
+        let path = http::uri::PathAndQuery::from_static("/receipts.v1.ReceiptService/GetReceipts");
+        let codec =
+            tonic_prost::ProstCodec::<pb::GetReceiptsRequest, pb::GetReceiptsResponse>::default();
+        match grpc.client_streaming(req, path, codec).await {
+            Ok(_) => tonic::Status::ok("answered"),
+            Err(s) => s,
+        }
+    })
 }

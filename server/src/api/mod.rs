@@ -1,13 +1,16 @@
 //! gRPC handlers: decode and validate → authorize → call the store → encode.
 
 pub(crate) mod convert;
+pub(crate) mod quota;
 
 use crate::auth::{AuthOutcome, Identity, Role};
 use crate::config::ServeArgs;
 use crate::domain::{self, Cursor};
 use crate::error::ServiceError;
+use crate::metrics::{EventLabels, Metrics, ReasonLabels};
 use crate::store::{self, MemberChange, ReceiptStore, Replay, ReplayFrom};
 use convert::{check_len, uuid, uuids};
+use quota::UserQuotas;
 use receipts_proto::v1 as pb;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -47,21 +50,84 @@ impl From<&ServeArgs> for Limits {
 pub struct Api {
     store: Arc<dyn ReceiptStore>,
     limits: Limits,
+    quotas: Arc<UserQuotas>,
+    metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
 }
 
 impl Api {
-    /// Handlers over `store`; `shutdown` flips to true when streams must end.
+    /// Handlers over `store` with the limits of `config`; `shutdown` flips
+    /// to true when streams must end.
     pub fn new(
         store: Arc<dyn ReceiptStore>,
-        limits: Limits,
+        config: &ServeArgs,
+        metrics: Arc<Metrics>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         Self {
             store,
-            limits,
+            limits: Limits::from(config),
+            quotas: UserQuotas::new(config, metrics.clone()),
+            metrics,
             shutdown,
         }
+    }
+
+    /// Frees per-user limiter state of idle users; call now and then.
+    pub fn housekeep(&self) {
+        self.quotas.housekeep();
+    }
+
+    /// The caller, who must be a user, after taking one write from their
+    /// budget.
+    fn writer<T>(&self, req: &Request<T>) -> Result<Identity, Status> {
+        let me = user(req)?;
+        self.quotas.write(me.id)?;
+        Ok(me)
+    }
+}
+
+/// Counts the events of one stream batch and, for live direct receipts,
+/// how long the receipt took to get here: a direct conversation's event
+/// carries the write's own time as its newest delivered/read time.
+fn observe_event(metrics: &Metrics, body: &domain::EventBody, live: bool) {
+    let source = if live { "live" } else { "replay" };
+    let labels = match body {
+        domain::EventBody::Receipts {
+            group, messages, ..
+        } => {
+            if live && !group {
+                let newest = messages
+                    .iter()
+                    .flat_map(|m| [m.aggregate.delivered_at, m.aggregate.read_at])
+                    .flatten()
+                    .max();
+                if let Some(at) = newest {
+                    let age = domain::now_millis().saturating_sub(at).max(0);
+                    metrics.propagation_seconds.observe(age as f64 / 1000.0);
+                }
+            }
+            EventLabels {
+                kind: "receipts",
+                conversation: if *group { "group" } else { "direct" },
+                source,
+            }
+        }
+        domain::EventBody::Watermark { .. } => EventLabels {
+            kind: "watermark",
+            conversation: "-",
+            source,
+        },
+    };
+    metrics.events.get_or_create(&labels).inc();
+}
+
+fn reset_reason(r: store::ResetReason) -> &'static str {
+    match r {
+        store::ResetReason::Expired => "expired",
+        store::ResetReason::EpochChanged => "epoch_changed",
+        store::ResetReason::Invalid => "invalid",
+        store::ResetReason::TooLarge => "too_large",
     }
 }
 
@@ -101,7 +167,7 @@ impl pb::receipt_service_server::ReceiptService for Api {
         &self,
         req: Request<pb::MarkDeliveredRequest>,
     ) -> Result<Response<pb::MarkDeliveredResponse>, Status> {
-        let me = user(&req)?;
+        let me = self.writer(&req)?;
         let ids = uuids(
             "message_ids",
             &req.get_ref().message_ids,
@@ -133,7 +199,7 @@ impl pb::receipt_service_server::ReceiptService for Api {
         &self,
         req: Request<pb::MarkReadUpToRequest>,
     ) -> Result<Response<pb::MarkReadUpToResponse>, Status> {
-        let me = user(&req)?;
+        let me = self.writer(&req)?;
         let r = req.get_ref();
         let conversation = uuid("conversation_id", &r.conversation_id)?;
         let message = uuid("message_id", &r.message_id)?;
@@ -179,6 +245,7 @@ impl pb::receipt_service_server::ReceiptService for Api {
                 "server shutting down; resume from your last cursor",
             ));
         }
+        let slot = self.quotas.subscribe(me.id)?;
         // An unparseable cursor is not a client error worth failing on: the
         // client gets a reset with a snapshot, exactly like an expired one.
         let from = ReplayFrom::parse(&req.get_ref().cursor);
@@ -193,13 +260,30 @@ impl pb::receipt_service_server::ReceiptService for Api {
         // (`--subscriber-buffer`), so a slow reader is detected there.
         let (tx, rx) = mpsc::channel::<Result<pb::SubscribeReceiptsResponse, Status>>(1);
         let mut shutdown = self.shutdown.clone();
+        let metrics = self.metrics.clone();
+        let resumed = from != ReplayFrom::Live;
         tokio::spawn(async move {
             use pb::subscribe_receipts_response::Event as E;
+            // Held for the stream's life: counts against the user's cap.
+            let _slot = slot;
+            let ended = |reason| {
+                metrics
+                    .subscriptions_ended
+                    .get_or_create(&ReasonLabels { reason })
+                    .inc();
+            };
             let (head, first) = match replay {
                 Replay::Events { events, head } => {
                     let coalesced = domain::coalesce(events);
+                    if resumed {
+                        metrics
+                            .replays
+                            .get_or_create(&ReasonLabels { reason: "events" })
+                            .inc();
+                    }
                     let mut out = Vec::with_capacity(coalesced.len());
                     for e in &coalesced {
+                        observe_event(&metrics, &e.body, false);
                         out.push(pb::SubscribeReceiptsResponse {
                             cursor: Cursor {
                                 epoch: head.epoch,
@@ -216,6 +300,16 @@ impl pb::receipt_service_server::ReceiptService for Api {
                     snapshot,
                     head,
                 } => {
+                    metrics
+                        .replays
+                        .get_or_create(&ReasonLabels { reason: "reset" })
+                        .inc();
+                    metrics
+                        .resets
+                        .get_or_create(&ReasonLabels {
+                            reason: reset_reason(reason),
+                        })
+                        .inc();
                     let ev = pb::SubscribeReceiptsResponse {
                         cursor: head.encode(),
                         event: Some(E::Reset(convert::reset(reason, &snapshot))),
@@ -226,6 +320,7 @@ impl pb::receipt_service_server::ReceiptService for Api {
             let replayed = first.len() as i64;
             for ev in first {
                 if tx.send(Ok(ev)).await.is_err() {
+                    ended("client_gone");
                     return;
                 }
             }
@@ -234,6 +329,7 @@ impl pb::receipt_service_server::ReceiptService for Api {
                 event: Some(E::Live(pb::StreamLive { replayed })),
             };
             if tx.send(Ok(live_marker)).await.is_err() {
+                ended("client_gone");
                 return;
             }
             let mut last = head.offset;
@@ -242,10 +338,12 @@ impl pb::receipt_service_server::ReceiptService for Api {
                     ev = live.events.recv() => {
                         let Some(ev) = ev else {
                             let status = if live.overflowed() {
+                                ended("slow_subscriber");
                                 Status::resource_exhausted(
                                     "subscriber too slow: event buffer full; resume from your last cursor",
                                 )
                             } else {
+                                ended("source_closed");
                                 Status::unavailable("event source closed; resume from your last cursor")
                             };
                             let _ = tx.send(Err(status)).await;
@@ -255,15 +353,18 @@ impl pb::receipt_service_server::ReceiptService for Api {
                             continue;
                         }
                         last = ev.offset;
+                        observe_event(&metrics, &ev.body, true);
                         let msg = pb::SubscribeReceiptsResponse {
                             cursor: Cursor { epoch: head.epoch, offset: ev.offset }.encode(),
                             event: Some(convert::event(&ev.body)),
                         };
                         if tx.send(Ok(msg)).await.is_err() {
+                            ended("client_gone");
                             return;
                         }
                     }
                     _ = async { shutdown.wait_for(|s| *s).await.map(|_| ()) } => {
+                        ended("shutdown");
                         let _ = tx
                             .send(Err(Status::unavailable(
                                 "server shutting down; resume from your last cursor",
@@ -271,7 +372,10 @@ impl pb::receipt_service_server::ReceiptService for Api {
                             .await;
                         return;
                     }
-                    _ = tx.closed() => return,
+                    _ = tx.closed() => {
+                        ended("client_gone");
+                        return;
+                    }
                 }
             }
         });
@@ -309,7 +413,7 @@ impl pb::receipt_service_server::ReceiptService for Api {
         &self,
         req: Request<pb::MarkConversationsReadRequest>,
     ) -> Result<Response<pb::MarkConversationsReadResponse>, Status> {
-        let me = user(&req)?;
+        let me = self.writer(&req)?;
         let ids = uuids(
             "conversation_ids",
             &req.get_ref().conversation_ids,
@@ -349,7 +453,7 @@ impl pb::receipt_service_server::ReceiptService for Api {
         &self,
         req: Request<pb::UpdatePrivacySettingsRequest>,
     ) -> Result<Response<pb::UpdatePrivacySettingsResponse>, Status> {
-        let me = user(&req)?;
+        let me = self.writer(&req)?;
         let settings = req
             .get_ref()
             .settings

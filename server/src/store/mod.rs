@@ -17,6 +17,7 @@
 //!   the request carries.
 
 pub mod embedded;
+pub mod observed;
 pub mod redis;
 pub mod scylla;
 
@@ -272,8 +273,27 @@ pub trait ReceiptStore: Send + Sync + std::fmt::Debug + 'static {
         true
     }
 
+    /// Write-behind state for metrics: `None` for a store without a
+    /// write-behind tier (the embedded store writes through).
+    async fn backlog(&self) -> StoreResult<Option<Backlog>> {
+        Ok(None)
+    }
+
     /// Flushes pending work (group windows) and stops background tasks.
     async fn shutdown(&self);
+}
+
+/// What waits between the tiers of a write-behind store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backlog {
+    /// Queues registered as holding unpersisted changes (a drained queue
+    /// stays registered for a short lease before it is forgotten).
+    pub queues: u64,
+    /// Age of the oldest queue's latest registration: grows without bound
+    /// when persisting stalls.
+    pub oldest_registration_age: std::time::Duration,
+    /// Changes this node has persisted since it started.
+    pub persisted_total: u64,
 }
 
 /// Folds membership changes, in request order, over the current memberships

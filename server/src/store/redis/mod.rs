@@ -293,6 +293,8 @@ struct Inner {
     windows: Mutex<HashMap<ConversationId, Instant>>,
     healthy: AtomicBool,
     bus_url: String,
+    /// Changes this node persisted to Scylla (for metrics).
+    persisted: std::sync::atomic::AtomicU64,
 }
 
 /// The Redis + Scylla store. Cheap to share behind an `Arc`.
@@ -351,6 +353,7 @@ impl RedisStore {
             hub,
             windows: Mutex::new(HashMap::new()),
             healthy: AtomicBool::new(true),
+            persisted: std::sync::atomic::AtomicU64::new(0),
         });
         let (stop, _) = watch::channel(false);
         let tasks = vec![
@@ -1239,7 +1242,9 @@ impl Inner {
             .await?;
         let mut total = 0;
         for (queue, score) in queues {
-            total += self.flush_queue(&queue, score).await?;
+            let n = self.flush_queue(&queue, score).await?;
+            self.persisted.fetch_add(n, Ordering::Relaxed);
+            total += n;
         }
         Ok(total)
     }
@@ -2200,6 +2205,33 @@ impl ReceiptStore for RedisStore {
 
     async fn healthy(&self) -> bool {
         self.inner.healthy.load(Ordering::Acquire)
+    }
+
+    async fn backlog(&self) -> StoreResult<Option<crate::store::Backlog>> {
+        let s = &self.inner;
+        let index = s.keys.queue_index();
+        let queues: u64 = s.query(redis::cmd("ZCARD").arg(&index)).await?;
+        let oldest: Vec<(String, f64)> = s
+            .query(
+                redis::cmd("ZRANGE")
+                    .arg(&index)
+                    .arg(0)
+                    .arg(0)
+                    .arg("WITHSCORES"),
+            )
+            .await?;
+        let now: (u64, u64) = s.query(&redis::cmd("TIME")).await?;
+        // Redis's clock, like the scores it wrote.
+        let now_ms = now.0 * 1000 + now.1 / 1000;
+        let age = oldest
+            .first()
+            .map(|(_, score)| now_ms.saturating_sub(*score as u64))
+            .unwrap_or(0);
+        Ok(Some(crate::store::Backlog {
+            queues,
+            oldest_registration_age: Duration::from_millis(age),
+            persisted_total: s.persisted.load(Ordering::Relaxed),
+        }))
     }
 
     async fn shutdown(&self) {

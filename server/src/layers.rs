@@ -1,0 +1,537 @@
+//! Cross-cutting behaviour as tower layers, composed in [`crate::run`]:
+//!
+//! - [`ObserveLayer`]: a tracing span per call (joined to the caller's trace
+//!   through W3C `traceparent`) and the RPC metrics by method and status.
+//! - [`ProtectLayer`]: load shedding past a concurrency limit, the server's
+//!   deadline, and the status for oversized messages.
+//!
+//! Both sit inside the gRPC-web translation, so browser calls are observed
+//! and protected exactly like native gRPC calls.
+
+use crate::metrics::{MethodLabels, Metrics, RpcLabels};
+use http::{HeaderMap, Request, Response};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+use tonic::Code;
+use tonic::body::Body;
+use tracing::Instrument;
+
+type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+// ----- which call is this --------------------------------------------------
+
+/// Every service this server exposes, with its methods and whether a method
+/// streams its response (a streaming call's duration is its lifetime, so it
+/// is kept out of the latency histogram). A unit test checks this table
+/// against the proto, so a new method cannot be missed.
+const SERVICES: &[(&str, &[(&str, bool)])] = &[
+    (
+        "receipts.v1.ReceiptService",
+        &[
+            ("MarkDelivered", false),
+            ("MarkReadUpTo", false),
+            ("GetReceipts", false),
+            ("SubscribeReceipts", true),
+            ("GetUnreadCounts", false),
+            ("MarkConversationsRead", false),
+            ("GetPrivacySettings", false),
+            ("UpdatePrivacySettings", false),
+        ],
+    ),
+    (
+        "receipts.v1.ReceiptBackendService",
+        &[
+            ("CreateConversation", false),
+            ("AddMembers", false),
+            ("RemoveMembers", false),
+            ("RegisterMessages", false),
+        ],
+    ),
+    (
+        "grpc.health.v1.Health",
+        &[("Check", false), ("Watch", true)],
+    ),
+    (
+        "grpc.reflection.v1.ServerReflection",
+        &[("ServerReflectionInfo", true)],
+    ),
+    (
+        "grpc.reflection.v1alpha.ServerReflection",
+        &[("ServerReflectionInfo", true)],
+    ),
+];
+
+/// A call's service and method as static labels (`other` for paths no
+/// service serves, which keeps label cardinality bounded), and whether it
+/// streams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Method {
+    pub(crate) service: &'static str,
+    pub(crate) method: &'static str,
+    pub(crate) streaming: bool,
+}
+
+impl Method {
+    pub(crate) fn of(path: &str) -> Self {
+        let mut parts = path.trim_start_matches('/').splitn(2, '/');
+        let (service, method) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        for (s, methods) in SERVICES {
+            if *s != service {
+                continue;
+            }
+            for (m, streaming) in *methods {
+                if *m == method {
+                    return Self {
+                        service: s,
+                        method: m,
+                        streaming: *streaming,
+                    };
+                }
+            }
+        }
+        Self {
+            service: "other",
+            method: "other",
+            streaming: false,
+        }
+    }
+
+    fn receipts(&self) -> bool {
+        self.service.starts_with("receipts.")
+    }
+}
+
+/// The canonical name of a status code, as gRPC's docs spell it.
+pub(crate) fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+fn status_code(headers: &HeaderMap) -> Option<Code> {
+    let v = headers
+        .get("grpc-status")?
+        .to_str()
+        .ok()?
+        .parse::<i32>()
+        .ok()?;
+    Some(Code::from_i32(v))
+}
+
+// ----- observe: spans and RPC metrics ---------------------------------------
+
+/// The caller's trace context from W3C `traceparent` / `tracestate`.
+fn parent_context(headers: &HeaderMap) -> opentelemetry::Context {
+    struct Extractor<'a>(&'a HeaderMap);
+    impl opentelemetry::propagation::Extractor for Extractor<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            self.0.get(key).and_then(|v| v.to_str().ok())
+        }
+        fn keys(&self) -> Vec<&str> {
+            self.0.keys().map(|k| k.as_str()).collect()
+        }
+    }
+    opentelemetry::global::get_text_map_propagator(|p| p.extract(&Extractor(headers)))
+}
+
+/// A span and metrics for every call.
+#[derive(Clone, Debug)]
+pub struct ObserveLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl ObserveLayer {
+    /// Records into `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self { metrics }
+    }
+}
+
+impl<S> tower::Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// See [`ObserveLayer`].
+#[derive(Clone, Debug)]
+pub struct Observe<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+/// One call being observed: finished exactly once, with its final status.
+struct CallRecord {
+    metrics: Arc<Metrics>,
+    method: Method,
+    started: Instant,
+    span: tracing::Span,
+}
+
+impl CallRecord {
+    fn finish(self, code: Code) {
+        let name = code_name(code);
+        self.span.record("rpc.grpc.status_code", code as i32);
+        if code != Code::Ok {
+            self.span.record("otel.status_code", "ERROR");
+        }
+        let m = self.method;
+        self.metrics
+            .rpcs
+            .get_or_create(&RpcLabels {
+                grpc_service: m.service,
+                grpc_method: m.method,
+                grpc_code: name,
+            })
+            .inc();
+        if !m.streaming {
+            self.metrics
+                .rpc_seconds
+                .get_or_create(&MethodLabels {
+                    grpc_service: m.service,
+                    grpc_method: m.method,
+                })
+                .observe(self.started.elapsed().as_secs_f64());
+        }
+    }
+}
+
+impl<S> tower::Service<Request<Body>> for Observe<S>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Response<Body>, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        let method = Method::of(req.uri().path());
+        let span = tracing::info_span!(
+            "rpc",
+            otel.name = %format_args!("{}/{}", method.service, method.method),
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            rpc.system = "grpc",
+            rpc.service = method.service,
+            rpc.method = method.method,
+            rpc.grpc.status_code = tracing::field::Empty,
+        );
+        // Without an OpenTelemetry layer installed there is nothing to join.
+        let _ = span.set_parent(parent_context(req.headers()));
+        let call = CallRecord {
+            metrics: self.metrics.clone(),
+            method,
+            started: Instant::now(),
+            span: span.clone(),
+        };
+        // The clone that was driven to readiness serves this call.
+        let mut inner = self.inner.clone();
+        std::mem::swap(&mut self.inner, &mut inner);
+        let fut = inner.call(req).instrument(span);
+        Box::pin(async move {
+            let resp = match fut.await {
+                Ok(r) => r,
+                Err(e) => {
+                    call.finish(Code::Unknown);
+                    return Err(e);
+                }
+            };
+            let (parts, body) = resp.into_parts();
+            // Trailers-only (most errors): the status is in the headers.
+            if let Some(code) = status_code(&parts.headers) {
+                call.finish(code);
+                return Ok(Response::from_parts(parts, body));
+            }
+            let body = Body::new(ObservedBody {
+                inner: body,
+                call: Some(call),
+            });
+            Ok(Response::from_parts(parts, body))
+        })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that finishes its call's record when the trailers
+    /// pass (or CANCELLED if the client goes away first).
+    struct ObservedBody<B> {
+        #[pin]
+        inner: B,
+        call: Option<CallRecord>,
+    }
+
+    impl<B> PinnedDrop for ObservedBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(call) = this.project().call.take() {
+                call.finish(Code::Cancelled);
+            }
+        }
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for ObservedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(code) = frame.trailers_ref().and_then(status_code)
+                    && let Some(call) = this.call.take()
+                {
+                    call.finish(code);
+                }
+            }
+            Poll::Ready(Some(Err(_))) | Poll::Ready(None) => {
+                // A gRPC body that ends without a status was cut short.
+                if let Some(call) = this.call.take() {
+                    call.finish(Code::Unknown);
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+// ----- protect: shedding, deadlines, message size ---------------------------
+
+/// Protection for the receipts services (health and reflection stay
+/// answerable under overload, so probes see the truth).
+#[derive(Clone, Debug)]
+pub struct ProtectLayer {
+    permits: Arc<Semaphore>,
+    max_concurrent: usize,
+    timeout: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl ProtectLayer {
+    /// At most `max_concurrent` receipts calls in flight (more are shed at
+    /// once with UNAVAILABLE); unary calls end with DEADLINE_EXCEEDED after
+    /// `timeout` or the caller's shorter `grpc-timeout`.
+    pub fn new(max_concurrent: usize, timeout: Duration, metrics: Arc<Metrics>) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(max_concurrent)),
+            max_concurrent,
+            timeout,
+            metrics,
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for ProtectLayer {
+    type Service = Protect<S>;
+    fn layer(&self, inner: S) -> Protect<S> {
+        Protect {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// See [`ProtectLayer`].
+#[derive(Clone, Debug)]
+pub struct Protect<S> {
+    inner: S,
+    layer: ProtectLayer,
+}
+
+/// Parses a `grpc-timeout` header value (`<digits><unit>`, at most 8 digits).
+pub(crate) fn grpc_timeout(value: &str) -> Option<Duration> {
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// tonic refuses an oversized request message with OUT_OF_RANGE; gRPC's
+/// status code guide says RESOURCE_EXHAUSTED, which is what our clients
+/// expect for every limit. Rewrites that one status.
+fn oversized_to_resource_exhausted(resp: Response<Body>, metrics: &Metrics) -> Response<Body> {
+    if status_code(resp.headers()) != Some(Code::OutOfRange) {
+        return resp;
+    }
+    let Some(status) = tonic::Status::from_header_map(resp.headers()) else {
+        return resp;
+    };
+    const TONIC_PREFIX: &str = "Error, decoded message length too large: ";
+    let Some(detail) = status.message().strip_prefix(TONIC_PREFIX) else {
+        return resp;
+    };
+    metrics.reject("message_too_large");
+    tonic::Status::resource_exhausted(format!(
+        "request message too large: {detail} (--max-message-bytes)"
+    ))
+    .into_http()
+}
+
+impl<S> tower::Service<Request<Body>> for Protect<S>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Response<Body>, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let mut inner = self.inner.clone();
+        std::mem::swap(&mut self.inner, &mut inner);
+        let method = Method::of(req.uri().path());
+        if !method.receipts() {
+            return Box::pin(inner.call(req));
+        }
+        let layer = self.layer.clone();
+        // Shed at once rather than queue: a queue only adds latency to
+        // calls whose clients will time out anyway.
+        let Ok(permit) = layer.permits.clone().try_acquire_owned() else {
+            layer.metrics.reject("overloaded");
+            let status = tonic::Status::unavailable(format!(
+                "server overloaded: {} calls in flight (--max-concurrent-requests); retry with backoff",
+                layer.max_concurrent
+            ));
+            return Box::pin(std::future::ready(Ok(status.into_http())));
+        };
+        let caller = req
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(grpc_timeout);
+        let timeout = caller.map_or(layer.timeout, |c| c.min(layer.timeout));
+        let fut = inner.call(req);
+        Box::pin(async move {
+            let _permit = permit;
+            match tokio::time::timeout(timeout, fut).await {
+                Ok(Ok(resp)) => Ok(oversized_to_resource_exhausted(resp, &layer.metrics)),
+                Ok(Err(e)) => Err(e),
+                Err(_) => {
+                    layer.metrics.reject("deadline");
+                    let status = tonic::Status::deadline_exceeded(format!(
+                        "deadline of {} ms exceeded on the server (the call's own grpc-timeout or --request-timeout-ms); its outcome is unknown and retrying is safe: writes are idempotent",
+                        timeout.as_millis()
+                    ));
+                    Ok(status.into_http())
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_parses_every_unit_and_refuses_malformed_values() {
+        assert_eq!(grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(grpc_timeout("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(grpc_timeout("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(grpc_timeout("9n"), Some(Duration::from_nanos(9)));
+        for bad in ["", "S", "5", "5s", "-5S", "123456789S", "1.5S", "5 S"] {
+            assert_eq!(grpc_timeout(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_paths_get_one_bounded_label() {
+        let m = Method::of("/receipts.v1.ReceiptService/SubscribeReceipts");
+        assert_eq!(
+            (m.service, m.method, m.streaming),
+            ("receipts.v1.ReceiptService", "SubscribeReceipts", true)
+        );
+        for path in ["/", "/x.Y/Z", "/receipts.v1.ReceiptService/Nope", "garbage"] {
+            let m = Method::of(path);
+            assert_eq!((m.service, m.method), ("other", "other"), "{path}");
+        }
+    }
+
+    #[test]
+    fn the_method_table_lists_every_method_of_the_proto() {
+        use prost::Message;
+        let set = prost_types::FileDescriptorSet::decode(receipts_proto::FILE_DESCRIPTOR_SET)
+            .expect("descriptor set decodes");
+        let mut seen = 0;
+        for file in &set.file {
+            for service in &file.service {
+                let name = format!("{}.{}", file.package(), service.name());
+                for method in &service.method {
+                    let m = Method::of(&format!("/{name}/{}", method.name()));
+                    assert_eq!(m.service, name, "{name}/{} is missing", method.name());
+                    assert_eq!(
+                        m.streaming,
+                        method.server_streaming(),
+                        "{name}/{} streaming flag",
+                        method.name()
+                    );
+                    seen += 1;
+                }
+            }
+        }
+        assert!(seen >= 12, "the proto's methods were found ({seen})");
+    }
+}

@@ -360,6 +360,16 @@ impl ChildServer {
         }
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
+    }
+
+    /// Waits for the process to exit on its own; returns the exit status.
+    pub fn wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.take()?.wait().ok()
+    }
+
     /// SIGTERM and wait for a clean exit; returns the exit status.
     pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
         let mut c = self.child.take()?;
@@ -650,4 +660,164 @@ pub fn stalled_call(addr: SocketAddr, user: Uuid) -> tokio::task::JoinHandle<ton
             Err(s) => s,
         }
     })
+}
+
+/// The newest (delivered count, read count, tick) of each message in a run
+/// of events.
+pub fn latest_states(
+    events: &[pb::SubscribeReceiptsResponse],
+) -> std::collections::BTreeMap<String, (i64, i64, i32)> {
+    let mut out = std::collections::BTreeMap::new();
+    for ev in events {
+        if let Some(pb::subscribe_receipts_response::Event::Receipts(r)) = &ev.event {
+            for m in &r.messages {
+                out.insert(
+                    m.message_id.clone(),
+                    (m.delivered_count, m.read_count, m.tick),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// The log offset of an event's cursor.
+pub fn event_offset(ev: &pb::SubscribeReceiptsResponse) -> u64 {
+    receipts_server::domain::Cursor::decode(&ev.cursor)
+        .expect("cursor")
+        .offset
+}
+
+/// Graceful shutdown, end to end: a sender subscribed on node `a`, a client
+/// that never finishes its call, and writes acknowledged just before SIGTERM
+/// (one still in its group window). `a` must end the stream with a
+/// resumable UNAVAILABLE, flush, and exit 0 within `grace` plus a margin
+/// despite the stuck client; the sender then resumes from its last cursor
+/// on the node `start_b` starts and sees every acknowledged write exactly
+/// once, then live events.
+pub async fn shutdown_then_resume_elsewhere<F, Fut>(mut a: ChildServer, grace: Duration, start_b: F)
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ChildServer>,
+{
+    use pb::subscribe_receipts_response::Event as E;
+    let mut backend = a.backend().await;
+    let mut group = Conversation::create(&mut backend, 3).await;
+    let (alice, bob, carol) = (group.members[0], group.members[1], group.members[2]);
+    let dave = Uuid::now_v7();
+    let mut direct = Conversation::create_with(&mut backend, vec![alice, dave]).await;
+    let g: Vec<Uuid> = vec![
+        group.send(&mut backend, alice).await,
+        group.send(&mut backend, alice).await,
+        group.send(&mut backend, alice).await,
+    ];
+    let d1 = direct.send(&mut backend, alice).await;
+
+    let mut alice_a = a.user(alice).await;
+    let (mut sub, _) = Subscription::open(&mut alice_a, None).await;
+    let mut bob_a = a.user(bob).await;
+    deliver(&mut bob_a, &[g[0]]).await;
+    let first = sub.next().await.expect("the first group summary");
+    let mut seen = vec![first];
+    // Everything else alice's stream carries, until it ends.
+    let collector = tokio::spawn(async move {
+        let mut events = Vec::new();
+        let end = loop {
+            match tokio::time::timeout(Duration::from_secs(30), sub.stream.message()).await {
+                Ok(Ok(Some(ev))) => events.push(ev),
+                Ok(Ok(None)) => break tonic::Status::ok("ended without a status"),
+                Ok(Err(status)) => break status,
+                Err(_) => panic!("the stream neither ended nor carried events for 30 s"),
+            }
+        };
+        (events, end)
+    });
+
+    let stuck = stalled_call(a.addr, bob);
+    // Acknowledged just before the signal: a group read still in its window,
+    // and a direct delivery.
+    deliver(&mut bob_a, &[g[1]]).await;
+    read_up_to(&mut bob_a, group.id, g[1]).await;
+    let mut dave_a = a.user(dave).await;
+    deliver(&mut dave_a, &[d1]).await;
+
+    let started = tokio::time::Instant::now();
+    let exit = tokio::task::spawn_blocking(move || {
+        let status = a.terminate();
+        (a, status)
+    });
+    let (events, end) = collector.await.expect("collector");
+    let (_a, status) = exit.await.expect("terminate");
+    let status = status.expect("exit status");
+    assert!(status.success(), "exit 0 on SIGTERM, got {status:?}");
+    assert!(
+        started.elapsed() < grace + Duration::from_secs(10),
+        "shutdown took {:?} despite a {grace:?} grace",
+        started.elapsed()
+    );
+    assert_eq!(end.code(), tonic::Code::Unavailable, "{end:?}");
+    assert!(
+        end.message().contains("resume from your last cursor"),
+        "{}",
+        end.message()
+    );
+    let _ = stuck.await;
+    seen.extend(events);
+    let cursor = seen.last().expect("events").cursor.clone();
+
+    // Resume elsewhere.
+    let b = start_b().await;
+    let mut alice_b = b.user(alice).await;
+    let (mut sub, replayed) = Subscription::open(&mut alice_b, Some(cursor.clone())).await;
+    assert!(
+        !replayed
+            .iter()
+            .any(|e| matches!(e.event, Some(E::Reset(_)))),
+        "a resume, not a reset"
+    );
+    let last_seen = event_offset(seen.last().expect("events"));
+    assert!(
+        replayed.iter().all(|e| event_offset(e) > last_seen),
+        "nothing seen is replayed"
+    );
+    seen.extend(replayed);
+    let mut offsets: Vec<u64> = seen.iter().map(event_offset).collect();
+    let n = offsets.len();
+    offsets.dedup();
+    assert_eq!(offsets.len(), n, "no event twice");
+
+    let states = latest_states(&seen);
+    let state = |m: &Uuid| states.get(&m.to_string()).copied();
+    let (delivered, read) = (pb::Tick::Delivered as i32, pb::Tick::Read as i32);
+    assert_eq!(
+        state(&g[0]).map(|s| (s.0, s.1)),
+        Some((1, 1)),
+        "g0: bob has it and read it"
+    );
+    assert_eq!(
+        state(&g[1]).map(|s| (s.0, s.1)),
+        Some((1, 1)),
+        "g1: the windowed read"
+    );
+    assert_eq!(state(&d1).map(|s| s.2), Some(delivered), "d1 delivered");
+
+    // And live on the new node.
+    let mut carol_b = b.user(carol).await;
+    read_up_to(&mut carol_b, group.id, g[2]).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let ev = sub.next().await.expect("a live event on the new node");
+        seen.push(ev);
+        let states = latest_states(&seen);
+        if states.get(&g[2].to_string()).map(|s| s.1) == Some(1)
+            && states.get(&g[0].to_string()).map(|s| s.2) == Some(read)
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "carol's read never arrived"
+        );
+    }
+    drop(b);
 }

@@ -78,6 +78,18 @@ impl Tier {
         self.node_with(&["--flush-interval-ms", "200"]).await
     }
 
+    /// Starts a node that never flushes on its interval within a test (only
+    /// at shutdown), with a 1 s shutdown grace.
+    async fn shutdown_flushing_node(&self) -> ChildServer {
+        self.node_with(&[
+            "--flush-interval-ms",
+            "3600000",
+            "--shutdown-grace-ms",
+            "1000",
+        ])
+        .await
+    }
+
     async fn node_with(&self, extra: &[&str]) -> ChildServer {
         let data = self.dir.path().join(Uuid::new_v4().simple().to_string());
         std::fs::create_dir_all(&data).expect("node dir");
@@ -120,10 +132,6 @@ fn tick(m: &pb::MessageReceipts) -> pb::Tick {
     pb::Tick::try_from(m.tick).expect("tick")
 }
 
-fn offset(ev: &pb::SubscribeReceiptsResponse) -> u64 {
-    Cursor::decode(&ev.cursor).expect("cursor").offset
-}
-
 /// Waits (up to 30 s) until `check` holds.
 async fn eventually<F, Fut>(what: &str, mut check: F)
 where
@@ -135,22 +143,6 @@ where
         assert!(Instant::now() < deadline, "never happened: {what}");
         sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// The newest state of each message in a run of events.
-fn latest_states(events: &[pb::SubscribeReceiptsResponse]) -> BTreeMap<String, (i64, i64, i32)> {
-    let mut out = BTreeMap::new();
-    for ev in events {
-        if let Some(E::Receipts(r)) = &ev.event {
-            for m in &r.messages {
-                out.insert(
-                    m.message_id.clone(),
-                    (m.delivered_count, m.read_count, m.tick),
-                );
-            }
-        }
-    }
-    out
 }
 
 #[tokio::test]
@@ -193,7 +185,7 @@ async fn three_nodes_share_writes_and_events_with_no_gap_and_no_duplicate() {
         "no extra event on C"
     );
     assert_eq!(seen_b, seen_c, "both nodes stream the same log");
-    let offsets: Vec<u64> = seen_b.iter().map(offset).collect();
+    let offsets: Vec<u64> = seen_b.iter().map(event_offset).collect();
     for w in offsets.windows(2) {
         assert_eq!(w[1], w[0] + 1, "consecutive offsets: no gap, no duplicate");
     }
@@ -269,12 +261,12 @@ async fn three_nodes_share_writes_and_events_with_no_gap_and_no_duplicate() {
     let mut last = from;
     for ev in &replay {
         assert!(!matches!(ev.event, Some(E::Reset(_))), "no reset: {ev:?}");
-        assert!(offset(ev) > last, "replay moves forward only");
-        last = offset(ev);
+        assert!(event_offset(ev) > last, "replay moves forward only");
+        last = event_offset(ev);
     }
     assert_eq!(
         last,
-        offset(&live_tail[1]),
+        event_offset(&live_tail[1]),
         "replay ends where the log ends"
     );
     assert_eq!(latest_states(&replay), latest_states(&live_tail));
@@ -370,15 +362,8 @@ async fn receipts_of(
 #[tokio::test]
 async fn sigterm_flushes_every_queued_write_before_exit() {
     let tier = Tier::new().await;
-    // Never flushes on its interval within the test: only shutdown does.
-    let mut node = tier
-        .node_with(&[
-            "--flush-interval-ms",
-            "3600000",
-            "--shutdown-grace-ms",
-            "1000",
-        ])
-        .await;
+    // Only shutdown flushes.
+    let mut node = tier.shutdown_flushing_node().await;
     let mut backend = node.backend().await;
     let mut group = Conversation::create(&mut backend, 3).await;
     let (alice, bob) = (group.members[0], group.members[1]);
@@ -711,4 +696,51 @@ async fn hot_data_that_would_expire_before_its_flush_is_refused_with_exit_64() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "stderr: {stderr}");
     assert!(stderr.contains("--hot-ttl-secs"), "stderr: {stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_on_one_node_and_its_subscriber_resumes_on_another_with_no_loss() {
+    let tier = Tier::new().await;
+    let a = tier.shutdown_flushing_node().await;
+    shutdown_then_resume_elsewhere(a, Duration::from_millis(1000), || tier.node()).await;
+}
+
+#[tokio::test]
+async fn write_behind_metrics_show_the_queue_and_what_was_persisted() {
+    let tier = Tier::new().await;
+    let metrics: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let metrics_flag = metrics.to_string();
+    // Flushes only when the test has looked at the queue (see below).
+    let node = tier
+        .node_with(&[
+            "--flush-interval-ms",
+            "2000",
+            "--hot-ttl-secs",
+            "60",
+            "--metrics-listen",
+            &metrics_flag,
+        ])
+        .await;
+    let mut backend = node.backend().await;
+    let mut chat = Conversation::create(&mut backend, 2).await;
+    let m = chat.send(&mut backend, chat.members[0]).await;
+    let mut bob = node.user(chat.members[1]).await;
+    deliver(&mut bob, &[m]).await;
+    let text = scrape(metrics).await;
+    assert!(
+        sample(&text, "receipts_writebehind_queues") >= 1.0,
+        "the conversation's queue waits for the flush:\n{text}"
+    );
+    assert!(text.contains("receipts_writebehind_oldest_seconds "));
+    // The flush persists it; the counter moves.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = scrape(metrics).await;
+        if sample(&text, "receipts_writebehind_persisted_total") >= 1.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "nothing was persisted:\n{text}");
+        sleep(Duration::from_millis(200)).await;
+    }
+    assert!(tier.scylla.message(m).await.expect("scylla").is_some());
 }

@@ -24,18 +24,21 @@ fn privacy() -> pb::GetPrivacySettingsRequest {
 #[tokio::test]
 async fn calls_past_the_concurrency_limit_are_shed_with_unavailable() {
     let (node, _dir) = node(&["--max-concurrent-requests", "1"]).await;
-    let holder = stalled_call(node.addr, Uuid::now_v7());
     let mut user = node.user(Uuid::now_v7()).await;
-    // The stalled call takes the only slot as soon as its headers arrive.
+    // A stuck call takes the only slot once its headers arrive. (If a probe
+    // got there first, the stuck call itself was shed: start another.)
     let deadline = Instant::now() + Duration::from_secs(10);
+    let mut holder = stalled_call(node.addr, Uuid::now_v7());
     let shed = loop {
-        match user.get_privacy_settings(privacy()).await {
-            Err(s) => break s,
-            Ok(_) => {
-                assert!(Instant::now() < deadline, "the slot was never taken");
-                sleep(Duration::from_millis(20)).await;
-            }
+        sleep(Duration::from_millis(50)).await;
+        if holder.is_finished() {
+            holder = stalled_call(node.addr, Uuid::now_v7());
+            continue;
         }
+        if let Err(s) = user.get_privacy_settings(privacy()).await {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the slot was never taken");
     };
     assert_eq!(shed.code(), Code::Unavailable, "{shed:?}");
     assert!(shed.message().contains("overloaded"), "{}", shed.message());
@@ -79,23 +82,27 @@ async fn writes_past_a_users_rate_are_refused_and_change_nothing() {
     let mut backend = node.backend().await;
     let mut chat = Conversation::create(&mut backend, 3).await;
     let (alice, bob, carol) = (chat.members[0], chat.members[1], chat.members[2]);
-    let ms = [
-        chat.send(&mut backend, alice).await,
-        chat.send(&mut backend, alice).await,
-        chat.send(&mut backend, alice).await,
-    ];
+    let mut ms = Vec::new();
+    for _ in 0..6 {
+        ms.push(chat.send(&mut backend, alice).await);
+    }
     let mut bob_client = node.user(bob).await;
     let mark = |m: Uuid| pb::MarkDeliveredRequest {
         message_ids: vec![m.to_string()],
     };
-    // The burst of 2 is spent at once; the third write is refused (a token
-    // comes back only after a second, far longer than these calls take).
-    bob_client.mark_delivered(mark(ms[0])).await.expect("1st");
-    bob_client.mark_delivered(mark(ms[1])).await.expect("2nd");
-    let refused = bob_client
-        .mark_delivered(mark(ms[2]))
-        .await
-        .expect_err("3rd is over the rate");
+    // The burst of 2 goes at once; then one write a second. Writing as fast
+    // as possible is refused within a few writes (at most one token can come
+    // back per second, however slow a loaded machine makes these calls).
+    let mut accepted = 0;
+    let (refused, m) = loop {
+        let m = ms[accepted];
+        match bob_client.mark_delivered(mark(m)).await {
+            Ok(_) => accepted += 1,
+            Err(status) => break (status, m),
+        }
+        assert!(accepted < ms.len(), "the rate was never enforced");
+    };
+    assert!(accepted >= 2, "the burst of 2 is allowed");
     assert_eq!(refused.code(), Code::ResourceExhausted);
     assert!(
         refused.message().contains("writes/s per user"),
@@ -110,7 +117,7 @@ async fn writes_past_a_users_rate_are_refused_and_change_nothing() {
 
     // Nothing of the refused write was kept.
     let mut alice_client = node.user(alice).await;
-    let state = receipt(&mut alice_client, chat.id, ms[2]).await;
+    let state = receipt(&mut alice_client, chat.id, m).await;
     assert_eq!(
         state.delivered_count, 0,
         "the refused delivery changed nothing"
@@ -118,18 +125,15 @@ async fn writes_past_a_users_rate_are_refused_and_change_nothing() {
 
     // Another user has a budget of their own.
     let mut carol_client = node.user(carol).await;
-    carol_client
-        .mark_delivered(mark(ms[2]))
-        .await
-        .expect("carol");
+    carol_client.mark_delivered(mark(m)).await.expect("carol");
 
     // Later the same write is accepted and kept.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while bob_client.mark_delivered(mark(ms[2])).await.is_err() {
+    while bob_client.mark_delivered(mark(m)).await.is_err() {
         assert!(Instant::now() < deadline, "the budget never refilled");
         sleep(Duration::from_millis(100)).await;
     }
-    let state = receipt(&mut alice_client, chat.id, ms[2]).await;
+    let state = receipt(&mut alice_client, chat.id, m).await;
     assert_eq!(state.delivered_count, 2);
 }
 
@@ -191,10 +195,8 @@ async fn opening_subscriptions_too_fast_is_refused() {
             Ok(s) => open.push(s),
             Err(s) => break s,
         }
-        assert!(
-            open.len() <= 3,
-            "the burst of 2 (plus at most one refill) was not enforced"
-        );
+        // Only one more can come per second, however slow the machine.
+        assert!(open.len() < 10, "the subscribe rate was never enforced");
     };
     assert!(open.len() >= 2, "the burst allows two at once");
     assert_eq!(refused.code(), Code::ResourceExhausted);

@@ -18,8 +18,8 @@ cargo fmt --all -- --check
 step "clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
-step "build receiptd (the crash tests run the real binary) and the examples"
-cargo build -p receipts-server -p receipts-examples --bins
+step "build receiptd (the crash tests run the real binary), the examples and the load tool"
+cargo build -p receipts-server -p receipts-examples -p receipts-bench --bins
 
 step "backends: Redis (standalone and a 3-master cluster) and Cassandra 5.0"
 # Backends this run starts are stopped at the end; ones already running (a
@@ -86,3 +86,18 @@ target/debug/ticks "http://127.0.0.1:$PORT"
 kill -TERM "$PID"
 if ! wait "$PID"; then echo "receiptd did not exit cleanly on SIGTERM"; cat "$DATA.log"; exit 1; fi
 echo "examples: 2 passed, 0 failed"
+
+# A smoke run, not a benchmark (debug build, a few seconds): the load tool
+# starts its own receiptd, drives every kind of conversation, and prints
+# its report; it fails if no receipts RPC succeeded or the report is not
+# valid JSON. Real measurements use a release build and longer runs.
+step "load tool smoke run (receipts-bench, a few seconds)"
+BENCH_JSON=$(mktemp)
+target/debug/receipts-bench --spawn target/debug/receiptd \
+  --direct 10 --groups 20:2,100:1 --devices 1 --warmup-secs 1 --duration-secs 2 \
+  --json "$BENCH_JSON"
+node -e 'const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
+  if (!(r.receipts_rpcs > 0 && r.propagation_direct.count > 0 && r.noop.rpc_per_sec > 0)) {
+    console.error("receipts-bench report is missing numbers"); process.exit(1);
+  }' "$BENCH_JSON"
+rm -f "$BENCH_JSON"

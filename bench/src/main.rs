@@ -1,0 +1,475 @@
+//! `receipts-bench`: drives realistic receipts traffic against a running
+//! `receiptd` (or one it starts) through the Rust SDK, and reports
+//! throughput, RPC latency, propagation latency to the sender's stream,
+//! errors, and the server's CPU and memory, next to a no-op baseline on the
+//! same stack.
+//!
+//! ```text
+//! receipts-bench --spawn target/release/receiptd --duration-secs 20
+//! receipts-bench --url http://10.0.0.5:50051 --jwt-secret … --mode open --rate 5000
+//! ```
+
+mod noop;
+mod server;
+mod stats;
+mod workload;
+
+use anyhow::{Context, bail};
+use clap::{Parser, ValueEnum};
+use serde::Serialize;
+use stats::{Percentiles, Stats};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio::sync::{Mutex, Semaphore, mpsc};
+use workload::{Auth, Kind, Op, Workload};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Mode {
+    /// A fixed number of workers, each waiting for its call: the maximum.
+    Closed,
+    /// Calls started at a fixed rate whatever the latency: latency at a load.
+    Open,
+}
+
+/// Load generator for receiptd.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// The server (ignored with --spawn).
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    url: String,
+    /// Start this receiptd binary for the run (embedded store in a temporary
+    /// directory, dev mode, per-user rate limits off) and stop it after.
+    #[arg(long, value_name = "RECEIPTD")]
+    spawn: Option<PathBuf>,
+    /// An extra flag for the spawned receiptd (repeatable), e.g.
+    /// `--server-arg=--group-window-ms=200`.
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    server_args: Vec<String>,
+    /// A local server's process id, to sample its CPU and memory from /proc
+    /// (automatic with --spawn).
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Authenticate with HS256 tokens from this secret (default: dev-mode
+    /// headers).
+    #[arg(long, env = "RECEIPTS_JWT_SECRET")]
+    jwt_secret: Option<String>,
+    /// Direct conversations.
+    #[arg(long, default_value_t = 100)]
+    direct: usize,
+    /// Groups as MEMBERS:COUNT, comma separated.
+    #[arg(long, default_value = "20:20,500:2", value_delimiter = ',')]
+    groups: Vec<String>,
+    /// Share of rounds per kind as KIND=WEIGHT (`direct`, or a group size),
+    /// comma separated; kinds left out get weight 1.
+    #[arg(long, default_value = "direct=6,20=3,500=1", value_delimiter = ',')]
+    mix: Vec<String>,
+    /// Devices (connections) per recipient.
+    #[arg(long, default_value_t = 2)]
+    devices: usize,
+    /// Messages per round: each recipient marks them delivered in one call.
+    #[arg(long, default_value_t = 10)]
+    batch: usize,
+    /// closed: --concurrency workers as fast as they can; open: --rate.
+    #[arg(long, value_enum, default_value_t = Mode::Closed)]
+    mode: Mode,
+    /// Workers in closed mode (and connections of the no-op baseline).
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Receipts RPCs per second in open mode.
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// Open mode: calls in flight beyond which a due call is counted as not
+    /// started instead of piling up in the client.
+    #[arg(long, default_value_t = 10_000)]
+    max_in_flight: usize,
+    /// Seconds of load before measuring.
+    #[arg(long, default_value_t = 2.0)]
+    warmup_secs: f64,
+    /// Seconds measured.
+    #[arg(long, default_value_t = 10.0)]
+    duration_secs: f64,
+    /// Seeds the choice of conversations, devices and order.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Skip the no-op baseline.
+    #[arg(long)]
+    no_baseline: bool,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn kinds(args: &Args) -> anyhow::Result<Vec<Kind>> {
+    let mut weights = BTreeMap::new();
+    for m in &args.mix {
+        let (k, w) = m
+            .split_once('=')
+            .with_context(|| format!("--mix {m:?}: want KIND=WEIGHT"))?;
+        let w: u32 = w.parse().with_context(|| format!("--mix {m:?}: weight"))?;
+        weights.insert(k.to_string(), w);
+    }
+    let mut out = Vec::new();
+    if args.direct > 0 {
+        out.push(Kind {
+            label: "direct".into(),
+            members: 2,
+            count: args.direct,
+            weight: *weights.get("direct").unwrap_or(&1),
+        });
+    }
+    for g in &args.groups {
+        if g.is_empty() {
+            continue;
+        }
+        let (size, count) = g
+            .split_once(':')
+            .with_context(|| format!("--groups {g:?}: want MEMBERS:COUNT"))?;
+        let members: usize = size.parse().with_context(|| format!("--groups {g:?}"))?;
+        let count: usize = count.parse().with_context(|| format!("--groups {g:?}"))?;
+        if members < 3 {
+            bail!("--groups {g:?}: a group has at least 3 members");
+        }
+        if count > 0 {
+            out.push(Kind {
+                label: format!("group{members}"),
+                members,
+                count,
+                weight: *weights.get(size).unwrap_or(&1),
+            });
+        }
+    }
+    if out.iter().all(|k| k.weight == 0) {
+        bail!("no conversations to load: check --direct, --groups and --mix");
+    }
+    Ok(out)
+}
+
+/// The report, for people (a table) and machines (JSON).
+#[derive(Debug, Serialize)]
+struct Report {
+    mode: Mode,
+    target_rate: Option<f64>,
+    concurrency: usize,
+    seconds: f64,
+    seed: u64,
+    kinds: Vec<String>,
+    connections: usize,
+    receipts_rpcs: u64,
+    receipts_rpc_per_sec: f64,
+    receipt_events_per_sec: f64,
+    message_states_per_sec: f64,
+    rpc_latency: Percentiles,
+    rpc_latency_by_method: BTreeMap<&'static str, Percentiles>,
+    propagation_direct: Percentiles,
+    propagation_group: Percentiles,
+    errors: BTreeMap<String, u64>,
+    not_started: u64,
+    server: Option<server::Usage>,
+    throughput_per_second: Vec<u64>,
+    noop: Option<Baseline>,
+}
+
+#[derive(Debug, Serialize)]
+struct Baseline {
+    rpc_per_sec: f64,
+    latency: Percentiles,
+    errors: BTreeMap<String, u64>,
+    /// Receipts RPC cost over no-op RPC cost: the no-op's RPCs per second
+    /// over the receipts' (closed mode, same concurrency).
+    cost_ratio: Option<f64>,
+    /// Receipts p50 latency over the no-op's.
+    p50_ratio: f64,
+}
+
+async fn drive(args: &Args, wl: Workload, stats: Arc<Stats>) -> anyhow::Result<()> {
+    let (tx, rx) = mpsc::channel::<Op>(4096);
+    let generator = tokio::spawn(wl.generate(args.seed, tx));
+    let end = stats.window.1;
+    match args.mode {
+        Mode::Closed => {
+            let rx = Arc::new(Mutex::new(rx));
+            let mut workers = Vec::new();
+            for _ in 0..args.concurrency.max(1) {
+                let (rx, stats) = (rx.clone(), stats.clone());
+                workers.push(tokio::spawn(async move {
+                    while Instant::now() < end {
+                        let Some(op) = rx.lock().await.recv().await else {
+                            return;
+                        };
+                        op.run(&stats).await;
+                    }
+                }));
+            }
+            for w in workers {
+                w.await?;
+            }
+        }
+        Mode::Open => {
+            let mut rx = rx;
+            let in_flight = Arc::new(Semaphore::new(args.max_in_flight.max(1)));
+            let started = Instant::now();
+            let mut issued = 0u64;
+            let mut tick = tokio::time::interval(Duration::from_millis(1));
+            while Instant::now() < end {
+                tick.tick().await;
+                let due = (started.elapsed().as_secs_f64() * args.rate) as u64;
+                while issued < due {
+                    issued += 1;
+                    let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                        if stats.measuring(Instant::now()) {
+                            stats.not_started.fetch_add(1, Ordering::Relaxed);
+                        }
+                        continue;
+                    };
+                    let Some(op) = rx.recv().await else { break };
+                    let stats = stats.clone();
+                    tokio::spawn(async move {
+                        op.run(&stats).await;
+                        drop(permit);
+                    });
+                }
+            }
+            // Let the calls in flight finish (they are measured).
+            let _ = in_flight
+                .acquire_many(args.max_in_flight.max(1) as u32)
+                .await;
+        }
+    }
+    generator.abort();
+    if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_millis(100), generator).await {
+        return Err(e.context("registering messages"));
+    }
+    Ok(())
+}
+
+fn progress(stats: Arc<Stats>, label: &'static str) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(1));
+        every.tick().await;
+        loop {
+            every.tick().await;
+            let t = stats.started.elapsed().as_secs();
+            let last = stats
+                .timeline
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(t.saturating_sub(1) as usize)
+                .copied()
+                .unwrap_or(0);
+            let phase = if Instant::now() < stats.window.0 {
+                "warm-up"
+            } else {
+                "measuring"
+            };
+            let errors: u64 = stats
+                .errors
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .sum();
+            eprintln!(
+                "{label} {t:>4}s {phase:<9} {last:>8} RPC/s  {:>9} ok  {errors} errors  p99 {:.2} ms",
+                stats.ok.load(Ordering::Relaxed),
+                stats.rpc.percentiles().p99_ms
+            );
+        }
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let kinds = kinds(&args)?;
+    let spawned = match &args.spawn {
+        Some(bin) => Some(server::Spawned::start(bin, &args.server_args).await?),
+        None => None,
+    };
+    let url = spawned.as_ref().map_or(args.url.clone(), |s| s.url.clone());
+    let pid = spawned.as_ref().map(|s| s.pid).or(args.server_pid);
+    let auth = match &args.jwt_secret {
+        Some(s) => Auth::Secret(s.clone()),
+        None => Auth::Dev,
+    };
+    eprintln!(
+        "setting up {} on {url} …",
+        kinds
+            .iter()
+            .map(|k| format!("{}×{}", k.count, k.label))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let wl = Workload::setup(&url, &auth, kinds.clone(), args.devices, args.batch).await?;
+    let connections = wl.connections();
+    let warmup = Duration::from_secs_f64(args.warmup_secs);
+    let duration = Duration::from_secs_f64(args.duration_secs);
+    let stats = Arc::new(Stats::new(
+        &["MarkDelivered", "MarkReadUpTo"],
+        warmup,
+        duration,
+    ));
+    let subscribers = wl.subscribe(stats.clone()).await;
+    let ticker = progress(stats.clone(), "receipts");
+    // Sample the server over exactly the measurement window.
+    let sampler = pid.map(|pid| {
+        let window = stats.window;
+        tokio::spawn(async move {
+            tokio::time::sleep_until(window.0.into()).await;
+            let from = server::sample(pid);
+            tokio::time::sleep_until(window.1.into()).await;
+            let to = server::sample(pid);
+            from.zip(to).map(|(a, b)| server::usage(pid, a, b))
+        })
+    });
+    drive(&args, wl, stats.clone()).await?;
+    ticker.abort();
+    let usage = match sampler {
+        Some(s) => s.await?,
+        None => None,
+    };
+    // Late events still resolve propagation for a moment.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for s in subscribers {
+        s.abort();
+    }
+
+    let secs = stats.window_secs();
+    let ok = stats.ok.load(Ordering::Relaxed);
+    let mut report = Report {
+        mode: args.mode,
+        target_rate: (args.mode == Mode::Open).then_some(args.rate),
+        concurrency: args.concurrency,
+        seconds: secs,
+        seed: args.seed,
+        kinds: kinds
+            .iter()
+            .map(|k| format!("{}×{} (weight {})", k.count, k.label, k.weight))
+            .collect(),
+        connections,
+        receipts_rpcs: ok,
+        receipts_rpc_per_sec: ok as f64 / secs,
+        receipt_events_per_sec: stats.events.load(Ordering::Relaxed) as f64 / secs,
+        message_states_per_sec: stats.message_states.load(Ordering::Relaxed) as f64 / secs,
+        rpc_latency: stats.rpc.percentiles(),
+        rpc_latency_by_method: stats
+            .rpc_by_method
+            .iter()
+            .map(|(m, h)| (*m, h.percentiles()))
+            .collect(),
+        propagation_direct: stats.propagation_direct.percentiles(),
+        propagation_group: stats.propagation_group.percentiles(),
+        errors: stats
+            .errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone(),
+        not_started: stats.not_started.load(Ordering::Relaxed),
+        server: usage,
+        throughput_per_second: stats
+            .timeline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone(),
+        noop: None,
+    };
+
+    if !args.no_baseline {
+        let base = Arc::new(Stats::new(
+            &["noop"],
+            warmup.min(Duration::from_secs(1)),
+            duration,
+        ));
+        let ticker = progress(base.clone(), "no-op   ");
+        noop::run(&url, args.concurrency.max(1), base.clone()).await?;
+        ticker.abort();
+        let n = base.ok.load(Ordering::Relaxed);
+        let latency = base.rpc.percentiles();
+        let rps = n as f64 / base.window_secs();
+        report.noop = Some(Baseline {
+            rpc_per_sec: rps,
+            cost_ratio: (args.mode == Mode::Closed && report.receipts_rpc_per_sec > 0.0)
+                .then(|| rps / report.receipts_rpc_per_sec),
+            p50_ratio: report.rpc_latency.p50_ms / latency.p50_ms.max(1e-6),
+            latency,
+            errors: base
+                .errors
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        });
+    }
+
+    print_table(&report);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("report written to {}", path.display());
+    }
+    if report.receipts_rpcs == 0 {
+        bail!("no receipts RPC succeeded in the measurement window");
+    }
+    drop(spawned);
+    Ok(())
+}
+
+fn row(name: &str, p: &Percentiles) {
+    println!(
+        "  {name:<22} {:>9} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+        p.count, p.p50_ms, p.p95_ms, p.p99_ms, p.max_ms
+    );
+}
+
+fn print_table(r: &Report) {
+    println!();
+    println!(
+        "receipts-bench: {:?} mode, {} s measured, seed {}, {} connections",
+        r.mode, r.seconds, r.seed, r.connections
+    );
+    println!("  load: {}", r.kinds.join(", "));
+    println!(
+        "  receipts RPC/s {:.0}   receipt events/s {:.0}   message states/s {:.0}",
+        r.receipts_rpc_per_sec, r.receipt_events_per_sec, r.message_states_per_sec
+    );
+    println!(
+        "  {:<22} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "latency (ms)", "count", "p50", "p95", "p99", "max"
+    );
+    row("receipts RPC", &r.rpc_latency);
+    for (m, p) in &r.rpc_latency_by_method {
+        row(m, p);
+    }
+    row("propagation, direct", &r.propagation_direct);
+    row("propagation, group", &r.propagation_group);
+    if let Some(b) = &r.noop {
+        row("no-op RPC", &b.latency);
+        print!(
+            "  no-op RPC/s {:.0}; receipts/no-op p50 latency {:.2}×",
+            b.rpc_per_sec, b.p50_ratio
+        );
+        match b.cost_ratio {
+            Some(c) => println!("; receipts RPC cost / no-op RPC cost {c:.2}×"),
+            None => println!(),
+        }
+    }
+    if let Some(s) = &r.server {
+        println!(
+            "  server: {:.2} cores, RSS {:.1} MiB (peak {:.1} MiB)",
+            s.cpu_cores, s.rss_mib, s.peak_rss_mib
+        );
+    }
+    if r.errors.is_empty() {
+        println!("  errors: none");
+    } else {
+        println!("  errors: {:?}", r.errors);
+    }
+    if r.not_started > 0 {
+        println!(
+            "  not started (client at --max-in-flight): {}",
+            r.not_started
+        );
+    }
+}

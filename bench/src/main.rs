@@ -93,7 +93,11 @@ struct Args {
     /// Seconds measured.
     #[arg(long, default_value_t = 10.0)]
     duration_secs: f64,
-    /// Seeds the choice of conversations, devices and order.
+    /// Tasks producing rounds (each waits for its batch's registration).
+    #[arg(long, default_value_t = 16)]
+    generators: usize,
+    /// Seeds the choice of conversations, devices and order (generator i
+    /// uses seed + i).
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Skip the no-op baseline.
@@ -188,7 +192,7 @@ struct Baseline {
 
 async fn drive(args: &Args, wl: Workload, stats: Arc<Stats>) -> anyhow::Result<()> {
     let (tx, rx) = mpsc::channel::<Op>(4096);
-    let generator = tokio::spawn(wl.generate(args.seed, tx));
+    let generator = tokio::spawn(wl.generate(args.seed, args.generators, tx));
     let end = stats.window.1;
     match args.mode {
         Mode::Closed => {

@@ -264,9 +264,56 @@ impl Workload {
         tasks
     }
 
-    /// Produces rounds forever (until the receiver goes away): registers a
-    /// batch, then queues every recipient's delivery and read.
-    pub async fn generate(mut self, seed: u64, ops: mpsc::Sender<Op>) -> anyhow::Result<()> {
+    /// Produces rounds with `generators` tasks until the receiver goes away.
+    /// Each round registers a batch, then queues every recipient's delivery
+    /// and read. Generators share every conversation (a conversation's lock
+    /// keeps its seqs in order), so the mix holds whatever their number;
+    /// several are needed because each waits for its registration.
+    pub async fn generate(
+        self,
+        seed: u64,
+        generators: usize,
+        ops: mpsc::Sender<Op>,
+    ) -> anyhow::Result<()> {
+        let shared = Arc::new(Generator {
+            backend: self.backend,
+            conversations: self
+                .conversations
+                .into_iter()
+                .map(tokio::sync::Mutex::new)
+                .collect(),
+            kinds: self.kinds,
+            by_kind: self.by_kind,
+            devices: self.devices,
+            rounds: self.rounds,
+            batch: self.batch,
+        });
+        let mut tasks = tokio::task::JoinSet::new();
+        for g in 0..generators.max(1) {
+            let (shared, ops) = (shared.clone(), ops.clone());
+            tasks.spawn(async move { shared.run(seed.wrapping_add(g as u64), ops).await });
+        }
+        drop(ops);
+        while let Some(done) = tasks.join_next().await {
+            done??;
+        }
+        Ok(())
+    }
+}
+
+/// What the generator tasks share.
+struct Generator {
+    backend: BackendClient,
+    conversations: Vec<tokio::sync::Mutex<Conversation>>,
+    kinds: Vec<Kind>,
+    by_kind: Vec<Vec<usize>>,
+    devices: HashMap<Uuid, Vec<Client>>,
+    rounds: Rounds,
+    batch: usize,
+}
+
+impl Generator {
+    async fn run(&self, seed: u64, ops: mpsc::Sender<Op>) -> anyhow::Result<()> {
         let mut rng = StdRng::seed_from_u64(seed);
         let total: u32 = self.kinds.iter().map(|k| k.weight).sum();
         loop {
@@ -286,30 +333,32 @@ impl Workload {
             let Some(&ci) = self.by_kind[kind].choose(&mut rng) else {
                 continue;
             };
-            let c = &mut self.conversations[ci];
-            let msgs: Vec<NewMessage> = (0..self.batch)
-                .map(|i| NewMessage {
-                    message_id: Uuid::now_v7(),
-                    conversation_id: c.id,
-                    seq: c.next_seq + i as u64,
-                    sender_id: c.sender,
-                    sent_at: None,
-                })
-                .collect();
-            c.next_seq += self.batch as u64;
-            self.backend.register_messages(&msgs).await?;
-            let ids: Vec<Uuid> = msgs.iter().map(|m| m.message_id).collect();
+            let (ids, conversation, group, mut recipients) = {
+                let mut c = self.conversations[ci].lock().await;
+                let msgs: Vec<NewMessage> = (0..self.batch)
+                    .map(|i| NewMessage {
+                        message_id: Uuid::now_v7(),
+                        conversation_id: c.id,
+                        seq: c.next_seq + i as u64,
+                        sender_id: c.sender,
+                        sent_at: None,
+                    })
+                    .collect();
+                self.backend.register_messages(&msgs).await?;
+                c.next_seq += self.batch as u64;
+                let ids: Vec<Uuid> = msgs.iter().map(|m| m.message_id).collect();
+                (ids, c.id, c.group, c.recipients.clone())
+            };
             let last = *ids.last().expect("batch of at least one");
             let round = Arc::new(Round {
-                group: c.group,
-                recipients: c.recipients.len(),
+                group,
+                recipients: recipients.len(),
                 inner: Mutex::new(RoundState::default()),
             });
             self.rounds
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(last, round.clone());
-            let mut recipients = c.recipients.clone();
             recipients.shuffle(&mut rng);
             let device = |rng: &mut StdRng, u: &Uuid| -> Client {
                 self.devices[u].choose(rng).expect("a device").clone()
@@ -325,7 +374,7 @@ impl Workload {
             for u in &recipients {
                 batch.push(Op::Read {
                     client: device(&mut rng, u),
-                    conversation: c.id,
+                    conversation,
                     last,
                     round: round.clone(),
                 });

@@ -94,6 +94,22 @@ fn cors(config: &ServeArgs) -> CorsLayer {
         .max_age(Duration::from_secs(24 * 3600))
 }
 
+/// Accepted connections with Nagle's algorithm off. tonic sets TCP_NODELAY
+/// only on listeners it binds itself; without it, a response's trailers can
+/// wait for the client's delayed ACK (tens of milliseconds).
+fn incoming(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
+        let conn = conn?;
+        if let Err(e) = conn.set_nodelay(true) {
+            tracing::debug!("TCP_NODELAY: {e}");
+        }
+        Ok(conn)
+    })
+}
+
 /// Opens the store configured in `config`.
 pub async fn open_store(config: &ServeArgs) -> Result<Arc<dyn ReceiptStore>, RunError> {
     if config.store == config::StoreKind::RedisScylla {
@@ -288,10 +304,7 @@ pub async fn run(
             ReceiptBackendServiceServer::new(api).max_decoding_message_size(max_message),
             interceptor,
         ))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            drain,
-        );
+        .serve_with_incoming_shutdown(incoming(listener), drain);
     // Shutdown is bounded: calls that do not finish within the grace period
     // (a client holding a health watch open, say) are cut off.
     let grace = Duration::from_millis(config.shutdown_grace_ms);

@@ -230,6 +230,20 @@ pub enum Tick {
     Read,
 }
 
+impl Tick {
+    /// The tick of a message with `total` recipients of whom `delivered`
+    /// have it and `read` have read it. Without recipients it stays `Sent`.
+    pub fn of(total: u64, delivered: u64, read: u64) -> Tick {
+        if total > 0 && read == total {
+            Tick::Read
+        } else if total > 0 && delivered == total {
+            Tick::Delivered
+        } else {
+            Tick::Sent
+        }
+    }
+}
+
 /// Counts and tick of one message, from its recipients' views.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Aggregate {
@@ -257,13 +271,7 @@ pub fn aggregate(views: &[RecipientView]) -> Aggregate {
     let all_delivered = total > 0 && delivered.len() as u64 == total;
     let all_read = total > 0 && read.len() as u64 == total;
     Aggregate {
-        tick: if all_read {
-            Tick::Read
-        } else if all_delivered {
-            Tick::Delivered
-        } else {
-            Tick::Sent
-        },
+        tick: Tick::of(total, delivered.len() as u64, read.len() as u64),
         delivered_count: delivered.len() as u64,
         read_count: read.len() as u64,
         recipients_total: total,

@@ -507,11 +507,29 @@ pub async fn receipt(
     conversation: Uuid,
     message: Uuid,
 ) -> pb::MessageReceipts {
+    receipt_with(client, conversation, message, true).await
+}
+
+/// The receipts of one message without the per-recipient list (counts only).
+pub async fn counts_only(
+    client: &mut UserClient,
+    conversation: Uuid,
+    message: Uuid,
+) -> pb::MessageReceipts {
+    receipt_with(client, conversation, message, false).await
+}
+
+async fn receipt_with(
+    client: &mut UserClient,
+    conversation: Uuid,
+    message: Uuid,
+    include_recipients: bool,
+) -> pb::MessageReceipts {
     client
         .get_receipts(pb::GetReceiptsRequest {
             conversation_id: conversation.to_string(),
             message_ids: vec![message.to_string()],
-            include_recipients: true,
+            include_recipients,
         })
         .await
         .expect("get receipts")

@@ -1,7 +1,9 @@
 //! Property test: random interleavings of registrations, deliveries and reads
-//! from several devices — with duplicates, reordering and privacy toggles —
-//! end in exactly the state a simple reference model computes, as every
-//! member sees it, and never show a read the model does not.
+//! from several devices — with duplicates, reordering, privacy toggles and
+//! members leaving and joining again — end in exactly the state a simple
+//! reference model computes, as every member sees it, both with the
+//! per-recipient list and counts only (which the Redis store answers from its
+//! counting indexes), and never show a read the model does not.
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
@@ -22,6 +24,11 @@ enum Op {
     Read(usize, usize),
     /// User turns read receipts on or off.
     Share(usize, bool),
+    /// User leaves from a seq on: the next one, or up to that many earlier
+    /// (a change may apply to messages already registered).
+    Leave(usize, u64),
+    /// User (re)joins from a seq on, chosen the same way.
+    Join(usize, u64),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -30,6 +37,8 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0..USERS, 0..64usize).prop_map(|(u, m)| Op::Deliver(u, m)),
         3 => (0..USERS, 0..64usize).prop_map(|(u, m)| Op::Read(u, m)),
         1 => (0..USERS, any::<bool>()).prop_map(|(u, s)| Op::Share(u, s)),
+        1 => (0..USERS, 0..4u64).prop_map(|(u, back)| Op::Leave(u, back)),
+        1 => (0..USERS, 0..4u64).prop_map(|(u, back)| Op::Join(u, back)),
     ]
 }
 
@@ -41,21 +50,83 @@ struct Model {
     watermark: HashMap<usize, u64>,
     public_watermark: HashMap<usize, u64>,
     private: HashSet<usize>,
+    /// Membership intervals per user: (from, until).
+    intervals: HashMap<usize, Vec<(u64, Option<u64>)>>,
 }
 
 impl Model {
+    fn new() -> Self {
+        Self {
+            intervals: (0..USERS).map(|u| (u, vec![(1, None)])).collect(),
+            ..Self::default()
+        }
+    }
+
+    fn next_seq(&self) -> u64 {
+        self.messages.len() as u64 + 1
+    }
+
+    fn current(&self, u: usize) -> bool {
+        self.intervals[&u].last().is_some_and(|i| i.1.is_none())
+    }
+
+    fn member_at(&self, u: usize, seq: u64) -> bool {
+        self.intervals[&u]
+            .iter()
+            .any(|&(from, until)| from <= seq && until.is_none_or(|x| seq < x))
+    }
+
+    /// Whether the server accepts `op` (else the test does not send it).
+    fn allows(&self, op: &Op) -> bool {
+        match *op {
+            Op::Send(u) | Op::Deliver(u, _) | Op::Read(u, _) => self.current(u),
+            Op::Share(..) => true,
+            Op::Leave(u, _) => {
+                let last = self.intervals[&u].last().expect("interval");
+                self.current(u) && self.next_seq() > last.0
+            }
+            Op::Join(u, _) => !self.current(u),
+        }
+    }
+
+    /// The seq a membership change takes effect from: `back` before the next
+    /// seq, but never where the server would refuse it (a leave must come
+    /// after the join, a join not before the last leave).
+    fn change_from(&self, op: &Op) -> u64 {
+        let last = *self.intervals[&op_user(op)].last().expect("interval");
+        match *op {
+            Op::Leave(_, back) => self.next_seq().saturating_sub(back).max(last.0 + 1),
+            Op::Join(_, back) => self
+                .next_seq()
+                .saturating_sub(back)
+                .max(last.1.unwrap_or(1))
+                .max(1),
+            _ => self.next_seq(),
+        }
+    }
+
     fn apply(&mut self, op: &Op) {
         match *op {
             Op::Send(u) => {
-                let seq = self.messages.len() as u64 + 1;
+                let seq = self.next_seq();
                 self.messages.push((seq, u));
             }
             Op::Deliver(u, i) => {
                 if let Some(m) = self.pick(i)
                     && self.messages[m].1 != u
+                    && self.member_at(u, self.messages[m].0)
                 {
                     self.delivered.insert((u, m));
                 }
+            }
+            Op::Leave(u, _) => {
+                let from = self.change_from(op);
+                let last = self.intervals.get_mut(&u).and_then(|i| i.last_mut());
+                last.expect("interval").1 = Some(from);
+            }
+            Op::Join(u, _) => {
+                let from = self.change_from(op);
+                self.intervals.get_mut(&u).expect("user").push((from, None));
             }
             Op::Read(u, i) => {
                 if let Some(m) = self.pick(i) {
@@ -87,7 +158,7 @@ impl Model {
     fn view(&self, viewer: usize, m: usize) -> Vec<(usize, pb::RecipientState)> {
         let (seq, sender) = self.messages[m];
         (0..USERS)
-            .filter(|u| *u != sender)
+            .filter(|u| *u != sender && self.member_at(*u, seq))
             .map(|u| {
                 let wm = self.watermark.get(&u).copied().unwrap_or(0);
                 let public = self.public_watermark.get(&u).copied().unwrap_or(0);
@@ -119,10 +190,17 @@ async fn run_case(server: &TestServer, ops: &[Op]) -> Result<(), TestCaseError> 
     for u in &users {
         devices.push([server.user(*u).await, server.user(*u).await]);
     }
-    let mut model = Model::default();
+    let mut model = Model::new();
     let mut ids: Vec<Uuid> = Vec::new();
     for (n, op) in ops.iter().enumerate() {
+        if !model.allows(op) {
+            continue;
+        }
         let device = &mut devices[op_user(op)][n % 2];
+        let change = |u: usize| pb::MembershipChange {
+            user_id: users[u].to_string(),
+            from_seq: model.change_from(op) as i64,
+        };
         match *op {
             Op::Send(u) => ids.push(conv.send(&mut backend, users[u]).await),
             Op::Deliver(_, i) if !ids.is_empty() => {
@@ -132,13 +210,51 @@ async fn run_case(server: &TestServer, ops: &[Op]) -> Result<(), TestCaseError> 
                 read_up_to(device, conv.id, ids[i % ids.len()]).await;
             }
             Op::Share(_, on) => set_sharing(device, on).await,
+            Op::Leave(u, _) => {
+                backend
+                    .remove_members(pb::RemoveMembersRequest {
+                        conversation_id: conv.id.to_string(),
+                        members: vec![change(u)],
+                    })
+                    .await
+                    .expect("remove member");
+            }
+            Op::Join(u, _) => {
+                backend
+                    .add_members(pb::AddMembersRequest {
+                        conversation_id: conv.id.to_string(),
+                        members: vec![change(u)],
+                    })
+                    .await
+                    .expect("add member");
+            }
             _ => {}
         }
         model.apply(op);
+        // Asking in between fills the store's caches (completion times) that
+        // later changes must invalidate.
+        if !ids.is_empty()
+            && let Some(v) = (0..USERS).find(|u| model.current(*u))
+        {
+            counts_only(&mut devices[v][0], conv.id, ids[n % ids.len()]).await;
+        }
     }
     for (viewer, dev) in devices.iter_mut().enumerate() {
+        if !model.current(viewer) {
+            continue;
+        }
         for (m, id) in ids.iter().enumerate() {
             let got = receipt(&mut dev[0], conv.id, *id).await;
+            let counted = counts_only(&mut dev[1], conv.id, *id).await;
+            let mut listed = got.clone();
+            listed.recipients.clear();
+            prop_assert_eq!(
+                &counted,
+                &listed,
+                "viewer {} message {}: counts only vs with recipients",
+                viewer,
+                m
+            );
             let want = model.view(viewer, m);
             let mut got_states: Vec<(usize, pb::RecipientState)> = got
                 .recipients
@@ -163,14 +279,17 @@ async fn run_case(server: &TestServer, ops: &[Op]) -> Result<(), TestCaseError> 
                 .count();
             prop_assert_eq!(got.read_count as usize, reads);
             prop_assert_eq!(got.delivered_count as usize, delivered);
-            let tick = if reads == want.len() {
+            // A message nobody else can see stays sent.
+            let tick = if !want.is_empty() && reads == want.len() {
                 pb::Tick::Read
-            } else if delivered == want.len() {
+            } else if !want.is_empty() && delivered == want.len() {
                 pb::Tick::Delivered
             } else {
                 pb::Tick::Sent
             };
             prop_assert_eq!(got.tick, tick as i32);
+            prop_assert_eq!(got.read_at_ms != 0, tick == pb::Tick::Read);
+            prop_assert_eq!(got.delivered_at_ms != 0, tick != pb::Tick::Sent);
         }
     }
     let _ = conv.next_seq();
@@ -179,7 +298,12 @@ async fn run_case(server: &TestServer, ops: &[Op]) -> Result<(), TestCaseError> 
 
 fn op_user(op: &Op) -> usize {
     match *op {
-        Op::Send(u) | Op::Deliver(u, _) | Op::Read(u, _) | Op::Share(u, _) => u,
+        Op::Send(u)
+        | Op::Deliver(u, _)
+        | Op::Read(u, _)
+        | Op::Share(u, _)
+        | Op::Leave(u, _)
+        | Op::Join(u, _) => u,
     }
 }
 

@@ -421,6 +421,20 @@ async fn expired_hot_data_reads_through_from_cassandra() {
 
     let after = receipts_of(&mut alice_client, group.id, &[m1, m2, m3]).await;
     assert_eq!(after, before, "read through from Cassandra, unchanged");
+    // The re-warm rebuilt the counting indexes: counts alone agree.
+    let counted = alice_client
+        .get_receipts(pb::GetReceiptsRequest {
+            conversation_id: group.id.to_string(),
+            message_ids: [m1, m2, m3].iter().map(Uuid::to_string).collect(),
+            include_recipients: false,
+        })
+        .await
+        .expect("get receipts")
+        .into_inner()
+        .messages;
+    let mut plain = before.clone();
+    plain.iter_mut().for_each(|m| m.recipients.clear());
+    assert_eq!(counted, plain, "counts from the re-warmed indexes");
     assert!(
         tier.keys().await.iter().any(|k| k.contains(&tag)),
         "the read re-warmed Redis"

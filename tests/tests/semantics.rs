@@ -256,6 +256,68 @@ async fn group_counts_show_how_many_of_how_many() {
 }
 
 #[tokio::test]
+async fn completion_times_follow_membership_changes_to_registered_messages() {
+    let s = TestServer::start().await;
+    let mut backend = s.backend().await;
+    let mut c = Conversation::create(&mut backend, 4).await;
+    let (sender, a, b, last) = (c.members[0], c.members[1], c.members[2], c.members[3]);
+    c.send(&mut backend, sender).await;
+    let m = c.send(&mut backend, sender).await; // seq 2
+    let mut times = Vec::new();
+    for u in [a, b, last] {
+        next_millisecond().await;
+        times.push(read_up_to(&mut s.user(u).await, c.id, m).await);
+    }
+    let mut viewer = s.user(sender).await;
+    let all = counts_only(&mut viewer, c.id, m).await;
+    assert_eq!((tick(&all), all.read_count), (pb::Tick::Read, 3));
+    let listed = receipt(&mut viewer, c.id, m).await;
+    assert_eq!(all.read_at_ms, recipient(&listed, last).read_at_ms);
+    // The last reader turns out to have left before the message: the message
+    // was read by everyone when `b` read it.
+    let change = |user: Uuid, from_seq: i64| pb::MembershipChange {
+        user_id: user.to_string(),
+        from_seq,
+    };
+    backend
+        .remove_members(pb::RemoveMembersRequest {
+            conversation_id: c.id.to_string(),
+            members: vec![change(last, 2)],
+        })
+        .await
+        .unwrap();
+    let fewer = counts_only(&mut viewer, c.id, m).await;
+    assert_eq!((fewer.read_count, fewer.recipients_total), (2, 2));
+    assert_eq!(fewer.read_at_ms, recipient(&listed, b).read_at_ms);
+    assert!(fewer.read_at_ms < all.read_at_ms);
+    // Someone added from before the message is a recipient who has not read.
+    let newcomer = Uuid::now_v7();
+    backend
+        .add_members(pb::AddMembersRequest {
+            conversation_id: c.id.to_string(),
+            members: vec![change(newcomer, 1)],
+        })
+        .await
+        .unwrap();
+    let more = counts_only(&mut viewer, c.id, m).await;
+    assert_eq!(
+        (tick(&more), more.read_count, more.recipients_total),
+        (pb::Tick::Sent, 2, 3)
+    );
+    assert_eq!((more.read_at_ms, more.delivered_at_ms), (0, 0));
+    next_millisecond().await;
+    read_up_to(&mut s.user(newcomer).await, c.id, m).await;
+    let again = counts_only(&mut viewer, c.id, m).await;
+    let listed = receipt(&mut viewer, c.id, m).await;
+    assert_eq!(tick(&again), pb::Tick::Read);
+    assert_eq!(again.read_at_ms, recipient(&listed, newcomer).read_at_ms);
+    assert!(again.read_at_ms > all.read_at_ms);
+    let mut plain = listed.clone();
+    plain.recipients.clear();
+    assert_eq!(again, plain);
+}
+
+#[tokio::test]
 async fn recipients_are_members_at_the_message_seq_minus_the_sender() {
     let s = TestServer::start().await;
     let mut backend = s.backend().await;

@@ -36,9 +36,28 @@ impl Keys {
     pub fn watermarks(&self, c: &ConversationId) -> String {
         self.conv(c, "w")
     }
-    /// Sorted set: user scored by public watermark ("how many have read m").
+    /// Sorted set: the *simple* members (see [`Keys::complex`]) who share
+    /// read receipts, scored by `max(public watermark, join seq - 1)`.
     pub fn readers(&self, c: &ConversationId) -> String {
         self.conv(c, "rz")
+    }
+    /// Sorted set: every simple member, scored by `max(true watermark, join
+    /// seq - 1)`.
+    pub fn true_readers(&self, c: &ConversationId) -> String {
+        self.conv(c, "tz")
+    }
+    /// Sorted set: every simple member, scored by its join seq.
+    pub fn joins(&self, c: &ConversationId) -> String {
+        self.conv(c, "jz")
+    }
+    /// Sorted set: the simple members who share read receipts, by join seq.
+    pub fn sharing_joins(&self, c: &ConversationId) -> String {
+        self.conv(c, "jr")
+    }
+    /// Set: the members whose membership is not one open interval (they left
+    /// at least once). They are counted one by one.
+    pub fn complex(&self, c: &ConversationId) -> String {
+        self.conv(c, "cx")
     }
     /// Sorted set: `<message>:<sender>` scored by seq.
     pub fn seqs(&self, c: &ConversationId) -> String {
@@ -62,11 +81,15 @@ impl Keys {
     }
     /// Stream: events committed with the state, not yet in users' logs.
     /// The conversation's state keys whose expiry every write refreshes.
-    pub fn conversation_state(&self, c: &ConversationId) -> [String; 5] {
+    pub fn conversation_state(&self, c: &ConversationId) -> [String; 9] {
         [
             self.meta(c),
             self.watermarks(c),
             self.readers(c),
+            self.true_readers(c),
+            self.joins(c),
+            self.sharing_joins(c),
+            self.complex(c),
             self.seqs(c),
             self.messages(c),
         ]

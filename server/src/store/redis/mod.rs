@@ -21,6 +21,7 @@
 //! through to Scylla and re-warm Redis. The queue streams and their index
 //! never expire (they are drained). docs/storage.md lists every key and table.
 
+mod counts;
 mod keys;
 mod scripts;
 
@@ -41,7 +42,7 @@ use async_trait::async_trait;
 use keys::Keys;
 use redis::aio::ConnectionLike;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -219,6 +220,23 @@ struct View {
 }
 
 impl View {
+    /// A view that knows nothing yet but the conversation and a version.
+    fn bare(c: ConversationId, ver: u64) -> Self {
+        View {
+            c,
+            ver,
+            mver: 0,
+            stamp: 0,
+            count: 0,
+            members: BTreeMap::new(),
+            wms: HashMap::new(),
+            sharing: HashMap::new(),
+            messages: HashMap::new(),
+            deliveries: HashMap::new(),
+            hist: HashMap::new(),
+        }
+    }
+
     fn group(&self) -> bool {
         self.count > 2
     }
@@ -469,15 +487,20 @@ impl Inner {
         }
         plan.cmds.push(meta);
         let mut hist_keys = Vec::new();
-        for (u, wm) in &img.watermarks {
+        let wms: HashMap<UserId, ReadWatermark> = img.watermarks.iter().copied().collect();
+        for (u, wm) in &wms {
             plan.cmds.push(rcmd![
                 "HSET",
                 k.watermarks(c),
                 hex(u),
                 format!("{}:{}", wm.seq, wm.public_seq)
             ]);
-            plan.cmds
-                .push(rcmd!["ZADD", k.readers(c), wm.public_seq, hex(u)]);
+        }
+        let users: Vec<UserId> = img.members.iter().map(|(u, _)| *u).collect();
+        let sharing = self.sharing_of(&users).await?;
+        for ((u, m), (shares, _)) in img.members.iter().zip(sharing) {
+            let wm = wms.get(u).copied().unwrap_or_default();
+            plan.cmds.extend(index_member(k, c, u, m, wm, shares));
         }
         for (u, public, seq, at) in &img.history {
             let key = k.history(c, u, *public);
@@ -710,6 +733,28 @@ impl Inner {
             Some(b) => Ok(Some(dec(&b, "message")?)),
             None => self.scylla.message(*m).await.map_err(scylla_err),
         }
+    }
+
+    /// Every one of `ids` was loaded into `view`; else the first missing one
+    /// is named: another conversation's message, or an unknown one.
+    async fn check_found(&self, view: &View, ids: &[MessageId]) -> StoreResult<()> {
+        let missing: Vec<MessageId> = ids
+            .iter()
+            .filter(|m| !view.messages.contains_key(m))
+            .copied()
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let homes = self.homes(&missing).await?;
+        let (id, home) = (missing[0], homes[0]);
+        Err(match home {
+            Some(_) => ServiceError::invalid(
+                "message_ids",
+                format!("message {id} belongs to another conversation"),
+            ),
+            None => ServiceError::not_found("message_ids", "message", id),
+        })
     }
 
     /// `(seq, id, sender)` for seqs in `lo..=hi`.
@@ -984,8 +1029,16 @@ impl Inner {
     /// Flushes `c`'s group window: one summary per sender with absolute counts.
     async fn flush_window(&self, c: &ConversationId) -> StoreResult<()> {
         for _ in 0..MAX_ATTEMPTS {
-            let Some(mut view) = self.view(c).await? else {
-                return Ok(());
+            // Counts come from the indexes; nothing here reads every member.
+            let (ver, n): (Option<u64>, Option<u64>) = self
+                .query(redis::cmd("HMGET").arg(self.keys.meta(c)).arg("v").arg("n"))
+                .await?;
+            let ver = match (ver, n) {
+                (ver, Some(_)) => ver.unwrap_or(0),
+                _ => match self.view(c).await? {
+                    Some(view) => view.ver,
+                    None => return Ok(()),
+                },
             };
             let touched: HashMap<String, String> = self
                 .query(redis::cmd("HGETALL").arg(self.keys.window(c)))
@@ -997,10 +1050,17 @@ impl Inner {
                 .keys()
                 .map(|m| parse_uuid(m))
                 .collect::<StoreResult<_>>()?;
-            self.prepare_states(&mut view, &ids).await?;
+            let mut view = View::bare(*c, ver);
+            self.ensure_messages(&mut view, &ids).await?;
+            let msgs: Vec<Message> = ids
+                .iter()
+                .filter_map(|m| view.messages.get(m))
+                .copied()
+                .collect();
+            let aggregates = self.aggregates(c, None, &msgs).await?;
             let mut plan = Plan::default();
             plan.cmds.push(rcmd!["DEL", self.keys.window(c)]);
-            emit_states(&view, &mut plan, &ids, true);
+            emit(&mut plan, *c, true, counted_states(msgs, aggregates));
             if self.commit(&view, plan).await? {
                 return Ok(());
             }
@@ -1042,7 +1102,7 @@ impl Inner {
             format!("{}:{}", after.seq, after.public_seq)
         ]);
         plan.cmds
-            .push(rcmd!["ZADD", k.readers(&c), after.public_seq, hex(u)]);
+            .extend(index_member(k, &c, u, membership, after, sharing));
         plan.cmds.push(rcmd![
             "ZADD",
             k.history(&c, u, false),
@@ -1076,11 +1136,16 @@ impl Inner {
             before.seq
         };
         let candidates = self.between(&c, first + 1, after.seq).await?;
-        let ids: Vec<MessageId> = candidates.iter().map(|m| m.id).collect();
-        self.ensure_deliveries(view, &ids).await?;
-        let members: Vec<UserId> = view.members.keys().copied().collect();
-        let min_seq = candidates.first().map_or(Seq::MAX, |m| m.seq);
-        self.ensure_history(view, &members, min_seq).await?;
+        let group = view.group();
+        if !group {
+            // A direct conversation's events carry whole states, computed
+            // from the view; a group's summary is counted later.
+            let ids: Vec<MessageId> = candidates.iter().map(|m| m.id).collect();
+            self.ensure_deliveries(view, &ids).await?;
+            let members: Vec<UserId> = view.members.keys().copied().collect();
+            let min_seq = candidates.first().map_or(Seq::MAX, |m| m.seq);
+            self.ensure_history(view, &members, min_seq).await?;
+        }
         view.wms.insert(*u, after);
         let h = view.hist.entry((*u, false)).or_default();
         h.push((after.seq, at));
@@ -1105,7 +1170,11 @@ impl Inner {
                 continue;
             }
             let visible = adv.is_public() && m.seq > before.public_seq;
-            let newly_delivered = m.seq > before.seq && view.delivered_at(&m.id, u).is_none();
+            // In a group, a message already delivered is windowed too: its
+            // summary has absolute counts, so one more is harmless, and
+            // knowing would mean reading every covered receipt hash.
+            let newly_delivered =
+                m.seq > before.seq && (group || view.delivered_at(&m.id, u).is_none());
             if visible || newly_delivered {
                 changed.push(m);
             }
@@ -1119,6 +1188,60 @@ impl Inner {
             },
             windowed,
         ))
+    }
+
+    /// Brings `u`'s entries in the counting indexes of every conversation it
+    /// is in up to its sharing setting, so counts follow the setting "at once"
+    /// (before `set_sharing` returns). Each conversation is a compare-and-
+    /// apply that reads the setting after the conversation's version, so a
+    /// concurrent read or toggle cannot leave a stale entry behind.
+    async fn reindex_sharing(&self, u: &UserId) -> StoreResult<()> {
+        let hot: Vec<String> = self
+            .query(redis::cmd("SMEMBERS").arg(self.keys.user_conversations(u)))
+            .await?;
+        let mut convs: BTreeSet<ConversationId> = hot
+            .iter()
+            .map(|c| parse_uuid(c))
+            .collect::<StoreResult<_>>()?;
+        convs.extend(
+            self.scylla
+                .user_conversations(*u)
+                .await
+                .map_err(scylla_err)?,
+        );
+        let field = format!("m:{}", hex(u));
+        'conv: for c in convs {
+            for _ in 0..MAX_ATTEMPTS {
+                let mut p = redis::pipe();
+                p.cmd("HMGET")
+                    .arg(self.keys.meta(&c))
+                    .arg("v")
+                    .arg("n")
+                    .arg(&field);
+                p.cmd("HGET").arg(self.keys.watermarks(&c)).arg(hex(u));
+                // (version, member count, membership), watermark.
+                type Row = ((Option<u64>, Option<u64>, Option<Vec<u8>>), Option<String>);
+                let ((ver, n, membership), wm): Row = self.pipe(&p).await?;
+                // Not in Redis: a re-warm indexes it from the setting.
+                let (Some(_), Some(membership)) = (n, membership) else {
+                    continue 'conv;
+                };
+                let membership: Membership = dec(&membership, "membership")?;
+                let wm = wm
+                    .as_deref()
+                    .map(parse_watermark)
+                    .transpose()?
+                    .unwrap_or_default();
+                let sharing = self.sharing_of(&[*u]).await?[0].0;
+                let cmds = index_member(&self.keys, &c, u, &membership, wm, sharing);
+                if let Applied::Done = self.apply(&c, ver.unwrap_or(0), 0, cmds).await? {
+                    continue 'conv;
+                }
+                backoff().await;
+            }
+            return Err(contended(&c));
+        }
+        Ok(())
     }
 
     // ----- the log and the bus -----------------------------------------
@@ -1174,25 +1297,39 @@ impl Inner {
                 recent.push((parse_uuid(c)?, parse_uuid(m)?));
             }
         }
-        let mut views: HashMap<ConversationId, View> = HashMap::new();
+        let mut states: HashMap<MessageId, MessageState> = HashMap::new();
         let mut by_conv: BTreeMap<ConversationId, Vec<MessageId>> = BTreeMap::new();
         for (c, m) in &recent {
             by_conv.entry(*c).or_default().push(*m);
         }
         for (c, ids) in &by_conv {
-            if let Some(mut v) = self.view(c).await? {
+            let Some(mut v) = self.view(c).await? else {
+                continue;
+            };
+            if v.group() {
+                self.ensure_messages(&mut v, ids).await?;
+                let msgs: Vec<Message> = ids
+                    .iter()
+                    .filter_map(|m| v.messages.get(m))
+                    .copied()
+                    .collect();
+                let aggregates = self.aggregates(c, Some(*u), &msgs).await?;
+                for state in counted_states(msgs, aggregates) {
+                    states.insert(state.message.id, state);
+                }
+            } else {
                 self.prepare_states(&mut v, ids).await?;
-                views.insert(*c, v);
+                for m in ids {
+                    if let Some(msg) = v.messages.get(m) {
+                        states.insert(*m, v.state(u, msg, false));
+                    }
+                }
             }
         }
-        let mut recent_messages = Vec::new();
-        for (c, m) in &recent {
-            if let Some(v) = views.get(c)
-                && let Some(msg) = v.messages.get(m)
-            {
-                recent_messages.push(v.state(u, msg, false));
-            }
-        }
+        let recent_messages = recent
+            .iter()
+            .filter_map(|(_, m)| states.remove(m))
+            .collect();
         let mut convs: Vec<String> = self
             .query(redis::cmd("SMEMBERS").arg(self.keys.user_conversations(u)))
             .await?;
@@ -1393,14 +1530,7 @@ fn parse_view(
     }
     let mut watermarks = HashMap::new();
     for (u, v) in wms {
-        let (s, p) = v.split_once(':').ok_or_else(|| corrupt("watermark"))?;
-        watermarks.insert(
-            parse_uuid(&u)?,
-            ReadWatermark {
-                seq: s.parse().map_err(|_| corrupt("watermark"))?,
-                public_seq: p.parse().map_err(|_| corrupt("watermark"))?,
-            },
-        );
+        watermarks.insert(parse_uuid(&u)?, parse_watermark(&v)?);
     }
     Ok(View {
         c: *c,
@@ -1414,6 +1544,15 @@ fn parse_view(
         messages: HashMap::new(),
         deliveries: HashMap::new(),
         hist: HashMap::new(),
+    })
+}
+
+/// A watermarks-hash value: `seq:public_seq`.
+fn parse_watermark(v: &str) -> StoreResult<ReadWatermark> {
+    let (s, p) = v.split_once(':').ok_or_else(|| corrupt("watermark"))?;
+    Ok(ReadWatermark {
+        seq: s.parse().map_err(|_| corrupt("watermark"))?,
+        public_seq: p.parse().map_err(|_| corrupt("watermark"))?,
     })
 }
 
@@ -1446,26 +1585,102 @@ fn parse_bus(payload: &[u8]) -> Option<(u64, Event)> {
 /// Computes the states of `ids` for their senders and adds one event per
 /// sender (split into chunks) to the plan.
 fn emit_states(view: &View, plan: &mut Plan, ids: &[MessageId], group: bool) {
+    let states = ids
+        .iter()
+        .filter_map(|m| view.messages.get(m))
+        .map(|m| view.state(&m.sender, m, !group))
+        .collect();
+    emit(plan, view.c, group, states);
+}
+
+/// Adds one event per sender of `states` (in seq order, split into chunks).
+fn emit(plan: &mut Plan, c: ConversationId, group: bool, mut states: Vec<MessageState>) {
+    states.sort_by_key(|s| s.message.seq);
     let mut by_sender: BTreeMap<UserId, Vec<MessageState>> = BTreeMap::new();
-    let mut msgs: Vec<&Message> = ids.iter().filter_map(|m| view.messages.get(m)).collect();
-    msgs.sort_by_key(|m| m.seq);
-    for m in msgs {
+    for state in states {
         by_sender
-            .entry(m.sender)
+            .entry(state.message.sender)
             .or_default()
-            .push(view.state(&m.sender, m, !group));
+            .push(state);
     }
     for (sender, states) in by_sender {
         for chunk in states.chunks(MAX_MESSAGES_PER_EVENT) {
             plan.events.push((
                 sender,
                 EventBody::Receipts {
-                    conversation: view.c,
+                    conversation: c,
                     group,
                     messages: chunk.to_vec(),
                 },
             ));
         }
+    }
+}
+
+/// Counts-only states of `msgs` (see `counts.rs`).
+fn counted_states(msgs: Vec<Message>, aggregates: Vec<domain::Aggregate>) -> Vec<MessageState> {
+    msgs.into_iter()
+        .zip(aggregates)
+        .map(|(message, aggregate)| MessageState {
+            message,
+            aggregate,
+            recipients: Vec::new(),
+        })
+        .collect()
+}
+
+/// The counting indexes' entries for one member (see "Counting reads" in
+/// docs/storage.md): a member with one open interval from `j` is *simple* and
+/// lives in the sorted sets, scored so that one `ZCOUNT` each counts reads;
+/// anyone else (a member who left, even if back) is listed in `cx` and
+/// counted one by one.
+fn index_member(
+    keys: &Keys,
+    c: &ConversationId,
+    u: &UserId,
+    membership: &Membership,
+    wm: ReadWatermark,
+    sharing: bool,
+) -> Vec<Vec<Vec<u8>>> {
+    let member = hex(u);
+    let (jz, tz, rz, jr) = (
+        keys.joins(c),
+        keys.true_readers(c),
+        keys.readers(c),
+        keys.sharing_joins(c),
+    );
+    match simple_join(membership) {
+        Some(j) => {
+            let floor = j.saturating_sub(1);
+            let mut cmds = vec![
+                rcmd!["ZADD", jz, j, member.clone()],
+                rcmd!["ZADD", tz, wm.seq.max(floor), member.clone()],
+                rcmd!["SREM", keys.complex(c), member.clone()],
+            ];
+            if sharing {
+                cmds.push(rcmd!["ZADD", rz, wm.public_seq.max(floor), member.clone()]);
+                cmds.push(rcmd!["ZADD", jr, j, member]);
+            } else {
+                cmds.push(rcmd!["ZREM", rz, member.clone()]);
+                cmds.push(rcmd!["ZREM", jr, member]);
+            }
+            cmds
+        }
+        None => vec![
+            rcmd!["ZREM", jz, member.clone()],
+            rcmd!["ZREM", tz, member.clone()],
+            rcmd!["ZREM", rz, member.clone()],
+            rcmd!["ZREM", jr, member.clone()],
+            rcmd!["SADD", keys.complex(c), member],
+        ],
+    }
+}
+
+/// The join seq of a member whose membership is one open interval.
+fn simple_join(membership: &Membership) -> Option<Seq> {
+    match membership.intervals.as_slice() {
+        [only] if only.until.is_none() => Some(only.from),
+        _ => None,
     }
 }
 
@@ -1635,25 +1850,23 @@ impl ReceiptStore for RedisStore {
                 meta.extend(rcmd![format!("m:{}", hex(u)), enc(m)]);
             }
             plan.cmds.push(meta);
+            let sharing = s.sharing_of(&members).await?;
+            for ((u, m), (shares, _)) in image.iter().zip(sharing) {
+                plan.cmds.extend(index_member(
+                    &s.keys,
+                    &c,
+                    u,
+                    m,
+                    ReadWatermark::default(),
+                    shares,
+                ));
+            }
             plan.persist.push(PersistOp::Conversation {
                 conversation: c,
                 members: image,
                 version: 1,
             });
-            let view = View {
-                c,
-                ver: 0,
-                mver: 0,
-                stamp: 0,
-                count: 0,
-                members: BTreeMap::new(),
-                wms: HashMap::new(),
-                sharing: HashMap::new(),
-                messages: HashMap::new(),
-                deliveries: HashMap::new(),
-                hist: HashMap::new(),
-            };
-            if s.commit(&view, plan).await? {
+            if s.commit(&View::bare(c, 0), plan).await? {
                 let mut p = redis::pipe();
                 for u in &members {
                     p.sadd(s.keys.user_conversations(u), hex(&c))
@@ -2066,6 +2279,7 @@ impl ReceiptStore for RedisStore {
                 rcmd!["EXPIRE", key.clone(), s.ttl()],
             ];
             if let Applied::Done = s.apply_on(key, version, registered, cmds).await? {
+                s.reindex_sharing(&user).await?;
                 return Ok(sharing);
             }
             backoff().await;
@@ -2087,32 +2301,42 @@ impl ReceiptStore for RedisStore {
         include_recipients: bool,
     ) -> StoreResult<Vec<MessageState>> {
         let s = &self.inner;
-        let Some(mut view) = s.view(&conversation).await? else {
+        let c = conversation;
+        let ids = dedup(messages);
+        if !include_recipients {
+            // A group's counts come from the indexes, without reading every
+            // member (direct conversations have two: the view is as cheap).
+            let (n, membership): (Option<u64>, Option<Vec<u8>>) = s
+                .query(
+                    redis::cmd("HMGET")
+                        .arg(s.keys.meta(&c))
+                        .arg("n")
+                        .arg(format!("m:{}", hex(&viewer))),
+                )
+                .await?;
+            if n.is_some_and(|n| n > 2) {
+                let mut view = View::bare(c, 0);
+                if let Some(m) = membership {
+                    view.members.insert(viewer, dec(&m, "membership")?);
+                }
+                view.authorize(&viewer, "conversation_id")?;
+                s.ensure_messages(&mut view, &ids).await?;
+                s.check_found(&view, &ids).await?;
+                let msgs: Vec<Message> = ids.iter().map(|m| view.messages[m]).collect();
+                let aggregates = s.aggregates(&c, Some(viewer), &msgs).await?;
+                return Ok(counted_states(msgs, aggregates));
+            }
+        }
+        let Some(mut view) = s.view(&c).await? else {
             return Err(ServiceError::not_found(
                 "conversation_id",
                 "conversation",
-                conversation,
+                c,
             ));
         };
         view.authorize(&viewer, "conversation_id")?;
-        let ids = dedup(messages);
         s.ensure_messages(&mut view, &ids).await?;
-        let missing: Vec<MessageId> = ids
-            .iter()
-            .filter(|m| !view.messages.contains_key(m))
-            .copied()
-            .collect();
-        if !missing.is_empty() {
-            let homes = s.homes(&missing).await?;
-            let (id, home) = (missing[0], homes[0]);
-            return Err(match home {
-                Some(_) => ServiceError::invalid(
-                    "message_ids",
-                    format!("message {id} belongs to another conversation"),
-                ),
-                None => ServiceError::not_found("message_ids", "message", id),
-            });
-        }
+        s.check_found(&view, &ids).await?;
         s.prepare_states(&mut view, &ids).await?;
         Ok(ids
             .iter()
@@ -2321,12 +2545,17 @@ impl RedisStore {
             let mver = view.mver + 1;
             let mut meta = rcmd!["HSET", s.keys.meta(&c), "n", count, "mv", mver];
             let mut lowest = Seq::MAX;
-            for (u, (ms, from)) in &updated {
+            let users: Vec<UserId> = updated.keys().copied().collect();
+            let sharing = s.sharing_of(&users).await?;
+            let mut index = Vec::new();
+            for ((u, (ms, from)), (shares, _)) in updated.iter().zip(sharing) {
                 meta.extend(rcmd![format!("m:{}", hex(u)), enc(ms)]);
+                index.extend(index_member(&s.keys, &c, u, ms, view.wm(u), shares));
                 view.members.insert(*u, ms.clone());
                 lowest = lowest.min(*from);
             }
             plan.cmds.push(meta);
+            plan.cmds.extend(index);
             view.count = count;
             plan.persist.push(PersistOp::Conversation {
                 conversation: c,

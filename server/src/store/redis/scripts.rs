@@ -1,5 +1,6 @@
 //! The Lua scripts: small, generic and slot-local. The rules live in Rust
-//! (`crate::domain`); Redis only checks versions and applies writes atomically.
+//! (`crate::domain`); Redis only checks versions and applies writes
+//! atomically, and reads what counting needs in one consistent step.
 
 use redis::Script;
 use std::sync::LazyLock;
@@ -140,6 +141,83 @@ pub static UNLOCK: LazyLock<Script> = LazyLock::new(|| {
         r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
+"#,
+    )
+});
+
+/// A consistent snapshot of what counting the receipts of some messages
+/// needs (see `counts.rs`), read in one atomic step so that a write cannot
+/// land between two of its parts. KEYS: the conversation's meta hash, `cx`,
+/// `jz`, `tz`, `rz`, `jr`, its watermarks hash, then one receipt hash per
+/// message. ARGV: the
+/// number of "own" users, their hex ids (senders and viewer), then per
+/// message its seq and its sender's 16-byte id. Returns
+/// `{{mv}, complex hex ids, {their m: fields}, {their watermarks},
+/// {own jz scores}, {own tz scores}, {own rz scores}, per message:
+/// {5 ZCOUNTs, explicit deliveries of simple members not yet read,
+/// receipt hash loaded (0/1), {complex members' delivery values}, ad, ar}}`.
+pub static COUNT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local meta, cx, jz, tz, rz, jr = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local function chunked(cmd, key, list, prefix)
+  local out = {}
+  for i = 1, #list, 1000 do
+    local part = {}
+    for j = i, math.min(i + 999, #list) do part[#part + 1] = (prefix or '') .. list[j] end
+    local r = redis.call(cmd, key, unpack(part))
+    for _, v in ipairs(r) do out[#out + 1] = v end
+  end
+  return out
+end
+local function raw(h)
+  return (h:gsub('..', function(c) return string.char(tonumber(c, 16)) end))
+end
+local function hex(r)
+  return (r:gsub('.', function(c) return string.format('%02x', string.byte(c)) end))
+end
+local n_own = tonumber(ARGV[1])
+local own = {}
+for i = 1, n_own do own[i] = ARGV[1 + i] end
+local complex = redis.call('SMEMBERS', cx)
+local complex_raw = {}
+for i, h in ipairs(complex) do complex_raw[i] = raw(h) end
+local out = {
+  redis.call('HMGET', meta, 'mv'),
+  complex,
+  chunked('HMGET', meta, complex, 'm:'),
+  chunked('HMGET', KEYS[7], complex),
+  chunked('ZMSCORE', jz, own),
+  chunked('ZMSCORE', tz, own),
+  chunked('ZMSCORE', rz, own),
+}
+local a = 2 + n_own
+for i = 8, #KEYS do
+  local rk, s, sender = KEYS[i], tonumber(ARGV[a]), ARGV[a + 1]
+  a = a + 2
+  local delivered = {}
+  for _, f in ipairs(redis.call('HKEYS', rk)) do
+    if #f == 16 and f ~= sender then delivered[#delivered + 1] = hex(f) end
+  end
+  local unread = 0
+  for _, t in ipairs(chunked('ZMSCORE', tz, delivered)) do
+    if t and tonumber(t) < s then unread = unread + 1 end
+  end
+  local cache = redis.call('HMGET', rk, 'ad', 'ar')
+  out[#out + 1] = {
+    redis.call('ZCOUNT', jz, '-inf', s),
+    redis.call('ZCOUNT', jz, '(' .. s, '+inf'),
+    redis.call('ZCOUNT', tz, s, '+inf'),
+    redis.call('ZCOUNT', rz, s, '+inf'),
+    redis.call('ZCOUNT', jr, '(' .. s, '+inf'),
+    unread,
+    redis.call('HEXISTS', rk, '_'),
+    chunked('HMGET', rk, complex_raw),
+    cache[1],
+    cache[2],
+  }
+end
+return out
 "#,
     )
 });

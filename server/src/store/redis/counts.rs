@@ -1,0 +1,445 @@
+//! Receipt counts without a scan of the members ("Counting reads" in
+//! docs/storage.md).
+//!
+//! A member whose membership is one open interval from seq `j` is *simple*.
+//! Simple members live in four sorted sets of the conversation:
+//!
+//! - `jz`: join seq; `jr`: join seq, only those who share read receipts;
+//! - `tz`: `max(true watermark, j - 1)`; `rz`: `max(public watermark, j - 1)`,
+//!   only those who share read receipts.
+//!
+//! The `j - 1` floor is what makes one `ZCOUNT` enough: a member who joined
+//! after a message (`j > seq`) always scores at least `seq`, so the members
+//! who read message `seq` are `ZCOUNT tz seq +inf - ZCOUNT jz (seq +inf`, and
+//! the same with `rz` and `jr` for reads others may see. Recipients are
+//! `ZCOUNT jz -inf seq`. The sender is taken out with its own entries, and a
+//! viewer who is a recipient sees its own true read. Members who ever left
+//! (`cx`) are few and are counted one by one with the domain rules. Delivered
+//! means "marked delivered, or read": the members who read, plus those in
+//! the message's receipt hash whose true score is below `seq`.
+//!
+//! Everything here is O(log n) in group size per message, plus the message's
+//! explicit deliveries and the members who ever left.
+
+use super::*;
+use crate::domain::{Aggregate, RecipientState, Tick};
+
+/// The `ZCOUNT`s of one message.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Counted {
+    /// `ZCOUNT jz -inf seq`: simple members who joined at or before it.
+    pub joined_by: u64,
+    /// `ZCOUNT jz (seq +inf`: simple members who joined after it.
+    pub joined_after: u64,
+    /// `ZCOUNT tz seq +inf`.
+    pub true_from: u64,
+    /// `ZCOUNT rz seq +inf`.
+    pub public_from: u64,
+    /// `ZCOUNT jr (seq +inf`.
+    pub sharing_joined_after: u64,
+}
+
+/// One user's own entries in the sorted sets (`None`: absent).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Entries {
+    pub join: Option<Seq>,
+    pub true_score: Option<Seq>,
+    pub public_score: Option<Seq>,
+}
+
+impl Entries {
+    /// A simple member who is a recipient of (member at) `seq`.
+    fn member_at(&self, seq: Seq) -> bool {
+        self.join.is_some_and(|j| j <= seq)
+    }
+
+    fn read(&self, seq: Seq) -> bool {
+        self.true_score.is_some_and(|t| t >= seq)
+    }
+
+    fn public_read(&self, seq: Seq) -> bool {
+        self.public_score.is_some_and(|r| r >= seq)
+    }
+}
+
+/// Counts among simple recipients: (total, read, read as `viewer` sees it).
+/// Delivered is "read" plus the explicit deliveries of members who have not
+/// read the message, which the `COUNT` script counts.
+pub(super) fn simple_counts(
+    seq: Seq,
+    n: Counted,
+    sender: Entries,
+    viewer: Option<Entries>,
+) -> (u64, u64, u64) {
+    let sender_in = sender.member_at(seq);
+    // The snapshot is atomic, so these never go below zero; saturating keeps
+    // a damaged index from panicking a node.
+    let total = n.joined_by.saturating_sub(u64::from(sender_in));
+    let read = (n.true_from.saturating_sub(n.joined_after))
+        .saturating_sub(u64::from(sender_in && sender.read(seq)));
+    let mut public = (n.public_from.saturating_sub(n.sharing_joined_after))
+        .saturating_sub(u64::from(sender_in && sender.public_read(seq)));
+    if let Some(v) = viewer.filter(|v| v.member_at(seq)) {
+        public = public.saturating_sub(u64::from(v.public_read(seq))) + u64::from(v.read(seq));
+    }
+    (total, read, public)
+}
+
+/// What is needed of a member who ever left.
+pub(super) struct Complex {
+    pub user: UserId,
+    pub membership: Membership,
+    pub wm: ReadWatermark,
+    pub sharing: bool,
+}
+
+/// Counts among complex recipients: (total, delivered, read as `viewer`
+/// sees it), by the domain rules.
+pub(super) fn complex_counts(
+    m: &Message,
+    viewer: &UserId,
+    complex: &[Complex],
+    deliveries: &HashMap<UserId, Millis>,
+) -> (u64, u64, u64) {
+    let (mut total, mut delivered, mut read) = (0, 0, 0);
+    for c in complex {
+        if c.user == m.sender || !c.membership.contains(m.seq) {
+            continue;
+        }
+        // Counts need no times: any value stands for "some time".
+        let facts = RecipientFacts {
+            delivered_at: deliveries.get(&c.user).copied(),
+            read_at: (c.wm.seq >= m.seq).then_some(0),
+            public_read_at: (c.wm.public_seq >= m.seq).then_some(0),
+            sharing: c.sharing,
+        };
+        let v = domain::recipient_view(*viewer, c.user, facts);
+        total += 1;
+        delivered += u64::from(v.state != RecipientState::None);
+        read += u64::from(v.state == RecipientState::Read);
+    }
+    (total, delivered, read)
+}
+
+/// A completion time cached in the receipt hash (`ad` / `ar`), valid while
+/// the membership version is the one it was computed at: once every
+/// recipient has (publicly read) a message, each of their first times is
+/// fixed, so only a change of recipients can change the last of them.
+/// Privacy toggles cannot: they hide reads but never change when the public
+/// ones were made, and reads made while private never count for others.
+fn cached(value: Option<&String>, tag: &str, sent_at: Millis) -> Option<Millis> {
+    let (t, after) = value?.rsplit_once(':')?;
+    (t == tag)
+        .then(|| after.parse::<i64>().ok())
+        .flatten()
+        .map(|d| sent_at.saturating_add(d))
+}
+
+/// A cache value: the tag, then the time as ms after the send (short).
+fn cache_value(tag: &str, at: Millis, sent_at: Millis) -> String {
+    format!("{tag}:{}", at.saturating_sub(sent_at))
+}
+
+fn score(v: &Value) -> StoreResult<Option<Seq>> {
+    let s: Option<f64> = redis::from_redis_value_ref(v).map_err(|e| redis_err(e.into()))?;
+    Ok(s.map(|s| s.max(0.0) as Seq))
+}
+
+fn list(v: &Value) -> StoreResult<&[Value]> {
+    match v {
+        Value::Array(items) => Ok(items),
+        _ => Err(corrupt("count reply")),
+    }
+}
+
+fn get<T: redis::FromRedisValue>(v: Option<&Value>) -> StoreResult<T> {
+    redis::from_redis_value_ref(v.ok_or_else(|| corrupt("count reply"))?)
+        .map_err(|e| redis_err(e.into()))
+}
+
+impl Inner {
+    /// The aggregates of `msgs` (all of conversation `c`), each as `viewer`
+    /// sees it, or as its sender does when `viewer` is `None`. The
+    /// conversation must exist in Redis (callers loaded or re-warmed it).
+    pub(super) async fn aggregates(
+        &self,
+        c: &ConversationId,
+        viewer: Option<UserId>,
+        msgs: &[Message],
+    ) -> StoreResult<Vec<Aggregate>> {
+        if msgs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut own: Vec<UserId> = msgs.iter().map(|m| m.sender).chain(viewer).collect();
+        own.sort();
+        own.dedup();
+        let mut reply = self.count_snapshot(c, &own, msgs).await?;
+        // Receipt hashes that expired are re-warmed from Scylla, then read
+        // again in one consistent step.
+        let cold: Vec<MessageId> = msgs
+            .iter()
+            .zip(list(&reply)?.iter().skip(7))
+            .filter(|(_, row)| list(row).ok().and_then(|r| r.get(6)) == Some(&Value::Int(0)))
+            .map(|(m, _)| m.id)
+            .collect();
+        if !cold.is_empty() {
+            let mut view = View::bare(*c, 0);
+            view.messages = msgs.iter().map(|m| (m.id, *m)).collect();
+            self.ensure_deliveries(&mut view, &cold).await?;
+            reply = self.count_snapshot(c, &own, msgs).await?;
+        }
+        let top = list(&reply)?;
+        let (mv,): (Option<String>,) = get(top.first())?;
+        let tag = mv.unwrap_or_default();
+        let complex_ids: Vec<String> = get(top.get(1))?;
+        let complex_users: Vec<UserId> = complex_ids
+            .iter()
+            .map(|u| parse_uuid(u))
+            .collect::<StoreResult<_>>()?;
+        let memberships: Vec<Option<Vec<u8>>> = get(top.get(2))?;
+        let wms: Vec<Option<String>> = get(top.get(3))?;
+        let mut entries: HashMap<UserId, Entries> =
+            own.iter().map(|u| (*u, Entries::default())).collect();
+        for (which, row) in top.iter().skip(4).take(3).enumerate() {
+            for (u, v) in own.iter().zip(list(row)?) {
+                let e = entries.get_mut(u).expect("listed");
+                let s = score(v)?;
+                match which {
+                    0 => e.join = s,
+                    1 => e.true_score = s,
+                    _ => e.public_score = s,
+                }
+            }
+        }
+        let sharing = self.sharing_of(&complex_users).await?;
+        let mut complex = Vec::new();
+        for (((u, m), w), (shares, _)) in
+            complex_users.iter().zip(memberships).zip(wms).zip(sharing)
+        {
+            let Some(m) = m else { continue };
+            complex.push(Complex {
+                user: *u,
+                membership: dec(&m, "membership")?,
+                wm: w
+                    .as_deref()
+                    .map(parse_watermark)
+                    .transpose()?
+                    .unwrap_or_default(),
+                sharing: shares,
+            });
+        }
+
+        let mut out = Vec::with_capacity(msgs.len());
+        let mut full = Vec::new();
+        for (m, row) in msgs.iter().zip(top.iter().skip(7)) {
+            let row = list(row)?;
+            let mut n = [0u64; 6];
+            for (i, slot) in n.iter_mut().enumerate() {
+                *slot = get(row.get(i))?;
+            }
+            let counted = Counted {
+                joined_by: n[0],
+                joined_after: n[1],
+                true_from: n[2],
+                public_from: n[3],
+                sharing_joined_after: n[4],
+            };
+            let delays: Vec<Option<i64>> = get(row.get(7))?;
+            let deliveries: HashMap<UserId, Millis> = complex_users
+                .iter()
+                .zip(delays)
+                .filter_map(|(u, d)| d.map(|d| (*u, m.sent_at.saturating_add(d))))
+                .collect();
+            let ad: Option<String> = get(row.get(8))?;
+            let ar: Option<String> = get(row.get(9))?;
+            let (ad, ar) = (
+                cached(ad.as_ref(), &tag, m.sent_at),
+                cached(ar.as_ref(), &tag, m.sent_at),
+            );
+
+            let v = viewer.unwrap_or(m.sender);
+            let viewer_entries = (v != m.sender).then(|| entries[&v]);
+            let (t1, d1, r1) = simple_counts(m.seq, counted, entries[&m.sender], viewer_entries);
+            let (t2, d2, r2) = complex_counts(m, &v, &complex, &deliveries);
+            let (total, delivered, read) = (t1 + t2, d1 + n[5] + d2, r1 + r2);
+            let all_delivered = total > 0 && delivered == total;
+            let all_read = total > 0 && read == total;
+            let viewer_recipient = v != m.sender
+                && (viewer_entries.is_some_and(|e| e.member_at(m.seq))
+                    || complex
+                        .iter()
+                        .any(|x| x.user == v && x.membership.contains(m.seq)));
+            if (all_delivered && ad.is_none()) || (all_read && (viewer_recipient || ar.is_none())) {
+                full.push(out.len());
+            }
+            out.push(Aggregate {
+                tick: Tick::of(total, delivered, read),
+                delivered_count: delivered,
+                read_count: read,
+                recipients_total: total,
+                delivered_at: ad.filter(|_| all_delivered),
+                read_at: ar.filter(|_| all_read),
+            });
+        }
+        if !full.is_empty() {
+            self.complete(c, viewer, msgs, &full, &tag, &mut out)
+                .await?;
+        }
+        Ok(out)
+    }
+
+    async fn count_snapshot(
+        &self,
+        c: &ConversationId,
+        own: &[UserId],
+        msgs: &[Message],
+    ) -> StoreResult<Value> {
+        let k = &self.keys;
+        let mut inv = scripts::COUNT.prepare_invoke();
+        inv.key(k.meta(c))
+            .key(k.complex(c))
+            .key(k.joins(c))
+            .key(k.true_readers(c))
+            .key(k.readers(c))
+            .key(k.sharing_joins(c))
+            .key(k.watermarks(c));
+        inv.arg(own.len());
+        for u in own {
+            inv.arg(hex(u));
+        }
+        for m in msgs {
+            inv.key(k.receipt(c, &m.id));
+            inv.arg(m.seq).arg(m.sender.as_bytes().as_slice());
+        }
+        inv.invoke_async(&mut self.conn()).await.map_err(redis_err)
+    }
+
+    /// Completion times the cache did not have: computed from the whole view
+    /// (O(n), once per message and membership change), then
+    /// cached. A viewer who is a recipient sees its own true read, so its
+    /// `read_at` is neither taken from nor put in the cache.
+    async fn complete(
+        &self,
+        c: &ConversationId,
+        viewer: Option<UserId>,
+        msgs: &[Message],
+        which: &[usize],
+        tag: &str,
+        out: &mut [Aggregate],
+    ) -> StoreResult<()> {
+        let Some(mut view) = self.view(c).await? else {
+            return Ok(());
+        };
+        let ids: Vec<MessageId> = which.iter().map(|i| msgs[*i].id).collect();
+        self.prepare_states(&mut view, &ids).await?;
+        let mut p = redis::pipe();
+        for i in which {
+            let m = &msgs[*i];
+            let v = viewer.unwrap_or(m.sender);
+            let state = view.state(&v, m, false);
+            let viewer_recipient =
+                v != m.sender && view.members.get(&v).is_some_and(|x| x.contains(m.seq));
+            let key = self.keys.receipt(c, &m.id);
+            if let Some(at) = state.aggregate.delivered_at {
+                p.cmd("HSET")
+                    .arg(&key)
+                    .arg("ad")
+                    .arg(cache_value(tag, at, m.sent_at))
+                    .ignore();
+            }
+            if let Some(at) = state.aggregate.read_at.filter(|_| !viewer_recipient) {
+                p.cmd("HSET")
+                    .arg(&key)
+                    .arg("ar")
+                    .arg(cache_value(tag, at, m.sent_at))
+                    .ignore();
+            }
+            p.cmd("EXPIRE").arg(&key).arg(self.ttl()).ignore();
+            out[*i] = state.aggregate;
+        }
+        self.pipe::<()>(&p).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// One simple member: (join seq, true watermark, public watermark,
+    /// shares, delivered).
+    type Member = (Seq, Seq, Seq, bool, bool);
+
+    fn members() -> impl Strategy<Value = Vec<Member>> {
+        proptest::collection::vec(
+            (1u64..12, 0u64..14, 0u64..14, any::<bool>(), any::<bool>()).prop_map(
+                |(j, a, b, s, d)| {
+                    let (wm, public) = (a.max(b), a.min(b));
+                    (j, wm, public, s, d)
+                },
+            ),
+            1..12,
+        )
+    }
+
+    fn entries(m: &Member) -> Entries {
+        let (j, wm, public, shares, _) = *m;
+        Entries {
+            join: Some(j),
+            true_score: Some(wm.max(j - 1)),
+            public_score: shares.then_some(public.max(j - 1)),
+        }
+    }
+
+    proptest! {
+        /// The ZCOUNT arithmetic equals counting member by member.
+        #[test]
+        fn index_counts_equal_a_scan(ms in members(), seq in 1u64..13, sender in 0usize..12, viewer in 0usize..12) {
+            let sender = sender % ms.len();
+            let viewer = viewer % ms.len();
+            let count = |f: &dyn Fn(&Member) -> bool| ms.iter().filter(|m| f(m)).count() as u64;
+            let n = Counted {
+                joined_by: count(&|m| m.0 <= seq),
+                joined_after: count(&|m| m.0 > seq),
+                true_from: count(&|m| m.1.max(m.0 - 1) >= seq),
+                public_from: count(&|m| m.3 && m.2.max(m.0 - 1) >= seq),
+                sharing_joined_after: count(&|m| m.3 && m.0 > seq),
+            };
+            // What the script adds: explicit deliveries (only ever recorded
+            // for a recipient) of members whose true score is below the seq.
+            let unread = ms
+                .iter()
+                .enumerate()
+                .filter(|(i, m)| *i != sender && m.4 && m.0 <= seq)
+                .filter(|(_, m)| entries(m).true_score.is_some_and(|t| t < seq))
+                .count() as u64;
+            let (total, read, public) = simple_counts(
+                seq,
+                n,
+                entries(&ms[sender]),
+                (viewer != sender).then(|| entries(&ms[viewer])),
+            );
+            let got = (total, read + unread, public);
+            let mut want = (0, 0, 0);
+            for (i, &(j, wm, public, shares, d)) in ms.iter().enumerate() {
+                if i == sender || j > seq {
+                    continue;
+                }
+                want.0 += 1;
+                want.1 += u64::from(d || wm >= seq);
+                let read = if i == viewer { wm >= seq } else { shares && public >= seq };
+                want.2 += u64::from(read);
+            }
+            prop_assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn cached_times_need_the_current_versions() {
+        let v = cache_value("3", 1_234, 1_000);
+        assert_eq!(v, "3:234");
+        assert_eq!(cached(Some(&v), "3", 1_000), Some(1_234));
+        assert_eq!(cached(Some(&v), "4", 1_000), None);
+        assert_eq!(cached(None, "3", 1_000), None);
+    }
+}

@@ -7,9 +7,15 @@
 //! ```text
 //! receipts-bench --spawn target/release/receiptd --duration-secs 20
 //! receipts-bench --url http://10.0.0.5:50051 --jwt-secret … --mode open --rate 5000
+//! receipts-bench --spawn target/release/receiptd --plot out/run1
+//! receipts-bench --spawn target/release/receiptd --server-arg=--store --server-arg=redis-scylla \
+//!     --redis-url redis://127.0.0.1:6379 --redis-benchmark /usr/bin/redis-benchmark
 //! ```
 
 mod noop;
+mod plot;
+mod redis_ceiling;
+mod redis_stats;
 mod server;
 mod stats;
 mod workload;
@@ -19,7 +25,7 @@ use clap::{Parser, ValueEnum};
 use serde::Serialize;
 use stats::{Percentiles, Stats};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -106,6 +112,26 @@ struct Args {
     /// Write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Draw the run as SVG: PREFIX-throughput.svg (per second of the
+    /// measured window) and PREFIX-latency.svg (percentile curves).
+    #[arg(long, value_name = "PREFIX")]
+    plot: Option<PathBuf>,
+    /// The Redis the server under test uses (one standalone server or one
+    /// node), e.g. `receiptd --store redis-scylla`'s: its INFO commandstats,
+    /// INFO memory and DBSIZE are read just before and just after the
+    /// measured window, for Redis commands per receipts RPC and memory
+    /// growth per registered message.
+    #[arg(long, value_name = "URL")]
+    redis_url: Option<String>,
+    /// After the run, this redis-benchmark binary is run against
+    /// --redis-url with --concurrency clients (`-t hset,get`, HGETALL, HMGET,
+    /// ZRANGEBYSCORE on small keys under `bench:`), for the Redis ceiling in
+    /// receipts RPC/s.
+    #[arg(long, value_name = "PATH", requires = "redis_url")]
+    redis_benchmark: Option<PathBuf>,
+    /// Requests per redis-benchmark test (`-n`).
+    #[arg(long, default_value_t = 100_000)]
+    redis_benchmark_requests: u64,
 }
 
 fn kinds(args: &Args) -> anyhow::Result<Vec<Kind>> {
@@ -153,17 +179,40 @@ fn kinds(args: &Args) -> anyhow::Result<Vec<Kind>> {
     Ok(out)
 }
 
+/// The run in one line, for plot titles.
+fn run_label(args: &Args, kinds: &[Kind]) -> String {
+    let mode = match args.mode {
+        Mode::Closed => format!("closed loop, {} workers", args.concurrency),
+        Mode::Open => format!("open loop at {} RPC/s", args.rate),
+    };
+    let mix: Vec<String> = kinds
+        .iter()
+        .map(|k| format!("{}×{} weight {}", k.count, k.label, k.weight))
+        .collect();
+    format!(
+        "{mode}; mix {}; batch {}; {} s measured, seed {}",
+        mix.join(", "),
+        args.batch,
+        args.duration_secs,
+        args.seed
+    )
+}
+
 /// The report, for people (a table) and machines (JSON).
 #[derive(Debug, Serialize)]
 struct Report {
     mode: Mode,
     target_rate: Option<f64>,
     concurrency: usize,
+    /// Seconds of warm-up: the `*_per_second` series start with them.
+    warmup_secs: f64,
     seconds: f64,
     seed: u64,
     kinds: Vec<String>,
     connections: usize,
     receipts_rpcs: u64,
+    /// Messages the backend registered in the window.
+    messages_registered: u64,
     receipts_rpc_per_sec: f64,
     receipt_events_per_sec: f64,
     message_states_per_sec: f64,
@@ -174,13 +223,29 @@ struct Report {
     errors: BTreeMap<String, u64>,
     not_started: u64,
     server: Option<server::Usage>,
+    /// Successful receipts RPCs, receipt events and the message states they
+    /// carried, per second since the start (warm-up included).
     throughput_per_second: Vec<u64>,
+    receipt_events_per_second: Vec<u64>,
+    message_states_per_second: Vec<u64>,
     noop: Option<Baseline>,
+    /// The SVG files written (--plot).
+    plots: Vec<String>,
+    redis: Option<RedisReport>,
+}
+
+/// The server's Redis (--redis-url, --redis-benchmark).
+#[derive(Debug, Serialize)]
+struct RedisReport {
+    window: redis_stats::WindowStats,
+    benchmark: Option<redis_ceiling::Ceiling>,
 }
 
 #[derive(Debug, Serialize)]
 struct Baseline {
     rpc_per_sec: f64,
+    /// Successful no-op RPCs per second since the baseline's start.
+    throughput_per_second: Vec<u64>,
     latency: Percentiles,
     errors: BTreeMap<String, u64>,
     /// Receipts RPC cost over no-op RPC cost: the no-op's RPCs per second
@@ -192,7 +257,7 @@ struct Baseline {
 
 async fn drive(args: &Args, wl: Workload, stats: Arc<Stats>) -> anyhow::Result<()> {
     let (tx, rx) = mpsc::channel::<Op>(4096);
-    let generator = tokio::spawn(wl.generate(args.seed, args.generators, tx));
+    let generator = tokio::spawn(wl.generate(args.seed, args.generators, tx, stats.clone()));
     let end = stats.window.1;
     match args.mode {
         Mode::Closed => {
@@ -258,13 +323,7 @@ fn progress(stats: Arc<Stats>, label: &'static str) -> tokio::task::JoinHandle<(
         loop {
             every.tick().await;
             let t = stats.started.elapsed().as_secs();
-            let last = stats
-                .timeline
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(t.saturating_sub(1) as usize)
-                .copied()
-                .unwrap_or(0);
+            let last = stats.timeline.get(t.saturating_sub(1) as usize);
             let phase = if Instant::now() < stats.window.0 {
                 "warm-up"
             } else {
@@ -289,6 +348,20 @@ fn progress(stats: Arc<Stats>, label: &'static str) -> tokio::task::JoinHandle<(
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let kinds = kinds(&args)?;
+    // Everything that can fail without load fails before it.
+    if let Some(dir) = args.plot.as_deref().and_then(Path::parent)
+        && !dir.as_os_str().is_empty()
+        && !dir.is_dir()
+    {
+        bail!("--plot: directory {} does not exist", dir.display());
+    }
+    let probe = match &args.redis_url {
+        Some(u) => Some(redis_stats::Probe::connect(u).await?),
+        None => None,
+    };
+    if let Some(bin) = &args.redis_benchmark {
+        redis_ceiling::check(bin).await?;
+    }
     let spawned = match &args.spawn {
         Some(bin) => Some(server::Spawned::start(bin, &args.server_args).await?),
         None => None,
@@ -329,10 +402,30 @@ async fn main() -> anyhow::Result<()> {
             from.zip(to).map(|(a, b)| server::usage(pid, a, b))
         })
     });
+    // Read the server's Redis around exactly the measurement window.
+    let redis_window = probe.map(|mut probe| {
+        let window = stats.window;
+        tokio::spawn(async move {
+            tokio::time::sleep_until(window.0.into()).await;
+            let before = probe.snapshot().await?;
+            tokio::time::sleep_until(window.1.into()).await;
+            let after = probe.snapshot().await?;
+            anyhow::Ok((probe, before, after))
+        })
+    });
     drive(&args, wl, stats.clone()).await?;
     ticker.abort();
     let usage = match sampler {
         Some(s) => s.await?,
+        None => None,
+    };
+    // A failure from here on still lets the report out, then fails the run.
+    let mut failure = None;
+    let redis_snapshots = match redis_window.map(|w| async { w.await? }) {
+        Some(w) => w
+            .await
+            .map_err(|e| failure = Some(e.context("reading Redis statistics (--redis-url)")))
+            .ok(),
         None => None,
     };
     // Late events still resolve propagation for a moment.
@@ -347,6 +440,7 @@ async fn main() -> anyhow::Result<()> {
         mode: args.mode,
         target_rate: (args.mode == Mode::Open).then_some(args.rate),
         concurrency: args.concurrency,
+        warmup_secs: args.warmup_secs,
         seconds: secs,
         seed: args.seed,
         kinds: kinds
@@ -355,6 +449,7 @@ async fn main() -> anyhow::Result<()> {
             .collect(),
         connections,
         receipts_rpcs: ok,
+        messages_registered: stats.registered.load(Ordering::Relaxed),
         receipts_rpc_per_sec: ok as f64 / secs,
         receipt_events_per_sec: stats.events.load(Ordering::Relaxed) as f64 / secs,
         message_states_per_sec: stats.message_states.load(Ordering::Relaxed) as f64 / secs,
@@ -373,14 +468,15 @@ async fn main() -> anyhow::Result<()> {
             .clone(),
         not_started: stats.not_started.load(Ordering::Relaxed),
         server: usage,
-        throughput_per_second: stats
-            .timeline
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone(),
+        throughput_per_second: stats.timeline.to_vec(),
+        receipt_events_per_second: stats.events_timeline.to_vec(),
+        message_states_per_second: stats.message_states_timeline.to_vec(),
         noop: None,
+        plots: Vec::new(),
+        redis: None,
     };
 
+    let mut noop_stats = None;
     if !args.no_baseline {
         let base = Arc::new(Stats::new(
             &["noop"],
@@ -395,6 +491,7 @@ async fn main() -> anyhow::Result<()> {
         let rps = n as f64 / base.window_secs();
         report.noop = Some(Baseline {
             rpc_per_sec: rps,
+            throughput_per_second: base.timeline.to_vec(),
             cost_ratio: (args.mode == Mode::Closed && report.receipts_rpc_per_sec > 0.0)
                 .then(|| rps / report.receipts_rpc_per_sec),
             p50_ratio: report.rpc_latency.p50_ms / latency.p50_ms.max(1e-6),
@@ -405,6 +502,42 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
         });
+        noop_stats = Some(base);
+    }
+    // The server is done with; redis-benchmark gets the machine to itself.
+    drop(spawned);
+
+    if let Some((mut probe, before, after)) = redis_snapshots {
+        let window = redis_stats::window(
+            &probe.target.name,
+            &before,
+            &after,
+            report.receipts_rpcs,
+            report.messages_registered,
+        );
+        let benchmark = match &args.redis_benchmark {
+            Some(bin) => redis_ceiling::run(
+                bin,
+                &mut probe,
+                args.concurrency,
+                args.redis_benchmark_requests,
+                window.commands_per_receipts_rpc,
+                report.receipts_rpc_per_sec,
+            )
+            .await
+            .map_err(|e| failure = Some(e))
+            .ok(),
+            None => None,
+        };
+        report.redis = Some(RedisReport { window, benchmark });
+    }
+    if let Some(prefix) = &args.plot {
+        report.plots = plots(
+            prefix,
+            &run_label(&args, &kinds),
+            &stats,
+            noop_stats.as_deref(),
+        )?;
     }
 
     print_table(&report);
@@ -413,11 +546,61 @@ async fn main() -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
         eprintln!("report written to {}", path.display());
     }
+    if let Some(e) = failure {
+        return Err(e);
+    }
     if report.receipts_rpcs == 0 {
         bail!("no receipts RPC succeeded in the measurement window");
     }
-    drop(spawned);
     Ok(())
+}
+
+/// Writes PREFIX-throughput.svg and PREFIX-latency.svg; returns their paths.
+fn plots(
+    prefix: &Path,
+    run: &str,
+    stats: &Stats,
+    noop: Option<&Stats>,
+) -> anyhow::Result<Vec<String>> {
+    let path = |suffix: &str| {
+        let mut p = prefix.as_os_str().to_owned();
+        p.push(suffix);
+        PathBuf::from(p)
+    };
+    let line = |label: &str, points| plot::Line {
+        label: label.to_string(),
+        points,
+    };
+    let mut throughput = vec![
+        line("receipts RPC/s", stats.window_series(&stats.timeline)),
+        line(
+            "receipt events/s on the senders' streams",
+            stats.window_series(&stats.events_timeline),
+        ),
+        line(
+            "message states/s in those events",
+            stats.window_series(&stats.message_states_timeline),
+        ),
+    ];
+    if let Some(b) = noop {
+        throughput.push(line(
+            "no-op RPC/s (Health/Check baseline)",
+            b.window_series(&b.timeline),
+        ));
+    }
+    let latency: Vec<plot::Line> = [
+        ("receipts RPC", &stats.rpc),
+        ("propagation, direct", &stats.propagation_direct),
+        ("propagation, group", &stats.propagation_group),
+    ]
+    .into_iter()
+    .map(|(label, h)| line(label, h.percentile_curve(4, 80)))
+    .filter(|l| !l.points.is_empty())
+    .collect();
+    let (t, l) = (path("-throughput.svg"), path("-latency.svg"));
+    plot::throughput(&t, run, &throughput)?;
+    plot::latency(&l, run, &latency, 4)?;
+    Ok(vec![t.display().to_string(), l.display().to_string()])
 }
 
 fn row(name: &str, p: &Percentiles) {
@@ -475,5 +658,83 @@ fn print_table(r: &Report) {
             "  not started (client at --max-in-flight): {}",
             r.not_started
         );
+    }
+    if let Some(redis) = &r.redis {
+        print_redis(redis);
+    }
+    if !r.plots.is_empty() {
+        println!("  plots: {}", r.plots.join(", "));
+    }
+}
+
+fn print_redis(r: &RedisReport) {
+    let w = &r.window;
+    let two = |v: Option<f64>| v.map_or_else(|| "n/a".to_string(), |v| format!("{v:.2}"));
+    println!(
+        "  Redis {} in the window ({} receipts RPCs, {} messages registered; the tool's own {} INFO/DBSIZE calls left out):",
+        w.server, w.receipts_rpcs, w.messages_registered, w.own_commands_excluded
+    );
+    println!(
+        "    Redis commands per receipts RPC {} ({} commands; Redis CPU in commands {} µs per RPC)",
+        two(w.commands_per_receipts_rpc),
+        w.commands,
+        two(w.command_usec_per_receipts_rpc)
+    );
+    if !w.top_commands.is_empty() {
+        println!(
+            "    {:<22} {:>10} {:>9}",
+            "top commands", "calls", "per RPC"
+        );
+        for t in &w.top_commands {
+            println!(
+                "    {:<22} {:>10} {:>9}",
+                t.command,
+                t.calls,
+                two(t.per_receipts_rpc)
+            );
+        }
+    }
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    println!(
+        "    used_memory {:.2} → {:.2} MiB ({:+} bytes), keys {} → {}",
+        mib(w.used_memory_before_bytes),
+        mib(w.used_memory_after_bytes),
+        w.used_memory_growth_bytes,
+        w.keys_before,
+        w.keys_after
+    );
+    println!(
+        "    {}: {}",
+        redis_stats::MEMORY_NOTE,
+        w.used_memory_growth_per_registered_message_bytes
+            .map_or_else(
+                || "n/a (no message registered)".to_string(),
+                |b| format!("{b:.0} bytes")
+            )
+    );
+    let Some(b) = &r.benchmark else { return };
+    println!(
+        "  redis-benchmark, {} clients, {} requests per test:",
+        b.clients, b.requests_per_test
+    );
+    for t in &b.results {
+        println!(
+            "    {:<48} {:>9.0} requests/s",
+            t.command, t.requests_per_sec
+        );
+    }
+    println!(
+        "    {:<48} {:>9.0} requests/s",
+        "mean", b.mean_requests_per_sec
+    );
+    match b.ceiling_receipts_rpc_per_sec {
+        Some(c) => println!(
+            "    the Redis ceiling in receipts RPC/s: {c:.0} (mean ÷ {} commands per RPC); ceiling / achieved {}×",
+            two(w.commands_per_receipts_rpc),
+            two(b.ceiling_over_achieved)
+        ),
+        None => println!(
+            "    the Redis ceiling in receipts RPC/s: n/a (no Redis commands per receipts RPC in the window)"
+        ),
     }
 }

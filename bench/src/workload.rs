@@ -235,14 +235,7 @@ impl Workload {
                     let Ok(Event::Receipts { messages, .. }) = ev else {
                         continue;
                     };
-                    if stats.measuring(Instant::now()) {
-                        stats
-                            .events
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        stats
-                            .message_states
-                            .fetch_add(messages.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                    }
+                    stats.event_seen(messages.len() as u64);
                     for m in &messages {
                         let round = rounds
                             .lock()
@@ -274,6 +267,7 @@ impl Workload {
         seed: u64,
         generators: usize,
         ops: mpsc::Sender<Op>,
+        stats: Arc<Stats>,
     ) -> anyhow::Result<()> {
         let shared = Arc::new(Generator {
             backend: self.backend,
@@ -290,8 +284,8 @@ impl Workload {
         });
         let mut tasks = tokio::task::JoinSet::new();
         for g in 0..generators.max(1) {
-            let (shared, ops) = (shared.clone(), ops.clone());
-            tasks.spawn(async move { shared.run(seed.wrapping_add(g as u64), ops).await });
+            let (shared, ops, stats) = (shared.clone(), ops.clone(), stats.clone());
+            tasks.spawn(async move { shared.run(seed.wrapping_add(g as u64), ops, &stats).await });
         }
         drop(ops);
         while let Some(done) = tasks.join_next().await {
@@ -313,7 +307,7 @@ struct Generator {
 }
 
 impl Generator {
-    async fn run(&self, seed: u64, ops: mpsc::Sender<Op>) -> anyhow::Result<()> {
+    async fn run(&self, seed: u64, ops: mpsc::Sender<Op>, stats: &Stats) -> anyhow::Result<()> {
         let mut rng = StdRng::seed_from_u64(seed);
         let total: u32 = self.kinds.iter().map(|k| k.weight).sum();
         loop {
@@ -345,6 +339,11 @@ impl Generator {
                     })
                     .collect();
                 self.backend.register_messages(&msgs).await?;
+                if stats.measuring(Instant::now()) {
+                    stats
+                        .registered
+                        .fetch_add(msgs.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
                 c.next_seq += self.batch as u64;
                 let ids: Vec<Uuid> = msgs.iter().map(|m| m.message_id).collect();
                 (ids, c.id, c.group, c.recipients.clone())

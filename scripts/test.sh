@@ -91,13 +91,31 @@ echo "examples: 2 passed, 0 failed"
 # starts its own receiptd, drives every kind of conversation, and prints
 # its report; it fails if no receipts RPC succeeded or the report is not
 # valid JSON. Real measurements use a release build and longer runs.
-step "load tool smoke run (receipts-bench, a few seconds)"
-BENCH_JSON=$(mktemp)
+step "load tool smoke runs (receipts-bench, a few seconds each)"
+BENCH=$(mktemp -d)
 target/debug/receipts-bench --spawn target/debug/receiptd \
   --direct 10 --groups 20:2,100:1 --devices 1 --warmup-secs 1 --duration-secs 2 \
-  --json "$BENCH_JSON"
-node -e 'const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
-  if (!(r.receipts_rpcs > 0 && r.propagation_direct.count > 0 && r.noop.rpc_per_sec > 0)) {
-    console.error("receipts-bench report is missing numbers"); process.exit(1);
-  }' "$BENCH_JSON"
-rm -f "$BENCH_JSON"
+  --plot "$BENCH/embedded" --json "$BENCH/embedded.json"
+# The production tier, against the backends started above: Redis's own
+# counters and a short redis-benchmark ceiling on the same Redis.
+target/debug/receipts-bench --spawn target/debug/receiptd \
+  --server-arg=--store --server-arg=redis-scylla \
+  --server-arg=--redis-urls --server-arg="$RECEIPTS_TEST_REDIS" \
+  --server-arg=--redis-prefix --server-arg="bench-smoke-$$" \
+  --server-arg=--scylla-nodes --server-arg="$RECEIPTS_TEST_CASSANDRA" \
+  --server-arg=--scylla-keyspace --server-arg=bench_smoke \
+  --direct 10 --groups 20:2 --devices 1 --warmup-secs 1 --duration-secs 2 \
+  --redis-url "$RECEIPTS_TEST_REDIS" --redis-benchmark "$(command -v redis-benchmark)" \
+  --redis-benchmark-requests 5000 --json "$BENCH/redis.json"
+node -e 'const fs = require("fs"), dir = process.argv[1];
+  const fail = (m) => { console.error("receipts-bench: " + m); process.exit(1); };
+  const e = JSON.parse(fs.readFileSync(dir + "/embedded.json", "utf8"));
+  if (!(e.receipts_rpcs > 0 && e.propagation_direct.count > 0 && e.noop.rpc_per_sec > 0))
+    fail("embedded report is missing numbers");
+  for (const p of e.plots) if (!fs.readFileSync(p, "utf8").includes("<svg")) fail(p + " is no SVG");
+  if (e.plots.length !== 2) fail("expected two plots");
+  const r = JSON.parse(fs.readFileSync(dir + "/redis.json", "utf8"));
+  if (!(r.receipts_rpcs > 0 && r.redis.window.commands_per_receipts_rpc > 0 &&
+        r.redis.benchmark.ceiling_receipts_rpc_per_sec > 0))
+    fail("redis report is missing numbers");' "$BENCH"
+rm -rf "$BENCH"

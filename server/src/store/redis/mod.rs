@@ -52,6 +52,9 @@ use uuid::Uuid;
 
 /// Most messages in one event (as in the embedded store).
 const MAX_MESSAGES_PER_EVENT: usize = 500;
+/// A group window lists up to this many messages of one write by id, more
+/// as a seq range.
+const WINDOW_IDS: usize = 100;
 /// Messages and conversations in a reset snapshot.
 const SNAPSHOT_MESSAGES: usize = 200;
 const SNAPSHOT_CONVERSATIONS: usize = 500;
@@ -1004,9 +1007,20 @@ impl Inner {
             return Ok(false);
         }
         if view.group() {
+            // A few messages by id; more (a read or a membership change
+            // covering many) as one seq range, so the write stays one small
+            // command however many messages it covers. The range may hold
+            // messages whose state did not change: their summary repeats
+            // absolute counts, which is harmless.
             let mut cmd = rcmd!["HSET", self.keys.window(&view.c)];
-            for m in msgs {
-                cmd.extend(rcmd![hex(&m.id), "1"]);
+            if msgs.len() <= WINDOW_IDS {
+                for m in msgs {
+                    cmd.extend(rcmd![hex(&m.id), "1"]);
+                }
+            } else {
+                let lo = msgs.iter().map(|m| m.seq).min().unwrap_or(0);
+                let hi = msgs.iter().map(|m| m.seq).max().unwrap_or(0);
+                cmd.extend(rcmd![format!("r:{lo}:{hi}"), "1"]);
             }
             plan.cmds.push(cmd);
             plan.cmds
@@ -1046,10 +1060,18 @@ impl Inner {
             if touched.is_empty() {
                 return Ok(());
             }
-            let ids: Vec<MessageId> = touched
-                .keys()
-                .map(|m| parse_uuid(m))
-                .collect::<StoreResult<_>>()?;
+            let mut ids: Vec<MessageId> = Vec::new();
+            for field in touched.keys() {
+                match field.strip_prefix("r:").and_then(|r| r.split_once(':')) {
+                    Some((lo, hi)) => {
+                        let lo = lo.parse().map_err(|_| corrupt("window range"))?;
+                        let hi = hi.parse().map_err(|_| corrupt("window range"))?;
+                        ids.extend(self.between(c, lo, hi).await?.iter().map(|m| m.id));
+                    }
+                    None => ids.push(parse_uuid(field)?),
+                }
+            }
+            let ids = dedup(ids);
             let mut view = View::bare(*c, ver);
             self.ensure_messages(&mut view, &ids).await?;
             let msgs: Vec<Message> = ids
@@ -1057,10 +1079,14 @@ impl Inner {
                 .filter_map(|m| view.messages.get(m))
                 .copied()
                 .collect();
-            let aggregates = self.aggregates(c, None, &msgs).await?;
+            let mut states = Vec::with_capacity(msgs.len());
+            for chunk in msgs.chunks(MAX_MESSAGES_PER_EVENT) {
+                let aggregates = self.aggregates(c, None, chunk).await?;
+                states.extend(counted_states(chunk.to_vec(), aggregates));
+            }
             let mut plan = Plan::default();
             plan.cmds.push(rcmd!["DEL", self.keys.window(c)]);
-            emit(&mut plan, *c, true, counted_states(msgs, aggregates));
+            emit(&mut plan, *c, true, states);
             if self.commit(&view, plan).await? {
                 return Ok(());
             }

@@ -330,6 +330,8 @@ impl ChildServer {
         let child = std::process::Command::new(receiptd_path())
             .env("RECEIPTS_USER_WRITES_PER_SEC", "0")
             .env("RECEIPTS_USER_SUBSCRIBES_PER_SEC", "0")
+            // Short group windows keep tests fast; a flag in `extra` wins.
+            .env("RECEIPTS_GROUP_WINDOW_MS", "100")
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .args(extra)
             .arg("--listen")
@@ -338,8 +340,6 @@ impl ChildServer {
             .arg(data_dir)
             .arg("--jwt-secret")
             .arg(SECRET)
-            .arg("--group-window-ms")
-            .arg("100")
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null())
             .spawn()

@@ -12,7 +12,7 @@ use receipts_proto::v1 as pb;
 use receipts_server::domain::Cursor;
 use receipts_server::store::scylla::{ScyllaOptions, ScyllaPersistence};
 use receipts_tests::*;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use tempfile::TempDir;
@@ -757,4 +757,105 @@ async fn write_behind_metrics_show_the_queue_and_what_was_persisted() {
         sleep(Duration::from_millis(200)).await;
     }
     assert!(tier.scylla.message(m).await.expect("scylla").is_some());
+}
+
+/// Calls of each Redis command so far (`INFO commandstats`), by name.
+async fn command_calls(con: &mut redis::aio::MultiplexedConnection) -> HashMap<String, u64> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(con)
+        .await
+        .expect("INFO commandstats");
+    info.lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_string(), calls))
+        })
+        .collect()
+}
+
+/// The Redis writes of one MarkReadUpTo, by command (commands run inside
+/// the Lua scripts included; the measuring INFO calls excluded).
+async fn read_writes(
+    tier: &Tier,
+    client: &mut UserClient,
+    conversation: Uuid,
+    up_to: Uuid,
+) -> BTreeMap<String, u64> {
+    const WRITES: &[&str] = &[
+        "hset", "hsetnx", "hdel", "hincrby", "zadd", "zrem", "sadd", "srem", "expire", "del",
+        "xadd", "xdel", "publish", "set",
+    ];
+    let mut con = tier.redis().await;
+    let before = command_calls(&mut con).await;
+    read_up_to(client, conversation, up_to).await;
+    let after = command_calls(&mut con).await;
+    WRITES
+        .iter()
+        .map(|c| {
+            let n = after.get(*c).unwrap_or(&0) - before.get(*c).unwrap_or(&0);
+            (c.to_string(), n)
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
+/// DESIGN.md §3: MarkReadUpTo is O(1) in writes however many messages it
+/// covers. Counted on a Redis of the test's own (nothing else runs on it),
+/// in a group, where the call's writes are the watermark, its history and
+/// the counting indexes, plus one window entry; the summary to the sender
+/// comes later, from the window.
+#[tokio::test]
+async fn mark_read_up_to_writes_the_same_whether_it_covers_one_message_or_ten_thousand() {
+    let redis = OwnedRedis::start(free_port());
+    let tier = Tier::with_redis(redis.url()).await;
+    // No flush and a 2 s window within the measurement.
+    let node = tier
+        .node_with(&[
+            "--flush-interval-ms",
+            "3600000",
+            "--group-window-ms",
+            "2000",
+        ])
+        .await;
+    let mut backend = node.backend().await;
+    let mut group = Conversation::create(&mut backend, 3).await;
+    let (alice, bob) = (group.members[0], group.members[1]);
+    let first = group.send(&mut backend, alice).await;
+    let second = group.send(&mut backend, alice).await;
+    let mut last = second;
+    for _ in 0..10 {
+        let batch: Vec<Uuid> = (0..1000).map(|_| Uuid::now_v7()).collect();
+        let seq = group.next_seq();
+        backend
+            .register_messages(pb::RegisterMessagesRequest {
+                messages: batch
+                    .iter()
+                    .enumerate()
+                    .map(|(i, id)| registration(*id, group.id, seq + i as i64, alice))
+                    .collect(),
+            })
+            .await
+            .expect("register 1000");
+        group.set_next_seq(seq + 1000);
+        last = batch[999];
+    }
+    let mut bob_client = node.user(bob).await;
+    // The first read also creates bob's replay log: not what is measured.
+    read_up_to(&mut bob_client, group.id, first).await;
+    let one = read_writes(&tier, &mut bob_client, group.id, second).await;
+    let many = read_writes(&tier, &mut bob_client, group.id, last).await;
+    println!("MarkReadUpTo writes, covering 1 message: {one:?}");
+    println!("MarkReadUpTo writes, covering 10,000 messages: {many:?}");
+    assert_eq!(one, many, "the same writes, command by command");
+    let total: u64 = one.values().sum();
+    assert!(total > 0 && total < 40, "a handful of writes: {one:?}");
+    let r = receipt(&mut node.user(alice).await, group.id, last).await;
+    assert_eq!(r.read_count, 1, "the read was applied");
 }

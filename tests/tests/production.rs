@@ -792,18 +792,30 @@ async fn read_writes(
         "hset", "hsetnx", "hdel", "hincrby", "zadd", "zrem", "sadd", "srem", "expire", "del",
         "xadd", "xdel", "publish", "set",
     ];
-    let mut con = tier.redis().await;
-    let before = command_calls(&mut con).await;
-    read_up_to(client, conversation, up_to).await;
-    let after = command_calls(&mut con).await;
-    WRITES
-        .iter()
-        .map(|c| {
-            let n = after.get(*c).unwrap_or(&0) - before.get(*c).unwrap_or(&0);
-            (c.to_string(), n)
-        })
-        .filter(|(_, n)| *n > 0)
+    let (commands, _) = redis_cost_of(tier, || async {
+        read_up_to(client, conversation, up_to).await;
+    })
+    .await;
+    commands
+        .into_iter()
+        .filter(|(c, _)| WRITES.contains(&c.as_str()))
         .collect()
+}
+
+/// A node on a Redis of the test's own (nothing else runs on it), where
+/// nothing is flushed and no group window closes within a measurement.
+async fn measured_node() -> (OwnedRedis, Tier, ChildServer) {
+    let redis = OwnedRedis::start(free_port());
+    let tier = Tier::with_redis(redis.url()).await;
+    let node = tier
+        .node_with(&[
+            "--flush-interval-ms",
+            "3600000",
+            "--group-window-ms",
+            "2000",
+        ])
+        .await;
+    (redis, tier, node)
 }
 
 /// DESIGN.md §3: MarkReadUpTo is O(1) in writes however many messages it
@@ -813,17 +825,7 @@ async fn read_writes(
 /// comes later, from the window.
 #[tokio::test]
 async fn mark_read_up_to_writes_the_same_whether_it_covers_one_message_or_ten_thousand() {
-    let redis = OwnedRedis::start(free_port());
-    let tier = Tier::with_redis(redis.url()).await;
-    // No flush and a 2 s window within the measurement.
-    let node = tier
-        .node_with(&[
-            "--flush-interval-ms",
-            "3600000",
-            "--group-window-ms",
-            "2000",
-        ])
-        .await;
+    let (_redis, tier, node) = measured_node().await;
     let mut backend = node.backend().await;
     let mut group = Conversation::create(&mut backend, 3).await;
     let (alice, bob) = (group.members[0], group.members[1]);
@@ -858,4 +860,133 @@ async fn mark_read_up_to_writes_the_same_whether_it_covers_one_message_or_ten_th
     assert!(total > 0 && total < 40, "a handful of writes: {one:?}");
     let r = receipt(&mut node.user(alice).await, group.id, last).await;
     assert_eq!(r.read_count, 1, "the read was applied");
+}
+
+/// Every recipient of a 200-member group marks the same message delivered
+/// and read at once, half of them through each of two nodes: no call is
+/// refused as contended, every write is kept, and the sender's summary and
+/// the per-recipient list agree on 199 of 199.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_group_delivering_and_reading_at_once_is_accepted_and_kept() {
+    let tier = Tier::new().await;
+    let nodes = [tier.node().await, tier.node().await];
+    let mut backend = nodes[0].backend().await;
+    let mut group = Conversation::create(&mut backend, 200).await;
+    let sender = group.members[0];
+    let m = group.send(&mut backend, sender).await;
+    let mut sender_client = nodes[0].user(sender).await;
+    let (mut sub, _) = Subscription::open(&mut sender_client, None).await;
+    let mut clients = Vec::new();
+    for (i, u) in group.members[1..].iter().enumerate() {
+        clients.push(nodes[i % 2].user(*u).await);
+    }
+    let conversation = group.id;
+    let calls: Vec<_> = clients
+        .into_iter()
+        .map(|mut client| {
+            tokio::spawn(async move {
+                let d = deliver(&mut client, &[m]).await;
+                let r = read_up_to(&mut client, conversation, m).await;
+                (d.results[0].outcome, r.read_up_to_seq)
+            })
+        })
+        .collect();
+    for call in calls {
+        let (outcome, read_up_to) = call.await.expect("every call succeeds");
+        assert_eq!(outcome, pb::DeliveryOutcome::Recorded as i32);
+        assert_eq!(read_up_to, 1);
+    }
+    let full = receipt(&mut sender_client, group.id, m).await;
+    assert_eq!(full.recipients.len(), 199);
+    assert!(
+        full.recipients
+            .iter()
+            .all(|r| r.delivered_at_ms > 0 && r.read_at_ms >= r.delivered_at_ms),
+        "every delivery and read kept, read never before delivered"
+    );
+    assert_eq!((full.delivered_count, full.read_count), (199, 199));
+    let counted = counts_only(&mut sender_client, group.id, m).await;
+    assert_eq!((counted.delivered_count, counted.read_count), (199, 199));
+    loop {
+        let summary = sub.next_receipts().await;
+        let s = &summary.messages[0];
+        if (s.delivered_count, s.read_count) == (199, 199) {
+            break;
+        }
+    }
+}
+
+/// What one call costs Redis: its commands (commands run inside Lua scripts
+/// included; the measuring INFO calls excluded) and the bytes Redis sent
+/// back (give or take the few bytes by which two INFO replies differ).
+async fn redis_cost_of<F, Fut>(tier: &Tier, call: F) -> (BTreeMap<String, u64>, u64)
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut con = tier.redis().await;
+    let before = command_calls(&mut con).await;
+    let sent_before = net_output_bytes(&mut con).await;
+    call().await;
+    let sent_after = net_output_bytes(&mut con).await;
+    let after = command_calls(&mut con).await;
+    let commands = after
+        .iter()
+        .map(|(c, n)| (c.clone(), n - before.get(c).unwrap_or(&0)))
+        .filter(|(c, n)| *n > 0 && c != "info")
+        .collect();
+    (commands, sent_after - sent_before)
+}
+
+async fn net_output_bytes(con: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(con)
+        .await
+        .expect("INFO stats");
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_net_output_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("total_net_output_bytes")
+}
+
+/// A member's MarkDelivered and MarkReadUpTo in a group read only that
+/// member's data: the same Redis commands, command by command, and the same
+/// bytes read back (within 100 B) in a group of 5 and in a group of 500.
+/// Reading the group's memberships would add more than 15 kB at 500.
+#[tokio::test]
+async fn a_group_write_costs_redis_the_same_in_a_group_of_5_or_500() {
+    let (_redis, tier, node) = measured_node().await;
+    let mut backend = node.backend().await;
+    let mut costs = Vec::new();
+    for size in [5, 500] {
+        let mut group = Conversation::create(&mut backend, size).await;
+        let (alice, bob) = (group.members[0], group.members[1]);
+        let warm = group.send(&mut backend, alice).await;
+        let m = group.send(&mut backend, alice).await;
+        let mut bob_client = node.user(bob).await;
+        // Creates bob's replay log and loads the sharing setting: not measured.
+        read_up_to(&mut bob_client, group.id, warm).await;
+        let delivered = redis_cost_of(&tier, || async {
+            deliver(&mut bob_client, &[m]).await;
+        })
+        .await;
+        let read = redis_cost_of(&tier, || async {
+            read_up_to(&mut bob_client, group.id, m).await;
+        })
+        .await;
+        println!("group of {size}: MarkDelivered {delivered:?}");
+        println!("group of {size}: MarkReadUpTo {read:?}");
+        costs.push((delivered, read));
+    }
+    let ((d5, r5), (d500, r500)) = (&costs[0], &costs[1]);
+    assert_eq!((&d5.0, &r5.0), (&d500.0, &r500.0), "the same commands");
+    assert!(
+        d500.1 <= d5.1 + 100 && r500.1 <= r5.1 + 100,
+        "the same bytes read: MarkDelivered {} B vs {} B, MarkReadUpTo {} B vs {} B",
+        d5.1,
+        d500.1,
+        r5.1,
+        r500.1
+    );
 }

@@ -41,7 +41,7 @@ use crate::live::Hub;
 use async_trait::async_trait;
 use keys::Keys;
 use redis::aio::ConnectionLike;
-use redis::{Cmd, Pipeline, RedisFuture, Value};
+use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -62,6 +62,10 @@ const SNAPSHOT_CONVERSATIONS: usize = 500;
 const LEASE_MS: u64 = 10_000;
 /// Compare-and-apply attempts before giving up with UNAVAILABLE.
 const MAX_ATTEMPTS: usize = 64;
+/// Locks that serialize one node's writes to a conversation (by stripe).
+const WRITE_STRIPES: usize = 256;
+/// Conversations with at most this many members are read whole by a write.
+const DIRECT_MEMBERS: u64 = 2;
 /// Queue entries read per flush round.
 const FLUSH_CHUNK: usize = 1000;
 
@@ -316,6 +320,9 @@ struct Inner {
     bus_url: String,
     /// Changes this node persisted to Scylla (for metrics).
     persisted: std::sync::atomic::AtomicU64,
+    /// This node's writes to one conversation queue here instead of
+    /// racing each other's compare-and-apply (see [`Inner::lock`]).
+    stripes: Box<[tokio::sync::Mutex<()>]>,
 }
 
 /// The Redis + Scylla store. Cheap to share behind an `Arc`.
@@ -375,6 +382,9 @@ impl RedisStore {
             windows: Mutex::new(HashMap::new()),
             healthy: AtomicBool::new(true),
             persisted: std::sync::atomic::AtomicU64::new(0),
+            stripes: (0..WRITE_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         });
         let (stop, _) = watch::channel(false);
         let tasks = vec![
@@ -472,6 +482,83 @@ impl Inner {
         Err(ServiceError::Unavailable {
             message: format!("conversation {c} could not be loaded into redis"),
         })
+    }
+
+    /// Serializes this node's writes to the conversations `cs` (every
+    /// conversation write path holds it from its first read to its commit).
+    ///
+    /// Correctness does not depend on it: the version check in
+    /// [`scripts::APPLY`] still decides, and nodes still race each other.
+    /// It is about cost. Without it, N concurrent writes to one
+    /// conversation on one node (a 500-member group's members all marking
+    /// the same batch delivered) make N − 1 of them fail the version
+    /// check, re-read and retry: O(N²) reads and commits instead of O(N).
+    /// The locks are striped by conversation id and taken in stripe order,
+    /// so holding several cannot deadlock.
+    async fn lock<'a>(
+        &'a self,
+        cs: impl IntoIterator<Item = &'a ConversationId>,
+    ) -> Vec<tokio::sync::MutexGuard<'a, ()>> {
+        let mut stripes: Vec<usize> = cs
+            .into_iter()
+            .map(|c| (c.as_u128() % WRITE_STRIPES as u128) as usize)
+            .collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        let mut guards = Vec::with_capacity(stripes.len());
+        for i in stripes {
+            guards.push(self.stripes[i].lock().await);
+        }
+        guards
+    }
+
+    /// What a write by `u` needs of `c`, in one round trip. A direct
+    /// conversation's view is whole (its events carry whole states). A
+    /// group's holds only `u`'s membership and watermark, with the
+    /// conversation's version, stamp and member count: a group write by one
+    /// member decides from that member's data alone and leaves the counting
+    /// to the window, so it reads O(1) data however large the group.
+    async fn view_for(&self, c: &ConversationId, u: &UserId) -> StoreResult<Option<View>> {
+        let reply: Vec<Value> = scripts::VIEW
+            .key(self.keys.meta(c))
+            .key(self.keys.watermarks(c))
+            .arg(hex(u))
+            .arg(DIRECT_MEMBERS)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(redis_err)?;
+        let parse = |e: redis::ParsingError| redis_err(e.into());
+        let mut it = reply.into_iter();
+        let kind = it
+            .next()
+            .map(i64::from_redis_value)
+            .transpose()
+            .map_err(parse)?;
+        let (meta, wms) = (it.next(), it.next());
+        match (kind, meta, wms) {
+            (Some(1), Some(meta), Some(wms)) => Ok(Some(parse_view(
+                c,
+                HashMap::from_redis_value(meta).map_err(parse)?,
+                HashMap::from_redis_value(wms).map_err(parse)?,
+            )?)),
+            (Some(2), Some(fields), Some(wm)) => {
+                let values: Vec<Option<Vec<u8>>> = Vec::from_redis_value(fields).map_err(parse)?;
+                let mut meta = HashMap::new();
+                let names = ["v".to_string(), "mv".into(), "t".into(), "n".into()];
+                let member = format!("m:{}", hex(u));
+                for (f, v) in names.into_iter().chain([member]).zip(values) {
+                    if let Some(v) = v {
+                        meta.insert(f, v);
+                    }
+                }
+                let mut own = HashMap::new();
+                if let Some(wm) = Option::<String>::from_redis_value(wm).map_err(parse)? {
+                    own.insert(hex(u), wm);
+                }
+                Ok(Some(parse_view(c, meta, own)?))
+            }
+            _ => self.view(c).await,
+        }
     }
 
     /// Loads a conversation from Scylla into Redis. `false`: Scylla has none.
@@ -612,15 +699,25 @@ impl Inner {
         Ok(())
     }
 
-    /// Loads the receipt hashes of `ids`, re-warming expired ones from Scylla.
-    async fn ensure_deliveries(&self, view: &mut View, ids: &[MessageId]) -> StoreResult<()> {
-        // Delivery times are stored relative to the send time.
+    /// Those of `ids` that are messages of the view whose deliveries it has
+    /// not loaded yet (the messages loaded first).
+    async fn without_deliveries(
+        &self,
+        view: &mut View,
+        ids: &[MessageId],
+    ) -> StoreResult<Vec<MessageId>> {
         self.ensure_messages(view, ids).await?;
-        let missing: Vec<MessageId> = ids
+        Ok(ids
             .iter()
             .filter(|m| !view.deliveries.contains_key(m) && view.messages.contains_key(m))
             .copied()
-            .collect();
+            .collect())
+    }
+
+    /// Loads the receipt hashes of `ids`, re-warming expired ones from Scylla.
+    async fn ensure_deliveries(&self, view: &mut View, ids: &[MessageId]) -> StoreResult<()> {
+        // Delivery times are stored relative to the send time.
+        let missing = self.without_deliveries(view, ids).await?;
         if missing.is_empty() {
             return Ok(());
         }
@@ -664,6 +761,62 @@ impl Inner {
             view.deliveries.insert(m, d);
         }
         Ok(())
+    }
+
+    /// `c`'s view for a write by `u` with `msgs` loaded; names the first
+    /// message that is not there.
+    async fn delivery_view(
+        &self,
+        c: &ConversationId,
+        u: &UserId,
+        msgs: &[MessageId],
+    ) -> StoreResult<View> {
+        let Some(mut view) = self.view_for(c, u).await? else {
+            return Err(ServiceError::not_found("message_ids", "message", msgs[0]));
+        };
+        self.ensure_messages(&mut view, msgs).await?;
+        if let Some(m) = msgs.iter().find(|m| !view.messages.contains_key(m)) {
+            return Err(ServiceError::not_found("message_ids", "message", m));
+        }
+        Ok(view)
+    }
+
+    /// Loads `u`'s own deliveries of `ids`: O(1) per message where
+    /// [`Self::ensure_deliveries`] reads every member's. A receipt hash that
+    /// is not in Redis is re-warmed whole.
+    async fn ensure_own_deliveries(
+        &self,
+        view: &mut View,
+        ids: &[MessageId],
+        u: &UserId,
+    ) -> StoreResult<()> {
+        let missing = self.without_deliveries(view, ids).await?;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut p = redis::pipe();
+        for m in &missing {
+            p.cmd("HMGET")
+                .arg(self.keys.receipt(&view.c, m))
+                .arg("_")
+                .arg(u.as_bytes().as_slice());
+        }
+        let rows: Vec<(Option<String>, Option<String>)> = self.pipe(&p).await?;
+        let mut cold = Vec::new();
+        for (m, (loaded, value)) in missing.into_iter().zip(rows) {
+            if loaded.is_none() {
+                cold.push(m);
+                continue;
+            }
+            let mut d = HashMap::new();
+            if let Some(value) = value {
+                let at = parse_delivery_value(&value, view.messages[&m].sent_at)
+                    .ok_or_else(|| corrupt("receipt value"))?;
+                d.insert(*u, at);
+            }
+            view.deliveries.insert(m, d);
+        }
+        self.ensure_deliveries(view, &cold).await
     }
 
     /// Loads read histories from `min_seq` on for `users`.
@@ -1042,6 +1195,7 @@ impl Inner {
 
     /// Flushes `c`'s group window: one summary per sender with absolute counts.
     async fn flush_window(&self, c: &ConversationId) -> StoreResult<()> {
+        let _serial = self.lock([c]).await;
         for _ in 0..MAX_ATTEMPTS {
             // Counts come from the indexes; nothing here reads every member.
             let (ver, n): (Option<u64>, Option<u64>) = self
@@ -1237,6 +1391,7 @@ impl Inner {
         );
         let field = format!("m:{}", hex(u));
         'conv: for c in convs {
+            let _serial = self.lock([&c]).await;
             for _ in 0..MAX_ATTEMPTS {
                 let mut p = redis::pipe();
                 p.cmd("HMGET")
@@ -1939,6 +2094,7 @@ impl ReceiptStore for RedisStore {
         // Per conversation: validate (all conversations first), then commit.
         let mut plans: Vec<(View, Plan, Vec<Message>)> = Vec::new();
         let mut total = 0;
+        let _serial = s.lock(by_conv.keys()).await;
         for attempt in 0..MAX_ATTEMPTS {
             plans.clear();
             for (c, msgs) in &by_conv {
@@ -2068,33 +2224,27 @@ impl ReceiptStore for RedisStore {
             };
             by_conv.entry(*c).or_default().push(*id);
         }
-        // Validate every conversation before writing any.
-        let mut views = BTreeMap::new();
-        for (c, msgs) in &by_conv {
-            let Some(mut view) = s.view(c).await? else {
-                return Err(ServiceError::not_found("message_ids", "message", msgs[0]));
-            };
-            s.ensure_messages(&mut view, msgs).await?;
-            if let Some(m) = msgs.iter().find(|m| !view.messages.contains_key(m)) {
-                return Err(ServiceError::not_found("message_ids", "message", m));
+        // Validate every conversation before writing any (a batch within
+        // one conversation is validated by its own attempt, under the lock).
+        if by_conv.len() > 1 {
+            for (c, msgs) in &by_conv {
+                let view = s.delivery_view(c, &user, msgs).await?;
+                view.authorize(&user, "message_ids")?;
             }
-            view.authorize(&user, "message_ids")?;
-            views.insert(*c, view);
         }
         let mut results: HashMap<MessageId, DeliveryResult> = HashMap::new();
         for (c, msgs) in &by_conv {
+            let _serial = s.lock([c]).await;
             let mut attempt = 0;
             loop {
                 attempt += 1;
-                let mut view = match views.remove(c) {
-                    Some(v) => v,
-                    None => s.view(c).await?.ok_or_else(|| {
-                        ServiceError::not_found("message_ids", "message", msgs[0])
-                    })?,
-                };
-                s.ensure_messages(&mut view, msgs).await?;
+                let mut view = s.delivery_view(c, &user, msgs).await?;
                 let membership = view.authorize(&user, "message_ids")?;
-                s.ensure_deliveries(&mut view, msgs).await?;
+                if view.group() {
+                    s.ensure_own_deliveries(&mut view, msgs, &user).await?;
+                } else {
+                    s.ensure_deliveries(&mut view, msgs).await?;
+                }
                 let min_seq = msgs
                     .iter()
                     .filter_map(|m| view.messages.get(m).map(|m| m.seq))
@@ -2188,8 +2338,9 @@ impl ReceiptStore for RedisStore {
     ) -> StoreResult<ReadResult> {
         let s = &self.inner;
         let c = conversation;
+        let _serial = s.lock([&c]).await;
         for _ in 0..MAX_ATTEMPTS {
-            let Some(mut view) = s.view(&c).await? else {
+            let Some(mut view) = s.view_for(&c, &user).await? else {
                 return Err(ServiceError::not_found(
                     "conversation_id",
                     "conversation",
@@ -2245,8 +2396,9 @@ impl ReceiptStore for RedisStore {
                 advanced: false,
                 unread: 0,
             };
+            let _serial = s.lock([&c]).await;
             for _ in 0..MAX_ATTEMPTS {
-                let Some(mut view) = s.view(&c).await? else {
+                let Some(mut view) = s.view_for(&c, &user).await? else {
                     out.push(ConversationRead {
                         conversation: c,
                         outcome: ConversationOutcome::NotFound,
@@ -2545,6 +2697,7 @@ impl RedisStore {
     ) -> StoreResult<MembershipResult> {
         let s = &self.inner;
         let c = conversation;
+        let _serial = s.lock([&c]).await;
         for _ in 0..MAX_ATTEMPTS {
             let Some(mut view) = s.view(&c).await? else {
                 return Err(ServiceError::not_found(

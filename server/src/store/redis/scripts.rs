@@ -221,3 +221,24 @@ return out
 "#,
     )
 });
+
+/// What a write by one member needs of a conversation, in one round trip.
+/// KEYS: the conversation's meta hash, its watermarks hash. ARGV: the
+/// member's hex id, the largest member count read in full. Returns `{0}` if
+/// the conversation is not in Redis; `{1, meta, watermarks}` (both as flat
+/// field/value lists) if it has at most that many members; otherwise
+/// `{2, {v, mv, t, n, m:<member>}, watermark}`, which is all a group write
+/// by that member depends on.
+pub static VIEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local n = redis.call('HGET', KEYS[1], 'n')
+if not n then return {0} end
+if tonumber(n) <= tonumber(ARGV[2]) then
+  return {1, redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2])}
+end
+return {2, redis.call('HMGET', KEYS[1], 'v', 'mv', 't', 'n', 'm:' .. ARGV[1]),
+  redis.call('HGET', KEYS[2], ARGV[1]) or false}
+"#,
+    )
+});

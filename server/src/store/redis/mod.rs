@@ -975,28 +975,28 @@ impl Inner {
             p.get(self.keys.message_home(m));
         }
         let rows: Vec<Option<String>> = self.pipe(&p).await?;
-        let mut out = Vec::with_capacity(ids.len());
-        for (m, row) in ids.iter().zip(rows) {
-            match row {
-                Some(c) => out.push(Some(parse_uuid(&c)?)),
-                None => match self.scylla.message(*m).await.map_err(scylla_err)? {
-                    Some(msg) => {
-                        let _: () = self
-                            .query(
-                                redis::cmd("SET")
-                                    .arg(self.keys.message_home(m))
-                                    .arg(hex(&msg.conversation))
-                                    .arg("EX")
-                                    .arg(self.ttl()),
-                            )
-                            .await?;
-                        out.push(Some(msg.conversation));
-                    }
-                    None => out.push(None),
-                },
+        // Misses (new ids, or expired homes) are looked up in Scylla
+        // concurrently: a registration of a batch of new messages misses on
+        // every one of them.
+        let lookups = ids.iter().zip(rows).map(|(m, row)| async move {
+            if let Some(c) = row {
+                return Ok(Some(parse_uuid(&c)?));
             }
-        }
-        Ok(out)
+            let Some(msg) = self.scylla.message(*m).await.map_err(scylla_err)? else {
+                return Ok(None);
+            };
+            let _: () = self
+                .query(
+                    redis::cmd("SET")
+                        .arg(self.keys.message_home(m))
+                        .arg(hex(&msg.conversation))
+                        .arg("EX")
+                        .arg(self.ttl()),
+                )
+                .await?;
+            Ok(Some(msg.conversation))
+        });
+        futures::future::try_join_all(lookups).await
     }
 
     // ----- writing -----------------------------------------------------

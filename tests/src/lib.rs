@@ -824,7 +824,10 @@ where
     read_up_to(&mut carol_b, group.id, g[2]).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let ev = sub.next().await.expect("a live event on the new node");
+        let ev = match tokio::time::timeout(Duration::from_secs(5), sub.stream.message()).await {
+            Ok(Ok(Some(ev))) => ev,
+            other => panic!("a live event on the new node, got {other:?}"),
+        };
         seen.push(ev);
         let states = latest_states(&seen);
         if states.get(&g[2].to_string()).map(|s| s.1) == Some(1)

@@ -317,6 +317,10 @@ struct Inner {
     /// Group windows this node opened: conversation -> deadline.
     windows: Mutex<HashMap<ConversationId, Instant>>,
     healthy: AtomicBool,
+    /// Whether this node is subscribed to the bus. Until it is, a local
+    /// subscriber would miss events, so the node reports NOT_SERVING (and
+    /// ends the streams opened before it subscribed).
+    bus_up: AtomicBool,
     bus_url: String,
     /// Changes this node persisted to Scylla (for metrics).
     persisted: std::sync::atomic::AtomicU64,
@@ -381,6 +385,7 @@ impl RedisStore {
             hub,
             windows: Mutex::new(HashMap::new()),
             healthy: AtomicBool::new(true),
+            bus_up: AtomicBool::new(false),
             persisted: std::sync::atomic::AtomicU64::new(0),
             stripes: (0..WRITE_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
@@ -393,6 +398,13 @@ impl RedisStore {
             tokio::spawn(flush_loop(inner.clone(), stop.subscribe())),
             tokio::spawn(health_loop(inner.clone(), stop.subscribe())),
         ];
+        // Serve once subscribed to the bus, so that no stream opened on a
+        // fresh node is ended at once by the bus coming up. (If it takes
+        // longer, health reports NOT_SERVING until it is up.)
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !inner.bus_up.load(Ordering::Acquire) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         Ok(Self {
             inner,
             stop,
@@ -1897,6 +1909,7 @@ async fn bus_loop(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
                     tracing::warn!("event bus reconnected; ending local streams so they resume");
                 }
                 inner.hub.disconnect_all();
+                inner.bus_up.store(true, Ordering::Release);
                 first = false;
                 let mut messages = pubsub.into_on_message();
                 loop {
@@ -1912,6 +1925,7 @@ async fn bus_loop(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
                     }
                 }
                 tracing::warn!("event bus connection lost");
+                inner.bus_up.store(false, Ordering::Release);
                 inner.hub.disconnect_all();
             }
             Err(e) => tracing::warn!(error = %e, "event bus: cannot connect"),
@@ -2606,7 +2620,7 @@ impl ReceiptStore for RedisStore {
     }
 
     async fn healthy(&self) -> bool {
-        self.inner.healthy.load(Ordering::Acquire)
+        self.inner.healthy.load(Ordering::Acquire) && self.inner.bus_up.load(Ordering::Acquire)
     }
 
     async fn backlog(&self) -> StoreResult<Option<crate::store::Backlog>> {

@@ -227,6 +227,55 @@ async fn expired_cursor_gets_a_reset_with_a_snapshot() {
     assert!(!sub.cursor.is_empty());
 }
 
+/// The reset snapshot of a group member: counted states of the messages it
+/// sent, and its own watermark and unread count in the group.
+#[tokio::test]
+async fn a_reset_snapshot_in_a_group_counts_states_and_carries_the_callers_watermark() {
+    let s = TestServer::start_with(|c| c.log_retention = 3).await;
+    let mut backend = s.backend().await;
+    let mut g = Conversation::create(&mut backend, 4).await;
+    let (a, b, c) = (g.members[0], g.members[1], g.members[2]);
+    let mut sender = s.user(a).await;
+    let (sub, _) = Subscription::open(&mut sender, None).await;
+    let old = sub.cursor.clone();
+    drop(sub);
+    // a reads four of b's messages one by one: four watermark events in
+    // a's log, more than it keeps, so the old cursor cannot be honoured.
+    for _ in 0..4 {
+        let theirs = g.send(&mut backend, b).await;
+        read_up_to(&mut sender, g.id, theirs).await;
+    }
+    let last = g.send(&mut backend, a).await;
+    let (mut rb, mut rc) = (s.user(b).await, s.user(c).await);
+    read_up_to(&mut rb, g.id, last).await;
+    deliver(&mut rc, &[last]).await;
+    let unread_for_a = g.send(&mut backend, b).await;
+    let (_sub, replayed) = Subscription::open(&mut sender, Some(old)).await;
+    let Some(E::Reset(reset)) = &replayed[0].event else {
+        panic!("expected a reset, got {:?}", replayed[0].event);
+    };
+    let state = reset
+        .recent_messages
+        .iter()
+        .find(|m| m.message_id == last.to_string())
+        .expect("the sender's message is in the snapshot");
+    assert_eq!(
+        (
+            state.recipients_total,
+            state.delivered_count,
+            state.read_count
+        ),
+        (3, 2, 1),
+        "b read it, c has it, d has nothing"
+    );
+    assert!(state.recipients.is_empty(), "counts only");
+    assert_eq!(reset.watermarks.len(), 1);
+    let wm = &reset.watermarks[0];
+    assert_eq!(wm.conversation_id, g.id.to_string());
+    assert_eq!(wm.read_up_to_seq, 4, "a's own watermark");
+    assert_eq!(wm.unread_count, 1, "{unread_for_a} is unread for a");
+}
+
 #[tokio::test]
 async fn cursor_from_another_epoch_gets_a_reset() {
     let s = TestServer::start().await;

@@ -1495,8 +1495,10 @@ impl Inner {
         for (c, m) in &recent {
             by_conv.entry(*c).or_default().push(*m);
         }
+        // A group's view here is the caller's part only (`view_for`): its
+        // states are counted, and its watermark is the caller's.
         for (c, ids) in &by_conv {
-            let Some(mut v) = self.view(c).await? else {
+            let Some(mut v) = self.view_for(c, u).await? else {
                 continue;
             };
             if v.group() {
@@ -1543,7 +1545,7 @@ impl Inner {
                 break;
             }
             let c = parse_uuid(&c)?;
-            let Some(v) = self.view(&c).await? else {
+            let Some(v) = self.view_for(&c, u).await? else {
                 continue;
             };
             let Some(membership) = v.members.get(u).filter(|m| m.is_current()) else {

@@ -38,7 +38,9 @@ const USER_CONVS: Def = TableDefinition::new("user_conversations");
 const MESSAGES: Def = TableDefinition::new("messages");
 const CONV_MSGS: Def = TableDefinition::new("conversation_messages");
 const SENDER_MSGS: Def = TableDefinition::new("sender_messages");
-const DELIVERED: Def = TableDefinition::new("delivered");
+const DELIVERED: Def = TableDefinition::new("delivered_by_recipient");
+/// The first layout of deliveries (`msg ‖ user`), moved to [`DELIVERED`] at open.
+const DELIVERED_V1: Def = TableDefinition::new("delivered");
 const WATERMARKS: Def = TableDefinition::new("watermarks");
 const READ_HIST: Def = TableDefinition::new("read_history");
 const PUBLIC_HIST: Def = TableDefinition::new("public_read_history");
@@ -58,6 +60,10 @@ const MAX_MESSAGES_PER_EVENT: usize = 500;
 const MAX_BATCH: usize = 512;
 /// Most trimmed log entries per commit (keeps commits short).
 const MAX_TRIM_PER_COMMIT: usize = 4096;
+/// Facts of a set of messages are read with range scans, one per member and
+/// table, when the set's seq span is below this many seqs per message;
+/// otherwise with point reads per message.
+const DENSE_SPAN_PER_MESSAGE: u64 = 8;
 /// Messages and conversations in a reset snapshot.
 const SNAPSHOT_MESSAGES: usize = 200;
 const SNAPSHOT_CONVERSATIONS: usize = 500;
@@ -181,6 +187,34 @@ macro_rules! open_tables {
     };
 }
 
+/// One member's facts about a set of messages (see [`Tables::track`]).
+#[derive(Debug, Default)]
+struct Track {
+    /// `(seq, first delivery time)`, by seq.
+    delivered: Vec<(Seq, Millis)>,
+    /// Watermark advancements `(seq reached, time)`, by seq: for each seq
+    /// asked about, at least the first advancement at or beyond it.
+    read: Vec<(Seq, Millis)>,
+    /// The same for advancements made while sharing read receipts.
+    public: Vec<(Seq, Millis)>,
+}
+
+impl Track {
+    fn delivered_at(&self, seq: Seq) -> Option<Millis> {
+        let i = self
+            .delivered
+            .binary_search_by_key(&seq, |(s, _)| *s)
+            .ok()?;
+        Some(self.delivered[i].1)
+    }
+
+    /// The time of the first advancement in `rows` that reached `seq`.
+    fn covering(rows: &[(Seq, Millis)], seq: Seq) -> Option<Millis> {
+        let i = rows.partition_point(|(s, _)| *s < seq);
+        rows.get(i).map(|(_, at)| *at)
+    }
+}
+
 /// Everything about one conversation's members needed to compute states.
 struct ConvContext {
     conversation: ConversationId,
@@ -246,26 +280,96 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
         Ok(get_bytes(&self.privacy, &k1(u))?.is_none_or(|b| b.first() == Some(&1)))
     }
 
-    fn delivered_at(&self, m: &MessageId, u: &UserId) -> StoreResult<Option<Millis>> {
-        Ok(get_bytes(&self.delivered, &k2(m, u))?.map(|b| i64_val(&b)))
+    fn delivered_at(
+        &self,
+        c: &ConversationId,
+        u: &UserId,
+        seq: Seq,
+    ) -> StoreResult<Option<Millis>> {
+        Ok(get_bytes(&self.delivered, &k3(c, u, seq))?.map(|b| i64_val(&b)))
     }
 
-    /// The time of the first advancement that reached `seq` or beyond.
+    /// The first advancement that reached `seq` or beyond: `(seq reached, time)`.
     fn first_covering(
         table: &T,
         c: &ConversationId,
         u: &UserId,
         seq: Seq,
-    ) -> StoreResult<Option<Millis>> {
-        let lo = k3(c, u, seq);
-        let hi = k3(c, u, u64::MAX);
-        let mut range = table
-            .range(lo.as_slice()..=hi.as_slice())
-            .map_err(storage)?;
-        match range.next() {
-            Some(entry) => Ok(Some(i64_val(entry.map_err(storage)?.1.value()))),
-            None => Ok(None),
+    ) -> StoreResult<Option<(Seq, Millis)>> {
+        Ok(Self::seq_rows(table, c, u, seq, u64::MAX, |_| true)?.pop())
+    }
+
+    /// Rows `(seq, time)` of a `conv ‖ user ‖ seq` table from `lo` to `hi`, in
+    /// seq order, up to and including the first row for which `last` holds.
+    fn seq_rows(
+        table: &T,
+        c: &ConversationId,
+        u: &UserId,
+        lo: Seq,
+        hi: Seq,
+        last: impl Fn(Seq) -> bool,
+    ) -> StoreResult<Vec<(Seq, Millis)>> {
+        let mut out = Vec::new();
+        if lo > hi {
+            return Ok(out);
         }
+        let (lo, hi) = (k3(c, u, lo), k3(c, u, hi));
+        for entry in table
+            .range(lo.as_slice()..=hi.as_slice())
+            .map_err(storage)?
+        {
+            let (k, v) = entry.map_err(storage)?;
+            let seq = u64_at(k.value(), 32);
+            out.push((seq, i64_val(v.value())));
+            if last(seq) {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// What `u` did to the messages at `seqs` (ascending, distinct) of `c`.
+    /// Dense sets cost one range scan per table; sparse ones point reads.
+    fn track(
+        &self,
+        c: &ConversationId,
+        u: &UserId,
+        seqs: &[Seq],
+        wm: ReadWatermark,
+    ) -> StoreResult<Track> {
+        let mut t = Track::default();
+        let (Some(&lo), Some(&hi)) = (seqs.first(), seqs.last()) else {
+            return Ok(t);
+        };
+        if hi - lo < DENSE_SPAN_PER_MESSAGE.saturating_mul(seqs.len() as u64) {
+            t.delivered = Self::seq_rows(&self.delivered, c, u, lo, hi, |_| false)?;
+            // The history rows from `lo` to the first at or beyond `hi` hold
+            // the first advancement covering each seq in between.
+            if wm.seq >= lo {
+                t.read = Self::seq_rows(&self.read_hist, c, u, lo, u64::MAX, |s| s >= hi)?;
+            }
+            if wm.public_seq >= lo {
+                t.public = Self::seq_rows(&self.public_hist, c, u, lo, u64::MAX, |s| s >= hi)?;
+            }
+            return Ok(t);
+        }
+        for &seq in seqs {
+            if let Some(at) = self.delivered_at(c, u, seq)? {
+                t.delivered.push((seq, at));
+            }
+            if wm.seq >= seq {
+                t.read
+                    .extend(Self::first_covering(&self.read_hist, c, u, seq)?);
+            }
+            if wm.public_seq >= seq {
+                t.public
+                    .extend(Self::first_covering(&self.public_hist, c, u, seq)?);
+            }
+        }
+        // First coverings of ascending seqs ascend; equal ones repeat.
+        t.read.dedup();
+        t.public.dedup();
+        Ok(t)
     }
 
     fn last_seq(&self, c: &ConversationId) -> StoreResult<Seq> {
@@ -344,44 +448,58 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
         })
     }
 
-    /// The state of `m` as `viewer` may see it (the rules are in `domain`).
-    fn state(
+    /// The states of `msgs` (all in `ctx`'s conversation), each as
+    /// `viewer(m)` may see it (the rules are in `domain`). Each member's facts
+    /// are read once for the whole set.
+    fn states(
         &self,
         ctx: &ConvContext,
-        viewer: &UserId,
-        m: &Message,
+        msgs: &[Message],
+        viewer: impl Fn(&Message) -> UserId,
         with_recipients: bool,
-    ) -> StoreResult<domain::MessageState> {
-        let mut views = Vec::new();
+    ) -> StoreResult<Vec<domain::MessageState>> {
+        let mut seqs: Vec<Seq> = msgs.iter().map(|m| m.seq).collect();
+        seqs.sort_unstable();
+        seqs.dedup();
+        let mut tracks = HashMap::with_capacity(ctx.members.len());
         for (u, membership) in &ctx.members {
-            if *u == m.sender || !membership.contains(m.seq) {
-                continue;
-            }
+            let received: Vec<Seq> = seqs
+                .iter()
+                .copied()
+                .filter(|s| membership.contains(*s))
+                .collect();
             let wm = ctx.watermarks.get(u).copied().unwrap_or_default();
-            let read_at = if wm.seq >= m.seq {
-                Self::first_covering(&self.read_hist, &ctx.conversation, u, m.seq)?
-            } else {
-                None
-            };
-            let public_read_at = if wm.public_seq >= m.seq {
-                Self::first_covering(&self.public_hist, &ctx.conversation, u, m.seq)?
-            } else {
-                None
-            };
-            let facts = RecipientFacts {
-                delivered_at: self.delivered_at(&m.id, u)?,
-                read_at,
-                public_read_at,
-                sharing: ctx.sharing.get(u).copied().unwrap_or(true),
-            };
-            views.push(domain::recipient_view(*viewer, *u, facts));
+            tracks.insert(*u, self.track(&ctx.conversation, u, &received, wm)?);
         }
-        let aggregate: Aggregate = domain::aggregate(&views);
-        Ok(domain::MessageState {
-            message: *m,
-            aggregate,
-            recipients: if with_recipients { views } else { Vec::new() },
-        })
+        let mut out = Vec::with_capacity(msgs.len());
+        for m in msgs {
+            let mut views = Vec::new();
+            for (u, membership) in &ctx.members {
+                if *u == m.sender || !membership.contains(m.seq) {
+                    continue;
+                }
+                let wm = ctx.watermarks.get(u).copied().unwrap_or_default();
+                let track = &tracks[u];
+                let facts = RecipientFacts {
+                    delivered_at: track.delivered_at(m.seq),
+                    read_at: (wm.seq >= m.seq)
+                        .then(|| Track::covering(&track.read, m.seq))
+                        .flatten(),
+                    public_read_at: (wm.public_seq >= m.seq)
+                        .then(|| Track::covering(&track.public, m.seq))
+                        .flatten(),
+                    sharing: ctx.sharing.get(u).copied().unwrap_or(true),
+                };
+                views.push(domain::recipient_view(viewer(m), *u, facts));
+            }
+            let aggregate: Aggregate = domain::aggregate(&views);
+            out.push(domain::MessageState {
+                message: *m,
+                aggregate,
+                recipients: if with_recipients { views } else { Vec::new() },
+            });
+        }
+        Ok(out)
     }
 
     fn events_after(&self, u: &UserId, after: u64, max: usize) -> StoreResult<Vec<Event>> {
@@ -426,7 +544,8 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
             if let std::collections::hash_map::Entry::Vacant(e) = contexts.entry(m.conversation) {
                 e.insert(self.context(&m.conversation)?);
             }
-            recent_messages.push(self.state(&contexts[&m.conversation], u, m, false)?);
+            let ctx = &contexts[&m.conversation];
+            recent_messages.extend(self.states(ctx, std::slice::from_ref(m), |_| *u, false)?);
         }
         let (lo, hi) = (k2(u, &Uuid::nil()), k2(u, &Uuid::max()));
         let mut watermarks = Vec::new();
@@ -565,15 +684,16 @@ impl WriteCtx<'_, '_> {
         msgs: Vec<(Seq, MessageId, UserId)>,
         group: bool,
     ) -> StoreResult<()> {
+        let mut found = Vec::with_capacity(msgs.len());
+        for (_, id, _) in msgs {
+            found.extend(self.t.message(&id)?);
+        }
         let mut by_sender: BTreeMap<UserId, Vec<domain::MessageState>> = BTreeMap::new();
-        for (_, id, sender) in msgs {
-            let Some(m) = self.t.message(&id)? else {
-                continue;
-            };
+        for state in self.t.states(ctx, &found, |m| m.sender, !group)? {
             by_sender
-                .entry(sender)
+                .entry(state.message.sender)
                 .or_default()
-                .push(self.t.state(ctx, &sender, &m, !group)?);
+                .push(state);
         }
         for (sender, states) in by_sender {
             for chunk in states.chunks(MAX_MESSAGES_PER_EVENT) {
@@ -708,12 +828,20 @@ impl WriteCtx<'_, '_> {
         } else {
             before.seq
         };
+        // Deliveries of the newly read messages, in one range scan.
+        let delivered: HashSet<Seq> =
+            Tables::seq_rows(&self.t.delivered, c, u, before.seq + 1, after.seq, |_| {
+                false
+            })?
+            .into_iter()
+            .map(|(seq, _)| seq)
+            .collect();
         for (seq, id, sender) in self.t.messages_between(c, first + 1, after.seq)? {
             if sender == *u || !membership.contains(seq) {
                 continue;
             }
             let visible = adv.is_public() && seq > before.public_seq;
-            let newly_delivered = seq > before.seq && self.t.delivered_at(&id, u)?.is_none();
+            let newly_delivered = seq > before.seq && !delivered.contains(&seq);
             if visible || newly_delivered {
                 changed.push((seq, id, sender));
             }
@@ -761,6 +889,7 @@ impl EmbeddedStore {
             }
             (epoch, next_offset, trimmed_to, sender_counter, pending)
         };
+        migrate_deliveries(&txn)?;
         txn.commit().map_err(storage)?;
         let db = Arc::new(db);
         let hub = Hub::new(options.subscriber_buffer);
@@ -846,6 +975,37 @@ impl EmbeddedStore {
         .await
         .map_err(|e| ServiceError::Internal(format!("read task failed: {e}")))?
     }
+}
+
+/// Moves deliveries kept in the first layout (`msg ‖ user`, one B-tree
+/// position per message) to `conv ‖ user ‖ seq`, where a recipient's
+/// deliveries in a conversation sit together, and drops the old table.
+fn migrate_deliveries(txn: &redb::WriteTransaction) -> StoreResult<()> {
+    use redb::TableHandle as _;
+    let old_exists = txn
+        .list_tables()
+        .map_err(storage)?
+        .any(|t| t.name() == DELIVERED_V1.name());
+    if !old_exists {
+        return Ok(());
+    }
+    {
+        let old = txn.open_table(DELIVERED_V1).map_err(storage)?;
+        let messages = txn.open_table(MESSAGES).map_err(storage)?;
+        let mut new = txn.open_table(DELIVERED).map_err(storage)?;
+        for entry in old.iter().map_err(storage)? {
+            let (k, at) = entry.map_err(storage)?;
+            let (m, u) = (uuid_at(k.value(), 0), uuid_at(k.value(), 16));
+            let Some(b) = get_bytes(&messages, &k1(&m))? else {
+                return Err(corrupt(format!("delivery of unknown message {m}")));
+            };
+            let msg: Message = decode(&b)?;
+            put(&mut new, &k3(&msg.conversation, &u, msg.seq), at.value())?;
+        }
+    }
+    txn.delete_table(DELIVERED_V1).map_err(storage)?;
+    tracing::info!("embedded store: deliveries moved to the conversation-ordered layout");
+    Ok(())
 }
 
 fn writer_loop(db: Arc<Database>, hub: Arc<Hub>, mut st: WriterState, rx: std_mpsc::Receiver<Job>) {
@@ -1075,10 +1235,11 @@ impl ReceiptStore for EmbeddedStore {
                     });
                     continue;
                 }
-                let existing = ctx.t.delivered_at(&m.id, &user)?;
+                let existing = ctx.t.delivered_at(&m.conversation, &user, m.seq)?;
                 let wm = ctx.t.watermark(&m.conversation, &user)?;
                 let read_at = if wm.seq >= m.seq {
                     Tables::first_covering(&ctx.t.read_hist, &m.conversation, &user, m.seq)?
+                        .map(|(_, at)| at)
                 } else {
                     None
                 };
@@ -1094,7 +1255,11 @@ impl ReceiptStore for EmbeddedStore {
                     });
                     continue;
                 }
-                put(&mut ctx.t.delivered, &k2(&m.id, &user), &at.to_be_bytes())?;
+                put(
+                    &mut ctx.t.delivered,
+                    &k3(&m.conversation, &user, m.seq),
+                    &at.to_be_bytes(),
+                )?;
                 touched
                     .entry(m.conversation)
                     .or_default()
@@ -1212,10 +1377,7 @@ impl ReceiptStore for EmbeddedStore {
                 }
             }
             let ctx = t.context(&conversation)?;
-            found
-                .iter()
-                .map(|m| t.state(&ctx, &viewer, m, include_recipients))
-                .collect()
+            t.states(&ctx, &found, |_| viewer, include_recipients)
         })
         .await
     }
@@ -1519,6 +1681,103 @@ mod tests {
                 .iter()
                 .any(|e| matches!(e.body, EventBody::Watermark { read_up_to: 3, .. }))
         );
+        store.shutdown().await;
+    }
+    /// A data directory written with the first delivery layout opens with
+    /// its deliveries intact, moved to the new table.
+    #[tokio::test]
+    async fn deliveries_in_the_first_layout_are_moved_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EmbeddedStore::open(dir.path(), options()).expect("open");
+        let (c, _, b, m) = conversation_with(&store, 2).await;
+        store
+            .mark_delivered(b, vec![m], 1_000)
+            .await
+            .expect("deliver");
+        store.shutdown().await;
+        drop(store);
+        // Rewrite the delivery as the first layout kept it.
+        {
+            let db = Database::create(dir.path().join("receipts.redb")).expect("db");
+            let txn = db.begin_write().expect("write");
+            {
+                let mut new = txn.open_table(DELIVERED).expect("new");
+                let (k, v) = {
+                    let (k, v) = new.first().expect("read").expect("one delivery");
+                    (k.value().to_vec(), v.value().to_vec())
+                };
+                new.remove(k.as_slice()).expect("remove");
+                let mut old = txn.open_table(DELIVERED_V1).expect("old");
+                old.insert(k2(&m, &b).as_slice(), v.as_slice())
+                    .expect("insert");
+            }
+            txn.commit().expect("commit");
+        }
+        let store = EmbeddedStore::open(dir.path(), options()).expect("reopen");
+        let states = store.receipts(b, c, vec![m], true).await.expect("receipts");
+        assert_eq!(states[0].recipients[0].delivered_at, Some(1_000));
+        let txn = store.db.begin_read().expect("read");
+        assert!(
+            txn.open_table(DELIVERED_V1).is_err(),
+            "the old table is dropped"
+        );
+        drop(txn);
+        store.shutdown().await;
+    }
+
+    /// Reading facts by range scans (messages close together) and by point
+    /// reads (messages far apart) gives the same states.
+    #[tokio::test]
+    async fn dense_and_sparse_message_sets_get_the_same_states() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EmbeddedStore::open(dir.path(), options()).expect("open");
+        let (c, _, b, _) = conversation_with(&store, 100).await;
+        let ids: Vec<MessageId> = store
+            .read(move |t| t.messages_between(&c, 1, 100))
+            .await
+            .expect("messages")
+            .into_iter()
+            .map(|(_, id, _)| id)
+            .collect();
+        // Delivered: every third message; read up to 40 at t=2000, then 70 at t=3000.
+        let delivered: Vec<MessageId> = ids.iter().step_by(3).copied().collect();
+        store
+            .mark_delivered(b, delivered, 1_000)
+            .await
+            .expect("deliver");
+        store
+            .mark_read_up_to(b, c, ids[39], 2_000)
+            .await
+            .expect("read");
+        store
+            .mark_read_up_to(b, c, ids[69], 3_000)
+            .await
+            .expect("read");
+        let dense: Vec<MessageId> = ids[30..45].to_vec();
+        let sparse = vec![ids[0], ids[38], ids[40], ids[69], ids[70], ids[99]];
+        for set in [dense, sparse] {
+            let together = store.receipts(b, c, set.clone(), true).await.expect("all");
+            for (i, id) in set.iter().enumerate() {
+                let alone = store.receipts(b, c, vec![*id], true).await.expect("one");
+                assert_eq!(together[i], alone[0], "message {id}");
+            }
+            for s in &together {
+                let r = &s.recipients[0];
+                let seq = s.message.seq;
+                let delivered = (seq - 1) % 3 == 0;
+                let read_at = match seq {
+                    ..=40 => Some(2_000),
+                    41..=70 => Some(3_000),
+                    _ => None,
+                };
+                assert_eq!(r.read_at, read_at, "seq {seq}");
+                let delivered_at = match (delivered, read_at) {
+                    (true, _) => Some(1_000),
+                    (false, r) => r,
+                };
+                assert_eq!(r.delivered_at, delivered_at, "seq {seq}");
+            }
+        }
         store.shutdown().await;
     }
 }

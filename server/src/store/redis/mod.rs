@@ -151,6 +151,14 @@ fn dec<'a, T: serde::Deserialize<'a>>(b: &'a [u8], what: &str) -> StoreResult<T>
     postcard::from_bytes(b).map_err(|_| corrupt(what))
 }
 
+/// The keys of `ids` that `have` lacks, in order.
+fn absent<K: Copy + Eq + std::hash::Hash, V>(ids: &[K], have: &HashMap<K, V>) -> Vec<K> {
+    ids.iter()
+        .filter(|k| !have.contains_key(k))
+        .copied()
+        .collect()
+}
+
 fn hex(u: &Uuid) -> String {
     u.simple().to_string()
 }
@@ -633,11 +641,7 @@ impl Inner {
     }
 
     async fn ensure_sharing(&self, view: &mut View, users: &[UserId]) -> StoreResult<()> {
-        let missing: Vec<UserId> = users
-            .iter()
-            .filter(|u| !view.sharing.contains_key(u))
-            .copied()
-            .collect();
+        let missing = absent(users, &view.sharing);
         if missing.is_empty() {
             return Ok(());
         }
@@ -690,11 +694,7 @@ impl Inner {
 
     /// Loads messages by id (they must belong to `view`'s conversation).
     async fn ensure_messages(&self, view: &mut View, ids: &[MessageId]) -> StoreResult<()> {
-        let missing: Vec<MessageId> = ids
-            .iter()
-            .filter(|m| !view.messages.contains_key(m))
-            .copied()
-            .collect();
+        let missing = absent(ids, &view.messages);
         if missing.is_empty() {
             return Ok(());
         }
@@ -906,11 +906,7 @@ impl Inner {
     /// Every one of `ids` was loaded into `view`; else the first missing one
     /// is named: another conversation's message, or an unknown one.
     async fn check_found(&self, view: &View, ids: &[MessageId]) -> StoreResult<()> {
-        let missing: Vec<MessageId> = ids
-            .iter()
-            .filter(|m| !view.messages.contains_key(m))
-            .copied()
-            .collect();
+        let missing = absent(ids, &view.messages);
         if missing.is_empty() {
             return Ok(());
         }

@@ -329,6 +329,94 @@ async fn a_private_read_pushes_no_read_to_the_sender() {
     assert!(sub.next_within(Duration::from_millis(300)).await.is_none());
 }
 
+/// The message states a replay carries, by message id.
+fn replayed_states(events: &[pb::SubscribeReceiptsResponse]) -> Vec<pb::MessageReceipts> {
+    events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Some(E::Receipts(r)) => Some(r.messages.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+#[tokio::test]
+async fn a_replay_shows_a_read_hidden_since_it_was_logged_as_delivered() {
+    // A sends M to B; A's stream is closed; B reads M; B turns read receipts
+    // off; A resumes from its older cursor. The log holds "read by B", but
+    // what A may see now is "delivered", as GetReceipts says.
+    let s = TestServer::start().await;
+    let mut backend = s.backend().await;
+    let mut c = Conversation::create(&mut backend, 2).await;
+    let (a, b) = (c.members[0], c.members[1]);
+    let m = c.send(&mut backend, a).await;
+    let mut sender = s.user(a).await;
+    let (sub, _) = Subscription::open(&mut sender, None).await;
+    let cursor = sub.cursor.clone();
+    drop(sub);
+    let mut reader = s.user(b).await;
+    read_up_to(&mut reader, c.id, m).await;
+    set_sharing(&mut reader, false).await;
+    let (_sub, replayed) = Subscription::open(&mut sender, Some(cursor.clone())).await;
+    let states = replayed_states(&replayed);
+    assert_eq!(states.len(), 1, "{replayed:?}");
+    let state = &states[0];
+    assert_eq!(state.message_id, m.to_string());
+    assert_eq!(tick(state), pb::Tick::Delivered);
+    assert_eq!((state.delivered_count, state.read_count), (1, 0));
+    assert_eq!(state.read_at_ms, 0, "B's read time leaked: {state:?}");
+    for r in &state.recipients {
+        assert_eq!(r.read_at_ms, 0, "B's read time leaked: {r:?}");
+    }
+    // The replay agrees with GetReceipts.
+    let now = receipt(&mut sender, c.id, m).await;
+    assert_eq!((now.tick, now.read_count), (state.tick, state.read_count));
+    // Turned back on: B read while sharing, so the read shows again, in a
+    // replay from the same cursor as in GetReceipts.
+    set_sharing(&mut reader, true).await;
+    let (_sub, replayed) = Subscription::open(&mut sender, Some(cursor)).await;
+    let states = replayed_states(&replayed);
+    let now = receipt(&mut sender, c.id, m).await;
+    assert_eq!(tick(&now), pb::Tick::Read);
+    assert_eq!(states.len(), 1, "{replayed:?}");
+    assert_eq!(
+        (states[0].tick, states[0].read_count, states[0].read_at_ms),
+        (now.tick, now.read_count, now.read_at_ms)
+    );
+}
+
+#[tokio::test]
+async fn a_group_replay_counts_a_read_hidden_since_it_was_logged_as_delivered() {
+    let s = TestServer::start().await;
+    let mut backend = s.backend().await;
+    let mut c = Conversation::create(&mut backend, 3).await;
+    let (a, b, d) = (c.members[0], c.members[1], c.members[2]);
+    let m = c.send(&mut backend, a).await;
+    let mut sender = s.user(a).await;
+    let (mut sub, _) = Subscription::open(&mut sender, None).await;
+    let cursor = sub.cursor.clone();
+    read_up_to(&mut s.user(b).await, c.id, m).await;
+    read_up_to(&mut s.user(d).await, c.id, m).await;
+    // The window's summary is logged with both reads: 2 of 2, blue.
+    let logged = sub.next_receipts().await;
+    assert_eq!(logged.messages[0].read_count, 2);
+    drop(sub);
+    set_sharing(&mut s.user(b).await, false).await;
+    let (_sub, replayed) = Subscription::open(&mut sender, Some(cursor)).await;
+    let states = replayed_states(&replayed);
+    assert_eq!(states.len(), 1, "{replayed:?}");
+    assert_eq!(tick(&states[0]), pb::Tick::Delivered);
+    assert_eq!(
+        (
+            states[0].delivered_count,
+            states[0].read_count,
+            states[0].recipients_total
+        ),
+        (2, 1, 2)
+    );
+}
+
 #[tokio::test]
 async fn slow_subscriber_stream_ends_with_a_resumable_status() {
     let s = TestServer::start_with(|c| c.subscriber_buffer = 2).await;

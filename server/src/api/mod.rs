@@ -2,6 +2,7 @@
 
 pub(crate) mod convert;
 pub(crate) mod quota;
+mod replay;
 
 use crate::auth::{AuthOutcome, Identity, Role};
 use crate::config::ServeArgs;
@@ -252,10 +253,18 @@ impl pb::receipt_service_server::ReceiptService for Api {
         // Register for live events before reading the log: nothing committed
         // in between can fall through the crack.
         let mut live = self.store.hub().subscribe(me.id);
-        let replay = self
+        let replay = match self
             .store
             .replay(me.id, from, self.limits.max_replay)
-            .await?;
+            .await?
+        {
+            // Coalesced, then shown as the caller may see it now.
+            Replay::Events { events, head } => Replay::Events {
+                events: replay::refresh(&*self.store, me.id, domain::coalesce(events)).await?,
+                head,
+            },
+            reset => reset,
+        };
         // A tiny hand-off: the bounded buffer that matters is the hub's
         // (`--subscriber-buffer`), so a slow reader is detected there.
         let (tx, rx) = mpsc::channel::<Result<pb::SubscribeReceiptsResponse, Status>>(1);
@@ -273,8 +282,10 @@ impl pb::receipt_service_server::ReceiptService for Api {
                     .inc();
             };
             let (head, first) = match replay {
-                Replay::Events { events, head } => {
-                    let coalesced = domain::coalesce(events);
+                Replay::Events {
+                    events: coalesced,
+                    head,
+                } => {
                     if resumed {
                         metrics
                             .replays

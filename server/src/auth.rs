@@ -55,9 +55,28 @@ pub struct Claims {
     pub role: Role,
     /// Expiry (seconds since the epoch); required.
     pub exp: u64,
-    /// Issued at.
+    /// Issued at; when present it may not be in the future.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<u64>,
+    /// Not before; when present the token is refused until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    /// Issuer; required when the server has `--jwt-issuer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    /// Audience; required when the server has `--jwt-audience`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<Audience>,
+}
+
+/// The `aud` claim: one string or a list of strings, as RFC 7519 allows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    /// `"aud": "receipts"`.
+    One(String),
+    /// `"aud": ["receipts", "other"]`.
+    Many(Vec<String>),
 }
 
 /// Verifies credentials.
@@ -65,6 +84,7 @@ pub struct Claims {
 pub struct Authenticator {
     keys: Arc<Vec<(DecodingKey, Validation)>>,
     dev_mode: bool,
+    leeway_secs: u64,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -76,17 +96,27 @@ impl std::fmt::Debug for Authenticator {
     }
 }
 
+/// What a token must carry and satisfy: `exp` and `sub` always, `iss` and
+/// `aud` whenever the server is configured with them (a token without a
+/// configured claim is refused, not let through), `nbf` whenever present;
+/// `iat`, when present, is checked by [`Authenticator::verify`].
 fn validation(alg: Algorithm, cfg: &ServeArgs) -> Validation {
     let mut v = Validation::new(alg);
-    v.set_required_spec_claims(&["exp", "sub"]);
-    v.leeway = 5;
+    let mut required = vec!["exp", "sub"];
+    v.leeway = cfg.jwt_leeway_secs;
+    v.validate_nbf = true;
     if let Some(iss) = &cfg.jwt_issuer {
         v.set_issuer(&[iss]);
+        required.push("iss");
     }
     match &cfg.jwt_audience {
-        Some(aud) => v.set_audience(&[aud]),
+        Some(aud) => {
+            v.set_audience(&[aud]);
+            required.push("aud");
+        }
         None => v.validate_aud = false,
     }
+    v.set_required_spec_claims(&required);
     v
 }
 
@@ -119,6 +149,7 @@ impl Authenticator {
         Ok(Self {
             keys: Arc::new(keys),
             dev_mode: cfg.dev_mode,
+            leeway_secs: cfg.jwt_leeway_secs,
         })
     }
 
@@ -183,31 +214,61 @@ impl Authenticator {
                 "authorization: tokens are not configured on this server".into(),
             ));
         }
-        let mut last = None;
-        for (key, validation) in self.keys.iter() {
-            match jsonwebtoken::decode::<Claims>(token, key, validation) {
-                Ok(data) => {
-                    let id = Uuid::parse_str(&data.claims.sub).map_err(|_| {
-                        ServiceError::Unauthenticated("authorization: sub is not a UUID".into())
-                    })?;
-                    return Ok(Identity {
-                        id,
-                        role: data.claims.role,
-                    });
-                }
-                Err(e) => last = Some(e),
+        // The key is chosen by the token's `alg` (one key per algorithm), so
+        // the reason given is that key's, not another key's "wrong algorithm".
+        let header = jsonwebtoken::decode_header(token).map_err(|_| {
+            ServiceError::Unauthenticated("authorization: not a JWT (bad header)".into())
+        })?;
+        let Some((key, validation)) = self
+            .keys
+            .iter()
+            .find(|(_, v)| v.algorithms.contains(&header.alg))
+        else {
+            return Err(ServiceError::Unauthenticated(format!(
+                "authorization: algorithm {:?} is not accepted by this server",
+                header.alg
+            )));
+        };
+        let error = match jsonwebtoken::decode::<Claims>(token, key, validation) {
+            Ok(data) => return self.identity_of(&data.claims),
+            Err(e) => e,
+        };
+        use jsonwebtoken::errors::ErrorKind;
+        let reason = match error.kind() {
+            ErrorKind::ExpiredSignature => "token expired (exp)".to_string(),
+            ErrorKind::ImmatureSignature => "token not valid yet (nbf)".to_string(),
+            ErrorKind::InvalidSignature => "bad signature".to_string(),
+            ErrorKind::InvalidIssuer => "wrong issuer (iss)".to_string(),
+            ErrorKind::InvalidAudience => "wrong audience (aud)".to_string(),
+            ErrorKind::MissingRequiredClaim(claim) => {
+                format!("the token has no `{claim}` claim, which this server requires")
             }
-        }
-        let reason = match last.as_ref().map(|e| e.kind()) {
-            Some(jsonwebtoken::errors::ErrorKind::ExpiredSignature) => "token expired",
-            Some(jsonwebtoken::errors::ErrorKind::InvalidSignature) => "bad signature",
-            Some(jsonwebtoken::errors::ErrorKind::InvalidIssuer) => "wrong issuer",
-            Some(jsonwebtoken::errors::ErrorKind::InvalidAudience) => "wrong audience",
-            _ => "invalid token",
+            ErrorKind::InvalidClaimFormat(claim) => format!("the `{claim}` claim is malformed"),
+            _ => "invalid token".to_string(),
         };
         Err(ServiceError::Unauthenticated(format!(
             "authorization: {reason}"
         )))
+    }
+
+    /// The caller named by verified claims; the checks the JWT library does
+    /// not make (`iat` in the future, `sub` a UUID) are made here.
+    fn identity_of(&self, claims: &Claims) -> Result<Identity, ServiceError> {
+        if let Some(iat) = claims.iat {
+            let now = jsonwebtoken::get_current_timestamp();
+            if iat > now.saturating_add(self.leeway_secs) {
+                return Err(ServiceError::Unauthenticated(
+                    "authorization: token issued in the future (iat)".into(),
+                ));
+            }
+        }
+        let id = Uuid::parse_str(&claims.sub).map_err(|_| {
+            ServiceError::Unauthenticated("authorization: sub is not a UUID".into())
+        })?;
+        Ok(Identity {
+            id,
+            role: claims.role,
+        })
     }
 }
 
@@ -227,6 +288,9 @@ pub fn mint_token(
         role,
         exp: now + ttl.as_secs(),
         iat: Some(now),
+        nbf: None,
+        iss: None,
+        aud: None,
     };
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),

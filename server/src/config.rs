@@ -89,6 +89,11 @@ pub struct ServeArgs {
     #[arg(long, env = "RECEIPTS_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
 
+    /// Clock skew allowed between the token issuer and this node, in
+    /// seconds, when checking `exp`, `nbf` and `iat` (at most 300).
+    #[arg(long, env = "RECEIPTS_JWT_LEEWAY_SECS", default_value_t = 5)]
+    pub jwt_leeway_secs: u64,
+
     /// DEVELOPMENT ONLY: trust the `x-receipts-user` (and `x-receipts-role`)
     /// metadata instead of a token. Refused unless listening on loopback.
     #[arg(long, env = "RECEIPTS_DEV_MODE", default_value_t = false)]
@@ -305,6 +310,12 @@ impl ServeArgs {
         }
         if self.jwt_secret.as_deref().is_some_and(|s| s.len() < 16) {
             return err("--jwt-secret", "must be at least 16 bytes");
+        }
+        if self.jwt_leeway_secs > 300 {
+            return err(
+                "--jwt-leeway-secs",
+                "must be at most 300 (a larger skew would keep expired tokens alive)",
+            );
         }
         for (key, v) in [
             ("--max-batch", self.max_batch),

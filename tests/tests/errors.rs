@@ -1741,6 +1741,9 @@ async fn expired_token_is_unauthenticated() {
             role: Role::User,
             exp: now - 600,
             iat: Some(now - 4200),
+            nbf: None,
+            iss: None,
+            aud: None,
         },
         SECRET,
     );
@@ -1775,6 +1778,9 @@ async fn token_whose_sub_is_not_a_uuid_is_unauthenticated() {
             role: Role::User,
             exp: now_secs() + 3600,
             iat: None,
+            nbf: None,
+            iss: None,
+            aud: None,
         },
         SECRET,
     );

@@ -262,6 +262,9 @@ fn expired_token(user: Uuid) -> String {
         role: Role::User,
         exp: now - 3600,
         iat: Some(now - 7200),
+        nbf: None,
+        iss: None,
+        aud: None,
     };
     encode(
         &Header::default(),

@@ -55,6 +55,13 @@ pub enum RunError {
     },
 }
 
+/// The names health answers for: the whole server (`""`) and each service.
+const HEALTH_NAMES: [&str; 3] = [
+    "",
+    <ReceiptServiceServer<Api> as tonic::server::NamedService>::NAME,
+    <ReceiptBackendServiceServer<Api> as tonic::server::NamedService>::NAME,
+];
+
 /// Headers browsers may send on gRPC-web calls.
 const CORS_ALLOW_HEADERS: &[&str] = &[
     "content-type",
@@ -247,11 +254,7 @@ pub async fn run(
                 } else {
                     ServingStatus::NotServing
                 };
-                for name in [
-                    "",
-                    <ReceiptServiceServer<Api> as tonic::server::NamedService>::NAME,
-                    <ReceiptBackendServiceServer<Api> as tonic::server::NamedService>::NAME,
-                ] {
+                for name in HEALTH_NAMES {
                     health.set_service_status(name, status).await;
                 }
             }
@@ -266,10 +269,13 @@ pub async fn run(
         async move {
             shutdown.await;
             tracing::info!("shutting down: draining streams");
-            health.set_not_serving::<ReceiptServiceServer<Api>>().await;
-            health
-                .set_not_serving::<ReceiptBackendServiceServer<Api>>()
-                .await;
+            // All three names, `""` first: it is what Kubernetes probes and
+            // most load balancers watch.
+            for name in HEALTH_NAMES {
+                health
+                    .set_service_status(name, tonic_health::ServingStatus::NotServing)
+                    .await;
+            }
             let _ = stop_streams.send(true);
             let _ = draining.send(());
         }

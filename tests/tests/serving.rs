@@ -101,28 +101,46 @@ async fn health_reports_serving_for_both_services_without_credentials() {
 }
 
 #[tokio::test]
-async fn health_turns_not_serving_when_shutdown_starts() {
+async fn health_turns_not_serving_for_every_name_when_shutdown_starts() {
+    // `""` is what Kubernetes gRPC probes and most load balancers watch; the
+    // two services are what per-service checks ask.
+    let names = [
+        "",
+        "receipts.v1.ReceiptService",
+        "receipts.v1.ReceiptBackendService",
+    ];
     let s = TestServer::start().await;
-    let mut health = tonic_health::pb::health_client::HealthClient::new(s.channel().await);
-    let mut watch = health
-        .watch(tonic_health::pb::HealthCheckRequest {
-            service: "receipts.v1.ReceiptService".into(),
-        })
-        .await
-        .expect("watch")
-        .into_inner();
-    let first = watch
-        .message()
-        .await
-        .expect("status")
-        .expect("first status");
-    assert_eq!(first.status, ServingStatus::Serving as i32);
+    let mut watches = Vec::new();
+    for name in names {
+        let mut health = tonic_health::pb::health_client::HealthClient::new(s.channel().await);
+        let mut watch = health
+            .watch(tonic_health::pb::HealthCheckRequest {
+                service: name.into(),
+            })
+            .await
+            .expect("watch")
+            .into_inner();
+        let first = watch
+            .message()
+            .await
+            .expect("status")
+            .expect("first status");
+        assert_eq!(first.status, ServingStatus::Serving as i32, "{name:?}");
+        watches.push((name, watch));
+    }
     let stop = tokio::spawn(s.stop());
-    let next = tokio::time::timeout(std::time::Duration::from_secs(10), watch.message())
-        .await
-        .expect("status change in time");
-    if let Ok(Some(status)) = next {
-        assert_eq!(status.status, ServingStatus::NotServing as i32);
+    // The test server's grace period is 2 s: each watch must see NOT_SERVING
+    // before its stream is cut, not merely end.
+    for (name, mut watch) in watches {
+        let next = tokio::time::timeout(std::time::Duration::from_secs(10), watch.message())
+            .await
+            .expect("status change in time");
+        match next {
+            Ok(Some(status)) => {
+                assert_eq!(status.status, ServingStatus::NotServing as i32, "{name:?}")
+            }
+            other => panic!("watch on {name:?} ended without NOT_SERVING: {other:?}"),
+        }
     }
     stop.await.expect("stopped");
 }

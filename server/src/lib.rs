@@ -287,7 +287,12 @@ pub async fn run(
         .layer(tonic_web::GrpcWebLayer::new())
         // A span per call (joined to the caller's trace) and RPC metrics.
         .layer(layers::ObserveLayer::new(metrics.clone()))
-        // Shed past the concurrency limit; the server's deadline; size status.
+        // Undecodable or oversized requests answered as the caller's error.
+        .layer(layers::CallerErrorsLayer::new(
+            metrics.clone(),
+            config.max_message_bytes,
+        ))
+        // Shed past the concurrency limit; the server's deadline.
         .layer(layers::ProtectLayer::new(
             config.max_concurrent_requests,
             Duration::from_millis(config.request_timeout_ms),
@@ -298,9 +303,10 @@ pub async fn run(
         // gRPC-web arrives over HTTP/1.1 from browsers.
         .accept_http1(true)
         .layer(layers)
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
+        // Every service reads at most --max-message-bytes per request.
+        .add_service(health_service.max_decoding_message_size(max_message))
+        .add_service(reflection_v1.max_decoding_message_size(max_message))
+        .add_service(reflection_v1alpha.max_decoding_message_size(max_message))
         // Authentication is per service so health and reflection stay open.
         .add_service(tonic::service::interceptor::InterceptedService::new(
             ReceiptServiceServer::new(api.clone()).max_decoding_message_size(max_message),

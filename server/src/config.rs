@@ -228,6 +228,47 @@ pub struct ServeArgs {
     #[arg(long, env = "RECEIPTS_MAX_CONCURRENT_REQUESTS", default_value_t = 1024)]
     pub max_concurrent_requests: usize,
 
+    /// Of --max-concurrent-requests, the most one client connection may
+    /// hold; beyond it that connection's calls are shed with UNAVAILABLE, so
+    /// one connection cannot starve the others.
+    #[arg(long, env = "RECEIPTS_MAX_CALLS_PER_CONNECTION", default_value_t = 128)]
+    pub max_calls_per_connection: usize,
+
+    /// Most concurrent HTTP/2 streams one connection may open (the
+    /// SETTINGS_MAX_CONCURRENT_STREAMS the server announces).
+    #[arg(
+        long,
+        env = "RECEIPTS_MAX_STREAMS_PER_CONNECTION",
+        default_value_t = 256
+    )]
+    pub max_streams_per_connection: u32,
+
+    /// Most client connections open on this node; past it new connections
+    /// are closed at once.
+    #[arg(long, env = "RECEIPTS_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// A new connection must start its first call within this time (an idle
+    /// TCP connection or a half-sent HTTP/2 preface or HTTP/1.1 header is
+    /// closed); a call without valid credentials over HTTP/1.1 has this long
+    /// to send its body before it is answered.
+    #[arg(long, env = "RECEIPTS_HEADER_TIMEOUT_MS", default_value_t = 5_000)]
+    pub header_timeout_ms: u64,
+
+    /// A connection with no call in flight for this long is closed (clients
+    /// reconnect on their next call).
+    #[arg(long, env = "RECEIPTS_IDLE_TIMEOUT_MS", default_value_t = 300_000)]
+    pub idle_timeout_ms: u64,
+
+    /// Interval of HTTP/2 keepalive pings to clients (0: off); a client that
+    /// does not answer within --keepalive-timeout-ms is disconnected.
+    #[arg(long, env = "RECEIPTS_KEEPALIVE_INTERVAL_MS", default_value_t = 30_000)]
+    pub keepalive_interval_ms: u64,
+
+    /// How long a keepalive ping may wait for its answer.
+    #[arg(long, env = "RECEIPTS_KEEPALIVE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub keepalive_timeout_ms: u64,
+
     /// Largest request message in bytes; a larger one gets
     /// RESOURCE_EXHAUSTED.
     #[arg(long, env = "RECEIPTS_MAX_MESSAGE_BYTES", default_value_t = 1 << 20)]
@@ -325,6 +366,15 @@ impl ServeArgs {
             ("--subscriber-buffer", self.subscriber_buffer),
             ("--max-replay", self.max_replay),
             ("--max-concurrent-requests", self.max_concurrent_requests),
+            ("--max-calls-per-connection", self.max_calls_per_connection),
+            ("--max-connections", self.max_connections),
+            (
+                "--max-streams-per-connection",
+                self.max_streams_per_connection as usize,
+            ),
+            ("--header-timeout-ms", self.header_timeout_ms as usize),
+            ("--idle-timeout-ms", self.idle_timeout_ms as usize),
+            ("--keepalive-timeout-ms", self.keepalive_timeout_ms as usize),
             ("--max-message-bytes", self.max_message_bytes),
             (
                 "--max-subscriptions-per-user",

@@ -11,11 +11,14 @@
 //! All sit inside the gRPC-web translation, so browser calls are observed
 //! and protected exactly like native gRPC calls.
 
+use crate::auth::{AuthOutcome, Authenticator};
+use crate::conn::{ConnInfo, ConnState};
 use crate::metrics::{MethodLabels, Metrics, RpcLabels};
 use http::{HeaderMap, Request, Response};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -139,6 +142,93 @@ fn status_code(headers: &HeaderMap) -> Option<Code> {
         .parse::<i32>()
         .ok()?;
     Some(Code::from_i32(v))
+}
+
+// ----- connection: which connection a call is on ---------------------------
+
+/// Marks each call in flight on its connection (for the idle timeout, see
+/// [`crate::conn`]) for as long as its response body lives, and exposes the
+/// peer address the way tonic's own TCP listener does.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConnectionLayer;
+
+impl<S> tower::Layer<S> for ConnectionLayer {
+    type Service = Connection<S>;
+    fn layer(&self, inner: S) -> Connection<S> {
+        Connection { inner }
+    }
+}
+
+/// See [`ConnectionLayer`].
+#[derive(Clone, Debug)]
+pub struct Connection<S> {
+    inner: S,
+}
+
+impl<S> tower::Service<Request<Body>> for Connection<S>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Response<Body>, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        let mut inner = self.inner.clone();
+        std::mem::swap(&mut self.inner, &mut inner);
+        let guard = req.extensions().get::<ConnInfo>().cloned().map(|c| {
+            req.extensions_mut().insert(c.tcp.clone());
+            c.state.call_started()
+        });
+        let fut = inner.call(req);
+        Box::pin(async move {
+            let resp = fut.await?;
+            let Some(guard) = guard else {
+                return Ok(resp);
+            };
+            let (parts, body) = resp.into_parts();
+            let body = Body::new(GuardedBody {
+                inner: body,
+                _guard: guard,
+            });
+            Ok(Response::from_parts(parts, body))
+        })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its call counted on its connection.
+    struct GuardedBody<B> {
+        #[pin]
+        inner: B,
+        _guard: crate::conn::CallGuard,
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for GuardedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 // ----- observe: spans and RPC metrics ---------------------------------------
@@ -661,23 +751,48 @@ impl<B: http_body::Body> http_body::Body for CallerErrorsBody<B> {
 
 /// Protection for the receipts services (health and reflection stay
 /// answerable under overload, so probes see the truth).
+///
+/// Identity is decided from the headers before anything is queued: a call
+/// without valid credentials never takes a slot or reaches a handler. It is
+/// answered UNAUTHENTICATED at once on HTTP/2; on HTTP/1.1 (gRPC-web) only
+/// after its body was read and dropped (bounded by `--max-message-bytes` and
+/// `--header-timeout-ms`), because answering a client that is still sending
+/// closes the connection under it and it would see a broken pipe instead.
 #[derive(Clone, Debug)]
 pub struct ProtectLayer {
     permits: Arc<Semaphore>,
-    max_concurrent: usize,
-    timeout: Duration,
+    limits: ProtectLimits,
+    auth: Authenticator,
     metrics: Arc<Metrics>,
 }
 
+/// The bounds [`ProtectLayer`] enforces.
+#[derive(Clone, Copy, Debug)]
+pub struct ProtectLimits {
+    /// Receipts calls in flight on the node (`--max-concurrent-requests`).
+    pub max_concurrent: usize,
+    /// Of those, the most one connection may hold
+    /// (`--max-calls-per-connection`).
+    pub max_per_connection: usize,
+    /// The server's deadline for unary calls (`--request-timeout-ms`).
+    pub timeout: Duration,
+    /// How long an unauthenticated HTTP/1.1 body is read before the answer
+    /// (`--header-timeout-ms`).
+    pub unauthenticated_body_timeout: Duration,
+    /// Most bytes of an unauthenticated body read (`--max-message-bytes`).
+    pub max_message_bytes: usize,
+}
+
 impl ProtectLayer {
-    /// At most `max_concurrent` receipts calls in flight (more are shed at
-    /// once with UNAVAILABLE); unary calls end with DEADLINE_EXCEEDED after
-    /// `timeout` or the caller's shorter `grpc-timeout`.
-    pub fn new(max_concurrent: usize, timeout: Duration, metrics: Arc<Metrics>) -> Self {
+    /// At most `limits.max_concurrent` receipts calls in flight (more are
+    /// shed at once with UNAVAILABLE), at most `limits.max_per_connection`
+    /// of them from one connection; unary calls end with DEADLINE_EXCEEDED
+    /// after `limits.timeout` or the caller's shorter `grpc-timeout`.
+    pub fn new(limits: ProtectLimits, auth: Authenticator, metrics: Arc<Metrics>) -> Self {
         Self {
-            permits: Arc::new(Semaphore::new(max_concurrent)),
-            max_concurrent,
-            timeout,
+            permits: Arc::new(Semaphore::new(limits.max_concurrent)),
+            limits,
+            auth,
             metrics,
         }
     }
@@ -698,6 +813,30 @@ impl<S> tower::Layer<S> for ProtectLayer {
 pub struct Protect<S> {
     inner: S,
     layer: ProtectLayer,
+}
+
+/// One of a connection's share of slots, given back when dropped.
+struct ConnectionSlot(Arc<ConnState>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.slots.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Reads and drops a request body, up to `max` bytes and `timeout`.
+async fn drain(mut body: Body, max: usize, timeout: Duration) {
+    use http_body_util::BodyExt;
+    let _ = tokio::time::timeout(timeout, async move {
+        let mut read = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            read += frame.data_ref().map_or(0, |d| d.len());
+            if read > max {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Parses a `grpc-timeout` header value (`<digits><unit>`, at most 8 digits).
@@ -735,7 +874,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let mut inner = self.inner.clone();
         std::mem::swap(&mut self.inner, &mut inner);
         let method = Method::of(req.uri().path());
@@ -743,13 +882,58 @@ where
             return Box::pin(inner.call(req));
         }
         let layer = self.layer.clone();
+        let limits = layer.limits;
+        let conn = req.extensions().get::<ConnInfo>().cloned();
+        // Who is calling, from the headers alone: a caller without valid
+        // credentials is answered without a slot or a handler.
+        let metadata = tonic::metadata::MetadataMap::from_headers(req.headers().clone());
+        let peer = conn.as_ref().and_then(|c| c.tcp.remote_addr);
+        let identity = match layer.auth.identify(&metadata, peer) {
+            Ok(identity) => identity,
+            Err(e) => {
+                let status = e.into_status();
+                if req.version() == http::Version::HTTP_2 {
+                    return Box::pin(std::future::ready(Ok(status.into_http())));
+                }
+                let body = req.into_body();
+                return Box::pin(async move {
+                    drain(
+                        body,
+                        limits.max_message_bytes.saturating_add(5),
+                        limits.unauthenticated_body_timeout,
+                    )
+                    .await;
+                    Ok(status.into_http())
+                });
+            }
+        };
+        req.extensions_mut().insert(AuthOutcome(Ok(identity)));
+        // One connection holds at most its share of the node's slots, so it
+        // cannot starve the others.
+        let slot = match &conn {
+            Some(c) => {
+                let held = c.state.slots.fetch_add(1, Ordering::AcqRel);
+                let slot = ConnectionSlot(c.state.clone());
+                if held >= limits.max_per_connection {
+                    drop(slot);
+                    layer.metrics.reject("connection_share");
+                    let status = tonic::Status::unavailable(format!(
+                        "this connection has {} calls in flight (--max-calls-per-connection); retry with backoff",
+                        limits.max_per_connection
+                    ));
+                    return Box::pin(std::future::ready(Ok(status.into_http())));
+                }
+                Some(slot)
+            }
+            None => None,
+        };
         // Shed at once rather than queue: a queue only adds latency to
         // calls whose clients will time out anyway.
         let Ok(permit) = layer.permits.clone().try_acquire_owned() else {
             layer.metrics.reject("overloaded");
             let status = tonic::Status::unavailable(format!(
                 "server overloaded: {} calls in flight (--max-concurrent-requests); retry with backoff",
-                layer.max_concurrent
+                limits.max_concurrent
             ));
             return Box::pin(std::future::ready(Ok(status.into_http())));
         };
@@ -758,10 +942,11 @@ where
             .get("grpc-timeout")
             .and_then(|v| v.to_str().ok())
             .and_then(grpc_timeout);
-        let timeout = caller.map_or(layer.timeout, |c| c.min(layer.timeout));
+        let timeout = caller.map_or(limits.timeout, |c| c.min(limits.timeout));
         let fut = inner.call(req);
         Box::pin(async move {
             let _permit = permit;
+            let _slot = slot;
             match tokio::time::timeout(timeout, fut).await {
                 Ok(Ok(resp)) => Ok(resp),
                 Ok(Err(e)) => Err(e),

@@ -9,6 +9,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod conn;
 pub mod domain;
 pub mod error;
 pub mod layers;
@@ -101,19 +102,25 @@ fn cors(config: &ServeArgs) -> CorsLayer {
         .max_age(Duration::from_secs(24 * 3600))
 }
 
-/// Accepted connections with Nagle's algorithm off. tonic sets TCP_NODELAY
-/// only on listeners it binds itself; without it, a response's trailers can
-/// wait for the client's delayed ACK (tens of milliseconds).
+/// Accepted connections, bounded in number and in how long they may wait
+/// for a call (see [`conn`]), with Nagle's algorithm off. tonic sets
+/// TCP_NODELAY only on listeners it binds itself; without it, a response's
+/// trailers can wait for the client's delayed ACK (tens of milliseconds).
 fn incoming(
     listener: TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    acceptor: conn::Acceptor,
+) -> impl tokio_stream::Stream<Item = std::io::Result<conn::GuardedConn>> {
     use tokio_stream::StreamExt;
-    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
-        let conn = conn?;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).filter_map(move |conn| {
+        // tonic logs a failed accept and goes on.
+        let conn = match conn {
+            Ok(conn) => conn,
+            Err(e) => return Some(Err(e)),
+        };
         if let Err(e) = conn.set_nodelay(true) {
             tracing::debug!("TCP_NODELAY: {e}");
         }
-        Ok(conn)
+        acceptor.admit(conn).map(Ok)
     })
 }
 
@@ -228,7 +235,7 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
     let interceptor = AuthInterceptor {
-        auth: authenticator,
+        auth: authenticator.clone(),
     };
 
     // Health follows the backends: NOT_SERVING while one is unreachable.
@@ -281,7 +288,9 @@ pub async fn run(
         }
     };
     let layers = tower::ServiceBuilder::new()
-        // CORS first, so preflights are answered before anything else.
+        // Each call counted on its connection (idle timeout, peer address).
+        .layer(layers::ConnectionLayer)
+        // CORS next, so preflights are answered before anything else.
         .layer(cors(&config))
         // Translate gRPC-web (binary and text) to gRPC for the layers below.
         .layer(tonic_web::GrpcWebLayer::new())
@@ -294,14 +303,35 @@ pub async fn run(
         ))
         // Shed past the concurrency limit; the server's deadline.
         .layer(layers::ProtectLayer::new(
-            config.max_concurrent_requests,
-            Duration::from_millis(config.request_timeout_ms),
+            layers::ProtectLimits {
+                max_concurrent: config.max_concurrent_requests,
+                max_per_connection: config.max_calls_per_connection,
+                timeout: Duration::from_millis(config.request_timeout_ms),
+                unauthenticated_body_timeout: Duration::from_millis(config.header_timeout_ms),
+                max_message_bytes: config.max_message_bytes,
+            },
+            authenticator,
             metrics.clone(),
         ));
+    let acceptor = conn::Acceptor::new(
+        conn::ConnLimits {
+            max_connections: config.max_connections,
+            first_request_timeout: Duration::from_millis(config.header_timeout_ms),
+            idle_timeout: Duration::from_millis(config.idle_timeout_ms),
+        },
+        metrics.clone(),
+    );
+    let keepalive = (config.keepalive_interval_ms > 0)
+        .then(|| Duration::from_millis(config.keepalive_interval_ms));
     let max_message = config.max_message_bytes;
     let server = tonic::transport::Server::builder()
         // gRPC-web arrives over HTTP/1.1 from browsers.
         .accept_http1(true)
+        // One connection opens at most this many streams at once.
+        .max_concurrent_streams(config.max_streams_per_connection)
+        // Dead peers are found by pings, not by the kernel hours later.
+        .http2_keepalive_interval(keepalive)
+        .http2_keepalive_timeout(Some(Duration::from_millis(config.keepalive_timeout_ms)))
         .layer(layers)
         // Every service reads at most --max-message-bytes per request.
         .add_service(health_service.max_decoding_message_size(max_message))
@@ -316,7 +346,7 @@ pub async fn run(
             ReceiptBackendServiceServer::new(api).max_decoding_message_size(max_message),
             interceptor,
         ))
-        .serve_with_incoming_shutdown(incoming(listener), drain);
+        .serve_with_incoming_shutdown(incoming(listener, acceptor), drain);
     // Shutdown is bounded: calls that do not finish within the grace period
     // (a client holding a health watch open, say) are cut off.
     let grace = Duration::from_millis(config.shutdown_grace_ms);

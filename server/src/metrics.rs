@@ -77,6 +77,8 @@ pub struct Metrics {
     pub(crate) replays: Family<ReasonLabels, Counter>,
     pub(crate) resets: Family<ReasonLabels, Counter>,
     pub(crate) rejected: Family<ReasonLabels, Counter>,
+    pub(crate) connections_open: Gauge,
+    pub(crate) connections_closed: Family<ReasonLabels, Counter>,
     writebehind_queues: Gauge,
     writebehind_oldest_seconds: Gauge<f64, AtomicU64>,
     writebehind_persisted: Counter,
@@ -105,6 +107,8 @@ impl Metrics {
             replays: Family::default(),
             resets: Family::default(),
             rejected: Family::default(),
+            connections_open: Gauge::default(),
+            connections_closed: Family::default(),
             writebehind_queues: Gauge::default(),
             writebehind_oldest_seconds: Gauge::default(),
             writebehind_persisted: Counter::default(),
@@ -173,6 +177,16 @@ impl Metrics {
             "rejected",
             "Calls refused by protection (overload, deadline, rate and size limits), by reason",
             m.rejected.clone(),
+        );
+        r.register(
+            "connections_open",
+            "Client connections open on this node",
+            m.connections_open.clone(),
+        );
+        r.register(
+            "connections_closed",
+            "Client connections the server closed or refused, by reason (idle, first_request_timeout, limit)",
+            m.connections_closed.clone(),
         );
         r.register(
             "writebehind_queues",

@@ -842,3 +842,17 @@ where
     }
     drop(b);
 }
+
+/// Sends raw bytes (an HTTP/1.1 request) to `addr` and returns everything
+/// the server sent until it closed the connection (10 s at most).
+pub async fn http1_exchange(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    conn.write_all(request).await.expect("write");
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut out))
+        .await
+        .expect("response in time")
+        .expect("read");
+    out
+}

@@ -8,21 +8,9 @@ use uuid::Uuid;
 
 /// Sends one HTTP/1.1 request and returns the raw response (connection closed).
 async fn http1(s: &TestServer, head: &str, body: &[u8]) -> Vec<u8> {
-    let mut conn = tokio::net::TcpStream::connect(s.addr)
-        .await
-        .expect("connect");
     let mut req = head.replace('\n', "\r\n").into_bytes();
     req.extend_from_slice(body);
-    conn.write_all(&req).await.expect("write");
-    let mut out = Vec::new();
-    tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        conn.read_to_end(&mut out),
-    )
-    .await
-    .expect("response in time")
-    .expect("read");
-    out
+    http1_exchange(s.addr, &req).await
 }
 
 fn grpc_web_frame(msg: &impl prost::Message) -> Vec<u8> {

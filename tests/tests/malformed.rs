@@ -12,7 +12,6 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use receipts_proto::v1 as pb;
 use receipts_tests::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 use tower::ServiceExt;
 use uuid::Uuid;
@@ -183,24 +182,13 @@ async fn a_bidirectional_stream_answers_undecodable_requests_as_invalid_argument
 
 /// Sends one HTTP/1.1 gRPC-web request and returns the raw response text.
 async fn grpc_web(s: &TestServer, content_type: &str, user: Uuid, body: &[u8]) -> String {
-    let mut conn = tokio::net::TcpStream::connect(s.addr)
-        .await
-        .expect("connect");
-    let head = format!(
+    let mut req = format!(
         "POST {MARK_READ} HTTP/1.1\r\nHost: localhost\r\nContent-Type: {content_type}\r\nX-Grpc-Web: 1\r\nx-receipts-user: {user}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
-    );
-    conn.write_all(head.as_bytes()).await.expect("write");
-    conn.write_all(body).await.expect("write");
-    let mut out = Vec::new();
-    tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        conn.read_to_end(&mut out),
     )
-    .await
-    .expect("response in time")
-    .expect("read");
-    String::from_utf8_lossy(&out).to_lowercase()
+    .into_bytes();
+    req.extend_from_slice(body);
+    String::from_utf8_lossy(&http1_exchange(s.addr, &req).await).to_lowercase()
 }
 
 #[tokio::test]

@@ -13,6 +13,18 @@ fn tick(m: &pb::MessageReceipts) -> pb::Tick {
     pb::Tick::try_from(m.tick).expect("tick")
 }
 
+/// The message states a replay carries, in order.
+fn replayed_states(events: &[pb::SubscribeReceiptsResponse]) -> Vec<pb::MessageReceipts> {
+    events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Some(E::Receipts(r)) => Some(r.messages.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
 #[tokio::test]
 async fn direct_conversation_pushes_each_change_at_once() {
     let s = TestServer::start().await;
@@ -172,14 +184,7 @@ async fn replay_is_coalesced_to_the_latest_state_per_message() {
     deliver(&mut reader, &[m]).await; // one event: delivered
     read_up_to(&mut reader, c.id, m).await; // another: read
     let (_sub, replayed) = Subscription::open(&mut sender, Some(cursor)).await;
-    let states: Vec<pb::Tick> = replayed
-        .iter()
-        .filter_map(|e| match &e.event {
-            Some(E::Receipts(r)) => Some(r.messages.iter().map(tick).collect::<Vec<_>>()),
-            _ => None,
-        })
-        .flatten()
-        .collect();
+    let states: Vec<pb::Tick> = replayed_states(&replayed).iter().map(tick).collect();
     assert_eq!(
         states,
         vec![pb::Tick::Read],
@@ -327,18 +332,6 @@ async fn a_private_read_pushes_no_read_to_the_sender() {
     assert_eq!(tick(&ev.messages[0]), pb::Tick::Delivered);
     assert_eq!(ev.messages[0].read_count, 0);
     assert!(sub.next_within(Duration::from_millis(300)).await.is_none());
-}
-
-/// The message states a replay carries, by message id.
-fn replayed_states(events: &[pb::SubscribeReceiptsResponse]) -> Vec<pb::MessageReceipts> {
-    events
-        .iter()
-        .filter_map(|e| match &e.event {
-            Some(E::Receipts(r)) => Some(r.messages.clone()),
-            _ => None,
-        })
-        .flatten()
-        .collect()
 }
 
 #[tokio::test]

@@ -82,6 +82,7 @@ pub struct Metrics {
     writebehind_queues: Gauge,
     writebehind_oldest_seconds: Gauge<f64, AtomicU64>,
     writebehind_persisted: Counter,
+    writebehind_persistence_up: Gauge,
     writebehind_persisted_seen: AtomicU64,
 }
 
@@ -112,6 +113,7 @@ impl Metrics {
             writebehind_queues: Gauge::default(),
             writebehind_oldest_seconds: Gauge::default(),
             writebehind_persisted: Counter::default(),
+            writebehind_persistence_up: Gauge::default(),
             writebehind_persisted_seen: AtomicU64::new(0),
         };
         let r = &mut m.registry;
@@ -204,6 +206,11 @@ impl Metrics {
             "Production tier: changes this node persisted to Scylla",
             m.writebehind_persisted.clone(),
         );
+        r.register(
+            "writebehind_persistence_up",
+            "Production tier: 1 while Scylla answers this node's probe, 0 while it does not (changes then queue in Redis)",
+            m.writebehind_persistence_up.clone(),
+        );
         Arc::new(m)
     }
 
@@ -225,6 +232,8 @@ impl Metrics {
                 .swap(b.persisted_total, Ordering::AcqRel);
             self.writebehind_persisted
                 .inc_by(b.persisted_total.saturating_sub(seen));
+            self.writebehind_persistence_up
+                .set(i64::from(b.persistence_up));
         }
         let mut out = String::new();
         // Writing into a String cannot fail.

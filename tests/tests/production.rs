@@ -990,3 +990,244 @@ async fn a_group_write_costs_redis_the_same_in_a_group_of_5_or_500() {
         r500.1
     );
 }
+
+/// A TCP proxy in front of Cassandra that a test can cut: while cut, every
+/// open connection is closed and new ones are closed at once, as when
+/// Cassandra is stopped. Only this test's nodes go through it, so the
+/// shared Cassandra stays up for the tests running beside it.
+struct CassandraProxy {
+    addr: std::net::SocketAddr,
+    cut: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CassandraProxy {
+    async fn start(upstream: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let addr = listener.local_addr().expect("addr");
+        let (cut, watch) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                if *watch.borrow() {
+                    drop(client);
+                    continue;
+                }
+                let upstream = upstream.clone();
+                let mut watch = watch.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = watch.wait_for(|cut| *cut) => {}
+                    }
+                });
+            }
+        });
+        Self { addr, cut, task }
+    }
+
+    fn cut(&self) {
+        let _ = self.cut.send(true);
+    }
+
+    fn restore(&self) {
+        let _ = self.cut.send(false);
+    }
+}
+
+impl Drop for CassandraProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_are_acknowledged_through_a_cassandra_outage_and_all_reach_it_after() {
+    let proxy = CassandraProxy::start(required_env("RECEIPTS_TEST_CASSANDRA")).await;
+    let tier = Tier::new().await;
+    let via_proxy = proxy.addr.to_string();
+    let metrics: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let node_args = |extra: &[&str]| {
+        // These nodes reach Cassandra through the proxy only.
+        let mut args = tier.args(&["--flush-interval-ms", "200"]);
+        let at = args
+            .iter()
+            .position(|a| a == "--scylla-nodes")
+            .expect("--scylla-nodes");
+        args[at + 1] = via_proxy.clone();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let start = |args: Vec<String>| {
+        let data = tier.dir.path().join(Uuid::new_v4().simple().to_string());
+        std::fs::create_dir_all(&data).expect("node dir");
+        async move { ChildServer::start_with_args(&data, free_port(), &args).await }
+    };
+    // This deployment's Redis has held every registration for a minute (a
+    // fresh one counts from its first use, so that ids minted in the first
+    // seconds after it would still be looked up in Cassandra).
+    let since = receipts_server::domain::now_millis() - 60_000;
+    let _: () = redis::cmd("SET")
+        .arg(format!("{}:complete", tier.prefix))
+        .arg(since)
+        .query_async(&mut tier.redis().await)
+        .await
+        .expect("set");
+    let a = start(node_args(&["--metrics-listen", &metrics.to_string()])).await;
+    let b = start(node_args(&[])).await;
+
+    // Before the outage: a direct chat and a group, each with a message.
+    let mut backend_a = a.backend().await;
+    let mut backend_b = b.backend().await;
+    let mut direct = Conversation::create(&mut backend_a, 2).await;
+    let mut group = Conversation::create(&mut backend_a, 4).await;
+    let (alice, bob) = (direct.members[0], direct.members[1]);
+    let sender = group.members[0];
+    let mut dm = vec![direct.send(&mut backend_a, alice).await];
+    let mut gm = vec![group.send(&mut backend_a, sender).await];
+    let (mut group_sub, _) = Subscription::open(&mut b.user(sender).await, None).await;
+
+    assert_eq!(
+        sample(
+            &scrape(metrics).await,
+            "receipts_writebehind_persistence_up"
+        ),
+        1.0
+    );
+    proxy.cut();
+    eventually("node a reports Scylla down", || async {
+        sample(
+            &scrape(metrics).await,
+            "receipts_writebehind_persistence_up",
+        ) == 0.0
+    })
+    .await;
+    // Through both nodes, every kind of call Redis can answer succeeds.
+    for round in 0..4 {
+        let (node, backend) = if round % 2 == 0 {
+            (&a, &mut backend_a)
+        } else {
+            (&b, &mut backend_b)
+        };
+        assert_eq!(
+            health(node.addr).await,
+            Some(ServingStatus::Serving),
+            "health stays SERVING while only Scylla is down"
+        );
+        dm.push(direct.send(backend, alice).await);
+        gm.push(group.send(backend, sender).await);
+        let mut bob_client = node.user(bob).await;
+        deliver(&mut bob_client, &dm).await;
+        read_up_to(&mut bob_client, direct.id, *dm.last().expect("dm")).await;
+        for reader in &group.members[1..] {
+            let mut c = node.user(*reader).await;
+            deliver(&mut c, &gm).await;
+            if round % 2 == 1 {
+                read_up_to(&mut c, group.id, *gm.last().expect("gm")).await;
+            }
+        }
+        let mut alice_client = node.user(alice).await;
+        receipts_of(&mut alice_client, direct.id, &dm).await;
+        alice_client
+            .get_unread_counts(pb::GetUnreadCountsRequest {
+                conversation_ids: vec![direct.id.to_string(), group.id.to_string()],
+            })
+            .await
+            .expect("unread counts during the outage");
+        alice_client
+            .get_privacy_settings(pb::GetPrivacySettingsRequest {})
+            .await
+            .expect("privacy settings during the outage");
+    }
+    // A member who never touched the setting turns receipts off.
+    set_sharing(&mut b.user(group.members[3]).await, false).await;
+    // Group windows keep closing: the sender sees the last message's summary.
+    let last_gm = gm.last().expect("gm").to_string();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = group_sub.next_receipts().await;
+        if r.messages
+            .iter()
+            .any(|m| m.message_id == last_gm && m.delivered_count == 3)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no group summary during the outage"
+        );
+    }
+    // None of it reached Cassandra yet (the test's own session goes around
+    // the proxy).
+    assert_eq!(
+        tier.scylla
+            .message(*dm.last().expect("dm"))
+            .await
+            .expect("scylla"),
+        None,
+        "the proxy did not cut the nodes off Cassandra"
+    );
+    let before_direct = receipts_of(&mut a.user(alice).await, direct.id, &dm).await;
+    let before_group = receipts_of(&mut a.user(sender).await, group.id, &gm).await;
+
+    proxy.restore();
+    let s = &tier.scylla;
+    let readers = group.members.len() - 1;
+    eventually("every acknowledged write reaches Cassandra", || async {
+        let Ok(Some(d)) = s.conversation(direct.id).await else {
+            return false;
+        };
+        let Ok(Some(g)) = s.conversation(group.id).await else {
+            return false;
+        };
+        let mut deliveries = 0;
+        for m in dm.iter().chain(&gm) {
+            deliveries += s.deliveries(*m).await.unwrap_or_default().len();
+        }
+        let bob_wm = d
+            .watermarks
+            .iter()
+            .find(|(u, _)| *u == bob)
+            .map(|(_, w)| w.seq);
+        d.messages.len() == dm.len()
+            && g.messages.len() == gm.len()
+            && bob_wm == Some(dm.len() as u64)
+            && deliveries == dm.len() + gm.len() * readers
+            && s.sharing(group.members[3])
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|(on, _)| !on)
+    })
+    .await;
+    // With the Redis keys gone, both conversations read back the same from
+    // Cassandra.
+    let mut con = tier.redis().await;
+    for k in tier.keys().await {
+        if [direct.id, group.id]
+            .iter()
+            .any(|c| k.contains(&c.simple().to_string()))
+        {
+            let _: () = redis::cmd("DEL")
+                .arg(&k)
+                .query_async(&mut con)
+                .await
+                .expect("del");
+        }
+    }
+    assert_eq!(
+        receipts_of(&mut b.user(alice).await, direct.id, &dm).await,
+        before_direct
+    );
+    assert_eq!(
+        receipts_of(&mut b.user(sender).await, group.id, &gm).await,
+        before_group
+    );
+}

@@ -294,6 +294,8 @@ pub struct Backlog {
     pub oldest_registration_age: std::time::Duration,
     /// Changes this node has persisted since it started.
     pub persisted_total: u64,
+    /// Whether the persistent tier answered the last probe.
+    pub persistence_up: bool,
 }
 
 /// Folds membership changes, in request order, over the current memberships

@@ -76,6 +76,9 @@ use std::fmt::Display;
 use std::time::Duration;
 use uuid::Uuid;
 
+/// How long one statement may wait for Scylla's answer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Write timestamps for "earliest wins" columns are `EARLIEST_WINS_BASE - at`.
 ///
 /// 2^50 ms is far beyond any real `at` (year ~37 000), and as a microsecond
@@ -252,7 +255,9 @@ const TABLES: &[&str] = &[
 fn unavailable(what: &str, err: impl Display) -> ServiceError {
     tracing::warn!(error = %err, "persistent store: {what} failed");
     ServiceError::Unavailable {
-        message: format!("persistent store: {what} failed"),
+        message: format!(
+            "persistent store (Scylla) did not answer: {what} failed; retry with backoff"
+        ),
     }
 }
 
@@ -301,8 +306,16 @@ impl ScyllaPersistence {
                 "at least one node is needed",
             ));
         }
+        // A statement that gets no answer fails after REQUEST_TIMEOUT, well
+        // inside a call's deadline: a hung Scylla makes a cold read
+        // UNAVAILABLE rather than DEADLINE_EXCEEDED, and never stalls the
+        // calls that Redis alone can answer.
+        let profile = scylla::client::execution_profile::ExecutionProfile::builder()
+            .request_timeout(Some(REQUEST_TIMEOUT))
+            .build();
         let session = SessionBuilder::new()
             .known_nodes(&options.nodes)
+            .default_execution_profile_handle(profile.into_handle())
             .connection_timeout(Duration::from_secs(10))
             .build()
             .await

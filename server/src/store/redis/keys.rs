@@ -142,6 +142,12 @@ impl Keys {
     pub fn flush_lock(&self, queue: &str) -> String {
         format!("{queue}:lock")
     }
+    /// String: since when (ms since the epoch) this Redis has held every
+    /// message registered through it. Written once (SET NX); gone when Redis
+    /// lost its data, and then written anew with a later time.
+    pub fn complete_since(&self) -> String {
+        format!("{}:complete", self.prefix)
+    }
     /// Pub/sub channel for events.
     pub fn bus(&self) -> String {
         format!("{}:bus", self.prefix)

@@ -134,6 +134,29 @@ fn redis_err(e: redis::RedisError) -> ServiceError {
     }
 }
 
+/// How far apart the backend's clock (which mints message ids) and the
+/// nodes' clocks may be, for [`Inner::new_id_horizon`].
+const CLOCK_SKEW_MS: u64 = 5_000;
+
+/// The creation time of a UUIDv7 (ms since the epoch), `None` for other ids.
+fn v7_millis(m: &MessageId) -> Option<u64> {
+    if m.get_version_num() != 7 {
+        return None;
+    }
+    let (secs, nanos) = m.get_timestamp()?.to_unix();
+    Some(secs * 1000 + u64::from(nanos) / 1_000_000)
+}
+
+/// Whether id `m`, absent from Redis, is known never to have been
+/// registered (see [`Inner::new_id_horizon`]).
+fn known_new(m: &MessageId, horizon: Option<u64>) -> bool {
+    let now = crate::domain::now_millis().max(0) as u64;
+    match (v7_millis(m), horizon) {
+        (Some(t), Some(after)) => t > after && t <= now + CLOCK_SKEW_MS,
+        _ => false,
+    }
+}
+
 fn scylla_err(e: ServiceError) -> ServiceError {
     tracing::warn!(error = %e, "scylla call failed");
     e
@@ -325,6 +348,9 @@ struct Inner {
     /// Group windows this node opened: conversation -> deadline.
     windows: Mutex<HashMap<ConversationId, Instant>>,
     healthy: AtomicBool,
+    /// Whether Scylla answered the last probe (for metrics and logs; health
+    /// does not depend on it).
+    scylla_up: AtomicBool,
     /// Whether this node is subscribed to the bus. Until it is, a local
     /// subscriber would miss events, so the node reports NOT_SERVING (and
     /// ends the streams opened before it subscribed).
@@ -393,6 +419,7 @@ impl RedisStore {
             hub,
             windows: Mutex::new(HashMap::new()),
             healthy: AtomicBool::new(true),
+            scylla_up: AtomicBool::new(true),
             bus_up: AtomicBool::new(false),
             persisted: std::sync::atomic::AtomicU64::new(0),
             stripes: (0..WRITE_STRIPES)
@@ -666,8 +693,11 @@ impl Inner {
                 _ => {
                     let persisted = self.scylla.sharing(*u).await.map_err(scylla_err)?;
                     let (s, v) = persisted.unwrap_or((true, 0));
-                    if persisted.is_some() {
-                        // Re-warm only if still absent; a concurrent change wins.
+                    // Re-warm only if still absent; a concurrent change wins.
+                    // "Never set" is cached too (the default at version 0),
+                    // so that a user who never changed the setting is not
+                    // asked of Scylla on every call, nor during its outage.
+                    {
                         let mut p = redis::pipe();
                         p.cmd("HSETNX")
                             .arg(self.keys.sharing(u))
@@ -976,6 +1006,49 @@ impl Inner {
             .count() as u64)
     }
 
+    /// The time after which a UUIDv7 message id without a home key in Redis
+    /// is known to be unregistered, or `None` when no miss needs it.
+    ///
+    /// A home key lives the hot TTL from its registration, and a message id
+    /// is minted before it is registered. So an id minted less than the hot
+    /// TTL ago (minus [`CLOCK_SKEW_MS`]) whose home key is absent was never
+    /// registered, provided this Redis held every registration since then:
+    /// the id must also be minted after `complete_since`, which is written
+    /// when this Redis first served us and again (later) whenever Redis lost
+    /// its data. Such ids need no Scylla lookup, so registering new messages
+    /// keeps working while Scylla is down. Other ids (not v7, older, or from
+    /// before a Redis data loss) are looked up in Scylla as before.
+    async fn new_id_horizon(
+        &self,
+        ids: &[MessageId],
+        rows: &[Option<String>],
+    ) -> StoreResult<Option<u64>> {
+        if ids
+            .iter()
+            .zip(rows)
+            .all(|(m, row)| row.is_some() || v7_millis(m).is_none())
+        {
+            return Ok(None);
+        }
+        let now = crate::domain::now_millis().max(0) as u64;
+        let key = self.keys.complete_since();
+        let since: Option<u64> = self.query(redis::cmd("GET").arg(&key)).await?;
+        let since = match since {
+            Some(t) => t,
+            None => {
+                // First use, or Redis lost its data: complete from now on.
+                let _: Option<String> = self
+                    .query(redis::cmd("SET").arg(&key).arg(now).arg("NX"))
+                    .await?;
+                self.query::<Option<u64>>(redis::cmd("GET").arg(&key))
+                    .await?
+                    .unwrap_or(now)
+            }
+        };
+        let ttl_ms = self.ttl().saturating_mul(1000);
+        Ok(Some(since.max(now.saturating_sub(ttl_ms)) + CLOCK_SKEW_MS))
+    }
+
     /// The conversation a message belongs to (re-warmed from Scylla).
     async fn homes(&self, ids: &[MessageId]) -> StoreResult<Vec<Option<ConversationId>>> {
         let mut p = redis::pipe();
@@ -983,12 +1056,16 @@ impl Inner {
             p.get(self.keys.message_home(m));
         }
         let rows: Vec<Option<String>> = self.pipe(&p).await?;
+        let new_after = self.new_id_horizon(ids, &rows).await?;
         // Misses (new ids, or expired homes) are looked up in Scylla
         // concurrently: a registration of a batch of new messages misses on
-        // every one of them.
+        // every one of them, unless Redis can tell they are new.
         let lookups = ids.iter().zip(rows).map(|(m, row)| async move {
             if let Some(c) = row {
                 return Ok(Some(parse_uuid(&c)?));
+            }
+            if known_new(m, new_after) {
+                return Ok(None);
             }
             let Some(msg) = self.scylla.message(*m).await.map_err(scylla_err)? else {
                 return Ok(None);
@@ -1391,12 +1468,18 @@ impl Inner {
             .iter()
             .map(|c| parse_uuid(c))
             .collect::<StoreResult<_>>()?;
-        convs.extend(
-            self.scylla
-                .user_conversations(*u)
-                .await
-                .map_err(scylla_err)?,
-        );
+        // Scylla adds conversations whose membership set entry expired. While
+        // it is down the Redis set is what there is: indexing those is
+        // better than leaving every index as it was (the setting itself is
+        // already committed, and cold conversations are indexed from it when
+        // they are re-warmed).
+        match self.scylla.user_conversations(*u).await {
+            Ok(more) => convs.extend(more),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "privacy re-index: scylla unavailable; indexing the conversations Redis knows"
+            ),
+        }
         let field = format!("m:{}", hex(u));
         'conv: for c in convs {
             let _serial = self.lock([&c]).await;
@@ -1670,7 +1753,19 @@ impl Inner {
         let scylla_ok = tokio::time::timeout(Duration::from_secs(2), self.scylla.ping())
             .await
             .is_ok_and(|r| r.is_ok());
-        redis_ok && scylla_ok
+        let was = self.scylla_up.swap(scylla_ok, Ordering::AcqRel);
+        if was != scylla_ok {
+            if scylla_ok {
+                tracing::info!("scylla reachable again; queued changes drain on the next flush");
+            } else {
+                tracing::warn!(
+                    "scylla unreachable: calls Redis can answer keep working, changes queue in Redis"
+                );
+            }
+        }
+        // Health follows Redis alone: while Scylla is down, every call Redis
+        // can answer still works, so the node must stay in rotation.
+        redis_ok
     }
 }
 
@@ -1984,9 +2079,9 @@ async fn health_loop(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
         let was = inner.healthy.swap(ok, Ordering::AcqRel);
         if was != ok {
             if ok {
-                tracing::info!("backends reachable again");
+                tracing::info!("redis reachable again");
             } else {
-                tracing::warn!("a backend is unreachable");
+                tracing::warn!("redis is unreachable");
             }
         }
         tokio::select! {
@@ -2645,6 +2740,7 @@ impl ReceiptStore for RedisStore {
             queues,
             oldest_registration_age: Duration::from_millis(age),
             persisted_total: s.persisted.load(Ordering::Relaxed),
+            persistence_up: s.scylla_up.load(Ordering::Acquire),
         }))
     }
 
@@ -2786,6 +2882,30 @@ impl RedisStore {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn only_recent_v7_ids_minted_after_the_horizon_are_known_new() {
+        let now = crate::domain::now_millis() as u64;
+        let v7_at = |ms: u64| {
+            let ts = uuid::Timestamp::from_unix(
+                uuid::NoContext,
+                ms / 1000,
+                (ms % 1000) as u32 * 1_000_000,
+            );
+            uuid::Uuid::new_v7(ts)
+        };
+        let horizon = Some(now - 60_000);
+        assert!(known_new(&v7_at(now), horizon));
+        assert!(known_new(&v7_at(now + CLOCK_SKEW_MS - 10), horizon));
+        // Minted before the horizon, or too far in the future: ask Scylla.
+        assert!(!known_new(&v7_at(now - 61_000), horizon));
+        assert!(!known_new(&v7_at(now + CLOCK_SKEW_MS + 1_000), horizon));
+        // Not a v7, or no horizon: ask Scylla.
+        assert!(!known_new(&uuid::Uuid::new_v4(), horizon));
+        assert!(!known_new(&v7_at(now), None));
+        assert_eq!(v7_millis(&v7_at(now)), Some(now));
+    }
+
     use super::*;
 
     #[test]

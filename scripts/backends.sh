@@ -8,7 +8,7 @@
 #   scripts/backends.sh start-cassandra  # reuses a running one; waits for CQL
 #   scripts/backends.sh stop-cassandra
 #   scripts/backends.sh start-redis | stop-redis   # a standalone server and a
-#                                        # 3-master cluster (redis-cli --cluster create)
+#                                        # cluster of 3 masters + 3 replicas (redis-cli --cluster create), all with AOF
 #   eval "$(scripts/backends.sh env)"    # RECEIPTS_TEST_CASSANDRA, RECEIPTS_TEST_REDIS,
 #                                        # RECEIPTS_TEST_REDIS_CLUSTER
 #
@@ -35,6 +35,9 @@ CASSANDRA_START_TIMEOUT=${CASSANDRA_START_TIMEOUT:-180}
 REDIS_RUN=$CACHE/run/redis
 REDIS_PORT=${REDIS_PORT:-16379}
 REDIS_CLUSTER_PORTS=${REDIS_CLUSTER_PORTS:-16380 16381 16382}
+# One replica per master (docs/storage.md asks for it in production, and the
+# cluster behaviour suite acknowledges writes only once a replica has them).
+REDIS_REPLICA_PORTS=${REDIS_REPLICA_PORTS:-16383 16384 16385}
 
 log() { printf 'backends: %s\n' "$*" >&2; }
 fail() { log "$*"; exit 1; }
@@ -234,8 +237,9 @@ stop_pid() {
   log "$name stopped"
 }
 
-# Starts one redis-server without persistence on port $1 in directory $2, with
-# extra arguments after those; waits until it answers PING.
+# Starts one redis-server on port $1 in directory $2, with extra arguments
+# after those, persisting as docs/storage.md tells operators to (AOF, fsync
+# every second; no RDB snapshots); waits until it answers PING.
 redis_up() {
   local port=$1 dir=$2
   shift 2
@@ -245,7 +249,7 @@ redis_up() {
   fi
   redis-server --port "$port" --bind 127.0.0.1 --daemonize yes \
     --pidfile "$dir/redis.pid" --dir "$dir" \
-    --logfile "$dir/redis.log" --save "" --appendonly no "$@"
+    --logfile "$dir/redis.log" --save "" --appendonly yes --appendfsync everysec "$@"
   for ((i = 0; i < 100; i++)); do
     redis-cli -p "$port" ping >/dev/null 2>&1 && return 0
     sleep 0.1
@@ -259,7 +263,9 @@ start_redis() {
   redis_up "$REDIS_PORT" "$REDIS_RUN"
   log "Redis answers on 127.0.0.1:$REDIS_PORT"
   local p nodes=()
-  for p in $REDIS_CLUSTER_PORTS; do
+  # Masters first: `--cluster create` makes the first three masters and
+  # gives each one of the last three as its replica.
+  for p in $REDIS_CLUSTER_PORTS $REDIS_REPLICA_PORTS; do
     redis_up "$p" "$REDIS_RUN/cluster-$p" --cluster-enabled yes \
       --cluster-config-file "$REDIS_RUN/cluster-$p/nodes.conf" --cluster-node-timeout 5000
     nodes+=("127.0.0.1:$p")
@@ -267,26 +273,39 @@ start_redis() {
   local first=${nodes[0]#*:}
   if ! redis-cli -p "$first" cluster info | grep -q 'cluster_state:ok'; then
     if [ "$(redis-cli -p "$first" cluster info | sed -n 's/^cluster_known_nodes:\([0-9]*\).*/\1/p')" = 1 ]; then
-      redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes >"$REDIS_RUN/cluster-create.log" 2>&1 \
+      redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >"$REDIS_RUN/cluster-create.log" 2>&1 \
         || { cat "$REDIS_RUN/cluster-create.log" >&2; fail "redis-cli --cluster create failed"; }
     fi
-    for ((i = 0; i < 300; i++)); do
-      local ok=1
-      for p in $REDIS_CLUSTER_PORTS; do
-        redis-cli -p "$p" cluster info | grep -q 'cluster_state:ok' || ok=0
-      done
-      [ "$ok" = 1 ] && break
-      sleep 0.1
-    done
-    [ "$ok" = 1 ] || fail "the Redis Cluster on ports $REDIS_CLUSTER_PORTS did not reach cluster_state:ok"
   fi
-  log "Redis Cluster answers on ${nodes[*]}"
+  # Ready means: every node sees the cluster ok, and every master has its
+  # replica in sync (a write acknowledged with WAIT needs it).
+  local ok=0
+  for ((i = 0; i < 600; i++)); do
+    ok=1
+    for p in $REDIS_CLUSTER_PORTS $REDIS_REPLICA_PORTS; do
+      redis-cli -p "$p" cluster info | grep -q 'cluster_state:ok' || ok=0
+    done
+    local masters=0 synced=0
+    for p in $REDIS_CLUSTER_PORTS $REDIS_REPLICA_PORTS; do
+      local info
+      info=$(redis-cli -p "$p" info replication)
+      if grep -q '^role:master' <<<"$info"; then
+        masters=$((masters + 1))
+        grep -q '^connected_slaves:1' <<<"$info" && grep -q 'state=online' <<<"$info" && synced=$((synced + 1))
+      fi
+    done
+    [ "$masters" = 3 ] && [ "$synced" = 3 ] || ok=0
+    [ "$ok" = 1 ] && break
+    sleep 0.1
+  done
+  [ "$ok" = 1 ] || fail "the Redis Cluster on ports $REDIS_CLUSTER_PORTS $REDIS_REPLICA_PORTS did not reach cluster_state:ok with 3 masters, each with a replica in sync"
+  log "Redis Cluster answers on ${nodes[*]} (3 masters, 3 replicas, AOF)"
 }
 
 stop_redis() {
   stop_pid "$REDIS_RUN/redis.pid" 10 Redis
   local p
-  for p in $REDIS_CLUSTER_PORTS; do
+  for p in $REDIS_CLUSTER_PORTS $REDIS_REPLICA_PORTS; do
     stop_pid "$REDIS_RUN/cluster-$p/redis.pid" 10 "Redis cluster node $p"
     # A stopped cluster forgets nothing (nodes.conf); start afresh next time.
     rm -rf "$REDIS_RUN/cluster-$p"
@@ -299,7 +318,7 @@ running)
   # Succeeds when Cassandra, the standalone Redis and the cluster all answer.
   cql_ready "$CASSANDRA_PORT" || exit 1
   redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 || exit 1
-  for p in $REDIS_CLUSTER_PORTS; do
+  for p in $REDIS_CLUSTER_PORTS $REDIS_REPLICA_PORTS; do
     redis-cli -p "$p" cluster info 2>/dev/null | grep -q cluster_state:ok || exit 1
   done
   ;;

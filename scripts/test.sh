@@ -21,7 +21,7 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "build receiptd (the crash tests run the real binary), the examples and the load tool"
 cargo build -p receipts-server -p receipts-examples -p receipts-bench --bins
 
-step "backends: Redis (standalone and a 3-master cluster) and Cassandra 5.0"
+step "backends: Redis (standalone, and a cluster of 3 masters with a replica each) and Cassandra 5.0"
 # Backends this run starts are stopped at the end; ones already running (a
 # developer's) are reused and left alone. A backend that does not come up
 # fails the run here.

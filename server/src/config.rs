@@ -167,6 +167,18 @@ pub struct ServeArgs {
     #[arg(long, env = "RECEIPTS_REDIS_CLUSTER", default_value_t = false)]
     pub redis_cluster: bool,
 
+    /// Acknowledge a write only once this many replicas of its Redis
+    /// primary confirmed it (WAIT), so that it survives a failover to one of
+    /// them; 0 acknowledges as soon as the primary has it.
+    #[arg(long, env = "RECEIPTS_REDIS_WAIT_REPLICAS", default_value_t = 0)]
+    pub redis_wait_replicas: u32,
+
+    /// With --redis-wait-replicas: how long a write waits for its replicas
+    /// before the call fails with UNAVAILABLE (the write may still have been
+    /// applied; retrying is safe).
+    #[arg(long, env = "RECEIPTS_REDIS_WAIT_TIMEOUT_MS", default_value_t = 1000)]
+    pub redis_wait_timeout_ms: u64,
+
     /// Prefix of every Redis key (several deployments can share a Redis).
     #[arg(long, env = "RECEIPTS_REDIS_PREFIX", default_value = "rc")]
     pub redis_prefix: String,
@@ -351,6 +363,12 @@ impl ServeArgs {
         }
         if self.jwt_secret.as_deref().is_some_and(|s| s.len() < 16) {
             return err("--jwt-secret", "must be at least 16 bytes");
+        }
+        if self.redis_wait_replicas > 0 && self.redis_wait_timeout_ms == 0 {
+            return err(
+                "--redis-wait-timeout-ms",
+                "must be at least 1 with --redis-wait-replicas (0 would wait forever)",
+            );
         }
         if self.jwt_leeway_secs > 300 {
             return err(

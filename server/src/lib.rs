@@ -136,6 +136,12 @@ pub async fn open_store(config: &ServeArgs) -> Result<Arc<dyn ReceiptStore>, Run
             log_retention: config.log_retention,
             flush_interval: Duration::from_millis(config.flush_interval_ms),
             subscriber_buffer: config.subscriber_buffer,
+            wait_replicas: (config.redis_wait_replicas > 0).then(|| {
+                (
+                    config.redis_wait_replicas,
+                    Duration::from_millis(config.redis_wait_timeout_ms),
+                )
+            }),
             scylla: store::scylla::ScyllaOptions {
                 nodes: config.scylla_nodes.clone(),
                 keyspace: config.scylla_keyspace.clone(),

@@ -102,6 +102,13 @@ impl TestStore {
         c.store = StoreKind::RedisScylla;
         c.redis_urls = urls.clone();
         c.redis_cluster = *cluster;
+        // The test cluster has a replica per master (scripts/backends.sh):
+        // its suite acknowledges every write only once a replica has it, so
+        // every rule is shown to hold with --redis-wait-replicas too.
+        if *cluster {
+            c.redis_wait_replicas = 1;
+            c.redis_wait_timeout_ms = 5_000;
+        }
         c.redis_prefix = format!("t{}", &Uuid::new_v4().simple().to_string()[..12]);
         c.scylla_nodes = vec![required_env("RECEIPTS_TEST_CASSANDRA")];
         c.scylla_keyspace =

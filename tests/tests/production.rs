@@ -463,15 +463,22 @@ struct OwnedRedis {
     port: u16,
     dir: TempDir,
     child: Option<Child>,
+    extra: Vec<String>,
 }
 
 impl OwnedRedis {
     fn start(port: u16) -> Self {
+        Self::start_with(port, &[])
+    }
+
+    /// Started with extra arguments (kept for restarts).
+    fn start_with(port: u16, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut r = Self {
             port,
             dir,
             child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         r.spawn();
         r
@@ -481,6 +488,7 @@ impl OwnedRedis {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .args(&self.extra)
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -1229,5 +1237,171 @@ async fn writes_are_acknowledged_through_a_cassandra_outage_and_all_reach_it_aft
     assert_eq!(
         receipts_of(&mut b.user(sender).await, group.id, &gm).await,
         before_group
+    );
+}
+
+/// A primary and its replica (owned), a node acknowledging MarkReadUpTo
+/// calls against the primary as fast as it can (`wait`: with
+/// --redis-wait-replicas 1), the primary killed with kill -9 mid-load and
+/// the replica promoted. Returns the last acknowledged read position and the
+/// one a node on the promoted replica finds (nothing was flushed to
+/// Cassandra, so Redis holds the only copy).
+async fn read_position_after_failover(wait: bool) -> (u64, u64) {
+    let mut primary = OwnedRedis::start(free_port());
+    let replica = OwnedRedis::start_with(
+        free_port(),
+        &["--replicaof", "127.0.0.1", &primary.port.to_string()],
+    );
+    let mut replica_con = redis::Client::open(replica.url())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("replica");
+    eventually("the replica is in sync", || {
+        let mut con = replica_con.clone();
+        async move {
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query_async(&mut con)
+                .await
+                .unwrap_or_default();
+            info.contains("master_link_status:up")
+        }
+    })
+    .await;
+    let tier = Tier::with_redis(primary.url()).await;
+    let mut args = vec!["--flush-interval-ms", "3600000"];
+    if wait {
+        args.extend([
+            "--redis-wait-replicas",
+            "1",
+            "--redis-wait-timeout-ms",
+            "2000",
+        ]);
+    }
+    let node = tier.node_with(&args).await;
+    let mut backend = node.backend().await;
+    let mut chat = Conversation::create(&mut backend, 2).await;
+    let (alice, bob) = (chat.members[0], chat.members[1]);
+    let mut ids = Vec::new();
+    for _ in 0..300 {
+        ids.push(chat.send(&mut backend, alice).await);
+    }
+    let mut reader = node.user(bob).await;
+    let conversation = chat.id;
+    let writer = tokio::spawn(async move {
+        let mut acked = 0u64;
+        for (i, m) in ids.iter().enumerate() {
+            let r = reader
+                .mark_read_up_to(pb::MarkReadUpToRequest {
+                    conversation_id: conversation.to_string(),
+                    message_id: m.to_string(),
+                })
+                .await;
+            match r {
+                Ok(_) => acked = i as u64 + 1,
+                Err(_) => break,
+            }
+        }
+        acked
+    });
+    // Mid-load, a few dozen reads in, the replication link breaks and stays
+    // down (the primary now wants a password its replica does not have;
+    // connections already open are not affected): what the primary
+    // acknowledges from then on is only on the primary. Then it dies.
+    sleep(Duration::from_millis(150)).await;
+    let mut primary_con = redis::Client::open(primary.url())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("primary");
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("replica-cut-off")
+        .query_async(&mut primary_con)
+        .await
+        .expect("config set");
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("replica")
+        .query_async(&mut primary_con)
+        .await
+        .expect("client kill");
+    sleep(Duration::from_millis(300)).await;
+    primary.kill9();
+    let acked = writer.await.expect("writer");
+    assert!(
+        acked > 0 && acked < 300,
+        "the kill was not mid-load: {acked} acknowledged"
+    );
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query_async(&mut replica_con)
+        .await
+        .expect("promote");
+    let mut promoted = Tier::with_redis(replica.url()).await;
+    promoted.prefix = tier.prefix.clone();
+    let survivor = promoted.node().await;
+    let unread = survivor
+        .user(bob)
+        .await
+        .get_unread_counts(pb::GetUnreadCountsRequest {
+            conversation_ids: vec![conversation.to_string()],
+        })
+        .await
+        .expect("unread counts")
+        .into_inner();
+    (acked, unread.conversations[0].read_up_to_seq as u64)
+}
+
+#[tokio::test]
+async fn with_redis_wait_replicas_an_acknowledged_write_survives_a_failover() {
+    let (acked, kept) = read_position_after_failover(true).await;
+    assert!(
+        kept >= acked,
+        "acknowledged up to seq {acked}, the promoted replica has {kept}"
+    );
+    // Without it, an acknowledged write that had not reached the replica
+    // when the primary died is lost (asynchronous replication): here, every
+    // write acknowledged after the link broke.
+    let (acked, kept) = read_position_after_failover(false).await;
+    println!(
+        "without --redis-wait-replicas: acknowledged up to seq {acked}, the promoted replica has {kept} ({} lost)",
+        acked.saturating_sub(kept)
+    );
+    assert!(
+        kept < acked,
+        "the broken link lost nothing: the test proves nothing"
+    );
+}
+
+#[tokio::test]
+async fn redis_wait_replicas_without_a_replica_fails_writes_as_unavailable_naming_the_flag() {
+    // The shared test Redis has no replica.
+    let tier = Tier::new().await;
+    let node = tier
+        .node_with(&[
+            "--redis-wait-replicas",
+            "1",
+            "--redis-wait-timeout-ms",
+            "200",
+        ])
+        .await;
+    let mut backend = node.backend().await;
+    let r = backend
+        .create_conversation(pb::CreateConversationRequest {
+            conversation_id: Uuid::now_v7().to_string(),
+            member_ids: vec![Uuid::now_v7().to_string(), Uuid::now_v7().to_string()],
+        })
+        .await;
+    let status = r.expect_err("no replica confirms the write");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("--redis-wait-replicas")
+            && status.message().contains("0 of 1 replicas"),
+        "{status:?}"
     );
 }

@@ -90,6 +90,10 @@ pub struct RedisOptions {
     pub subscriber_buffer: usize,
     /// The persistent tier.
     pub scylla: ScyllaOptions,
+    /// Acknowledge a write only once this many replicas of its Redis
+    /// primary have it (`WAIT`), waiting at most this long; `None`: as soon
+    /// as the primary has it.
+    pub wait_replicas: Option<(u32, Duration)>,
 }
 
 /// A connection to a single Redis or to a Redis Cluster.
@@ -1104,7 +1108,7 @@ impl Inner {
         registered: u64,
         cmds: Vec<Vec<Vec<u8>>>,
     ) -> StoreResult<Applied> {
-        let mut inv = scripts::APPLY.key(versioned);
+        let mut inv = scripts::APPLY.key(&versioned);
         inv.arg(expected)
             .arg(registered)
             .arg(LEASE_MS)
@@ -1122,8 +1126,55 @@ impl Inner {
         Ok(match r {
             -1 => Applied::Conflict,
             -2 => Applied::LeaseExpired,
-            _ => Applied::Done,
+            _ => {
+                self.wait_replicas(&versioned).await?;
+                Applied::Done
+            }
         })
+    }
+
+    /// With `--redis-wait-replicas N`: waits until N replicas of the
+    /// primary holding `key` have every write sent to it so far (`WAIT`), so
+    /// that an acknowledged write survives a failover to one of them. The
+    /// node's connection to that primary is multiplexed, so the WAIT covers
+    /// the commit just made (sent before it on the same connection), and
+    /// also holds up the calls behind it for one replication round trip:
+    /// that is the setting's cost.
+    async fn wait_replicas(&self, key: &str) -> StoreResult<()> {
+        let Some((n, timeout)) = self.opts.wait_replicas else {
+            return Ok(());
+        };
+        let mut cmd = redis::cmd("WAIT");
+        cmd.arg(n).arg(timeout.as_millis() as u64);
+        let acked: i64 = match self.conn() {
+            Conn::Single(mut c) => cmd.query_async(&mut c).await.map_err(redis_err)?,
+            Conn::Cluster(mut c) => {
+                use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+                let route = Route::with_key(key.as_bytes(), SlotAddr::Master);
+                let v = c
+                    .route_command(
+                        cmd,
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+                    )
+                    .await
+                    .map_err(redis_err)?;
+                redis::FromRedisValue::from_redis_value(v).map_err(|e| redis_err(e.into()))?
+            }
+        };
+        if acked < i64::from(n) {
+            tracing::warn!(
+                acked,
+                wanted = n,
+                "redis replicas did not confirm a write in time"
+            );
+            return Err(ServiceError::Unavailable {
+                message: format!(
+                    "write applied on the Redis primary but confirmed by {acked} of {n} replicas within {} ms (--redis-wait-replicas); its outcome is unknown and retrying is safe: writes are idempotent",
+                    timeout.as_millis()
+                ),
+            });
+        }
+        Ok(())
     }
 
     async fn apply(

@@ -49,11 +49,15 @@ pub struct Identity {
 /// Token claims.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Claims {
-    /// The user or service id.
+    /// The user or service id; required. (A missing `sub` or `exp` decodes
+    /// as empty here so that the validation, which runs on the raw claims
+    /// after this struct was decoded, names the missing claim.)
+    #[serde(default)]
     pub sub: String,
     /// `user` or `service`.
     pub role: Role,
     /// Expiry (seconds since the epoch); required.
+    #[serde(default)]
     pub exp: u64,
     /// Issued at; when present it may not be in the future.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -244,6 +248,9 @@ impl Authenticator {
                 format!("the token has no `{claim}` claim, which this server requires")
             }
             ErrorKind::InvalidClaimFormat(claim) => format!("the `{claim}` claim is malformed"),
+            ErrorKind::Json(_) => {
+                "the claims do not decode (`role` must be \"user\" or \"service\"; `sub`, `exp`, `nbf` and `iat` must have the right types)".to_string()
+            }
             _ => "invalid token".to_string(),
         };
         Err(ServiceError::Unauthenticated(format!(

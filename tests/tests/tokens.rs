@@ -241,3 +241,17 @@ async fn a_token_signed_with_an_algorithm_the_server_has_no_key_for_is_unauthent
     assert_eq!(status.code(), Code::Unauthenticated);
     assert!(status.message().contains("ES256"), "{}", status.message());
 }
+
+#[tokio::test]
+async fn a_token_without_sub_or_role_is_unauthenticated_naming_it() {
+    let (s, keys) = server().await;
+    let user = Uuid::now_v7();
+    for alg in ALGS {
+        let token = keys.sign(alg, &without(good_claims(user), "sub"));
+        refused(&s, &keys, user, token, "sub").await;
+        let token = keys.sign(alg, &without(good_claims(user), "role"));
+        refused(&s, &keys, user, token, "role").await;
+        let token = keys.sign(alg, &with(good_claims(user), "role", json!("admin")));
+        refused(&s, &keys, user, token, "role").await;
+    }
+}

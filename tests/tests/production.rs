@@ -1405,3 +1405,234 @@ async fn redis_wait_replicas_without_a_replica_fails_writes_as_unavailable_namin
         "{status:?}"
     );
 }
+
+/// A Redis Cluster owned by one test: 3 masters with a replica each, so
+/// that the test can fail masters over.
+struct OwnedCluster {
+    nodes: Vec<OwnedRedis>,
+}
+
+impl OwnedCluster {
+    async fn start() -> Self {
+        let nodes: Vec<OwnedRedis> = (0..6)
+            .map(|_| {
+                OwnedRedis::start_with(
+                    free_port(),
+                    &["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"],
+                )
+            })
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("redis-cli");
+        assert!(out.status.success(), "cluster create: {out:?}");
+        let cluster = Self { nodes };
+        eventually("the cluster is ok with every replica in sync", || async {
+            let mut synced = 0;
+            for n in &cluster.nodes {
+                let info = cluster.info(n, "replication").await;
+                if info.contains("role:master")
+                    && info.contains("connected_slaves:1")
+                    && info.contains("state=online")
+                {
+                    synced += 1;
+                }
+                if !cluster.cluster_info(n).await.contains("cluster_state:ok") {
+                    return false;
+                }
+            }
+            synced == 3
+        })
+        .await;
+        cluster
+    }
+
+    async fn con(&self, n: &OwnedRedis) -> Option<redis::aio::MultiplexedConnection> {
+        redis::Client::open(n.url())
+            .ok()?
+            .get_multiplexed_async_connection()
+            .await
+            .ok()
+    }
+
+    async fn info(&self, n: &OwnedRedis, section: &str) -> String {
+        let Some(mut con) = self.con(n).await else {
+            return String::new();
+        };
+        redis::cmd("INFO")
+            .arg(section)
+            .query_async(&mut con)
+            .await
+            .unwrap_or_default()
+    }
+
+    async fn cluster_info(&self, n: &OwnedRedis) -> String {
+        let Some(mut con) = self.con(n).await else {
+            return String::new();
+        };
+        redis::cmd("CLUSTER")
+            .arg("INFO")
+            .query_async(&mut con)
+            .await
+            .unwrap_or_default()
+    }
+
+    /// The index of a replica and of its master.
+    async fn a_replica_and_its_master(&self, skip: &[usize]) -> (usize, usize) {
+        for (i, n) in self.nodes.iter().enumerate() {
+            if skip.contains(&i) {
+                continue;
+            }
+            let info = self.info(n, "replication").await;
+            let Some(port) = info
+                .lines()
+                .find_map(|l| l.strip_prefix("master_port:"))
+                .and_then(|p| p.trim().parse::<u16>().ok())
+            else {
+                continue;
+            };
+            if let Some(m) = self.nodes.iter().position(|m| m.port == port)
+                && !skip.contains(&m)
+            {
+                return (i, m);
+            }
+        }
+        panic!("no replica left to fail over to");
+    }
+
+    async fn failover(&self, replica: usize, how: Option<&str>) {
+        let mut con = self.con(&self.nodes[replica]).await.expect("replica");
+        let mut cmd = redis::cmd("CLUSTER");
+        cmd.arg("FAILOVER");
+        if let Some(h) = how {
+            cmd.arg(h);
+        }
+        let _: () = cmd.query_async(&mut con).await.expect("cluster failover");
+        let n = &self.nodes[replica];
+        eventually("the replica took over", || async {
+            self.info(n, "replication").await.contains("role:master")
+        })
+        .await;
+    }
+
+    fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(OwnedRedis::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_failover_mid_load_keeps_every_write_acknowledged_with_wait() {
+    let mut cluster = OwnedCluster::start().await;
+    let tier = Tier::with_redis(cluster.urls()).await;
+    let node = tier
+        .node_with(&[
+            "--redis-cluster",
+            "--redis-wait-replicas",
+            "1",
+            "--redis-wait-timeout-ms",
+            "300",
+            // Nothing reaches Cassandra within the test: Redis holds the
+            // only copy.
+            "--flush-interval-ms",
+            "3600000",
+        ])
+        .await;
+    let mut backend = node.backend().await;
+    // Conversations spread over the cluster's slots, each with a reader
+    // reading message by message as fast as it can.
+    const READS: usize = 300;
+    let mut chats = Vec::new();
+    for _ in 0..6 {
+        let mut chat = Conversation::create(&mut backend, 2).await;
+        let mut ids = Vec::new();
+        for _ in 0..READS {
+            ids.push(chat.send(&mut backend, chat.members[0]).await);
+        }
+        chats.push((chat, ids));
+    }
+    let mut writers = Vec::new();
+    for (chat, ids) in chats {
+        let mut reader = node.user(chat.members[1]).await;
+        let (conversation, alice) = (chat.id, chat.members[0]);
+        writers.push(tokio::spawn(async move {
+            // Each message with the time its read was acknowledged.
+            let mut acked = Vec::new();
+            let mut failures = 0;
+            let mut i = 0;
+            while i < ids.len() {
+                let r = reader
+                    .mark_read_up_to(pb::MarkReadUpToRequest {
+                        conversation_id: conversation.to_string(),
+                        message_id: ids[i].to_string(),
+                    })
+                    .await;
+                match r {
+                    Ok(_) => {
+                        acked.push((ids[i], receipts_server::domain::now_millis()));
+                        i += 1;
+                    }
+                    // Not acknowledged: retried, as a client would.
+                    Err(_) => {
+                        failures += 1;
+                        assert!(failures < 200, "the node never recovered");
+                        sleep(Duration::from_millis(100)).await;
+                    }
+                }
+                sleep(Duration::from_millis(5)).await;
+            }
+            (conversation, alice, acked, failures)
+        }));
+    }
+    // Mid-load: a planned failover, then a master killed and taken over.
+    sleep(Duration::from_millis(300)).await;
+    let (r1, m1) = cluster.a_replica_and_its_master(&[]).await;
+    cluster.failover(r1, None).await;
+    sleep(Duration::from_millis(300)).await;
+    let (r2, m2) = cluster.a_replica_and_its_master(&[r1, m1]).await;
+    cluster.nodes[m2].kill9();
+    cluster.failover(r2, Some("TAKEOVER")).await;
+    assert!(
+        writers.iter().all(|w| !w.is_finished()),
+        "the failovers were not mid-load"
+    );
+    // The promoted master has no replica now, so its writes cannot be
+    // confirmed and are refused (UNAVAILABLE, retried) until the old master
+    // comes back, as its replica.
+    sleep(Duration::from_millis(500)).await;
+    cluster.nodes[m2].spawn();
+    let mut total_failures = 0;
+    for w in writers {
+        let (conversation, alice, acked, failures) = w.await.expect("writer");
+        total_failures += failures;
+        assert_eq!(acked.len(), READS, "every read was eventually acknowledged");
+        // A read position is a watermark step with its time: had an
+        // acknowledged step been lost, its message would show the (later)
+        // time of the next step that covered it.
+        let mut sender = node.user(alice).await;
+        for chunk in acked.chunks(100) {
+            let ids: Vec<Uuid> = chunk.iter().map(|(m, _)| *m).collect();
+            let states = receipts_of(&mut sender, conversation, &ids).await;
+            for ((m, acked_at), state) in chunk.iter().zip(&states) {
+                assert_eq!(state.message_id, m.to_string());
+                assert!(
+                    state.read_at_ms > 0 && state.read_at_ms <= *acked_at,
+                    "the acknowledged read of {m} was lost: read at {} but acknowledged at {acked_at}",
+                    state.read_at_ms
+                );
+            }
+        }
+    }
+    println!("calls refused during the failovers (retried): {total_failures}");
+}

@@ -239,11 +239,11 @@ impl Authenticator {
         };
         use jsonwebtoken::errors::ErrorKind;
         let reason = match error.kind() {
-            ErrorKind::ExpiredSignature => "token expired (exp)".to_string(),
+            ErrorKind::ExpiredSignature => "token expired".to_string(),
             ErrorKind::ImmatureSignature => "token not valid yet (nbf)".to_string(),
             ErrorKind::InvalidSignature => "bad signature".to_string(),
-            ErrorKind::InvalidIssuer => "wrong issuer (iss)".to_string(),
-            ErrorKind::InvalidAudience => "wrong audience (aud)".to_string(),
+            ErrorKind::InvalidIssuer => "wrong issuer".to_string(),
+            ErrorKind::InvalidAudience => "wrong audience".to_string(),
             ErrorKind::MissingRequiredClaim(claim) => {
                 format!("the token has no `{claim}` claim, which this server requires")
             }

@@ -1026,6 +1026,7 @@ impl Inner {
         &self,
         ids: &[MessageId],
         rows: &[Option<String>],
+        since: Option<u64>,
     ) -> StoreResult<Option<u64>> {
         if ids
             .iter()
@@ -1035,12 +1036,11 @@ impl Inner {
             return Ok(None);
         }
         let now = crate::domain::now_millis().max(0) as u64;
-        let key = self.keys.complete_since();
-        let since: Option<u64> = self.query(redis::cmd("GET").arg(&key)).await?;
         let since = match since {
             Some(t) => t,
             None => {
                 // First use, or Redis lost its data: complete from now on.
+                let key = self.keys.complete_since();
                 let _: Option<String> = self
                     .query(redis::cmd("SET").arg(&key).arg(now).arg("NX"))
                     .await?;
@@ -1059,8 +1059,11 @@ impl Inner {
         for m in ids {
             p.get(self.keys.message_home(m));
         }
-        let rows: Vec<Option<String>> = self.pipe(&p).await?;
-        let new_after = self.new_id_horizon(ids, &rows).await?;
+        // The completeness marker rides in the same round trip.
+        p.get(self.keys.complete_since());
+        let mut rows: Vec<Option<String>> = self.pipe(&p).await?;
+        let since = rows.pop().flatten().and_then(|t| t.parse::<u64>().ok());
+        let new_after = self.new_id_horizon(ids, &rows, since).await?;
         // Misses (new ids, or expired homes) are looked up in Scylla
         // concurrently: a registration of a batch of new messages misses on
         // every one of them, unless Redis can tell they are new.

@@ -8,6 +8,8 @@ use receipts_server::auth::{Role, mint_token};
 use receipts_server::config::ServeArgs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+
+pub mod tier;
 use std::time::Duration;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;

@@ -10,139 +10,17 @@
 use pb::subscribe_receipts_response::Event as E;
 use receipts_proto::v1 as pb;
 use receipts_server::domain::Cursor;
-use receipts_server::store::scylla::{ScyllaOptions, ScyllaPersistence};
+use receipts_tests::tier::*;
 use receipts_tests::*;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
-use tempfile::TempDir;
 use tokio::time::{Instant, sleep};
 use tonic_health::pb::health_check_response::ServingStatus;
 use uuid::Uuid;
 
-const KEYSPACE: &str = "receipts_prod_test";
-
-/// One deployment: a key prefix of its own on the shared Redis, the shared
-/// test keyspace, and the nodes' (unused) data directories.
-struct Tier {
-    redis_url: String,
-    prefix: String,
-    dir: TempDir,
-    scylla: ScyllaPersistence,
-}
-
-impl Tier {
-    async fn new() -> Self {
-        Self::with_redis(required_env("RECEIPTS_TEST_REDIS")).await
-    }
-
-    async fn with_redis(redis_url: String) -> Self {
-        let cassandra = required_env("RECEIPTS_TEST_CASSANDRA");
-        let scylla = ScyllaPersistence::connect(&ScyllaOptions {
-            nodes: vec![cassandra],
-            keyspace: KEYSPACE.into(),
-            ..ScyllaOptions::default()
-        })
-        .await
-        .expect("Cassandra reachable (schema created)");
-        Self {
-            redis_url,
-            prefix: format!("p{}", &Uuid::new_v4().simple().to_string()[..12]),
-            dir: tempfile::tempdir().expect("tempdir"),
-            scylla,
-        }
-    }
-
-    fn args(&self, extra: &[&str]) -> Vec<String> {
-        let mut args: Vec<String> = [
-            "--store",
-            "redis-scylla",
-            "--redis-urls",
-            &self.redis_url,
-            "--redis-prefix",
-            &self.prefix,
-            "--scylla-nodes",
-            &required_env("RECEIPTS_TEST_CASSANDRA"),
-            "--scylla-keyspace",
-            KEYSPACE,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(extra.iter().map(|s| s.to_string()));
-        args
-    }
-
-    /// Starts a node flushing to Cassandra every 200 ms.
-    async fn node(&self) -> ChildServer {
-        self.node_with(&["--flush-interval-ms", "200"]).await
-    }
-
-    /// Starts a node that never flushes on its interval within a test (only
-    /// at shutdown), with a 1 s shutdown grace.
-    async fn shutdown_flushing_node(&self) -> ChildServer {
-        self.node_with(&[
-            "--flush-interval-ms",
-            "3600000",
-            "--shutdown-grace-ms",
-            "1000",
-        ])
-        .await
-    }
-
-    async fn node_with(&self, extra: &[&str]) -> ChildServer {
-        let data = self.dir.path().join(Uuid::new_v4().simple().to_string());
-        std::fs::create_dir_all(&data).expect("node dir");
-        ChildServer::start_with_args(&data, free_port(), &self.args(extra)).await
-    }
-
-    async fn redis(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.redis_url.as_str())
-            .expect("redis url")
-            .get_multiplexed_async_connection()
-            .await
-            .expect("redis reachable")
-    }
-
-    /// Every key of this deployment.
-    async fn keys(&self) -> Vec<String> {
-        let mut con = self.redis().await;
-        let mut out = Vec::new();
-        let mut cursor = 0u64;
-        loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("{}:*", self.prefix))
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut con)
-                .await
-                .expect("scan");
-            out.extend(batch);
-            if next == 0 {
-                return out;
-            }
-            cursor = next;
-        }
-    }
-}
-
 fn tick(m: &pb::MessageReceipts) -> pb::Tick {
     pb::Tick::try_from(m.tick).expect("tick")
-}
-
-/// Waits (up to 30 s) until `check` holds.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !check().await {
-        assert!(Instant::now() < deadline, "never happened: {what}");
-        sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test]
@@ -456,88 +334,6 @@ async fn expired_hot_data_reads_through_from_cassandra() {
         .expect("unread")
         .into_inner();
     assert_eq!(unread.conversations[0].unread_count, 2, "{unread:?}");
-}
-
-/// A `redis-server` owned by one test: no persistence, killed on drop.
-struct OwnedRedis {
-    port: u16,
-    dir: TempDir,
-    child: Option<Child>,
-    extra: Vec<String>,
-}
-
-impl OwnedRedis {
-    fn start(port: u16) -> Self {
-        Self::start_with(port, &[])
-    }
-
-    /// Started with extra arguments (kept for restarts).
-    fn start_with(port: u16, extra: &[&str]) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut r = Self {
-            port,
-            dir,
-            child: None,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-        };
-        r.spawn();
-        r
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .args(&self.extra)
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server (scripts/backends.sh install puts it on PATH)");
-        self.child = Some(child);
-        wait_port(self.port, true);
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        wait_port(self.port, false);
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for OwnedRedis {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-fn wait_port(port: u16, open: bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() != open {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "port {port} never became {}",
-            if open { "open" } else { "closed" }
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-async fn health(addr: std::net::SocketAddr) -> Option<ServingStatus> {
-    let mut client = tonic_health::pb::health_client::HealthClient::new(channel(addr).await);
-    let resp = client
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: "receipts.v1.ReceiptService".into(),
-        })
-        .await
-        .ok()?;
-    ServingStatus::try_from(resp.into_inner().status).ok()
 }
 
 #[tokio::test]
@@ -934,9 +730,9 @@ where
 {
     let mut con = tier.redis().await;
     let before = command_calls(&mut con).await;
-    let sent_before = net_output_bytes(&mut con).await;
+    let sent_before = redis_info(&mut con, "stats", "total_net_output_bytes").await;
     call().await;
-    let sent_after = net_output_bytes(&mut con).await;
+    let sent_after = redis_info(&mut con, "stats", "total_net_output_bytes").await;
     let after = command_calls(&mut con).await;
     let commands = after
         .iter()
@@ -944,18 +740,6 @@ where
         .filter(|(c, n)| *n > 0 && c != "info")
         .collect();
     (commands, sent_after - sent_before)
-}
-
-async fn net_output_bytes(con: &mut redis::aio::MultiplexedConnection) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("stats")
-        .query_async(con)
-        .await
-        .expect("INFO stats");
-    info.lines()
-        .find_map(|l| l.strip_prefix("total_net_output_bytes:"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("total_net_output_bytes")
 }
 
 /// A member's MarkDelivered and MarkReadUpTo in a group read only that
@@ -997,63 +781,6 @@ async fn a_group_write_costs_redis_the_same_in_a_group_of_5_or_500() {
         r5.1,
         r500.1
     );
-}
-
-/// A TCP proxy in front of Cassandra that a test can cut: while cut, every
-/// open connection is closed and new ones are closed at once, as when
-/// Cassandra is stopped. Only this test's nodes go through it, so the
-/// shared Cassandra stays up for the tests running beside it.
-struct CassandraProxy {
-    addr: std::net::SocketAddr,
-    cut: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl CassandraProxy {
-    async fn start(upstream: String) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind proxy");
-        let addr = listener.local_addr().expect("addr");
-        let (cut, watch) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut client, _)) = listener.accept().await else {
-                    return;
-                };
-                if *watch.borrow() {
-                    drop(client);
-                    continue;
-                }
-                let upstream = upstream.clone();
-                let mut watch = watch.clone();
-                tokio::spawn(async move {
-                    let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = watch.wait_for(|cut| *cut) => {}
-                    }
-                });
-            }
-        });
-        Self { addr, cut, task }
-    }
-
-    fn cut(&self) {
-        let _ = self.cut.send(true);
-    }
-
-    fn restore(&self) {
-        let _ = self.cut.send(false);
-    }
-}
-
-impl Drop for CassandraProxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1110,12 +837,12 @@ async fn writes_are_acknowledged_through_a_cassandra_outage_and_all_reach_it_aft
         1.0
     );
     proxy.cut();
-    eventually("node a reports Scylla down", || async {
-        sample(
-            &scrape(metrics).await,
-            "receipts_writebehind_persistence_up",
-        ) == 0.0
-    })
+    eventually_metric(
+        "node a reports Scylla down",
+        metrics,
+        "receipts_writebehind_persistence_up",
+        |v| v == 0.0,
+    )
     .await;
     // Through both nodes, every kind of call Redis can answer succeeds.
     for round in 0..4 {
@@ -1404,132 +1131,6 @@ async fn redis_wait_replicas_without_a_replica_fails_writes_as_unavailable_namin
             && status.message().contains("0 of 1 replicas"),
         "{status:?}"
     );
-}
-
-/// A Redis Cluster owned by one test: 3 masters with a replica each, so
-/// that the test can fail masters over.
-struct OwnedCluster {
-    nodes: Vec<OwnedRedis>,
-}
-
-impl OwnedCluster {
-    async fn start() -> Self {
-        let nodes: Vec<OwnedRedis> = (0..6)
-            .map(|_| {
-                OwnedRedis::start_with(
-                    free_port(),
-                    &["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"],
-                )
-            })
-            .collect();
-        let addrs: Vec<String> = nodes
-            .iter()
-            .map(|n| format!("127.0.0.1:{}", n.port))
-            .collect();
-        let out = Command::new("redis-cli")
-            .arg("--cluster")
-            .arg("create")
-            .args(&addrs)
-            .args(["--cluster-replicas", "1", "--cluster-yes"])
-            .output()
-            .expect("redis-cli");
-        assert!(out.status.success(), "cluster create: {out:?}");
-        let cluster = Self { nodes };
-        eventually("the cluster is ok with every replica in sync", || async {
-            let mut synced = 0;
-            for n in &cluster.nodes {
-                let info = cluster.info(n, "replication").await;
-                if info.contains("role:master")
-                    && info.contains("connected_slaves:1")
-                    && info.contains("state=online")
-                {
-                    synced += 1;
-                }
-                if !cluster.cluster_info(n).await.contains("cluster_state:ok") {
-                    return false;
-                }
-            }
-            synced == 3
-        })
-        .await;
-        cluster
-    }
-
-    async fn con(&self, n: &OwnedRedis) -> Option<redis::aio::MultiplexedConnection> {
-        redis::Client::open(n.url())
-            .ok()?
-            .get_multiplexed_async_connection()
-            .await
-            .ok()
-    }
-
-    async fn info(&self, n: &OwnedRedis, section: &str) -> String {
-        let Some(mut con) = self.con(n).await else {
-            return String::new();
-        };
-        redis::cmd("INFO")
-            .arg(section)
-            .query_async(&mut con)
-            .await
-            .unwrap_or_default()
-    }
-
-    async fn cluster_info(&self, n: &OwnedRedis) -> String {
-        let Some(mut con) = self.con(n).await else {
-            return String::new();
-        };
-        redis::cmd("CLUSTER")
-            .arg("INFO")
-            .query_async(&mut con)
-            .await
-            .unwrap_or_default()
-    }
-
-    /// The index of a replica and of its master.
-    async fn a_replica_and_its_master(&self, skip: &[usize]) -> (usize, usize) {
-        for (i, n) in self.nodes.iter().enumerate() {
-            if skip.contains(&i) {
-                continue;
-            }
-            let info = self.info(n, "replication").await;
-            let Some(port) = info
-                .lines()
-                .find_map(|l| l.strip_prefix("master_port:"))
-                .and_then(|p| p.trim().parse::<u16>().ok())
-            else {
-                continue;
-            };
-            if let Some(m) = self.nodes.iter().position(|m| m.port == port)
-                && !skip.contains(&m)
-            {
-                return (i, m);
-            }
-        }
-        panic!("no replica left to fail over to");
-    }
-
-    async fn failover(&self, replica: usize, how: Option<&str>) {
-        let mut con = self.con(&self.nodes[replica]).await.expect("replica");
-        let mut cmd = redis::cmd("CLUSTER");
-        cmd.arg("FAILOVER");
-        if let Some(h) = how {
-            cmd.arg(h);
-        }
-        let _: () = cmd.query_async(&mut con).await.expect("cluster failover");
-        let n = &self.nodes[replica];
-        eventually("the replica took over", || async {
-            self.info(n, "replication").await.contains("role:master")
-        })
-        .await;
-    }
-
-    fn urls(&self) -> String {
-        self.nodes
-            .iter()
-            .map(OwnedRedis::url)
-            .collect::<Vec<_>>()
-            .join(",")
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

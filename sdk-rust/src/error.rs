@@ -60,7 +60,14 @@ pub enum Error {
 
 impl Error {
     /// Decodes a gRPC status into the typed error.
+    ///
+    /// A connection that broke mid-call (the server process died, a proxy
+    /// reset it) reaches tonic as an HTTP/2 or socket error, which it reports
+    /// as `UNKNOWN` ("transport error") or `CANCELLED`; the server never said
+    /// either. Those become [`Error::Unavailable`], naming what happened: the
+    /// call may or may not have been applied, and repeating it is safe.
     pub fn from_status(status: Status) -> Self {
+        let status = connection_lost(status);
         match status.code() {
             Code::InvalidArgument => Error::InvalidArgument {
                 field: field_of(status.message()),
@@ -117,6 +124,27 @@ impl From<Status> for Error {
     fn from(s: Status) -> Self {
         Error::from_status(s)
     }
+}
+
+/// A status tonic made from a broken connection (it carries the transport
+/// error as its source; a status the server sent has none) as UNAVAILABLE.
+fn connection_lost(status: Status) -> Status {
+    if !matches!(status.code(), Code::Unknown | Code::Cancelled) {
+        return status;
+    }
+    let Some(source) = std::error::Error::source(&status) else {
+        return status;
+    };
+    let mut cause = source.to_string();
+    let mut next = source.source();
+    while let Some(e) = next {
+        cause = format!("{cause}: {e}");
+        next = e.source();
+    }
+    Status::unavailable(format!(
+        "connection to the server lost during the call ({cause}); it may or may not have \
+         been applied, and retrying it is safe"
+    ))
 }
 
 /// The server names the field before the first `: ` of an INVALID_ARGUMENT

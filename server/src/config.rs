@@ -194,6 +194,17 @@ pub struct ServeArgs {
     #[arg(long, env = "RECEIPTS_FLUSH_INTERVAL_MS", default_value_t = 60_000)]
     pub flush_interval_ms: u64,
 
+    /// Once this node has seen Scylla unreachable for this many seconds,
+    /// writes are refused (UNAVAILABLE) until it answers again; reads keep
+    /// working. Bounds the write-behind backlog in Redis to what the write
+    /// rate adds in this time (docs/storage.md, "While Scylla is down").
+    #[arg(
+        long,
+        env = "RECEIPTS_WRITEBEHIND_MAX_OUTAGE_SECS",
+        default_value_t = 3600
+    )]
+    pub writebehind_max_outage_secs: u64,
+
     /// Scylla (or Cassandra) contact points, `host:port`, comma separated.
     #[arg(
         long,
@@ -454,6 +465,9 @@ impl ServeArgs {
             }
             if self.retention_days == 0 {
                 return err("--retention-days", "must be at least 1");
+            }
+            if self.writebehind_max_outage_secs == 0 {
+                return err("--writebehind-max-outage-secs", "must be at least 1");
             }
         }
         if self.cors_origins.is_empty() {

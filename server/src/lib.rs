@@ -135,6 +135,7 @@ pub async fn open_store(config: &ServeArgs) -> Result<Arc<dyn ReceiptStore>, Run
             group_window: config.group_window(),
             log_retention: config.log_retention,
             flush_interval: Duration::from_millis(config.flush_interval_ms),
+            max_outage: Duration::from_secs(config.writebehind_max_outage_secs),
             subscriber_buffer: config.subscriber_buffer,
             wait_replicas: (config.redis_wait_replicas > 0).then(|| {
                 (

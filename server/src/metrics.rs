@@ -83,6 +83,7 @@ pub struct Metrics {
     writebehind_oldest_seconds: Gauge<f64, AtomicU64>,
     writebehind_persisted: Counter,
     writebehind_persistence_up: Gauge,
+    writebehind_outage_seconds: Gauge<f64, AtomicU64>,
     writebehind_persisted_seen: AtomicU64,
 }
 
@@ -114,6 +115,7 @@ impl Metrics {
             writebehind_oldest_seconds: Gauge::default(),
             writebehind_persisted: Counter::default(),
             writebehind_persistence_up: Gauge::default(),
+            writebehind_outage_seconds: Gauge::default(),
             writebehind_persisted_seen: AtomicU64::new(0),
         };
         let r = &mut m.registry;
@@ -211,6 +213,12 @@ impl Metrics {
             "Production tier: 1 while Scylla answers this node's probe, 0 while it does not (changes then queue in Redis)",
             m.writebehind_persistence_up.clone(),
         );
+        r.register_with_unit(
+            "writebehind_outage",
+            "Production tier: how long this node has seen Scylla unreachable (0 while it answers); writes are refused past --writebehind-max-outage-secs",
+            Unit::Seconds,
+            m.writebehind_outage_seconds.clone(),
+        );
         Arc::new(m)
     }
 
@@ -234,6 +242,7 @@ impl Metrics {
                 .inc_by(b.persisted_total.saturating_sub(seen));
             self.writebehind_persistence_up
                 .set(i64::from(b.persistence_up));
+            self.writebehind_outage_seconds.set(b.outage.as_secs_f64());
         }
         let mut out = String::new();
         // Writing into a String cannot fail.

@@ -1239,3 +1239,73 @@ async fn a_redis_cluster_failover_mid_load_keeps_every_write_acknowledged_with_w
     }
     println!("calls refused during the failovers (retried): {total_failures}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_outage_limit_writes_are_refused_reads_work_and_writes_resume_after() {
+    let proxy = CassandraProxy::start(required_env("RECEIPTS_TEST_CASSANDRA")).await;
+    let tier = Tier::new().await;
+    let metrics: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let mut args = tier.args(&[
+        "--flush-interval-ms",
+        "200",
+        "--writebehind-max-outage-secs",
+        "2",
+        "--metrics-listen",
+        &metrics.to_string(),
+    ]);
+    let at = args
+        .iter()
+        .position(|a| a == "--scylla-nodes")
+        .expect("--scylla-nodes");
+    args[at + 1] = proxy.addr.to_string();
+    let data = tier.dir.path().join("node");
+    std::fs::create_dir_all(&data).expect("node dir");
+    let node = ChildServer::start_with_args(&data, free_port(), &args).await;
+    let mut backend = node.backend().await;
+    let mut chat = Conversation::create(&mut backend, 2).await;
+    let (alice, bob) = (chat.members[0], chat.members[1]);
+    let first = chat.send(&mut backend, alice).await;
+    let mut bob_client = node.user(bob).await;
+    deliver(&mut bob_client, &[first]).await;
+
+    proxy.cut();
+    eventually(
+        "the node has seen Scylla down for longer than the limit",
+        || async {
+            sample(
+                &scrape(metrics).await,
+                "receipts_writebehind_outage_seconds",
+            ) > 2.0
+        },
+    )
+    .await;
+    // Past the limit: a write is refused, naming the flag, and changes
+    // nothing.
+    let refused = bob_client
+        .mark_read_up_to(pb::MarkReadUpToRequest {
+            conversation_id: chat.id.to_string(),
+            message_id: first.to_string(),
+        })
+        .await
+        .expect_err("writes are paused");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message().contains("--writebehind-max-outage-secs"),
+        "{refused:?}"
+    );
+    // Reads keep working, and show the refused read did not happen.
+    let state = receipts_of(&mut node.user(alice).await, chat.id, &[first]).await;
+    assert_eq!(tick(&state[0]), pb::Tick::Delivered, "{state:?}");
+
+    proxy.restore();
+    eventually_metric(
+        "writes resume once Scylla answers",
+        metrics,
+        "receipts_writebehind_outage_seconds",
+        |v| v == 0.0,
+    )
+    .await;
+    read_up_to(&mut bob_client, chat.id, first).await;
+    let state = receipts_of(&mut node.user(alice).await, chat.id, &[first]).await;
+    assert_eq!(tick(&state[0]), pb::Tick::Read, "{state:?}");
+}

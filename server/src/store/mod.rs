@@ -296,6 +296,9 @@ pub struct Backlog {
     pub persisted_total: u64,
     /// Whether the persistent tier answered the last probe.
     pub persistence_up: bool,
+    /// How long the persistent tier has been unreachable (zero while it
+    /// answers); writes are refused past `--writebehind-max-outage-secs`.
+    pub outage: std::time::Duration,
 }
 
 /// Folds membership changes, in request order, over the current memberships

@@ -86,6 +86,9 @@ pub struct RedisOptions {
     pub log_retention: u64,
     /// How often queued changes are flushed to Scylla.
     pub flush_interval: Duration,
+    /// Writes are refused once Scylla has been unreachable this long, so
+    /// that the backlog queued in Redis stays bounded.
+    pub max_outage: Duration,
     /// Buffered events per live subscriber.
     pub subscriber_buffer: usize,
     /// The persistent tier.
@@ -355,6 +358,9 @@ struct Inner {
     /// Whether Scylla answered the last probe (for metrics and logs; health
     /// does not depend on it).
     scylla_up: AtomicBool,
+    /// When (ms since the epoch) the current Scylla outage began, as this
+    /// node's probe saw it; 0 while Scylla answers.
+    scylla_down_since: std::sync::atomic::AtomicU64,
     /// Whether this node is subscribed to the bus. Until it is, a local
     /// subscriber would miss events, so the node reports NOT_SERVING (and
     /// ends the streams opened before it subscribed).
@@ -424,6 +430,7 @@ impl RedisStore {
             windows: Mutex::new(HashMap::new()),
             healthy: AtomicBool::new(true),
             scylla_up: AtomicBool::new(true),
+            scylla_down_since: std::sync::atomic::AtomicU64::new(0),
             bus_up: AtomicBool::new(false),
             persisted: std::sync::atomic::AtomicU64::new(0),
             stripes: (0..WRITE_STRIPES)
@@ -1103,6 +1110,36 @@ impl Inner {
             .map_err(redis_err)
     }
 
+    /// How long this node has seen Scylla unreachable (zero while it
+    /// answers).
+    fn outage(&self) -> Duration {
+        match self.scylla_down_since.load(Ordering::Acquire) {
+            0 => Duration::ZERO,
+            since => {
+                Duration::from_millis((domain::now_millis().max(0) as u64).saturating_sub(since))
+            }
+        }
+    }
+
+    /// Every write queues a change for Scylla: past `max_outage` of Scylla
+    /// being unreachable, writes are refused so that the backlog in Redis
+    /// stops growing. Nothing is applied; reads keep working.
+    fn backlog_room(&self) -> StoreResult<()> {
+        let outage = self.outage();
+        if outage <= self.opts.max_outage {
+            return Ok(());
+        }
+        Err(ServiceError::Unavailable {
+            message: format!(
+                "writes are paused: the persistent store (Scylla) has been unreachable for {} s, \
+                 longer than --writebehind-max-outage-secs ({}), and changes waiting for it stay \
+                 bounded; reads keep working, and writes resume when Scylla answers",
+                outage.as_secs(),
+                self.opts.max_outage.as_secs()
+            ),
+        })
+    }
+
     /// Compare-and-apply on the hash `versioned` (see [`scripts::APPLY`]).
     async fn apply_on(
         &self,
@@ -1111,6 +1148,7 @@ impl Inner {
         registered: u64,
         cmds: Vec<Vec<Vec<u8>>>,
     ) -> StoreResult<Applied> {
+        self.backlog_room()?;
         let mut inv = scripts::APPLY.key(&versioned);
         inv.arg(expected)
             .arg(registered)
@@ -1808,6 +1846,16 @@ impl Inner {
             .await
             .is_ok_and(|r| r.is_ok());
         let was = self.scylla_up.swap(scylla_ok, Ordering::AcqRel);
+        if scylla_ok {
+            self.scylla_down_since.store(0, Ordering::Release);
+        } else {
+            let _ = self.scylla_down_since.compare_exchange(
+                0,
+                domain::now_millis().max(1) as u64,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+        }
         if was != scylla_ok {
             if scylla_ok {
                 tracing::info!("scylla reachable again; queued changes drain on the next flush");
@@ -2795,6 +2843,7 @@ impl ReceiptStore for RedisStore {
             oldest_registration_age: Duration::from_millis(age),
             persisted_total: s.persisted.load(Ordering::Relaxed),
             persistence_up: s.scylla_up.load(Ordering::Acquire),
+            outage: s.outage(),
         }))
     }
 

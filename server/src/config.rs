@@ -128,6 +128,12 @@ pub struct ServeArgs {
     #[arg(long, env = "RECEIPTS_LOG_RETENTION", default_value_t = 1_000_000)]
     pub log_retention: u64,
 
+    /// Embedded store: memory for caching the data file's pages (MiB). The
+    /// process's memory levels off near this plus its working set, however
+    /// large the data grows (docs/reliability.md, the soak).
+    #[arg(long, env = "RECEIPTS_CACHE_MB", default_value_t = 256)]
+    pub cache_mb: u64,
+
     /// Most events one replay may carry before a reset is sent instead.
     #[arg(long, env = "RECEIPTS_MAX_REPLAY", default_value_t = 10_000)]
     pub max_replay: usize,
@@ -371,6 +377,9 @@ impl ServeArgs {
                 "--jwt-secret",
                 "no way to authenticate: set --jwt-secret and/or --jwt-public-key-file (or --dev-mode on loopback)",
             );
+        }
+        if !(8..=1 << 20).contains(&self.cache_mb) {
+            return err("--cache-mb", "must be between 8 and 1048576 (MiB)");
         }
         if self.jwt_secret.as_deref().is_some_and(|s| s.len() < 16) {
             return err("--jwt-secret", "must be at least 16 bytes");

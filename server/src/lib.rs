@@ -159,6 +159,7 @@ pub async fn open_store(config: &ServeArgs) -> Result<Arc<dyn ReceiptStore>, Run
             group_window: config.group_window(),
             log_retention: config.log_retention,
             subscriber_buffer: config.subscriber_buffer,
+            cache_bytes: (config.cache_mb as usize).saturating_mul(1 << 20),
         },
     )?;
     Ok(Arc::new(store))

@@ -126,6 +126,11 @@ fn a_bad_file_exits_64_naming_the_key() {
             "group-window-ms = 5000\ndev-mode = true\n",
             "--group-window-ms",
         ),
+        ("cache-mb = 1\ndev-mode = true\n", "--cache-mb"),
+        (
+            "store = \"redis-scylla\"\nwritebehind-max-outage-secs = 0\ndev-mode = true\n",
+            "--writebehind-max-outage-secs",
+        ),
     ] {
         let file = write(dir.path(), "bad.toml", text);
         let (code, _, err) = receiptd(&["--config", &file, "config"], &[]);

@@ -77,6 +77,9 @@ pub struct EmbeddedOptions {
     pub log_retention: u64,
     /// Buffered events per live subscriber.
     pub subscriber_buffer: usize,
+    /// Memory for redb's page cache (its default, 1 GiB, is more than a
+    /// one-process default should take).
+    pub cache_bytes: usize,
 }
 
 /// The embedded store. Cheap to share behind an `Arc`.
@@ -859,7 +862,10 @@ impl EmbeddedStore {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path, options: EmbeddedOptions) -> StoreResult<Self> {
         std::fs::create_dir_all(dir).map_err(storage)?;
-        let db = Database::create(dir.join("receipts.redb")).map_err(storage)?;
+        let db = redb::Builder::new()
+            .set_cache_size(options.cache_bytes)
+            .create(dir.join("receipts.redb"))
+            .map_err(storage)?;
         let txn = db.begin_write().map_err(storage)?;
         let (epoch, next_offset, trimmed_to, sender_counter, pending) = {
             let mut t = open_tables!(txn);
@@ -1560,6 +1566,7 @@ mod tests {
             group_window: Duration::from_millis(50),
             log_retention: 1_000_000,
             subscriber_buffer: 16,
+            cache_bytes: 16 << 20,
         }
     }
 

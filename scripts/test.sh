@@ -22,24 +22,9 @@ step "build receiptd (the crash tests run the real binary), the examples and the
 cargo build -p receipts-server -p receipts-examples -p receipts-bench --bins
 
 step "backends: Redis (standalone, and a cluster of 3 masters with a replica each) and Cassandra 5.0"
-# Backends this run starts are stopped at the end; ones already running (a
-# developer's) are reused and left alone. A backend that does not come up
-# fails the run here.
-STARTED_BACKENDS=0
-scripts/backends.sh running || STARTED_BACKENDS=1
-stop_backends() {
-  if [ "$STARTED_BACKENDS" = 1 ]; then
-    scripts/backends.sh stop-cassandra || true
-    scripts/backends.sh stop-redis || true
-  fi
-}
-trap stop_backends EXIT
-scripts/backends.sh install
-scripts/backends.sh start-redis
-scripts/backends.sh start-cassandra
-eval "$(scripts/backends.sh env)"
+. scripts/backends-up.sh
 
-step "tests (embedded store; Cassandra persistence; the production tier's multi-node tests)"
+step "tests (embedded store; Cassandra persistence; the production tier's multi-node tests; the fault suite's short form)"
 cargo test --workspace
 
 # One conformance suite, many stores: the behaviour tests run unchanged

@@ -888,6 +888,8 @@ async fn production_redis_down_fails_calls_clearly_and_recovers() {
         .expect_err("Redis is down");
     let refused_in = started.elapsed();
     assert_eq!(e.code(), Some(tonic::Code::Unavailable), "{e}");
+    // It says what is down, not the driver's text.
+    assert!(e.to_string().contains("hot store (Redis)"), "{e}");
     assert!(
         refused_in < Duration::from_secs(5),
         "a call while Redis is down took {refused_in:?}"

@@ -1054,9 +1054,14 @@ fn writer_loop(db: Arc<Database>, hub: Arc<Hub>, mut st: WriterState, rx: std_mp
         for done in completions {
             done(match &commit {
                 Ok(()) => Ok(()),
-                Err(e) => Err(ServiceError::Unavailable {
-                    message: format!("commit failed: {e}"),
-                }),
+                Err(e) => {
+                    tracing::error!(error = %e, "embedded store: commit failed");
+                    Err(ServiceError::Unavailable {
+                        message: "the embedded store could not commit (see the server log: a full \
+                                  disk or an I/O error); nothing of the write was applied, retry"
+                            .into(),
+                    })
+                }
             });
         }
         if closed {

@@ -137,7 +137,37 @@ impl ConnectionLike for Conn {
 fn redis_err(e: redis::RedisError) -> ServiceError {
     tracing::warn!(error = %e, "redis call failed");
     ServiceError::Unavailable {
-        message: format!("redis: {e}"),
+        message: redis_failure(&e).into(),
+    }
+}
+
+/// What a caller is told when Redis failed a call: what is wrong, in the
+/// service's terms. The driver's text (addresses, protocol details) goes to
+/// the log line above, not to clients.
+fn redis_failure(e: &redis::RedisError) -> &'static str {
+    use redis::{ErrorKind, ServerErrorKind as S};
+    if e.code() == Some("OOM") {
+        return "the hot store (Redis) is out of memory and refuses writes; retry once it has room";
+    }
+    match e.kind() {
+        ErrorKind::Server(S::BusyLoading) => {
+            "the hot store (Redis) is loading its data after a restart; retry with backoff"
+        }
+        ErrorKind::Server(S::ClusterDown | S::MasterDown | S::TryAgain | S::ReadOnly)
+        | ErrorKind::ClusterConnectionNotFound => {
+            "the hot store (Redis) is failing over; retry with backoff"
+        }
+        ErrorKind::AuthenticationFailed | ErrorKind::Server(S::NoPerm) => {
+            "the hot store (Redis) refused this node's credentials; retry later"
+        }
+        _ if e.is_io_error()
+            || e.is_timeout()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal() =>
+        {
+            "the hot store (Redis) is unreachable; retry with backoff"
+        }
+        _ => "the hot store (Redis) failed the call; retry with backoff",
     }
 }
 
@@ -2985,6 +3015,32 @@ impl RedisStore {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn redis_failures_are_told_in_the_services_terms_without_driver_text() {
+        let refused = redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "connect 10.0.0.7:6379",
+        ));
+        let said = super::redis_failure(&refused);
+        assert_eq!(
+            said,
+            "the hot store (Redis) is unreachable; retry with backoff"
+        );
+        let other = redis::RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "Response type not convertible",
+            "value was 10.0.0.7".to_string(),
+        ));
+        let said = super::redis_failure(&other);
+        assert_eq!(
+            said,
+            "the hot store (Redis) failed the call; retry with backoff"
+        );
+        for e in [refused, other] {
+            let message = super::redis_err(e).to_string();
+            assert!(!message.contains("10.0.0.7"), "{message}");
+        }
+    }
 
     #[test]
     fn only_recent_v7_ids_minted_after_the_horizon_are_known_new() {

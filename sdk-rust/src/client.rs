@@ -61,15 +61,23 @@ where
 #[derive(Clone)]
 enum Auth {
     None,
-    Token(Arc<dyn TokenProvider>),
-    Dev { user: Uuid, service: bool },
+    /// A token from a provider; `fixed` when it is one string that cannot
+    /// change (so a refusal of it is final).
+    Token {
+        provider: Arc<dyn TokenProvider>,
+        fixed: bool,
+    },
+    Dev {
+        user: Uuid,
+        service: bool,
+    },
 }
 
 impl std::fmt::Debug for Auth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Auth::None => f.write_str("None"),
-            Auth::Token(_) => f.write_str("Token(..)"),
+            Auth::Token { .. } => f.write_str("Token(..)"),
             Auth::Dev { user, service } => write!(f, "Dev({user}, service: {service})"),
         }
     }
@@ -161,7 +169,10 @@ impl ClientBuilder {
     /// # let _ = builder;
     /// ```
     pub fn token(mut self, token: impl Into<String>) -> Self {
-        self.auth = Auth::Token(Arc::new(token.into()));
+        self.auth = Auth::Token {
+            provider: Arc::new(token.into()),
+            fixed: true,
+        };
         self
     }
 
@@ -174,7 +185,10 @@ impl ClientBuilder {
     /// # let _ = builder;
     /// ```
     pub fn token_provider(mut self, provider: impl TokenProvider) -> Self {
-        self.auth = Auth::Token(Arc::new(provider));
+        self.auth = Auth::Token {
+            provider: Arc::new(provider),
+            fixed: false,
+        };
         self
     }
 
@@ -400,7 +414,7 @@ impl Client {
         };
         match &self.inner.auth {
             Auth::None => {}
-            Auth::Token(p) => {
+            Auth::Token { provider: p, .. } => {
                 let token = p.token().await?;
                 md.insert("authorization", value(format!("Bearer {token}"))?);
             }
@@ -423,6 +437,12 @@ impl Client {
 
     pub(crate) fn channel(&self) -> Channel {
         self.channel.clone()
+    }
+
+    /// Whether a new attempt may carry other credentials than the last
+    /// one: only a token provider can hand out a fresh token.
+    pub(crate) fn credentials_can_change(&self) -> bool {
+        matches!(self.inner.auth, Auth::Token { fixed: false, .. })
     }
 
     pub(crate) fn retry_policy(&self) -> RetryPolicy {

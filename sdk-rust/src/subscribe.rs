@@ -48,8 +48,11 @@ pub enum Event {
 /// network failure, the server cutting a slow reader off — it reconnects with
 /// exponential backoff and jitter and resumes from the cursor of the last
 /// event it yielded, so the stream never skips an event and never yields one
-/// twice. It ends only with a permanent error (for example
-/// `PermissionDenied`), which it yields first. Dropping the `Subscription`
+/// twice. It ends only with an error reconnecting cannot fix, which it yields
+/// first: `PermissionDenied`, `InvalidArgument`, or `Unauthenticated` when
+/// the token cannot change (a fixed token) or a token provider's fresh token
+/// was refused too (an expired token is replaced once, on the next attempt).
+/// Dropping the `Subscription`
 /// cancels the task and closes the connection.
 #[derive(Debug)]
 pub struct Subscription {
@@ -97,12 +100,18 @@ impl Stream for Subscription {
     }
 }
 
-/// Errors after which reconnecting cannot help.
-fn permanent(e: &Error) -> bool {
-    matches!(
-        e,
-        Error::PermissionDenied(_) | Error::InvalidArgument { .. } | Error::Config(_)
-    )
+/// Errors after which reconnecting cannot help. UNAUTHENTICATED is one when
+/// the credentials cannot change (a fixed token, dev mode), or when a token
+/// provider's fresh token was refused as well (`refused_before`): each
+/// connection attempt asks the provider again, so an expired token is
+/// replaced once, but a provider that only hands out bad tokens ends the
+/// subscription instead of retrying forever.
+fn permanent(e: &Error, client: &Client, refused_before: bool) -> bool {
+    match e {
+        Error::PermissionDenied(_) | Error::InvalidArgument { .. } | Error::Config(_) => true,
+        Error::Unauthenticated(_) => !client.credentials_can_change() || refused_before,
+        _ => false,
+    }
 }
 
 fn convert(ev: proto::SubscribeReceiptsResponse) -> Result<Event, Error> {
@@ -133,9 +142,13 @@ async fn run(
 ) {
     let policy = client.retry_policy();
     let mut attempt: u32 = 0;
+    // Whether the last attempt ended with UNAUTHENTICATED.
+    let mut refused = false;
     loop {
         let reason = match connect(&client, &cursor).await {
             Ok(mut stream) => loop {
+                // The credentials were accepted.
+                refused = false;
                 match stream.message().await {
                     Ok(Some(msg)) => {
                         attempt = 0;
@@ -157,19 +170,23 @@ async fn run(
                     Ok(None) => break "stream ended".to_string(),
                     Err(status) => {
                         let e = Error::from_status(status);
-                        if permanent(&e) {
+                        if permanent(&e, &client, refused) {
                             let _ = tx.send(Err(e)).await;
                             return;
                         }
+                        refused = matches!(e, Error::Unauthenticated(_));
                         break e.to_string();
                     }
                 }
             },
-            Err(e) if permanent(&e) => {
+            Err(e) if permanent(&e, &client, refused) => {
                 let _ = tx.send(Err(e)).await;
                 return;
             }
-            Err(e) => e.to_string(),
+            Err(e) => {
+                refused = matches!(e, Error::Unauthenticated(_));
+                e.to_string()
+            }
         };
         attempt = attempt.saturating_add(1);
         let notice = Event::Reconnecting {

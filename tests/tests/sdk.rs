@@ -251,6 +251,62 @@ async fn sdk_asks_the_token_provider_again_and_recovers_from_an_expired_token() 
     );
 }
 
+#[tokio::test]
+async fn a_subscription_ends_on_a_refused_token_instead_of_retrying_forever() {
+    let s = TestServer::start().await;
+    let url = s.url();
+    // A fixed token the server refuses: the error, then the end.
+    let fixed = Client::builder(&url)
+        .token(expired_token(Uuid::now_v7()))
+        .connect()
+        .await
+        .unwrap();
+    let mut sub = fixed.subscribe(None);
+    match next(&mut sub).await {
+        Some(Err(Error::Unauthenticated(s))) => assert!(s.message().contains("expired"), "{s:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(next(&mut sub).await.is_none(), "ended");
+    // A provider that only hands out refused tokens: asked once more (an
+    // expired token is replaced on the next attempt), then the end.
+    let user = Uuid::now_v7();
+    let calls = Arc::new(AtomicU32::new(0));
+    let provider = {
+        let calls = calls.clone();
+        token_fn(move || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async move { Ok(expired_token(user)) }
+        })
+    };
+    let client = Client::builder(&url)
+        .token_provider(provider)
+        .retry(RetryPolicy {
+            initial_backoff: Duration::from_millis(10),
+            ..RetryPolicy::default()
+        })
+        .connect()
+        .await
+        .unwrap();
+    let mut sub = client.subscribe(None);
+    let mut reconnects = 0;
+    loop {
+        match next(&mut sub).await {
+            Some(Ok(Event::Reconnecting { .. })) => reconnects += 1,
+            Some(Err(Error::Unauthenticated(_))) => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(next(&mut sub).await.is_none(), "ended");
+    assert_eq!((reconnects, calls.load(Ordering::SeqCst)), (1, 2));
+}
+
+/// The subscription's next item, within 10 s.
+async fn next(sub: &mut receipts_sdk::Subscription) -> Option<Result<Event, receipts_sdk::Error>> {
+    tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("the subscription neither yielded nor ended")
+}
+
 fn expired_token(user: Uuid) -> String {
     use jsonwebtoken::{EncodingKey, Header, encode};
     let now = std::time::SystemTime::now()

@@ -314,6 +314,12 @@ impl ClientBuilder {
     }
 
     fn endpoint(&self) -> Result<Endpoint, Error> {
+        if !(self.endpoint.starts_with("http://") || self.endpoint.starts_with("https://")) {
+            return Err(Error::Config(format!(
+                "endpoint {:?} needs http:// or https:// (e.g. http://{})",
+                self.endpoint, self.endpoint
+            )));
+        }
         let mut e = Endpoint::from_shared(self.endpoint.clone())
             .map_err(|e| Error::Config(format!("endpoint {:?}: {e}", self.endpoint)))?
             .connect_timeout(self.connect_timeout)
@@ -338,6 +344,7 @@ impl ClientBuilder {
         Client {
             channel,
             inner: Arc::new(Inner {
+                endpoint: self.endpoint,
                 auth: self.auth,
                 timeout: self.timeout,
                 retry: self.retry,
@@ -348,7 +355,14 @@ impl ClientBuilder {
 
     /// Connects now, failing if the server cannot be reached.
     pub async fn connect(self) -> Result<Client, Error> {
-        let channel = self.endpoint()?.connect().await?;
+        let channel = self
+            .endpoint()?
+            .connect()
+            .await
+            .map_err(|e| Error::Connect {
+                endpoint: self.endpoint.clone(),
+                reason: crate::error::causes(&e),
+            })?;
         Ok(self.finish(channel))
     }
 
@@ -371,6 +385,7 @@ impl ClientBuilder {
 
 #[derive(Debug)]
 struct Inner {
+    endpoint: String,
     auth: Auth,
     timeout: Duration,
     retry: RetryPolicy,
@@ -445,6 +460,11 @@ impl Client {
         matches!(self.inner.auth, Auth::Token { fixed: false, .. })
     }
 
+    /// The typed error for a failed call of this client.
+    pub(crate) fn error(&self, status: tonic::Status) -> Error {
+        Error::from_call(status, &self.inner.endpoint)
+    }
+
     pub(crate) fn retry_policy(&self) -> RetryPolicy {
         self.inner.retry
     }
@@ -463,7 +483,7 @@ impl Client {
             match call(self.channel.clone(), req).await {
                 Ok(resp) => return Ok(resp.into_inner()),
                 Err(status) => {
-                    let err = Error::from_status(status);
+                    let err = self.error(status);
                     if !err.is_transient() || attempt >= policy.max_attempts {
                         return Err(err);
                     }

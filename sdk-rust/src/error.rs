@@ -4,8 +4,9 @@
 use tonic::{Code, Status};
 
 /// What went wrong. Every variant that came from the server keeps its
-/// [`Status`] (see [`Error::status`]).
-#[derive(Debug, thiserror::Error)]
+/// [`Status`] (see [`Error::status`]). `Debug` shows the code and message,
+/// not the response headers.
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The request was malformed; `field` names the offending request field
@@ -45,8 +46,17 @@ pub enum Error {
     #[error("{}: {}", .0.code(), .0.message())]
     Other(Status),
     /// The connection could not be set up.
-    #[error("transport: {0}")]
+    #[error("transport: {}", causes(.0))]
     Transport(#[from] tonic::transport::Error),
+    /// [`ClientBuilder::connect`](crate::ClientBuilder::connect) could not
+    /// reach the server.
+    #[error("connect {endpoint}: {reason}")]
+    Connect {
+        /// The endpoint it tried.
+        endpoint: String,
+        /// Why, down to the socket error (e.g. `Connection refused`).
+        reason: String,
+    },
     /// The token provider failed.
     #[error("token provider: {0}")]
     Token(String),
@@ -67,7 +77,16 @@ impl Error {
     /// either. Those become [`Error::Unavailable`], naming what happened: the
     /// call may or may not have been applied, and repeating it is safe.
     pub fn from_status(status: Status) -> Self {
-        let status = connection_lost(status);
+        Self::decode(connection_lost(status, None))
+    }
+
+    /// [`Error::from_status`] for a call to `endpoint`: a status tonic made
+    /// from a connection failure names the endpoint and the socket error.
+    pub(crate) fn from_call(status: Status, endpoint: &str) -> Self {
+        Self::decode(connection_lost(status, Some(endpoint)))
+    }
+
+    fn decode(status: Status) -> Self {
         match status.code() {
             Code::InvalidArgument => Error::InvalidArgument {
                 field: field_of(status.message()),
@@ -116,6 +135,7 @@ impl Error {
                 | Error::ResourceExhausted(_)
                 | Error::DeadlineExceeded(_)
                 | Error::Transport(_)
+                | Error::Connect { .. }
         ) || matches!(self, Error::Other(s) if matches!(s.code(), Code::Aborted | Code::Unknown))
     }
 }
@@ -126,24 +146,83 @@ impl From<Status> for Error {
     }
 }
 
-/// A status tonic made from a broken connection (it carries the transport
-/// error as its source; a status the server sent has none) as UNAVAILABLE.
-fn connection_lost(status: Status) -> Status {
-    if !matches!(status.code(), Code::Unknown | Code::Cancelled) {
+impl std::fmt::Debug for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::InvalidArgument { field, status } => f
+                .debug_struct("InvalidArgument")
+                .field("field", field)
+                .field("message", &status.message())
+                .finish(),
+            Error::Transport(e) => f.debug_tuple("Transport").field(&causes(e)).finish(),
+            Error::Connect { endpoint, reason } => f
+                .debug_struct("Connect")
+                .field("endpoint", endpoint)
+                .field("reason", reason)
+                .finish(),
+            Error::Token(s) => f.debug_tuple("Token").field(s).finish(),
+            Error::Config(s) => f.debug_tuple("Config").field(s).finish(),
+            Error::Protocol(s) => f.debug_tuple("Protocol").field(s).finish(),
+            other => match other.status() {
+                Some(status) => f
+                    .debug_struct("Error")
+                    .field("code", &status.code())
+                    .field("message", &status.message())
+                    .finish(),
+                None => f.write_str("Error"),
+            },
+        }
+    }
+}
+
+/// An error and its sources, `: `-separated, each said once.
+pub(crate) fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        let text = s.to_string();
+        if !out.ends_with(&text) {
+            out = format!("{out}: {text}");
+        }
+        next = s.source();
+    }
+    out
+}
+
+/// A status tonic made from a connection failure (it carries the transport
+/// error as its source; a status the server sent has none), told as what it
+/// is: a connection that broke mid-call (UNKNOWN or CANCELLED to tonic) is
+/// UNAVAILABLE, and one that could not be made says where and why.
+fn connection_lost(status: Status, endpoint: Option<&str>) -> Status {
+    if !matches!(
+        status.code(),
+        Code::Unknown | Code::Cancelled | Code::Unavailable
+    ) {
         return status;
     }
     let Some(source) = std::error::Error::source(&status) else {
         return status;
     };
-    let mut cause = source.to_string();
-    let mut next = source.source();
-    while let Some(e) = next {
-        cause = format!("{cause}: {e}");
-        next = e.source();
+    let to = endpoint.map(|e| format!(" to {e}")).unwrap_or_default();
+    // tonic ends a call that outlived the client's own deadline with
+    // CANCELLED: that is a deadline, not a broken connection.
+    if std::iter::successors(Some(source), |e| e.source()).any(|e| e.is::<tonic::TimeoutExpired>())
+    {
+        return Status::deadline_exceeded(format!(
+            "no answer{to} within the client's deadline; the call may or may not have been \
+             applied, and retrying it is safe"
+        ));
+    }
+    let cause = causes(source);
+    if status.code() == Code::Unavailable {
+        let at = endpoint
+            .map(|e| format!("connect {e}: "))
+            .unwrap_or_default();
+        return Status::unavailable(format!("{at}{}: {cause}", status.message()));
     }
     Status::unavailable(format!(
-        "connection to the server lost during the call ({cause}); it may or may not have \
-         been applied, and retrying it is safe"
+        "connection{to} lost during the call ({cause}); it may or may not have been applied, \
+         and retrying it is safe"
     ))
 }
 

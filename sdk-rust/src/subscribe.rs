@@ -169,7 +169,7 @@ async fn run(
                     }
                     Ok(None) => break "stream ended".to_string(),
                     Err(status) => {
-                        let e = Error::from_status(status);
+                        let e = client.error(status);
                         if permanent(&e, &client, refused) {
                             let _ = tx.send(Err(e)).await;
                             return;
@@ -211,5 +211,8 @@ async fn connect(
     };
     let req = client.request(req, false).await?;
     let mut stub = proto::receipt_service_client::ReceiptServiceClient::new(client.channel());
-    Ok(stub.subscribe_receipts(req).await?.into_inner())
+    match stub.subscribe_receipts(req).await {
+        Ok(r) => Ok(r.into_inner()),
+        Err(status) => Err(client.error(status)),
+    }
 }

@@ -175,18 +175,64 @@ async fn sdk_maps_every_status_to_a_typed_error() {
         .create_conversation(Uuid::now_v7(), &[members[0]])
         .await
     {
-        Err(Error::PermissionDenied(_)) => {}
+        Err(e @ Error::PermissionDenied(_)) => {
+            // Debug shows the code and message, not the response headers.
+            let debug = format!("{e:?}");
+            assert!(debug.contains("PermissionDenied"), "{debug}");
+            assert!(!debug.to_lowercase().contains("content-type"), "{debug}");
+        }
         other => panic!("{other:?}"),
     }
     // Nothing listening: UNAVAILABLE, after the configured attempts.
     let dead = format!("http://127.0.0.1:{}", free_port());
-    let unreachable = Client::builder(dead)
+    let unreachable = Client::builder(dead.clone())
         .retry(RetryPolicy::none())
         .token(token(Uuid::now_v7(), Role::User))
         .connect_lazy()
         .unwrap();
     match unreachable.unread_counts(&[conv]).await {
-        Err(e @ Error::Unavailable(_)) => assert!(e.is_transient()),
+        Err(e @ Error::Unavailable(_)) => {
+            assert!(e.is_transient());
+            // Says where and why, down to the socket error.
+            let text = e.to_string();
+            assert!(text.contains(&format!("connect {dead}")), "{text}");
+            assert!(text.to_lowercase().contains("refused"), "{text}");
+        }
+        other => panic!("{other:?}"),
+    }
+    match Client::builder(dead.clone()).connect().await {
+        Err(e @ Error::Connect { .. }) => {
+            assert!(e.is_transient());
+            let text = e.to_string();
+            assert!(text.starts_with(&format!("connect {dead}: ")), "{text}");
+            assert!(text.to_lowercase().contains("refused"), "{text}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // A server that accepts and never answers: the client's deadline, told
+    // as such (tonic alone reports CANCELLED).
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = format!("http://{}", silent.local_addr().unwrap());
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let impatient = Client::builder(silent_url)
+        .retry(RetryPolicy::none())
+        .timeout(Duration::from_millis(300))
+        .token(token(Uuid::now_v7(), Role::User))
+        .connect_lazy()
+        .unwrap();
+    match impatient.unread_counts(&[conv]).await {
+        Err(e @ Error::DeadlineExceeded(_)) => assert!(e.to_string().contains("deadline"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    holder.abort();
+    // An endpoint without a scheme is a configuration error that says so.
+    match Client::builder(dead.trim_start_matches("http://")).connect_lazy() {
+        Err(Error::Config(m)) => assert!(m.contains("needs http:// or https://"), "{m}"),
         other => panic!("{other:?}"),
     }
 }

@@ -1296,6 +1296,19 @@ async fn past_the_outage_limit_writes_are_refused_reads_work_and_writes_resume_a
     // Reads keep working, and show the refused read did not happen.
     let state = receipts_of(&mut node.user(alice).await, chat.id, &[first]).await;
     assert_eq!(tick(&state[0]), pb::Tick::Delivered, "{state:?}");
+    // The outage's start is shared through Redis, so every node counts from
+    // the same moment.
+    let outage_key = format!("{}:scylla_down", tier.prefix);
+    let since: Option<i64> = redis::cmd("GET")
+        .arg(&outage_key)
+        .query_async(&mut tier.redis().await)
+        .await
+        .expect("get");
+    let since = since.expect("the outage start is in Redis");
+    assert!(
+        receipts_server::domain::now_millis() - since > 2_000,
+        "recorded at its start"
+    );
 
     proxy.restore();
     eventually_metric(
@@ -1308,4 +1321,10 @@ async fn past_the_outage_limit_writes_are_refused_reads_work_and_writes_resume_a
     read_up_to(&mut bob_client, chat.id, first).await;
     let state = receipts_of(&mut node.user(alice).await, chat.id, &[first]).await;
     assert_eq!(tick(&state[0]), pb::Tick::Read, "{state:?}");
+    let since: Option<i64> = redis::cmd("GET")
+        .arg(&outage_key)
+        .query_async(&mut tier.redis().await)
+        .await
+        .expect("get");
+    assert_eq!(since, None, "the outage ended for every node");
 }

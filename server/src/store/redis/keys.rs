@@ -142,6 +142,12 @@ impl Keys {
     pub fn flush_lock(&self, queue: &str) -> String {
         format!("{queue}:lock")
     }
+    /// String: when (ms since the epoch) the current Scylla outage began, as
+    /// the first node that saw it recorded it; deleted by any node that
+    /// reaches Scylla.
+    pub fn scylla_down_since(&self) -> String {
+        format!("{}:scylla_down", self.prefix)
+    }
     /// String: since when (ms since the epoch) this Redis has held every
     /// message registered through it. Written once (SET NX); gone when Redis
     /// lost its data, and then written anew with a later time.

@@ -1140,8 +1140,41 @@ impl Inner {
             .map_err(redis_err)
     }
 
-    /// How long this node has seen Scylla unreachable (zero while it
-    /// answers).
+    /// Keeps the start of a Scylla outage in Redis, shared by the nodes: the
+    /// first node whose probe fails records it (`SET NX`), every node that
+    /// fails reads it, and any node that reaches Scylla ends it (its flusher
+    /// drains the queues, so the backlog stops growing). A node restarted or
+    /// added during an outage so counts from its real start.
+    async fn share_outage(&self, scylla_ok: bool) {
+        let key = self.keys.scylla_down_since();
+        if scylla_ok {
+            if let Err(e) = self.query::<()>(redis::cmd("DEL").arg(&key)).await {
+                tracing::debug!(error = %e, "could not clear the shared outage start");
+            }
+            self.scylla_down_since.store(0, Ordering::Release);
+            return;
+        }
+        let now = domain::now_millis().max(1) as u64;
+        let since = self
+            .query::<Option<u64>>(redis::cmd("SET").arg(&key).arg(now).arg("NX").arg("GET"))
+            .await
+            .ok()
+            .map(|was| was.unwrap_or(now));
+        match since {
+            Some(since) => self.scylla_down_since.store(since, Ordering::Release),
+            None => {
+                let _ = self.scylla_down_since.compare_exchange(
+                    0,
+                    now,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+            }
+        }
+    }
+
+    /// How long Scylla has been unreachable, as the nodes recorded it (zero
+    /// while this node reaches it).
     fn outage(&self) -> Duration {
         match self.scylla_down_since.load(Ordering::Acquire) {
             0 => Duration::ZERO,
@@ -1876,9 +1909,9 @@ impl Inner {
             .await
             .is_ok_and(|r| r.is_ok());
         let was = self.scylla_up.swap(scylla_ok, Ordering::AcqRel);
-        if scylla_ok {
-            self.scylla_down_since.store(0, Ordering::Release);
-        } else {
+        if redis_ok {
+            self.share_outage(scylla_ok).await;
+        } else if !scylla_ok {
             let _ = self.scylla_down_since.compare_exchange(
                 0,
                 domain::now_millis().max(1) as u64,

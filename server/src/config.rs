@@ -444,6 +444,28 @@ impl ServeArgs {
             if self.redis_urls.is_empty() {
                 return err("--redis-urls", "must name at least one redis:// URL");
             }
+            // What the start would fail on, said before it: the Redis client
+            // is built without TLS, and speaks only redis:// and unix
+            // sockets.
+            for url in &self.redis_urls {
+                let scheme = url.split_once("://").map(|(s, _)| s);
+                match scheme {
+                    Some("redis" | "unix" | "redis+unix") => {}
+                    Some("rediss") => {
+                        return err(
+                            "--redis-urls",
+                            "rediss:// (TLS) is not supported by this build: use redis:// on a \
+                             private network or through a TLS tunnel",
+                        );
+                    }
+                    _ => {
+                        return err(
+                            "--redis-urls",
+                            "each URL must start with redis:// (or unix:// for a socket)",
+                        );
+                    }
+                }
+            }
             if self.scylla_nodes.is_empty() {
                 return err("--scylla-nodes", "must name at least one host:port");
             }

@@ -128,6 +128,14 @@ fn a_bad_file_exits_64_naming_the_key() {
         ),
         ("cache-mb = 1\ndev-mode = true\n", "--cache-mb"),
         (
+            "store = \"redis-scylla\"\nredis-urls = [\"rediss://r:6380\"]\ndev-mode = true\n",
+            "rediss:// (TLS) is not supported",
+        ),
+        (
+            "store = \"redis-scylla\"\nredis-urls = [\"r:6379\"]\ndev-mode = true\n",
+            "must start with redis://",
+        ),
+        (
             "store = \"redis-scylla\"\nwritebehind-max-outage-secs = 0\ndev-mode = true\n",
             "--writebehind-max-outage-secs",
         ),

@@ -1066,9 +1066,19 @@ async fn embedded_soak_memory_levels_off() {
         writes += load.writes();
     }
     samples.push((start.elapsed(), rss_kib(pid)));
-    let half = samples.len() / 2;
-    let first = samples[..half].iter().map(|s| s.1).max().expect("samples");
-    let second = samples[half..].iter().map(|s| s.1).max().expect("samples");
+    // The first third warms up (the page cache fills); the middle and last
+    // thirds are compared.
+    let third = samples.len() / 3;
+    let middle = samples[third..2 * third]
+        .iter()
+        .map(|s| s.1)
+        .max()
+        .expect("samples");
+    let last = samples[2 * third..]
+        .iter()
+        .map(|s| s.1)
+        .max()
+        .expect("samples");
     println!(
         "faults: soak {:?} (--cache-mb {CACHE_MB}), {writes} acknowledged writes, data file {} MiB; \
          RSS (MiB) over time:",
@@ -1083,14 +1093,17 @@ async fn embedded_soak_memory_levels_off() {
         );
     }
     println!(
-        "faults: soak: peak RSS {:.1} MiB in the first half, {:.1} MiB in the second",
-        first as f64 / 1024.0,
-        second as f64 / 1024.0
+        "faults: soak: peak RSS {:.1} MiB in the middle third, {:.1} MiB in the last",
+        middle as f64 / 1024.0,
+        last as f64 / 1024.0
     );
-    // Levelled off: the second half may not exceed the first half's peak by
-    // more than 10 % plus 8 MiB of allocator noise.
+    // Levelled off: the last third may not exceed the middle third's peak by
+    // more than 20 % plus 8 MiB. Each period ends with a verification that
+    // reads back every message it wrote, which lifts RSS for a while (up to
+    // 20 % in the 30-minute run); a leak that follows the data (which grows
+    // by half from the middle third to the end) would exceed it.
     assert!(
-        second <= first + first / 10 + 8 * 1024,
-        "memory still grows: {first} KiB peak in the first half, {second} KiB in the second"
+        last <= middle + middle / 5 + 8 * 1024,
+        "memory still grows: {middle} KiB peak in the middle third, {last} KiB in the last"
     );
 }

@@ -258,15 +258,7 @@ async fn sdk_asks_the_token_provider_again_and_recovers_from_an_expired_token() 
             }
         })
     };
-    let client = Client::builder(&url)
-        .token_provider(provider)
-        .retry(RetryPolicy {
-            initial_backoff: Duration::from_millis(10),
-            ..RetryPolicy::default()
-        })
-        .connect()
-        .await
-        .unwrap();
+    let client = quick_retrying(&url, provider).await;
     // The subscription's first connection is refused; it reconnects with a
     // fresh token and goes live.
     let mut sub = client.subscribe(None);
@@ -324,15 +316,7 @@ async fn a_subscription_ends_on_a_refused_token_instead_of_retrying_forever() {
             async move { Ok(expired_token(user)) }
         })
     };
-    let client = Client::builder(&url)
-        .token_provider(provider)
-        .retry(RetryPolicy {
-            initial_backoff: Duration::from_millis(10),
-            ..RetryPolicy::default()
-        })
-        .connect()
-        .await
-        .unwrap();
+    let client = quick_retrying(&url, provider).await;
     let mut sub = client.subscribe(None);
     let mut reconnects = 0;
     loop {
@@ -344,6 +328,19 @@ async fn a_subscription_ends_on_a_refused_token_instead_of_retrying_forever() {
     }
     assert!(next(&mut sub).await.is_none(), "ended");
     assert_eq!((reconnects, calls.load(Ordering::SeqCst)), (1, 2));
+}
+
+/// A client with `provider`, retrying after 10 ms.
+async fn quick_retrying(url: &str, provider: impl receipts_sdk::TokenProvider) -> Client {
+    Client::builder(url)
+        .token_provider(provider)
+        .retry(RetryPolicy {
+            initial_backoff: Duration::from_millis(10),
+            ..RetryPolicy::default()
+        })
+        .connect()
+        .await
+        .unwrap()
 }
 
 /// The subscription's next item, within 10 s.

@@ -171,6 +171,10 @@ fn redis_failure(e: &redis::RedisError) -> &'static str {
     }
 }
 
+/// How long the shared start of a Scylla outage outlives the last probe
+/// that failed (probes run every 500 ms).
+const OUTAGE_KEY_TTL: Duration = Duration::from_secs(5);
+
 /// How far apart the backend's clock (which mints message ids) and the
 /// nodes' clocks may be, for [`Inner::new_id_horizon`].
 const CLOCK_SKEW_MS: u64 = 5_000;
@@ -1142,16 +1146,19 @@ impl Inner {
 
     /// Keeps the start of a Scylla outage in Redis, shared by the nodes: the
     /// first node whose probe fails records it (`SET NX`), every node that
-    /// fails reads it, and any node that reaches Scylla ends it (its flusher
-    /// drains the queues, so the backlog stops growing). A node restarted or
-    /// added during an outage so counts from its real start.
+    /// fails reads it and keeps it alive (it expires `OUTAGE_KEY_TTL` after
+    /// the last failing probe, so a key left by nodes that died cannot start
+    /// a later outage early), and a node that reaches Scylla again ends it
+    /// (its flusher drains the queues, so the backlog stops growing). While
+    /// Scylla answers, this sends nothing.
     async fn share_outage(&self, scylla_ok: bool) {
         let key = self.keys.scylla_down_since();
         if scylla_ok {
-            if let Err(e) = self.query::<()>(redis::cmd("DEL").arg(&key)).await {
+            if self.scylla_down_since.swap(0, Ordering::AcqRel) != 0
+                && let Err(e) = self.query::<()>(redis::cmd("DEL").arg(&key)).await
+            {
                 tracing::debug!(error = %e, "could not clear the shared outage start");
             }
-            self.scylla_down_since.store(0, Ordering::Release);
             return;
         }
         let now = domain::now_millis().max(1) as u64;
@@ -1160,6 +1167,13 @@ impl Inner {
             .await
             .ok()
             .map(|was| was.unwrap_or(now));
+        let ttl = OUTAGE_KEY_TTL.as_millis() as u64;
+        if let Err(e) = self
+            .query::<()>(redis::cmd("PEXPIRE").arg(&key).arg(ttl))
+            .await
+        {
+            tracing::debug!(error = %e, "could not keep the shared outage start");
+        }
         match since {
             Some(since) => self.scylla_down_since.store(since, Ordering::Release),
             None => {

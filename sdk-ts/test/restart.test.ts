@@ -122,8 +122,9 @@ describe("a subscription across a server restart", () => {
     expect(retry.error.retryable).toBe(true);
 
     await start(first);
-    await c.clients[1]!.markDelivered([m2!.id]);
+    // Counted before the write: its event can arrive before the call returns.
     const from = log.events.length;
+    await c.clients[1]!.markDelivered([m2!.id]);
     await log.waitFor(is("receipts", (e) => e.messages.some((m) => m.seq === 2)), { from, timeoutMs: 10_000 });
     await log.close();
     const s = states(log.events);

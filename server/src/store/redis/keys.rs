@@ -143,8 +143,8 @@ impl Keys {
         format!("{queue}:lock")
     }
     /// String: when (ms since the epoch) the current Scylla outage began, as
-    /// the first node that saw it recorded it; deleted by any node that
-    /// reaches Scylla.
+    /// the first node that saw it recorded it; kept alive by failing probes
+    /// (5 s expiry) and deleted by a node that reaches Scylla again.
     pub fn scylla_down_since(&self) -> String {
         format!("{}:scylla_down", self.prefix)
     }

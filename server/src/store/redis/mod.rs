@@ -1923,16 +1923,8 @@ impl Inner {
             .await
             .is_ok_and(|r| r.is_ok());
         let was = self.scylla_up.swap(scylla_ok, Ordering::AcqRel);
-        if redis_ok {
-            self.share_outage(scylla_ok).await;
-        } else if !scylla_ok {
-            let _ = self.scylla_down_since.compare_exchange(
-                0,
-                domain::now_millis().max(1) as u64,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            );
-        }
+        // With Redis down too, it falls back to this node's own clock.
+        self.share_outage(scylla_ok).await;
         if was != scylla_ok {
             if scylla_ok {
                 tracing::info!("scylla reachable again; queued changes drain on the next flush");

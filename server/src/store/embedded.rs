@@ -428,7 +428,7 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
             .map_err(storage)?
         {
             let (k, v) = entry.map_err(storage)?;
-            if uuid_at(v.value(), 16) != *u && membership.contains(u64_at(k.value(), 16)) {
+            if membership.receives(*u, uuid_at(v.value(), 16), u64_at(k.value(), 16)) {
                 n += 1;
             }
         }
@@ -478,7 +478,7 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
         for m in msgs {
             let mut views = Vec::new();
             for (u, membership) in &ctx.members {
-                if *u == m.sender || !membership.contains(m.seq) {
+                if !membership.receives(*u, m.sender, m.seq) {
                     continue;
                 }
                 let wm = ctx.watermarks.get(u).copied().unwrap_or_default();
@@ -840,7 +840,7 @@ impl WriteCtx<'_, '_> {
             .map(|(seq, _)| seq)
             .collect();
         for (seq, id, sender) in self.t.messages_between(c, first + 1, after.seq)? {
-            if sender == *u || !membership.contains(seq) {
+            if !membership.receives(*u, sender, seq) {
                 continue;
             }
             let visible = adv.is_public() && seq > before.public_seq;
@@ -1453,17 +1453,12 @@ impl ReceiptStore for EmbeddedStore {
                 ReplayFrom::Unparseable => return reset(ResetReason::Invalid),
                 ReplayFrom::Cursor(c) => c,
             };
-            if cursor.epoch != epoch {
-                return reset(ResetReason::EpochChanged);
-            }
-            if cursor.offset > head.offset {
-                return reset(ResetReason::Invalid);
-            }
-            if cursor.offset < trimmed_to {
-                return reset(ResetReason::Expired);
-            }
-            let events = t.events_after(&user, cursor.offset, max.saturating_add(1))?;
-            if events.len() > max {
+            let after = match domain::replay_start(cursor, epoch, head.offset, trimmed_to) {
+                Ok(after) => after,
+                Err(reason) => return reset(reason),
+            };
+            let events = t.events_after(&user, after, max.saturating_add(1))?;
+            if domain::too_large(events.len(), max) {
                 return reset(ResetReason::TooLarge);
             }
             Ok(Replay::Events { events, head })

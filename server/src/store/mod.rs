@@ -22,6 +22,7 @@ pub mod redis;
 pub mod scylla;
 
 use crate::domain::{ConversationId, Cursor, Event, MessageId, MessageState, Millis, Seq, UserId};
+pub use crate::domain::{ReplayFrom, ResetReason};
 use crate::error::ServiceError;
 use crate::live::Hub;
 use async_trait::async_trait;
@@ -50,6 +51,35 @@ pub struct DeliveryResult {
     pub outcome: DeliveryOutcome,
     /// When it became delivered for the caller.
     pub delivered_at: Option<Millis>,
+}
+
+impl DeliveryResult {
+    /// The caller is not a recipient of `message`.
+    pub fn not_a_recipient(message: MessageId) -> Self {
+        Self {
+            message,
+            outcome: DeliveryOutcome::NotARecipient,
+            delivered_at: None,
+        }
+    }
+
+    /// `message` was delivered to the caller already, first at `at`.
+    pub fn already(message: MessageId, at: Millis) -> Self {
+        Self {
+            message,
+            outcome: DeliveryOutcome::AlreadyDelivered,
+            delivered_at: Some(at),
+        }
+    }
+
+    /// `message` became delivered to the caller at `at`.
+    pub fn recorded(message: MessageId, at: Millis) -> Self {
+        Self {
+            message,
+            outcome: DeliveryOutcome::Recorded,
+            delivered_at: Some(at),
+        }
+    }
 }
 
 /// The caller's read position after a read.
@@ -125,40 +155,6 @@ pub struct Snapshot {
     pub recent_messages: Vec<MessageState>,
     /// The caller's watermark and unread count per conversation.
     pub watermarks: Vec<(ConversationId, Seq, u64)>,
-}
-
-/// Why a cursor cannot be honoured.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ResetReason {
-    /// Trimmed from the log.
-    Expired,
-    /// From another epoch.
-    EpochChanged,
-    /// Unparseable, or ahead of the log.
-    Invalid,
-    /// More missed events than a replay may carry.
-    TooLarge,
-}
-
-/// Where a subscriber asks to start.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReplayFrom {
-    /// No cursor: the live position.
-    Live,
-    /// After this cursor.
-    Cursor(Cursor),
-    /// A cursor that could not be parsed: always a reset.
-    Unparseable,
-}
-
-impl ReplayFrom {
-    /// From the cursor text a client sent (empty: live).
-    pub fn parse(text: &str) -> Self {
-        if text.is_empty() {
-            return Self::Live;
-        }
-        Cursor::decode(text).map_or(Self::Unparseable, Self::Cursor)
-    }
 }
 
 /// What a subscriber gets before going live.

@@ -103,7 +103,7 @@ pub(super) fn complex_counts(
 ) -> (u64, u64, u64) {
     let (mut total, mut delivered, mut read) = (0, 0, 0);
     for c in complex {
-        if c.user == m.sender || !c.membership.contains(m.seq) {
+        if !c.membership.receives(c.user, m.sender, m.seq) {
             continue;
         }
         // Counts need no times: any value stands for "some time".
@@ -268,7 +268,7 @@ impl Inner {
                 && (viewer_entries.is_some_and(|e| e.member_at(m.seq))
                     || complex
                         .iter()
-                        .any(|x| x.user == v && x.membership.contains(m.seq)));
+                        .any(|x| x.user == v && x.membership.receives(v, m.sender, m.seq)));
             if (all_delivered && ad.is_none()) || (all_read && (viewer_recipient || ar.is_none())) {
                 full.push(out.len());
             }
@@ -337,8 +337,10 @@ impl Inner {
             let m = &msgs[*i];
             let v = viewer.unwrap_or(m.sender);
             let state = view.state(&v, m, false);
-            let viewer_recipient =
-                v != m.sender && view.members.get(&v).is_some_and(|x| x.contains(m.seq));
+            let viewer_recipient = view
+                .members
+                .get(&v)
+                .is_some_and(|x| x.receives(v, m.sender, m.seq));
             let key = self.keys.receipt(c, &m.id);
             if let Some(at) = state.aggregate.delivered_at {
                 p.cmd("HSET")

@@ -27,14 +27,14 @@ mod scripts;
 
 use super::scylla::{PersistOp, ScyllaOptions, ScyllaPersistence};
 use super::{
-    ConversationOutcome, ConversationRead, DeliveryOutcome, DeliveryResult, MemberChange,
-    MembershipResult, NewMessage, ReadResult, ReceiptStore, Replay, ReplayFrom, ResetReason,
-    Snapshot, StoreResult, UnreadCount, fold_member_changes,
+    ConversationOutcome, ConversationRead, DeliveryResult, MemberChange, MembershipResult,
+    NewMessage, ReadResult, ReceiptStore, Replay, ReplayFrom, ResetReason, Snapshot, StoreResult,
+    UnreadCount, fold_member_changes,
 };
 use super::{distinct_registrations, judge_registration};
 use crate::domain::{
-    self, ConversationId, Cursor, Event, EventBody, Membership, Message, MessageId, MessageState,
-    Millis, ReadWatermark, RecipientFacts, Seq, UserId,
+    self, ConversationId, Cursor, Delivery, Event, EventBody, Membership, Message, MessageId,
+    MessageState, Millis, ReadWatermark, RecipientFacts, Seq, UserId,
 };
 use crate::error::ServiceError;
 use crate::live::Hub;
@@ -348,7 +348,7 @@ impl View {
     fn state(&self, viewer: &UserId, m: &Message, with_recipients: bool) -> MessageState {
         let mut views = Vec::new();
         for (u, membership) in &self.members {
-            if *u == m.sender || !membership.contains(m.seq) {
+            if !membership.receives(*u, m.sender, m.seq) {
                 continue;
             }
             let wm = self.wm(u);
@@ -1047,7 +1047,7 @@ impl Inner {
             .between(c, wm.saturating_add(1), Seq::MAX)
             .await?
             .iter()
-            .filter(|m| m.sender != *u && membership.contains(m.seq))
+            .filter(|m| membership.receives(*u, m.sender, m.seq))
             .count() as u64)
     }
 
@@ -1600,7 +1600,7 @@ impl Inner {
         ));
         let mut changed = Vec::new();
         for m in candidates {
-            if m.sender == *u || !membership.contains(m.seq) {
+            if !membership.receives(*u, m.sender, m.seq) {
                 continue;
             }
             let visible = adv.is_public() && m.seq > before.public_seq;
@@ -2536,31 +2536,29 @@ impl ReceiptStore for RedisStore {
                 let mut out = Vec::new();
                 for id in msgs {
                     let m = view.messages[id];
-                    if m.sender == user || !membership.contains(m.seq) {
-                        out.push(DeliveryResult {
-                            message: m.id,
-                            outcome: DeliveryOutcome::NotARecipient,
-                            delivered_at: None,
-                        });
-                        continue;
-                    }
-                    let existing = view.delivered_at(&m.id, &user);
                     let read_at = if view.wm(&user).seq >= m.seq {
                         view.first_covering(&user, false, m.seq)
                     } else {
                         None
                     };
-                    let earlier = match (existing, read_at) {
-                        (Some(d), Some(r)) => Some(d.min(r)),
-                        (d, r) => d.or(r),
-                    };
-                    if let Some(t) = earlier {
-                        out.push(DeliveryResult {
-                            message: m.id,
-                            outcome: DeliveryOutcome::AlreadyDelivered,
-                            delivered_at: Some(t),
-                        });
-                        continue;
+                    let existing = view.delivered_at(&m.id, &user);
+                    match domain::judge_delivery(
+                        user,
+                        &membership,
+                        m.sender,
+                        m.seq,
+                        existing,
+                        read_at,
+                    ) {
+                        Delivery::NotARecipient => {
+                            out.push(DeliveryResult::not_a_recipient(m.id));
+                            continue;
+                        }
+                        Delivery::Already(t) => {
+                            out.push(DeliveryResult::already(m.id, t));
+                            continue;
+                        }
+                        Delivery::Record => {}
                     }
                     let key = s.keys.receipt(c, &m.id);
                     plan.cmds.push(rcmd![
@@ -2582,11 +2580,7 @@ impl ReceiptStore for RedisStore {
                         id: m.id,
                         sender: m.sender,
                     });
-                    out.push(DeliveryResult {
-                        message: m.id,
-                        outcome: DeliveryOutcome::Recorded,
-                        delivered_at: Some(at),
-                    });
+                    out.push(DeliveryResult::recorded(m.id, at));
                 }
                 let windowed = s.touch(&mut view, &mut plan, &touched).await?;
                 if touched.is_empty() || s.commit(&view, plan).await? {
@@ -2849,23 +2843,21 @@ impl ReceiptStore for RedisStore {
             ReplayFrom::Unparseable => None,
             ReplayFrom::Cursor(c) => Some(c),
         };
-        let reason = match cursor {
-            None => Some(ResetReason::Invalid),
-            Some(c) if c.epoch != epoch => Some(ResetReason::EpochChanged),
-            Some(c) if c.offset > head.offset => Some(ResetReason::Invalid),
-            Some(c) if c.offset < trim => Some(ResetReason::Expired),
-            Some(_) => None,
+        let start = cursor.map_or(Err(ResetReason::Invalid), |c| {
+            domain::replay_start(c, epoch, head.offset, trim)
+        });
+        let after = match start {
+            Ok(after) => after,
+            Err(reason) => {
+                return Ok(Replay::Reset {
+                    reason,
+                    snapshot: s.snapshot(&user).await?,
+                    head,
+                });
+            }
         };
-        if let Some(reason) = reason {
-            return Ok(Replay::Reset {
-                reason,
-                snapshot: s.snapshot(&user).await?,
-                head,
-            });
-        }
-        let after = cursor.map_or(0, |c| c.offset);
         let events = s.events_after(&user, after, max.saturating_add(1)).await?;
-        if events.len() > max {
+        if domain::too_large(events.len(), max) {
             return Ok(Replay::Reset {
                 reason: ResetReason::TooLarge,
                 snapshot: s.snapshot(&user).await?,

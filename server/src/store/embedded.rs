@@ -16,8 +16,8 @@
 
 use super::*;
 use crate::domain::{
-    self, Aggregate, EventBody, Membership, Message, ReadWatermark, RecipientFacts,
-    WatermarkAdvance,
+    self, Aggregate, Delivery, EventBody, Membership, Message, ReadWatermark, RecipientFacts, Run,
+    Runs, WatermarkAdvance,
 };
 use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -38,8 +38,13 @@ const USER_CONVS: Def = TableDefinition::new("user_conversations");
 const MESSAGES: Def = TableDefinition::new("messages");
 const CONV_MSGS: Def = TableDefinition::new("conversation_messages");
 const SENDER_MSGS: Def = TableDefinition::new("sender_messages");
-const DELIVERED: Def = TableDefinition::new("delivered_by_recipient");
-/// The first layout of deliveries (`msg ‖ user`), moved to [`DELIVERED`] at open.
+/// Deliveries as runs (`conv ‖ user ‖ first seq` → `last seq ‖ time`), see
+/// [`domain::Run`].
+const RUNS: Def = TableDefinition::new("delivery_runs");
+/// The second layout of deliveries (`conv ‖ user ‖ seq` → time, one row per
+/// message per recipient), folded into [`RUNS`] at open.
+const DELIVERED_V2: Def = TableDefinition::new("delivered_by_recipient");
+/// The first layout of deliveries (`msg ‖ user`), moved to [`DELIVERED_V2`] at open.
 const DELIVERED_V1: Def = TableDefinition::new("delivered");
 const WATERMARKS: Def = TableDefinition::new("watermarks");
 const READ_HIST: Def = TableDefinition::new("read_history");
@@ -158,7 +163,7 @@ struct Tables<T> {
     messages: T,
     conv_msgs: T,
     sender_msgs: T,
-    delivered: T,
+    runs: T,
     watermarks: T,
     read_hist: T,
     public_hist: T,
@@ -178,7 +183,7 @@ macro_rules! open_tables {
             messages: $txn.open_table(MESSAGES).map_err(storage)?,
             conv_msgs: $txn.open_table(CONV_MSGS).map_err(storage)?,
             sender_msgs: $txn.open_table(SENDER_MSGS).map_err(storage)?,
-            delivered: $txn.open_table(DELIVERED).map_err(storage)?,
+            runs: $txn.open_table(RUNS).map_err(storage)?,
             watermarks: $txn.open_table(WATERMARKS).map_err(storage)?,
             read_hist: $txn.open_table(READ_HIST).map_err(storage)?,
             public_hist: $txn.open_table(PUBLIC_HIST).map_err(storage)?,
@@ -193,8 +198,8 @@ macro_rules! open_tables {
 /// One member's facts about a set of messages (see [`Tables::track`]).
 #[derive(Debug, Default)]
 struct Track {
-    /// `(seq, first delivery time)`, by seq.
-    delivered: Vec<(Seq, Millis)>,
+    /// The delivery runs covering the seqs asked about.
+    delivered: Runs,
     /// Watermark advancements `(seq reached, time)`, by seq: for each seq
     /// asked about, at least the first advancement at or beyond it.
     read: Vec<(Seq, Millis)>,
@@ -203,14 +208,6 @@ struct Track {
 }
 
 impl Track {
-    fn delivered_at(&self, seq: Seq) -> Option<Millis> {
-        let i = self
-            .delivered
-            .binary_search_by_key(&seq, |(s, _)| *s)
-            .ok()?;
-        Some(self.delivered[i].1)
-    }
-
     /// The time of the first advancement in `rows` that reached `seq`.
     fn covering(rows: &[(Seq, Millis)], seq: Seq) -> Option<Millis> {
         let i = rows.partition_point(|(s, _)| *s < seq);
@@ -283,13 +280,36 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
         Ok(get_bytes(&self.privacy, &k1(u))?.is_none_or(|b| b.first() == Some(&1)))
     }
 
-    fn delivered_at(
-        &self,
-        c: &ConversationId,
-        u: &UserId,
-        seq: Seq,
-    ) -> StoreResult<Option<Millis>> {
-        Ok(get_bytes(&self.delivered, &k3(c, u, seq))?.map(|b| i64_val(&b)))
+    /// The delivery run of `u` in `c` that covers `seq`, if any.
+    fn run_covering(&self, c: &ConversationId, u: &UserId, seq: Seq) -> StoreResult<Option<Run>> {
+        let (lo, hi) = (k3(c, u, 0), k3(c, u, seq));
+        let mut range = self
+            .runs
+            .range(lo.as_slice()..=hi.as_slice())
+            .map_err(storage)?;
+        let Some(entry) = range.next_back() else {
+            return Ok(None);
+        };
+        let (k, v) = entry.map_err(storage)?;
+        let run = run_from(k.value(), v.value());
+        Ok(run.covers(seq).then_some(run))
+    }
+
+    /// The delivery runs of `u` in `c` that overlap `lo..=hi`, in seq order.
+    fn runs_between(&self, c: &ConversationId, u: &UserId, lo: Seq, hi: Seq) -> StoreResult<Runs> {
+        let mut runs: Vec<Run> = self.run_covering(c, u, lo)?.into_iter().collect();
+        if lo < hi {
+            let (lo, hi) = (k3(c, u, lo + 1), k3(c, u, hi));
+            for entry in self
+                .runs
+                .range(lo.as_slice()..=hi.as_slice())
+                .map_err(storage)?
+            {
+                let (k, v) = entry.map_err(storage)?;
+                runs.push(run_from(k.value(), v.value()));
+            }
+        }
+        Ok(Runs::new(runs))
     }
 
     /// The first advancement that reached `seq` or beyond: `(seq reached, time)`.
@@ -345,7 +365,7 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
             return Ok(t);
         };
         if hi - lo < DENSE_SPAN_PER_MESSAGE.saturating_mul(seqs.len() as u64) {
-            t.delivered = Self::seq_rows(&self.delivered, c, u, lo, hi, |_| false)?;
+            t.delivered = self.runs_between(c, u, lo, hi)?;
             // The history rows from `lo` to the first at or beyond `hi` hold
             // the first advancement covering each seq in between.
             if wm.seq >= lo {
@@ -356,9 +376,10 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
             }
             return Ok(t);
         }
+        let mut runs: Vec<Run> = Vec::new();
         for &seq in seqs {
-            if let Some(at) = self.delivered_at(c, u, seq)? {
-                t.delivered.push((seq, at));
+            if runs.last().is_none_or(|r| !r.covers(seq)) {
+                runs.extend(self.run_covering(c, u, seq)?);
             }
             if wm.seq >= seq {
                 t.read
@@ -369,6 +390,7 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
                     .extend(Self::first_covering(&self.public_hist, c, u, seq)?);
             }
         }
+        t.delivered = Runs::new(runs);
         // First coverings of ascending seqs ascend; equal ones repeat.
         t.read.dedup();
         t.public.dedup();
@@ -484,7 +506,7 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
                 let wm = ctx.watermarks.get(u).copied().unwrap_or_default();
                 let track = &tracks[u];
                 let facts = RecipientFacts {
-                    delivered_at: track.delivered_at(m.seq),
+                    delivered_at: track.delivered.delivered_at(m.seq),
                     read_at: (wm.seq >= m.seq)
                         .then(|| Track::covering(&track.read, m.seq))
                         .flatten(),
@@ -623,6 +645,30 @@ type Completion = Box<dyn FnOnce(StoreResult<()>) + Send>;
 /// completion, plus whether it failed in storage (which aborts the batch,
 /// since the job may have written part of its changes).
 type Job = Box<dyn FnOnce(&mut WriteCtx<'_, '_>) -> (Completion, bool) + Send>;
+
+fn run_from(key: &[u8], value: &[u8]) -> Run {
+    Run {
+        first: u64_at(key, 32),
+        last: u64_at(value, 0),
+        at: u64_at(value, 8) as Millis,
+    }
+}
+
+fn run_value(run: &Run) -> [u8; 16] {
+    let mut v = [0u8; 16];
+    v[..8].copy_from_slice(&run.last.to_be_bytes());
+    v[8..].copy_from_slice(&run.at.to_be_bytes());
+    v
+}
+
+fn put_run(
+    t: &mut Table<'_, Bytes, Bytes>,
+    c: &ConversationId,
+    u: &UserId,
+    run: &Run,
+) -> StoreResult<()> {
+    put(t, &k3(c, u, run.first), &run_value(run))
+}
 
 fn put(t: &mut Table<'_, Bytes, Bytes>, k: &[u8], v: &[u8]) -> StoreResult<()> {
     t.insert(k, v).map_err(storage)?;
@@ -780,6 +826,79 @@ impl WriteCtx<'_, '_> {
         )
     }
 
+    /// Stores the deliveries of the seqs in `new` by `u` in `c` at `at` as
+    /// runs (the grouping is [`domain::runs_of`]'s): one row per run, however
+    /// many messages it covers.
+    fn record_runs(
+        &mut self,
+        c: &ConversationId,
+        u: &UserId,
+        membership: &Membership,
+        mut new: Vec<Seq>,
+        at: Millis,
+    ) -> StoreResult<()> {
+        new.sort_unstable();
+        let (Some(&lo), Some(&hi)) = (new.first(), new.last()) else {
+            return Ok(());
+        };
+        // Reading the registered messages in between lets runs span the
+        // member's own messages; for a sparse set it would cost more than
+        // the rows it saves.
+        let registered: Option<Vec<(Seq, UserId)>> =
+            if hi - lo < DENSE_SPAN_PER_MESSAGE.saturating_mul(new.len() as u64) {
+                let msgs = self.t.messages_between(c, lo, hi)?;
+                Some(msgs.into_iter().map(|(s, _, sender)| (s, sender)).collect())
+            } else {
+                None
+            };
+        let mut runs = domain::runs_of(*u, membership, &new, registered.as_deref(), at);
+        if let Some(first) = runs.first_mut()
+            && let Some(prev) = self.t.run_covering(c, u, lo.saturating_sub(1))?
+            && prev.continued_by(first)
+        {
+            first.first = prev.first;
+        }
+        for run in &runs {
+            // Runs inside the new one cover none of the member's recipient
+            // seqs (any such seq ends a run), only pieces left by a split:
+            // they go, so that runs stay disjoint.
+            let (from, to) = (k3(c, u, run.first.saturating_add(1)), k3(c, u, run.last));
+            let inside: Vec<Vec<u8>> = self
+                .t
+                .runs
+                .range(from.as_slice()..=to.as_slice())
+                .map_err(storage)?
+                .map(|e| e.map(|(k, _)| k.value().to_vec()))
+                .collect::<Result<_, _>>()
+                .map_err(storage)?;
+            for k in inside {
+                self.t.runs.remove(k.as_slice()).map_err(storage)?;
+            }
+            put_run(&mut self.t.runs, c, u, run)?;
+        }
+        Ok(())
+    }
+
+    /// A message registered at `seq` below messages already registered in
+    /// `c`: every member's run that covers `seq` was written before the
+    /// message existed, so it is split around it.
+    fn split_runs_at(&mut self, c: &ConversationId, seq: Seq) -> StoreResult<()> {
+        for (u, _) in self.t.members(c)? {
+            let Some(run) = self.t.run_covering(c, &u, seq)? else {
+                continue;
+            };
+            self.t
+                .runs
+                .remove(k3(c, &u, run.first).as_slice())
+                .map_err(storage)?;
+            let (left, right) = run.without(seq);
+            for piece in left.iter().chain(right.iter()) {
+                put_run(&mut self.t.runs, c, &u, piece)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Applies a read by `u` up to `to` (the rule is [`ReadWatermark::advance`]).
     fn apply_read(
         &mut self,
@@ -832,19 +951,13 @@ impl WriteCtx<'_, '_> {
             before.seq
         };
         // Deliveries of the newly read messages, in one range scan.
-        let delivered: HashSet<Seq> =
-            Tables::seq_rows(&self.t.delivered, c, u, before.seq + 1, after.seq, |_| {
-                false
-            })?
-            .into_iter()
-            .map(|(seq, _)| seq)
-            .collect();
+        let delivered = self.t.runs_between(c, u, before.seq + 1, after.seq)?;
         for (seq, id, sender) in self.t.messages_between(c, first + 1, after.seq)? {
             if !membership.receives(*u, sender, seq) {
                 continue;
             }
             let visible = adv.is_public() && seq > before.public_seq;
-            let newly_delivered = seq > before.seq && !delivered.contains(&seq);
+            let newly_delivered = seq > before.seq && delivered.delivered_at(seq).is_none();
             if visible || newly_delivered {
                 changed.push((seq, id, sender));
             }
@@ -895,7 +1008,7 @@ impl EmbeddedStore {
             }
             (epoch, next_offset, trimmed_to, sender_counter, pending)
         };
-        migrate_deliveries(&txn)?;
+        migrate_to_runs(&txn)?;
         txn.commit().map_err(storage)?;
         let db = Arc::new(db);
         let hub = Hub::new(options.subscriber_buffer);
@@ -983,35 +1096,133 @@ impl EmbeddedStore {
     }
 }
 
-/// Moves deliveries kept in the first layout (`msg ‖ user`, one B-tree
-/// position per message) to `conv ‖ user ‖ seq`, where a recipient's
-/// deliveries in a conversation sit together, and drops the old table.
-fn migrate_deliveries(txn: &redb::WriteTransaction) -> StoreResult<()> {
+/// Folds deliveries kept one row per message per recipient into runs and
+/// drops the old tables: the second layout ([`DELIVERED_V2`],
+/// `conv ‖ user ‖ seq`) and the first ([`DELIVERED_V1`], `msg ‖ user`, small
+/// and old, so it is re-keyed in memory). Consecutive rows of one member with
+/// the same time join when nothing but the member's own messages lies between
+/// them (the recipient seqs in between are then all in the run); anything
+/// else starts a new run, which is never wrong, only less compact.
+fn migrate_to_runs(txn: &redb::WriteTransaction) -> StoreResult<()> {
     use redb::TableHandle as _;
-    let old_exists = txn
+    let names: HashSet<String> = txn
         .list_tables()
         .map_err(storage)?
-        .any(|t| t.name() == DELIVERED_V1.name());
-    if !old_exists {
+        .map(|t| t.name().to_string())
+        .collect();
+    let (has_v1, has_v2) = (
+        names.contains(DELIVERED_V1.name()),
+        names.contains(DELIVERED_V2.name()),
+    );
+    if !has_v1 && !has_v2 {
         return Ok(());
     }
+    let mut fold = Fold::default();
     {
-        let old = txn.open_table(DELIVERED_V1).map_err(storage)?;
-        let messages = txn.open_table(MESSAGES).map_err(storage)?;
-        let mut new = txn.open_table(DELIVERED).map_err(storage)?;
-        for entry in old.iter().map_err(storage)? {
-            let (k, at) = entry.map_err(storage)?;
-            let (m, u) = (uuid_at(k.value(), 0), uuid_at(k.value(), 16));
-            let Some(b) = get_bytes(&messages, &k1(&m))? else {
-                return Err(corrupt(format!("delivery of unknown message {m}")));
-            };
-            let msg: Message = decode(&b)?;
-            put(&mut new, &k3(&msg.conversation, &u, msg.seq), at.value())?;
+        let conv_msgs = txn.open_table(CONV_MSGS).map_err(storage)?;
+        let mut runs = txn.open_table(RUNS).map_err(storage)?;
+        if has_v1 {
+            let old = txn.open_table(DELIVERED_V1).map_err(storage)?;
+            let messages = txn.open_table(MESSAGES).map_err(storage)?;
+            let mut rows: BTreeMap<[u8; 40], i64> = BTreeMap::new();
+            for entry in old.iter().map_err(storage)? {
+                let (k, at) = entry.map_err(storage)?;
+                let (m, u) = (uuid_at(k.value(), 0), uuid_at(k.value(), 16));
+                let Some(b) = get_bytes(&messages, &k1(&m))? else {
+                    return Err(corrupt(format!("delivery of unknown message {m}")));
+                };
+                let msg: Message = decode(&b)?;
+                rows.insert(k3(&msg.conversation, &u, msg.seq), i64_val(at.value()));
+            }
+            for (k, at) in rows {
+                fold.push(&conv_msgs, &mut runs, &k, at)?;
+            }
+        }
+        if has_v2 {
+            let old = txn.open_table(DELIVERED_V2).map_err(storage)?;
+            for entry in old.iter().map_err(storage)? {
+                let (k, v) = entry.map_err(storage)?;
+                fold.push(&conv_msgs, &mut runs, k.value(), i64_val(v.value()))?;
+            }
+        }
+        fold.finish(&mut runs)?;
+    }
+    for (exists, def) in [(has_v1, DELIVERED_V1), (has_v2, DELIVERED_V2)] {
+        if exists {
+            txn.delete_table(def).map_err(storage)?;
         }
     }
-    txn.delete_table(DELIVERED_V1).map_err(storage)?;
-    tracing::info!("embedded store: deliveries moved to the conversation-ordered layout");
+    tracing::info!(
+        deliveries = fold.moved,
+        runs = fold.written,
+        "embedded store: deliveries folded into runs"
+    );
     Ok(())
+}
+
+/// The state of [`migrate_to_runs`]: the run being built.
+#[derive(Default)]
+struct Fold {
+    open: Option<(ConversationId, UserId, Run)>,
+    moved: u64,
+    written: u64,
+}
+
+impl Fold {
+    /// Adds the delivery `conv ‖ user ‖ seq` (`key`) at `at`; keys come in order.
+    fn push(
+        &mut self,
+        conv_msgs: &impl ReadableTable<Bytes, Bytes>,
+        runs: &mut Table<'_, Bytes, Bytes>,
+        key: &[u8],
+        at: Millis,
+    ) -> StoreResult<()> {
+        let (c, u, seq) = (uuid_at(key, 0), uuid_at(key, 16), u64_at(key, 32));
+        self.moved += 1;
+        if let Some((oc, ou, run)) = &mut self.open
+            && *oc == c
+            && *ou == u
+            && run.at == at
+        {
+            // Only the member's own messages in between?
+            let (lo, hi) = (k_seq(&c, run.last + 1), k_seq(&c, seq));
+            let mut own_only = true;
+            for e in conv_msgs
+                .range(lo.as_slice()..hi.as_slice())
+                .map_err(storage)?
+            {
+                let (_, m) = e.map_err(storage)?;
+                if uuid_at(m.value(), 16) != u {
+                    own_only = false;
+                    break;
+                }
+            }
+            if own_only {
+                run.last = seq;
+                return Ok(());
+            }
+        }
+        self.finish(runs)?;
+        self.open = Some((
+            c,
+            u,
+            Run {
+                first: seq,
+                last: seq,
+                at,
+            },
+        ));
+        Ok(())
+    }
+
+    /// Writes the run being built, if any.
+    fn finish(&mut self, runs: &mut Table<'_, Bytes, Bytes>) -> StoreResult<()> {
+        if let Some((c, u, run)) = self.open.take() {
+            put_run(runs, &c, &u, &run)?;
+            self.written += 1;
+        }
+        Ok(())
+    }
 }
 
 fn writer_loop(db: Arc<Database>, hub: Arc<Hub>, mut st: WriterState, rx: std_mpsc::Receiver<Job>) {
@@ -1196,6 +1407,9 @@ impl ReceiptStore for EmbeddedStore {
                 }
             }
             for m in &fresh {
+                if ctx.t.last_seq(&m.conversation)? > m.seq {
+                    ctx.split_runs_at(&m.conversation, m.seq)?;
+                }
                 put(&mut ctx.t.messages, &k1(&m.id), &encode(m))?;
                 let v = k2(&m.id, &m.sender);
                 put(&mut ctx.t.conv_msgs, &k_seq(&m.conversation, m.seq), &v)?;
@@ -1219,7 +1433,7 @@ impl ReceiptStore for EmbeddedStore {
     ) -> StoreResult<Vec<DeliveryResult>> {
         self.write(move |ctx| {
             let ids = dedup(messages);
-            let mut found = Vec::with_capacity(ids.len());
+            let mut by_conv: BTreeMap<ConversationId, Vec<Message>> = BTreeMap::new();
             let mut memberships: HashMap<ConversationId, Membership> = HashMap::new();
             for id in &ids {
                 let Some(m) = ctx.t.message(id)? else {
@@ -1230,61 +1444,45 @@ impl ReceiptStore for EmbeddedStore {
                 {
                     e.insert(ctx.t.authorize(&m.conversation, &user, "message_ids")?);
                 }
-                found.push(m);
+                by_conv.entry(m.conversation).or_default().push(m);
             }
             let at = ctx.stamp(at);
-            let mut results = Vec::with_capacity(found.len());
-            let mut touched: BTreeMap<ConversationId, Vec<(Seq, MessageId, UserId)>> =
-                BTreeMap::new();
-            for m in &found {
-                let membership = &memberships[&m.conversation];
-                if m.sender == user || !membership.contains(m.seq) {
-                    results.push(DeliveryResult {
-                        message: m.id,
-                        outcome: DeliveryOutcome::NotARecipient,
-                        delivered_at: None,
-                    });
-                    continue;
+            let mut results = HashMap::with_capacity(ids.len());
+            for (c, msgs) in by_conv {
+                let membership = &memberships[&c];
+                let wm = ctx.t.watermark(&c, &user)?;
+                let mut seqs: Vec<Seq> = msgs.iter().map(|m| m.seq).collect();
+                seqs.sort_unstable();
+                let facts = ctx.t.track(&c, &user, &seqs, wm)?;
+                let mut new = Vec::new();
+                let mut touched = Vec::new();
+                for m in msgs {
+                    let read_at = (wm.seq >= m.seq)
+                        .then(|| Track::covering(&facts.read, m.seq))
+                        .flatten();
+                    let delivered_at = facts.delivered.delivered_at(m.seq);
+                    let result = match domain::judge_delivery(
+                        user,
+                        membership,
+                        m.sender,
+                        m.seq,
+                        delivered_at,
+                        read_at,
+                    ) {
+                        Delivery::NotARecipient => DeliveryResult::not_a_recipient(m.id),
+                        Delivery::Already(t) => DeliveryResult::already(m.id, t),
+                        Delivery::Record => {
+                            new.push(m.seq);
+                            touched.push((m.seq, m.id, m.sender));
+                            DeliveryResult::recorded(m.id, at)
+                        }
+                    };
+                    results.insert(m.id, result);
                 }
-                let existing = ctx.t.delivered_at(&m.conversation, &user, m.seq)?;
-                let wm = ctx.t.watermark(&m.conversation, &user)?;
-                let read_at = if wm.seq >= m.seq {
-                    Tables::first_covering(&ctx.t.read_hist, &m.conversation, &user, m.seq)?
-                        .map(|(_, at)| at)
-                } else {
-                    None
-                };
-                let earlier = match (existing, read_at) {
-                    (Some(d), Some(r)) => Some(d.min(r)),
-                    (d, r) => d.or(r),
-                };
-                if let Some(t) = earlier {
-                    results.push(DeliveryResult {
-                        message: m.id,
-                        outcome: DeliveryOutcome::AlreadyDelivered,
-                        delivered_at: Some(t),
-                    });
-                    continue;
-                }
-                put(
-                    &mut ctx.t.delivered,
-                    &k3(&m.conversation, &user, m.seq),
-                    &at.to_be_bytes(),
-                )?;
-                touched
-                    .entry(m.conversation)
-                    .or_default()
-                    .push((m.seq, m.id, m.sender));
-                results.push(DeliveryResult {
-                    message: m.id,
-                    outcome: DeliveryOutcome::Recorded,
-                    delivered_at: Some(at),
-                });
+                ctx.record_runs(&c, &user, membership, new, at)?;
+                ctx.touch(&c, touched)?;
             }
-            for (c, msgs) in touched {
-                ctx.touch(&c, msgs)?;
-            }
-            Ok(results)
+            Ok(ids.iter().map(|id| results[id]).collect())
         })
         .await
     }
@@ -1546,7 +1744,7 @@ mod tests {
         MESSAGES,
         CONV_MSGS,
         SENDER_MSGS,
-        DELIVERED,
+        RUNS,
         WATERMARKS,
         READ_HIST,
         PUBLIC_HIST,
@@ -1708,14 +1906,14 @@ mod tests {
             let db = Database::create(dir.path().join("receipts.redb")).expect("db");
             let txn = db.begin_write().expect("write");
             {
-                let mut new = txn.open_table(DELIVERED).expect("new");
-                let (k, v) = {
-                    let (k, v) = new.first().expect("read").expect("one delivery");
-                    (k.value().to_vec(), v.value().to_vec())
+                let mut runs = txn.open_table(RUNS).expect("runs");
+                let k = {
+                    let (k, _) = runs.first().expect("read").expect("one delivery");
+                    k.value().to_vec()
                 };
-                new.remove(k.as_slice()).expect("remove");
+                runs.remove(k.as_slice()).expect("remove");
                 let mut old = txn.open_table(DELIVERED_V1).expect("old");
-                old.insert(k2(&m, &b).as_slice(), v.as_slice())
+                old.insert(k2(&m, &b).as_slice(), 1_000i64.to_be_bytes().as_slice())
                     .expect("insert");
             }
             txn.commit().expect("commit");
@@ -1724,10 +1922,9 @@ mod tests {
         let states = store.receipts(b, c, vec![m], true).await.expect("receipts");
         assert_eq!(states[0].recipients[0].delivered_at, Some(1_000));
         let txn = store.db.begin_read().expect("read");
-        assert!(
-            txn.open_table(DELIVERED_V1).is_err(),
-            "the old table is dropped"
-        );
+        for old in [DELIVERED_V1, DELIVERED_V2] {
+            assert!(txn.open_table(old).is_err(), "the old tables are dropped");
+        }
         drop(txn);
         store.shutdown().await;
     }
@@ -1785,6 +1982,197 @@ mod tests {
                 assert_eq!(r.delivered_at, delivered_at, "seq {seq}");
             }
         }
+        store.shutdown().await;
+    }
+
+    fn run_rows(store: &EmbeddedStore) -> Vec<Run> {
+        let txn = store.db.begin_read().expect("read");
+        let runs = txn.open_table(RUNS).expect("runs");
+        runs.iter()
+            .expect("iter")
+            .map(|e| {
+                let (k, v) = e.expect("row");
+                run_from(k.value(), v.value())
+            })
+            .collect()
+    }
+
+    /// A MarkDelivered costs one stored row whether it covers one message or
+    /// ten thousand, and messages of the caller's own in between do not
+    /// split it.
+    #[tokio::test]
+    async fn mark_delivered_writes_the_same_rows_for_1_or_10000_messages() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EmbeddedStore::open(dir.path(), options()).expect("open");
+        let mut deltas = Vec::new();
+        for n in [1u64, 10_000] {
+            let (c, a, b, _) = conversation_with(&store, 0).await;
+            // a sends every message but each tenth, which b sends.
+            let msgs: Vec<Message> = (1..=n)
+                .map(|seq| Message {
+                    id: Uuid::now_v7(),
+                    conversation: c,
+                    seq,
+                    sender: if seq % 10 == 0 { b } else { a },
+                    sent_at: 1,
+                })
+                .collect();
+            for chunk in msgs.chunks(1000) {
+                store
+                    .register_messages(chunk.to_vec())
+                    .await
+                    .expect("register");
+            }
+            let before = state_rows(&store);
+            let all: Vec<MessageId> = msgs.iter().map(|m| m.id).collect();
+            let results = store.mark_delivered(b, all, 1_000).await.expect("deliver");
+            let recorded = results
+                .iter()
+                .filter(|r| r.outcome == DeliveryOutcome::Recorded)
+                .count() as u64;
+            assert_eq!(recorded, n - n / 10);
+            deltas.push(state_rows(&store) - before);
+            let states = store
+                .receipts(a, c, vec![msgs[0].id, msgs[msgs.len() - 1].id], true)
+                .await
+                .expect("receipts");
+            assert!(
+                states
+                    .iter()
+                    .all(|s| s.message.sender == b || s.recipients[0].delivered_at == Some(1_000))
+            );
+        }
+        assert_eq!(deltas, vec![1, 1], "rows written for 1 and 10,000 messages");
+        store.shutdown().await;
+    }
+
+    /// A message registered at a seq inside a run written before it existed
+    /// is not delivered by that run; the messages around it stay delivered.
+    #[tokio::test]
+    async fn a_message_registered_late_inside_a_run_is_not_delivered() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EmbeddedStore::open(dir.path(), options()).expect("open");
+        let (c, a, b, _) = conversation_with(&store, 0).await;
+        let msg = |seq| Message {
+            id: Uuid::now_v7(),
+            conversation: c,
+            seq,
+            sender: a,
+            sent_at: 1,
+        };
+        let early: Vec<Message> = [1, 2, 4, 5].into_iter().map(msg).collect();
+        store
+            .register_messages(early.clone())
+            .await
+            .expect("register");
+        store
+            .mark_delivered(b, early.iter().map(|m| m.id).collect(), 1_000)
+            .await
+            .expect("deliver");
+        assert_eq!(run_rows(&store).len(), 1, "1..=5 is one run");
+        let late = msg(3);
+        store
+            .register_messages(vec![late])
+            .await
+            .expect("register late");
+        let ids: Vec<MessageId> = early.iter().map(|m| m.id).chain([late.id]).collect();
+        let states = store.receipts(b, c, ids, true).await.expect("receipts");
+        for s in &states {
+            let expected = (s.message.seq != 3).then_some(1_000);
+            assert_eq!(
+                s.recipients[0].delivered_at, expected,
+                "seq {}",
+                s.message.seq
+            );
+        }
+        // Delivering it now joins nothing (another time) and overlaps nothing.
+        let r = store
+            .mark_delivered(b, vec![late.id], 2_000)
+            .await
+            .expect("deliver late");
+        assert_eq!(r[0].outcome, DeliveryOutcome::Recorded);
+        let runs = run_rows(&store);
+        assert_eq!(runs.len(), 3, "{runs:?}");
+        for w in runs.windows(2) {
+            assert!(w[0].last < w[1].first, "{runs:?}");
+        }
+        store.shutdown().await;
+    }
+
+    /// A data directory with one delivery row per message per recipient opens
+    /// with the same states, its deliveries folded into runs.
+    #[tokio::test]
+    async fn deliveries_one_row_per_message_are_folded_into_runs_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EmbeddedStore::open(dir.path(), options()).expect("open");
+        let (c, a, b, _) = conversation_with(&store, 0).await;
+        // seqs 1..=9 from a, but 5 from b (b's own message).
+        let msgs: Vec<Message> = (1..=9)
+            .map(|seq| Message {
+                id: Uuid::now_v7(),
+                conversation: c,
+                seq,
+                sender: if seq == 5 { b } else { a },
+                sent_at: 1,
+            })
+            .collect();
+        store
+            .register_messages(msgs.clone())
+            .await
+            .expect("register");
+        store.shutdown().await;
+        drop(store);
+        // b's deliveries as the second layout kept them: 1..=4 and 6 at one
+        // time, 7 at another, 9 at the first again (8 undelivered).
+        let rows = [
+            (1, 10),
+            (2, 10),
+            (3, 10),
+            (4, 10),
+            (6, 10),
+            (7, 20),
+            (9, 10),
+        ];
+        {
+            let db = Database::create(dir.path().join("receipts.redb")).expect("db");
+            let txn = db.begin_write().expect("write");
+            {
+                let mut old = txn.open_table(DELIVERED_V2).expect("old");
+                for (seq, at) in rows {
+                    old.insert(
+                        k3(&c, &b, seq).as_slice(),
+                        (at as i64).to_be_bytes().as_slice(),
+                    )
+                    .expect("insert");
+                }
+            }
+            txn.commit().expect("commit");
+        }
+        let store = EmbeddedStore::open(dir.path(), options()).expect("reopen");
+        let runs: Vec<(Seq, Seq, Millis)> = run_rows(&store)
+            .iter()
+            .map(|r| (r.first, r.last, r.at))
+            .collect();
+        assert_eq!(runs, vec![(1, 6, 10), (7, 7, 20), (9, 9, 10)]);
+        let ids: Vec<MessageId> = msgs.iter().map(|m| m.id).collect();
+        let states = store.receipts(a, c, ids, true).await.expect("receipts");
+        for s in states.iter().filter(|s| s.message.sender == a) {
+            let expected = rows
+                .iter()
+                .find(|r| r.0 == s.message.seq)
+                .map(|r| r.1 as Millis);
+            assert_eq!(
+                s.recipients[0].delivered_at, expected,
+                "seq {}",
+                s.message.seq
+            );
+        }
+        let txn = store.db.begin_read().expect("read");
+        assert!(
+            txn.open_table(DELIVERED_V2).is_err(),
+            "the old table is dropped"
+        );
+        drop(txn);
         store.shutdown().await;
     }
 }

@@ -19,6 +19,7 @@ use crate::domain::{
     self, Aggregate, Delivery, EventBody, Membership, Message, ReadWatermark, RecipientFacts, Run,
     Runs, WatermarkAdvance,
 };
+use crate::fanout::{self, Window, Windows};
 use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -59,8 +60,6 @@ const META_NEXT_OFFSET: &[u8] = b"next_offset";
 const META_TRIMMED_TO: &[u8] = b"trimmed_to";
 const META_SENDER_COUNTER: &[u8] = b"sender_counter";
 
-/// Most messages carried by one event; larger updates are split.
-const MAX_MESSAGES_PER_EVENT: usize = 500;
 /// Most jobs committed together.
 const MAX_BATCH: usize = 512;
 /// Most trimmed log entries per commit (keeps commits short).
@@ -613,14 +612,6 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
     }
 }
 
-/// A group conversation's open aggregation window.
-#[derive(Clone, Copy, Debug)]
-struct Window {
-    lo: Seq,
-    hi: Seq,
-    deadline: Instant,
-}
-
 /// State owned by the writer thread.
 struct WriterState {
     /// The last time stamped on a write: times follow commit order.
@@ -628,7 +619,7 @@ struct WriterState {
     next_offset: u64,
     trimmed_to: u64,
     sender_counter: u64,
-    windows: HashMap<ConversationId, Window>,
+    windows: Windows,
     options: EmbeddedOptions,
 }
 
@@ -710,13 +701,7 @@ impl WriteCtx<'_, '_> {
             .conversation(c)?
             .is_some_and(|meta| meta.member_count > 2);
         if group {
-            let w = self.st.windows.entry(*c).or_insert(Window {
-                lo,
-                hi,
-                deadline: Instant::now() + self.st.options.group_window,
-            });
-            w.lo = w.lo.min(lo);
-            w.hi = w.hi.max(hi);
+            let w = self.st.windows.touch(*c, lo, hi);
             let v = [w.lo.to_be_bytes(), w.hi.to_be_bytes()].concat();
             put(&mut self.t.pending, &k1(c), &v)?;
             return Ok(());
@@ -737,24 +722,9 @@ impl WriteCtx<'_, '_> {
         for (_, id, _) in msgs {
             found.extend(self.t.message(&id)?);
         }
-        let mut by_sender: BTreeMap<UserId, Vec<domain::MessageState>> = BTreeMap::new();
-        for state in self.t.states(ctx, &found, |m| m.sender, !group)? {
-            by_sender
-                .entry(state.message.sender)
-                .or_default()
-                .push(state);
-        }
-        for (sender, states) in by_sender {
-            for chunk in states.chunks(MAX_MESSAGES_PER_EVENT) {
-                self.emit(
-                    sender,
-                    EventBody::Receipts {
-                        conversation: ctx.conversation,
-                        group,
-                        messages: chunk.to_vec(),
-                    },
-                )?;
-            }
+        let states = self.t.states(ctx, &found, |m| m.sender, !group)?;
+        for (sender, body) in fanout::receipt_events(ctx.conversation, group, states) {
+            self.emit(sender, body)?;
         }
         Ok(())
     }
@@ -767,16 +737,7 @@ impl WriteCtx<'_, '_> {
     }
 
     fn flush_due_windows(&mut self, all: bool) -> StoreResult<()> {
-        let now = Instant::now();
-        let due: Vec<(ConversationId, Window)> = self
-            .st
-            .windows
-            .iter()
-            .filter(|(_, w)| all || w.deadline <= now)
-            .map(|(c, w)| (*c, *w))
-            .collect();
-        for (c, w) in due {
-            self.st.windows.remove(&c);
+        for (c, w) in self.st.windows.take_due(all) {
             self.flush_window(&c, w)?;
         }
         Ok(())
@@ -993,16 +954,16 @@ impl EmbeddedStore {
             let next_offset = t.meta_u64(META_NEXT_OFFSET)?.max(1);
             let trimmed_to = t.meta_u64(META_TRIMMED_TO)?;
             let sender_counter = t.meta_u64(META_SENDER_COUNTER)?;
-            let mut pending = HashMap::new();
+            let mut pending = Windows::new(options.group_window);
             for entry in t.pending.iter().map_err(storage)? {
                 let (k, v) = entry.map_err(storage)?;
                 // Windows left open by a stop or crash are flushed right away.
-                pending.insert(
+                pending.restore(
                     uuid_at(k.value(), 0),
                     Window {
                         lo: u64_at(v.value(), 0),
                         hi: u64_at(v.value(), 8),
-                        deadline: Instant::now(),
+                        deadline: tokio::time::Instant::now(),
                     },
                 );
             }
@@ -1230,12 +1191,11 @@ fn writer_loop(db: Arc<Database>, hub: Arc<Hub>, mut st: WriterState, rx: std_mp
     loop {
         let mut jobs: Vec<Job> = Vec::new();
         if !closed {
-            let next_deadline = st.windows.values().map(|w| w.deadline).min();
-            let first = match next_deadline {
+            let first = match st.windows.next_deadline() {
                 None => rx
                     .recv()
                     .map_err(|_| std_mpsc::RecvTimeoutError::Disconnected),
-                Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
+                Some(d) => rx.recv_timeout(d.into_std().saturating_duration_since(Instant::now())),
             };
             match first {
                 Ok(job) => jobs.push(job),

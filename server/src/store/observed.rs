@@ -8,7 +8,7 @@ use super::{
     ReadResult, ReceiptStore, Replay, ReplayFrom, StoreResult, UnreadCount,
 };
 use crate::domain::{ConversationId, MessageId, MessageState, Millis, UserId};
-use crate::live::Hub;
+use crate::fanout::Hub;
 use crate::metrics::{Metrics, StoreErrorLabels, StoreLabels};
 use async_trait::async_trait;
 use std::future::Future;

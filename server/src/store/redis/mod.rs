@@ -37,7 +37,7 @@ use crate::domain::{
     MessageState, Millis, ReadWatermark, RecipientFacts, Seq, UserId,
 };
 use crate::error::ServiceError;
-use crate::live::Hub;
+use crate::fanout::{self, Hub, Windows};
 use async_trait::async_trait;
 use keys::Keys;
 use redis::aio::ConnectionLike;
@@ -50,8 +50,6 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-/// Most messages in one event (as in the embedded store).
-const MAX_MESSAGES_PER_EVENT: usize = 500;
 /// A group window lists up to this many messages of one write by id, more
 /// as a seq range.
 const WINDOW_IDS: usize = 100;
@@ -386,8 +384,9 @@ struct Inner {
     scylla: ScyllaPersistence,
     opts: RedisOptions,
     hub: Arc<Hub>,
-    /// Group windows this node opened: conversation -> deadline.
-    windows: Mutex<HashMap<ConversationId, Instant>>,
+    /// Timers of the group windows this node opened (what changed is kept
+    /// in Redis, in the window key, so any node can flush it).
+    windows: Mutex<Windows>,
     healthy: AtomicBool,
     /// Whether Scylla answered the last probe (for metrics and logs; health
     /// does not depend on it).
@@ -429,6 +428,7 @@ impl RedisStore {
     /// starts the bus listener, the window timer, the flusher and the health
     /// probe.
     pub async fn open(opts: RedisOptions) -> StoreResult<Self> {
+        let group_window = opts.group_window;
         let conn = if opts.cluster {
             let client =
                 redis::cluster::ClusterClient::new(opts.redis_urls.clone()).map_err(redis_err)?;
@@ -461,7 +461,7 @@ impl RedisStore {
             bus_url: opts.redis_urls[0].clone(),
             opts,
             hub,
-            windows: Mutex::new(HashMap::new()),
+            windows: Mutex::new(Windows::new(group_window)),
             healthy: AtomicBool::new(true),
             scylla_up: AtomicBool::new(true),
             scylla_down_since: std::sync::atomic::AtomicU64::new(0),
@@ -1443,8 +1443,7 @@ impl Inner {
     /// Opens (or keeps) this node's timer for `c`'s group window.
     fn schedule_window(&self, c: ConversationId) {
         let mut w = self.windows.lock().unwrap_or_else(|e| e.into_inner());
-        w.entry(c)
-            .or_insert_with(|| Instant::now() + self.opts.group_window);
+        w.touch(c, 0, 0);
     }
 
     /// Flushes `c`'s group window: one summary per sender with absolute counts.
@@ -1488,7 +1487,7 @@ impl Inner {
                 .copied()
                 .collect();
             let mut states = Vec::with_capacity(msgs.len());
-            for chunk in msgs.chunks(MAX_MESSAGES_PER_EVENT) {
+            for chunk in msgs.chunks(fanout::MAX_MESSAGES_PER_EVENT) {
                 let aggregates = self.aggregates(c, None, chunk).await?;
                 states.extend(counted_states(chunk.to_vec(), aggregates));
             }
@@ -2050,28 +2049,9 @@ fn emit_states(view: &View, plan: &mut Plan, ids: &[MessageId], group: bool) {
     emit(plan, view.c, group, states);
 }
 
-/// Adds one event per sender of `states` (in seq order, split into chunks).
-fn emit(plan: &mut Plan, c: ConversationId, group: bool, mut states: Vec<MessageState>) {
-    states.sort_by_key(|s| s.message.seq);
-    let mut by_sender: BTreeMap<UserId, Vec<MessageState>> = BTreeMap::new();
-    for state in states {
-        by_sender
-            .entry(state.message.sender)
-            .or_default()
-            .push(state);
-    }
-    for (sender, states) in by_sender {
-        for chunk in states.chunks(MAX_MESSAGES_PER_EVENT) {
-            plan.events.push((
-                sender,
-                EventBody::Receipts {
-                    conversation: c,
-                    group,
-                    messages: chunk.to_vec(),
-                },
-            ));
-        }
-    }
+/// Adds the events that tell the senders of `states` their new states.
+fn emit(plan: &mut Plan, c: ConversationId, group: bool, states: Vec<MessageState>) {
+    plan.events.extend(fanout::receipt_events(c, group, states));
 }
 
 /// Counts-only states of `msgs` (see `counts.rs`).
@@ -2208,20 +2188,11 @@ async fn window_loop(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
             _ = tokio::time::sleep(tick) => {}
             _ = stopped(&mut stop) => return,
         }
-        let now = Instant::now();
-        let due: Vec<ConversationId> = {
+        let due = {
             let mut w = inner.windows.lock().unwrap_or_else(|e| e.into_inner());
-            let due: Vec<ConversationId> = w
-                .iter()
-                .filter(|(_, d)| **d <= now)
-                .map(|(c, _)| *c)
-                .collect();
-            for c in &due {
-                w.remove(c);
-            }
-            due
+            w.take_due(false)
         };
-        for c in due {
+        for (c, _) in due {
             if let Err(e) = inner.flush_window(&c).await {
                 tracing::warn!(conversation = %c, error = %e, "group window flush failed; retrying");
                 inner.schedule_window(c);
@@ -2913,7 +2884,7 @@ impl ReceiptStore for RedisStore {
         // stop the background tasks.
         let open: Vec<ConversationId> = {
             let mut w = self.inner.windows.lock().unwrap_or_else(|e| e.into_inner());
-            w.drain().map(|(c, _)| c).collect()
+            w.take_due(true).into_iter().map(|(c, _)| c).collect()
         };
         for c in open {
             if let Err(e) = self.inner.flush_window(&c).await {

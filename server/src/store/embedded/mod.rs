@@ -1,0 +1,607 @@
+//! The embedded default store: one redb file in a data directory.
+//!
+//! Why redb: pure Rust (nothing to install, no C toolchain), ACID transactions
+//! with fsync on commit, MVCC so readers never block the writer, and a stable
+//! file format. See `docs/storage-embedded.md`.
+//!
+//! Writes go through one writer thread that applies queued jobs in a single
+//! transaction and commits once (group commit): every job in the batch is
+//! acknowledged only after the fsync, so an acknowledged write survives
+//! `kill -9`. Each job validates before it writes, so a rejected job leaves
+//! nothing behind even though it shares the transaction. Reads use their own
+//! snapshot transactions on the blocking thread pool.
+//!
+//! Keys are fixed-width big-endian byte strings (`uuid ‖ uuid ‖ seq`), so
+//! range scans give seq order. Values are postcard-encoded.
+//!
+//! Files: `tables.rs` (tables, keys, the reads that load facts), `writer.rs`
+//! (the writer thread and what a job writes), `migrate.rs` (earlier formats),
+//! this file (opening, and the calls).
+
+use super::*;
+use crate::domain::{
+    self, Aggregate, Delivery, EventBody, Membership, Message, ReadWatermark, RecipientFacts, Run,
+    Runs, WatermarkAdvance,
+};
+use crate::fanout::{self, Window, Windows};
+use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+#[macro_use]
+mod tables;
+mod migrate;
+#[cfg(test)]
+mod tests;
+mod writer;
+
+use migrate::migrate_to_runs;
+use tables::*;
+use writer::*;
+
+/// Settings of the embedded store.
+#[derive(Clone, Debug)]
+pub struct EmbeddedOptions {
+    /// Group aggregation window.
+    pub group_window: Duration,
+    /// Events kept in the replay log (older ones are trimmed).
+    pub log_retention: u64,
+    /// Buffered events per live subscriber.
+    pub subscriber_buffer: usize,
+    /// Memory for redb's page cache (its default, 1 GiB, is more than a
+    /// one-process default should take).
+    pub cache_bytes: usize,
+}
+
+/// The embedded store. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+    jobs: std::sync::Mutex<Option<std_mpsc::Sender<Job>>>,
+    writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    hub: Arc<Hub>,
+    epoch: u64,
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path, options: EmbeddedOptions) -> StoreResult<Self> {
+        std::fs::create_dir_all(dir).map_err(storage)?;
+        let db = redb::Builder::new()
+            .set_cache_size(options.cache_bytes)
+            .create(dir.join("receipts.redb"))
+            .map_err(storage)?;
+        let txn = db.begin_write().map_err(storage)?;
+        let (epoch, next_offset, trimmed_to, sender_counter, pending) = {
+            let mut t = open_tables!(txn);
+            let epoch = match get_bytes(&t.meta, META_EPOCH)? {
+                Some(b) => u64_at(&b, 0),
+                None => {
+                    let e: u64 = rand::random::<u64>() >> 1;
+                    put(&mut t.meta, META_EPOCH, &e.to_be_bytes())?;
+                    e
+                }
+            };
+            let next_offset = t.meta_u64(META_NEXT_OFFSET)?.max(1);
+            let trimmed_to = t.meta_u64(META_TRIMMED_TO)?;
+            let sender_counter = t.meta_u64(META_SENDER_COUNTER)?;
+            let mut pending = Windows::new(options.group_window);
+            for entry in t.pending.iter().map_err(storage)? {
+                let (k, v) = entry.map_err(storage)?;
+                // Windows left open by a stop or crash are flushed right away.
+                pending.restore(
+                    uuid_at(k.value(), 0),
+                    Window {
+                        lo: u64_at(v.value(), 0),
+                        hi: u64_at(v.value(), 8),
+                        deadline: tokio::time::Instant::now(),
+                    },
+                );
+            }
+            (epoch, next_offset, trimmed_to, sender_counter, pending)
+        };
+        migrate_to_runs(&txn)?;
+        txn.commit().map_err(storage)?;
+        let db = Arc::new(db);
+        let hub = Hub::new(options.subscriber_buffer);
+        let state = WriterState {
+            last_stamp: 0,
+            next_offset,
+            trimmed_to,
+            sender_counter,
+            windows: pending,
+            options,
+        };
+        let (tx, rx) = std_mpsc::channel::<Job>();
+        let writer = {
+            let db = db.clone();
+            let hub = hub.clone();
+            std::thread::Builder::new()
+                .name("receipts-writer".into())
+                .spawn(move || writer_loop(db, hub, state, rx))
+                .map_err(storage)?
+        };
+        Ok(Self {
+            db,
+            jobs: std::sync::Mutex::new(Some(tx)),
+            writer: std::sync::Mutex::new(Some(writer)),
+            hub,
+            epoch,
+        })
+    }
+
+    /// Runs `f` in the writer's next transaction and waits for the commit.
+    async fn write<R, F>(&self, f: F) -> StoreResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut WriteCtx<'_, '_>) -> StoreResult<R> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel::<StoreResult<R>>();
+        let job: Job = Box::new(move |ctx| {
+            let result = f(ctx);
+            let fatal = matches!(
+                result,
+                Err(ServiceError::Unavailable { .. } | ServiceError::Internal(_))
+            );
+            let done: Completion = Box::new(move |commit: StoreResult<()>| {
+                let out = match (result, commit) {
+                    (Err(e), _) => Err(e),
+                    (Ok(_), Err(e)) => Err(e),
+                    (Ok(r), Ok(())) => Ok(r),
+                };
+                let _ = tx.send(out);
+            });
+            (done, fatal)
+        });
+        let sender = self
+            .jobs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        match sender {
+            Some(s) if s.send(job).is_ok() => {}
+            _ => {
+                return Err(ServiceError::Unavailable {
+                    message: "store is shutting down".into(),
+                });
+            }
+        }
+        rx.await.map_err(|_| ServiceError::Unavailable {
+            message: "store writer stopped".into(),
+        })?
+    }
+
+    /// Runs `f` on a read snapshot on the blocking pool.
+    async fn read<R, F>(&self, f: F) -> StoreResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Tables<redb::ReadOnlyTable<Bytes, Bytes>>) -> StoreResult<R> + Send + 'static,
+    {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_read().map_err(storage)?;
+            let t = open_tables!(txn);
+            f(&t)
+        })
+        .await
+        .map_err(|e| ServiceError::Internal(format!("read task failed: {e}")))?
+    }
+}
+
+fn dedup<T: Copy + Eq + std::hash::Hash>(items: Vec<T>) -> Vec<T> {
+    let mut seen = HashSet::new();
+    items.into_iter().filter(|x| seen.insert(*x)).collect()
+}
+
+#[async_trait]
+impl ReceiptStore for EmbeddedStore {
+    async fn create_conversation(
+        &self,
+        conversation: ConversationId,
+        members: Vec<UserId>,
+    ) -> StoreResult<bool> {
+        self.write(move |ctx| {
+            let members = dedup(members);
+            if ctx.t.conversation(&conversation)?.is_some() {
+                let existing: HashSet<UserId> = ctx
+                    .t
+                    .members(&conversation)?
+                    .into_iter()
+                    .filter(|(_, m)| m.is_current())
+                    .map(|(u, _)| u)
+                    .collect();
+                if existing == members.iter().copied().collect() {
+                    return Ok(false);
+                }
+                return Err(ServiceError::AlreadyExists {
+                    field: "conversation_id".into(),
+                    reason: format!("conversation {conversation} exists with other members"),
+                });
+            }
+            let meta = ConversationMeta {
+                created_at: domain::now_millis(),
+                member_count: members.len() as u64,
+            };
+            put(&mut ctx.t.convs, &k1(&conversation), &encode(&meta))?;
+            for u in &members {
+                put(
+                    &mut ctx.t.members,
+                    &k2(&conversation, u),
+                    &encode(&Membership::joined(1)),
+                )?;
+                put(&mut ctx.t.user_convs, &k2(u, &conversation), &[])?;
+            }
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn add_members(
+        &self,
+        conversation: ConversationId,
+        changes: Vec<MemberChange>,
+    ) -> StoreResult<MembershipResult> {
+        self.change_members(conversation, changes, true).await
+    }
+
+    async fn remove_members(
+        &self,
+        conversation: ConversationId,
+        changes: Vec<MemberChange>,
+    ) -> StoreResult<MembershipResult> {
+        self.change_members(conversation, changes, false).await
+    }
+
+    async fn register_messages(&self, messages: Vec<NewMessage>) -> StoreResult<u64> {
+        self.write(move |ctx| {
+            // Validate the whole batch before writing anything.
+            let mut fresh = Vec::new();
+            for (i, m) in distinct_registrations(&messages)? {
+                if ctx.t.conversation(&m.conversation)?.is_none() {
+                    return Err(ServiceError::not_found(
+                        format!("messages[{i}].conversation_id"),
+                        "conversation",
+                        m.conversation,
+                    ));
+                }
+                let existing = ctx.t.message(&m.id)?;
+                let seq_taken_by = get_bytes(&ctx.t.conv_msgs, &k_seq(&m.conversation, m.seq))?
+                    .map(|b| uuid_at(&b, 0));
+                let sender_is_member = ctx
+                    .t
+                    .membership(&m.conversation, &m.sender)?
+                    .is_some_and(|ms| ms.contains(m.seq));
+                if judge_registration(i, &m, existing, seq_taken_by, sender_is_member)? {
+                    fresh.push(m);
+                }
+            }
+            for m in &fresh {
+                if ctx.t.last_seq(&m.conversation)? > m.seq {
+                    ctx.split_runs_at(&m.conversation, m.seq)?;
+                }
+                put(&mut ctx.t.messages, &k1(&m.id), &encode(m))?;
+                let v = k2(&m.id, &m.sender);
+                put(&mut ctx.t.conv_msgs, &k_seq(&m.conversation, m.seq), &v)?;
+                ctx.st.sender_counter += 1;
+                put(
+                    &mut ctx.t.sender_msgs,
+                    &k_seq(&m.sender, ctx.st.sender_counter),
+                    &k1(&m.id),
+                )?;
+            }
+            Ok(fresh.len() as u64)
+        })
+        .await
+    }
+
+    async fn mark_delivered(
+        &self,
+        user: UserId,
+        messages: Vec<MessageId>,
+        at: Millis,
+    ) -> StoreResult<Vec<DeliveryResult>> {
+        self.write(move |ctx| {
+            let ids = dedup(messages);
+            let mut by_conv: BTreeMap<ConversationId, Vec<Message>> = BTreeMap::new();
+            let mut memberships: HashMap<ConversationId, Membership> = HashMap::new();
+            for id in &ids {
+                let Some(m) = ctx.t.message(id)? else {
+                    return Err(ServiceError::not_found("message_ids", "message", id));
+                };
+                if let std::collections::hash_map::Entry::Vacant(e) =
+                    memberships.entry(m.conversation)
+                {
+                    e.insert(ctx.t.authorize(&m.conversation, &user, "message_ids")?);
+                }
+                by_conv.entry(m.conversation).or_default().push(m);
+            }
+            let at = ctx.stamp(at);
+            let mut results = HashMap::with_capacity(ids.len());
+            for (c, msgs) in by_conv {
+                let membership = &memberships[&c];
+                let wm = ctx.t.watermark(&c, &user)?;
+                let mut seqs: Vec<Seq> = msgs.iter().map(|m| m.seq).collect();
+                seqs.sort_unstable();
+                let facts = ctx.t.track(&c, &user, &seqs, wm)?;
+                let mut new = Vec::new();
+                let mut touched = Vec::new();
+                for m in msgs {
+                    let read_at = (wm.seq >= m.seq)
+                        .then(|| Track::covering(&facts.read, m.seq))
+                        .flatten();
+                    let delivered_at = facts.delivered.delivered_at(m.seq);
+                    let result = match domain::judge_delivery(
+                        user,
+                        membership,
+                        m.sender,
+                        m.seq,
+                        delivered_at,
+                        read_at,
+                    ) {
+                        Delivery::NotARecipient => DeliveryResult::not_a_recipient(m.id),
+                        Delivery::Already(t) => DeliveryResult::already(m.id, t),
+                        Delivery::Record => {
+                            new.push(m.seq);
+                            touched.push((m.seq, m.id, m.sender));
+                            DeliveryResult::recorded(m.id, at)
+                        }
+                    };
+                    results.insert(m.id, result);
+                }
+                ctx.record_runs(&c, &user, membership, new, at)?;
+                ctx.touch(&c, touched)?;
+            }
+            Ok(ids.iter().map(|id| results[id]).collect())
+        })
+        .await
+    }
+
+    async fn mark_read_up_to(
+        &self,
+        user: UserId,
+        conversation: ConversationId,
+        message: MessageId,
+        at: Millis,
+    ) -> StoreResult<ReadResult> {
+        self.write(move |ctx| {
+            let membership = ctx.t.authorize(&conversation, &user, "conversation_id")?;
+            let Some(m) = ctx.t.message(&message)? else {
+                return Err(ServiceError::not_found("message_id", "message", message));
+            };
+            if m.conversation != conversation {
+                return Err(ServiceError::invalid(
+                    "message_id",
+                    format!("message {message} belongs to another conversation"),
+                ));
+            }
+            let at = ctx.stamp(at);
+            ctx.apply_read(&user, &conversation, &membership, m.seq, at)
+        })
+        .await
+    }
+
+    async fn mark_conversations_read(
+        &self,
+        user: UserId,
+        conversations: Vec<ConversationId>,
+        at: Millis,
+    ) -> StoreResult<Vec<ConversationRead>> {
+        self.write(move |ctx| {
+            let at = ctx.stamp(at);
+            let mut out = Vec::new();
+            for c in dedup(conversations) {
+                let none = ReadResult {
+                    read_up_to: 0,
+                    advanced: false,
+                    unread: 0,
+                };
+                let (outcome, read) = match ctx.t.authorize(&c, &user, "conversation_ids") {
+                    Ok(membership) => {
+                        let last = ctx.t.last_seq(&c)?;
+                        (
+                            ConversationOutcome::Ok,
+                            ctx.apply_read(&user, &c, &membership, last, at)?,
+                        )
+                    }
+                    Err(ServiceError::NotFound { .. }) => (ConversationOutcome::NotFound, none),
+                    Err(ServiceError::PermissionDenied(_)) => {
+                        (ConversationOutcome::PermissionDenied, none)
+                    }
+                    Err(e) => return Err(e),
+                };
+                out.push(ConversationRead {
+                    conversation: c,
+                    outcome,
+                    read,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn set_sharing(&self, user: UserId, sharing: bool) -> StoreResult<bool> {
+        self.write(move |ctx| {
+            put(&mut ctx.t.privacy, &k1(&user), &[u8::from(sharing)])?;
+            Ok(sharing)
+        })
+        .await
+    }
+
+    async fn sharing(&self, user: UserId) -> StoreResult<bool> {
+        self.read(move |t| t.sharing(&user)).await
+    }
+
+    async fn receipts(
+        &self,
+        viewer: UserId,
+        conversation: ConversationId,
+        messages: Vec<MessageId>,
+        include_recipients: bool,
+    ) -> StoreResult<Vec<MessageState>> {
+        self.read(move |t| {
+            t.authorize(&conversation, &viewer, "conversation_id")?;
+            let mut found = Vec::new();
+            for id in dedup(messages) {
+                match t.message(&id)? {
+                    Some(m) if m.conversation == conversation => found.push(m),
+                    Some(_) => {
+                        return Err(ServiceError::invalid(
+                            "message_ids",
+                            format!("message {id} belongs to another conversation"),
+                        ));
+                    }
+                    None => return Err(ServiceError::not_found("message_ids", "message", id)),
+                }
+            }
+            let ctx = t.context(&conversation)?;
+            t.states(&ctx, &found, |_| viewer, include_recipients)
+        })
+        .await
+    }
+
+    async fn unread_counts(
+        &self,
+        user: UserId,
+        conversations: Vec<ConversationId>,
+    ) -> StoreResult<Vec<UnreadCount>> {
+        self.read(move |t| {
+            let mut out = Vec::new();
+            for c in dedup(conversations) {
+                let mut r = UnreadCount {
+                    conversation: c,
+                    outcome: ConversationOutcome::Ok,
+                    unread: 0,
+                    read_up_to: 0,
+                    last_seq: 0,
+                };
+                match t.authorize(&c, &user, "conversation_ids") {
+                    Ok(membership) => {
+                        let wm = t.watermark(&c, &user)?;
+                        r.read_up_to = wm.seq;
+                        r.last_seq = t.last_seq(&c)?;
+                        r.unread = t.unread(&c, &user, wm.seq, &membership)?;
+                    }
+                    Err(ServiceError::NotFound { .. }) => r.outcome = ConversationOutcome::NotFound,
+                    Err(ServiceError::PermissionDenied(_)) => {
+                        r.outcome = ConversationOutcome::PermissionDenied
+                    }
+                    Err(e) => return Err(e),
+                }
+                out.push(r);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn replay(&self, user: UserId, from: ReplayFrom, max: usize) -> StoreResult<Replay> {
+        let epoch = self.epoch;
+        self.read(move |t| {
+            let head = Cursor {
+                epoch,
+                offset: t.meta_u64(META_NEXT_OFFSET)?.max(1) - 1,
+            };
+            let trimmed_to = t.meta_u64(META_TRIMMED_TO)?;
+            let reset = |reason| -> StoreResult<Replay> {
+                Ok(Replay::Reset {
+                    reason,
+                    snapshot: t.snapshot(&user)?,
+                    head,
+                })
+            };
+            let cursor = match from {
+                ReplayFrom::Live => {
+                    return Ok(Replay::Events {
+                        events: Vec::new(),
+                        head,
+                    });
+                }
+                ReplayFrom::Unparseable => return reset(ResetReason::Invalid),
+                ReplayFrom::Cursor(c) => c,
+            };
+            let after = match domain::replay_start(cursor, epoch, head.offset, trimmed_to) {
+                Ok(after) => after,
+                Err(reason) => return reset(reason),
+            };
+            let events = t.events_after(&user, after, max.saturating_add(1))?;
+            if domain::too_large(events.len(), max) {
+                return reset(ResetReason::TooLarge);
+            }
+            Ok(Replay::Events { events, head })
+        })
+        .await
+    }
+
+    fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    async fn shutdown(&self) {
+        let sender = self
+            .jobs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        drop(sender);
+        let handle = self
+            .writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+    }
+}
+
+impl EmbeddedStore {
+    async fn change_members(
+        &self,
+        conversation: ConversationId,
+        changes: Vec<MemberChange>,
+        join: bool,
+    ) -> StoreResult<MembershipResult> {
+        self.write(move |ctx| {
+            let Some(mut meta) = ctx.t.conversation(&conversation)? else {
+                return Err(ServiceError::not_found(
+                    "conversation_id",
+                    "conversation",
+                    conversation,
+                ));
+            };
+            let updated = fold_member_changes(&changes, join, |u| {
+                Ok(ctx.t.membership(&conversation, u)?.unwrap_or_default())
+            })?;
+            let mut lowest = Seq::MAX;
+            for (u, (ms, from)) in &updated {
+                put(&mut ctx.t.members, &k2(&conversation, u), &encode(ms))?;
+                put(&mut ctx.t.user_convs, &k2(u, &conversation), &[])?;
+                lowest = lowest.min(*from);
+            }
+            if join {
+                meta.member_count += updated.len() as u64;
+            } else {
+                meta.member_count = meta.member_count.saturating_sub(updated.len() as u64);
+            }
+            put(&mut ctx.t.convs, &k1(&conversation), &encode(&meta))?;
+            // Recipients of already registered messages at or after the change
+            // are now different: their counts change.
+            let last = ctx.t.last_seq(&conversation)?;
+            if !updated.is_empty() && lowest <= last {
+                let msgs = ctx.t.messages_between(&conversation, lowest, last)?;
+                ctx.touch(&conversation, msgs)?;
+            }
+            Ok(MembershipResult {
+                changed: updated.len() as u64,
+                member_count: meta.member_count,
+            })
+        })
+        .await
+    }
+}

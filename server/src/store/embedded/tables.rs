@@ -1,0 +1,615 @@
+//! Tables, keys and the reads that load facts (see docs/storage-embedded.md).
+
+use super::*;
+
+pub(super) type Bytes = &'static [u8];
+pub(super) type Def = TableDefinition<'static, Bytes, Bytes>;
+
+pub(super) const META: Def = TableDefinition::new("meta");
+pub(super) const CONVS: Def = TableDefinition::new("conversations");
+pub(super) const MEMBERS: Def = TableDefinition::new("members");
+pub(super) const USER_CONVS: Def = TableDefinition::new("user_conversations");
+pub(super) const MESSAGES: Def = TableDefinition::new("messages");
+pub(super) const CONV_MSGS: Def = TableDefinition::new("conversation_messages");
+pub(super) const SENDER_MSGS: Def = TableDefinition::new("sender_messages");
+/// Deliveries as runs (`conv ‖ user ‖ first seq` → `last seq ‖ time`), see
+/// [`domain::Run`].
+pub(super) const RUNS: Def = TableDefinition::new("delivery_runs");
+/// The second layout of deliveries (`conv ‖ user ‖ seq` → time, one row per
+/// message per recipient), folded into [`RUNS`] at open.
+pub(super) const DELIVERED_V2: Def = TableDefinition::new("delivered_by_recipient");
+/// The first layout of deliveries (`msg ‖ user`), moved to [`DELIVERED_V2`] at open.
+pub(super) const DELIVERED_V1: Def = TableDefinition::new("delivered");
+pub(super) const WATERMARKS: Def = TableDefinition::new("watermarks");
+pub(super) const READ_HIST: Def = TableDefinition::new("read_history");
+pub(super) const PUBLIC_HIST: Def = TableDefinition::new("public_read_history");
+pub(super) const PRIVACY: Def = TableDefinition::new("privacy");
+pub(super) const EVENTS: Def = TableDefinition::new("events");
+pub(super) const EVENT_INDEX: Def = TableDefinition::new("event_index");
+pub(super) const PENDING: Def = TableDefinition::new("pending_windows");
+
+pub(super) const META_EPOCH: &[u8] = b"epoch";
+pub(super) const META_NEXT_OFFSET: &[u8] = b"next_offset";
+pub(super) const META_TRIMMED_TO: &[u8] = b"trimmed_to";
+pub(super) const META_SENDER_COUNTER: &[u8] = b"sender_counter";
+
+/// Facts of a set of messages are read with range scans, one per member and
+/// table, when the set's seq span is below this many seqs per message;
+/// otherwise with point reads per message.
+pub(super) const DENSE_SPAN_PER_MESSAGE: u64 = 8;
+/// Messages and conversations in a reset snapshot.
+pub(super) const SNAPSHOT_MESSAGES: usize = 200;
+pub(super) const SNAPSHOT_CONVERSATIONS: usize = 500;
+
+pub(super) fn k1(a: &Uuid) -> [u8; 16] {
+    *a.as_bytes()
+}
+pub(super) fn k2(a: &Uuid, b: &Uuid) -> [u8; 32] {
+    let mut k = [0u8; 32];
+    k[..16].copy_from_slice(a.as_bytes());
+    k[16..].copy_from_slice(b.as_bytes());
+    k
+}
+pub(super) fn k_seq(a: &Uuid, seq: u64) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..16].copy_from_slice(a.as_bytes());
+    k[16..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+pub(super) fn k3(a: &Uuid, b: &Uuid, seq: u64) -> [u8; 40] {
+    let mut k = [0u8; 40];
+    k[..32].copy_from_slice(&k2(a, b));
+    k[32..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+pub(super) fn uuid_at(bytes: &[u8], at: usize) -> Uuid {
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&bytes[at..at + 16]);
+    Uuid::from_bytes(b)
+}
+pub(super) fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_be_bytes(b)
+}
+pub(super) fn i64_val(bytes: &[u8]) -> i64 {
+    u64_at(bytes, 0) as i64
+}
+
+pub(super) fn storage(e: impl std::fmt::Display) -> ServiceError {
+    tracing::error!(error = %e, "embedded store error");
+    ServiceError::Unavailable {
+        message: "embedded store error".into(),
+    }
+}
+pub(super) fn corrupt(e: impl std::fmt::Display) -> ServiceError {
+    ServiceError::Internal(format!("corrupt record: {e}"))
+}
+pub(super) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    postcard::to_allocvec(v).expect("postcard encoding of plain data cannot fail")
+}
+pub(super) fn decode<'a, T: Deserialize<'a>>(b: &'a [u8]) -> StoreResult<T> {
+    postcard::from_bytes(b).map_err(corrupt)
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub(super) struct ConversationMeta {
+    pub(super) created_at: Millis,
+    pub(super) member_count: u64,
+}
+
+/// Read access shared by write jobs and read transactions.
+pub(super) struct Tables<T> {
+    pub(super) meta: T,
+    pub(super) convs: T,
+    pub(super) members: T,
+    pub(super) user_convs: T,
+    pub(super) messages: T,
+    pub(super) conv_msgs: T,
+    pub(super) sender_msgs: T,
+    pub(super) runs: T,
+    pub(super) watermarks: T,
+    pub(super) read_hist: T,
+    pub(super) public_hist: T,
+    pub(super) privacy: T,
+    pub(super) events: T,
+    pub(super) event_index: T,
+    pub(super) pending: T,
+}
+
+macro_rules! open_tables {
+    ($txn:expr) => {
+        Tables {
+            meta: $txn.open_table(META).map_err(storage)?,
+            convs: $txn.open_table(CONVS).map_err(storage)?,
+            members: $txn.open_table(MEMBERS).map_err(storage)?,
+            user_convs: $txn.open_table(USER_CONVS).map_err(storage)?,
+            messages: $txn.open_table(MESSAGES).map_err(storage)?,
+            conv_msgs: $txn.open_table(CONV_MSGS).map_err(storage)?,
+            sender_msgs: $txn.open_table(SENDER_MSGS).map_err(storage)?,
+            runs: $txn.open_table(RUNS).map_err(storage)?,
+            watermarks: $txn.open_table(WATERMARKS).map_err(storage)?,
+            read_hist: $txn.open_table(READ_HIST).map_err(storage)?,
+            public_hist: $txn.open_table(PUBLIC_HIST).map_err(storage)?,
+            privacy: $txn.open_table(PRIVACY).map_err(storage)?,
+            events: $txn.open_table(EVENTS).map_err(storage)?,
+            event_index: $txn.open_table(EVENT_INDEX).map_err(storage)?,
+            pending: $txn.open_table(PENDING).map_err(storage)?,
+        }
+    };
+}
+
+/// One member's facts about a set of messages (see [`Tables::track`]).
+#[derive(Debug, Default)]
+pub(super) struct Track {
+    /// The delivery runs covering the seqs asked about.
+    pub(super) delivered: Runs,
+    /// Watermark advancements `(seq reached, time)`, by seq: for each seq
+    /// asked about, at least the first advancement at or beyond it.
+    pub(super) read: Vec<(Seq, Millis)>,
+    /// The same for advancements made while sharing read receipts.
+    pub(super) public: Vec<(Seq, Millis)>,
+}
+
+impl Track {
+    /// The time of the first advancement in `rows` that reached `seq`.
+    pub(super) fn covering(rows: &[(Seq, Millis)], seq: Seq) -> Option<Millis> {
+        let i = rows.partition_point(|(s, _)| *s < seq);
+        rows.get(i).map(|(_, at)| *at)
+    }
+}
+
+/// Everything about one conversation's members needed to compute states.
+pub(super) struct ConvContext {
+    pub(super) conversation: ConversationId,
+    pub(super) members: Vec<(UserId, Membership)>,
+    pub(super) watermarks: HashMap<UserId, ReadWatermark>,
+    pub(super) sharing: HashMap<UserId, bool>,
+}
+
+pub(super) fn get_bytes<T: ReadableTable<Bytes, Bytes>>(
+    t: &T,
+    key: &[u8],
+) -> StoreResult<Option<Vec<u8>>> {
+    Ok(t.get(key).map_err(storage)?.map(|g| g.value().to_vec()))
+}
+
+impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
+    pub(super) fn meta_u64(&self, key: &[u8]) -> StoreResult<u64> {
+        Ok(get_bytes(&self.meta, key)?
+            .map(|b| u64_at(&b, 0))
+            .unwrap_or(0))
+    }
+
+    pub(super) fn conversation(&self, c: &ConversationId) -> StoreResult<Option<ConversationMeta>> {
+        get_bytes(&self.convs, &k1(c))?
+            .map(|b| decode(&b))
+            .transpose()
+    }
+
+    pub(super) fn membership(
+        &self,
+        c: &ConversationId,
+        u: &UserId,
+    ) -> StoreResult<Option<Membership>> {
+        get_bytes(&self.members, &k2(c, u))?
+            .map(|b| decode(&b))
+            .transpose()
+    }
+
+    pub(super) fn members(&self, c: &ConversationId) -> StoreResult<Vec<(UserId, Membership)>> {
+        let lo = k2(c, &Uuid::nil());
+        let hi = k2(c, &Uuid::max());
+        let mut out = Vec::new();
+        for entry in self
+            .members
+            .range(lo.as_slice()..=hi.as_slice())
+            .map_err(storage)?
+        {
+            let (k, v) = entry.map_err(storage)?;
+            out.push((uuid_at(k.value(), 16), decode(v.value())?));
+        }
+        Ok(out)
+    }
+
+    pub(super) fn message(&self, m: &MessageId) -> StoreResult<Option<Message>> {
+        get_bytes(&self.messages, &k1(m))?
+            .map(|b| decode(&b))
+            .transpose()
+    }
+
+    pub(super) fn watermark(&self, c: &ConversationId, u: &UserId) -> StoreResult<ReadWatermark> {
+        Ok(get_bytes(&self.watermarks, &k2(c, u))?
+            .map(|b| ReadWatermark {
+                seq: u64_at(&b, 0),
+                public_seq: u64_at(&b, 8),
+            })
+            .unwrap_or_default())
+    }
+
+    pub(super) fn sharing(&self, u: &UserId) -> StoreResult<bool> {
+        Ok(get_bytes(&self.privacy, &k1(u))?.is_none_or(|b| b.first() == Some(&1)))
+    }
+
+    /// The delivery run of `u` in `c` that covers `seq`, if any.
+    pub(super) fn run_covering(
+        &self,
+        c: &ConversationId,
+        u: &UserId,
+        seq: Seq,
+    ) -> StoreResult<Option<Run>> {
+        let (lo, hi) = (k3(c, u, 0), k3(c, u, seq));
+        let mut range = self
+            .runs
+            .range(lo.as_slice()..=hi.as_slice())
+            .map_err(storage)?;
+        let Some(entry) = range.next_back() else {
+            return Ok(None);
+        };
+        let (k, v) = entry.map_err(storage)?;
+        let run = run_from(k.value(), v.value());
+        Ok(run.covers(seq).then_some(run))
+    }
+
+    /// The delivery runs of `u` in `c` that overlap `lo..=hi`, in seq order.
+    pub(super) fn runs_between(
+        &self,
+        c: &ConversationId,
+        u: &UserId,
+        lo: Seq,
+        hi: Seq,
+    ) -> StoreResult<Runs> {
+        let mut runs: Vec<Run> = self.run_covering(c, u, lo)?.into_iter().collect();
+        if lo < hi {
+            let (lo, hi) = (k3(c, u, lo + 1), k3(c, u, hi));
+            for entry in self
+                .runs
+                .range(lo.as_slice()..=hi.as_slice())
+                .map_err(storage)?
+            {
+                let (k, v) = entry.map_err(storage)?;
+                runs.push(run_from(k.value(), v.value()));
+            }
+        }
+        Ok(Runs::new(runs))
+    }
+
+    /// The first advancement that reached `seq` or beyond: `(seq reached, time)`.
+    pub(super) fn first_covering(
+        table: &T,
+        c: &ConversationId,
+        u: &UserId,
+        seq: Seq,
+    ) -> StoreResult<Option<(Seq, Millis)>> {
+        Ok(Self::seq_rows(table, c, u, seq, u64::MAX, |_| true)?.pop())
+    }
+
+    /// Rows `(seq, time)` of a `conv ‖ user ‖ seq` table from `lo` to `hi`, in
+    /// seq order, up to and including the first row for which `last` holds.
+    pub(super) fn seq_rows(
+        table: &T,
+        c: &ConversationId,
+        u: &UserId,
+        lo: Seq,
+        hi: Seq,
+        last: impl Fn(Seq) -> bool,
+    ) -> StoreResult<Vec<(Seq, Millis)>> {
+        let mut out = Vec::new();
+        if lo > hi {
+            return Ok(out);
+        }
+        let (lo, hi) = (k3(c, u, lo), k3(c, u, hi));
+        for entry in table
+            .range(lo.as_slice()..=hi.as_slice())
+            .map_err(storage)?
+        {
+            let (k, v) = entry.map_err(storage)?;
+            let seq = u64_at(k.value(), 32);
+            out.push((seq, i64_val(v.value())));
+            if last(seq) {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// What `u` did to the messages at `seqs` (ascending, distinct) of `c`.
+    /// Dense sets cost one range scan per table; sparse ones point reads.
+    pub(super) fn track(
+        &self,
+        c: &ConversationId,
+        u: &UserId,
+        seqs: &[Seq],
+        wm: ReadWatermark,
+    ) -> StoreResult<Track> {
+        let mut t = Track::default();
+        let (Some(&lo), Some(&hi)) = (seqs.first(), seqs.last()) else {
+            return Ok(t);
+        };
+        if hi - lo < DENSE_SPAN_PER_MESSAGE.saturating_mul(seqs.len() as u64) {
+            t.delivered = self.runs_between(c, u, lo, hi)?;
+            // The history rows from `lo` to the first at or beyond `hi` hold
+            // the first advancement covering each seq in between.
+            if wm.seq >= lo {
+                t.read = Self::seq_rows(&self.read_hist, c, u, lo, u64::MAX, |s| s >= hi)?;
+            }
+            if wm.public_seq >= lo {
+                t.public = Self::seq_rows(&self.public_hist, c, u, lo, u64::MAX, |s| s >= hi)?;
+            }
+            return Ok(t);
+        }
+        let mut runs: Vec<Run> = Vec::new();
+        for &seq in seqs {
+            if runs.last().is_none_or(|r| !r.covers(seq)) {
+                runs.extend(self.run_covering(c, u, seq)?);
+            }
+            if wm.seq >= seq {
+                t.read
+                    .extend(Self::first_covering(&self.read_hist, c, u, seq)?);
+            }
+            if wm.public_seq >= seq {
+                t.public
+                    .extend(Self::first_covering(&self.public_hist, c, u, seq)?);
+            }
+        }
+        t.delivered = Runs::new(runs);
+        // First coverings of ascending seqs ascend; equal ones repeat.
+        t.read.dedup();
+        t.public.dedup();
+        Ok(t)
+    }
+
+    pub(super) fn last_seq(&self, c: &ConversationId) -> StoreResult<Seq> {
+        let lo = k_seq(c, 0);
+        let hi = k_seq(c, u64::MAX);
+        let mut range = self
+            .conv_msgs
+            .range(lo.as_slice()..=hi.as_slice())
+            .map_err(storage)?;
+        match range.next_back() {
+            Some(entry) => Ok(u64_at(entry.map_err(storage)?.0.value(), 16)),
+            None => Ok(0),
+        }
+    }
+
+    /// `(seq, message, sender)` for seqs in `lo..=hi`.
+    pub(super) fn messages_between(
+        &self,
+        c: &ConversationId,
+        lo: Seq,
+        hi: Seq,
+    ) -> StoreResult<Vec<(Seq, MessageId, UserId)>> {
+        let (lo, hi) = (k_seq(c, lo), k_seq(c, hi));
+        let mut out = Vec::new();
+        for entry in self
+            .conv_msgs
+            .range(lo.as_slice()..=hi.as_slice())
+            .map_err(storage)?
+        {
+            let (k, v) = entry.map_err(storage)?;
+            out.push((
+                u64_at(k.value(), 16),
+                uuid_at(v.value(), 0),
+                uuid_at(v.value(), 16),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Messages others sent after `wm` while `membership` covered them.
+    pub(super) fn unread(
+        &self,
+        c: &ConversationId,
+        u: &UserId,
+        wm: Seq,
+        membership: &Membership,
+    ) -> StoreResult<u64> {
+        let (lo, hi) = (k_seq(c, wm.saturating_add(1)), k_seq(c, u64::MAX));
+        let mut n = 0;
+        for entry in self
+            .conv_msgs
+            .range(lo.as_slice()..=hi.as_slice())
+            .map_err(storage)?
+        {
+            let (k, v) = entry.map_err(storage)?;
+            if membership.receives(*u, uuid_at(v.value(), 16), u64_at(k.value(), 16)) {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    pub(super) fn context(&self, c: &ConversationId) -> StoreResult<ConvContext> {
+        let members = self.members(c)?;
+        let mut watermarks = HashMap::with_capacity(members.len());
+        let mut sharing = HashMap::with_capacity(members.len());
+        for (u, _) in &members {
+            watermarks.insert(*u, self.watermark(c, u)?);
+            sharing.insert(*u, self.sharing(u)?);
+        }
+        Ok(ConvContext {
+            conversation: *c,
+            members,
+            watermarks,
+            sharing,
+        })
+    }
+
+    /// The states of `msgs` (all in `ctx`'s conversation), each as
+    /// `viewer(m)` may see it (the rules are in `domain`). Each member's facts
+    /// are read once for the whole set.
+    pub(super) fn states(
+        &self,
+        ctx: &ConvContext,
+        msgs: &[Message],
+        viewer: impl Fn(&Message) -> UserId,
+        with_recipients: bool,
+    ) -> StoreResult<Vec<domain::MessageState>> {
+        let mut seqs: Vec<Seq> = msgs.iter().map(|m| m.seq).collect();
+        seqs.sort_unstable();
+        seqs.dedup();
+        let mut tracks = HashMap::with_capacity(ctx.members.len());
+        for (u, membership) in &ctx.members {
+            let received: Vec<Seq> = seqs
+                .iter()
+                .copied()
+                .filter(|s| membership.contains(*s))
+                .collect();
+            let wm = ctx.watermarks.get(u).copied().unwrap_or_default();
+            tracks.insert(*u, self.track(&ctx.conversation, u, &received, wm)?);
+        }
+        let mut out = Vec::with_capacity(msgs.len());
+        for m in msgs {
+            let mut views = Vec::new();
+            for (u, membership) in &ctx.members {
+                if !membership.receives(*u, m.sender, m.seq) {
+                    continue;
+                }
+                let wm = ctx.watermarks.get(u).copied().unwrap_or_default();
+                let track = &tracks[u];
+                let facts = RecipientFacts {
+                    delivered_at: track.delivered.delivered_at(m.seq),
+                    read_at: (wm.seq >= m.seq)
+                        .then(|| Track::covering(&track.read, m.seq))
+                        .flatten(),
+                    public_read_at: (wm.public_seq >= m.seq)
+                        .then(|| Track::covering(&track.public, m.seq))
+                        .flatten(),
+                    sharing: ctx.sharing.get(u).copied().unwrap_or(true),
+                };
+                views.push(domain::recipient_view(viewer(m), *u, facts));
+            }
+            let aggregate: Aggregate = domain::aggregate(&views);
+            out.push(domain::MessageState {
+                message: *m,
+                aggregate,
+                recipients: if with_recipients { views } else { Vec::new() },
+            });
+        }
+        Ok(out)
+    }
+
+    pub(super) fn events_after(
+        &self,
+        u: &UserId,
+        after: u64,
+        max: usize,
+    ) -> StoreResult<Vec<Event>> {
+        let lo = k_seq(u, after.saturating_add(1));
+        let hi = k_seq(u, u64::MAX);
+        let mut out = Vec::new();
+        for entry in self
+            .events
+            .range(lo.as_slice()..=hi.as_slice())
+            .map_err(storage)?
+            .take(max)
+        {
+            let (k, v) = entry.map_err(storage)?;
+            out.push(Event {
+                offset: u64_at(k.value(), 16),
+                user: *u,
+                body: decode(v.value())?,
+            });
+        }
+        Ok(out)
+    }
+
+    pub(super) fn snapshot(&self, u: &UserId) -> StoreResult<Snapshot> {
+        let lo = k_seq(u, 0);
+        let hi = k_seq(u, u64::MAX);
+        let mut recent = Vec::new();
+        for entry in self
+            .sender_msgs
+            .range(lo.as_slice()..=hi.as_slice())
+            .map_err(storage)?
+            .rev()
+            .take(SNAPSHOT_MESSAGES)
+        {
+            let (_, v) = entry.map_err(storage)?;
+            if let Some(m) = self.message(&uuid_at(v.value(), 0))? {
+                recent.push(m);
+            }
+        }
+        let mut contexts: HashMap<ConversationId, ConvContext> = HashMap::new();
+        let mut recent_messages = Vec::with_capacity(recent.len());
+        for m in &recent {
+            if let std::collections::hash_map::Entry::Vacant(e) = contexts.entry(m.conversation) {
+                e.insert(self.context(&m.conversation)?);
+            }
+            let ctx = &contexts[&m.conversation];
+            recent_messages.extend(self.states(ctx, std::slice::from_ref(m), |_| *u, false)?);
+        }
+        let (lo, hi) = (k2(u, &Uuid::nil()), k2(u, &Uuid::max()));
+        let mut watermarks = Vec::new();
+        for entry in self
+            .user_convs
+            .range(lo.as_slice()..=hi.as_slice())
+            .map_err(storage)?
+        {
+            if watermarks.len() >= SNAPSHOT_CONVERSATIONS {
+                break;
+            }
+            let (k, _) = entry.map_err(storage)?;
+            let c = uuid_at(k.value(), 16);
+            let Some(membership) = self.membership(&c, u)? else {
+                continue;
+            };
+            if !membership.is_current() {
+                continue;
+            }
+            let wm = self.watermark(&c, u)?;
+            watermarks.push((c, wm.seq, self.unread(&c, u, wm.seq, &membership)?));
+        }
+        Ok(Snapshot {
+            recent_messages,
+            watermarks,
+        })
+    }
+
+    /// Checks that `c` exists and `u` is a current member.
+    pub(super) fn authorize(
+        &self,
+        c: &ConversationId,
+        u: &UserId,
+        field: &str,
+    ) -> StoreResult<Membership> {
+        if self.conversation(c)?.is_none() {
+            return Err(ServiceError::not_found(field, "conversation", c));
+        }
+        match self.membership(c, u)? {
+            Some(m) if m.is_current() => Ok(m),
+            _ => Err(ServiceError::PermissionDenied(format!(
+                "{field}: caller is not a member of conversation {c}"
+            ))),
+        }
+    }
+}
+
+pub(super) fn run_from(key: &[u8], value: &[u8]) -> Run {
+    Run {
+        first: u64_at(key, 32),
+        last: u64_at(value, 0),
+        at: u64_at(value, 8) as Millis,
+    }
+}
+
+pub(super) fn run_value(run: &Run) -> [u8; 16] {
+    let mut v = [0u8; 16];
+    v[..8].copy_from_slice(&run.last.to_be_bytes());
+    v[8..].copy_from_slice(&run.at.to_be_bytes());
+    v
+}
+
+pub(super) fn put_run(
+    t: &mut Table<'_, Bytes, Bytes>,
+    c: &ConversationId,
+    u: &UserId,
+    run: &Run,
+) -> StoreResult<()> {
+    put(t, &k3(c, u, run.first), &run_value(run))
+}
+
+pub(super) fn put(t: &mut Table<'_, Bytes, Bytes>, k: &[u8], v: &[u8]) -> StoreResult<()> {
+    t.insert(k, v).map_err(storage)?;
+    Ok(())
+}

@@ -1,0 +1,443 @@
+//! Unit tests of the embedded store: rows written, formats migrated.
+
+use super::*;
+use redb::ReadableTableMetadata as _;
+
+const STATE_TABLES: [Def; 11] = [
+    CONVS,
+    MEMBERS,
+    USER_CONVS,
+    MESSAGES,
+    CONV_MSGS,
+    SENDER_MSGS,
+    RUNS,
+    WATERMARKS,
+    READ_HIST,
+    PUBLIC_HIST,
+    PRIVACY,
+];
+
+fn state_rows(store: &EmbeddedStore) -> u64 {
+    let txn = store.db.begin_read().expect("read");
+    STATE_TABLES
+        .iter()
+        .map(|def| txn.open_table(*def).expect("table").len().expect("len"))
+        .sum()
+}
+
+fn options() -> EmbeddedOptions {
+    EmbeddedOptions {
+        group_window: Duration::from_millis(50),
+        log_retention: 1_000_000,
+        subscriber_buffer: 16,
+        cache_bytes: 16 << 20,
+    }
+}
+
+async fn conversation_with(
+    store: &EmbeddedStore,
+    n: u64,
+) -> (ConversationId, UserId, UserId, MessageId) {
+    let (c, a, b) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    store
+        .create_conversation(c, vec![a, b])
+        .await
+        .expect("create");
+    let mut last = Uuid::nil();
+    let msgs: Vec<Message> = (1..=n)
+        .map(|seq| {
+            last = Uuid::now_v7();
+            Message {
+                id: last,
+                conversation: c,
+                seq,
+                sender: a,
+                sent_at: 1,
+            }
+        })
+        .collect();
+    for chunk in msgs.chunks(1000) {
+        store
+            .register_messages(chunk.to_vec())
+            .await
+            .expect("register");
+    }
+    (c, a, b, last)
+}
+
+/// The seed design's watermark: a read costs the same number of stored
+/// rows whether it covers one message or thousands.
+#[tokio::test]
+async fn mark_read_up_to_writes_the_same_rows_for_1_or_5000_messages() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = EmbeddedStore::open(dir.path(), options()).expect("open");
+    let mut deltas = Vec::new();
+    for n in [1, 5000] {
+        let (c, _, reader, last) = conversation_with(&store, n).await;
+        let before = state_rows(&store);
+        let r = store
+            .mark_read_up_to(reader, c, last, 10)
+            .await
+            .expect("read");
+        assert_eq!(r.read_up_to, n);
+        deltas.push(state_rows(&store) - before);
+    }
+    assert_eq!(deltas[0], deltas[1], "rows written: {deltas:?}");
+    assert_eq!(
+        deltas[0], 3,
+        "watermark, history entry, public history entry"
+    );
+    store.shutdown().await;
+}
+
+/// A read accepted earlier but applied after a delivery must not be
+/// recorded as earlier than that delivery.
+#[tokio::test]
+async fn recorded_times_follow_commit_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = EmbeddedStore::open(dir.path(), options()).expect("open");
+    let (c, a, b, m) = conversation_with(&store, 1).await;
+    let d = store
+        .mark_delivered(b, vec![m], 1_000)
+        .await
+        .expect("deliver");
+    assert_eq!(d[0].delivered_at, Some(1_000));
+    store.mark_read_up_to(b, c, m, 900).await.expect("read");
+    let s = store.receipts(a, c, vec![m], true).await.expect("receipts");
+    let r = s[0].recipients[0];
+    assert_eq!((r.delivered_at, r.read_at), (Some(1_000), Some(1_000)));
+    store.shutdown().await;
+}
+
+#[tokio::test]
+async fn reopening_keeps_the_epoch_and_the_log_position() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = EmbeddedStore::open(dir.path(), options()).expect("open");
+    let (c, _, reader, last) = conversation_with(&store, 3).await;
+    store
+        .mark_read_up_to(reader, c, last, 10)
+        .await
+        .expect("read");
+    let Replay::Events { head, .. } = store
+        .replay(reader, ReplayFrom::Live, 10)
+        .await
+        .expect("replay")
+    else {
+        panic!("no cursor, no reset");
+    };
+    store.shutdown().await;
+    drop(store);
+    let store = EmbeddedStore::open(dir.path(), options()).expect("reopen");
+    let replay = store
+        .replay(
+            reader,
+            ReplayFrom::Cursor(Cursor {
+                epoch: head.epoch,
+                offset: 0,
+            }),
+            10,
+        )
+        .await
+        .expect("replay");
+    let Replay::Events {
+        events,
+        head: again,
+    } = replay
+    else {
+        panic!("same epoch must replay, not reset");
+    };
+    assert_eq!(again, head);
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e.body, EventBody::Watermark { read_up_to: 3, .. }))
+    );
+    store.shutdown().await;
+}
+/// A data directory written with the first delivery layout opens with
+/// its deliveries intact, moved to the new table.
+#[tokio::test]
+async fn deliveries_in_the_first_layout_are_moved_at_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = EmbeddedStore::open(dir.path(), options()).expect("open");
+    let (c, _, b, m) = conversation_with(&store, 2).await;
+    store
+        .mark_delivered(b, vec![m], 1_000)
+        .await
+        .expect("deliver");
+    store.shutdown().await;
+    drop(store);
+    // Rewrite the delivery as the first layout kept it.
+    {
+        let db = Database::create(dir.path().join("receipts.redb")).expect("db");
+        let txn = db.begin_write().expect("write");
+        {
+            let mut runs = txn.open_table(RUNS).expect("runs");
+            let k = {
+                let (k, _) = runs.first().expect("read").expect("one delivery");
+                k.value().to_vec()
+            };
+            runs.remove(k.as_slice()).expect("remove");
+            let mut old = txn.open_table(DELIVERED_V1).expect("old");
+            old.insert(k2(&m, &b).as_slice(), 1_000i64.to_be_bytes().as_slice())
+                .expect("insert");
+        }
+        txn.commit().expect("commit");
+    }
+    let store = EmbeddedStore::open(dir.path(), options()).expect("reopen");
+    let states = store.receipts(b, c, vec![m], true).await.expect("receipts");
+    assert_eq!(states[0].recipients[0].delivered_at, Some(1_000));
+    let txn = store.db.begin_read().expect("read");
+    for old in [DELIVERED_V1, DELIVERED_V2] {
+        assert!(txn.open_table(old).is_err(), "the old tables are dropped");
+    }
+    drop(txn);
+    store.shutdown().await;
+}
+
+/// Reading facts by range scans (messages close together) and by point
+/// reads (messages far apart) gives the same states.
+#[tokio::test]
+async fn dense_and_sparse_message_sets_get_the_same_states() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = EmbeddedStore::open(dir.path(), options()).expect("open");
+    let (c, _, b, _) = conversation_with(&store, 100).await;
+    let ids: Vec<MessageId> = store
+        .read(move |t| t.messages_between(&c, 1, 100))
+        .await
+        .expect("messages")
+        .into_iter()
+        .map(|(_, id, _)| id)
+        .collect();
+    // Delivered: every third message; read up to 40 at t=2000, then 70 at t=3000.
+    let delivered: Vec<MessageId> = ids.iter().step_by(3).copied().collect();
+    store
+        .mark_delivered(b, delivered, 1_000)
+        .await
+        .expect("deliver");
+    store
+        .mark_read_up_to(b, c, ids[39], 2_000)
+        .await
+        .expect("read");
+    store
+        .mark_read_up_to(b, c, ids[69], 3_000)
+        .await
+        .expect("read");
+    let dense: Vec<MessageId> = ids[30..45].to_vec();
+    let sparse = vec![ids[0], ids[38], ids[40], ids[69], ids[70], ids[99]];
+    for set in [dense, sparse] {
+        let together = store.receipts(b, c, set.clone(), true).await.expect("all");
+        for (i, id) in set.iter().enumerate() {
+            let alone = store.receipts(b, c, vec![*id], true).await.expect("one");
+            assert_eq!(together[i], alone[0], "message {id}");
+        }
+        for s in &together {
+            let r = &s.recipients[0];
+            let seq = s.message.seq;
+            let delivered = (seq - 1) % 3 == 0;
+            let read_at = match seq {
+                ..=40 => Some(2_000),
+                41..=70 => Some(3_000),
+                _ => None,
+            };
+            assert_eq!(r.read_at, read_at, "seq {seq}");
+            let delivered_at = match (delivered, read_at) {
+                (true, _) => Some(1_000),
+                (false, r) => r,
+            };
+            assert_eq!(r.delivered_at, delivered_at, "seq {seq}");
+        }
+    }
+    store.shutdown().await;
+}
+
+fn run_rows(store: &EmbeddedStore) -> Vec<Run> {
+    let txn = store.db.begin_read().expect("read");
+    let runs = txn.open_table(RUNS).expect("runs");
+    runs.iter()
+        .expect("iter")
+        .map(|e| {
+            let (k, v) = e.expect("row");
+            run_from(k.value(), v.value())
+        })
+        .collect()
+}
+
+/// A MarkDelivered costs one stored row whether it covers one message or
+/// ten thousand, and messages of the caller's own in between do not
+/// split it.
+#[tokio::test]
+async fn mark_delivered_writes_the_same_rows_for_1_or_10000_messages() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = EmbeddedStore::open(dir.path(), options()).expect("open");
+    let mut deltas = Vec::new();
+    for n in [1u64, 10_000] {
+        let (c, a, b, _) = conversation_with(&store, 0).await;
+        // a sends every message but each tenth, which b sends.
+        let msgs: Vec<Message> = (1..=n)
+            .map(|seq| Message {
+                id: Uuid::now_v7(),
+                conversation: c,
+                seq,
+                sender: if seq % 10 == 0 { b } else { a },
+                sent_at: 1,
+            })
+            .collect();
+        for chunk in msgs.chunks(1000) {
+            store
+                .register_messages(chunk.to_vec())
+                .await
+                .expect("register");
+        }
+        let before = state_rows(&store);
+        let all: Vec<MessageId> = msgs.iter().map(|m| m.id).collect();
+        let results = store.mark_delivered(b, all, 1_000).await.expect("deliver");
+        let recorded = results
+            .iter()
+            .filter(|r| r.outcome == DeliveryOutcome::Recorded)
+            .count() as u64;
+        assert_eq!(recorded, n - n / 10);
+        deltas.push(state_rows(&store) - before);
+        let states = store
+            .receipts(a, c, vec![msgs[0].id, msgs[msgs.len() - 1].id], true)
+            .await
+            .expect("receipts");
+        assert!(
+            states
+                .iter()
+                .all(|s| s.message.sender == b || s.recipients[0].delivered_at == Some(1_000))
+        );
+    }
+    assert_eq!(deltas, vec![1, 1], "rows written for 1 and 10,000 messages");
+    store.shutdown().await;
+}
+
+/// A message registered at a seq inside a run written before it existed
+/// is not delivered by that run; the messages around it stay delivered.
+#[tokio::test]
+async fn a_message_registered_late_inside_a_run_is_not_delivered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = EmbeddedStore::open(dir.path(), options()).expect("open");
+    let (c, a, b, _) = conversation_with(&store, 0).await;
+    let msg = |seq| Message {
+        id: Uuid::now_v7(),
+        conversation: c,
+        seq,
+        sender: a,
+        sent_at: 1,
+    };
+    let early: Vec<Message> = [1, 2, 4, 5].into_iter().map(msg).collect();
+    store
+        .register_messages(early.clone())
+        .await
+        .expect("register");
+    store
+        .mark_delivered(b, early.iter().map(|m| m.id).collect(), 1_000)
+        .await
+        .expect("deliver");
+    assert_eq!(run_rows(&store).len(), 1, "1..=5 is one run");
+    let late = msg(3);
+    store
+        .register_messages(vec![late])
+        .await
+        .expect("register late");
+    let ids: Vec<MessageId> = early.iter().map(|m| m.id).chain([late.id]).collect();
+    let states = store.receipts(b, c, ids, true).await.expect("receipts");
+    for s in &states {
+        let expected = (s.message.seq != 3).then_some(1_000);
+        assert_eq!(
+            s.recipients[0].delivered_at, expected,
+            "seq {}",
+            s.message.seq
+        );
+    }
+    // Delivering it now joins nothing (another time) and overlaps nothing.
+    let r = store
+        .mark_delivered(b, vec![late.id], 2_000)
+        .await
+        .expect("deliver late");
+    assert_eq!(r[0].outcome, DeliveryOutcome::Recorded);
+    let runs = run_rows(&store);
+    assert_eq!(runs.len(), 3, "{runs:?}");
+    for w in runs.windows(2) {
+        assert!(w[0].last < w[1].first, "{runs:?}");
+    }
+    store.shutdown().await;
+}
+
+/// A data directory with one delivery row per message per recipient opens
+/// with the same states, its deliveries folded into runs.
+#[tokio::test]
+async fn deliveries_one_row_per_message_are_folded_into_runs_at_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = EmbeddedStore::open(dir.path(), options()).expect("open");
+    let (c, a, b, _) = conversation_with(&store, 0).await;
+    // seqs 1..=9 from a, but 5 from b (b's own message).
+    let msgs: Vec<Message> = (1..=9)
+        .map(|seq| Message {
+            id: Uuid::now_v7(),
+            conversation: c,
+            seq,
+            sender: if seq == 5 { b } else { a },
+            sent_at: 1,
+        })
+        .collect();
+    store
+        .register_messages(msgs.clone())
+        .await
+        .expect("register");
+    store.shutdown().await;
+    drop(store);
+    // b's deliveries as the second layout kept them: 1..=4 and 6 at one
+    // time, 7 at another, 9 at the first again (8 undelivered).
+    let rows = [
+        (1, 10),
+        (2, 10),
+        (3, 10),
+        (4, 10),
+        (6, 10),
+        (7, 20),
+        (9, 10),
+    ];
+    {
+        let db = Database::create(dir.path().join("receipts.redb")).expect("db");
+        let txn = db.begin_write().expect("write");
+        {
+            let mut old = txn.open_table(DELIVERED_V2).expect("old");
+            for (seq, at) in rows {
+                old.insert(
+                    k3(&c, &b, seq).as_slice(),
+                    (at as i64).to_be_bytes().as_slice(),
+                )
+                .expect("insert");
+            }
+        }
+        txn.commit().expect("commit");
+    }
+    let store = EmbeddedStore::open(dir.path(), options()).expect("reopen");
+    let runs: Vec<(Seq, Seq, Millis)> = run_rows(&store)
+        .iter()
+        .map(|r| (r.first, r.last, r.at))
+        .collect();
+    assert_eq!(runs, vec![(1, 6, 10), (7, 7, 20), (9, 9, 10)]);
+    let ids: Vec<MessageId> = msgs.iter().map(|m| m.id).collect();
+    let states = store.receipts(a, c, ids, true).await.expect("receipts");
+    for s in states.iter().filter(|s| s.message.sender == a) {
+        let expected = rows
+            .iter()
+            .find(|r| r.0 == s.message.seq)
+            .map(|r| r.1 as Millis);
+        assert_eq!(
+            s.recipients[0].delivered_at, expected,
+            "seq {}",
+            s.message.seq
+        );
+    }
+    let txn = store.db.begin_read().expect("read");
+    assert!(
+        txn.open_table(DELIVERED_V2).is_err(),
+        "the old table is dropped"
+    );
+    drop(txn);
+    store.shutdown().await;
+}

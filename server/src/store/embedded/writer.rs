@@ -1,0 +1,402 @@
+//! The writer thread: queued jobs applied in one transaction, one commit
+//! (group commit), and what a job writes.
+
+use super::*;
+
+/// Most jobs committed together.
+pub(super) const MAX_BATCH: usize = 512;
+/// Most trimmed log entries per commit (keeps commits short).
+pub(super) const MAX_TRIM_PER_COMMIT: usize = 4096;
+/// State owned by the writer thread.
+pub(super) struct WriterState {
+    /// The last time stamped on a write: times follow commit order.
+    pub(super) last_stamp: Millis,
+    pub(super) next_offset: u64,
+    pub(super) trimmed_to: u64,
+    pub(super) sender_counter: u64,
+    pub(super) windows: Windows,
+    pub(super) options: EmbeddedOptions,
+}
+
+/// A write transaction in progress, shared by the jobs of one batch.
+pub(super) struct WriteCtx<'a, 'txn> {
+    pub(super) t: &'a mut Tables<Table<'txn, Bytes, Bytes>>,
+    pub(super) st: &'a mut WriterState,
+    pub(super) events: Vec<Arc<Event>>,
+}
+
+/// What a job hands back: called after the commit with its outcome.
+pub(super) type Completion = Box<dyn FnOnce(StoreResult<()>) + Send>;
+/// A queued write: runs inside the batch transaction and returns its
+/// completion, plus whether it failed in storage (which aborts the batch,
+/// since the job may have written part of its changes).
+pub(super) type Job = Box<dyn FnOnce(&mut WriteCtx<'_, '_>) -> (Completion, bool) + Send>;
+
+impl WriteCtx<'_, '_> {
+    /// The time to record for a write accepted at `at`: never earlier than a
+    /// write committed before it, so "first time it became true" follows the
+    /// order in which writes actually took effect, whatever order concurrent
+    /// requests reached the writer in.
+    pub(super) fn stamp(&mut self, at: Millis) -> Millis {
+        self.st.last_stamp = self.st.last_stamp.max(at);
+        self.st.last_stamp
+    }
+
+    pub(super) fn emit(&mut self, user: UserId, body: EventBody) -> StoreResult<()> {
+        let offset = self.st.next_offset;
+        self.st.next_offset += 1;
+        put(&mut self.t.events, &k_seq(&user, offset), &encode(&body))?;
+        put(&mut self.t.event_index, &offset.to_be_bytes(), &k1(&user))?;
+        self.events.push(Arc::new(Event { offset, user, body }));
+        Ok(())
+    }
+
+    /// Announces that the states of `msgs` (seq, id, sender) in `c` changed: pushed
+    /// at once in direct conversations, folded into the group window otherwise.
+    pub(super) fn touch(
+        &mut self,
+        c: &ConversationId,
+        msgs: Vec<(Seq, MessageId, UserId)>,
+    ) -> StoreResult<()> {
+        let seqs = msgs.iter().map(|(s, _, _)| *s);
+        let (Some(lo), Some(hi)) = (seqs.clone().min(), seqs.max()) else {
+            return Ok(());
+        };
+        let group = self
+            .t
+            .conversation(c)?
+            .is_some_and(|meta| meta.member_count > 2);
+        if group {
+            let w = self.st.windows.touch(*c, lo, hi);
+            let v = [w.lo.to_be_bytes(), w.hi.to_be_bytes()].concat();
+            put(&mut self.t.pending, &k1(c), &v)?;
+            return Ok(());
+        }
+        let ctx = self.t.context(c)?;
+        self.emit_states(&ctx, msgs, false)
+    }
+
+    /// Computes the states of `msgs` for their senders and logs one event per
+    /// sender (split into chunks).
+    pub(super) fn emit_states(
+        &mut self,
+        ctx: &ConvContext,
+        msgs: Vec<(Seq, MessageId, UserId)>,
+        group: bool,
+    ) -> StoreResult<()> {
+        let mut found = Vec::with_capacity(msgs.len());
+        for (_, id, _) in msgs {
+            found.extend(self.t.message(&id)?);
+        }
+        let states = self.t.states(ctx, &found, |m| m.sender, !group)?;
+        for (sender, body) in fanout::receipt_events(ctx.conversation, group, states) {
+            self.emit(sender, body)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn flush_window(&mut self, c: &ConversationId, w: Window) -> StoreResult<()> {
+        self.t.pending.remove(k1(c).as_slice()).map_err(storage)?;
+        let ctx = self.t.context(c)?;
+        let msgs = self.t.messages_between(c, w.lo, w.hi)?;
+        self.emit_states(&ctx, msgs, true)
+    }
+
+    pub(super) fn flush_due_windows(&mut self, all: bool) -> StoreResult<()> {
+        for (c, w) in self.st.windows.take_due(all) {
+            self.flush_window(&c, w)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn trim(&mut self) -> StoreResult<()> {
+        let head = self.st.next_offset.saturating_sub(1);
+        let keep_from = head.saturating_sub(self.st.options.log_retention);
+        if keep_from <= self.st.trimmed_to {
+            return Ok(());
+        }
+        let upto = keep_from.min(self.st.trimmed_to + MAX_TRIM_PER_COMMIT as u64);
+        let lo = (self.st.trimmed_to + 1).to_be_bytes();
+        let hi = upto.to_be_bytes();
+        let doomed: Vec<(u64, Uuid)> = self
+            .t
+            .event_index
+            .range(lo.as_slice()..=hi.as_slice())
+            .map_err(storage)?
+            .map(|e| e.map(|(k, v)| (u64_at(k.value(), 0), uuid_at(v.value(), 0))))
+            .collect::<Result<_, _>>()
+            .map_err(storage)?;
+        for (offset, user) in doomed {
+            self.t
+                .event_index
+                .remove(offset.to_be_bytes().as_slice())
+                .map_err(storage)?;
+            self.t
+                .events
+                .remove(k_seq(&user, offset).as_slice())
+                .map_err(storage)?;
+        }
+        self.st.trimmed_to = upto;
+        put(&mut self.t.meta, META_TRIMMED_TO, &upto.to_be_bytes())
+    }
+
+    pub(super) fn save_counters(&mut self) -> StoreResult<()> {
+        put(
+            &mut self.t.meta,
+            META_NEXT_OFFSET,
+            &self.st.next_offset.to_be_bytes(),
+        )?;
+        put(
+            &mut self.t.meta,
+            META_SENDER_COUNTER,
+            &self.st.sender_counter.to_be_bytes(),
+        )
+    }
+
+    /// Stores the deliveries of the seqs in `new` by `u` in `c` at `at` as
+    /// runs (the grouping is [`domain::runs_of`]'s): one row per run, however
+    /// many messages it covers.
+    pub(super) fn record_runs(
+        &mut self,
+        c: &ConversationId,
+        u: &UserId,
+        membership: &Membership,
+        mut new: Vec<Seq>,
+        at: Millis,
+    ) -> StoreResult<()> {
+        new.sort_unstable();
+        let (Some(&lo), Some(&hi)) = (new.first(), new.last()) else {
+            return Ok(());
+        };
+        // Reading the registered messages in between lets runs span the
+        // member's own messages; for a sparse set it would cost more than
+        // the rows it saves.
+        let registered: Option<Vec<(Seq, UserId)>> =
+            if hi - lo < DENSE_SPAN_PER_MESSAGE.saturating_mul(new.len() as u64) {
+                let msgs = self.t.messages_between(c, lo, hi)?;
+                Some(msgs.into_iter().map(|(s, _, sender)| (s, sender)).collect())
+            } else {
+                None
+            };
+        let mut runs = domain::runs_of(*u, membership, &new, registered.as_deref(), at);
+        if let Some(first) = runs.first_mut()
+            && let Some(prev) = self.t.run_covering(c, u, lo.saturating_sub(1))?
+            && prev.continued_by(first)
+        {
+            first.first = prev.first;
+        }
+        for run in &runs {
+            // Runs inside the new one cover none of the member's recipient
+            // seqs (any such seq ends a run), only pieces left by a split:
+            // they go, so that runs stay disjoint.
+            let (from, to) = (k3(c, u, run.first.saturating_add(1)), k3(c, u, run.last));
+            let inside: Vec<Vec<u8>> = self
+                .t
+                .runs
+                .range(from.as_slice()..=to.as_slice())
+                .map_err(storage)?
+                .map(|e| e.map(|(k, _)| k.value().to_vec()))
+                .collect::<Result<_, _>>()
+                .map_err(storage)?;
+            for k in inside {
+                self.t.runs.remove(k.as_slice()).map_err(storage)?;
+            }
+            put_run(&mut self.t.runs, c, u, run)?;
+        }
+        Ok(())
+    }
+
+    /// A message registered at `seq` below messages already registered in
+    /// `c`: every member's run that covers `seq` was written before the
+    /// message existed, so it is split around it.
+    pub(super) fn split_runs_at(&mut self, c: &ConversationId, seq: Seq) -> StoreResult<()> {
+        for (u, _) in self.t.members(c)? {
+            let Some(run) = self.t.run_covering(c, &u, seq)? else {
+                continue;
+            };
+            self.t
+                .runs
+                .remove(k3(c, &u, run.first).as_slice())
+                .map_err(storage)?;
+            let (left, right) = run.without(seq);
+            for piece in left.iter().chain(right.iter()) {
+                put_run(&mut self.t.runs, c, &u, piece)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a read by `u` up to `to` (the rule is [`ReadWatermark::advance`]).
+    pub(super) fn apply_read(
+        &mut self,
+        u: &UserId,
+        c: &ConversationId,
+        membership: &Membership,
+        to: Seq,
+        at: Millis,
+    ) -> StoreResult<ReadResult> {
+        let wm = self.t.watermark(c, u)?;
+        let sharing = self.t.sharing(u)?;
+        let Some(adv) = wm.advance(to, sharing) else {
+            return Ok(ReadResult {
+                read_up_to: wm.seq,
+                advanced: false,
+                unread: self.t.unread(c, u, wm.seq, membership)?,
+            });
+        };
+        let WatermarkAdvance { before, after } = adv;
+        let v = [after.seq.to_be_bytes(), after.public_seq.to_be_bytes()].concat();
+        put(&mut self.t.watermarks, &k2(c, u), &v)?;
+        put(
+            &mut self.t.read_hist,
+            &k3(c, u, after.seq),
+            &at.to_be_bytes(),
+        )?;
+        if adv.is_public() {
+            put(
+                &mut self.t.public_hist,
+                &k3(c, u, after.seq),
+                &at.to_be_bytes(),
+            )?;
+        }
+        let unread = self.t.unread(c, u, after.seq, membership)?;
+        self.emit(
+            *u,
+            EventBody::Watermark {
+                conversation: *c,
+                read_up_to: after.seq,
+                unread,
+            },
+        )?;
+        // What others may notice: reads that became visible, and messages that
+        // became delivered through this read. Nothing else, so a private read
+        // of already-delivered messages sends no event at all.
+        let mut changed = Vec::new();
+        let first = if adv.is_public() {
+            before.public_seq.min(before.seq)
+        } else {
+            before.seq
+        };
+        // Deliveries of the newly read messages, in one range scan.
+        let delivered = self.t.runs_between(c, u, before.seq + 1, after.seq)?;
+        for (seq, id, sender) in self.t.messages_between(c, first + 1, after.seq)? {
+            if !membership.receives(*u, sender, seq) {
+                continue;
+            }
+            let visible = adv.is_public() && seq > before.public_seq;
+            let newly_delivered = seq > before.seq && delivered.delivered_at(seq).is_none();
+            if visible || newly_delivered {
+                changed.push((seq, id, sender));
+            }
+        }
+        self.touch(c, changed)?;
+        Ok(ReadResult {
+            read_up_to: after.seq,
+            advanced: true,
+            unread,
+        })
+    }
+}
+
+pub(super) fn writer_loop(
+    db: Arc<Database>,
+    hub: Arc<Hub>,
+    mut st: WriterState,
+    rx: std_mpsc::Receiver<Job>,
+) {
+    let mut closed = false;
+    loop {
+        let mut jobs: Vec<Job> = Vec::new();
+        if !closed {
+            let first = match st.windows.next_deadline() {
+                None => rx
+                    .recv()
+                    .map_err(|_| std_mpsc::RecvTimeoutError::Disconnected),
+                Some(d) => rx.recv_timeout(d.into_std().saturating_duration_since(Instant::now())),
+            };
+            match first {
+                Ok(job) => jobs.push(job),
+                Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => closed = true,
+            }
+            while jobs.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+        }
+        let saved = (
+            st.next_offset,
+            st.trimmed_to,
+            st.sender_counter,
+            st.windows.clone(),
+        );
+        let (completions, events, commit) = run_batch(&db, &mut st, jobs, closed);
+        if commit.is_ok() {
+            hub.publish(&events);
+        } else {
+            // Nothing of the batch is stored: forget its in-memory effects.
+            (st.next_offset, st.trimmed_to, st.sender_counter, st.windows) = saved;
+        }
+        for done in completions {
+            done(match &commit {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    tracing::error!(error = %e, "embedded store: commit failed");
+                    Err(ServiceError::Unavailable {
+                        message: "the embedded store could not commit (see the server log: a full \
+                                  disk or an I/O error); nothing of the write was applied, retry"
+                            .into(),
+                    })
+                }
+            });
+        }
+        if closed {
+            break;
+        }
+    }
+}
+
+pub(super) type BatchOutcome = (Vec<Completion>, Vec<Arc<Event>>, Result<(), String>);
+
+pub(super) fn run_batch(
+    db: &Database,
+    st: &mut WriterState,
+    jobs: Vec<Job>,
+    flush_all: bool,
+) -> BatchOutcome {
+    let mut completions = Vec::with_capacity(jobs.len());
+    let result = (|| -> StoreResult<Vec<Arc<Event>>> {
+        let txn = db.begin_write().map_err(storage)?;
+        let events = {
+            let mut t = open_tables!(txn);
+            let mut ctx = WriteCtx {
+                t: &mut t,
+                st,
+                events: Vec::new(),
+            };
+            let mut fatal = false;
+            for job in jobs {
+                let (done, failed) = job(&mut ctx);
+                completions.push(done);
+                fatal |= failed;
+            }
+            if fatal {
+                return Err(ServiceError::Unavailable {
+                    message: "a write in the batch failed in storage".into(),
+                });
+            }
+            ctx.flush_due_windows(flush_all)?;
+            ctx.trim()?;
+            ctx.save_counters()?;
+            ctx.events
+        };
+        txn.commit().map_err(storage)?;
+        Ok(events)
+    })();
+    match result {
+        Ok(events) => (completions, events, Ok(())),
+        Err(e) => (completions, Vec::new(), Err(e.to_string())),
+    }
+}

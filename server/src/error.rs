@@ -1,10 +1,21 @@
 //! Service errors and their one mapping to gRPC statuses.
 //!
-//! Every failure in the service is a [`ServiceError`]; [`ServiceError::into_status`]
-//! is the only place that picks a gRPC code. Internal causes are logged and
-//! kept out of client messages.
+//! Every failure in the service is a [`ServiceError`]: a kind (the variant,
+//! [`ServiceError::kind`]), a client-safe message (its `Display`) and, for
+//! failures of a backend or a bug, the cause behind it (its `source()`: the
+//! driver's or the engine's error, which may name hosts, keys or protocol
+//! details and so is never sent). [`ServiceError::into_status`] is the only
+//! place that picks a gRPC code.
+//!
+//! A failure is logged once, where it leaves: `into_status` logs UNAVAILABLE
+//! and INTERNAL with their cause chain ([`ServiceError::report`]) for the
+//! request that failed, and background work logs the report in its own line.
+//! Code that builds an error does not log it.
 
 use thiserror::Error;
+
+/// The cause behind a failure: kept for the log, never sent to clients.
+pub type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Anything that can go wrong while serving a request.
 #[derive(Debug, Error)]
@@ -55,12 +66,21 @@ pub enum ServiceError {
     /// The storage backend failed; retrying later may help.
     #[error("storage unavailable: {message}")]
     Unavailable {
-        /// A client-safe description.
+        /// A client-safe description, in the service's terms.
         message: String,
+        /// What failed underneath, if anything did.
+        #[source]
+        source: Option<Source>,
     },
     /// A bug or corrupt data; details are logged, not sent.
-    #[error("internal error: {0}")]
-    Internal(String),
+    #[error("internal error: {detail}")]
+    Internal {
+        /// What went wrong (logged only).
+        detail: String,
+        /// What failed underneath, if anything did.
+        #[source]
+        source: Option<Source>,
+    },
 }
 
 impl ServiceError {
@@ -81,6 +101,50 @@ impl ServiceError {
         }
     }
 
+    /// An UNAVAILABLE telling the client `message` (in the service's terms).
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::Unavailable {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// An UNAVAILABLE telling the client `message`, caused by `source`.
+    pub fn unavailable_because(message: impl Into<String>, source: impl Into<Source>) -> Self {
+        Self::Unavailable {
+            message: message.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// An INTERNAL error: a bug or corrupt data described by `detail`.
+    pub fn internal(detail: impl Into<String>) -> Self {
+        Self::Internal {
+            detail: detail.into(),
+            source: None,
+        }
+    }
+
+    /// An INTERNAL error described by `detail`, caused by `source`.
+    pub fn internal_because(detail: impl Into<String>, source: impl Into<Source>) -> Self {
+        Self::Internal {
+            detail: detail.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// The error and every cause behind it, for the log (never for clients).
+    pub fn report(&self) -> String {
+        let mut out = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            out.push_str(": ");
+            out.push_str(&c.to_string());
+            cause = c.source();
+        }
+        out
+    }
+
     /// A short name of the variant, for metrics and span fields.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -92,7 +156,7 @@ impl ServiceError {
             Self::FailedPrecondition { .. } => "failed_precondition",
             Self::ResourceExhausted(_) => "resource_exhausted",
             Self::Unavailable { .. } => "unavailable",
-            Self::Internal(_) => "internal",
+            Self::Internal { .. } => "internal",
         }
     }
 
@@ -107,9 +171,12 @@ impl ServiceError {
             Self::AlreadyExists { .. } => Status::already_exists(self.to_string()),
             Self::FailedPrecondition { .. } => Status::failed_precondition(self.to_string()),
             Self::ResourceExhausted(_) => Status::resource_exhausted(self.to_string()),
-            Self::Unavailable { .. } => Status::unavailable(self.to_string()),
-            Self::Internal(detail) => {
-                tracing::error!(%detail, "internal error");
+            Self::Unavailable { .. } => {
+                tracing::warn!(error = %self.report(), "request failed: unavailable");
+                Status::unavailable(self.to_string())
+            }
+            Self::Internal { .. } => {
+                tracing::error!(error = %self.report(), "request failed: internal error");
                 Status::internal("internal error")
             }
         }
@@ -119,5 +186,40 @@ impl ServiceError {
 impl From<ServiceError> for tonic::Status {
     fn from(e: ServiceError) -> Self {
         e.into_status()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The client sees the service's words; the log sees the cause too.
+    #[test]
+    fn the_cause_goes_to_the_log_never_to_the_client() {
+        let driver = std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "connect 10.0.0.7:6379",
+        );
+        let e = ServiceError::unavailable_because("the hot store (Redis) is unreachable", driver);
+        assert_eq!(e.kind(), "unavailable");
+        assert!(std::error::Error::source(&e).is_some());
+        assert_eq!(
+            e.report(),
+            "storage unavailable: the hot store (Redis) is unreachable: connect 10.0.0.7:6379"
+        );
+        let status = e.into_status();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(
+            !status.message().contains("10.0.0.7"),
+            "{}",
+            status.message()
+        );
+
+        let e =
+            ServiceError::internal_because("corrupt record", "bad varint at byte 3".to_string());
+        assert!(e.report().ends_with("bad varint at byte 3"));
+        let status = e.into_status();
+        assert_eq!(status.code(), tonic::Code::Internal);
+        assert_eq!(status.message(), "internal error");
     }
 }

@@ -23,7 +23,7 @@ pub mod scylla;
 
 use crate::domain::{ConversationId, Cursor, Event, MessageId, MessageState, Millis, Seq, UserId};
 pub use crate::domain::{ReplayFrom, ResetReason};
-use crate::error::ServiceError;
+use crate::error::{ServiceError, Source};
 use crate::fanout::Hub;
 use async_trait::async_trait;
 use std::sync::Arc;

@@ -72,7 +72,6 @@ use scylla::deserialize::row::DeserializeRow;
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::prepared::PreparedStatement;
 use serde::{Deserialize, Serialize};
-use std::fmt::Display;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -250,24 +249,22 @@ const TABLES: &[&str] = &[
         user uuid PRIMARY KEY, sharing boolean, version bigint)",
 ];
 
-/// A backend failure: logged with its cause, returned as UNAVAILABLE with a
-/// client-safe message.
-fn unavailable(what: &str, err: impl Display) -> ServiceError {
-    tracing::warn!(error = %err, "persistent store: {what} failed");
-    ServiceError::Unavailable {
-        message: format!(
-            "persistent store (Scylla) did not answer: {what} failed; retry with backoff"
-        ),
-    }
+/// A backend failure: UNAVAILABLE with a client-safe message, the driver's
+/// error kept as its cause.
+fn unavailable(what: &str, err: impl Into<crate::error::Source>) -> ServiceError {
+    ServiceError::unavailable_because(
+        format!("persistent store (Scylla) did not answer: {what} failed; retry with backoff"),
+        err,
+    )
 }
 
 /// Stored data that cannot be what we wrote.
-fn corrupt(what: &str, err: impl Display) -> ServiceError {
-    ServiceError::Internal(format!("persistent store: {what}: {err}"))
+fn corrupt(what: &str, err: impl Into<crate::error::Source>) -> ServiceError {
+    ServiceError::internal_because(format!("persistent store: {what}"), err)
 }
 
 fn to_i64(field: &str, value: u64) -> Result<i64, ServiceError> {
-    i64::try_from(value).map_err(|_| ServiceError::Internal(format!("{field} {value} exceeds i64")))
+    i64::try_from(value).map_err(|_| ServiceError::internal(format!("{field} {value} exceeds i64")))
 }
 
 fn to_u64(field: &str, value: i64) -> Result<u64, ServiceError> {
@@ -377,7 +374,7 @@ impl ScyllaPersistence {
                 version,
             } => {
                 let blob = postcard::to_stdvec(members)
-                    .map_err(|e| ServiceError::Internal(format!("encode membership: {e}")))?;
+                    .map_err(|e| ServiceError::internal(format!("encode membership: {e}")))?;
                 let version = to_i64("version", *version)?;
                 writes.push(self.write(
                     &s.insert_conversation,

@@ -146,7 +146,7 @@ impl EmbeddedStore {
             let result = f(ctx);
             let fatal = matches!(
                 result,
-                Err(ServiceError::Unavailable { .. } | ServiceError::Internal(_))
+                Err(ServiceError::Unavailable { .. } | ServiceError::Internal { .. })
             );
             let done: Completion = Box::new(move |commit: StoreResult<()>| {
                 let out = match (result, commit) {
@@ -166,14 +166,11 @@ impl EmbeddedStore {
         match sender {
             Some(s) if s.send(job).is_ok() => {}
             _ => {
-                return Err(ServiceError::Unavailable {
-                    message: "store is shutting down".into(),
-                });
+                return Err(ServiceError::unavailable("store is shutting down"));
             }
         }
-        rx.await.map_err(|_| ServiceError::Unavailable {
-            message: "store writer stopped".into(),
-        })?
+        rx.await
+            .map_err(|_| ServiceError::unavailable("store writer stopped"))?
     }
 
     /// Runs `f` on a read snapshot on the blocking pool.
@@ -189,7 +186,7 @@ impl EmbeddedStore {
             f(&t)
         })
         .await
-        .map_err(|e| ServiceError::Internal(format!("read task failed: {e}")))?
+        .map_err(|e| ServiceError::internal(format!("read task failed: {e}")))?
     }
 }
 

@@ -76,14 +76,11 @@ pub(super) fn i64_val(bytes: &[u8]) -> i64 {
     u64_at(bytes, 0) as i64
 }
 
-pub(super) fn storage(e: impl std::fmt::Display) -> ServiceError {
-    tracing::error!(error = %e, "embedded store error");
-    ServiceError::Unavailable {
-        message: "embedded store error".into(),
-    }
+pub(super) fn storage(e: impl Into<Source>) -> ServiceError {
+    ServiceError::unavailable_because("the embedded store failed (see the server log)", e)
 }
-pub(super) fn corrupt(e: impl std::fmt::Display) -> ServiceError {
-    ServiceError::Internal(format!("corrupt record: {e}"))
+pub(super) fn corrupt(e: impl Into<Source>) -> ServiceError {
+    ServiceError::internal_because("corrupt record in the embedded store", e)
 }
 pub(super) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     postcard::to_allocvec(v).expect("postcard encoding of plain data cannot fail")

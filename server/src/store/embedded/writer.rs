@@ -342,14 +342,11 @@ pub(super) fn writer_loop(
         for done in completions {
             done(match &commit {
                 Ok(()) => Ok(()),
-                Err(e) => {
-                    tracing::error!(error = %e, "embedded store: commit failed");
-                    Err(ServiceError::Unavailable {
-                        message: "the embedded store could not commit (see the server log: a full \
-                                  disk or an I/O error); nothing of the write was applied, retry"
-                            .into(),
-                    })
-                }
+                Err(e) => Err(ServiceError::unavailable_because(
+                    "the embedded store could not commit (see the server log: a full disk or an \
+                     I/O error); nothing of the write was applied, retry",
+                    e.clone(),
+                )),
             });
         }
         if closed {
@@ -383,9 +380,9 @@ pub(super) fn run_batch(
                 fatal |= failed;
             }
             if fatal {
-                return Err(ServiceError::Unavailable {
-                    message: "a write in the batch failed in storage".into(),
-                });
+                return Err(ServiceError::unavailable(
+                    "a write in the batch failed in storage",
+                ));
             }
             ctx.flush_due_windows(flush_all)?;
             ctx.trim()?;

@@ -133,10 +133,7 @@ impl ConnectionLike for Conn {
 }
 
 fn redis_err(e: redis::RedisError) -> ServiceError {
-    tracing::warn!(error = %e, "redis call failed");
-    ServiceError::Unavailable {
-        message: redis_failure(&e).into(),
-    }
+    ServiceError::unavailable_because(redis_failure(&e), e)
 }
 
 /// What a caller is told when Redis failed a call: what is wrong, in the
@@ -196,13 +193,8 @@ fn known_new(m: &MessageId, horizon: Option<u64>) -> bool {
     }
 }
 
-fn scylla_err(e: ServiceError) -> ServiceError {
-    tracing::warn!(error = %e, "scylla call failed");
-    e
-}
-
 fn corrupt(what: &str) -> ServiceError {
-    ServiceError::Internal(format!("corrupt hot data: {what}"))
+    ServiceError::internal(format!("corrupt hot data: {what}"))
 }
 
 fn enc<T: serde::Serialize>(v: &T) -> Vec<u8> {
@@ -437,7 +429,7 @@ impl RedisStore {
             let url = opts
                 .redis_urls
                 .first()
-                .ok_or_else(|| ServiceError::Internal("no redis url".into()))?;
+                .ok_or_else(|| ServiceError::internal("no redis url"))?;
             let client = redis::Client::open(url.as_str()).map_err(redis_err)?;
             let config = redis::aio::ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(Duration::from_secs(2)))
@@ -450,9 +442,7 @@ impl RedisStore {
                     .map_err(redis_err)?,
             )
         };
-        let scylla = ScyllaPersistence::connect(&opts.scylla)
-            .await
-            .map_err(scylla_err)?;
+        let scylla = ScyllaPersistence::connect(&opts.scylla).await?;
         let hub = Hub::new(opts.subscriber_buffer);
         let inner = Arc::new(Inner {
             conn,
@@ -571,9 +561,9 @@ impl Inner {
                 return Ok(None);
             }
         }
-        Err(ServiceError::Unavailable {
-            message: format!("conversation {c} could not be loaded into redis"),
-        })
+        Err(ServiceError::unavailable(format!(
+            "conversation {c} could not be loaded into redis"
+        )))
     }
 
     /// Serializes this node's writes to the conversations `cs` (every
@@ -655,7 +645,7 @@ impl Inner {
 
     /// Loads a conversation from Scylla into Redis. `false`: Scylla has none.
     async fn rewarm(&self, c: &ConversationId) -> StoreResult<bool> {
-        let Some(img) = self.scylla.conversation(*c).await.map_err(scylla_err)? else {
+        let Some(img) = self.scylla.conversation(*c).await? else {
             return Ok(false);
         };
         tracing::debug!(conversation = %c, messages = img.messages.len(), "re-warming from scylla");
@@ -736,7 +726,7 @@ impl Inner {
             match row {
                 (Some(s), Some(v)) => out.push((s == "1", v)),
                 _ => {
-                    let persisted = self.scylla.sharing(*u).await.map_err(scylla_err)?;
+                    let persisted = self.scylla.sharing(*u).await?;
                     let (s, v) = persisted.unwrap_or((true, 0));
                     // Re-warm only if still absent; a concurrent change wins.
                     // "Never set" is cached too (the default at version 0),
@@ -818,7 +808,7 @@ impl Inner {
             let mut d = HashMap::new();
             if !row.contains_key(b"_".as_slice()) {
                 // Expired (or never touched): what Scylla has, merged back.
-                let persisted = self.scylla.deliveries(m).await.map_err(scylla_err)?;
+                let persisted = self.scylla.deliveries(m).await?;
                 let key = self.keys.receipt(&view.c, &m);
                 let mut p = redis::pipe();
                 for (u, at) in &persisted {
@@ -974,7 +964,7 @@ impl Inner {
             .await?;
         match hot {
             Some(b) => Ok(Some(dec(&b, "message")?)),
-            None => self.scylla.message(*m).await.map_err(scylla_err),
+            None => self.scylla.message(*m).await,
         }
     }
 
@@ -1115,7 +1105,7 @@ impl Inner {
             if known_new(m, new_after) {
                 return Ok(None);
             }
-            let Some(msg) = self.scylla.message(*m).await.map_err(scylla_err)? else {
+            let Some(msg) = self.scylla.message(*m).await? else {
                 return Ok(None);
             };
             let _: () = self
@@ -1206,15 +1196,13 @@ impl Inner {
         if outage <= self.opts.max_outage {
             return Ok(());
         }
-        Err(ServiceError::Unavailable {
-            message: format!(
-                "writes are paused: the persistent store (Scylla) has been unreachable for {} s, \
+        Err(ServiceError::unavailable(format!(
+            "writes are paused: the persistent store (Scylla) has been unreachable for {} s, \
                  longer than --writebehind-max-outage-secs ({}), and changes waiting for it stay \
                  bounded; reads keep working, and writes resume when Scylla answers",
-                outage.as_secs(),
-                self.opts.max_outage.as_secs()
-            ),
-        })
+            outage.as_secs(),
+            self.opts.max_outage.as_secs()
+        )))
     }
 
     /// Compare-and-apply on the hash `versioned` (see [`scripts::APPLY`]).
@@ -1285,12 +1273,10 @@ impl Inner {
                 wanted = n,
                 "redis replicas did not confirm a write in time"
             );
-            return Err(ServiceError::Unavailable {
-                message: format!(
-                    "write applied on the Redis primary but confirmed by {acked} of {n} replicas within {} ms (--redis-wait-replicas); its outcome is unknown and retrying is safe: writes are idempotent",
-                    timeout.as_millis()
-                ),
-            });
+            return Err(ServiceError::unavailable(format!(
+                "write applied on the Redis primary but confirmed by {acked} of {n} replicas within {} ms (--redis-wait-replicas); its outcome is unknown and retrying is safe: writes are idempotent",
+                timeout.as_millis()
+            )));
         }
         Ok(())
     }
@@ -1644,7 +1630,7 @@ impl Inner {
         match self.scylla.user_conversations(*u).await {
             Ok(more) => convs.extend(more),
             Err(e) => tracing::warn!(
-                error = %e,
+                error = %e.report(),
                 "privacy re-index: scylla unavailable; indexing the conversations Redis knows"
             ),
         }
@@ -1723,12 +1709,7 @@ impl Inner {
             .await?;
         let mut recent: Vec<(ConversationId, MessageId)> = Vec::new();
         if sent.is_empty() {
-            for m in self
-                .scylla
-                .recent_sent(*u, SNAPSHOT_MESSAGES)
-                .await
-                .map_err(scylla_err)?
-            {
+            for m in self.scylla.recent_sent(*u, SNAPSHOT_MESSAGES).await? {
                 recent.push((m.conversation, m.id));
             }
         } else {
@@ -1779,8 +1760,7 @@ impl Inner {
             convs = self
                 .scylla
                 .user_conversations(*u)
-                .await
-                .map_err(scylla_err)?
+                .await?
                 .iter()
                 .map(hex)
                 .collect();
@@ -1878,7 +1858,7 @@ impl Inner {
                 let bytes: Vec<u8> = e.get("p").ok_or_else(|| corrupt("queue entry"))?;
                 ops.extend(dec::<Vec<PersistOp>>(&bytes, "queue entry")?);
             }
-            self.scylla.apply(&ops).await.map_err(scylla_err)?;
+            self.scylla.apply(&ops).await?;
             total += ops.len() as u64;
             let mut drop = scripts::XDEL_DROP.key(queue);
             for e in &entries.ids {
@@ -1946,9 +1926,9 @@ enum Applied {
 }
 
 fn contended(c: &ConversationId) -> ServiceError {
-    ServiceError::Unavailable {
-        message: format!("conversation {c} is too contended right now; retry"),
-    }
+    ServiceError::unavailable(format!(
+        "conversation {c} is too contended right now; retry"
+    ))
 }
 
 async fn backoff() {
@@ -2194,7 +2174,7 @@ async fn window_loop(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
         };
         for (c, _) in due {
             if let Err(e) = inner.flush_window(&c).await {
-                tracing::warn!(conversation = %c, error = %e, "group window flush failed; retrying");
+                tracing::warn!(conversation = %c, error = %e.report(), "group window flush failed; retrying");
                 inner.schedule_window(c);
             }
         }
@@ -2210,7 +2190,7 @@ async fn flush_loop(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
         match inner.flush_all().await {
             Ok(n) if n > 0 => tracing::debug!(persisted = n, "flushed to scylla"),
             Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "flush to scylla failed; will retry"),
+            Err(e) => tracing::warn!(error = %e.report(), "flush to scylla failed; will retry"),
         }
     }
 }
@@ -2452,9 +2432,9 @@ impl ReceiptStore for RedisStore {
             let _ = attempt;
             backoff().await;
         }
-        Err(ServiceError::Unavailable {
-            message: "register: conversations too contended right now; retry".into(),
-        })
+        Err(ServiceError::unavailable(
+            "register: conversations too contended right now; retry",
+        ))
     }
 
     async fn mark_delivered(
@@ -2705,9 +2685,9 @@ impl ReceiptStore for RedisStore {
             }
             backoff().await;
         }
-        Err(ServiceError::Unavailable {
-            message: "sharing setting too contended right now; retry".into(),
-        })
+        Err(ServiceError::unavailable(
+            "sharing setting too contended right now; retry",
+        ))
     }
 
     async fn sharing(&self, user: UserId) -> StoreResult<bool> {
@@ -2888,11 +2868,11 @@ impl ReceiptStore for RedisStore {
         };
         for c in open {
             if let Err(e) = self.inner.flush_window(&c).await {
-                tracing::warn!(conversation = %c, error = %e, "window flush at shutdown failed");
+                tracing::warn!(conversation = %c, error = %e.report(), "window flush at shutdown failed");
             }
         }
         if let Err(e) = self.inner.flush_all().await {
-            tracing::warn!(error = %e, "flush to scylla at shutdown failed; another node will finish it");
+            tracing::warn!(error = %e.report(), "flush to scylla at shutdown failed; another node will finish it");
         }
         let _ = self.stop.send(true);
         let tasks: Vec<JoinHandle<()>> = self

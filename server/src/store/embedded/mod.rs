@@ -256,34 +256,54 @@ impl ReceiptStore for EmbeddedStore {
 
     async fn register_messages(&self, messages: Vec<NewMessage>) -> StoreResult<u64> {
         self.write(move |ctx| {
-            // Validate the whole batch before writing anything.
+            // Validate the whole batch before writing anything. A batch is
+            // usually one conversation and a few senders: each is read once.
             let mut fresh = Vec::new();
+            let mut last_seqs: HashMap<ConversationId, Seq> = HashMap::new();
+            let mut memberships: HashMap<(ConversationId, UserId), Option<Membership>> =
+                HashMap::new();
             for (i, m) in distinct_registrations(&messages)? {
-                if ctx.t.conversation(&m.conversation)?.is_none() {
-                    return Err(ServiceError::not_found(
-                        format!("messages[{i}].conversation_id"),
-                        "conversation",
-                        m.conversation,
-                    ));
+                if let std::collections::hash_map::Entry::Vacant(e) =
+                    last_seqs.entry(m.conversation)
+                {
+                    if ctx.t.conversation(&m.conversation)?.is_none() {
+                        return Err(ServiceError::not_found(
+                            format!("messages[{i}].conversation_id"),
+                            "conversation",
+                            m.conversation,
+                        ));
+                    }
+                    e.insert(ctx.t.last_seq(&m.conversation)?);
                 }
                 let existing = ctx.t.message(&m.id)?;
                 let seq_taken_by = get_bytes(&ctx.t.conv_msgs, &k_seq(&m.conversation, m.seq))?
                     .map(|b| uuid_at(&b, 0));
-                let sender_is_member = ctx
-                    .t
-                    .membership(&m.conversation, &m.sender)?
-                    .is_some_and(|ms| ms.contains(m.seq));
+                let membership = match memberships.get(&(m.conversation, m.sender)) {
+                    Some(known) => known,
+                    None => {
+                        let read = ctx.t.membership(&m.conversation, &m.sender)?;
+                        memberships
+                            .entry((m.conversation, m.sender))
+                            .or_insert(read)
+                    }
+                };
+                let sender_is_member = membership.as_ref().is_some_and(|ms| ms.contains(m.seq));
                 if judge_registration(i, &m, existing, seq_taken_by, sender_is_member)? {
                     fresh.push(m);
                 }
             }
             for m in &fresh {
-                if ctx.t.last_seq(&m.conversation)? > m.seq {
+                let last = last_seqs.entry(m.conversation).or_default();
+                if *last > m.seq {
                     ctx.split_runs_at(&m.conversation, m.seq)?;
                 }
+                *last = (*last).max(m.seq);
                 put(&mut ctx.t.messages, &k1(&m.id), &encode(m))?;
-                let v = k2(&m.id, &m.sender);
-                put(&mut ctx.t.conv_msgs, &k_seq(&m.conversation, m.seq), &v)?;
+                put(
+                    &mut ctx.t.conv_msgs,
+                    &k_seq(&m.conversation, m.seq),
+                    &conv_msg_value(m),
+                )?;
                 ctx.st.sender_counter += 1;
                 put(
                     &mut ctx.t.sender_msgs,
@@ -344,7 +364,7 @@ impl ReceiptStore for EmbeddedStore {
                         Delivery::Already(t) => DeliveryResult::already(m.id, t),
                         Delivery::Record => {
                             new.push(m.seq);
-                            touched.push((m.seq, m.id, m.sender));
+                            touched.push(m);
                             DeliveryResult::recorded(m.id, at)
                         }
                     };

@@ -375,7 +375,7 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
         c: &ConversationId,
         lo: Seq,
         hi: Seq,
-    ) -> StoreResult<Vec<(Seq, MessageId, UserId)>> {
+    ) -> StoreResult<Vec<Message>> {
         let (lo, hi) = (k_seq(c, lo), k_seq(c, hi));
         let mut out = Vec::new();
         for entry in self
@@ -384,11 +384,21 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
             .map_err(storage)?
         {
             let (k, v) = entry.map_err(storage)?;
-            out.push((
-                u64_at(k.value(), 16),
-                uuid_at(v.value(), 0),
-                uuid_at(v.value(), 16),
-            ));
+            let (seq, v) = (u64_at(k.value(), 16), v.value());
+            let message = match v.len() {
+                40.. => Message {
+                    id: uuid_at(v, 0),
+                    conversation: *c,
+                    seq,
+                    sender: uuid_at(v, 16),
+                    sent_at: u64_at(v, 32) as Millis,
+                },
+                // Written before the row carried the sent time.
+                _ => self
+                    .message(&uuid_at(v, 0))?
+                    .ok_or_else(|| corrupt(format!("message at seq {seq} of {c} has no record")))?,
+            };
+            out.push(message);
         }
         Ok(out)
     }
@@ -604,6 +614,16 @@ pub(super) fn put_run(
     run: &Run,
 ) -> StoreResult<()> {
     put(t, &k3(c, u, run.first), &run_value(run))
+}
+
+/// The `conversation_messages` value of `m`: id ‖ sender ‖ sent time, so
+/// that messages read by seq need no second lookup by id.
+pub(super) fn conv_msg_value(m: &Message) -> [u8; 40] {
+    let mut v = [0u8; 40];
+    v[..16].copy_from_slice(m.id.as_bytes());
+    v[16..32].copy_from_slice(m.sender.as_bytes());
+    v[32..].copy_from_slice(&m.sent_at.to_be_bytes());
+    v
 }
 
 pub(super) fn put(t: &mut Table<'_, Bytes, Bytes>, k: &[u8], v: &[u8]) -> StoreResult<()> {

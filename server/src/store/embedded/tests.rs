@@ -207,7 +207,7 @@ async fn dense_and_sparse_message_sets_get_the_same_states() {
         .await
         .expect("messages")
         .into_iter()
-        .map(|(_, id, _)| id)
+        .map(|m| m.id)
         .collect();
     // Delivered: every third message; read up to 40 at t=2000, then 70 at t=3000.
     let delivered: Vec<MessageId> = ids.iter().step_by(3).copied().collect();
@@ -439,5 +439,44 @@ async fn deliveries_one_row_per_message_are_folded_into_runs_at_open() {
         "the old table is dropped"
     );
     drop(txn);
+    store.shutdown().await;
+}
+
+/// `conversation_messages` rows written before they carried the sent time
+/// still give whole messages (looked up by id).
+#[tokio::test]
+async fn messages_by_seq_read_rows_with_and_without_the_sent_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = EmbeddedStore::open(dir.path(), options()).expect("open");
+    let (c, a, _, _) = conversation_with(&store, 0).await;
+    let msgs: Vec<Message> = (1..=2)
+        .map(|seq| Message {
+            id: Uuid::now_v7(),
+            conversation: c,
+            seq,
+            sender: a,
+            sent_at: 100 + seq as Millis,
+        })
+        .collect();
+    store
+        .register_messages(msgs.clone())
+        .await
+        .expect("register");
+    let first = msgs[0];
+    store
+        .write(move |ctx| {
+            let old = k2(&first.id, &first.sender);
+            put(&mut ctx.t.conv_msgs, &k_seq(&c, 1), &old)
+        })
+        .await
+        .expect("rewrite as the old row");
+    let read = store
+        .read(move |t| t.messages_between(&c, 1, 2))
+        .await
+        .expect("messages");
+    assert_eq!(
+        read.iter().map(|m| m.sent_at).collect::<Vec<_>>(),
+        vec![101, 102]
+    );
     store.shutdown().await;
 }

@@ -51,14 +51,10 @@ impl WriteCtx<'_, '_> {
         Ok(())
     }
 
-    /// Announces that the states of `msgs` (seq, id, sender) in `c` changed: pushed
-    /// at once in direct conversations, folded into the group window otherwise.
-    pub(super) fn touch(
-        &mut self,
-        c: &ConversationId,
-        msgs: Vec<(Seq, MessageId, UserId)>,
-    ) -> StoreResult<()> {
-        let seqs = msgs.iter().map(|(s, _, _)| *s);
+    /// Announces that the states of `msgs` in `c` changed: pushed at once in
+    /// direct conversations, folded into the group window otherwise.
+    pub(super) fn touch(&mut self, c: &ConversationId, msgs: Vec<Message>) -> StoreResult<()> {
+        let seqs = msgs.iter().map(|m| m.seq);
         let (Some(lo), Some(hi)) = (seqs.clone().min(), seqs.max()) else {
             return Ok(());
         };
@@ -81,14 +77,10 @@ impl WriteCtx<'_, '_> {
     pub(super) fn emit_states(
         &mut self,
         ctx: &ConvContext,
-        msgs: Vec<(Seq, MessageId, UserId)>,
+        msgs: Vec<Message>,
         group: bool,
     ) -> StoreResult<()> {
-        let mut found = Vec::with_capacity(msgs.len());
-        for (_, id, _) in msgs {
-            found.extend(self.t.message(&id)?);
-        }
-        let states = self.t.states(ctx, &found, |m| m.sender, !group)?;
+        let states = self.t.states(ctx, &msgs, |m| m.sender, !group)?;
         for (sender, body) in fanout::receipt_events(ctx.conversation, group, states) {
             self.emit(sender, body)?;
         }
@@ -174,7 +166,7 @@ impl WriteCtx<'_, '_> {
         let registered: Option<Vec<(Seq, UserId)>> =
             if hi - lo < DENSE_SPAN_PER_MESSAGE.saturating_mul(new.len() as u64) {
                 let msgs = self.t.messages_between(c, lo, hi)?;
-                Some(msgs.into_iter().map(|(s, _, sender)| (s, sender)).collect())
+                Some(msgs.into_iter().map(|m| (m.seq, m.sender)).collect())
             } else {
                 None
             };
@@ -279,14 +271,14 @@ impl WriteCtx<'_, '_> {
         };
         // Deliveries of the newly read messages, in one range scan.
         let delivered = self.t.runs_between(c, u, before.seq + 1, after.seq)?;
-        for (seq, id, sender) in self.t.messages_between(c, first + 1, after.seq)? {
-            if !membership.receives(*u, sender, seq) {
+        for m in self.t.messages_between(c, first + 1, after.seq)? {
+            if !membership.receives(*u, m.sender, m.seq) {
                 continue;
             }
-            let visible = adv.is_public() && seq > before.public_seq;
-            let newly_delivered = seq > before.seq && delivered.delivered_at(seq).is_none();
+            let visible = adv.is_public() && m.seq > before.public_seq;
+            let newly_delivered = m.seq > before.seq && delivered.delivered_at(m.seq).is_none();
             if visible || newly_delivered {
-                changed.push((seq, id, sender));
+                changed.push(m);
             }
         }
         self.touch(c, changed)?;

@@ -25,6 +25,7 @@ pub fn now_millis() -> Millis {
         .unwrap_or_default()
 }
 
+mod counting;
 mod cursor;
 mod delivery;
 mod event;
@@ -32,6 +33,7 @@ mod membership;
 mod read;
 mod view;
 
+pub use counting::{Counts, Party, PrefixIndex, Prefixes, SortedPrefixes, count, standing};
 pub use cursor::{Cursor, ReplayFrom, ResetReason, replay_start, too_large};
 pub use delivery::{Delivery, Run, Runs, judge as judge_delivery, runs_of};
 pub use event::{Event, EventBody, Message, MessageState, coalesce};

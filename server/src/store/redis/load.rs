@@ -1,0 +1,760 @@
+//! Reading facts: a conversation's view at one version, loaded (and
+//! re-warmed from Scylla) as far as a call needs it.
+
+use super::*;
+
+/// What is known of one conversation at one version.
+pub(super) struct View {
+    pub(super) c: ConversationId,
+    pub(super) ver: u64,
+    /// Membership version (only grows, survives re-warming).
+    pub(super) mver: u64,
+    /// Last recorded write time.
+    pub(super) stamp: Millis,
+    /// Current members.
+    pub(super) count: u64,
+    pub(super) members: BTreeMap<UserId, Membership>,
+    pub(super) wms: HashMap<UserId, ReadWatermark>,
+    pub(super) sharing: HashMap<UserId, bool>,
+    pub(super) messages: HashMap<MessageId, Message>,
+    pub(super) deliveries: HashMap<MessageId, HashMap<UserId, Millis>>,
+    /// (user, public) -> history entries (seq, at) in seq order.
+    pub(super) hist: HashMap<(UserId, bool), Vec<(Seq, Millis)>>,
+}
+
+impl View {
+    /// A view that knows nothing yet but the conversation and a version.
+    pub(super) fn bare(c: ConversationId, ver: u64) -> Self {
+        View {
+            c,
+            ver,
+            mver: 0,
+            stamp: 0,
+            count: 0,
+            members: BTreeMap::new(),
+            wms: HashMap::new(),
+            sharing: HashMap::new(),
+            messages: HashMap::new(),
+            deliveries: HashMap::new(),
+            hist: HashMap::new(),
+        }
+    }
+
+    pub(super) fn group(&self) -> bool {
+        self.count > 2
+    }
+
+    pub(super) fn wm(&self, u: &UserId) -> ReadWatermark {
+        self.wms.get(u).copied().unwrap_or_default()
+    }
+
+    pub(super) fn authorize(&self, u: &UserId, field: &str) -> StoreResult<Membership> {
+        match self.members.get(u) {
+            Some(m) if m.is_current() => Ok(m.clone()),
+            _ => Err(ServiceError::PermissionDenied(format!(
+                "{field}: caller is not a member of conversation {}",
+                self.c
+            ))),
+        }
+    }
+
+    pub(super) fn first_covering(&self, u: &UserId, public: bool, seq: Seq) -> Option<Millis> {
+        self.hist
+            .get(&(*u, public))
+            .and_then(|h| h.iter().find(|(s, _)| *s >= seq).map(|(_, at)| *at))
+    }
+
+    pub(super) fn delivered_at(&self, m: &MessageId, u: &UserId) -> Option<Millis> {
+        self.deliveries.get(m).and_then(|d| d.get(u)).copied()
+    }
+
+    /// The state of `m` as `viewer` may see it (the rules are in `domain`).
+    pub(super) fn state(
+        &self,
+        viewer: &UserId,
+        m: &Message,
+        with_recipients: bool,
+    ) -> MessageState {
+        let mut views = Vec::new();
+        for (u, membership) in &self.members {
+            if !membership.receives(*u, m.sender, m.seq) {
+                continue;
+            }
+            let wm = self.wm(u);
+            let facts = RecipientFacts {
+                delivered_at: self.delivered_at(&m.id, u),
+                read_at: (wm.seq >= m.seq)
+                    .then(|| self.first_covering(u, false, m.seq))
+                    .flatten(),
+                public_read_at: (wm.public_seq >= m.seq)
+                    .then(|| self.first_covering(u, true, m.seq))
+                    .flatten(),
+                sharing: self.sharing.get(u).copied().unwrap_or(true),
+            };
+            views.push(domain::recipient_view(*viewer, *u, facts));
+        }
+        MessageState {
+            message: *m,
+            aggregate: domain::aggregate(&views),
+            recipients: if with_recipients { views } else { Vec::new() },
+        }
+    }
+}
+
+pub(super) fn parse_view(
+    c: &ConversationId,
+    meta: HashMap<String, Vec<u8>>,
+    wms: HashMap<String, String>,
+) -> StoreResult<View> {
+    let num = |f: &str| -> StoreResult<u64> {
+        meta.get(f)
+            .map(|b| {
+                std::str::from_utf8(b)
+                    .ok()
+                    .and_then(|s| s.parse::<i64>().ok())
+                    .map(|v| v.max(0) as u64)
+                    .ok_or_else(|| corrupt("meta number"))
+            })
+            .transpose()
+            .map(|v| v.unwrap_or(0))
+    };
+    let mut members = BTreeMap::new();
+    for (f, v) in &meta {
+        if let Some(u) = f.strip_prefix("m:") {
+            members.insert(parse_uuid(u)?, dec(v, "membership")?);
+        }
+    }
+    let mut watermarks = HashMap::new();
+    for (u, v) in wms {
+        watermarks.insert(parse_uuid(&u)?, parse_watermark(&v)?);
+    }
+    Ok(View {
+        c: *c,
+        ver: num("v")?,
+        mver: num("mv")?,
+        stamp: num("t")? as Millis,
+        count: num("n")?,
+        members,
+        wms: watermarks,
+        sharing: HashMap::new(),
+        messages: HashMap::new(),
+        deliveries: HashMap::new(),
+        hist: HashMap::new(),
+    })
+}
+
+/// A watermarks-hash value: `seq:public_seq`.
+pub(super) fn parse_watermark(v: &str) -> StoreResult<ReadWatermark> {
+    let (s, p) = v.split_once(':').ok_or_else(|| corrupt("watermark"))?;
+    Ok(ReadWatermark {
+        seq: s.parse().map_err(|_| corrupt("watermark"))?,
+        public_seq: p.parse().map_err(|_| corrupt("watermark"))?,
+    })
+}
+
+impl Inner {
+    /// The conversation's meta and watermarks, re-warmed from Scylla on a
+    /// miss. `None`: no such conversation.
+    pub(super) async fn view(&self, c: &ConversationId) -> StoreResult<Option<View>> {
+        for _ in 0..3 {
+            let mut p = redis::pipe();
+            p.hgetall(self.keys.meta(c))
+                .hgetall(self.keys.watermarks(c));
+            let (meta, wms): (HashMap<String, Vec<u8>>, HashMap<String, String>) =
+                self.pipe(&p).await?;
+            if meta.contains_key("n") {
+                return Ok(Some(parse_view(c, meta, wms)?));
+            }
+            if !self.rewarm(c).await? {
+                return Ok(None);
+            }
+        }
+        Err(ServiceError::unavailable(format!(
+            "conversation {c} could not be loaded into redis"
+        )))
+    }
+
+    /// Serializes this node's writes to the conversations `cs` (every
+    /// conversation write path holds it from its first read to its commit).
+    ///
+    /// Correctness does not depend on it: the version check in
+    /// [`scripts::APPLY`] still decides, and nodes still race each other.
+    /// It is about cost. Without it, N concurrent writes to one
+    /// conversation on one node (a 500-member group's members all marking
+    /// the same batch delivered) make N − 1 of them fail the version
+    /// check, re-read and retry: O(N²) reads and commits instead of O(N).
+    /// The locks are striped by conversation id and taken in stripe order,
+    /// so holding several cannot deadlock.
+    pub(super) async fn lock<'a>(
+        &'a self,
+        cs: impl IntoIterator<Item = &'a ConversationId>,
+    ) -> Vec<tokio::sync::MutexGuard<'a, ()>> {
+        let mut stripes: Vec<usize> = cs
+            .into_iter()
+            .map(|c| (c.as_u128() % WRITE_STRIPES as u128) as usize)
+            .collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        let mut guards = Vec::with_capacity(stripes.len());
+        for i in stripes {
+            guards.push(self.stripes[i].lock().await);
+        }
+        guards
+    }
+
+    /// What a write by `u` needs of `c`, in one round trip. A direct
+    /// conversation's view is whole (its events carry whole states). A
+    /// group's holds only `u`'s membership and watermark, with the
+    /// conversation's version, stamp and member count: a group write by one
+    /// member decides from that member's data alone and leaves the counting
+    /// to the window, so it reads O(1) data however large the group.
+    pub(super) async fn view_for(
+        &self,
+        c: &ConversationId,
+        u: &UserId,
+    ) -> StoreResult<Option<View>> {
+        let reply: Vec<Value> = scripts::VIEW
+            .key(self.keys.meta(c))
+            .key(self.keys.watermarks(c))
+            .arg(hex(u))
+            .arg(DIRECT_MEMBERS)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(redis_err)?;
+        let parse = |e: redis::ParsingError| redis_err(e.into());
+        let mut it = reply.into_iter();
+        let kind = it
+            .next()
+            .map(i64::from_redis_value)
+            .transpose()
+            .map_err(parse)?;
+        let (meta, wms) = (it.next(), it.next());
+        match (kind, meta, wms) {
+            (Some(1), Some(meta), Some(wms)) => Ok(Some(parse_view(
+                c,
+                HashMap::from_redis_value(meta).map_err(parse)?,
+                HashMap::from_redis_value(wms).map_err(parse)?,
+            )?)),
+            (Some(2), Some(fields), Some(wm)) => {
+                let values: Vec<Option<Vec<u8>>> = Vec::from_redis_value(fields).map_err(parse)?;
+                let mut meta = HashMap::new();
+                let names = ["v".to_string(), "mv".into(), "t".into(), "n".into()];
+                let member = format!("m:{}", hex(u));
+                for (f, v) in names.into_iter().chain([member]).zip(values) {
+                    if let Some(v) = v {
+                        meta.insert(f, v);
+                    }
+                }
+                let mut own = HashMap::new();
+                if let Some(wm) = Option::<String>::from_redis_value(wm).map_err(parse)? {
+                    own.insert(hex(u), wm);
+                }
+                Ok(Some(parse_view(c, meta, own)?))
+            }
+            _ => self.view(c).await,
+        }
+    }
+
+    /// Loads a conversation from Scylla into Redis. `false`: Scylla has none.
+    pub(super) async fn rewarm(&self, c: &ConversationId) -> StoreResult<bool> {
+        let Some(img) = self.scylla.conversation(*c).await? else {
+            return Ok(false);
+        };
+        tracing::debug!(conversation = %c, messages = img.messages.len(), "re-warming from scylla");
+        let k = &self.keys;
+        let ttl = self.ttl();
+        let mut plan = Plan::default();
+        let count = img.members.iter().filter(|(_, m)| m.is_current()).count() as u64;
+        let mut meta = rcmd!["HSET", k.meta(c), "n", count, "mv", img.version, "t", 0i64];
+        for (u, m) in &img.members {
+            meta.extend(rcmd![format!("m:{}", hex(u)), enc(m)]);
+        }
+        plan.cmds.push(meta);
+        let mut hist_keys = Vec::new();
+        let wms: HashMap<UserId, ReadWatermark> = img.watermarks.iter().copied().collect();
+        for (u, wm) in &wms {
+            plan.cmds.push(rcmd![
+                "HSET",
+                k.watermarks(c),
+                hex(u),
+                format!("{}:{}", wm.seq, wm.public_seq)
+            ]);
+        }
+        let users: Vec<UserId> = img.members.iter().map(|(u, _)| *u).collect();
+        let sharing = self.sharing_of(&users).await?;
+        for ((u, m), (shares, _)) in img.members.iter().zip(sharing) {
+            let wm = wms.get(u).copied().unwrap_or_default();
+            plan.cmds.extend(index_member(k, c, u, m, wm, shares));
+        }
+        for (u, public, seq, at) in &img.history {
+            let key = k.history(c, u, *public);
+            plan.cmds
+                .push(rcmd!["ZADD", key.clone(), *seq, format!("{seq}:{at}")]);
+            hist_keys.push(key);
+        }
+        for chunk in img.messages.chunks(200) {
+            let mut z = rcmd!["ZADD", k.seqs(c)];
+            let mut h = rcmd!["HSET", k.messages(c)];
+            for m in chunk {
+                z.extend(rcmd![m.seq, format!("{}:{}", hex(&m.id), hex(&m.sender))]);
+                h.extend(rcmd![hex(&m.id), enc(m)]);
+            }
+            plan.cmds.push(z);
+            plan.cmds.push(h);
+        }
+        hist_keys.sort();
+        hist_keys.dedup();
+        for key in k.conversation_state(c).into_iter().chain(hist_keys) {
+            plan.cmds.push(rcmd!["EXPIRE", key, ttl]);
+        }
+        // Only if still absent (version 0): a concurrent re-warm or write wins.
+        match self.apply(c, 0, 0, plan.cmds).await? {
+            Applied::Done | Applied::Conflict => Ok(true),
+            Applied::LeaseExpired => Ok(true),
+        }
+    }
+
+    pub(super) async fn ensure_sharing(
+        &self,
+        view: &mut View,
+        users: &[UserId],
+    ) -> StoreResult<()> {
+        let missing = absent(users, &view.sharing);
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let values = self.sharing_of(&missing).await?;
+        for (u, s) in missing.into_iter().zip(values) {
+            view.sharing.insert(u, s.0);
+        }
+        Ok(())
+    }
+
+    /// (sharing, version) per user; re-warmed from Scylla on a miss.
+    pub(super) async fn sharing_of(&self, users: &[UserId]) -> StoreResult<Vec<(bool, u64)>> {
+        let mut p = redis::pipe();
+        for u in users {
+            p.cmd("HMGET").arg(self.keys.sharing(u)).arg("s").arg("v");
+        }
+        let rows: Vec<(Option<String>, Option<u64>)> = self.pipe(&p).await?;
+        let mut out = Vec::with_capacity(users.len());
+        for (u, row) in users.iter().zip(rows) {
+            match row {
+                (Some(s), Some(v)) => out.push((s == "1", v)),
+                _ => {
+                    let persisted = self.scylla.sharing(*u).await?;
+                    let (s, v) = persisted.unwrap_or((true, 0));
+                    // Re-warm only if still absent; a concurrent change wins.
+                    // "Never set" is cached too (the default at version 0),
+                    // so that a user who never changed the setting is not
+                    // asked of Scylla on every call, nor during its outage.
+                    {
+                        let mut p = redis::pipe();
+                        p.cmd("HSETNX")
+                            .arg(self.keys.sharing(u))
+                            .arg("v")
+                            .arg(v)
+                            .ignore()
+                            .cmd("HSETNX")
+                            .arg(self.keys.sharing(u))
+                            .arg("s")
+                            .arg(if s { "1" } else { "0" })
+                            .ignore()
+                            .cmd("EXPIRE")
+                            .arg(self.keys.sharing(u))
+                            .arg(self.ttl())
+                            .ignore();
+                        self.pipe::<()>(&p).await?;
+                    }
+                    out.push((s, v));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Loads messages by id (they must belong to `view`'s conversation).
+    pub(super) async fn ensure_messages(
+        &self,
+        view: &mut View,
+        ids: &[MessageId],
+    ) -> StoreResult<()> {
+        let missing = absent(ids, &view.messages);
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(self.keys.messages(&view.c));
+        for m in &missing {
+            cmd.arg(hex(m));
+        }
+        let rows: Vec<Option<Vec<u8>>> = self.query(&cmd).await?;
+        for row in rows.into_iter().flatten() {
+            let m: Message = dec(&row, "message")?;
+            view.messages.insert(m.id, m);
+        }
+        Ok(())
+    }
+
+    /// Those of `ids` that are messages of the view whose deliveries it has
+    /// not loaded yet (the messages loaded first).
+    pub(super) async fn without_deliveries(
+        &self,
+        view: &mut View,
+        ids: &[MessageId],
+    ) -> StoreResult<Vec<MessageId>> {
+        self.ensure_messages(view, ids).await?;
+        Ok(ids
+            .iter()
+            .filter(|m| !view.deliveries.contains_key(m) && view.messages.contains_key(m))
+            .copied()
+            .collect())
+    }
+
+    /// Loads the receipt hashes of `ids`, re-warming expired ones from Scylla.
+    pub(super) async fn ensure_deliveries(
+        &self,
+        view: &mut View,
+        ids: &[MessageId],
+    ) -> StoreResult<()> {
+        // Delivery times are stored relative to the send time.
+        let missing = self.without_deliveries(view, ids).await?;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut p = redis::pipe();
+        for m in &missing {
+            p.hgetall(self.keys.receipt(&view.c, m));
+        }
+        let rows: Vec<HashMap<Vec<u8>, String>> = self.pipe(&p).await?;
+        for (m, row) in missing.into_iter().zip(rows) {
+            let sent_at = view.messages[&m].sent_at;
+            let mut d = HashMap::new();
+            if !row.contains_key(b"_".as_slice()) {
+                // Expired (or never touched): what Scylla has, merged back.
+                let persisted = self.scylla.deliveries(m).await?;
+                let key = self.keys.receipt(&view.c, &m);
+                let mut p = redis::pipe();
+                for (u, at) in &persisted {
+                    p.cmd("HSETNX")
+                        .arg(&key)
+                        .arg(u.as_bytes().as_slice())
+                        .arg(delivery_value(*at, sent_at))
+                        .ignore();
+                }
+                p.cmd("HSET").arg(&key).arg("_").arg("1").ignore();
+                p.cmd("EXPIRE").arg(&key).arg(self.ttl()).ignore();
+                self.pipe::<()>(&p).await?;
+                for (u, at) in persisted {
+                    d.insert(u, at);
+                }
+            }
+            for (field, value) in row {
+                if field.len() != 16 {
+                    continue;
+                }
+                let u = Uuid::from_slice(&field).map_err(|_| corrupt("receipt field"))?;
+                let at = parse_delivery_value(&value, sent_at)
+                    .ok_or_else(|| corrupt("receipt value"))?;
+                let e = d.entry(u).or_insert(at);
+                *e = (*e).min(at);
+            }
+            view.deliveries.insert(m, d);
+        }
+        Ok(())
+    }
+
+    /// `c`'s view for a write by `u` with `msgs` loaded; names the first
+    /// message that is not there.
+    pub(super) async fn delivery_view(
+        &self,
+        c: &ConversationId,
+        u: &UserId,
+        msgs: &[MessageId],
+    ) -> StoreResult<View> {
+        let Some(mut view) = self.view_for(c, u).await? else {
+            return Err(ServiceError::not_found("message_ids", "message", msgs[0]));
+        };
+        self.ensure_messages(&mut view, msgs).await?;
+        if let Some(m) = msgs.iter().find(|m| !view.messages.contains_key(m)) {
+            return Err(ServiceError::not_found("message_ids", "message", m));
+        }
+        Ok(view)
+    }
+
+    /// Loads `u`'s own deliveries of `ids`: O(1) per message where
+    /// [`Self::ensure_deliveries`] reads every member's. A receipt hash that
+    /// is not in Redis is re-warmed whole.
+    pub(super) async fn ensure_own_deliveries(
+        &self,
+        view: &mut View,
+        ids: &[MessageId],
+        u: &UserId,
+    ) -> StoreResult<()> {
+        let missing = self.without_deliveries(view, ids).await?;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut p = redis::pipe();
+        for m in &missing {
+            p.cmd("HMGET")
+                .arg(self.keys.receipt(&view.c, m))
+                .arg("_")
+                .arg(u.as_bytes().as_slice());
+        }
+        let rows: Vec<(Option<String>, Option<String>)> = self.pipe(&p).await?;
+        let mut cold = Vec::new();
+        for (m, (loaded, value)) in missing.into_iter().zip(rows) {
+            if loaded.is_none() {
+                cold.push(m);
+                continue;
+            }
+            let mut d = HashMap::new();
+            if let Some(value) = value {
+                let at = parse_delivery_value(&value, view.messages[&m].sent_at)
+                    .ok_or_else(|| corrupt("receipt value"))?;
+                d.insert(*u, at);
+            }
+            view.deliveries.insert(m, d);
+        }
+        self.ensure_deliveries(view, &cold).await
+    }
+
+    /// Loads read histories from `min_seq` on for `users`.
+    pub(super) async fn ensure_history(
+        &self,
+        view: &mut View,
+        users: &[UserId],
+        min_seq: Seq,
+    ) -> StoreResult<()> {
+        let wanted: Vec<(UserId, bool)> = users
+            .iter()
+            .flat_map(|u| [(*u, false), (*u, true)])
+            .filter(|(u, public)| {
+                let wm = view.wm(u);
+                let top = if *public { wm.public_seq } else { wm.seq };
+                top >= min_seq && !view.hist.contains_key(&(*u, *public))
+            })
+            .collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let mut p = redis::pipe();
+        for (u, public) in &wanted {
+            p.cmd("ZRANGEBYSCORE")
+                .arg(self.keys.history(&view.c, u, *public))
+                .arg(min_seq)
+                .arg("+inf");
+        }
+        let rows: Vec<Vec<String>> = self.pipe(&p).await?;
+        for (key, row) in wanted.into_iter().zip(rows) {
+            let mut entries = Vec::with_capacity(row.len());
+            for e in row {
+                let (s, at) = e.split_once(':').ok_or_else(|| corrupt("history"))?;
+                entries.push((
+                    s.parse().map_err(|_| corrupt("history seq"))?,
+                    at.parse().map_err(|_| corrupt("history time"))?,
+                ));
+            }
+            view.hist.insert(key, entries);
+        }
+        Ok(())
+    }
+
+    /// Loads everything needed to compute the states of `ids`.
+    pub(super) async fn prepare_states(
+        &self,
+        view: &mut View,
+        ids: &[MessageId],
+    ) -> StoreResult<()> {
+        self.ensure_messages(view, ids).await?;
+        self.ensure_deliveries(view, ids).await?;
+        let members: Vec<UserId> = view.members.keys().copied().collect();
+        self.ensure_sharing(view, &members).await?;
+        let min_seq = ids
+            .iter()
+            .filter_map(|m| view.messages.get(m).map(|m| m.seq))
+            .min()
+            .unwrap_or(Seq::MAX);
+        self.ensure_history(view, &members, min_seq).await
+    }
+
+    /// A message of `c` by id: from Redis, else from Scylla. (A message's
+    /// home is recorded just before its conversation commits, so a home
+    /// without the message is a registration that never committed.)
+    pub(super) async fn find_message(
+        &self,
+        c: &ConversationId,
+        m: &MessageId,
+    ) -> StoreResult<Option<Message>> {
+        let hot: Option<Vec<u8>> = self
+            .query(redis::cmd("HGET").arg(self.keys.messages(c)).arg(hex(m)))
+            .await?;
+        match hot {
+            Some(b) => Ok(Some(dec(&b, "message")?)),
+            None => self.scylla.message(*m).await,
+        }
+    }
+
+    /// Every one of `ids` was loaded into `view`; else the first missing one
+    /// is named: another conversation's message, or an unknown one.
+    pub(super) async fn check_found(&self, view: &View, ids: &[MessageId]) -> StoreResult<()> {
+        let missing = absent(ids, &view.messages);
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let homes = self.homes(&missing).await?;
+        let (id, home) = (missing[0], homes[0]);
+        Err(match home {
+            Some(_) => ServiceError::invalid(
+                "message_ids",
+                format!("message {id} belongs to another conversation"),
+            ),
+            None => ServiceError::not_found("message_ids", "message", id),
+        })
+    }
+
+    /// `(seq, id, sender)` for seqs in `lo..=hi`.
+    pub(super) async fn between(
+        &self,
+        c: &ConversationId,
+        lo: Seq,
+        hi: Seq,
+    ) -> StoreResult<Vec<Indexed>> {
+        if lo > hi {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(String, f64)> = self
+            .query(
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(self.keys.seqs(c))
+                    .arg(lo)
+                    .arg(hi)
+                    .arg("WITHSCORES"),
+            )
+            .await?;
+        rows.into_iter()
+            .map(|(member, score)| {
+                let (id, sender) = member.split_once(':').ok_or_else(|| corrupt("seq index"))?;
+                Ok(Indexed {
+                    seq: score as Seq,
+                    id: parse_uuid(id)?,
+                    sender: parse_uuid(sender)?,
+                })
+            })
+            .collect()
+    }
+
+    pub(super) async fn last_seq(&self, c: &ConversationId) -> StoreResult<Seq> {
+        let rows: Vec<(String, f64)> = self
+            .query(
+                redis::cmd("ZRANGE")
+                    .arg(self.keys.seqs(c))
+                    .arg(-1)
+                    .arg(-1)
+                    .arg("WITHSCORES"),
+            )
+            .await?;
+        Ok(rows.first().map_or(0, |(_, s)| *s as Seq))
+    }
+
+    /// Messages others sent after `wm` while `membership` covered them.
+    pub(super) async fn unread(
+        &self,
+        c: &ConversationId,
+        u: &UserId,
+        wm: Seq,
+        membership: &Membership,
+    ) -> StoreResult<u64> {
+        Ok(self
+            .between(c, wm.saturating_add(1), Seq::MAX)
+            .await?
+            .iter()
+            .filter(|m| membership.receives(*u, m.sender, m.seq))
+            .count() as u64)
+    }
+
+    /// The time after which a UUIDv7 message id without a home key in Redis
+    /// is known to be unregistered, or `None` when no miss needs it.
+    ///
+    /// A home key lives the hot TTL from its registration, and a message id
+    /// is minted before it is registered. So an id minted less than the hot
+    /// TTL ago (minus [`CLOCK_SKEW_MS`]) whose home key is absent was never
+    /// registered, provided this Redis held every registration since then:
+    /// the id must also be minted after `complete_since`, which is written
+    /// when this Redis first served us and again (later) whenever Redis lost
+    /// its data. Such ids need no Scylla lookup, so registering new messages
+    /// keeps working while Scylla is down. Other ids (not v7, older, or from
+    /// before a Redis data loss) are looked up in Scylla as before.
+    pub(super) async fn new_id_horizon(
+        &self,
+        ids: &[MessageId],
+        rows: &[Option<String>],
+        since: Option<u64>,
+    ) -> StoreResult<Option<u64>> {
+        if ids
+            .iter()
+            .zip(rows)
+            .all(|(m, row)| row.is_some() || v7_millis(m).is_none())
+        {
+            return Ok(None);
+        }
+        let now = crate::domain::now_millis().max(0) as u64;
+        let since = match since {
+            Some(t) => t,
+            None => {
+                // First use, or Redis lost its data: complete from now on.
+                let key = self.keys.complete_since();
+                let _: Option<String> = self
+                    .query(redis::cmd("SET").arg(&key).arg(now).arg("NX"))
+                    .await?;
+                self.query::<Option<u64>>(redis::cmd("GET").arg(&key))
+                    .await?
+                    .unwrap_or(now)
+            }
+        };
+        let ttl_ms = self.ttl().saturating_mul(1000);
+        Ok(Some(since.max(now.saturating_sub(ttl_ms)) + CLOCK_SKEW_MS))
+    }
+
+    /// The conversation a message belongs to (re-warmed from Scylla).
+    pub(super) async fn homes(
+        &self,
+        ids: &[MessageId],
+    ) -> StoreResult<Vec<Option<ConversationId>>> {
+        let mut p = redis::pipe();
+        for m in ids {
+            p.get(self.keys.message_home(m));
+        }
+        // The completeness marker rides in the same round trip.
+        p.get(self.keys.complete_since());
+        let mut rows: Vec<Option<String>> = self.pipe(&p).await?;
+        let since = rows.pop().flatten().and_then(|t| t.parse::<u64>().ok());
+        let new_after = self.new_id_horizon(ids, &rows, since).await?;
+        // Misses (new ids, or expired homes) are looked up in Scylla
+        // concurrently: a registration of a batch of new messages misses on
+        // every one of them, unless Redis can tell they are new.
+        let lookups = ids.iter().zip(rows).map(|(m, row)| async move {
+            if let Some(c) = row {
+                return Ok(Some(parse_uuid(&c)?));
+            }
+            if known_new(m, new_after) {
+                return Ok(None);
+            }
+            let Some(msg) = self.scylla.message(*m).await? else {
+                return Ok(None);
+            };
+            let _: () = self
+                .query(
+                    redis::cmd("SET")
+                        .arg(self.keys.message_home(m))
+                        .arg(hex(&msg.conversation))
+                        .arg("EX")
+                        .arg(self.ttl()),
+                )
+                .await?;
+            Ok(Some(msg.conversation))
+        });
+        futures::future::try_join_all(lookups).await
+    }
+}

@@ -1,0 +1,784 @@
+//! The contract: `ReceiptStore` on the production tier, each call as
+//! load facts, let the domain decide, commit the plan.
+
+use super::*;
+
+#[async_trait]
+impl ReceiptStore for RedisStore {
+    async fn create_conversation(
+        &self,
+        conversation: ConversationId,
+        members: Vec<UserId>,
+    ) -> StoreResult<bool> {
+        let s = &self.inner;
+        let members = dedup(members);
+        let c = conversation;
+        for _ in 0..MAX_ATTEMPTS {
+            if let Some(view) = s.view(&c).await? {
+                let existing: HashSet<UserId> = view
+                    .members
+                    .iter()
+                    .filter(|(_, m)| m.is_current())
+                    .map(|(u, _)| *u)
+                    .collect();
+                if existing == members.iter().copied().collect() {
+                    return Ok(false);
+                }
+                return Err(ServiceError::AlreadyExists {
+                    field: "conversation_id".into(),
+                    reason: format!("conversation {c} exists with other members"),
+                });
+            }
+            let image: Vec<(UserId, Membership)> = members
+                .iter()
+                .map(|u| (*u, Membership::joined(1)))
+                .collect();
+            let mut plan = Plan::default();
+            let mut meta = rcmd![
+                "HSET",
+                s.keys.meta(&c),
+                "n",
+                members.len() as u64,
+                "mv",
+                1u64,
+                "t",
+                0i64
+            ];
+            for (u, m) in &image {
+                meta.extend(rcmd![format!("m:{}", hex(u)), enc(m)]);
+            }
+            plan.cmds.push(meta);
+            let sharing = s.sharing_of(&members).await?;
+            for ((u, m), (shares, _)) in image.iter().zip(sharing) {
+                plan.cmds.extend(index_member(
+                    &s.keys,
+                    &c,
+                    u,
+                    m,
+                    ReadWatermark::default(),
+                    shares,
+                ));
+            }
+            plan.persist.push(PersistOp::Conversation {
+                conversation: c,
+                members: image,
+                version: 1,
+            });
+            if s.commit(&View::bare(c, 0), plan).await? {
+                let mut p = redis::pipe();
+                for u in &members {
+                    p.sadd(s.keys.user_conversations(u), hex(&c))
+                        .ignore()
+                        .expire(s.keys.user_conversations(u), s.ttl() as i64)
+                        .ignore();
+                }
+                s.pipe::<()>(&p).await?;
+                return Ok(true);
+            }
+            backoff().await;
+        }
+        Err(contended(&c))
+    }
+
+    async fn add_members(
+        &self,
+        conversation: ConversationId,
+        changes: Vec<MemberChange>,
+    ) -> StoreResult<MembershipResult> {
+        self.change_members(conversation, changes, true).await
+    }
+
+    async fn remove_members(
+        &self,
+        conversation: ConversationId,
+        changes: Vec<MemberChange>,
+    ) -> StoreResult<MembershipResult> {
+        self.change_members(conversation, changes, false).await
+    }
+
+    async fn register_messages(&self, messages: Vec<NewMessage>) -> StoreResult<u64> {
+        let s = &self.inner;
+        // Validate the whole batch before writing anything.
+        let order = distinct_registrations(&messages)?;
+        let ids: Vec<MessageId> = order.iter().map(|(_, m)| m.id).collect();
+        let homes = s.homes(&ids).await?;
+        let mut by_conv: BTreeMap<ConversationId, Vec<(usize, Message)>> = BTreeMap::new();
+        for (i, m) in &order {
+            by_conv.entry(m.conversation).or_default().push((*i, *m));
+        }
+        let home_of: HashMap<MessageId, Option<ConversationId>> =
+            ids.iter().copied().zip(homes).collect();
+        // Per conversation: validate (all conversations first), then commit.
+        let mut plans: Vec<(View, Plan, Vec<Message>)> = Vec::new();
+        let mut total = 0;
+        let _serial = s.lock(by_conv.keys()).await;
+        for attempt in 0..MAX_ATTEMPTS {
+            plans.clear();
+            for (c, msgs) in &by_conv {
+                let (i0, _) = msgs[0];
+                let Some(mut view) = s.view(c).await? else {
+                    return Err(ServiceError::not_found(
+                        format!("messages[{i0}].conversation_id"),
+                        "conversation",
+                        c,
+                    ));
+                };
+                let ids: Vec<MessageId> = msgs.iter().map(|(_, m)| m.id).collect();
+                s.ensure_messages(&mut view, &ids).await?;
+                let seqs: Vec<Seq> = msgs.iter().map(|(_, m)| m.seq).collect();
+                let taken = taken_seqs(s, c, &seqs).await?;
+                let mut fresh = Vec::new();
+                for (i, m) in msgs {
+                    let existing = match view.messages.get(&m.id) {
+                        Some(e) => Some(*e),
+                        None => match home_of.get(&m.id).copied().flatten() {
+                            Some(home) if home != *c => s.find_message(&home, &m.id).await?,
+                            _ => None,
+                        },
+                    };
+                    let sender_is_member = view
+                        .members
+                        .get(&m.sender)
+                        .is_some_and(|ms| ms.contains(m.seq));
+                    if judge_registration(
+                        *i,
+                        m,
+                        existing,
+                        taken.get(&m.seq).copied(),
+                        sender_is_member,
+                    )? {
+                        fresh.push(*m);
+                    }
+                }
+                let mut plan = Plan::default();
+                if !fresh.is_empty() {
+                    let k = &s.keys;
+                    let mut z = rcmd!["ZADD", k.seqs(c)];
+                    let mut h = rcmd!["HSET", k.messages(c)];
+                    for m in &fresh {
+                        z.extend(rcmd![m.seq, format!("{}:{}", hex(&m.id), hex(&m.sender))]);
+                        h.extend(rcmd![hex(&m.id), enc(m)]);
+                        plan.cmds.push(rcmd!["HSET", k.receipt(c, &m.id), "_", "1"]);
+                        plan.cmds
+                            .push(rcmd!["EXPIRE", k.receipt(c, &m.id), s.ttl()]);
+                        plan.persist.push(PersistOp::Message(*m));
+                    }
+                    plan.cmds.push(z);
+                    plan.cmds.push(h);
+                }
+                plans.push((view, plan, fresh));
+            }
+            // Message ids resolve to their conversation before the commit, so
+            // a reader never sees a committed id it cannot find.
+            let mut p = redis::pipe();
+            for (_, _, fresh) in &plans {
+                for m in fresh {
+                    p.cmd("SET")
+                        .arg(s.keys.message_home(&m.id))
+                        .arg(hex(&m.conversation))
+                        .arg("EX")
+                        .arg(s.ttl())
+                        .ignore();
+                }
+            }
+            s.pipe::<()>(&p).await?;
+            let mut conflict = false;
+            let mut committed = Vec::new();
+            for (view, plan, fresh) in plans.drain(..) {
+                if fresh.is_empty() {
+                    continue;
+                }
+                if s.commit(&view, plan).await? {
+                    total += fresh.len() as u64;
+                    committed.extend(fresh);
+                } else {
+                    conflict = true;
+                }
+            }
+            let mut p = redis::pipe();
+            for m in &committed {
+                p.zadd(
+                    s.keys.sent(&m.sender),
+                    format!("{}:{}", hex(&m.conversation), hex(&m.id)),
+                    m.sent_at,
+                )
+                .ignore()
+                .cmd("ZREMRANGEBYRANK")
+                .arg(s.keys.sent(&m.sender))
+                .arg(0)
+                .arg(-(SNAPSHOT_MESSAGES as i64) - 1)
+                .ignore()
+                .expire(s.keys.sent(&m.sender), s.ttl() as i64)
+                .ignore();
+            }
+            s.pipe::<()>(&p).await?;
+            if !conflict {
+                return Ok(total);
+            }
+            // Some conversation moved: its messages are re-checked (the ones
+            // committed are now "already registered, same content").
+            let _ = attempt;
+            backoff().await;
+        }
+        Err(ServiceError::unavailable(
+            "register: conversations too contended right now; retry",
+        ))
+    }
+
+    async fn mark_delivered(
+        &self,
+        user: UserId,
+        messages: Vec<MessageId>,
+        at: Millis,
+    ) -> StoreResult<Vec<DeliveryResult>> {
+        let s = &self.inner;
+        let ids = dedup(messages);
+        let homes = s.homes(&ids).await?;
+        let mut by_conv: BTreeMap<ConversationId, Vec<MessageId>> = BTreeMap::new();
+        for (id, home) in ids.iter().zip(&homes) {
+            let Some(c) = home else {
+                return Err(ServiceError::not_found("message_ids", "message", id));
+            };
+            by_conv.entry(*c).or_default().push(*id);
+        }
+        // Validate every conversation before writing any (a batch within
+        // one conversation is validated by its own attempt, under the lock).
+        if by_conv.len() > 1 {
+            for (c, msgs) in &by_conv {
+                let view = s.delivery_view(c, &user, msgs).await?;
+                view.authorize(&user, "message_ids")?;
+            }
+        }
+        let mut results: HashMap<MessageId, DeliveryResult> = HashMap::new();
+        for (c, msgs) in &by_conv {
+            let _serial = s.lock([c]).await;
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                let mut view = s.delivery_view(c, &user, msgs).await?;
+                let membership = view.authorize(&user, "message_ids")?;
+                if view.group() {
+                    s.ensure_own_deliveries(&mut view, msgs, &user).await?;
+                } else {
+                    s.ensure_deliveries(&mut view, msgs).await?;
+                }
+                let min_seq = msgs
+                    .iter()
+                    .filter_map(|m| view.messages.get(m).map(|m| m.seq))
+                    .min()
+                    .unwrap_or(Seq::MAX);
+                s.ensure_history(&mut view, &[user], min_seq).await?;
+                let at = at.max(view.stamp);
+                let mut plan = Plan::default();
+                plan.cmds.push(rcmd!["HSET", s.keys.meta(c), "t", at]);
+                let mut touched = Vec::new();
+                let mut out = Vec::new();
+                for id in msgs {
+                    let m = view.messages[id];
+                    let read_at = if view.wm(&user).seq >= m.seq {
+                        view.first_covering(&user, false, m.seq)
+                    } else {
+                        None
+                    };
+                    let existing = view.delivered_at(&m.id, &user);
+                    match domain::judge_delivery(
+                        user,
+                        &membership,
+                        m.sender,
+                        m.seq,
+                        existing,
+                        read_at,
+                    ) {
+                        Delivery::NotARecipient => {
+                            out.push(DeliveryResult::not_a_recipient(m.id));
+                            continue;
+                        }
+                        Delivery::Already(t) => {
+                            out.push(DeliveryResult::already(m.id, t));
+                            continue;
+                        }
+                        Delivery::Record => {}
+                    }
+                    let key = s.keys.receipt(c, &m.id);
+                    plan.cmds.push(rcmd![
+                        "HSET",
+                        key.clone(),
+                        user.as_bytes().as_slice(),
+                        delivery_value(at, m.sent_at)
+                    ]);
+                    plan.cmds.push(rcmd!["EXPIRE", key, s.ttl()]);
+                    plan.persist.push(PersistOp::Delivered {
+                        conversation: *c,
+                        message: m.id,
+                        user,
+                        at,
+                    });
+                    view.deliveries.entry(m.id).or_default().insert(user, at);
+                    touched.push(Indexed {
+                        seq: m.seq,
+                        id: m.id,
+                        sender: m.sender,
+                    });
+                    out.push(DeliveryResult::recorded(m.id, at));
+                }
+                let windowed = s.touch(&mut view, &mut plan, &touched).await?;
+                if touched.is_empty() || s.commit(&view, plan).await? {
+                    if windowed {
+                        s.schedule_window(*c);
+                    }
+                    for r in out {
+                        results.insert(r.message, r);
+                    }
+                    break;
+                }
+                if attempt >= MAX_ATTEMPTS {
+                    return Err(contended(c));
+                }
+                backoff().await;
+            }
+        }
+        Ok(ids.iter().map(|id| results[id]).collect())
+    }
+
+    async fn mark_read_up_to(
+        &self,
+        user: UserId,
+        conversation: ConversationId,
+        message: MessageId,
+        at: Millis,
+    ) -> StoreResult<ReadResult> {
+        let s = &self.inner;
+        let c = conversation;
+        let _serial = s.lock([&c]).await;
+        for _ in 0..MAX_ATTEMPTS {
+            let Some(mut view) = s.view_for(&c, &user).await? else {
+                return Err(ServiceError::not_found(
+                    "conversation_id",
+                    "conversation",
+                    c,
+                ));
+            };
+            let membership = view.authorize(&user, "conversation_id")?;
+            s.ensure_messages(&mut view, &[message]).await?;
+            let m = match view.messages.get(&message) {
+                Some(m) => *m,
+                None => {
+                    let home = s.homes(&[message]).await?[0];
+                    return Err(match home {
+                        Some(_) => ServiceError::invalid(
+                            "message_id",
+                            format!("message {message} belongs to another conversation"),
+                        ),
+                        None => ServiceError::not_found("message_id", "message", message),
+                    });
+                }
+            };
+            let at = at.max(view.stamp);
+            let mut plan = Plan::default();
+            plan.cmds.push(rcmd!["HSET", s.keys.meta(&c), "t", at]);
+            let (result, windowed) = s
+                .apply_read(&mut view, &mut plan, &user, &membership, m.seq, at)
+                .await?;
+            if !result.advanced {
+                return Ok(result);
+            }
+            if s.commit(&view, plan).await? {
+                if windowed {
+                    s.schedule_window(c);
+                }
+                return Ok(result);
+            }
+            backoff().await;
+        }
+        Err(contended(&c))
+    }
+
+    async fn mark_conversations_read(
+        &self,
+        user: UserId,
+        conversations: Vec<ConversationId>,
+        at: Millis,
+    ) -> StoreResult<Vec<ConversationRead>> {
+        let s = &self.inner;
+        let mut out = Vec::new();
+        'conv: for c in dedup(conversations) {
+            let none = ReadResult {
+                read_up_to: 0,
+                advanced: false,
+                unread: 0,
+            };
+            let _serial = s.lock([&c]).await;
+            for _ in 0..MAX_ATTEMPTS {
+                let Some(mut view) = s.view_for(&c, &user).await? else {
+                    out.push(ConversationRead {
+                        conversation: c,
+                        outcome: ConversationOutcome::NotFound,
+                        read: none,
+                    });
+                    continue 'conv;
+                };
+                let Ok(membership) = view.authorize(&user, "conversation_ids") else {
+                    out.push(ConversationRead {
+                        conversation: c,
+                        outcome: ConversationOutcome::PermissionDenied,
+                        read: none,
+                    });
+                    continue 'conv;
+                };
+                let last = s.last_seq(&c).await?;
+                let at = at.max(view.stamp);
+                let mut plan = Plan::default();
+                plan.cmds.push(rcmd!["HSET", s.keys.meta(&c), "t", at]);
+                let (read, windowed) = s
+                    .apply_read(&mut view, &mut plan, &user, &membership, last, at)
+                    .await?;
+                if !read.advanced || s.commit(&view, plan).await? {
+                    if windowed {
+                        s.schedule_window(c);
+                    }
+                    out.push(ConversationRead {
+                        conversation: c,
+                        outcome: ConversationOutcome::Ok,
+                        read,
+                    });
+                    continue 'conv;
+                }
+                backoff().await;
+            }
+            return Err(contended(&c));
+        }
+        Ok(out)
+    }
+
+    async fn set_sharing(&self, user: UserId, sharing: bool) -> StoreResult<bool> {
+        let s = &self.inner;
+        for _ in 0..MAX_ATTEMPTS {
+            let (_, version) = s.sharing_of(&[user]).await?[0];
+            let q = s.keys.user_queue(&user);
+            let key = s.keys.sharing(&user);
+            let op = PersistOp::Sharing {
+                user,
+                sharing,
+                version: version + 1,
+            };
+            let registered = s.register(&q).await?;
+            let cmds = vec![
+                rcmd!["HSET", key.clone(), "s", if sharing { "1" } else { "0" }],
+                rcmd!["XADD", q, "*", "p", enc(&vec![op])],
+                rcmd!["EXPIRE", key.clone(), s.ttl()],
+            ];
+            if let Applied::Done = s.apply_on(key, version, registered, cmds).await? {
+                s.reindex_sharing(&user).await?;
+                return Ok(sharing);
+            }
+            backoff().await;
+        }
+        Err(ServiceError::unavailable(
+            "sharing setting too contended right now; retry",
+        ))
+    }
+
+    async fn sharing(&self, user: UserId) -> StoreResult<bool> {
+        Ok(self.inner.sharing_of(&[user]).await?[0].0)
+    }
+
+    async fn receipts(
+        &self,
+        viewer: UserId,
+        conversation: ConversationId,
+        messages: Vec<MessageId>,
+        include_recipients: bool,
+    ) -> StoreResult<Vec<MessageState>> {
+        let s = &self.inner;
+        let c = conversation;
+        let ids = dedup(messages);
+        if !include_recipients {
+            // A group's counts come from the indexes, without reading every
+            // member (direct conversations have two: the view is as cheap).
+            let (n, membership): (Option<u64>, Option<Vec<u8>>) = s
+                .query(
+                    redis::cmd("HMGET")
+                        .arg(s.keys.meta(&c))
+                        .arg("n")
+                        .arg(format!("m:{}", hex(&viewer))),
+                )
+                .await?;
+            if n.is_some_and(|n| n > 2) {
+                let mut view = View::bare(c, 0);
+                if let Some(m) = membership {
+                    view.members.insert(viewer, dec(&m, "membership")?);
+                }
+                view.authorize(&viewer, "conversation_id")?;
+                s.ensure_messages(&mut view, &ids).await?;
+                s.check_found(&view, &ids).await?;
+                let msgs: Vec<Message> = ids.iter().map(|m| view.messages[m]).collect();
+                let aggregates = s.aggregates(&c, Some(viewer), &msgs).await?;
+                return Ok(counted_states(msgs, aggregates));
+            }
+        }
+        let Some(mut view) = s.view(&c).await? else {
+            return Err(ServiceError::not_found(
+                "conversation_id",
+                "conversation",
+                c,
+            ));
+        };
+        view.authorize(&viewer, "conversation_id")?;
+        s.ensure_messages(&mut view, &ids).await?;
+        s.check_found(&view, &ids).await?;
+        s.prepare_states(&mut view, &ids).await?;
+        Ok(ids
+            .iter()
+            .map(|m| view.state(&viewer, &view.messages[m], include_recipients))
+            .collect())
+    }
+
+    async fn unread_counts(
+        &self,
+        user: UserId,
+        conversations: Vec<ConversationId>,
+    ) -> StoreResult<Vec<UnreadCount>> {
+        let s = &self.inner;
+        let mut out = Vec::new();
+        for c in dedup(conversations) {
+            let mut r = UnreadCount {
+                conversation: c,
+                outcome: ConversationOutcome::Ok,
+                unread: 0,
+                read_up_to: 0,
+                last_seq: 0,
+            };
+            match s.view(&c).await? {
+                None => r.outcome = ConversationOutcome::NotFound,
+                Some(view) => match view.authorize(&user, "conversation_ids") {
+                    Ok(membership) => {
+                        let wm = view.wm(&user);
+                        r.read_up_to = wm.seq;
+                        r.last_seq = s.last_seq(&c).await?;
+                        r.unread = s.unread(&c, &user, wm.seq, &membership).await?;
+                    }
+                    Err(_) => r.outcome = ConversationOutcome::PermissionDenied,
+                },
+            }
+            out.push(r);
+        }
+        Ok(out)
+    }
+
+    async fn replay(&self, user: UserId, from: ReplayFrom, max: usize) -> StoreResult<Replay> {
+        let s = &self.inner;
+        let (epoch, next, trim) = s.log_head(&user).await?;
+        let head = Cursor {
+            epoch,
+            offset: next,
+        };
+        let cursor = match from {
+            ReplayFrom::Live => {
+                return Ok(Replay::Events {
+                    events: Vec::new(),
+                    head,
+                });
+            }
+            ReplayFrom::Unparseable => None,
+            ReplayFrom::Cursor(c) => Some(c),
+        };
+        let start = cursor.map_or(Err(ResetReason::Invalid), |c| {
+            domain::replay_start(c, epoch, head.offset, trim)
+        });
+        let after = match start {
+            Ok(after) => after,
+            Err(reason) => {
+                return Ok(Replay::Reset {
+                    reason,
+                    snapshot: s.snapshot(&user).await?,
+                    head,
+                });
+            }
+        };
+        let events = s.events_after(&user, after, max.saturating_add(1)).await?;
+        if domain::too_large(events.len(), max) {
+            return Ok(Replay::Reset {
+                reason: ResetReason::TooLarge,
+                snapshot: s.snapshot(&user).await?,
+                head,
+            });
+        }
+        let head = Cursor {
+            epoch,
+            offset: events.last().map_or(next, |e| e.offset.max(next)),
+        };
+        Ok(Replay::Events { events, head })
+    }
+
+    fn hub(&self) -> &Arc<Hub> {
+        &self.inner.hub
+    }
+
+    async fn healthy(&self) -> bool {
+        self.inner.healthy.load(Ordering::Acquire) && self.inner.bus_up.load(Ordering::Acquire)
+    }
+
+    async fn backlog(&self) -> StoreResult<Option<crate::store::Backlog>> {
+        let s = &self.inner;
+        let index = s.keys.queue_index();
+        let queues: u64 = s.query(redis::cmd("ZCARD").arg(&index)).await?;
+        let oldest: Vec<(String, f64)> = s
+            .query(
+                redis::cmd("ZRANGE")
+                    .arg(&index)
+                    .arg(0)
+                    .arg(0)
+                    .arg("WITHSCORES"),
+            )
+            .await?;
+        let now: (u64, u64) = s.query(&redis::cmd("TIME")).await?;
+        // Redis's clock, like the scores it wrote.
+        let now_ms = now.0 * 1000 + now.1 / 1000;
+        let age = oldest
+            .first()
+            .map(|(_, score)| now_ms.saturating_sub(*score as u64))
+            .unwrap_or(0);
+        Ok(Some(crate::store::Backlog {
+            queues,
+            oldest_registration_age: Duration::from_millis(age),
+            persisted_total: s.persisted.load(Ordering::Relaxed),
+            persistence_up: s.scylla_up.load(Ordering::Acquire),
+            outage: s.outage(),
+        }))
+    }
+
+    async fn shutdown(&self) {
+        // Flush this node's open group windows and every queued change, then
+        // stop the background tasks.
+        let open: Vec<ConversationId> = {
+            let mut w = self.inner.windows.lock().unwrap_or_else(|e| e.into_inner());
+            w.take_due(true).into_iter().map(|(c, _)| c).collect()
+        };
+        for c in open {
+            if let Err(e) = self.inner.flush_window(&c).await {
+                tracing::warn!(conversation = %c, error = %e.report(), "window flush at shutdown failed");
+            }
+        }
+        if let Err(e) = self.inner.flush_all().await {
+            tracing::warn!(error = %e.report(), "flush to scylla at shutdown failed; another node will finish it");
+        }
+        let _ = self.stop.send(true);
+        let tasks: Vec<JoinHandle<()>> = self
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect();
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Which of `seqs` are already used in `c`, and by which message.
+pub(super) async fn taken_seqs(
+    s: &Inner,
+    c: &ConversationId,
+    seqs: &[Seq],
+) -> StoreResult<HashMap<Seq, MessageId>> {
+    let mut p = redis::pipe();
+    for seq in seqs {
+        p.cmd("ZRANGEBYSCORE")
+            .arg(s.keys.seqs(c))
+            .arg(*seq)
+            .arg(*seq);
+    }
+    let rows: Vec<Vec<String>> = s.pipe(&p).await?;
+    let mut out = HashMap::new();
+    for (seq, row) in seqs.iter().zip(rows) {
+        if let Some(member) = row.first() {
+            let (id, _) = member.split_once(':').ok_or_else(|| corrupt("seq index"))?;
+            out.insert(*seq, parse_uuid(id)?);
+        }
+    }
+    Ok(out)
+}
+
+impl RedisStore {
+    async fn change_members(
+        &self,
+        conversation: ConversationId,
+        changes: Vec<MemberChange>,
+        join: bool,
+    ) -> StoreResult<MembershipResult> {
+        let s = &self.inner;
+        let c = conversation;
+        let _serial = s.lock([&c]).await;
+        for _ in 0..MAX_ATTEMPTS {
+            let Some(mut view) = s.view(&c).await? else {
+                return Err(ServiceError::not_found(
+                    "conversation_id",
+                    "conversation",
+                    c,
+                ));
+            };
+            let updated = fold_member_changes(&changes, join, |u| {
+                Ok(view.members.get(u).cloned().unwrap_or_default())
+            })?;
+            let count = if join {
+                view.count + updated.len() as u64
+            } else {
+                view.count.saturating_sub(updated.len() as u64)
+            };
+            if updated.is_empty() {
+                return Ok(MembershipResult {
+                    changed: 0,
+                    member_count: view.count,
+                });
+            }
+            let mut plan = Plan::default();
+            let mver = view.mver + 1;
+            let mut meta = rcmd!["HSET", s.keys.meta(&c), "n", count, "mv", mver];
+            let mut lowest = Seq::MAX;
+            let users: Vec<UserId> = updated.keys().copied().collect();
+            let sharing = s.sharing_of(&users).await?;
+            let mut index = Vec::new();
+            for ((u, (ms, from)), (shares, _)) in updated.iter().zip(sharing) {
+                meta.extend(rcmd![format!("m:{}", hex(u)), enc(ms)]);
+                index.extend(index_member(&s.keys, &c, u, ms, view.wm(u), shares));
+                view.members.insert(*u, ms.clone());
+                lowest = lowest.min(*from);
+            }
+            plan.cmds.push(meta);
+            plan.cmds.extend(index);
+            view.count = count;
+            plan.persist.push(PersistOp::Conversation {
+                conversation: c,
+                members: view.members.iter().map(|(u, m)| (*u, m.clone())).collect(),
+                version: mver,
+            });
+            // Recipients of already registered messages at or after the change
+            // are now different: their counts change.
+            let last = s.last_seq(&c).await?;
+            let mut windowed = false;
+            if lowest <= last {
+                let msgs = s.between(&c, lowest, last).await?;
+                windowed = s.touch(&mut view, &mut plan, &msgs).await?;
+            }
+            if s.commit(&view, plan).await? {
+                if windowed {
+                    s.schedule_window(c);
+                }
+                let mut p = redis::pipe();
+                for u in updated.keys() {
+                    p.sadd(s.keys.user_conversations(u), hex(&c))
+                        .ignore()
+                        .expire(s.keys.user_conversations(u), s.ttl() as i64)
+                        .ignore();
+                }
+                s.pipe::<()>(&p).await?;
+                return Ok(MembershipResult {
+                    changed: updated.len() as u64,
+                    member_count: count,
+                });
+            }
+            backoff().await;
+        }
+        Err(contended(&c))
+    }
+}

@@ -1,0 +1,109 @@
+//! Unit tests of the Redis store's pure helpers.
+
+#[test]
+fn redis_failures_are_told_in_the_services_terms_without_driver_text() {
+    let refused = redis::RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::ConnectionRefused,
+        "connect 10.0.0.7:6379",
+    ));
+    let said = super::redis_failure(&refused);
+    assert_eq!(
+        said,
+        "the hot store (Redis) is unreachable; retry with backoff"
+    );
+    let other = redis::RedisError::from((
+        redis::ErrorKind::UnexpectedReturnType,
+        "Response type not convertible",
+        "value was 10.0.0.7".to_string(),
+    ));
+    let said = super::redis_failure(&other);
+    assert_eq!(
+        said,
+        "the hot store (Redis) failed the call; retry with backoff"
+    );
+    for e in [refused, other] {
+        let message = super::redis_err(e).to_string();
+        assert!(!message.contains("10.0.0.7"), "{message}");
+    }
+}
+
+#[test]
+fn only_recent_v7_ids_minted_after_the_horizon_are_known_new() {
+    let now = crate::domain::now_millis() as u64;
+    let v7_at = |ms: u64| {
+        let ts =
+            uuid::Timestamp::from_unix(uuid::NoContext, ms / 1000, (ms % 1000) as u32 * 1_000_000);
+        uuid::Uuid::new_v7(ts)
+    };
+    let horizon = Some(now - 60_000);
+    assert!(known_new(&v7_at(now), horizon));
+    assert!(known_new(&v7_at(now + CLOCK_SKEW_MS - 10), horizon));
+    // Minted before the horizon, or too far in the future: ask Scylla.
+    assert!(!known_new(&v7_at(now - 61_000), horizon));
+    assert!(!known_new(&v7_at(now + CLOCK_SKEW_MS + 1_000), horizon));
+    // Not a v7, or no horizon: ask Scylla.
+    assert!(!known_new(&uuid::Uuid::new_v4(), horizon));
+    assert!(!known_new(&v7_at(now), None));
+    assert_eq!(v7_millis(&v7_at(now)), Some(now));
+}
+
+use super::*;
+
+#[test]
+fn delivery_values_are_delays_after_the_send() {
+    let sent = 1_763_000_000_000;
+    for at in [sent, sent + 1, sent + 8_000_000, sent - 5] {
+        let v = delivery_value(at, sent).to_string();
+        assert_eq!(parse_delivery_value(&v, sent), Some(at), "{v}");
+    }
+    assert_eq!(delivery_value(sent + 250, sent), 250);
+    assert_eq!(parse_delivery_value("D:1", sent), None);
+}
+
+#[test]
+fn hash_tags_follow_the_cluster_rule() {
+    let tag = |key: &str| hash_tag(redis::cmd("GET").arg(key)).to_vec();
+    assert_eq!(tag("rc:{abc}:w"), b"abc");
+    assert_eq!(tag("rc:{abc}:r:{def}"), b"abc", "only the first tag counts");
+    assert_eq!(
+        tag("rc:{}:x"),
+        b"rc:{}:x",
+        "an empty tag hashes the whole key"
+    );
+    assert_eq!(tag("rc:{open"), b"rc:{open");
+    assert_eq!(tag("rc:bus"), b"rc:bus");
+    assert_eq!(hash_tag(&redis::cmd("PING")), b"");
+}
+
+#[test]
+fn bus_messages_round_trip() {
+    let u = Uuid::now_v7();
+    let body = EventBody::Watermark {
+        conversation: Uuid::now_v7(),
+        read_up_to: 7,
+        unread: 2,
+    };
+    let mut payload = format!("{}:{}:{}:", hex(&u), 42u64, 9u64).into_bytes();
+    payload.extend(enc(&body));
+    let (epoch, event) = parse_bus(&payload).unwrap();
+    assert_eq!(epoch, 42);
+    assert_eq!(event.offset, 9);
+    assert_eq!(event.user, u);
+    assert_eq!(event.body, body);
+    assert!(parse_bus(b"nonsense").is_none());
+}
+
+#[test]
+fn log_entries_keep_colons_in_the_body() {
+    let u = Uuid::now_v7();
+    let body = EventBody::Watermark {
+        conversation: Uuid::from_bytes([b':'; 16]),
+        read_up_to: 58,
+        unread: 58,
+    };
+    let mut row = b"12:".to_vec();
+    row.extend(enc(&body));
+    let e = parse_log_entry(&u, &row).unwrap();
+    assert_eq!(e.offset, 12);
+    assert_eq!(e.body, body);
+}

@@ -1,6 +1,9 @@
 //! Property test: random interleavings of registrations, deliveries and reads
-//! from several devices — with duplicates, reordering, privacy toggles and
-//! members leaving and joining again — end in exactly the state a simple
+//! from several devices — with duplicates, reordering, privacy toggles,
+//! members leaving and joining again, deliveries of several messages at once
+//! and messages registered late into a gap below later ones (which must not
+//! be delivered by a run of deliveries written before them) — end in exactly
+//! the state a simple
 //! reference model computes, as every member sees it, both with the
 //! per-recipient list and counts only (which the Redis store answers from its
 //! counting indexes), and never show a read the model does not.
@@ -18,8 +21,9 @@ const USERS: usize = 4;
 enum Op {
     /// Register the next message, sent by user `0`.
     Send(usize),
-    /// User delivers message (index into sent messages, modulo).
-    Deliver(usize, usize),
+    /// User delivers messages (index into sent messages, modulo, and how
+    /// many in registration order) in one call.
+    Deliver(usize, usize, usize),
     /// User reads up to message (index, modulo).
     Read(usize, usize),
     /// User turns read receipts on or off.
@@ -29,23 +33,32 @@ enum Op {
     Leave(usize, u64),
     /// User (re)joins from a seq on, chosen the same way.
     Join(usize, u64),
+    /// The next seq stays unregistered for now: a gap.
+    Skip,
+    /// User registers a message late, into a gap (index, modulo).
+    Fill(usize, usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         2 => (0..USERS).prop_map(Op::Send),
-        3 => (0..USERS, 0..64usize).prop_map(|(u, m)| Op::Deliver(u, m)),
+        3 => (0..USERS, 0..64usize, 1..5usize).prop_map(|(u, m, n)| Op::Deliver(u, m, n)),
         3 => (0..USERS, 0..64usize).prop_map(|(u, m)| Op::Read(u, m)),
         1 => (0..USERS, any::<bool>()).prop_map(|(u, s)| Op::Share(u, s)),
         1 => (0..USERS, 0..4u64).prop_map(|(u, back)| Op::Leave(u, back)),
         1 => (0..USERS, 0..4u64).prop_map(|(u, back)| Op::Join(u, back)),
+        1 => Just(Op::Skip),
+        1 => (0..USERS, 0..8usize).prop_map(|(u, g)| Op::Fill(u, g)),
     ]
 }
 
 /// The reference model: the rules of DESIGN.md §3 stated as plainly as possible.
 #[derive(Default)]
 struct Model {
-    messages: Vec<(u64, usize)>, // (seq, sender)
+    messages: Vec<(u64, usize)>, // (seq, sender), in registration order
+    /// Seqs skipped and not registered yet.
+    gaps: Vec<u64>,
+    next: u64,
     delivered: HashSet<(usize, usize)>,
     watermark: HashMap<usize, u64>,
     public_watermark: HashMap<usize, u64>,
@@ -58,12 +71,18 @@ impl Model {
     fn new() -> Self {
         Self {
             intervals: (0..USERS).map(|u| (u, vec![(1, None)])).collect(),
+            next: 1,
             ..Self::default()
         }
     }
 
     fn next_seq(&self) -> u64 {
-        self.messages.len() as u64 + 1
+        self.next
+    }
+
+    /// The gap a `Fill` registers into, if any.
+    fn gap(&self, g: usize) -> Option<u64> {
+        (!self.gaps.is_empty()).then(|| self.gaps[g % self.gaps.len()])
     }
 
     fn current(&self, u: usize) -> bool {
@@ -79,8 +98,10 @@ impl Model {
     /// Whether the server accepts `op` (else the test does not send it).
     fn allows(&self, op: &Op) -> bool {
         match *op {
-            Op::Send(u) | Op::Deliver(u, _) | Op::Read(u, _) => self.current(u),
-            Op::Share(..) => true,
+            Op::Send(u) | Op::Deliver(u, ..) | Op::Read(u, _) => self.current(u),
+            Op::Share(..) | Op::Skip => true,
+            // The backend registers only from a member at the seq.
+            Op::Fill(u, g) => self.gap(g).is_some_and(|seq| self.member_at(u, seq)),
             Op::Leave(u, _) => {
                 let last = self.intervals[&u].last().expect("interval");
                 self.current(u) && self.next_seq() > last.0
@@ -110,13 +131,23 @@ impl Model {
             Op::Send(u) => {
                 let seq = self.next_seq();
                 self.messages.push((seq, u));
+                self.next += 1;
             }
-            Op::Deliver(u, i) => {
-                if let Some(m) = self.pick(i)
-                    && self.messages[m].1 != u
-                    && self.member_at(u, self.messages[m].0)
-                {
-                    self.delivered.insert((u, m));
+            Op::Skip => {
+                self.gaps.push(self.next);
+                self.next += 1;
+            }
+            Op::Fill(u, g) => {
+                if let Some(seq) = self.gap(g) {
+                    self.gaps.retain(|s| *s != seq);
+                    self.messages.push((seq, u));
+                }
+            }
+            Op::Deliver(u, i, n) => {
+                for m in self.batch(i, n) {
+                    if self.messages[m].1 != u && self.member_at(u, self.messages[m].0) {
+                        self.delivered.insert((u, m));
+                    }
                 }
             }
             Op::Leave(u, _) => {
@@ -152,6 +183,14 @@ impl Model {
 
     fn pick(&self, i: usize) -> Option<usize> {
         (!self.messages.is_empty()).then(|| i % self.messages.len())
+    }
+
+    /// Up to `n` messages from `i` on, in registration order.
+    fn batch(&self, i: usize, n: usize) -> Vec<usize> {
+        match self.pick(i) {
+            Some(m) => (m..self.messages.len()).take(n).collect(),
+            None => Vec::new(),
+        }
     }
 
     /// (state per recipient) of message `m` as `viewer` sees it.
@@ -203,8 +242,21 @@ async fn run_case(server: &TestServer, ops: &[Op]) -> Result<(), TestCaseError> 
         };
         match *op {
             Op::Send(u) => ids.push(conv.send(&mut backend, users[u]).await),
-            Op::Deliver(_, i) if !ids.is_empty() => {
-                deliver(device, &[ids[i % ids.len()]]).await;
+            Op::Skip => conv.set_next_seq(conv.next_seq() + 1),
+            Op::Fill(u, g) => {
+                let seq = model.gap(g).expect("allowed") as i64;
+                let id = Uuid::now_v7();
+                backend
+                    .register_messages(pb::RegisterMessagesRequest {
+                        messages: vec![registration(id, conv.id, seq, users[u])],
+                    })
+                    .await
+                    .expect("register late");
+                ids.push(id);
+            }
+            Op::Deliver(_, i, n) if !ids.is_empty() => {
+                let batch: Vec<Uuid> = model.batch(i, n).into_iter().map(|m| ids[m]).collect();
+                deliver(device, &batch).await;
             }
             Op::Read(_, i) if !ids.is_empty() => {
                 read_up_to(device, conv.id, ids[i % ids.len()]).await;
@@ -299,11 +351,14 @@ async fn run_case(server: &TestServer, ops: &[Op]) -> Result<(), TestCaseError> 
 fn op_user(op: &Op) -> usize {
     match *op {
         Op::Send(u)
-        | Op::Deliver(u, _)
+        | Op::Deliver(u, ..)
         | Op::Read(u, _)
         | Op::Share(u, _)
         | Op::Leave(u, _)
-        | Op::Join(u, _) => u,
+        | Op::Join(u, _)
+        | Op::Fill(u, _) => u,
+        // Not a user's op; the device picked for it is not used.
+        Op::Skip => 0,
     }
 }
 

@@ -15,6 +15,8 @@ fn ticks(m: &MessageReceipts) -> String {
         Tick::Sent => "✓   (sent)",
         Tick::Delivered => "✓✓  (delivered)",
         Tick::Read => "✓✓  (read, blue)",
+        // Tick is #[non_exhaustive]: a newer server may know more states.
+        _ => "?   (unknown to this example)",
     };
     format!(
         "{mark}  {} of {} delivered, {} of {} read",
@@ -109,7 +111,7 @@ async fn main() -> anyhow::Result<()> {
     .await;
     recipients.await??;
     done.map_err(|_| anyhow::anyhow!("ticks did not arrive within 15 s"))??;
-    let state = &alice_client.get_receipts(group, &[lunch], false).await?[0];
+    let state = &alice_client.get_receipts(group, &[lunch]).await?[0];
     println!(
         "group summary: {} of {} read",
         state.read_count, state.recipients_total

@@ -83,7 +83,7 @@ struct ReadMark {
 ///
 /// ```no_run
 /// # async fn demo(client: receipts_sdk::Client, chat: uuid::Uuid, msgs: Vec<(uuid::Uuid, u64)>) -> Result<(), receipts_sdk::Error> {
-/// let marker = client.read_marker(receipts_sdk::ReadMarker::DEFAULT_INTERVAL);
+/// let marker = client.read_marker();
 /// for (message, seq) in msgs {
 ///     marker.mark(chat, message, seq); // cheap: no network call here
 /// }
@@ -188,7 +188,7 @@ async fn flush_reads(
 /// ```no_run
 /// # async fn demo(client: receipts_sdk::Client, arrived: Vec<uuid::Uuid>) -> Result<(), receipts_sdk::Error> {
 /// use std::time::Duration;
-/// let batcher = client.delivered_batcher(100, Duration::from_millis(200));
+/// let batcher = client.delivered_batcher_with(100, Duration::from_millis(200));
 /// for message in arrived {
 ///     batcher.deliver(message);
 /// }
@@ -201,6 +201,12 @@ pub struct DeliveredBatcher {
 }
 
 impl DeliveredBatcher {
+    /// Messages per batch unless told otherwise.
+    pub const DEFAULT_MAX_BATCH: usize = 100;
+    /// How long a batch waits for more after its first message unless told
+    /// otherwise.
+    pub const DEFAULT_MAX_DELAY: Duration = Duration::from_millis(200);
+
     pub(crate) fn start(client: Client, max_batch: usize, max_delay: Duration) -> Self {
         let max_batch = max_batch.clamp(1, 1000);
         Self {

@@ -547,9 +547,28 @@ impl Client {
         })
     }
 
-    /// The receipt state of messages of one conversation (≤ 100), with
-    /// per-recipient entries if `with_recipients`.
+    /// The receipt state of messages of one conversation (≤ 100): ticks and
+    /// counts ("15 of 20 read"), without per-recipient entries (see
+    /// [`Client::get_receipts_with_recipients`]).
     pub async fn get_receipts(
+        &self,
+        conversation_id: Uuid,
+        message_ids: &[Uuid],
+    ) -> Result<Vec<MessageReceipts>, Error> {
+        self.receipts(conversation_id, message_ids, false).await
+    }
+
+    /// Like [`Client::get_receipts`], with each recipient's state and times
+    /// (as you may see them) in [`MessageReceipts::recipients`].
+    pub async fn get_receipts_with_recipients(
+        &self,
+        conversation_id: Uuid,
+        message_ids: &[Uuid],
+    ) -> Result<Vec<MessageReceipts>, Error> {
+        self.receipts(conversation_id, message_ids, true).await
+    }
+
+    async fn receipts(
         &self,
         conversation_id: Uuid,
         message_ids: &[Uuid],
@@ -624,21 +643,25 @@ impl Client {
             .collect()
     }
 
-    /// Whether you send read receipts.
-    pub async fn sends_read_receipts(&self) -> Result<bool, Error> {
+    /// Whether others see your reads.
+    pub async fn read_receipts(&self) -> Result<ReadReceipts, Error> {
         let r = self
             .unary(proto::GetPrivacySettingsRequest {}, |ch, r| async move {
                 UserStub::new(ch).get_privacy_settings(r).await
             })
             .await?;
-        Ok(r.settings.is_none_or(|s| s.send_read_receipts))
+        Ok(ReadReceipts::from_sending(
+            r.settings.is_none_or(|s| s.send_read_receipts),
+        ))
     }
 
-    /// Turns sending read receipts on or off (effective at once).
-    pub async fn set_send_read_receipts(&self, on: bool) -> Result<bool, Error> {
+    /// Shares your reads with others or keeps them private (effective at
+    /// once; reads made while private stay hidden until you read further
+    /// while sharing). Returns the setting now in force.
+    pub async fn set_read_receipts(&self, setting: ReadReceipts) -> Result<ReadReceipts, Error> {
         let req = proto::UpdatePrivacySettingsRequest {
             settings: Some(proto::PrivacySettings {
-                send_read_receipts: on,
+                send_read_receipts: setting == ReadReceipts::Shared,
             }),
         };
         let r = self
@@ -646,7 +669,9 @@ impl Client {
                 UserStub::new(ch).update_privacy_settings(r).await
             })
             .await?;
-        Ok(r.settings.is_none_or(|s| s.send_read_receipts))
+        Ok(ReadReceipts::from_sending(
+            r.settings.is_none_or(|s| s.send_read_receipts),
+        ))
     }
 
     /// Subscribes to your receipts, from `cursor` (or from now). The stream
@@ -657,15 +682,35 @@ impl Client {
     }
 
     /// A read marker that sends at most one MarkReadUpTo per conversation per
-    /// `interval` (see [`ReadMarker`]).
-    pub fn read_marker(&self, interval: Duration) -> ReadMarker {
+    /// second ([`ReadMarker::DEFAULT_INTERVAL`]; see [`ReadMarker`]).
+    pub fn read_marker(&self) -> ReadMarker {
+        self.read_marker_every(ReadMarker::DEFAULT_INTERVAL)
+    }
+
+    /// A read marker that sends at most one MarkReadUpTo per conversation per
+    /// `interval`.
+    pub fn read_marker_every(&self, interval: Duration) -> ReadMarker {
         ReadMarker::start(self.clone(), interval)
     }
 
     /// A batcher that groups MarkDelivered calls: a batch is sent when it has
-    /// `max_batch` messages or `max_delay` after its first (see
+    /// [`DeliveredBatcher::DEFAULT_MAX_BATCH`] messages or
+    /// [`DeliveredBatcher::DEFAULT_MAX_DELAY`] after its first (see
     /// [`DeliveredBatcher`]).
-    pub fn delivered_batcher(&self, max_batch: usize, max_delay: Duration) -> DeliveredBatcher {
+    pub fn delivered_batcher(&self) -> DeliveredBatcher {
+        self.delivered_batcher_with(
+            DeliveredBatcher::DEFAULT_MAX_BATCH,
+            DeliveredBatcher::DEFAULT_MAX_DELAY,
+        )
+    }
+
+    /// A batcher that sends a batch when it has `max_batch` messages (at most
+    /// 1000) or `max_delay` after its first.
+    pub fn delivered_batcher_with(
+        &self,
+        max_batch: usize,
+        max_delay: Duration,
+    ) -> DeliveredBatcher {
         DeliveredBatcher::start(self.clone(), max_batch, max_delay)
     }
 
@@ -705,13 +750,13 @@ impl BackendClient {
         Ok(r.created)
     }
 
-    /// Adds members from `from_seq` on; returns (added, member count).
+    /// Adds members: each receives the messages from `from_seq` on.
     pub async fn add_members(
         &self,
         conversation_id: Uuid,
         members: &[Uuid],
         from_seq: u64,
-    ) -> Result<(u64, u64), Error> {
+    ) -> Result<MembershipChanged, Error> {
         let req = proto::AddMembersRequest {
             conversation_id: conversation_id.to_string(),
             members: changes(members, from_seq),
@@ -722,16 +767,19 @@ impl BackendClient {
                 BackendStub::new(ch).add_members(r).await
             })
             .await?;
-        Ok((r.added.max(0) as u64, r.member_count.max(0) as u64))
+        Ok(MembershipChanged {
+            changed: r.added.max(0) as u64,
+            member_count: r.member_count.max(0) as u64,
+        })
     }
 
-    /// Removes members from `from_seq` on; returns (removed, member count).
+    /// Removes members: none receives the messages from `from_seq` on.
     pub async fn remove_members(
         &self,
         conversation_id: Uuid,
         members: &[Uuid],
         from_seq: u64,
-    ) -> Result<(u64, u64), Error> {
+    ) -> Result<MembershipChanged, Error> {
         let req = proto::RemoveMembersRequest {
             conversation_id: conversation_id.to_string(),
             members: changes(members, from_seq),
@@ -742,7 +790,10 @@ impl BackendClient {
                 BackendStub::new(ch).remove_members(r).await
             })
             .await?;
-        Ok((r.removed.max(0) as u64, r.member_count.max(0) as u64))
+        Ok(MembershipChanged {
+            changed: r.removed.max(0) as u64,
+            member_count: r.member_count.max(0) as u64,
+        })
     }
 
     /// Registers sent messages, in batches of up to 1000 per call (larger

@@ -70,7 +70,7 @@
 //! assert_eq!(seen, [Tick::Delivered, Tick::Read]);
 //!
 //! // Counts for a "2 of 3 read" label are always there.
-//! let state = &alice_client.get_receipts(chat, &[hello], false).await?[0];
+//! let state = &alice_client.get_receipts(chat, &[hello]).await?[0];
 //! assert_eq!((state.read_count, state.recipients_total), (1, 1));
 //!
 //! // Keep the cursor to resume later with no gap and no duplicate.
@@ -116,9 +116,9 @@ pub use error::Error;
 pub use subscribe::{Event, Subscription};
 pub use trace::TraceContext;
 pub use types::{
-    ConversationOutcome, ConversationRead, Cursor, Delivery, DeliveryOutcome, MessageReceipts,
-    NewMessage, ReadPosition, RecipientReceipt, RecipientState, ResetReason, Snapshot, Tick,
-    UnreadCount, Watermark,
+    ConversationOutcome, ConversationRead, Cursor, Delivery, DeliveryOutcome, MembershipChanged,
+    MessageReceipts, NewMessage, ReadPosition, ReadReceipts, RecipientReceipt, RecipientState,
+    ResetReason, Snapshot, Tick, UnreadCount, Watermark,
 };
 
 /// The generated protobuf types and tonic clients, for what this crate does not

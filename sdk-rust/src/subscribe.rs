@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 /// What a subscription yields.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Event {
     /// New absolute states of messages you sent, in one conversation. Apply
     /// them as they come: repeated or reordered states converge.

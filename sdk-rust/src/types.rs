@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 /// The sender's aggregate tick.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
 pub enum Tick {
     /// ✓ — registered; not every recipient has it yet.
     Sent,
@@ -18,6 +19,7 @@ pub enum Tick {
 
 /// One recipient's state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum RecipientState {
     /// No device has it.
     None,
@@ -71,6 +73,7 @@ pub struct MessageReceipts {
 
 /// What MarkDelivered did for one message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum DeliveryOutcome {
     /// Newly delivered.
     Recorded,
@@ -104,6 +107,7 @@ pub struct ReadPosition {
 
 /// The outcome for one conversation of a bulk call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ConversationOutcome {
     /// Processed.
     Ok,
@@ -155,6 +159,7 @@ pub struct Watermark {
 
 /// Why the server could not resume from your cursor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ResetReason {
     /// The cursor was trimmed from the log.
     CursorExpired,
@@ -307,4 +312,30 @@ impl TryFrom<proto::ReceiptsReset> for Snapshot {
                 .collect::<Result<_, _>>()?,
         })
     }
+}
+
+/// Whether others see your reads (your own devices always do).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReadReceipts {
+    /// Others see your reads ("read" ticks).
+    Shared,
+    /// Others see the messages as delivered, not read.
+    Private,
+}
+
+impl ReadReceipts {
+    pub(crate) fn from_sending(sending: bool) -> Self {
+        if sending { Self::Shared } else { Self::Private }
+    }
+}
+
+/// The outcome of adding or removing members.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MembershipChanged {
+    /// Members added (or removed) by this call; the others already were
+    /// (or were not) members.
+    pub changed: u64,
+    /// Current members afterwards.
+    pub member_count: u64,
 }

@@ -315,7 +315,7 @@ impl Load {
             let messages = acked.messages.get(&chat.id).cloned().unwrap_or_default();
             for chunk in messages.chunks(100) {
                 let ids: Vec<Uuid> = chunk.iter().map(|(m, _)| *m).collect();
-                let states = answered(|| sender.get_receipts(chat.id, &ids, true)).await;
+                let states = answered(|| sender.get_receipts_with_recipients(chat.id, &ids)).await;
                 for &(m, seq) in chunk {
                     let Some(state) = states.iter().find(|s| s.message_id == m) else {
                         lost.push(format!("registered message {m} (seq {seq}) is gone"));
@@ -383,7 +383,7 @@ impl Load {
             let sender = client(endpoint, chat.sender, Role::User, RetryPolicy::default());
             let seen = self.seen[2 * i].lock().expect("seen").states.clone();
             for chunk in ids.chunks(100) {
-                let Ok(states) = sender.get_receipts(chat.id, chunk, false).await else {
+                let Ok(states) = sender.get_receipts(chat.id, chunk).await else {
                     stale.push(format!("GetReceipts in {} failed", chat.id));
                     continue;
                 };
@@ -658,6 +658,7 @@ async fn subscriber(
                 }
                 Event::Reconnecting { .. } => s.reconnects += 1,
                 Event::Live { .. } => s.live = true,
+                other => panic!("an event this suite does not know: {other:?}"),
             }
             matches!(ev, Event::Reset(_))
         };
@@ -680,7 +681,7 @@ async fn repaint(c: &Client, chat: &Chat, user: Uuid, acked: &Mutex<Acked>, seen
         let result: Result<(), receipts_sdk::Error> = async {
             if user == chat.sender {
                 for chunk in ids.chunks(100) {
-                    let states = c.get_receipts(chat.id, chunk, false).await?;
+                    let states = c.get_receipts(chat.id, chunk).await?;
                     let mut s = seen.lock().expect("seen");
                     for m in &states {
                         s.record(m);

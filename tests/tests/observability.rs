@@ -219,10 +219,7 @@ async fn the_rust_sdk_sends_the_callers_trace_context() {
         .connect()
         .await
         .expect("connect");
-    client
-        .sends_read_receipts()
-        .await
-        .expect("privacy settings");
+    client.read_receipts().await.expect("privacy settings");
 
     let (_, rpc) = collector
         .span("for the SDK's GetPrivacySettings", |s| {
@@ -239,10 +236,7 @@ async fn the_rust_sdk_sends_the_callers_trace_context() {
         .connect()
         .await
         .expect("connect");
-    let err = bad
-        .sends_read_receipts()
-        .await
-        .expect_err("bad traceparent");
+    let err = bad.read_receipts().await.expect_err("bad traceparent");
     assert!(
         matches!(err, receipts_sdk::Error::Config(ref m) if m.contains("traceparent")),
         "{err}"

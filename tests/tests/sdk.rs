@@ -3,8 +3,8 @@
 
 use futures::StreamExt;
 use receipts_sdk::{
-    Client, ConversationOutcome, DeliveryOutcome, Error, Event, NewMessage, RetryPolicy, Tick,
-    token_fn,
+    Client, ConversationOutcome, DeliveryOutcome, Error, Event, NewMessage, ReadReceipts,
+    RetryPolicy, Tick, token_fn,
 };
 use receipts_server::auth::Role;
 use receipts_tests::*;
@@ -73,11 +73,10 @@ async fn sdk_covers_every_method() {
     // Backend: idempotent create, membership.
     assert!(!b.create_conversation(conv, &members).await.unwrap());
     let newcomer = Uuid::now_v7();
-    assert_eq!(b.add_members(conv, &[newcomer], 4).await.unwrap(), (1, 4));
-    assert_eq!(
-        b.remove_members(conv, &[newcomer], 5).await.unwrap(),
-        (1, 3)
-    );
+    let added = b.add_members(conv, &[newcomer], 4).await.unwrap();
+    assert_eq!((added.changed, added.member_count), (1, 4));
+    let removed = b.remove_members(conv, &[newcomer], 5).await.unwrap();
+    assert_eq!((removed.changed, removed.member_count), (1, 3));
 
     let (alice, bob) = (
         user_client(&url, members[0]).await,
@@ -92,7 +91,10 @@ async fn sdk_covers_every_method() {
         (pos.read_up_to_seq, pos.advanced, pos.unread_count),
         (2, true, 1)
     );
-    let r = alice.get_receipts(conv, &msgs, true).await.unwrap();
+    let r = alice
+        .get_receipts_with_recipients(conv, &msgs)
+        .await
+        .unwrap();
     assert_eq!(r.len(), 3);
     assert_eq!(
         (r[0].read_count, r[0].delivered_count, r[0].recipients_total),
@@ -111,10 +113,13 @@ async fn sdk_covers_every_method() {
         .unwrap();
     assert_eq!(m[0].read_up_to_seq, 3);
     assert_eq!(m[1].outcome, ConversationOutcome::NotFound);
-    assert!(bob.sends_read_receipts().await.unwrap());
-    assert!(!bob.set_send_read_receipts(false).await.unwrap());
-    assert!(!bob.sends_read_receipts().await.unwrap());
-    let r = alice.get_receipts(conv, &msgs[..1], false).await.unwrap();
+    assert_eq!(bob.read_receipts().await.unwrap(), ReadReceipts::Shared);
+    assert_eq!(
+        bob.set_read_receipts(ReadReceipts::Private).await.unwrap(),
+        ReadReceipts::Private
+    );
+    assert_eq!(bob.read_receipts().await.unwrap(), ReadReceipts::Private);
+    let r = alice.get_receipts(conv, &msgs[..1]).await.unwrap();
     assert_eq!(r[0].read_count, 0, "bob's reads are now hidden");
     // Subscribe: live marker first.
     let mut sub = alice.subscribe(None);
@@ -280,7 +285,7 @@ async fn sdk_asks_the_token_provider_again_and_recovers_from_an_expired_token() 
     }
     assert!(saw_reconnect);
     let before = calls.load(Ordering::SeqCst);
-    client.get_receipts(conv, &msgs, false).await.unwrap();
+    client.get_receipts(conv, &msgs).await.unwrap();
     client.unread_counts(&[conv]).await.unwrap();
     assert_eq!(
         calls.load(Ordering::SeqCst),
@@ -384,7 +389,7 @@ async fn read_marker_sends_one_call_for_a_burst_and_loses_nothing_on_drop() {
     let mut watch = user_client(&url, members[1]).await.subscribe(None);
     assert!(matches!(watch.next().await, Some(Ok(Event::Live { .. }))));
 
-    let marker = bob.read_marker(Duration::from_secs(60));
+    let marker = bob.read_marker_every(Duration::from_secs(60));
     for (i, m) in msgs.iter().enumerate().take(8) {
         marker.mark(conv, *m, i as u64 + 1);
     }
@@ -415,7 +420,7 @@ async fn delivered_batcher_groups_by_size_and_time_and_flushes_on_close() {
     let url = s.url();
     let (conv, members, msgs) = chat(&url, 2, 250).await;
     let bob = user_client(&url, members[1]).await;
-    let batcher = bob.delivered_batcher(100, Duration::from_millis(50));
+    let batcher = bob.delivered_batcher_with(100, Duration::from_millis(50));
     for m in &msgs[..200] {
         batcher.deliver(*m);
     }
@@ -424,10 +429,7 @@ async fn delivered_batcher_groups_by_size_and_time_and_flushes_on_close() {
     let alice = user_client(&url, members[0]).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let r = alice
-            .get_receipts(conv, &msgs[200..201], false)
-            .await
-            .unwrap();
+        let r = alice.get_receipts(conv, &msgs[200..201]).await.unwrap();
         if r[0].delivered_count == 1 {
             break;
         }
@@ -442,7 +444,7 @@ async fn delivered_batcher_groups_by_size_and_time_and_flushes_on_close() {
     }
     batcher.close().await.unwrap();
     for chunk in msgs.chunks(100) {
-        let r = alice.get_receipts(conv, chunk, false).await.unwrap();
+        let r = alice.get_receipts(conv, chunk).await.unwrap();
         assert!(
             r.iter()
                 .all(|m| m.delivered_count == 1 && m.tick == Tick::Delivered)

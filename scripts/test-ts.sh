@@ -88,7 +88,7 @@ rm -rf dist
 # The package as consumers import it (package.json exports, Node condition).
 node --input-type=module -e '
   const sdk = await import("@receipts/sdk");
-  for (const name of ["createReceiptsClient", "createBackendClient", "ReceiptsError", "Tick"]) {
+  for (const name of ["createReceiptsClient", "createBackendClient", "ReceiptsError", "ReceiptService"]) {
     if (!(name in sdk)) { console.error("missing export " + name); process.exit(1); }
   }
   console.log("@receipts/sdk resolves to dist/ and exports its API");'

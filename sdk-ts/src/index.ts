@@ -30,14 +30,7 @@ export const createBackendClient = backendClientFactory(webTransport);
 
 export { ReceiptsError } from "./errors.js";
 export { Code } from "@connectrpc/connect";
-export {
-  ConversationOutcome,
-  DeliveryOutcome,
-  ReceiptService,
-  RecipientState,
-  ResetReason,
-  Tick,
-} from "./gen/receipts/v1/receipts_pb.js";
+export { ReceiptService } from "./gen/receipts/v1/receipts_pb.js";
 export { ReceiptBackendService } from "./gen/receipts/v1/backend_pb.js";
 export type { Transport } from "@connectrpc/connect";
 export type { BackendClient, BackendClientOptions, MembershipChange, MessageRegistration } from "./backend.js";
@@ -47,8 +40,10 @@ export type { DeliveredBatcher, DeliveredBatcherOptions } from "./delivered-batc
 export type { ReadMark, ReadMarker, ReadMarkerOptions } from "./read-marker.js";
 export type { ReceiptSubscription, ReconnectOptions, SubscribeOptions } from "./subscription.js";
 export type {
+  ConversationOutcome,
   ConversationReadResult,
   ConversationUnread,
+  DeliveryOutcome,
   DeliveryResult,
   LiveEvent,
   MessageReceipts,
@@ -58,8 +53,11 @@ export type {
   ReceiptsEvent,
   ReceiptsSnapshot,
   RecipientReceipt,
+  RecipientState,
   ReconnectingEvent,
   ResetEvent,
+  ResetReason,
+  Tick,
   Watermark,
   WatermarkEvent,
 } from "./types.js";

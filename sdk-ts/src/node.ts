@@ -34,14 +34,7 @@ export const createBackendClient = backendClientFactory(nodeTransport);
 
 export { ReceiptsError } from "./errors.js";
 export { Code } from "@connectrpc/connect";
-export {
-  ConversationOutcome,
-  DeliveryOutcome,
-  ReceiptService,
-  RecipientState,
-  ResetReason,
-  Tick,
-} from "./gen/receipts/v1/receipts_pb.js";
+export { ReceiptService } from "./gen/receipts/v1/receipts_pb.js";
 export { ReceiptBackendService } from "./gen/receipts/v1/backend_pb.js";
 export type { Transport } from "@connectrpc/connect";
 export type { BackendClient, BackendClientOptions, MembershipChange, MessageRegistration } from "./backend.js";
@@ -51,8 +44,10 @@ export type { DeliveredBatcher, DeliveredBatcherOptions } from "./delivered-batc
 export type { ReadMark, ReadMarker, ReadMarkerOptions } from "./read-marker.js";
 export type { ReceiptSubscription, ReconnectOptions, SubscribeOptions } from "./subscription.js";
 export type {
+  ConversationOutcome,
   ConversationReadResult,
   ConversationUnread,
+  DeliveryOutcome,
   DeliveryResult,
   LiveEvent,
   MessageReceipts,
@@ -62,8 +57,11 @@ export type {
   ReceiptsEvent,
   ReceiptsSnapshot,
   RecipientReceipt,
+  RecipientState,
   ReconnectingEvent,
   ResetEvent,
+  ResetReason,
+  Tick,
   Watermark,
   WatermarkEvent,
 } from "./types.js";

@@ -1,15 +1,52 @@
-// Domain types: plain ids, numbers and Dates instead of protobuf messages and
-// bigints, converted from the generated types in exactly one place (here).
-// The enums are the generated ones (src/gen), re-exported by index.ts.
+// Domain types: plain ids, numbers, Dates and readable string states instead
+// of protobuf messages, bigints and numeric enums, converted from the
+// generated types in exactly one place (here).
 import type * as pb from "./gen/receipts/v1/receipts_pb.js";
-import type {
-  ConversationOutcome,
-  DeliveryOutcome,
-  RecipientState,
-  ResetReason,
-  Tick,
-} from "./gen/receipts/v1/receipts_pb.js";
 import type { ReceiptsError } from "./errors.js";
+
+/** The sender's aggregate tick: `"sent"` (✓), `"delivered"` (✓✓, every recipient has it), `"read"` (blue ✓✓, every recipient read it). */
+export type Tick = "sent" | "delivered" | "read";
+/** One recipient's state: no device has it, one of its devices has it, or read (as the caller may see it). */
+export type RecipientState = "none" | "delivered" | "read";
+/** What `markDelivered` did with one message. */
+export type DeliveryOutcome = "recorded" | "already_delivered" | "not_a_recipient";
+/** Per conversation in bulk calls: `"ok"`, or why the other fields are 0. */
+export type ConversationOutcome = "ok" | "not_found" | "permission_denied";
+/** Why a subscription was reset (`"unknown"`: a reason this SDK does not know yet). */
+export type ResetReason = "cursor_expired" | "epoch_changed" | "cursor_invalid" | "replay_too_large" | "unknown";
+
+// The generated enums' numbers (proto/receipts/v1/receipts.proto). A value
+// this SDK does not know (a newer server) reads as the state that claims the
+// least, so a tick never shows more than is known.
+const TICKS: Record<number, Tick> = { 1: "sent", 2: "delivered", 3: "read" };
+const RECIPIENT_STATES: Record<number, RecipientState> = { 1: "none", 2: "delivered", 3: "read" };
+const DELIVERY_OUTCOMES: Record<number, DeliveryOutcome> = {
+  1: "recorded",
+  2: "already_delivered",
+  3: "not_a_recipient",
+};
+const CONVERSATION_OUTCOMES: Record<number, ConversationOutcome> = {
+  1: "ok",
+  2: "not_found",
+  3: "permission_denied",
+};
+const RESET_REASONS: Record<number, ResetReason> = {
+  1: "cursor_expired",
+  2: "epoch_changed",
+  3: "cursor_invalid",
+  4: "replay_too_large",
+};
+
+/** @internal */
+export const tick = (v: number): Tick => TICKS[v] ?? "sent";
+/** @internal */
+export const recipientState = (v: number): RecipientState => RECIPIENT_STATES[v] ?? "none";
+/** @internal */
+export const deliveryOutcome = (v: number): DeliveryOutcome => DELIVERY_OUTCOMES[v] ?? "already_delivered";
+/** @internal */
+export const conversationOutcome = (v: number): ConversationOutcome => CONVERSATION_OUTCOMES[v] ?? "ok";
+/** @internal */
+export const resetReason = (v: number): ResetReason => RESET_REASONS[v] ?? "unknown";
 
 /** The receipt state of one message, as the caller may see it. */
 export interface MessageReceipts {
@@ -50,7 +87,7 @@ export interface RecipientReceipt {
 export interface DeliveryResult {
   messageId: string;
   outcome: DeliveryOutcome;
-  /** When the caller's delivery first became true; `null` for `DeliveryOutcome.NOT_A_RECIPIENT`. */
+  /** When the caller's delivery first became true; `null` for `"not_a_recipient"`. */
   deliveredAt: Date | null;
 }
 
@@ -175,7 +212,7 @@ export function messageReceipts(m: pb.MessageReceipts): MessageReceipts {
     seq: int(m.seq),
     senderId: m.senderId,
     sentAt: new Date(Number(m.sentAtMs)),
-    tick: m.tick,
+    tick: tick(m.tick),
     deliveredCount: int(m.deliveredCount),
     readCount: int(m.readCount),
     recipientsTotal: int(m.recipientsTotal),
@@ -183,7 +220,7 @@ export function messageReceipts(m: pb.MessageReceipts): MessageReceipts {
     readAt: time(m.readAtMs),
     recipients: m.recipients.map((r) => ({
       userId: r.userId,
-      state: r.state,
+      state: recipientState(r.state),
       deliveredAt: time(r.deliveredAtMs),
       readAt: time(r.readAtMs),
     })),
@@ -194,7 +231,7 @@ export function messageReceipts(m: pb.MessageReceipts): MessageReceipts {
 export function deliveryResult(r: pb.DeliveryResult): DeliveryResult {
   return {
     messageId: r.messageId,
-    outcome: r.outcome,
+    outcome: deliveryOutcome(r.outcome),
     deliveredAt: time(r.deliveredAtMs),
   };
 }
@@ -212,7 +249,7 @@ export function watermark(w: pb.WatermarkSync): Watermark {
 export function conversationUnread(c: pb.ConversationUnread): ConversationUnread {
   return {
     conversationId: c.conversationId,
-    outcome: c.outcome,
+    outcome: conversationOutcome(c.outcome),
     unreadCount: int(c.unreadCount),
     readUpToSeq: int(c.readUpToSeq),
     lastSeq: int(c.lastSeq),
@@ -223,7 +260,7 @@ export function conversationUnread(c: pb.ConversationUnread): ConversationUnread
 export function conversationReadResult(r: pb.ConversationReadResult): ConversationReadResult {
   return {
     conversationId: r.conversationId,
-    outcome: r.outcome,
+    outcome: conversationOutcome(r.outcome),
     readUpToSeq: int(r.readUpToSeq),
     advanced: r.advanced,
   };
@@ -255,7 +292,7 @@ export function receiptEvent(
       return {
         type: "reset",
         cursor,
-        reason: e.value.reason,
+        reason: resetReason(e.value.reason),
         snapshot: {
           recentMessages: e.value.recentMessages.map(messageReceipts),
           watermarks: e.value.watermarks.map(watermark),

@@ -1,7 +1,7 @@
 // The delivered batcher against a real server: calls bounded in size and in
 // delay, duplicates sent once, nothing lost on flush()/close().
 import { describe, expect, it, vi } from "vitest";
-import { Code, DeliveryOutcome, type DeliveryResult, type ReceiptsError, createReceiptsClient } from "../src/node.js";
+import { Code, type DeliveryResult, type ReceiptsError, createReceiptsClient } from "../src/node.js";
 import { mintToken } from "./receiptd.js";
 import { chat, countingTransport, type Chat } from "./world.js";
 
@@ -38,7 +38,7 @@ describe("deliveredBatcher", () => {
     expect(sent[2]!.after).toBeGreaterThanOrEqual(990);
     expect(batches().flat()).toEqual(ms.map((m) => m.id));
     await vi.waitFor(() => expect(results).toHaveLength(7));
-    expect(results.every((r) => r.outcome === DeliveryOutcome.RECORDED)).toBe(true);
+    expect(results.every((r) => r.outcome === "recorded")).toBe(true);
     expect(await deliveredCount(c, ms.map((m) => m.id))).toBe(7);
     await batcher.close();
   });

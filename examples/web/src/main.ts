@@ -9,11 +9,11 @@ import {
   createBackendClient,
   createReceiptsClient,
   ReceiptsError,
-  Tick,
   type DeliveredBatcher,
   type MessageReceipts,
   type ReadMarker,
   type ReceiptsClient,
+  type Tick,
 } from "@receipts/sdk";
 import { uuidv7 } from "./uuid";
 
@@ -121,7 +121,7 @@ class SenderPane {
   registered(m: Sent): void {
     const row = this.rows.get(m.id);
     if (row?.dataset["tick"] === "pending") {
-      this.paintTick(row, Tick.SENT);
+      this.paintTick(row, "sent");
     }
   }
 
@@ -143,11 +143,9 @@ class SenderPane {
 
   private paintTick(row: HTMLLIElement, tick: Tick): void {
     const span = row.querySelector<HTMLElement>(".tick")!;
-    const [name, text] =
-      tick === Tick.READ ? ["read", "✓✓"] : tick === Tick.DELIVERED ? ["delivered", "✓✓"] : ["sent", "✓"];
-    row.dataset["tick"] = name;
-    span.textContent = text;
-    span.classList.toggle("tick-read", tick === Tick.READ);
+    row.dataset["tick"] = tick;
+    span.textContent = tick === "sent" ? "✓" : "✓✓";
+    span.classList.toggle("tick-read", tick === "read");
   }
 
   setStatus(status: "live" | "reconnecting" | "connecting", text: string): void {

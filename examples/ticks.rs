@@ -89,6 +89,7 @@ async fn main() -> anyhow::Result<()> {
                 conversation_id,
                 group: is_group,
                 messages,
+                ..
             } = event?
             {
                 for m in messages {

@@ -13,7 +13,9 @@ use uuid::Uuid;
 #[non_exhaustive]
 pub enum Event {
     /// New absolute states of messages you sent, in one conversation. Apply
-    /// them as they come: repeated or reordered states converge.
+    /// them as they come: repeated or reordered states converge. More fields
+    /// may come (match with `..`).
+    #[non_exhaustive]
     Receipts {
         /// The conversation.
         conversation_id: Uuid,

@@ -9,6 +9,7 @@ use receipts_server::config::ServeArgs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+pub mod load;
 pub mod tier;
 use std::time::Duration;
 use tonic::service::interceptor::InterceptedService;

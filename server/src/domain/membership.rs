@@ -20,6 +20,34 @@ pub struct Membership {
     pub intervals: Vec<MemberInterval>,
 }
 
+/// Which way a membership change goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemberChangeKind {
+    /// Members join (again) from a seq on.
+    Join,
+    /// Members leave from a seq on.
+    Leave,
+}
+
+impl MemberChangeKind {
+    /// The conversation's member count after `changed` members moved this way.
+    pub fn count_after(self, before: u64, changed: u64) -> u64 {
+        match self {
+            Self::Join => before + changed,
+            Self::Leave => before.saturating_sub(changed),
+        }
+    }
+
+    /// Applies this change from `from` to `membership`: `Ok(false)` if it
+    /// changes nothing (already a member, or not one).
+    pub fn apply(self, membership: &mut Membership, from: Seq) -> Result<bool, MembershipError> {
+        match self {
+            Self::Join => membership.join(from),
+            Self::Leave => membership.leave(from),
+        }
+    }
+}
+
 /// Why a membership change was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MembershipError {

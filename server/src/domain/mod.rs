@@ -37,7 +37,7 @@ pub use counting::{Counts, Party, PrefixIndex, Prefixes, SortedPrefixes, count, 
 pub use cursor::{Cursor, ReplayFrom, ResetReason, replay_start, too_large};
 pub use delivery::{Delivery, Run, Runs, judge as judge_delivery, runs_of};
 pub use event::{Event, EventBody, Message, MessageState, coalesce};
-pub use membership::{MemberInterval, Membership, MembershipError};
+pub use membership::{MemberChangeKind, MemberInterval, Membership, MembershipError};
 pub use read::{ReadWatermark, WatermarkAdvance};
 pub use view::{
     Aggregate, RecipientFacts, RecipientState, RecipientView, Tick, aggregate, recipient_view,

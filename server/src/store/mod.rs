@@ -21,7 +21,9 @@ pub mod observed;
 pub mod redis;
 pub mod scylla;
 
-use crate::domain::{ConversationId, Cursor, Event, MessageId, MessageState, Millis, Seq, UserId};
+use crate::domain::{
+    ConversationId, Cursor, Event, MemberChangeKind, MessageId, MessageState, Millis, Seq, UserId,
+};
 pub use crate::domain::{ReplayFrom, ResetReason};
 use crate::error::{ServiceError, Source};
 use crate::fanout::Hub;
@@ -192,19 +194,34 @@ pub trait ReceiptStore: Send + Sync + std::fmt::Debug + 'static {
         members: Vec<UserId>,
     ) -> StoreResult<bool>;
 
+    /// Adds or removes members from the given seqs (all checked before any
+    /// is written).
+    async fn change_members(
+        &self,
+        conversation: ConversationId,
+        changes: Vec<MemberChange>,
+        kind: MemberChangeKind,
+    ) -> StoreResult<MembershipResult>;
+
     /// Adds members from the given seqs.
     async fn add_members(
         &self,
         conversation: ConversationId,
         changes: Vec<MemberChange>,
-    ) -> StoreResult<MembershipResult>;
+    ) -> StoreResult<MembershipResult> {
+        self.change_members(conversation, changes, MemberChangeKind::Join)
+            .await
+    }
 
     /// Removes members from the given seqs.
     async fn remove_members(
         &self,
         conversation: ConversationId,
         changes: Vec<MemberChange>,
-    ) -> StoreResult<MembershipResult>;
+    ) -> StoreResult<MembershipResult> {
+        self.change_members(conversation, changes, MemberChangeKind::Leave)
+            .await
+    }
 
     /// Registers messages (all or nothing). Returns how many were new.
     async fn register_messages(&self, messages: Vec<NewMessage>) -> StoreResult<u64>;
@@ -304,7 +321,7 @@ pub struct Backlog {
 /// Both stores validate with this before they write anything.
 pub(crate) fn fold_member_changes(
     changes: &[MemberChange],
-    join: bool,
+    kind: MemberChangeKind,
     mut current: impl FnMut(&UserId) -> Result<crate::domain::Membership, ServiceError>,
 ) -> Result<std::collections::BTreeMap<UserId, (crate::domain::Membership, Seq)>, ServiceError> {
     use crate::domain::MembershipError;
@@ -314,12 +331,7 @@ pub(crate) fn fold_member_changes(
             Some((m, _)) => crate::domain::Membership::clone(m),
             None => current(&ch.user)?,
         };
-        let changed = if join {
-            ms.join(ch.from_seq)
-        } else {
-            ms.leave(ch.from_seq)
-        };
-        let reason = match changed {
+        let reason = match kind.apply(&mut ms, ch.from_seq) {
             Ok(true) => {
                 updated.insert(ch.user, (ms, ch.from_seq));
                 continue;

@@ -7,7 +7,7 @@ use super::{
     Backlog, ConversationRead, DeliveryResult, MemberChange, MembershipResult, NewMessage,
     ReadResult, ReceiptStore, Replay, ReplayFrom, StoreResult, UnreadCount,
 };
-use crate::domain::{ConversationId, MessageId, MessageState, Millis, UserId};
+use crate::domain::{ConversationId, MemberChangeKind, MessageId, MessageState, Millis, UserId};
 use crate::fanout::Hub;
 use crate::metrics::{Metrics, StoreErrorLabels, StoreLabels};
 use async_trait::async_trait;
@@ -71,25 +71,18 @@ impl ReceiptStore for ObservedStore {
         .await
     }
 
-    async fn add_members(
+    async fn change_members(
         &self,
         conversation: ConversationId,
         changes: Vec<MemberChange>,
+        kind: MemberChangeKind,
     ) -> StoreResult<MembershipResult> {
-        self.observe("add_members", self.inner.add_members(conversation, changes))
+        let op = match kind {
+            MemberChangeKind::Join => "add_members",
+            MemberChangeKind::Leave => "remove_members",
+        };
+        self.observe(op, self.inner.change_members(conversation, changes, kind))
             .await
-    }
-
-    async fn remove_members(
-        &self,
-        conversation: ConversationId,
-        changes: Vec<MemberChange>,
-    ) -> StoreResult<MembershipResult> {
-        self.observe(
-            "remove_members",
-            self.inner.remove_members(conversation, changes),
-        )
-        .await
     }
 
     async fn register_messages(&self, messages: Vec<NewMessage>) -> StoreResult<u64> {

@@ -238,20 +238,13 @@ impl ReceiptStore for EmbeddedStore {
         .await
     }
 
-    async fn add_members(
+    async fn change_members(
         &self,
         conversation: ConversationId,
         changes: Vec<MemberChange>,
+        kind: MemberChangeKind,
     ) -> StoreResult<MembershipResult> {
-        self.change_members(conversation, changes, true).await
-    }
-
-    async fn remove_members(
-        &self,
-        conversation: ConversationId,
-        changes: Vec<MemberChange>,
-    ) -> StoreResult<MembershipResult> {
-        self.change_members(conversation, changes, false).await
+        self.change_members_in(conversation, changes, kind).await
     }
 
     async fn register_messages(&self, messages: Vec<NewMessage>) -> StoreResult<u64> {
@@ -578,11 +571,11 @@ impl ReceiptStore for EmbeddedStore {
 }
 
 impl EmbeddedStore {
-    async fn change_members(
+    async fn change_members_in(
         &self,
         conversation: ConversationId,
         changes: Vec<MemberChange>,
-        join: bool,
+        kind: MemberChangeKind,
     ) -> StoreResult<MembershipResult> {
         self.write(move |ctx| {
             let Some(mut meta) = ctx.t.conversation(&conversation)? else {
@@ -592,7 +585,7 @@ impl EmbeddedStore {
                     conversation,
                 ));
             };
-            let updated = fold_member_changes(&changes, join, |u| {
+            let updated = fold_member_changes(&changes, kind, |u| {
                 Ok(ctx.t.membership(&conversation, u)?.unwrap_or_default())
             })?;
             let mut lowest = Seq::MAX;
@@ -601,11 +594,7 @@ impl EmbeddedStore {
                 put(&mut ctx.t.user_convs, &k2(u, &conversation), &[])?;
                 lowest = lowest.min(*from);
             }
-            if join {
-                meta.member_count += updated.len() as u64;
-            } else {
-                meta.member_count = meta.member_count.saturating_sub(updated.len() as u64);
-            }
+            meta.member_count = kind.count_after(meta.member_count, updated.len() as u64);
             put(&mut ctx.t.convs, &k1(&conversation), &encode(&meta))?;
             // Recipients of already registered messages at or after the change
             // are now different: their counts change.

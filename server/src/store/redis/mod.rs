@@ -41,8 +41,8 @@ use super::{
 };
 use super::{distinct_registrations, judge_registration};
 use crate::domain::{
-    self, ConversationId, Cursor, Delivery, Event, EventBody, Membership, Message, MessageId,
-    MessageState, Millis, ReadWatermark, RecipientFacts, Seq, UserId,
+    self, ConversationId, Cursor, Delivery, Event, EventBody, MemberChangeKind, Membership,
+    Message, MessageId, MessageState, Millis, ReadWatermark, RecipientFacts, Seq, UserId,
 };
 use crate::error::ServiceError;
 use crate::fanout::{self, Hub, Windows};

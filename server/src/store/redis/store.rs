@@ -80,20 +80,13 @@ impl ReceiptStore for RedisStore {
         Err(contended(&c))
     }
 
-    async fn add_members(
+    async fn change_members(
         &self,
         conversation: ConversationId,
         changes: Vec<MemberChange>,
+        kind: MemberChangeKind,
     ) -> StoreResult<MembershipResult> {
-        self.change_members(conversation, changes, true).await
-    }
-
-    async fn remove_members(
-        &self,
-        conversation: ConversationId,
-        changes: Vec<MemberChange>,
-    ) -> StoreResult<MembershipResult> {
-        self.change_members(conversation, changes, false).await
+        self.change_members_in(conversation, changes, kind).await
     }
 
     async fn register_messages(&self, messages: Vec<NewMessage>) -> StoreResult<u64> {
@@ -700,11 +693,11 @@ pub(super) async fn taken_seqs(
 }
 
 impl RedisStore {
-    async fn change_members(
+    async fn change_members_in(
         &self,
         conversation: ConversationId,
         changes: Vec<MemberChange>,
-        join: bool,
+        kind: MemberChangeKind,
     ) -> StoreResult<MembershipResult> {
         let s = &self.inner;
         let c = conversation;
@@ -717,14 +710,10 @@ impl RedisStore {
                     c,
                 ));
             };
-            let updated = fold_member_changes(&changes, join, |u| {
+            let updated = fold_member_changes(&changes, kind, |u| {
                 Ok(view.members.get(u).cloned().unwrap_or_default())
             })?;
-            let count = if join {
-                view.count + updated.len() as u64
-            } else {
-                view.count.saturating_sub(updated.len() as u64)
-            };
+            let count = kind.count_after(view.count, updated.len() as u64);
             if updated.is_empty() {
                 return Ok(MembershipResult {
                     changed: 0,

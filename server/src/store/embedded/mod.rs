@@ -244,7 +244,38 @@ impl ReceiptStore for EmbeddedStore {
         changes: Vec<MemberChange>,
         kind: MemberChangeKind,
     ) -> StoreResult<MembershipResult> {
-        self.change_members_in(conversation, changes, kind).await
+        self.write(move |ctx| {
+            let Some(mut meta) = ctx.t.conversation(&conversation)? else {
+                return Err(ServiceError::not_found(
+                    "conversation_id",
+                    "conversation",
+                    conversation,
+                ));
+            };
+            let updated = fold_member_changes(&changes, kind, |u| {
+                Ok(ctx.t.membership(&conversation, u)?.unwrap_or_default())
+            })?;
+            let mut lowest = Seq::MAX;
+            for (u, (ms, from)) in &updated {
+                put(&mut ctx.t.members, &k2(&conversation, u), &encode(ms))?;
+                put(&mut ctx.t.user_convs, &k2(u, &conversation), &[])?;
+                lowest = lowest.min(*from);
+            }
+            meta.member_count = kind.count_after(meta.member_count, updated.len() as u64);
+            put(&mut ctx.t.convs, &k1(&conversation), &encode(&meta))?;
+            // Recipients of already registered messages at or after the change
+            // are now different: their counts change.
+            let last = ctx.t.last_seq(&conversation)?;
+            if !updated.is_empty() && lowest <= last {
+                let msgs = ctx.t.messages_between(&conversation, lowest, last)?;
+                ctx.touch(&conversation, msgs)?;
+            }
+            Ok(MembershipResult {
+                changed: updated.len() as u64,
+                member_count: meta.member_count,
+            })
+        })
+        .await
     }
 
     async fn register_messages(&self, messages: Vec<NewMessage>) -> StoreResult<u64> {
@@ -567,47 +598,5 @@ impl ReceiptStore for EmbeddedStore {
         if let Some(h) = handle {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
-    }
-}
-
-impl EmbeddedStore {
-    async fn change_members_in(
-        &self,
-        conversation: ConversationId,
-        changes: Vec<MemberChange>,
-        kind: MemberChangeKind,
-    ) -> StoreResult<MembershipResult> {
-        self.write(move |ctx| {
-            let Some(mut meta) = ctx.t.conversation(&conversation)? else {
-                return Err(ServiceError::not_found(
-                    "conversation_id",
-                    "conversation",
-                    conversation,
-                ));
-            };
-            let updated = fold_member_changes(&changes, kind, |u| {
-                Ok(ctx.t.membership(&conversation, u)?.unwrap_or_default())
-            })?;
-            let mut lowest = Seq::MAX;
-            for (u, (ms, from)) in &updated {
-                put(&mut ctx.t.members, &k2(&conversation, u), &encode(ms))?;
-                put(&mut ctx.t.user_convs, &k2(u, &conversation), &[])?;
-                lowest = lowest.min(*from);
-            }
-            meta.member_count = kind.count_after(meta.member_count, updated.len() as u64);
-            put(&mut ctx.t.convs, &k1(&conversation), &encode(&meta))?;
-            // Recipients of already registered messages at or after the change
-            // are now different: their counts change.
-            let last = ctx.t.last_seq(&conversation)?;
-            if !updated.is_empty() && lowest <= last {
-                let msgs = ctx.t.messages_between(&conversation, lowest, last)?;
-                ctx.touch(&conversation, msgs)?;
-            }
-            Ok(MembershipResult {
-                changed: updated.len() as u64,
-                member_count: meta.member_count,
-            })
-        })
-        .await
     }
 }

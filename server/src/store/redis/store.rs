@@ -86,7 +86,76 @@ impl ReceiptStore for RedisStore {
         changes: Vec<MemberChange>,
         kind: MemberChangeKind,
     ) -> StoreResult<MembershipResult> {
-        self.change_members_in(conversation, changes, kind).await
+        let s = &self.inner;
+        let c = conversation;
+        let _serial = s.lock([&c]).await;
+        for _ in 0..MAX_ATTEMPTS {
+            let Some(mut view) = s.view(&c).await? else {
+                return Err(ServiceError::not_found(
+                    "conversation_id",
+                    "conversation",
+                    c,
+                ));
+            };
+            let updated = fold_member_changes(&changes, kind, |u| {
+                Ok(view.members.get(u).cloned().unwrap_or_default())
+            })?;
+            let count = kind.count_after(view.count, updated.len() as u64);
+            if updated.is_empty() {
+                return Ok(MembershipResult {
+                    changed: 0,
+                    member_count: view.count,
+                });
+            }
+            let mut plan = Plan::default();
+            let mver = view.mver + 1;
+            let mut meta = rcmd!["HSET", s.keys.meta(&c), "n", count, "mv", mver];
+            let mut lowest = Seq::MAX;
+            let users: Vec<UserId> = updated.keys().copied().collect();
+            let sharing = s.sharing_of(&users).await?;
+            let mut index = Vec::new();
+            for ((u, (ms, from)), (shares, _)) in updated.iter().zip(sharing) {
+                meta.extend(rcmd![format!("m:{}", hex(u)), enc(ms)]);
+                index.extend(index_member(&s.keys, &c, u, ms, view.wm(u), shares));
+                view.members.insert(*u, ms.clone());
+                lowest = lowest.min(*from);
+            }
+            plan.cmds.push(meta);
+            plan.cmds.extend(index);
+            view.count = count;
+            plan.persist.push(PersistOp::Conversation {
+                conversation: c,
+                members: view.members.iter().map(|(u, m)| (*u, m.clone())).collect(),
+                version: mver,
+            });
+            // Recipients of already registered messages at or after the change
+            // are now different: their counts change.
+            let last = s.last_seq(&c).await?;
+            let mut windowed = false;
+            if lowest <= last {
+                let msgs = s.between(&c, lowest, last).await?;
+                windowed = s.touch(&mut view, &mut plan, &msgs).await?;
+            }
+            if s.commit(&view, plan).await? {
+                if windowed {
+                    s.schedule_window(c);
+                }
+                let mut p = redis::pipe();
+                for u in updated.keys() {
+                    p.sadd(s.keys.user_conversations(u), hex(&c))
+                        .ignore()
+                        .expire(s.keys.user_conversations(u), s.ttl() as i64)
+                        .ignore();
+                }
+                s.pipe::<()>(&p).await?;
+                return Ok(MembershipResult {
+                    changed: updated.len() as u64,
+                    member_count: count,
+                });
+            }
+            backoff().await;
+        }
+        Err(contended(&c))
     }
 
     async fn register_messages(&self, messages: Vec<NewMessage>) -> StoreResult<u64> {
@@ -690,84 +759,4 @@ pub(super) async fn taken_seqs(
         }
     }
     Ok(out)
-}
-
-impl RedisStore {
-    async fn change_members_in(
-        &self,
-        conversation: ConversationId,
-        changes: Vec<MemberChange>,
-        kind: MemberChangeKind,
-    ) -> StoreResult<MembershipResult> {
-        let s = &self.inner;
-        let c = conversation;
-        let _serial = s.lock([&c]).await;
-        for _ in 0..MAX_ATTEMPTS {
-            let Some(mut view) = s.view(&c).await? else {
-                return Err(ServiceError::not_found(
-                    "conversation_id",
-                    "conversation",
-                    c,
-                ));
-            };
-            let updated = fold_member_changes(&changes, kind, |u| {
-                Ok(view.members.get(u).cloned().unwrap_or_default())
-            })?;
-            let count = kind.count_after(view.count, updated.len() as u64);
-            if updated.is_empty() {
-                return Ok(MembershipResult {
-                    changed: 0,
-                    member_count: view.count,
-                });
-            }
-            let mut plan = Plan::default();
-            let mver = view.mver + 1;
-            let mut meta = rcmd!["HSET", s.keys.meta(&c), "n", count, "mv", mver];
-            let mut lowest = Seq::MAX;
-            let users: Vec<UserId> = updated.keys().copied().collect();
-            let sharing = s.sharing_of(&users).await?;
-            let mut index = Vec::new();
-            for ((u, (ms, from)), (shares, _)) in updated.iter().zip(sharing) {
-                meta.extend(rcmd![format!("m:{}", hex(u)), enc(ms)]);
-                index.extend(index_member(&s.keys, &c, u, ms, view.wm(u), shares));
-                view.members.insert(*u, ms.clone());
-                lowest = lowest.min(*from);
-            }
-            plan.cmds.push(meta);
-            plan.cmds.extend(index);
-            view.count = count;
-            plan.persist.push(PersistOp::Conversation {
-                conversation: c,
-                members: view.members.iter().map(|(u, m)| (*u, m.clone())).collect(),
-                version: mver,
-            });
-            // Recipients of already registered messages at or after the change
-            // are now different: their counts change.
-            let last = s.last_seq(&c).await?;
-            let mut windowed = false;
-            if lowest <= last {
-                let msgs = s.between(&c, lowest, last).await?;
-                windowed = s.touch(&mut view, &mut plan, &msgs).await?;
-            }
-            if s.commit(&view, plan).await? {
-                if windowed {
-                    s.schedule_window(c);
-                }
-                let mut p = redis::pipe();
-                for u in updated.keys() {
-                    p.sadd(s.keys.user_conversations(u), hex(&c))
-                        .ignore()
-                        .expire(s.keys.user_conversations(u), s.ttl() as i64)
-                        .ignore();
-                }
-                s.pipe::<()>(&p).await?;
-                return Ok(MembershipResult {
-                    changed: updated.len() as u64,
-                    member_count: count,
-                });
-            }
-            backoff().await;
-        }
-        Err(contended(&c))
-    }
 }

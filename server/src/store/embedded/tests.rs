@@ -34,6 +34,17 @@ fn options() -> EmbeddedOptions {
     }
 }
 
+/// A new message of `c` at `seq` from `sender`.
+fn message(c: ConversationId, seq: Seq, sender: UserId, sent_at: Millis) -> Message {
+    Message {
+        id: Uuid::now_v7(),
+        conversation: c,
+        seq,
+        sender,
+        sent_at,
+    }
+}
+
 async fn conversation_with(
     store: &EmbeddedStore,
     n: u64,
@@ -275,13 +286,7 @@ async fn mark_delivered_writes_the_same_rows_for_1_or_10000_messages() {
         let (c, a, b, _) = conversation_with(&store, 0).await;
         // a sends every message but each tenth, which b sends.
         let msgs: Vec<Message> = (1..=n)
-            .map(|seq| Message {
-                id: Uuid::now_v7(),
-                conversation: c,
-                seq,
-                sender: if seq % 10 == 0 { b } else { a },
-                sent_at: 1,
-            })
+            .map(|seq| message(c, seq, if seq % 10 == 0 { b } else { a }, 1))
             .collect();
         for chunk in msgs.chunks(1000) {
             store
@@ -319,13 +324,7 @@ async fn a_message_registered_late_inside_a_run_is_not_delivered() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = EmbeddedStore::open(dir.path(), options()).expect("open");
     let (c, a, b, _) = conversation_with(&store, 0).await;
-    let msg = |seq| Message {
-        id: Uuid::now_v7(),
-        conversation: c,
-        seq,
-        sender: a,
-        sent_at: 1,
-    };
+    let msg = |seq| message(c, seq, a, 1);
     let early: Vec<Message> = [1, 2, 4, 5].into_iter().map(msg).collect();
     store
         .register_messages(early.clone())
@@ -374,13 +373,7 @@ async fn deliveries_one_row_per_message_are_folded_into_runs_at_open() {
     let (c, a, b, _) = conversation_with(&store, 0).await;
     // seqs 1..=9 from a, but 5 from b (b's own message).
     let msgs: Vec<Message> = (1..=9)
-        .map(|seq| Message {
-            id: Uuid::now_v7(),
-            conversation: c,
-            seq,
-            sender: if seq == 5 { b } else { a },
-            sent_at: 1,
-        })
+        .map(|seq| message(c, seq, if seq == 5 { b } else { a }, 1))
         .collect();
     store
         .register_messages(msgs.clone())
@@ -450,13 +443,7 @@ async fn messages_by_seq_read_rows_with_and_without_the_sent_time() {
     let store = EmbeddedStore::open(dir.path(), options()).expect("open");
     let (c, a, _, _) = conversation_with(&store, 0).await;
     let msgs: Vec<Message> = (1..=2)
-        .map(|seq| Message {
-            id: Uuid::now_v7(),
-            conversation: c,
-            seq,
-            sender: a,
-            sent_at: 100 + seq as Millis,
-        })
+        .map(|seq| message(c, seq, a, 100 + seq as Millis))
         .collect();
     store
         .register_messages(msgs.clone())

@@ -211,6 +211,8 @@ async fn connect(
 ) -> Result<tonic::Streaming<proto::SubscribeReceiptsResponse>, Error> {
     let req = proto::SubscribeReceiptsRequest {
         cursor: cursor.as_ref().map(|c| c.0.clone()).unwrap_or_default(),
+        // Ranges are not surfaced by this SDK yet: the server expands them.
+        accept_ranges: false,
     };
     let req = client.request(req, false).await?;
     let mut stub = proto::receipt_service_client::ReceiptServiceClient::new(client.channel());

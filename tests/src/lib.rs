@@ -582,9 +582,20 @@ impl Subscription {
         client: &mut UserClient,
         cursor: Option<String>,
     ) -> (Self, Vec<pb::SubscribeReceiptsResponse>) {
+        Self::open_with(client, cursor, false).await
+    }
+
+    /// Like [`Subscription::open`], as a client that applies ranges itself
+    /// (`accept_ranges`) or not.
+    pub async fn open_with(
+        client: &mut UserClient,
+        cursor: Option<String>,
+        accept_ranges: bool,
+    ) -> (Self, Vec<pb::SubscribeReceiptsResponse>) {
         let stream = client
             .subscribe_receipts(pb::SubscribeReceiptsRequest {
                 cursor: cursor.clone().unwrap_or_default(),
+                accept_ranges,
             })
             .await
             .expect("subscribe")

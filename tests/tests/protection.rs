@@ -141,9 +141,7 @@ async fn try_subscribe(
     client: &mut UserClient,
 ) -> Result<tonic::Streaming<pb::SubscribeReceiptsResponse>, tonic::Status> {
     client
-        .subscribe_receipts(pb::SubscribeReceiptsRequest {
-            cursor: String::new(),
-        })
+        .subscribe_receipts(pb::SubscribeReceiptsRequest::default())
         .await
         .map(|r| r.into_inner())
 }

@@ -19,7 +19,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file receipts/v1/receipts.proto.
  */
 export const file_receipts_v1_receipts: GenFile = /*@__PURE__*/
-  fileDesc("ChpyZWNlaXB0cy92MS9yZWNlaXB0cy5wcm90bxILcmVjZWlwdHMudjEiKwoUTWFya0RlbGl2ZXJlZFJlcXVlc3QSEwoLbWVzc2FnZV9pZHMYASADKAkiRQoVTWFya0RlbGl2ZXJlZFJlc3BvbnNlEiwKB3Jlc3VsdHMYASADKAsyGy5yZWNlaXB0cy52MS5EZWxpdmVyeVJlc3VsdCJsCg5EZWxpdmVyeVJlc3VsdBISCgptZXNzYWdlX2lkGAEgASgJEi0KB291dGNvbWUYAiABKA4yHC5yZWNlaXB0cy52MS5EZWxpdmVyeU91dGNvbWUSFwoPZGVsaXZlcmVkX2F0X21zGAMgASgDIkIKE01hcmtSZWFkVXBUb1JlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhIKCm1lc3NhZ2VfaWQYAiABKAkiVgoUTWFya1JlYWRVcFRvUmVzcG9uc2USFgoOcmVhZF91cF90b19zZXEYASABKAMSEAoIYWR2YW5jZWQYAiABKAgSFAoMdW5yZWFkX2NvdW50GAMgASgDIl4KEkdldFJlY2VpcHRzUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSEwoLbWVzc2FnZV9pZHMYAiADKAkSGgoSaW5jbHVkZV9yZWNpcGllbnRzGAMgASgIIkUKE0dldFJlY2VpcHRzUmVzcG9uc2USLgoIbWVzc2FnZXMYASADKAsyHC5yZWNlaXB0cy52MS5NZXNzYWdlUmVjZWlwdHMiugIKD01lc3NhZ2VSZWNlaXB0cxISCgptZXNzYWdlX2lkGAEgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCRILCgNzZXEYAyABKAMSEQoJc2VuZGVyX2lkGAQgASgJEhIKCnNlbnRfYXRfbXMYBSABKAMSHwoEdGljaxgGIAEoDjIRLnJlY2VpcHRzLnYxLlRpY2sSFwoPZGVsaXZlcmVkX2NvdW50GAcgASgDEhIKCnJlYWRfY291bnQYCCABKAMSGAoQcmVjaXBpZW50c190b3RhbBgJIAEoAxIXCg9kZWxpdmVyZWRfYXRfbXMYCiABKAMSEgoKcmVhZF9hdF9tcxgLIAEoAxIxCgpyZWNpcGllbnRzGAwgAygLMh0ucmVjZWlwdHMudjEuUmVjaXBpZW50UmVjZWlwdCJ8ChBSZWNpcGllbnRSZWNlaXB0Eg8KB3VzZXJfaWQYASABKAkSKgoFc3RhdGUYAiABKA4yGy5yZWNlaXB0cy52MS5SZWNpcGllbnRTdGF0ZRIXCg9kZWxpdmVyZWRfYXRfbXMYAyABKAMSEgoKcmVhZF9hdF9tcxgEIAEoAyIqChhTdWJzY3JpYmVSZWNlaXB0c1JlcXVlc3QSDgoGY3Vyc29yGAEgASgJIvIBChlTdWJzY3JpYmVSZWNlaXB0c1Jlc3BvbnNlEg4KBmN1cnNvchgBIAEoCRI1CghyZWNlaXB0cxgCIAEoCzIhLnJlY2VpcHRzLnYxLkNvbnZlcnNhdGlvblJlY2VpcHRzSAASLwoJd2F0ZXJtYXJrGAMgASgLMhoucmVjZWlwdHMudjEuV2F0ZXJtYXJrU3luY0gAEisKBXJlc2V0GAQgASgLMhoucmVjZWlwdHMudjEuUmVjZWlwdHNSZXNldEgAEicKBGxpdmUYBSABKAsyFy5yZWNlaXB0cy52MS5TdHJlYW1MaXZlSABCBwoFZXZlbnQibgoUQ29udmVyc2F0aW9uUmVjZWlwdHMSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg0KBWdyb3VwGAIgASgIEi4KCG1lc3NhZ2VzGAMgAygLMhwucmVjZWlwdHMudjEuTWVzc2FnZVJlY2VpcHRzIlYKDVdhdGVybWFya1N5bmMSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhYKDnJlYWRfdXBfdG9fc2VxGAIgASgDEhQKDHVucmVhZF9jb3VudBgDIAEoAyKgAQoNUmVjZWlwdHNSZXNldBIoCgZyZWFzb24YASABKA4yGC5yZWNlaXB0cy52MS5SZXNldFJlYXNvbhI1Cg9yZWNlbnRfbWVzc2FnZXMYAiADKAsyHC5yZWNlaXB0cy52MS5NZXNzYWdlUmVjZWlwdHMSLgoKd2F0ZXJtYXJrcxgDIAMoCzIaLnJlY2VpcHRzLnYxLldhdGVybWFya1N5bmMiHgoKU3RyZWFtTGl2ZRIQCghyZXBsYXllZBgBIAEoAyIyChZHZXRVbnJlYWRDb3VudHNSZXF1ZXN0EhgKEGNvbnZlcnNhdGlvbl9pZHMYASADKAkiUQoXR2V0VW5yZWFkQ291bnRzUmVzcG9uc2USNgoNY29udmVyc2F0aW9ucxgBIAMoCzIfLnJlY2VpcHRzLnYxLkNvbnZlcnNhdGlvblVucmVhZCKgAQoSQ29udmVyc2F0aW9uVW5yZWFkEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIxCgdvdXRjb21lGAIgASgOMiAucmVjZWlwdHMudjEuQ29udmVyc2F0aW9uT3V0Y29tZRIUCgx1bnJlYWRfY291bnQYAyABKAMSFgoOcmVhZF91cF90b19zZXEYBCABKAMSEAoIbGFzdF9zZXEYBSABKAMiOAocTWFya0NvbnZlcnNhdGlvbnNSZWFkUmVxdWVzdBIYChBjb252ZXJzYXRpb25faWRzGAEgAygJIlUKHU1hcmtDb252ZXJzYXRpb25zUmVhZFJlc3BvbnNlEjQKB3Jlc3VsdHMYASADKAsyIy5yZWNlaXB0cy52MS5Db252ZXJzYXRpb25SZWFkUmVzdWx0Io4BChZDb252ZXJzYXRpb25SZWFkUmVzdWx0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIxCgdvdXRjb21lGAIgASgOMiAucmVjZWlwdHMudjEuQ29udmVyc2F0aW9uT3V0Y29tZRIWCg5yZWFkX3VwX3RvX3NlcRgDIAEoAxIQCghhZHZhbmNlZBgEIAEoCCItCg9Qcml2YWN5U2V0dGluZ3MSGgoSc2VuZF9yZWFkX3JlY2VpcHRzGAEgASgIIhsKGUdldFByaXZhY3lTZXR0aW5nc1JlcXVlc3QiTAoaR2V0UHJpdmFjeVNldHRpbmdzUmVzcG9uc2USLgoIc2V0dGluZ3MYASABKAsyHC5yZWNlaXB0cy52MS5Qcml2YWN5U2V0dGluZ3MiTgocVXBkYXRlUHJpdmFjeVNldHRpbmdzUmVxdWVzdBIuCghzZXR0aW5ncxgBIAEoCzIcLnJlY2VpcHRzLnYxLlByaXZhY3lTZXR0aW5ncyJPCh1VcGRhdGVQcml2YWN5U2V0dGluZ3NSZXNwb25zZRIuCghzZXR0aW5ncxgBIAEoCzIcLnJlY2VpcHRzLnYxLlByaXZhY3lTZXR0aW5ncypOCgRUaWNrEhQKEFRJQ0tfVU5TUEVDSUZJRUQQABINCglUSUNLX1NFTlQQARISCg5USUNLX0RFTElWRVJFRBACEg0KCVRJQ0tfUkVBRBADKoQBCg5SZWNpcGllbnRTdGF0ZRIfChtSRUNJUElFTlRfU1RBVEVfVU5TUEVDSUZJRUQQABIYChRSRUNJUElFTlRfU1RBVEVfTk9ORRABEh0KGVJFQ0lQSUVOVF9TVEFURV9ERUxJVkVSRUQQAhIYChRSRUNJUElFTlRfU1RBVEVfUkVBRBADKqABCg9EZWxpdmVyeU91dGNvbWUSIAocREVMSVZFUllfT1VUQ09NRV9VTlNQRUNJRklFRBAAEh0KGURFTElWRVJZX09VVENPTUVfUkVDT1JERUQQARImCiJERUxJVkVSWV9PVVRDT01FX0FMUkVBRFlfREVMSVZFUkVEEAISJAogREVMSVZFUllfT1VUQ09NRV9OT1RfQV9SRUNJUElFTlQQAyqwAQoLUmVzZXRSZWFzb24SHAoYUkVTRVRfUkVBU09OX1VOU1BFQ0lGSUVEEAASHwobUkVTRVRfUkVBU09OX0NVUlNPUl9FWFBJUkVEEAESHgoaUkVTRVRfUkVBU09OX0VQT0NIX0NIQU5HRUQQAhIfChtSRVNFVF9SRUFTT05fQ1VSU09SX0lOVkFMSUQQAxIhCh1SRVNFVF9SRUFTT05fUkVQTEFZX1RPT19MQVJHRRAEKqgBChNDb252ZXJzYXRpb25PdXRjb21lEiQKIENPTlZFUlNBVElPTl9PVVRDT01FX1VOU1BFQ0lGSUVEEAASGwoXQ09OVkVSU0FUSU9OX09VVENPTUVfT0sQARIiCh5DT05WRVJTQVRJT05fT1VUQ09NRV9OT1RfRk9VTkQQAhIqCiZDT05WRVJTQVRJT05fT1VUQ09NRV9QRVJNSVNTSU9OX0RFTklFRBADMpoGCg5SZWNlaXB0U2VydmljZRJWCg1NYXJrRGVsaXZlcmVkEiEucmVjZWlwdHMudjEuTWFya0RlbGl2ZXJlZFJlcXVlc3QaIi5yZWNlaXB0cy52MS5NYXJrRGVsaXZlcmVkUmVzcG9uc2USUwoMTWFya1JlYWRVcFRvEiAucmVjZWlwdHMudjEuTWFya1JlYWRVcFRvUmVxdWVzdBohLnJlY2VpcHRzLnYxLk1hcmtSZWFkVXBUb1Jlc3BvbnNlElAKC0dldFJlY2VpcHRzEh8ucmVjZWlwdHMudjEuR2V0UmVjZWlwdHNSZXF1ZXN0GiAucmVjZWlwdHMudjEuR2V0UmVjZWlwdHNSZXNwb25zZRJkChFTdWJzY3JpYmVSZWNlaXB0cxIlLnJlY2VpcHRzLnYxLlN1YnNjcmliZVJlY2VpcHRzUmVxdWVzdBomLnJlY2VpcHRzLnYxLlN1YnNjcmliZVJlY2VpcHRzUmVzcG9uc2UwARJcCg9HZXRVbnJlYWRDb3VudHMSIy5yZWNlaXB0cy52MS5HZXRVbnJlYWRDb3VudHNSZXF1ZXN0GiQucmVjZWlwdHMudjEuR2V0VW5yZWFkQ291bnRzUmVzcG9uc2USbgoVTWFya0NvbnZlcnNhdGlvbnNSZWFkEikucmVjZWlwdHMudjEuTWFya0NvbnZlcnNhdGlvbnNSZWFkUmVxdWVzdBoqLnJlY2VpcHRzLnYxLk1hcmtDb252ZXJzYXRpb25zUmVhZFJlc3BvbnNlEmUKEkdldFByaXZhY3lTZXR0aW5ncxImLnJlY2VpcHRzLnYxLkdldFByaXZhY3lTZXR0aW5nc1JlcXVlc3QaJy5yZWNlaXB0cy52MS5HZXRQcml2YWN5U2V0dGluZ3NSZXNwb25zZRJuChVVcGRhdGVQcml2YWN5U2V0dGluZ3MSKS5yZWNlaXB0cy52MS5VcGRhdGVQcml2YWN5U2V0dGluZ3NSZXF1ZXN0GioucmVjZWlwdHMudjEuVXBkYXRlUHJpdmFjeVNldHRpbmdzUmVzcG9uc2ViBnByb3RvMw");
+  fileDesc("ChpyZWNlaXB0cy92MS9yZWNlaXB0cy5wcm90bxILcmVjZWlwdHMudjEiKwoUTWFya0RlbGl2ZXJlZFJlcXVlc3QSEwoLbWVzc2FnZV9pZHMYASADKAkiRQoVTWFya0RlbGl2ZXJlZFJlc3BvbnNlEiwKB3Jlc3VsdHMYASADKAsyGy5yZWNlaXB0cy52MS5EZWxpdmVyeVJlc3VsdCJsCg5EZWxpdmVyeVJlc3VsdBISCgptZXNzYWdlX2lkGAEgASgJEi0KB291dGNvbWUYAiABKA4yHC5yZWNlaXB0cy52MS5EZWxpdmVyeU91dGNvbWUSFwoPZGVsaXZlcmVkX2F0X21zGAMgASgDIkIKE01hcmtSZWFkVXBUb1JlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhIKCm1lc3NhZ2VfaWQYAiABKAkiVgoUTWFya1JlYWRVcFRvUmVzcG9uc2USFgoOcmVhZF91cF90b19zZXEYASABKAMSEAoIYWR2YW5jZWQYAiABKAgSFAoMdW5yZWFkX2NvdW50GAMgASgDIl4KEkdldFJlY2VpcHRzUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSEwoLbWVzc2FnZV9pZHMYAiADKAkSGgoSaW5jbHVkZV9yZWNpcGllbnRzGAMgASgIIkUKE0dldFJlY2VpcHRzUmVzcG9uc2USLgoIbWVzc2FnZXMYASADKAsyHC5yZWNlaXB0cy52MS5NZXNzYWdlUmVjZWlwdHMiugIKD01lc3NhZ2VSZWNlaXB0cxISCgptZXNzYWdlX2lkGAEgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCRILCgNzZXEYAyABKAMSEQoJc2VuZGVyX2lkGAQgASgJEhIKCnNlbnRfYXRfbXMYBSABKAMSHwoEdGljaxgGIAEoDjIRLnJlY2VpcHRzLnYxLlRpY2sSFwoPZGVsaXZlcmVkX2NvdW50GAcgASgDEhIKCnJlYWRfY291bnQYCCABKAMSGAoQcmVjaXBpZW50c190b3RhbBgJIAEoAxIXCg9kZWxpdmVyZWRfYXRfbXMYCiABKAMSEgoKcmVhZF9hdF9tcxgLIAEoAxIxCgpyZWNpcGllbnRzGAwgAygLMh0ucmVjZWlwdHMudjEuUmVjaXBpZW50UmVjZWlwdCJ8ChBSZWNpcGllbnRSZWNlaXB0Eg8KB3VzZXJfaWQYASABKAkSKgoFc3RhdGUYAiABKA4yGy5yZWNlaXB0cy52MS5SZWNpcGllbnRTdGF0ZRIXCg9kZWxpdmVyZWRfYXRfbXMYAyABKAMSEgoKcmVhZF9hdF9tcxgEIAEoAyJBChhTdWJzY3JpYmVSZWNlaXB0c1JlcXVlc3QSDgoGY3Vyc29yGAEgASgJEhUKDWFjY2VwdF9yYW5nZXMYAiABKAgi8gEKGVN1YnNjcmliZVJlY2VpcHRzUmVzcG9uc2USDgoGY3Vyc29yGAEgASgJEjUKCHJlY2VpcHRzGAIgASgLMiEucmVjZWlwdHMudjEuQ29udmVyc2F0aW9uUmVjZWlwdHNIABIvCgl3YXRlcm1hcmsYAyABKAsyGi5yZWNlaXB0cy52MS5XYXRlcm1hcmtTeW5jSAASKwoFcmVzZXQYBCABKAsyGi5yZWNlaXB0cy52MS5SZWNlaXB0c1Jlc2V0SAASJwoEbGl2ZRgFIAEoCzIXLnJlY2VpcHRzLnYxLlN0cmVhbUxpdmVIAEIHCgVldmVudCKZAQoUQ29udmVyc2F0aW9uUmVjZWlwdHMSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg0KBWdyb3VwGAIgASgIEi4KCG1lc3NhZ2VzGAMgAygLMhwucmVjZWlwdHMudjEuTWVzc2FnZVJlY2VpcHRzEikKBnJhbmdlcxgEIAMoCzIZLnJlY2VpcHRzLnYxLlJlY2VpcHRSYW5nZSL4AQoMUmVjZWlwdFJhbmdlEhAKCGZyb21fc2VxGAEgASgDEg4KBnRvX3NlcRgCIAEoAxIfCgR0aWNrGAMgASgOMhEucmVjZWlwdHMudjEuVGljaxIXCg9kZWxpdmVyZWRfY291bnQYBCABKAMSEgoKcmVhZF9jb3VudBgFIAEoAxIYChByZWNpcGllbnRzX3RvdGFsGAYgASgDEhcKD2RlbGl2ZXJlZF9hdF9tcxgHIAEoAxISCgpyZWFkX2F0X21zGAggASgDEjEKCnJlY2lwaWVudHMYCSADKAsyHS5yZWNlaXB0cy52MS5SZWNpcGllbnRSZWNlaXB0IlYKDVdhdGVybWFya1N5bmMSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhYKDnJlYWRfdXBfdG9fc2VxGAIgASgDEhQKDHVucmVhZF9jb3VudBgDIAEoAyKgAQoNUmVjZWlwdHNSZXNldBIoCgZyZWFzb24YASABKA4yGC5yZWNlaXB0cy52MS5SZXNldFJlYXNvbhI1Cg9yZWNlbnRfbWVzc2FnZXMYAiADKAsyHC5yZWNlaXB0cy52MS5NZXNzYWdlUmVjZWlwdHMSLgoKd2F0ZXJtYXJrcxgDIAMoCzIaLnJlY2VpcHRzLnYxLldhdGVybWFya1N5bmMiHgoKU3RyZWFtTGl2ZRIQCghyZXBsYXllZBgBIAEoAyIyChZHZXRVbnJlYWRDb3VudHNSZXF1ZXN0EhgKEGNvbnZlcnNhdGlvbl9pZHMYASADKAkiUQoXR2V0VW5yZWFkQ291bnRzUmVzcG9uc2USNgoNY29udmVyc2F0aW9ucxgBIAMoCzIfLnJlY2VpcHRzLnYxLkNvbnZlcnNhdGlvblVucmVhZCKgAQoSQ29udmVyc2F0aW9uVW5yZWFkEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIxCgdvdXRjb21lGAIgASgOMiAucmVjZWlwdHMudjEuQ29udmVyc2F0aW9uT3V0Y29tZRIUCgx1bnJlYWRfY291bnQYAyABKAMSFgoOcmVhZF91cF90b19zZXEYBCABKAMSEAoIbGFzdF9zZXEYBSABKAMiOAocTWFya0NvbnZlcnNhdGlvbnNSZWFkUmVxdWVzdBIYChBjb252ZXJzYXRpb25faWRzGAEgAygJIlUKHU1hcmtDb252ZXJzYXRpb25zUmVhZFJlc3BvbnNlEjQKB3Jlc3VsdHMYASADKAsyIy5yZWNlaXB0cy52MS5Db252ZXJzYXRpb25SZWFkUmVzdWx0Io4BChZDb252ZXJzYXRpb25SZWFkUmVzdWx0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIxCgdvdXRjb21lGAIgASgOMiAucmVjZWlwdHMudjEuQ29udmVyc2F0aW9uT3V0Y29tZRIWCg5yZWFkX3VwX3RvX3NlcRgDIAEoAxIQCghhZHZhbmNlZBgEIAEoCCItCg9Qcml2YWN5U2V0dGluZ3MSGgoSc2VuZF9yZWFkX3JlY2VpcHRzGAEgASgIIhsKGUdldFByaXZhY3lTZXR0aW5nc1JlcXVlc3QiTAoaR2V0UHJpdmFjeVNldHRpbmdzUmVzcG9uc2USLgoIc2V0dGluZ3MYASABKAsyHC5yZWNlaXB0cy52MS5Qcml2YWN5U2V0dGluZ3MiTgocVXBkYXRlUHJpdmFjeVNldHRpbmdzUmVxdWVzdBIuCghzZXR0aW5ncxgBIAEoCzIcLnJlY2VpcHRzLnYxLlByaXZhY3lTZXR0aW5ncyJPCh1VcGRhdGVQcml2YWN5U2V0dGluZ3NSZXNwb25zZRIuCghzZXR0aW5ncxgBIAEoCzIcLnJlY2VpcHRzLnYxLlByaXZhY3lTZXR0aW5ncypOCgRUaWNrEhQKEFRJQ0tfVU5TUEVDSUZJRUQQABINCglUSUNLX1NFTlQQARISCg5USUNLX0RFTElWRVJFRBACEg0KCVRJQ0tfUkVBRBADKoQBCg5SZWNpcGllbnRTdGF0ZRIfChtSRUNJUElFTlRfU1RBVEVfVU5TUEVDSUZJRUQQABIYChRSRUNJUElFTlRfU1RBVEVfTk9ORRABEh0KGVJFQ0lQSUVOVF9TVEFURV9ERUxJVkVSRUQQAhIYChRSRUNJUElFTlRfU1RBVEVfUkVBRBADKqABCg9EZWxpdmVyeU91dGNvbWUSIAocREVMSVZFUllfT1VUQ09NRV9VTlNQRUNJRklFRBAAEh0KGURFTElWRVJZX09VVENPTUVfUkVDT1JERUQQARImCiJERUxJVkVSWV9PVVRDT01FX0FMUkVBRFlfREVMSVZFUkVEEAISJAogREVMSVZFUllfT1VUQ09NRV9OT1RfQV9SRUNJUElFTlQQAyqwAQoLUmVzZXRSZWFzb24SHAoYUkVTRVRfUkVBU09OX1VOU1BFQ0lGSUVEEAASHwobUkVTRVRfUkVBU09OX0NVUlNPUl9FWFBJUkVEEAESHgoaUkVTRVRfUkVBU09OX0VQT0NIX0NIQU5HRUQQAhIfChtSRVNFVF9SRUFTT05fQ1VSU09SX0lOVkFMSUQQAxIhCh1SRVNFVF9SRUFTT05fUkVQTEFZX1RPT19MQVJHRRAEKqgBChNDb252ZXJzYXRpb25PdXRjb21lEiQKIENPTlZFUlNBVElPTl9PVVRDT01FX1VOU1BFQ0lGSUVEEAASGwoXQ09OVkVSU0FUSU9OX09VVENPTUVfT0sQARIiCh5DT05WRVJTQVRJT05fT1VUQ09NRV9OT1RfRk9VTkQQAhIqCiZDT05WRVJTQVRJT05fT1VUQ09NRV9QRVJNSVNTSU9OX0RFTklFRBADMpoGCg5SZWNlaXB0U2VydmljZRJWCg1NYXJrRGVsaXZlcmVkEiEucmVjZWlwdHMudjEuTWFya0RlbGl2ZXJlZFJlcXVlc3QaIi5yZWNlaXB0cy52MS5NYXJrRGVsaXZlcmVkUmVzcG9uc2USUwoMTWFya1JlYWRVcFRvEiAucmVjZWlwdHMudjEuTWFya1JlYWRVcFRvUmVxdWVzdBohLnJlY2VpcHRzLnYxLk1hcmtSZWFkVXBUb1Jlc3BvbnNlElAKC0dldFJlY2VpcHRzEh8ucmVjZWlwdHMudjEuR2V0UmVjZWlwdHNSZXF1ZXN0GiAucmVjZWlwdHMudjEuR2V0UmVjZWlwdHNSZXNwb25zZRJkChFTdWJzY3JpYmVSZWNlaXB0cxIlLnJlY2VpcHRzLnYxLlN1YnNjcmliZVJlY2VpcHRzUmVxdWVzdBomLnJlY2VpcHRzLnYxLlN1YnNjcmliZVJlY2VpcHRzUmVzcG9uc2UwARJcCg9HZXRVbnJlYWRDb3VudHMSIy5yZWNlaXB0cy52MS5HZXRVbnJlYWRDb3VudHNSZXF1ZXN0GiQucmVjZWlwdHMudjEuR2V0VW5yZWFkQ291bnRzUmVzcG9uc2USbgoVTWFya0NvbnZlcnNhdGlvbnNSZWFkEikucmVjZWlwdHMudjEuTWFya0NvbnZlcnNhdGlvbnNSZWFkUmVxdWVzdBoqLnJlY2VpcHRzLnYxLk1hcmtDb252ZXJzYXRpb25zUmVhZFJlc3BvbnNlEmUKEkdldFByaXZhY3lTZXR0aW5ncxImLnJlY2VpcHRzLnYxLkdldFByaXZhY3lTZXR0aW5nc1JlcXVlc3QaJy5yZWNlaXB0cy52MS5HZXRQcml2YWN5U2V0dGluZ3NSZXNwb25zZRJuChVVcGRhdGVQcml2YWN5U2V0dGluZ3MSKS5yZWNlaXB0cy52MS5VcGRhdGVQcml2YWN5U2V0dGluZ3NSZXF1ZXN0GioucmVjZWlwdHMudjEuVXBkYXRlUHJpdmFjeVNldHRpbmdzUmVzcG9uc2ViBnByb3RvMw");
 
 /**
  * Asks to record deliveries.
@@ -381,6 +381,16 @@ export type SubscribeReceiptsRequest = Message<"receipts.v1.SubscribeReceiptsReq
    * @generated from field: string cursor = 1;
    */
   cursor: string;
+
+  /**
+   * Set by clients that apply `ConversationReceipts.ranges`. Without it, the
+   * server expands every range into `messages`, so older clients see exactly
+   * what they always saw; with it, a change that covers many messages (a
+   * MarkDelivered of a batch, a read of thousands) arrives as a few ranges.
+   *
+   * @generated from field: bool accept_ranges = 2;
+   */
+  acceptRanges: boolean;
 };
 
 /**
@@ -482,6 +492,18 @@ export type ConversationReceipts = Message<"receipts.v1.ConversationReceipts"> &
    * @generated from field: repeated receipts.v1.MessageReceipts messages = 3;
    */
   messages: MessageReceipts[];
+
+  /**
+   * Only for subscribers that set `accept_ranges`: states that hold for every
+   * message the caller sent in this conversation with a seq in a range. The
+   * ranges of one event do not overlap, and `messages` of the same event (if
+   * any) are exact states applied after them. A client applies a range to
+   * the messages it holds whose seq falls in it; a message it does not hold
+   * yet gets its state from GetReceipts or a later event.
+   *
+   * @generated from field: repeated receipts.v1.ReceiptRange ranges = 4;
+   */
+  ranges: ReceiptRange[];
 };
 
 /**
@@ -490,6 +512,76 @@ export type ConversationReceipts = Message<"receipts.v1.ConversationReceipts"> &
  */
 export const ConversationReceiptsSchema: GenMessage<ConversationReceipts> = /*@__PURE__*/
   messageDesc(file_receipts_v1_receipts, 11);
+
+/**
+ * One state shared by a run of messages: what `MessageReceipts` says of each
+ * message the caller sent with `from_seq <= seq <= to_seq`, without the
+ * message's own fields (id, seq, sender, sent time).
+ *
+ * @generated from message receipts.v1.ReceiptRange
+ */
+export type ReceiptRange = Message<"receipts.v1.ReceiptRange"> & {
+  /**
+   * The first seq covered.
+   *
+   * @generated from field: int64 from_seq = 1;
+   */
+  fromSeq: bigint;
+
+  /**
+   * The last seq covered (inclusive).
+   *
+   * @generated from field: int64 to_seq = 2;
+   */
+  toSeq: bigint;
+
+  /**
+   * As in `MessageReceipts`.
+   *
+   * @generated from field: receipts.v1.Tick tick = 3;
+   */
+  tick: Tick;
+
+  /**
+   * @generated from field: int64 delivered_count = 4;
+   */
+  deliveredCount: bigint;
+
+  /**
+   * @generated from field: int64 read_count = 5;
+   */
+  readCount: bigint;
+
+  /**
+   * @generated from field: int64 recipients_total = 6;
+   */
+  recipientsTotal: bigint;
+
+  /**
+   * @generated from field: int64 delivered_at_ms = 7;
+   */
+  deliveredAtMs: bigint;
+
+  /**
+   * @generated from field: int64 read_at_ms = 8;
+   */
+  readAtMs: bigint;
+
+  /**
+   * Per-recipient states (direct chats: the one recipient), as in
+   * `MessageReceipts.recipients`.
+   *
+   * @generated from field: repeated receipts.v1.RecipientReceipt recipients = 9;
+   */
+  recipients: RecipientReceipt[];
+};
+
+/**
+ * Describes the message receipts.v1.ReceiptRange.
+ * Use `create(ReceiptRangeSchema)` to create a new message.
+ */
+export const ReceiptRangeSchema: GenMessage<ReceiptRange> = /*@__PURE__*/
+  messageDesc(file_receipts_v1_receipts, 12);
 
 /**
  * The caller's read position in one conversation, for unread badges that agree
@@ -525,7 +617,7 @@ export type WatermarkSync = Message<"receipts.v1.WatermarkSync"> & {
  * Use `create(WatermarkSyncSchema)` to create a new message.
  */
 export const WatermarkSyncSchema: GenMessage<WatermarkSync> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 12);
+  messageDesc(file_receipts_v1_receipts, 13);
 
 /**
  * A snapshot of the state a client needs to repaint after a reset.
@@ -562,7 +654,7 @@ export type ReceiptsReset = Message<"receipts.v1.ReceiptsReset"> & {
  * Use `create(ReceiptsResetSchema)` to create a new message.
  */
 export const ReceiptsResetSchema: GenMessage<ReceiptsReset> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 13);
+  messageDesc(file_receipts_v1_receipts, 14);
 
 /**
  * Marks the end of replay.
@@ -583,7 +675,7 @@ export type StreamLive = Message<"receipts.v1.StreamLive"> & {
  * Use `create(StreamLiveSchema)` to create a new message.
  */
 export const StreamLiveSchema: GenMessage<StreamLive> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 14);
+  messageDesc(file_receipts_v1_receipts, 15);
 
 /**
  * Asks for unread counts.
@@ -604,7 +696,7 @@ export type GetUnreadCountsRequest = Message<"receipts.v1.GetUnreadCountsRequest
  * Use `create(GetUnreadCountsRequestSchema)` to create a new message.
  */
 export const GetUnreadCountsRequestSchema: GenMessage<GetUnreadCountsRequest> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 15);
+  messageDesc(file_receipts_v1_receipts, 16);
 
 /**
  * Unread counts, one per requested conversation.
@@ -625,7 +717,7 @@ export type GetUnreadCountsResponse = Message<"receipts.v1.GetUnreadCountsRespon
  * Use `create(GetUnreadCountsResponseSchema)` to create a new message.
  */
 export const GetUnreadCountsResponseSchema: GenMessage<GetUnreadCountsResponse> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 16);
+  messageDesc(file_receipts_v1_receipts, 17);
 
 /**
  * The unread count of one conversation.
@@ -675,7 +767,7 @@ export type ConversationUnread = Message<"receipts.v1.ConversationUnread"> & {
  * Use `create(ConversationUnreadSchema)` to create a new message.
  */
 export const ConversationUnreadSchema: GenMessage<ConversationUnread> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 17);
+  messageDesc(file_receipts_v1_receipts, 18);
 
 /**
  * Asks to mark conversations read up to their latest message.
@@ -696,7 +788,7 @@ export type MarkConversationsReadRequest = Message<"receipts.v1.MarkConversation
  * Use `create(MarkConversationsReadRequestSchema)` to create a new message.
  */
 export const MarkConversationsReadRequestSchema: GenMessage<MarkConversationsReadRequest> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 18);
+  messageDesc(file_receipts_v1_receipts, 19);
 
 /**
  * One result per requested conversation.
@@ -717,7 +809,7 @@ export type MarkConversationsReadResponse = Message<"receipts.v1.MarkConversatio
  * Use `create(MarkConversationsReadResponseSchema)` to create a new message.
  */
 export const MarkConversationsReadResponseSchema: GenMessage<MarkConversationsReadResponse> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 19);
+  messageDesc(file_receipts_v1_receipts, 20);
 
 /**
  * The result of marking one conversation read.
@@ -759,7 +851,7 @@ export type ConversationReadResult = Message<"receipts.v1.ConversationReadResult
  * Use `create(ConversationReadResultSchema)` to create a new message.
  */
 export const ConversationReadResultSchema: GenMessage<ConversationReadResult> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 20);
+  messageDesc(file_receipts_v1_receipts, 21);
 
 /**
  * A user's privacy settings.
@@ -784,7 +876,7 @@ export type PrivacySettings = Message<"receipts.v1.PrivacySettings"> & {
  * Use `create(PrivacySettingsSchema)` to create a new message.
  */
 export const PrivacySettingsSchema: GenMessage<PrivacySettings> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 21);
+  messageDesc(file_receipts_v1_receipts, 22);
 
 /**
  * Asks for the caller's privacy settings.
@@ -799,7 +891,7 @@ export type GetPrivacySettingsRequest = Message<"receipts.v1.GetPrivacySettingsR
  * Use `create(GetPrivacySettingsRequestSchema)` to create a new message.
  */
 export const GetPrivacySettingsRequestSchema: GenMessage<GetPrivacySettingsRequest> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 22);
+  messageDesc(file_receipts_v1_receipts, 23);
 
 /**
  * The caller's privacy settings.
@@ -820,7 +912,7 @@ export type GetPrivacySettingsResponse = Message<"receipts.v1.GetPrivacySettings
  * Use `create(GetPrivacySettingsResponseSchema)` to create a new message.
  */
 export const GetPrivacySettingsResponseSchema: GenMessage<GetPrivacySettingsResponse> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 23);
+  messageDesc(file_receipts_v1_receipts, 24);
 
 /**
  * Replaces the caller's privacy settings.
@@ -841,7 +933,7 @@ export type UpdatePrivacySettingsRequest = Message<"receipts.v1.UpdatePrivacySet
  * Use `create(UpdatePrivacySettingsRequestSchema)` to create a new message.
  */
 export const UpdatePrivacySettingsRequestSchema: GenMessage<UpdatePrivacySettingsRequest> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 24);
+  messageDesc(file_receipts_v1_receipts, 25);
 
 /**
  * The caller's privacy settings after the update.
@@ -862,7 +954,7 @@ export type UpdatePrivacySettingsResponse = Message<"receipts.v1.UpdatePrivacySe
  * Use `create(UpdatePrivacySettingsResponseSchema)` to create a new message.
  */
 export const UpdatePrivacySettingsResponseSchema: GenMessage<UpdatePrivacySettingsResponse> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 25);
+  messageDesc(file_receipts_v1_receipts, 26);
 
 /**
  * The sender's aggregate tick for a message.

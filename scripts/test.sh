@@ -32,7 +32,7 @@ cargo test --workspace
 for store in redis redis-cluster; do
   step "behaviour suites against the $store store"
   RECEIPTS_TEST_STORE=$store cargo test -p receipts-tests \
-    --test semantics --test subscribe --test model --test errors \
+    --test semantics --test subscribe --test ranges --test model --test errors \
     --test sdk --test grpc_web --test serving
 done
 

@@ -77,20 +77,37 @@ pub(crate) fn message_state(s: &domain::MessageState) -> pb::MessageReceipts {
         recipients_total: a.recipients_total as i64,
         delivered_at_ms: ms(a.delivered_at),
         read_at_ms: ms(a.read_at),
-        recipients: s
-            .recipients
-            .iter()
-            .map(|r| pb::RecipientReceipt {
-                user_id: r.user.to_string(),
-                state: match r.state {
-                    domain::RecipientState::None => pb::RecipientState::None,
-                    domain::RecipientState::Delivered => pb::RecipientState::Delivered,
-                    domain::RecipientState::Read => pb::RecipientState::Read,
-                } as i32,
-                delivered_at_ms: ms(r.delivered_at),
-                read_at_ms: ms(r.read_at),
-            })
-            .collect(),
+        recipients: s.recipients.iter().map(recipient).collect(),
+    }
+}
+
+/// Encodes a range of messages in one state.
+pub(crate) fn range_state(r: &domain::RangeState) -> pb::ReceiptRange {
+    let a = &r.aggregate;
+    pb::ReceiptRange {
+        from_seq: r.from as i64,
+        to_seq: r.to as i64,
+        tick: tick(a.tick) as i32,
+        delivered_count: a.delivered_count as i64,
+        read_count: a.read_count as i64,
+        recipients_total: a.recipients_total as i64,
+        delivered_at_ms: ms(a.delivered_at),
+        read_at_ms: ms(a.read_at),
+        recipients: r.recipients.iter().map(recipient).collect(),
+    }
+}
+
+/// Encodes one recipient's state.
+fn recipient(r: &domain::RecipientView) -> pb::RecipientReceipt {
+    pb::RecipientReceipt {
+        user_id: r.user.to_string(),
+        state: match r.state {
+            domain::RecipientState::None => pb::RecipientState::None,
+            domain::RecipientState::Delivered => pb::RecipientState::Delivered,
+            domain::RecipientState::Read => pb::RecipientState::Read,
+        } as i32,
+        delivered_at_ms: ms(r.delivered_at),
+        read_at_ms: ms(r.read_at),
     }
 }
 
@@ -116,12 +133,23 @@ pub(crate) fn event(body: &domain::EventBody) -> pb::subscribe_receipts_response
             conversation_id: conversation.to_string(),
             group: *group,
             messages: messages.iter().map(message_state).collect(),
+            ranges: Vec::new(),
         }),
         domain::EventBody::Watermark {
             conversation,
             read_up_to,
             unread,
         } => E::Watermark(watermark(conversation, *read_up_to, *unread)),
+        domain::EventBody::Ranges {
+            conversation,
+            group,
+            ranges,
+        } => E::Receipts(pb::ConversationReceipts {
+            conversation_id: conversation.to_string(),
+            group: *group,
+            messages: Vec::new(),
+            ranges: ranges.iter().map(range_state).collect(),
+        }),
     }
 }
 

@@ -92,33 +92,38 @@ impl Api {
 /// how long the receipt took to get here: a direct conversation's event
 /// carries the write's own time as its newest delivered/read time.
 fn observe_event(metrics: &Metrics, body: &domain::EventBody, live: bool) {
+    use domain::EventBody as B;
     let source = if live { "live" } else { "replay" };
-    let labels = match body {
-        domain::EventBody::Receipts {
+    let (group, aggregates): (bool, Vec<&domain::Aggregate>) = match body {
+        B::Receipts {
             group, messages, ..
-        } => {
-            if live && !group {
-                let newest = messages
-                    .iter()
-                    .flat_map(|m| [m.aggregate.delivered_at, m.aggregate.read_at])
-                    .flatten()
-                    .max();
-                if let Some(at) = newest {
-                    let age = domain::now_millis().saturating_sub(at).max(0);
-                    metrics.propagation_seconds.observe(age as f64 / 1000.0);
-                }
-            }
-            EventLabels {
-                kind: "receipts",
-                conversation: if *group { "group" } else { "direct" },
+        } => (*group, messages.iter().map(|m| &m.aggregate).collect()),
+        B::Ranges { group, ranges, .. } => (*group, ranges.iter().map(|r| &r.aggregate).collect()),
+        B::Watermark { .. } => {
+            let labels = EventLabels {
+                kind: "watermark",
+                conversation: "-",
                 source,
-            }
+            };
+            metrics.events.get_or_create(&labels).inc();
+            return;
         }
-        domain::EventBody::Watermark { .. } => EventLabels {
-            kind: "watermark",
-            conversation: "-",
-            source,
-        },
+    };
+    if live && !group {
+        let newest = aggregates
+            .iter()
+            .flat_map(|a| [a.delivered_at, a.read_at])
+            .flatten()
+            .max();
+        if let Some(at) = newest {
+            let age = domain::now_millis().saturating_sub(at).max(0);
+            metrics.propagation_seconds.observe(age as f64 / 1000.0);
+        }
+    }
+    let labels = EventLabels {
+        kind: "receipts",
+        conversation: if group { "group" } else { "direct" },
+        source,
     };
     metrics.events.get_or_create(&labels).inc();
 }
@@ -250,6 +255,7 @@ impl pb::receipt_service_server::ReceiptService for Api {
         // An unparseable cursor is not a client error worth failing on: the
         // client gets a reset with a snapshot, exactly like an expired one.
         let from = ReplayFrom::parse(&req.get_ref().cursor);
+        let accept_ranges = req.get_ref().accept_ranges;
         // Register for live events before reading the log: nothing committed
         // in between can fall through the crack.
         let mut live = self.store.hub().subscribe(me.id);
@@ -260,7 +266,13 @@ impl pb::receipt_service_server::ReceiptService for Api {
         {
             // Coalesced, then shown as the caller may see it now.
             Replay::Events { events, head } => Replay::Events {
-                events: replay::refresh(&*self.store, me.id, domain::coalesce(events)).await?,
+                events: replay::refresh(
+                    &*self.store,
+                    me.id,
+                    domain::coalesce(events),
+                    accept_ranges,
+                )
+                .await?,
                 head,
             },
             reset => reset,
@@ -271,6 +283,8 @@ impl pb::receipt_service_server::ReceiptService for Api {
         let mut shutdown = self.shutdown.clone();
         let metrics = self.metrics.clone();
         let resumed = from != ReplayFrom::Live;
+        let store = self.store.clone();
+        let viewer = me.id;
         tokio::spawn(async move {
             use pb::subscribe_receipts_response::Event as E;
             // Held for the stream's life: counts against the user's cap.
@@ -293,12 +307,13 @@ impl pb::receipt_service_server::ReceiptService for Api {
                             .inc();
                     }
                     let mut out = Vec::with_capacity(coalesced.len());
-                    for e in &coalesced {
+                    let offsets = replay::stream_offsets(&coalesced);
+                    for (e, offset) in coalesced.iter().zip(offsets) {
                         observe_event(&metrics, &e.body, false);
                         out.push(pb::SubscribeReceiptsResponse {
                             cursor: Cursor {
                                 epoch: head.epoch,
-                                offset: e.offset,
+                                offset,
                             }
                             .encode(),
                             event: Some(convert::event(&e.body)),
@@ -364,14 +379,25 @@ impl pb::receipt_service_server::ReceiptService for Api {
                             continue;
                         }
                         last = ev.offset;
-                        observe_event(&metrics, &ev.body, true);
-                        let msg = pb::SubscribeReceiptsResponse {
-                            cursor: Cursor { epoch: head.epoch, offset: ev.offset }.encode(),
-                            event: Some(convert::event(&ev.body)),
+                        let shown = match replay::live(&*store, viewer, &ev, accept_ranges).await {
+                            Ok(shown) => shown,
+                            Err(e) => {
+                                ended("store_error");
+                                let _ = tx.send(Err(e.into_status())).await;
+                                return;
+                            }
                         };
-                        if tx.send(Ok(msg)).await.is_err() {
-                            ended("client_gone");
-                            return;
+                        let offsets = replay::stream_offsets(&shown);
+                        for (e, offset) in shown.iter().zip(offsets) {
+                            observe_event(&metrics, &e.body, true);
+                            let msg = pb::SubscribeReceiptsResponse {
+                                cursor: Cursor { epoch: head.epoch, offset }.encode(),
+                                event: Some(convert::event(&e.body)),
+                            };
+                            if tx.send(Ok(msg)).await.is_err() {
+                                ended("client_gone");
+                                return;
+                            }
                         }
                     }
                     _ = async { shutdown.wait_for(|s| *s).await.map(|_| ()) } => {

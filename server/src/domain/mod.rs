@@ -36,7 +36,7 @@ mod view;
 pub use counting::{Counts, Party, PrefixIndex, Prefixes, SortedPrefixes, count, standing};
 pub use cursor::{Cursor, ReplayFrom, ResetReason, replay_start, too_large};
 pub use delivery::{Delivery, Run, Runs, judge as judge_delivery, runs_of};
-pub use event::{Event, EventBody, Message, MessageState, coalesce};
+pub use event::{Event, EventBody, Message, MessageState, RangeState, coalesce};
 pub use membership::{MemberChangeKind, MemberInterval, Membership, MembershipError};
 pub use read::{ReadWatermark, WatermarkAdvance};
 pub use view::{

@@ -266,6 +266,16 @@ pub trait ReceiptStore: Send + Sync + std::fmt::Debug + 'static {
         include_recipients: bool,
     ) -> StoreResult<Vec<MessageState>>;
 
+    /// The messages registered in `conversation` with `from <= seq <= to`,
+    /// as `(seq, id, sender)` in seq order (none for an unknown
+    /// conversation). Internal: callers check access with [`Self::receipts`].
+    async fn registered_between(
+        &self,
+        conversation: ConversationId,
+        from: Seq,
+        to: Seq,
+    ) -> StoreResult<Vec<(Seq, MessageId, UserId)>>;
+
     /// Unread counts, one result per conversation.
     async fn unread_counts(
         &self,

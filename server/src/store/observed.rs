@@ -7,7 +7,9 @@ use super::{
     Backlog, ConversationRead, DeliveryResult, MemberChange, MembershipResult, NewMessage,
     ReadResult, ReceiptStore, Replay, ReplayFrom, StoreResult, UnreadCount,
 };
-use crate::domain::{ConversationId, MemberChangeKind, MessageId, MessageState, Millis, UserId};
+use crate::domain::{
+    ConversationId, MemberChangeKind, MessageId, MessageState, Millis, Seq, UserId,
+};
 use crate::fanout::Hub;
 use crate::metrics::{Metrics, StoreErrorLabels, StoreLabels};
 use async_trait::async_trait;
@@ -150,6 +152,19 @@ impl ReceiptStore for ObservedStore {
             "receipts",
             self.inner
                 .receipts(viewer, conversation, messages, include_recipients),
+        )
+        .await
+    }
+
+    async fn registered_between(
+        &self,
+        conversation: ConversationId,
+        from: Seq,
+        to: Seq,
+    ) -> StoreResult<Vec<(Seq, MessageId, UserId)>> {
+        self.observe(
+            "registered_between",
+            self.inner.registered_between(conversation, from, to),
         )
         .await
     }

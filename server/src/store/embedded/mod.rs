@@ -506,6 +506,21 @@ impl ReceiptStore for EmbeddedStore {
         .await
     }
 
+    async fn registered_between(
+        &self,
+        conversation: ConversationId,
+        from: Seq,
+        to: Seq,
+    ) -> StoreResult<Vec<(Seq, MessageId, UserId)>> {
+        self.read(move |t| {
+            Ok(t.messages_between(&conversation, from, to)?
+                .into_iter()
+                .map(|m| (m.seq, m.id, m.sender))
+                .collect())
+        })
+        .await
+    }
+
     async fn unread_counts(
         &self,
         user: UserId,

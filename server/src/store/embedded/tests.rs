@@ -25,6 +25,18 @@ fn state_rows(store: &EmbeddedStore) -> u64 {
         .sum()
 }
 
+/// Rows in the event log, and their total size in bytes.
+fn event_rows(store: &EmbeddedStore) -> (u64, usize) {
+    let txn = store.db.begin_read().expect("read");
+    let events = txn.open_table(EVENTS).expect("events");
+    let bytes = events
+        .iter()
+        .expect("iter")
+        .map(|e| e.expect("row").1.value().len())
+        .sum();
+    (events.len().expect("len"), bytes)
+}
+
 fn options() -> EmbeddedOptions {
     EmbeddedOptions {
         group_window: Duration::from_millis(50),
@@ -83,20 +95,28 @@ async fn mark_read_up_to_writes_the_same_rows_for_1_or_5000_messages() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = EmbeddedStore::open(dir.path(), options()).expect("open");
     let mut deltas = Vec::new();
+    let mut events = Vec::new();
     for n in [1, 5000] {
         let (c, _, reader, last) = conversation_with(&store, n).await;
         let before = state_rows(&store);
+        let (events_before, _) = event_rows(&store);
         let r = store
             .mark_read_up_to(reader, c, last, 10)
             .await
             .expect("read");
         assert_eq!(r.read_up_to, n);
         deltas.push(state_rows(&store) - before);
+        events.push(event_rows(&store).0 - events_before);
     }
     assert_eq!(deltas[0], deltas[1], "rows written: {deltas:?}");
     assert_eq!(
         deltas[0], 3,
         "watermark, history entry, public history entry"
+    );
+    assert_eq!(
+        events,
+        vec![2, 2],
+        "the reader's watermark and the sender's receipts, however many messages"
     );
     store.shutdown().await;
 }
@@ -282,6 +302,7 @@ async fn mark_delivered_writes_the_same_rows_for_1_or_10000_messages() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = EmbeddedStore::open(dir.path(), options()).expect("open");
     let mut deltas = Vec::new();
+    let mut events = Vec::new();
     for n in [1u64, 10_000] {
         let (c, a, b, _) = conversation_with(&store, 0).await;
         // a sends every message but each tenth, which b sends.
@@ -295,6 +316,7 @@ async fn mark_delivered_writes_the_same_rows_for_1_or_10000_messages() {
                 .expect("register");
         }
         let before = state_rows(&store);
+        let (events_before, bytes_before) = event_rows(&store);
         let all: Vec<MessageId> = msgs.iter().map(|m| m.id).collect();
         let results = store.mark_delivered(b, all, 1_000).await.expect("deliver");
         let recorded = results
@@ -303,6 +325,8 @@ async fn mark_delivered_writes_the_same_rows_for_1_or_10000_messages() {
             .count() as u64;
         assert_eq!(recorded, n - n / 10);
         deltas.push(state_rows(&store) - before);
+        let (events_after, bytes_after) = event_rows(&store);
+        events.push((events_after - events_before, bytes_after - bytes_before));
         let states = store
             .receipts(a, c, vec![msgs[0].id, msgs[msgs.len() - 1].id], true)
             .await
@@ -314,6 +338,17 @@ async fn mark_delivered_writes_the_same_rows_for_1_or_10000_messages() {
         );
     }
     assert_eq!(deltas, vec![1, 1], "rows written for 1 and 10,000 messages");
+    // One event for the sender either way: a single message, or one range
+    // over its 9,000 (b's own messages in between do not split it).
+    assert_eq!(
+        events.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+        vec![1, 1],
+        "events logged for 1 and 10,000 messages: {events:?}"
+    );
+    assert!(
+        events[1].1 <= 2 * events[0].1,
+        "the event for 10,000 messages is no larger than a few single ones: {events:?}"
+    );
     store.shutdown().await;
 }
 

@@ -69,19 +69,36 @@ impl WriteCtx<'_, '_> {
             return Ok(());
         }
         let ctx = self.t.context(c)?;
-        self.emit_states(&ctx, msgs, false)
+        // With gaps in a dense span, the messages in the gaps say whether a
+        // range may span them (see `fanout::receipt_events`); a change with
+        // no gap, or a sparse one, needs no read.
+        let span = hi - lo + 1;
+        let registered = if span > msgs.len() as u64
+            && span < DENSE_SPAN_PER_MESSAGE.saturating_mul(msgs.len() as u64)
+        {
+            Some(self.t.messages_between(c, lo, hi)?)
+        } else {
+            None
+        };
+        self.emit_states(&ctx, &msgs, false, registered.as_deref())
     }
 
     /// Computes the states of `msgs` for their senders and logs one event per
-    /// sender (split into chunks).
+    /// sender (split into chunks); `registered`, when given, is every
+    /// message registered between the lowest and the highest of `msgs`.
     pub(super) fn emit_states(
         &mut self,
         ctx: &ConvContext,
-        msgs: Vec<Message>,
+        msgs: &[Message],
         group: bool,
+        registered: Option<&[Message]>,
     ) -> StoreResult<()> {
-        let states = self.t.states(ctx, &msgs, |m| m.sender, !group)?;
-        for (sender, body) in fanout::receipt_events(ctx.conversation, group, states) {
+        let states = self.t.states(ctx, msgs, |m| m.sender, !group)?;
+        let registered: Option<Vec<(Seq, UserId)>> =
+            registered.map(|r| r.iter().map(|m| (m.seq, m.sender)).collect());
+        for (sender, body) in
+            fanout::receipt_events(ctx.conversation, group, states, registered.as_deref())
+        {
             self.emit(sender, body)?;
         }
         Ok(())
@@ -91,7 +108,7 @@ impl WriteCtx<'_, '_> {
         self.t.pending.remove(k1(c).as_slice()).map_err(storage)?;
         let ctx = self.t.context(c)?;
         let msgs = self.t.messages_between(c, w.lo, w.hi)?;
-        self.emit_states(&ctx, msgs, true)
+        self.emit_states(&ctx, &msgs, true, Some(&msgs))
     }
 
     pub(super) fn flush_due_windows(&mut self, all: bool) -> StoreResult<()> {

@@ -595,6 +595,25 @@ impl ReceiptStore for RedisStore {
             .collect())
     }
 
+    async fn registered_between(
+        &self,
+        conversation: ConversationId,
+        from: Seq,
+        to: Seq,
+    ) -> StoreResult<Vec<(Seq, MessageId, UserId)>> {
+        let s = &self.inner;
+        // Loading the conversation brings its keys back from Scylla after
+        // they expired, the seq index with them.
+        if s.view(&conversation).await?.is_none() {
+            return Ok(Vec::new());
+        }
+        Ok(s.between(&conversation, from, to)
+            .await?
+            .into_iter()
+            .map(|m| (m.seq, m.id, m.sender))
+            .collect())
+    }
+
     async fn unread_counts(
         &self,
         user: UserId,

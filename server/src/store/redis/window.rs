@@ -36,7 +36,8 @@ pub(super) fn emit_states(view: &View, plan: &mut Plan, ids: &[MessageId], group
 
 /// Adds the events that tell the senders of `states` their new states.
 pub(super) fn emit(plan: &mut Plan, c: ConversationId, group: bool, states: Vec<MessageState>) {
-    plan.events.extend(fanout::receipt_events(c, group, states));
+    plan.events
+        .extend(fanout::receipt_events(c, group, states, None));
 }
 
 /// Counts-only states of `msgs` (see `counts.rs`).

@@ -6,13 +6,16 @@
 //! the state a simple
 //! reference model computes, as every member sees it, both with the
 //! per-recipient list and counts only (which the Redis store answers from its
-//! counting indexes), and never show a read the model does not.
+//! counting indexes), and never show a read the model does not. A subscriber
+//! that applies range events and one that does not end in the states of now
+//! after a replay from the start, and so do the live ranges when nobody
+//! turned read receipts off.
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use receipts_proto::v1 as pb;
 use receipts_tests::*;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use uuid::Uuid;
 
 const USERS: usize = 4;
@@ -229,8 +232,21 @@ async fn run_case(server: &TestServer, ops: &[Op]) -> Result<(), TestCaseError> 
     for u in &users {
         devices.push([server.user(*u).await, server.user(*u).await]);
     }
+    // Each user's stream position before anything happened: the replays
+    // at the end must bring a subscriber to the states of now.
+    // Live streams that take ranges stay open throughout.
+    let mut start_cursors = Vec::new();
+    let mut live_subs = Vec::new();
+    for dev in devices.iter_mut() {
+        let (sub, _) = Subscription::open_with(&mut dev[0], None, true).await;
+        start_cursors.push(sub.cursor.clone());
+        live_subs.push(sub);
+    }
     let mut model = Model::new();
     let mut ids: Vec<Uuid> = Vec::new();
+    // Each message's seq and sender, by index in `ids`, and whether it was
+    // registered late (into a gap: it may be born read, below a watermark).
+    let mut placed: Vec<(i64, usize, bool)> = Vec::new();
     for (n, op) in ops.iter().enumerate() {
         if !model.allows(op) {
             continue;
@@ -241,7 +257,10 @@ async fn run_case(server: &TestServer, ops: &[Op]) -> Result<(), TestCaseError> 
             from_seq: model.change_from(op) as i64,
         };
         match *op {
-            Op::Send(u) => ids.push(conv.send(&mut backend, users[u]).await),
+            Op::Send(u) => {
+                placed.push((conv.next_seq(), u, false));
+                ids.push(conv.send(&mut backend, users[u]).await);
+            }
             Op::Skip => conv.set_next_seq(conv.next_seq() + 1),
             Op::Fill(u, g) => {
                 let seq = model.gap(g).expect("allowed") as i64;
@@ -252,6 +271,7 @@ async fn run_case(server: &TestServer, ops: &[Op]) -> Result<(), TestCaseError> 
                     })
                     .await
                     .expect("register late");
+                placed.push((seq, u, true));
                 ids.push(id);
             }
             Op::Deliver(_, i, n) if !ids.is_empty() => {
@@ -344,8 +364,123 @@ async fn run_case(server: &TestServer, ops: &[Op]) -> Result<(), TestCaseError> 
             prop_assert_eq!(got.delivered_at_ms != 0, tick != pb::Tick::Sent);
         }
     }
+    // Replays from the start, with ranges and without, applied to the
+    // messages each sender holds, end in the states GetReceipts gives now.
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    for (viewer, dev) in devices.iter_mut().enumerate() {
+        if !model.current(viewer) {
+            continue;
+        }
+        let mine: BTreeMap<i64, Uuid> = placed
+            .iter()
+            .zip(&ids)
+            .filter(|((_, sender, _), _)| *sender == viewer)
+            .map(|((seq, _, _), id)| (*seq, *id))
+            .collect();
+        let late: HashSet<Uuid> = placed
+            .iter()
+            .zip(&ids)
+            .filter(|((_, _, late), _)| *late)
+            .map(|(_, id)| *id)
+            .collect();
+        let cursor = Some(start_cursors[viewer].clone());
+        let (_s, with) = Subscription::open_with(&mut dev[0], cursor.clone(), true).await;
+        let (_s, without) = Subscription::open_with(&mut dev[1], cursor, false).await;
+        let ranged = applied(&with, &mine, users[viewer])?;
+        let plain = applied(&without, &mine, users[viewer])?;
+        prop_assert_eq!(&ranged, &plain, "viewer {}: ranges vs messages", viewer);
+        // Live, the ranges as they were built at commit: applied in order,
+        // they end in the states of now too, unless someone turned read
+        // receipts off (that changes what the viewer may see and pushes
+        // nothing), or the
+        // viewer was away for a while (nothing is pushed to a non-member).
+        let mut live = Vec::new();
+        while let Some(ev) = live_subs[viewer]
+            .next_within(std::time::Duration::from_millis(50))
+            .await
+        {
+            live.push(ev);
+        }
+        let quiet = !ops.iter().any(|op| match op {
+            Op::Share(_, on) => !on,
+            Op::Leave(u, _) => *u == viewer,
+            _ => false,
+        });
+        if quiet {
+            let live = applied(&live, &mine, users[viewer])?;
+            prop_assert_eq!(&live, &ranged, "viewer {}: live ranges vs now", viewer);
+        }
+        for id in mine.values() {
+            let now = counts_only(&mut dev[0], conv.id, *id).await;
+            let now = (
+                (
+                    now.tick,
+                    now.delivered_count,
+                    now.read_count,
+                    now.recipients_total,
+                ),
+                (now.delivered_at_ms, now.read_at_ms),
+            );
+            match ranged.get(id) {
+                Some(got) => prop_assert_eq!(*got, now, "viewer {} replayed state", viewer),
+                None => prop_assert!(
+                    late.contains(id) || (now.0.1 == 0 && now.0.2 == 0),
+                    "viewer {}: {:?} changed, but no replayed event says so",
+                    viewer,
+                    now
+                ),
+            }
+        }
+    }
     let _ = conv.next_seq();
     Ok(())
+}
+
+/// What a subscriber holds of one message: (tick, delivered, read,
+/// recipients) and (delivered at, read at).
+type State = ((i32, i64, i64, i64), (i64, i64));
+
+/// The state of each message a subscriber holds
+/// (`mine`: seq -> id) after applying `events` in order: a range to the
+/// held messages in it, a message entry to that message.
+fn applied(
+    events: &[pb::SubscribeReceiptsResponse],
+    mine: &BTreeMap<i64, Uuid>,
+    me: Uuid,
+) -> Result<HashMap<Uuid, State>, TestCaseError> {
+    use pb::subscribe_receipts_response::Event as E;
+    let mut out = HashMap::new();
+    for ev in events {
+        match &ev.event {
+            Some(E::Receipts(r)) => {
+                for x in &r.ranges {
+                    for (_, id) in mine.range(x.from_seq..=x.to_seq) {
+                        out.insert(
+                            *id,
+                            (
+                                (x.tick, x.delivered_count, x.read_count, x.recipients_total),
+                                (x.delivered_at_ms, x.read_at_ms),
+                            ),
+                        );
+                    }
+                }
+                for m in &r.messages {
+                    prop_assert_eq!(&m.sender_id, &me.to_string());
+                    let id: Uuid = m.message_id.parse().expect("id");
+                    out.insert(
+                        id,
+                        (
+                            (m.tick, m.delivered_count, m.read_count, m.recipients_total),
+                            (m.delivered_at_ms, m.read_at_ms),
+                        ),
+                    );
+                }
+            }
+            Some(E::Reset(_)) => prop_assert!(false, "unexpected reset"),
+            _ => {}
+        }
+    }
+    Ok(out)
 }
 
 fn op_user(op: &Op) -> usize {

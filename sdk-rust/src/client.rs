@@ -1,7 +1,7 @@
 //! The client, its builder, credentials, deadlines and retries.
 
 use crate::batch::{DeliveredBatcher, ReadMarker};
-use crate::subscribe::Subscription;
+use crate::subscribe::{SubscribeOptions, Subscription};
 use crate::trace::{TraceContext, TraceSource};
 use crate::types::*;
 use crate::{Error, proto};
@@ -678,7 +678,17 @@ impl Client {
     /// reconnects by itself and resumes where it left off; see
     /// [`Subscription`].
     pub fn subscribe(&self, cursor: Option<Cursor>) -> Subscription {
-        Subscription::start(self.clone(), cursor)
+        self.subscribe_with(cursor, SubscribeOptions::default())
+    }
+
+    /// [`Client::subscribe`] with options, e.g. to receive ranges:
+    /// `client.subscribe_with(None, SubscribeOptions::default().accept_ranges(true))`.
+    pub fn subscribe_with(
+        &self,
+        cursor: Option<Cursor>,
+        options: SubscribeOptions,
+    ) -> Subscription {
+        Subscription::start(self.clone(), cursor, options)
     }
 
     /// A read marker that sends at most one MarkReadUpTo per conversation per

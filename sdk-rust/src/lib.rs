@@ -94,6 +94,17 @@
 //! - **Errors** are one enum, [`Error`], decoded in one place; the server's
 //!   status is kept ([`Error::status`]) and INVALID_ARGUMENT names the field.
 //!
+//! ## Ranges
+//!
+//! A change over many messages (a batch marked delivered, a read of
+//! thousands) is one entry per message on a default subscription. A client
+//! that keeps each message's seq can ask for it as ranges instead —
+//! [`Client::subscribe_with`] with [`SubscribeOptions::accept_ranges`] — and
+//! gets [`ReceiptRange`]s in [`Event::Receipts`]: one state for every message
+//! it sent in `from_seq..=to_seq`, applied to what it holds with
+//! [`MessageReceipts::apply_range`] (before the event's `messages`). The
+//! stream then costs the same for 1 or 10,000 messages.
+//!
 //! ## Batching
 //!
 //! [`ReadMarker`] turns "message became visible" calls into at most one
@@ -113,12 +124,12 @@ mod types;
 pub use batch::{DeliveredBatcher, ReadMarker};
 pub use client::{BackendClient, Client, ClientBuilder, RetryPolicy, TokenProvider, token_fn};
 pub use error::Error;
-pub use subscribe::{Event, Subscription};
+pub use subscribe::{Event, SubscribeOptions, Subscription};
 pub use trace::TraceContext;
 pub use types::{
     ConversationOutcome, ConversationRead, Cursor, Delivery, DeliveryOutcome, MembershipChanged,
-    MessageReceipts, NewMessage, ReadPosition, ReadReceipts, RecipientReceipt, RecipientState,
-    ResetReason, Snapshot, Tick, UnreadCount, Watermark,
+    MessageReceipts, NewMessage, ReadPosition, ReadReceipts, ReceiptRange, RecipientReceipt,
+    RecipientState, ResetReason, Snapshot, Tick, UnreadCount, Watermark,
 };
 
 /// The generated protobuf types and tonic clients, for what this crate does not

@@ -23,6 +23,11 @@ pub enum Event {
         group: bool,
         /// The messages' current states.
         messages: Vec<MessageReceipts>,
+        /// States shared by runs of your messages, applied before
+        /// `messages`: only on subscriptions opened with
+        /// [`SubscribeOptions::accept_ranges`] (empty otherwise). Apply each
+        /// to the messages you hold with [`MessageReceipts::apply_range`].
+        ranges: Vec<ReceiptRange>,
     },
     /// Your own read position moved (on any of your devices).
     Watermark(Watermark),
@@ -70,10 +75,30 @@ impl Drop for Subscription {
     }
 }
 
+/// How a subscription is opened ([`Client::subscribe_with`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SubscribeOptions {
+    /// Receive changes that cover runs of messages (a batch marked
+    /// delivered, a read of thousands) as [`ReceiptRange`]s in
+    /// [`Event::Receipts`], keyed by seq, instead of one entry per message.
+    /// Worth it for a client that keeps each message's seq (a UI's message
+    /// list); without it the server expands every range. Off by default.
+    pub accept_ranges: bool,
+}
+
+impl SubscribeOptions {
+    /// Sets [`SubscribeOptions::accept_ranges`].
+    pub fn accept_ranges(mut self, on: bool) -> Self {
+        self.accept_ranges = on;
+        self
+    }
+}
+
 impl Subscription {
-    pub(crate) fn start(client: Client, cursor: Option<Cursor>) -> Self {
+    pub(crate) fn start(client: Client, cursor: Option<Cursor>, options: SubscribeOptions) -> Self {
         let (tx, rx) = mpsc::channel(64);
-        let task = tokio::spawn(run(client, cursor.clone(), tx));
+        let task = tokio::spawn(run(client, cursor.clone(), options, tx));
         Self { rx, cursor, task }
     }
 
@@ -128,6 +153,11 @@ fn convert(ev: proto::SubscribeReceiptsResponse) -> Result<Event, Error> {
                 .into_iter()
                 .map(MessageReceipts::try_from)
                 .collect::<Result<_, _>>()?,
+            ranges: r
+                .ranges
+                .into_iter()
+                .map(ReceiptRange::try_from)
+                .collect::<Result<_, _>>()?,
         }),
         Some(E::Watermark(w)) => Ok(Event::Watermark(w.try_into()?)),
         Some(E::Reset(r)) => Ok(Event::Reset(r.try_into()?)),
@@ -141,6 +171,7 @@ fn convert(ev: proto::SubscribeReceiptsResponse) -> Result<Event, Error> {
 async fn run(
     client: Client,
     mut cursor: Option<Cursor>,
+    options: SubscribeOptions,
     tx: mpsc::Sender<Result<(Event, Option<Cursor>), Error>>,
 ) {
     let policy = client.retry_policy();
@@ -148,7 +179,7 @@ async fn run(
     // Whether the last attempt ended with UNAUTHENTICATED.
     let mut refused = false;
     loop {
-        let reason = match connect(&client, &cursor).await {
+        let reason = match connect(&client, &cursor, options).await {
             Ok(mut stream) => loop {
                 // The credentials were accepted.
                 refused = false;
@@ -208,11 +239,11 @@ async fn run(
 async fn connect(
     client: &Client,
     cursor: &Option<Cursor>,
+    options: SubscribeOptions,
 ) -> Result<tonic::Streaming<proto::SubscribeReceiptsResponse>, Error> {
     let req = proto::SubscribeReceiptsRequest {
         cursor: cursor.as_ref().map(|c| c.0.clone()).unwrap_or_default(),
-        // Ranges are not surfaced by this SDK yet: the server expands them.
-        accept_ranges: false,
+        accept_ranges: options.accept_ranges,
     };
     let req = client.request(req, false).await?;
     let mut stub = proto::receipt_service_client::ReceiptServiceClient::new(client.channel());

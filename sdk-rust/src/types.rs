@@ -71,6 +71,60 @@ pub struct MessageReceipts {
     pub recipients: Vec<RecipientReceipt>,
 }
 
+impl MessageReceipts {
+    /// Applies a range from [`crate::Event::Receipts`] if it covers this
+    /// message's seq: the message takes the range's state (tick, counts,
+    /// times, recipients). Returns whether it did. The range must come from
+    /// an event of this message's conversation.
+    pub fn apply_range(&mut self, range: &ReceiptRange) -> bool {
+        if !range.covers(self.seq) {
+            return false;
+        }
+        self.tick = range.tick;
+        self.delivered_count = range.delivered_count;
+        self.read_count = range.read_count;
+        self.recipients_total = range.recipients_total;
+        self.delivered_at = range.delivered_at;
+        self.read_at = range.read_at;
+        self.recipients = range.recipients.clone();
+        true
+    }
+}
+
+/// One state shared by a run of your messages in one conversation: every
+/// message you sent there with `from_seq <= seq <= to_seq` is in it. Only
+/// subscriptions that ask for ranges ([`crate::SubscribeOptions`]) get them;
+/// apply one with [`MessageReceipts::apply_range`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReceiptRange {
+    /// The first seq covered.
+    pub from_seq: u64,
+    /// The last seq covered (inclusive).
+    pub to_seq: u64,
+    /// The aggregate tick of each message in it.
+    pub tick: Tick,
+    /// Recipients that have each message.
+    pub delivered_count: u64,
+    /// Recipients that read each message (as you may see it).
+    pub read_count: u64,
+    /// All recipients of each message.
+    pub recipients_total: u64,
+    /// When the last recipient got them, once all have.
+    pub delivered_at: Option<SystemTime>,
+    /// When the last recipient read them, once all have.
+    pub read_at: Option<SystemTime>,
+    /// Per-recipient states (direct chats).
+    pub recipients: Vec<RecipientReceipt>,
+}
+
+impl ReceiptRange {
+    /// Whether the range covers `seq`.
+    pub fn covers(&self, seq: u64) -> bool {
+        self.from_seq <= seq && seq <= self.to_seq
+    }
+}
+
 /// What MarkDelivered did for one message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -237,43 +291,71 @@ pub(crate) fn outcome(v: i32) -> ConversationOutcome {
     }
 }
 
+/// A tick from the wire; an unknown value reads as the least, `Sent`.
+fn tick_of(t: i32) -> Tick {
+    match proto::Tick::try_from(t) {
+        Ok(proto::Tick::Delivered) => Tick::Delivered,
+        Ok(proto::Tick::Read) => Tick::Read,
+        _ => Tick::Sent,
+    }
+}
+
+fn recipients_of(rs: Vec<proto::RecipientReceipt>) -> Result<Vec<RecipientReceipt>, Error> {
+    rs.into_iter()
+        .map(|r| {
+            Ok(RecipientReceipt {
+                user_id: uuid("user_id", &r.user_id)?,
+                state: match proto::RecipientState::try_from(r.state) {
+                    Ok(proto::RecipientState::Read) => RecipientState::Read,
+                    Ok(proto::RecipientState::Delivered) => RecipientState::Delivered,
+                    _ => RecipientState::None,
+                },
+                delivered_at: time(r.delivered_at_ms),
+                read_at: time(r.read_at_ms),
+            })
+        })
+        .collect()
+}
+
 impl TryFrom<proto::MessageReceipts> for MessageReceipts {
     type Error = Error;
     fn try_from(m: proto::MessageReceipts) -> Result<Self, Error> {
-        let tick = match proto::Tick::try_from(m.tick) {
-            Ok(proto::Tick::Delivered) => Tick::Delivered,
-            Ok(proto::Tick::Read) => Tick::Read,
-            _ => Tick::Sent,
-        };
-        let recipients = m
-            .recipients
-            .into_iter()
-            .map(|r| {
-                Ok(RecipientReceipt {
-                    user_id: uuid("user_id", &r.user_id)?,
-                    state: match proto::RecipientState::try_from(r.state) {
-                        Ok(proto::RecipientState::Read) => RecipientState::Read,
-                        Ok(proto::RecipientState::Delivered) => RecipientState::Delivered,
-                        _ => RecipientState::None,
-                    },
-                    delivered_at: time(r.delivered_at_ms),
-                    read_at: time(r.read_at_ms),
-                })
-            })
-            .collect::<Result<_, Error>>()?;
         Ok(MessageReceipts {
             message_id: uuid("message_id", &m.message_id)?,
             conversation_id: uuid("conversation_id", &m.conversation_id)?,
             seq: m.seq.max(0) as u64,
             sender_id: uuid("sender_id", &m.sender_id)?,
             sent_at: time(m.sent_at_ms),
-            tick,
+            tick: tick_of(m.tick),
             delivered_count: m.delivered_count.max(0) as u64,
             read_count: m.read_count.max(0) as u64,
             recipients_total: m.recipients_total.max(0) as u64,
             delivered_at: time(m.delivered_at_ms),
             read_at: time(m.read_at_ms),
-            recipients,
+            recipients: recipients_of(m.recipients)?,
+        })
+    }
+}
+
+impl TryFrom<proto::ReceiptRange> for ReceiptRange {
+    type Error = Error;
+    fn try_from(r: proto::ReceiptRange) -> Result<Self, Error> {
+        if r.from_seq < 1 || r.to_seq < r.from_seq {
+            return Err(Error::Protocol(format!(
+                "range {}..={} is not a range of seqs",
+                r.from_seq, r.to_seq
+            )));
+        }
+        Ok(ReceiptRange {
+            from_seq: r.from_seq as u64,
+            to_seq: r.to_seq as u64,
+            tick: tick_of(r.tick),
+            delivered_count: r.delivered_count.max(0) as u64,
+            read_count: r.read_count.max(0) as u64,
+            recipients_total: r.recipients_total.max(0) as u64,
+            delivered_at: time(r.delivered_at_ms),
+            read_at: time(r.read_at_ms),
+            recipients: recipients_of(r.recipients)?,
         })
     }
 }
@@ -338,4 +420,63 @@ pub struct MembershipChanged {
     pub changed: u64,
     /// Current members afterwards.
     pub member_count: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire_range(from_seq: i64, to_seq: i64) -> proto::ReceiptRange {
+        proto::ReceiptRange {
+            from_seq,
+            to_seq,
+            tick: proto::Tick::Delivered as i32,
+            delivered_count: 1,
+            read_count: 0,
+            recipients_total: 1,
+            delivered_at_ms: 5_000,
+            read_at_ms: 0,
+            recipients: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_range_applies_to_the_messages_it_covers_only() {
+        let range = ReceiptRange::try_from(wire_range(3, 5)).expect("range");
+        let mut m = MessageReceipts {
+            message_id: Uuid::nil(),
+            conversation_id: Uuid::nil(),
+            seq: 2,
+            sender_id: Uuid::nil(),
+            sent_at: None,
+            tick: Tick::Sent,
+            delivered_count: 0,
+            read_count: 0,
+            recipients_total: 1,
+            delivered_at: None,
+            read_at: None,
+            recipients: Vec::new(),
+        };
+        assert!(!m.apply_range(&range));
+        assert_eq!(m.tick, Tick::Sent);
+        for seq in [3, 5] {
+            m.seq = seq;
+            m.tick = Tick::Sent;
+            assert!(m.apply_range(&range));
+            assert_eq!((m.tick, m.delivered_count), (Tick::Delivered, 1));
+            assert_eq!(m.delivered_at, time(5_000));
+        }
+        m.seq = 6;
+        assert!(!m.apply_range(&range));
+    }
+
+    #[test]
+    fn a_range_that_is_not_one_is_a_protocol_error() {
+        for (from, to) in [(0, 3), (5, 4), (-1, 2)] {
+            assert!(matches!(
+                ReceiptRange::try_from(wire_range(from, to)),
+                Err(Error::Protocol(_))
+            ));
+        }
+    }
 }

@@ -4,7 +4,7 @@
 use futures::StreamExt;
 use receipts_sdk::{
     Client, ConversationOutcome, DeliveryOutcome, Error, Event, NewMessage, ReadReceipts,
-    RetryPolicy, Tick, token_fn,
+    RetryPolicy, SubscribeOptions, Tick, token_fn,
 };
 use receipts_server::auth::Role;
 use receipts_tests::*;
@@ -376,6 +376,75 @@ fn expired_token(user: Uuid) -> String {
         &EncodingKey::from_secret(SECRET.as_bytes()),
     )
     .unwrap()
+}
+
+/// GetReceipts of any number of messages (100 per call).
+async fn receipts_of(
+    client: &Client,
+    conv: Uuid,
+    ids: &[Uuid],
+) -> Vec<receipts_sdk::MessageReceipts> {
+    let mut out = Vec::new();
+    for chunk in ids.chunks(100) {
+        out.extend(client.get_receipts(conv, chunk).await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_subscription_that_accepts_ranges_gets_one_range_for_a_batch() {
+    let s = TestServer::start().await;
+    let url = s.url();
+    let (conv, members, msgs) = chat(&url, 2, 300).await;
+    let alice = user_client(&url, members[0]).await;
+    let bob = user_client(&url, members[1]).await;
+    let mut ranged = alice.subscribe_with(None, SubscribeOptions::default().accept_ranges(true));
+    let mut plain = alice.subscribe(None);
+    assert!(matches!(ranged.next().await, Some(Ok(Event::Live { .. }))));
+    assert!(matches!(plain.next().await, Some(Ok(Event::Live { .. }))));
+    // What Alice's UI holds: every message with its seq, all at one tick.
+    let mut held = receipts_of(&alice, conv, &msgs).await;
+    assert!(held.iter().all(|m| m.tick == Tick::Sent));
+
+    bob.mark_delivered(&msgs[..250]).await.unwrap();
+    let Event::Receipts {
+        messages, ranges, ..
+    } = next_change(&mut ranged).await
+    else {
+        panic!("expected receipts")
+    };
+    assert!(messages.is_empty());
+    assert_eq!(ranges.len(), 1);
+    assert_eq!((ranges[0].from_seq, ranges[0].to_seq), (1, 250));
+    assert_eq!(ranges[0].recipients.len(), 1, "the direct chat's recipient");
+    let mut applied = 0;
+    for m in held.iter_mut() {
+        for r in &ranges {
+            applied += usize::from(m.apply_range(r));
+        }
+    }
+    assert_eq!(applied, 250);
+    let now = receipts_of(&alice, conv, &msgs).await;
+    for (h, n) in held.iter().zip(&now) {
+        assert_eq!(
+            (h.tick, h.delivered_count, h.delivered_at),
+            (n.tick, n.delivered_count, n.delivered_at)
+        );
+    }
+    // Without ranges, the same change as 250 message entries.
+    let mut seen = HashSet::new();
+    while seen.len() < 250 {
+        match next_change(&mut plain).await {
+            Event::Receipts {
+                messages, ranges, ..
+            } => {
+                assert!(ranges.is_empty());
+                seen.extend(messages.iter().map(|m| m.message_id));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(seen, msgs[..250].iter().copied().collect::<HashSet<_>>());
 }
 
 #[tokio::test]

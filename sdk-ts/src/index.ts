@@ -29,6 +29,7 @@ export const createReceiptsClient = receiptsClientFactory(webTransport);
 export const createBackendClient = backendClientFactory(webTransport);
 
 export { ReceiptsError } from "./errors.js";
+export { applyRange } from "./types.js";
 export { Code } from "@connectrpc/connect";
 export { ReceiptService } from "./gen/receipts/v1/receipts_pb.js";
 export { ReceiptBackendService } from "./gen/receipts/v1/backend_pb.js";
@@ -50,6 +51,7 @@ export type {
   PrivacySettings,
   ReadUpToResult,
   ReceiptEvent,
+  ReceiptRange,
   ReceiptsEvent,
   ReceiptsSnapshot,
   RecipientReceipt,

@@ -33,6 +33,7 @@ export const createReceiptsClient = receiptsClientFactory(nodeTransport);
 export const createBackendClient = backendClientFactory(nodeTransport);
 
 export { ReceiptsError } from "./errors.js";
+export { applyRange } from "./types.js";
 export { Code } from "@connectrpc/connect";
 export { ReceiptService } from "./gen/receipts/v1/receipts_pb.js";
 export { ReceiptBackendService } from "./gen/receipts/v1/backend_pb.js";
@@ -54,6 +55,7 @@ export type {
   PrivacySettings,
   ReadUpToResult,
   ReceiptEvent,
+  ReceiptRange,
   ReceiptsEvent,
   ReceiptsSnapshot,
   RecipientReceipt,

@@ -27,6 +27,13 @@ export interface SubscribeOptions {
   cursor?: string;
   /** Ends the subscription when aborted (like `close()`). */
   signal?: AbortSignal;
+  /**
+   * Receive a change that covers many messages (a batch marked delivered, a
+   * read of thousands) as `ranges` keyed by seq, applied with `applyRange`,
+   * instead of one entry per message. For clients that keep each message's
+   * seq. Default false.
+   */
+  acceptRanges?: boolean;
   reconnect?: ReconnectOptions;
 }
 
@@ -72,7 +79,10 @@ export function openSubscription(
       let lost: ReceiptsError;
       try {
         const headers = await connection.headers();
-        const stream = rpc.subscribeReceipts({ cursor }, { headers, signal: call.signal });
+        const stream = rpc.subscribeReceipts(
+          { cursor, acceptRanges: options.acceptRanges ?? false },
+          { headers, signal: call.signal },
+        );
         for await (const res of stream) {
           // The cursor advances past every event, even one this SDK does not
           // know (a newer server): it has been processed as far as we can.

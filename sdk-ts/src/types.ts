@@ -160,8 +160,54 @@ export interface ReceiptsEvent {
   conversationId: string;
   /** Group updates are aggregated over a short window; direct ones arrive at once. */
   group: boolean;
-  /** Absolute states: applying an older or repeated update again is harmless. */
+  /** Absolute states: applying an older or repeated update again is harmless. Applied after `ranges`. */
   messages: MessageReceipts[];
+  /**
+   * States shared by runs of the caller's messages, by seq: only on a
+   * subscription opened with `acceptRanges: true` (empty otherwise). Apply
+   * each to the messages you hold with `applyRange`.
+   */
+  ranges: ReceiptRange[];
+}
+
+/**
+ * One state for every message the caller sent in one conversation with
+ * `fromSeq <= seq <= toSeq` (the fields of `MessageReceipts` that are not the
+ * message's own).
+ */
+export interface ReceiptRange {
+  fromSeq: number;
+  /** Inclusive. */
+  toSeq: number;
+  tick: Tick;
+  deliveredCount: number;
+  readCount: number;
+  recipientsTotal: number;
+  deliveredAt: Date | null;
+  readAt: Date | null;
+  /** Per-recipient states (direct chats). */
+  recipients: RecipientReceipt[];
+}
+
+/**
+ * `message` with the state of `range` if the range covers its seq, else
+ * `message` itself (the same object, so a UI can tell nothing changed). The
+ * range must come from an event of the message's conversation.
+ */
+export function applyRange(message: MessageReceipts, range: ReceiptRange): MessageReceipts {
+  if (message.seq < range.fromSeq || message.seq > range.toSeq) {
+    return message;
+  }
+  return {
+    ...message,
+    tick: range.tick,
+    deliveredCount: range.deliveredCount,
+    readCount: range.readCount,
+    recipientsTotal: range.recipientsTotal,
+    deliveredAt: range.deliveredAt,
+    readAt: range.readAt,
+    recipients: range.recipients,
+  };
 }
 
 /** The caller's own read watermark moved (on any of its devices). */
@@ -218,12 +264,31 @@ export function messageReceipts(m: pb.MessageReceipts): MessageReceipts {
     recipientsTotal: int(m.recipientsTotal),
     deliveredAt: time(m.deliveredAtMs),
     readAt: time(m.readAtMs),
-    recipients: m.recipients.map((r) => ({
-      userId: r.userId,
-      state: recipientState(r.state),
-      deliveredAt: time(r.deliveredAtMs),
-      readAt: time(r.readAtMs),
-    })),
+    recipients: m.recipients.map(recipientReceipt),
+  };
+}
+
+function recipientReceipt(r: pb.RecipientReceipt): RecipientReceipt {
+  return {
+    userId: r.userId,
+    state: recipientState(r.state),
+    deliveredAt: time(r.deliveredAtMs),
+    readAt: time(r.readAtMs),
+  };
+}
+
+/** @internal */
+export function receiptRange(r: pb.ReceiptRange): ReceiptRange {
+  return {
+    fromSeq: int(r.fromSeq),
+    toSeq: int(r.toSeq),
+    tick: tick(r.tick),
+    deliveredCount: int(r.deliveredCount),
+    readCount: int(r.readCount),
+    recipientsTotal: int(r.recipientsTotal),
+    deliveredAt: time(r.deliveredAtMs),
+    readAt: time(r.readAtMs),
+    recipients: r.recipients.map(recipientReceipt),
   };
 }
 
@@ -285,6 +350,7 @@ export function receiptEvent(
         conversationId: e.value.conversationId,
         group: e.value.group,
         messages: e.value.messages.map(messageReceipts),
+        ranges: e.value.ranges.map(receiptRange),
       };
     case "watermark":
       return { type: "watermark", cursor, ...watermark(e.value) };

@@ -1,6 +1,7 @@
 // The receipt stream: typed events, the live marker, resuming from a cursor,
 // resets with a snapshot, and closing.
 import { describe, expect, it } from "vitest";
+import { applyRange } from "../src/node.js";
 import { EventLog, chat, is } from "./world.js";
 
 describe("subscribe", () => {
@@ -36,6 +37,45 @@ describe("subscribe", () => {
     expect(summary.messages[0]).toMatchObject({ tick: "sent", readCount: 2, deliveredCount: 2, recipientsTotal: 3 });
     expect(summary.messages[0]!.recipients).toEqual([]);
     await log.close();
+  });
+
+  it("with acceptRanges, a batch arrives as one range that applyRange applies by seq", async () => {
+    const c = await chat(2);
+    const ms = await c.send(150);
+    const ranged = new EventLog(c.clients[0]!.subscribe({ acceptRanges: true }));
+    const plain = new EventLog(c.clients[0]!.subscribe());
+    await ranged.waitFor(is("live"));
+    await plain.waitFor(is("live"));
+    // What the sender's UI holds: every message with its seq.
+    const ids = ms.map((m) => m.id);
+    let held = [
+      ...(await c.clients[0]!.getReceipts(c.conversationId, ids.slice(0, 100))),
+      ...(await c.clients[0]!.getReceipts(c.conversationId, ids.slice(100))),
+    ];
+    expect(held.every((m) => m.tick === "sent")).toBe(true);
+
+    await c.clients[1]!.markDelivered(ids.slice(0, 120));
+    const ev = await ranged.waitFor(is("receipts"));
+    expect(ev.messages).toEqual([]);
+    expect(ev.ranges).toHaveLength(1);
+    expect(ev.ranges[0]).toMatchObject({ fromSeq: 1, toSeq: 120, tick: "delivered", deliveredCount: 1 });
+    expect(ev.ranges[0]!.recipients).toHaveLength(1);
+    const before = held;
+    held = held.map((m) => ev.ranges.reduce(applyRange, m));
+    expect(held.filter((m) => m.tick === "delivered")).toHaveLength(120);
+    // A message the range does not cover is the same object.
+    expect(held[130]).toBe(before[130]);
+    expect(held[0]!.deliveredAt).toEqual(ev.ranges[0]!.deliveredAt);
+
+    // Without acceptRanges: the same change as one entry per message.
+    const seen = new Set<string>();
+    while (seen.size < 120) {
+      const e = await plain.waitFor(is("receipts", (x) => x.messages.some((m) => !seen.has(m.messageId))));
+      expect(e.ranges).toEqual([]);
+      e.messages.forEach((m) => seen.add(m.messageId));
+    }
+    await ranged.close();
+    await plain.close();
   });
 
   it("syncs the caller's own watermark from its other devices", async () => {

@@ -16,8 +16,8 @@ use futures::StreamExt;
 use rand::rngs::StdRng;
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
-use receipts_sdk::{BackendClient, Client, Event, NewMessage, RetryPolicy};
-use std::collections::HashMap;
+use receipts_sdk::{BackendClient, Client, Event, NewMessage, RetryPolicy, SubscribeOptions};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::mpsc;
@@ -147,7 +147,9 @@ impl Round {
 }
 
 /// Rounds waiting for their events, by the batch's last message.
-type Rounds = Arc<Mutex<HashMap<Uuid, Arc<Round>>>>;
+/// Open rounds by (conversation, seq of the batch's last message): events
+/// name messages by id and seq, ranges by seq.
+type Rounds = Arc<Mutex<BTreeMap<(Uuid, u64), Arc<Round>>>>;
 
 /// The whole population, ready to run.
 pub struct Workload {
@@ -208,7 +210,7 @@ impl Workload {
             by_kind,
             devices: device_map,
             senders,
-            rounds: Arc::new(Mutex::new(HashMap::new())),
+            rounds: Arc::new(Mutex::new(BTreeMap::new())),
             batch: batch.max(1),
         })
     }
@@ -222,7 +224,10 @@ impl Workload {
     pub async fn subscribe(&self, stats: Arc<Stats>) -> Vec<tokio::task::JoinHandle<()>> {
         let mut tasks = Vec::new();
         for sender in &self.senders {
-            let mut sub = sender.subscribe(None);
+            // As a client that keeps its messages' seqs: a batch's change
+            // arrives as a range.
+            let mut sub =
+                sender.subscribe_with(None, SubscribeOptions::default().accept_ranges(true));
             // Live before any write, so nothing is missed.
             while let Some(ev) = sub.next().await {
                 if matches!(ev, Ok(Event::Live { .. })) {
@@ -232,23 +237,39 @@ impl Workload {
             let (stats, rounds) = (stats.clone(), self.rounds.clone());
             tasks.push(tokio::spawn(async move {
                 while let Some(ev) = sub.next().await {
-                    let Ok(Event::Receipts { messages, .. }) = ev else {
+                    let Ok(Event::Receipts {
+                        conversation_id: c,
+                        messages,
+                        ranges,
+                        ..
+                    }) = ev
+                    else {
                         continue;
                     };
-                    stats.event_seen(messages.len() as u64);
-                    for m in &messages {
-                        let round = rounds
+                    stats.event_seen(messages.len() as u64 + ranges.len() as u64);
+                    // (seq span, delivered, read) of each state in the event.
+                    let states = messages
+                        .iter()
+                        .map(|m| (m.seq, m.seq, m.delivered_count, m.read_count))
+                        .chain(
+                            ranges
+                                .iter()
+                                .map(|r| (r.from_seq, r.to_seq, r.delivered_count, r.read_count)),
+                        );
+                    for (from, to, delivered, read) in states {
+                        let hits: Vec<((Uuid, u64), Arc<Round>)> = rounds
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
-                            .get(&m.message_id)
-                            .cloned();
-                        if let Some(r) = round
-                            && r.seen(m.delivered_count, m.read_count, &stats)
-                        {
-                            rounds
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .remove(&m.message_id);
+                            .range((c, from)..=(c, to))
+                            .map(|(k, r)| (*k, r.clone()))
+                            .collect();
+                        for (key, r) in hits {
+                            if r.seen(delivered, read, &stats) {
+                                rounds
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .remove(&key);
+                            }
                         }
                     }
                 }
@@ -327,7 +348,7 @@ impl Generator {
             let Some(&ci) = self.by_kind[kind].choose(&mut rng) else {
                 continue;
             };
-            let (ids, conversation, group, mut recipients) = {
+            let (ids, conversation, last_seq, group, mut recipients) = {
                 let mut c = self.conversations[ci].lock().await;
                 let msgs: Vec<NewMessage> = (0..self.batch)
                     .map(|i| NewMessage {
@@ -346,7 +367,8 @@ impl Generator {
                 }
                 c.next_seq += self.batch as u64;
                 let ids: Vec<Uuid> = msgs.iter().map(|m| m.message_id).collect();
-                (ids, c.id, c.group, c.recipients.clone())
+                let last_seq = msgs.last().expect("batch of at least one").seq;
+                (ids, c.id, last_seq, c.group, c.recipients.clone())
             };
             let last = *ids.last().expect("batch of at least one");
             let round = Arc::new(Round {
@@ -357,7 +379,7 @@ impl Generator {
             self.rounds
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(last, round.clone());
+                .insert((conversation, last_seq), round.clone());
             recipients.shuffle(&mut rng);
             let device = |rng: &mut StdRng, u: &Uuid| -> Client {
                 self.devices[u].choose(rng).expect("a device").clone()

@@ -119,6 +119,14 @@ impl Hub {
         self.lock().clear();
     }
 
+    /// Ends `user`'s streams (resumable): used when an event for `user`
+    /// could not be handed over (e.g. it came from a newer node in a format
+    /// this one cannot read), so its subscribers resume from their cursors
+    /// instead of moving past it.
+    pub fn disconnect(&self, user: UserId) {
+        self.lock().remove(&user);
+    }
+
     fn remove(&self, user: UserId, id: u64) {
         let mut subs = self.lock();
         if let Some(slots) = subs.get_mut(&user) {
@@ -133,5 +141,27 @@ impl Hub {
         self.subscribers
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::mpsc::error::TryRecvError;
+    use uuid::Uuid;
+
+    #[test]
+    fn disconnecting_a_user_ends_its_streams_and_no_one_elses() {
+        let hub = Hub::new(4);
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let mut sa = hub.subscribe(a);
+        let mut sb = hub.subscribe(b);
+        hub.disconnect(a);
+        assert!(matches!(
+            sa.events.try_recv(),
+            Err(TryRecvError::Disconnected)
+        ));
+        assert!(matches!(sb.events.try_recv(), Err(TryRecvError::Empty)));
+        assert_eq!(hub.subscriber_count(), 1);
     }
 }

@@ -19,14 +19,38 @@ pub(super) fn parse_log_entry(u: &UserId, row: &[u8]) -> StoreResult<Event> {
     })
 }
 
+/// A bus message `<user>:<epoch>:<offset>:<event>`, parsed.
+#[derive(Debug)]
+pub(super) enum BusMessage {
+    /// An event to hand to the addressee's local subscribers.
+    Event(u64, Event),
+    /// For this user, but its event does not decode (a newer node's
+    /// format): the user's streams must resume rather than move past it.
+    Unreadable(UserId),
+    /// Not a bus message at all.
+    Garbage,
+}
+
 /// Parses a bus message `<user>:<epoch>:<offset>:<event>`.
-pub(super) fn parse_bus(payload: &[u8]) -> Option<(u64, Event)> {
+pub(super) fn parse_bus(payload: &[u8]) -> BusMessage {
     let mut parts = payload.splitn(4, |b| *b == b':');
-    let user = Uuid::parse_str(std::str::from_utf8(parts.next()?).ok()?).ok()?;
-    let epoch = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
-    let offset = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
-    let body = postcard::from_bytes(parts.next()?).ok()?;
-    Some((epoch, Event { offset, user, body }))
+    let Some(user) = parts
+        .next()
+        .and_then(|p| std::str::from_utf8(p).ok())
+        .and_then(|p| Uuid::parse_str(p).ok())
+    else {
+        return BusMessage::Garbage;
+    };
+    let rest = (|| {
+        let epoch = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+        let offset = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+        let body = postcard::from_bytes(parts.next()?).ok()?;
+        Some((epoch, Event { offset, user, body }))
+    })();
+    match rest {
+        Some((epoch, event)) => BusMessage::Event(epoch, event),
+        None => BusMessage::Unreadable(user),
+    }
 }
 
 /// Listens on the bus and hands events to local subscribers. After a lost
@@ -58,8 +82,21 @@ pub(super) async fn bus_loop(inner: Arc<Inner>, mut stop: watch::Receiver<bool>)
                         msg = messages.next() => {
                             let Some(msg) = msg else { break };
                             let payload: Vec<u8> = msg.get_payload_bytes().to_vec();
-                            if let Some((_epoch, event)) = parse_bus(&payload) {
-                                inner.hub.publish(&[Arc::new(event)]);
+                            match parse_bus(&payload) {
+                                BusMessage::Event(_epoch, event) => {
+                                    inner.hub.publish(&[Arc::new(event)]);
+                                }
+                                BusMessage::Unreadable(user) => {
+                                    tracing::warn!(
+                                        %user,
+                                        "event bus: an event this node cannot read (a newer node's format?); \
+                                         ending the user's streams so they resume from their cursors"
+                                    );
+                                    inner.hub.disconnect(user);
+                                }
+                                BusMessage::Garbage => {
+                                    tracing::warn!("event bus: a message that is not an event; ignored");
+                                }
                             }
                         }
                         _ = stopped(&mut stop) => return,

@@ -85,12 +85,19 @@ fn bus_messages_round_trip() {
     };
     let mut payload = format!("{}:{}:{}:", hex(&u), 42u64, 9u64).into_bytes();
     payload.extend(enc(&body));
-    let (epoch, event) = parse_bus(&payload).unwrap();
+    let BusMessage::Event(epoch, event) = parse_bus(&payload) else {
+        panic!("an event");
+    };
     assert_eq!(epoch, 42);
     assert_eq!(event.offset, 9);
     assert_eq!(event.user, u);
     assert_eq!(event.body, body);
-    assert!(parse_bus(b"nonsense").is_none());
+    assert!(matches!(parse_bus(b"nonsense"), BusMessage::Garbage));
+    // A body this node cannot decode (a variant it does not know) names
+    // the user whose streams must resume.
+    let mut newer = format!("{}:{}:{}:", hex(&u), 42u64, 10u64).into_bytes();
+    newer.extend([200u8, 1, 2, 3]);
+    assert!(matches!(parse_bus(&newer), BusMessage::Unreadable(x) if x == u));
 }
 
 #[test]

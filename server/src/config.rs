@@ -73,8 +73,14 @@ pub struct ServeArgs {
     #[arg(long, env = "RECEIPTS_DATA_DIR", default_value = "./receipts-data")]
     pub data_dir: PathBuf,
 
-    /// HS256 secret for verifying bearer tokens (and minting with `token`).
-    #[arg(long, env = "RECEIPTS_JWT_SECRET", hide_env_values = true)]
+    /// HS256 secret for verifying bearer tokens (and minting with `token`:
+    /// `receiptd token --jwt-secret <secret> --sub <uuid>`).
+    #[arg(
+        long,
+        env = "RECEIPTS_JWT_SECRET",
+        hide_env_values = true,
+        global = true
+    )]
     pub jwt_secret: Option<String>,
 
     /// PEM file with an RSA or EC public key for verifying RS256/ES256 tokens.

@@ -163,6 +163,41 @@ fn an_unknown_flag_exits_64_and_help_exits_0() {
 }
 
 #[test]
+fn the_documented_token_command_mints_a_token_the_server_accepts() {
+    let secret = "a-very-secret-signing-key";
+    let user = uuid::Uuid::now_v7();
+    // As the README writes it: the secret after the sub-command.
+    let (code, out, err) = receiptd(
+        &[
+            "token",
+            "--jwt-secret",
+            secret,
+            "--sub",
+            &user.to_string(),
+            "--role",
+            "user",
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(dir.path());
+    cfg.jwt_secret = Some(secret.to_string());
+    let auth = receipts_server::auth::Authenticator::from_config(&cfg).expect("authenticator");
+    let mut md = tonic::metadata::MetadataMap::new();
+    md.insert(
+        "authorization",
+        format!("Bearer {}", out.trim()).parse().expect("ascii"),
+    );
+    let who = auth.identify(&md, None).expect("the minted token verifies");
+    assert_eq!(who.id, user);
+    // Without a secret it says which flag is missing.
+    let (code, _, err) = receiptd(&["token", "--sub", &user.to_string()], &[]);
+    assert_eq!(code, Some(64));
+    assert!(err.contains("--jwt-secret"), "{err}");
+}
+
+#[test]
 fn the_start_up_line_shows_the_effective_configuration_without_secrets() {
     let dir = tempfile::tempdir().unwrap();
     let secret = "a-very-secret-signing-key";

@@ -72,7 +72,11 @@ pub fn init(log_json: bool) -> Result<Telemetry, ConfigError> {
     );
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colours only for a person at a terminal: a file, a pipe or a log
+    // collector gets plain text.
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     // RUST_LOG filters the logs only: traces keep every span of the service
     // whatever the log level.
     let fmt = if log_json {

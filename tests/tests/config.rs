@@ -236,6 +236,10 @@ fn the_start_up_line_shows_the_effective_configuration_without_secrets() {
     let _ = child.wait();
     assert!(!line.contains(secret), "{line}");
     assert!(!line.contains("hunter2"), "{line}");
+    assert!(
+        !line.contains('\u{1b}'),
+        "no colour codes when stderr is not a terminal: {line:?}"
+    );
     assert!(line.contains("jwt-secret=<redacted> (flag)"), "{line}");
     assert!(line.contains("max-batch=64 (env)"), "{line}");
     assert!(

@@ -276,8 +276,10 @@ pub async fn run(
         })
     };
 
-    let addr = listener.local_addr().ok();
-    tracing::info!(?addr, data_dir = %config.data_dir.display(), "receiptd serving");
+    match listener.local_addr() {
+        Ok(addr) => tracing::info!(%addr, "listening (gRPC and gRPC-web); the store is open"),
+        Err(e) => tracing::warn!("listening on an address the OS does not report: {e}"),
+    }
     let (draining, drain_started) = tokio::sync::oneshot::channel::<()>();
     let drain = {
         let health = health.clone();

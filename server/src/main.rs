@@ -69,12 +69,12 @@ async fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    tracing::info!(config = %loaded.summary(), "effective configuration");
+    // A configuration error is said once, before anything else.
     if let Err(e) = config.validate() {
-        tracing::error!("{e}");
         eprintln!("receiptd: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
+    tracing::info!(config = %loaded.summary(), "effective configuration");
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -82,9 +82,8 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "listening (gRPC and gRPC-web)");
-    }
+    // "listening" is said by `run`, once the store is open and calls are
+    // answered.
     if telemetry.exporting() {
         tracing::info!("exporting traces over OTLP/gRPC");
     }

@@ -163,6 +163,61 @@ fn an_unknown_flag_exits_64_and_help_exits_0() {
 }
 
 #[test]
+fn an_invalid_configuration_is_said_once_and_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    // No way to authenticate.
+    let (code, out, err) = receiptd(&["--listen", "127.0.0.1:0", "--data-dir", data], &[]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(out.is_empty(), "{out}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "one line, nothing before it: {err}");
+    assert!(lines[0].contains("invalid configuration"), "{err}");
+    assert!(lines[0].contains("--jwt-secret"), "{err}");
+}
+
+#[test]
+fn listening_is_said_only_once_the_store_is_open() {
+    let dir = tempfile::tempdir().unwrap();
+    // A data directory that cannot be one: the store does not open.
+    let file = dir.path().join("not-a-directory");
+    std::fs::write(&file, b"x").unwrap();
+    let (code, _, err) = receiptd(
+        &[
+            "--dev-mode",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            file.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_ne!(code, Some(0), "{err}");
+    assert!(!err.contains("listening"), "{err}");
+    // With a usable one, it is said, with a plain address.
+    let data = dir.path().join("data");
+    let mut child = Command::new(receiptd_path())
+        .args(["--dev-mode", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn receiptd");
+    let stderr = child.stderr.take().unwrap();
+    let line = BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.contains("listening"))
+        .expect("a listening line");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(line.contains("addr=127.0.0.1:"), "{line}");
+    assert!(!line.contains("Some("), "{line}");
+}
+
+#[test]
 fn the_documented_token_command_mints_a_token_the_server_accepts() {
     let secret = "a-very-secret-signing-key";
     let user = uuid::Uuid::now_v7();

@@ -223,3 +223,24 @@ async fn a_replay_of_ranges_shows_the_states_of_now() {
         "B's hidden read leaked"
     );
 }
+
+#[tokio::test]
+async fn the_recipients_own_messages_in_between_do_not_split_the_range() {
+    let s = TestServer::start().await;
+    let mut backend = s.backend().await;
+    let mut c = Conversation::create(&mut backend, 2).await;
+    let (a, b) = (c.members[0], c.members[1]);
+    // A chat where B answers every third message.
+    let mut mine = Vec::new();
+    for i in 0..60 {
+        let sender = if i % 3 == 2 { b } else { a };
+        let id = c.send(&mut backend, sender).await;
+        if sender == a {
+            mine.push(id);
+        }
+    }
+    let (mut ranged, _) = Subscription::open_with(&mut s.user(a).await, None, true).await;
+    deliver(&mut s.user(b).await, &mine).await;
+    let ev = ranged.next_receipts().await;
+    assert_eq!(spans(&ev), vec![(1, 59, pb::Tick::Delivered)], "{ev:?}");
+}

@@ -13,6 +13,15 @@ use std::collections::BTreeMap;
 /// Most messages (or ranges) carried by one event; larger updates are split.
 pub const MAX_MESSAGES_PER_EVENT: usize = 500;
 
+/// Whether a store should read the registrations of a change's seq span
+/// (`lo..=hi`, `changed` messages) for [`receipt_events`]: only when the
+/// change has gaps (other senders' messages may fill them) and the span is
+/// dense enough that reading it costs less than the events it saves.
+pub fn worth_reading_span(lo: Seq, hi: Seq, changed: usize) -> bool {
+    let span = hi.saturating_sub(lo).saturating_add(1);
+    span > changed as u64 && span < 8u64.saturating_mul(changed as u64)
+}
+
 /// The events that tell each sender of `states` (messages of conversation
 /// `c`) their new states: per sender, in seq order, the runs of messages in
 /// one state become ranges, and the event is split into chunks of at most
@@ -224,5 +233,12 @@ mod tests {
             range_shape(&events),
             vec![(2, vec![(1, 3), (4, 4), (5, 6)])]
         );
+    }
+
+    #[test]
+    fn a_span_is_read_only_when_it_has_gaps_and_is_dense() {
+        assert!(!worth_reading_span(1, 10, 10), "no gap");
+        assert!(worth_reading_span(1, 15, 10), "gaps, dense");
+        assert!(!worth_reading_span(1, 1_000, 10), "sparse");
     }
 }

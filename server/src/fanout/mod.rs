@@ -12,6 +12,6 @@ mod events;
 mod hub;
 mod windows;
 
-pub use events::{MAX_MESSAGES_PER_EVENT, receipt_events};
+pub use events::{MAX_MESSAGES_PER_EVENT, receipt_events, worth_reading_span};
 pub use hub::{Hub, Subscription};
 pub use windows::{Window, Windows};

@@ -69,13 +69,8 @@ impl WriteCtx<'_, '_> {
             return Ok(());
         }
         let ctx = self.t.context(c)?;
-        // With gaps in a dense span, the messages in the gaps say whether a
-        // range may span them (see `fanout::receipt_events`); a change with
-        // no gap, or a sparse one, needs no read.
-        let span = hi - lo + 1;
-        let registered = if span > msgs.len() as u64
-            && span < DENSE_SPAN_PER_MESSAGE.saturating_mul(msgs.len() as u64)
-        {
+        // The messages in the gaps say whether a range may span them.
+        let registered = if fanout::worth_reading_span(lo, hi, msgs.len()) {
             Some(self.t.messages_between(c, lo, hi)?)
         } else {
             None

@@ -24,20 +24,33 @@ pub(super) async fn window_loop(inner: Arc<Inner>, mut stop: watch::Receiver<boo
 }
 
 /// Computes the states of `ids` for their senders and adds one event per
-/// sender (split into chunks) to the plan.
-pub(super) fn emit_states(view: &View, plan: &mut Plan, ids: &[MessageId], group: bool) {
+/// sender (split into chunks) to the plan; `registered` as in
+/// [`fanout::receipt_events`].
+pub(super) fn emit_states(
+    view: &View,
+    plan: &mut Plan,
+    ids: &[MessageId],
+    group: bool,
+    registered: Option<&[(Seq, UserId)]>,
+) {
     let states = ids
         .iter()
         .filter_map(|m| view.messages.get(m))
         .map(|m| view.state(&m.sender, m, !group))
         .collect();
-    emit(plan, view.c, group, states);
+    emit(plan, view.c, group, states, registered);
 }
 
 /// Adds the events that tell the senders of `states` their new states.
-pub(super) fn emit(plan: &mut Plan, c: ConversationId, group: bool, states: Vec<MessageState>) {
+pub(super) fn emit(
+    plan: &mut Plan,
+    c: ConversationId,
+    group: bool,
+    states: Vec<MessageState>,
+    registered: Option<&[(Seq, UserId)]>,
+) {
     plan.events
-        .extend(fanout::receipt_events(c, group, states, None));
+        .extend(fanout::receipt_events(c, group, states, registered));
 }
 
 /// Counts-only states of `msgs` (see `counts.rs`).
@@ -91,7 +104,17 @@ impl Inner {
         }
         let ids: Vec<MessageId> = msgs.iter().map(|m| m.id).collect();
         self.prepare_states(view, &ids).await?;
-        emit_states(view, plan, &ids, false);
+        // The messages in the gaps say whether a range may span them.
+        let lo = msgs.iter().map(|m| m.seq).min().unwrap_or(0);
+        let hi = msgs.iter().map(|m| m.seq).max().unwrap_or(0);
+        let registered: Option<Vec<(Seq, UserId)>> =
+            if fanout::worth_reading_span(lo, hi, msgs.len()) {
+                let span = self.between(&view.c, lo, hi).await?;
+                Some(span.iter().map(|m| (m.seq, m.sender)).collect())
+            } else {
+                None
+            };
+        emit_states(view, plan, &ids, false, registered.as_deref());
         Ok(false)
     }
 
@@ -148,7 +171,7 @@ impl Inner {
             }
             let mut plan = Plan::default();
             plan.cmds.push(rcmd!["DEL", self.keys.window(c)]);
-            emit(&mut plan, *c, true, states);
+            emit(&mut plan, *c, true, states, None);
             if self.commit(&view, plan).await? {
                 return Ok(());
             }

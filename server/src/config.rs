@@ -19,7 +19,7 @@ use std::time::Duration;
 #[derive(Debug, Parser)]
 #[command(
     name = "receiptd",
-    version,
+    version = crate::VERSION,
     about = "Read receipts over gRPC and gRPC-web"
 )]
 pub struct Cli {

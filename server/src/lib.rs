@@ -6,6 +6,18 @@
 
 #![warn(missing_docs, missing_debug_implementations)]
 
+/// The commit this build comes from (12 hex digits, or "unknown" outside a
+/// git checkout).
+pub const COMMIT: &str = env!("RECEIPTD_COMMIT");
+
+/// `receiptd --version`: the crate's version and the commit.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("RECEIPTD_COMMIT"),
+    ")"
+);
+
 pub mod api;
 pub mod auth;
 pub mod config;

@@ -12,8 +12,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// A gRPC call's service, method and final status code.
@@ -55,6 +55,13 @@ pub(crate) struct EventLabels {
     pub(crate) source: &'static str,
 }
 
+/// What this build is.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    commit: &'static str,
+}
+
 /// Why something happened (a reset, a rejection).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ReasonLabels {
@@ -85,6 +92,104 @@ pub struct Metrics {
     writebehind_persistence_up: Gauge,
     writebehind_outage_seconds: Gauge<f64, AtomicU64>,
     writebehind_persisted_seen: AtomicU64,
+    process: Process,
+}
+
+/// The process's own figures (Prometheus's standard `process_*` names),
+/// sampled from /proc at each scrape.
+#[derive(Debug, Default)]
+struct Process {
+    cpu_seconds: Counter<f64, AtomicU64>,
+    cpu_seconds_seen: Mutex<f64>,
+    resident_memory_bytes: Gauge,
+    virtual_memory_bytes: Gauge,
+    open_fds: Gauge,
+    max_fds: Gauge,
+    start_time_seconds: Gauge,
+    threads: Gauge,
+}
+
+impl Process {
+    fn register(&self, r: &mut Registry) {
+        r.register_with_unit(
+            "process_cpu",
+            "Total user and system CPU time spent",
+            Unit::Seconds,
+            self.cpu_seconds.clone(),
+        );
+        r.register_with_unit(
+            "process_resident_memory",
+            "Resident memory size",
+            Unit::Bytes,
+            self.resident_memory_bytes.clone(),
+        );
+        r.register_with_unit(
+            "process_virtual_memory",
+            "Virtual memory size",
+            Unit::Bytes,
+            self.virtual_memory_bytes.clone(),
+        );
+        r.register(
+            "process_open_fds",
+            "Open file descriptors",
+            self.open_fds.clone(),
+        );
+        r.register(
+            "process_max_fds",
+            "Maximum open file descriptors (soft limit)",
+            self.max_fds.clone(),
+        );
+        r.register_with_unit(
+            "process_start_time",
+            "Start time of the process since the Unix epoch",
+            Unit::Seconds,
+            self.start_time_seconds.clone(),
+        );
+        r.register(
+            "process_threads",
+            "OS threads in the process",
+            self.threads.clone(),
+        );
+    }
+
+    /// Reads /proc/self; a figure that cannot be read keeps its last value.
+    #[cfg(target_os = "linux")]
+    fn sample(&self) {
+        let Ok(me) = procfs::process::Process::myself() else {
+            return;
+        };
+        if let Ok(stat) = me.stat() {
+            let ticks = procfs::ticks_per_second() as f64;
+            let cpu = (stat.utime + stat.stime) as f64 / ticks;
+            let mut seen = self
+                .cpu_seconds_seen
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if cpu > *seen {
+                self.cpu_seconds.inc_by(cpu - *seen);
+                *seen = cpu;
+            }
+            let rss = stat.rss.saturating_mul(procfs::page_size());
+            self.resident_memory_bytes.set(rss as i64);
+            self.virtual_memory_bytes.set(stat.vsize as i64);
+            self.threads.set(stat.num_threads);
+            if let Ok(boot) = procfs::boot_time_secs() {
+                let start = boot as f64 + stat.starttime as f64 / ticks;
+                self.start_time_seconds.set(start as i64);
+            }
+        }
+        if let Ok(n) = me.fd_count() {
+            self.open_fds.set(n as i64);
+        }
+        if let Ok(limits) = me.limits()
+            && let procfs::process::LimitValue::Value(n) = limits.max_open_files.soft_limit
+        {
+            self.max_fds.set(n as i64);
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn sample(&self) {}
 }
 
 fn latency_histogram() -> Histogram {
@@ -96,7 +201,7 @@ impl Metrics {
     /// A fresh set of metrics with every family registered.
     pub fn new() -> Arc<Self> {
         let mut m = Self {
-            registry: Registry::with_prefix("receipts"),
+            registry: Registry::default(),
             rpcs: Family::default(),
             rpc_seconds: Family::new_with_constructor(latency_histogram),
             store_seconds: Family::new_with_constructor(latency_histogram),
@@ -117,8 +222,22 @@ impl Metrics {
             writebehind_persistence_up: Gauge::default(),
             writebehind_outage_seconds: Gauge::default(),
             writebehind_persisted_seen: AtomicU64::new(0),
+            process: Process::default(),
         };
-        let r = &mut m.registry;
+        m.process.register(&mut m.registry);
+        let build_info: Family<BuildLabels, Gauge> = Family::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                commit: crate::COMMIT,
+            })
+            .set(1);
+        let r = m.registry.sub_registry_with_prefix("receipts");
+        r.register(
+            "build_info",
+            "Always 1: the version and commit of this build",
+            build_info,
+        );
         r.register(
             "grpc_server_handled",
             "gRPC calls finished, by service, method and status code",
@@ -219,7 +338,65 @@ impl Metrics {
             Unit::Seconds,
             m.writebehind_outage_seconds.clone(),
         );
+        m.create_known_series();
         Arc::new(m)
+    }
+
+    /// Creates, at zero, the series whose label values are known in advance
+    /// (docs/operations.md lists them), so a dashboard or an alert sees 0
+    /// rather than nothing before the first occurrence.
+    fn create_known_series(&self) {
+        let reasons: [(&Family<ReasonLabels, Counter>, &[&'static str]); 5] = [
+            (
+                &self.subscriptions_ended,
+                &[
+                    "client_gone",
+                    "shutdown",
+                    "slow_subscriber",
+                    "source_closed",
+                    "store_error",
+                ],
+            ),
+            (&self.replays, &["events", "reset"]),
+            (
+                &self.resets,
+                &["expired", "epoch_changed", "invalid", "too_large"],
+            ),
+            (
+                &self.rejected,
+                &[
+                    "overloaded",
+                    "deadline",
+                    "message_too_large",
+                    "connection_share",
+                    "user_write_rate",
+                    "user_subscriptions",
+                    "user_subscribe_rate",
+                ],
+            ),
+            (
+                &self.connections_closed,
+                &["first_request_timeout", "idle", "limit"],
+            ),
+        ];
+        for (family, values) in reasons {
+            for reason in values {
+                let _ = family.get_or_create(&ReasonLabels { reason });
+            }
+        }
+        for source in ["live", "replay"] {
+            for (kind, conversation) in [
+                ("receipts", "direct"),
+                ("receipts", "group"),
+                ("watermark", "-"),
+            ] {
+                let _ = self.events.get_or_create(&EventLabels {
+                    kind,
+                    conversation,
+                    source,
+                });
+            }
+        }
     }
 
     /// Counts a refusal by protection.
@@ -244,6 +421,7 @@ impl Metrics {
                 .set(i64::from(b.persistence_up));
             self.writebehind_outage_seconds.set(b.outage.as_secs_f64());
         }
+        self.process.sample();
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

@@ -271,16 +271,90 @@ async fn scrape_until(addr: SocketAddr, what: &str, ok: impl Fn(&str) -> bool) -
     }
 }
 
-#[tokio::test]
-async fn metrics_count_calls_events_subscriptions_and_replays() {
-    let dir = tempfile::tempdir().expect("tempdir");
+/// A `receiptd` process with its metrics endpoint, and that endpoint.
+async fn node_with_metrics(dir: &std::path::Path) -> (ChildServer, SocketAddr) {
     let metrics_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let node = ChildServer::start_with_args(
-        dir.path(),
+        dir,
         free_port(),
         &["--metrics-listen".into(), metrics_addr.to_string()],
     )
     .await;
+    (node, metrics_addr)
+}
+
+#[tokio::test]
+async fn every_documented_metric_is_there_from_start_up_with_the_build_and_process_figures() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (node, metrics_addr) = node_with_metrics(dir.path()).await;
+    let text = scrape(metrics_addr).await;
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/operations.md"),
+    )
+    .expect("docs/operations.md");
+    // Every family in the table, with at least one sample line (labelled
+    // families with the label values the table names), except those only
+    // the production tier and the latency histograms fill on first use.
+    let lazy = [
+        "receipts_grpc_server_handled_total",
+        "receipts_grpc_server_handling_seconds",
+        "receipts_store_call_seconds",
+        "receipts_store_errors_total",
+    ];
+    let mut checked = 0;
+    for line in doc.lines().filter(|l| l.starts_with("| `receipts_")) {
+        let name = line.split('`').nth(1).expect("a metric name");
+        if lazy.contains(&name) {
+            continue;
+        }
+        let has_sample = text
+            .lines()
+            .any(|l| !l.starts_with('#') && l.starts_with(name));
+        assert!(has_sample, "{name} has no sample at start-up:\n{text}");
+        checked += 1;
+    }
+    assert!(checked >= 15, "the table was read ({checked} metrics)");
+    for (series, value) in [
+        (
+            r#"receipts_events_sent_total{kind="receipts",conversation="direct",source="live"}"#,
+            0.0,
+        ),
+        (r#"receipts_resets_total{reason="too_large"}"#, 0.0),
+        (r#"receipts_rejected_total{reason="overloaded"}"#, 0.0),
+    ] {
+        assert_eq!(sample(&text, series), value, "{series}");
+    }
+    let build = format!(
+        r#"receipts_build_info{{version="{}",commit="{}"}}"#,
+        env!("CARGO_PKG_VERSION"),
+        receipts_server::COMMIT
+    );
+    assert_eq!(sample(&text, &build), 1.0, "{text}");
+    assert!(sample(&text, "process_resident_memory_bytes") > 1e6);
+    // CPU time moves in clock ticks (10 ms): a quiet start may show 0.
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("process_cpu_seconds_total ")),
+        "{text}"
+    );
+    assert!(sample(&text, "process_open_fds") >= 3.0);
+    assert!(sample(&text, "process_threads") >= 2.0);
+    let started = sample(&text, "process_start_time_seconds");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        (now - started).abs() < 300.0,
+        "started {started}, now {now}"
+    );
+    drop(node);
+}
+
+#[tokio::test]
+async fn metrics_count_calls_events_subscriptions_and_replays() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (node, metrics_addr) = node_with_metrics(dir.path()).await;
     let before = scrape(metrics_addr).await;
     assert!(before.contains("# TYPE receipts_grpc_server_handled counter"));
     assert!(before.trim_end().ends_with("# EOF"), "OpenMetrics text");

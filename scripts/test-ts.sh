@@ -93,6 +93,19 @@ node --input-type=module -e '
   }
   console.log("@receipts/sdk resolves to dist/ and exports its API");'
 
+step "npm pack: what publishing would ship"
+npm pack --dry-run --json 2>/dev/null > "$SCRATCH/pack.json"
+node -e '
+  const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"))[0];
+  const files = new Set(r.files.map((f) => f.path));
+  const fail = (m) => { console.error("npm pack: " + m); process.exit(1); };
+  for (const f of ["package.json", "README.md", "CHANGELOG.md", "LICENSE",
+                   "dist/index.js", "dist/index.d.ts", "dist/node.js", "dist/node.d.ts"])
+    if (!files.has(f)) fail("missing " + f);
+  for (const f of files)
+    if (f.startsWith("test/") || f.startsWith("node_modules/") || f.endsWith(".binpb")) fail("ships " + f);
+  console.log(`npm pack: ${r.name}@${r.version}, ${r.entryCount} files, ${r.size} bytes packed`);' "$SCRATCH/pack.json"
+
 step "type check the example"
 (cd "$WEB" && node_modules/.bin/tsc --noEmit && node_modules/.bin/tsc --noEmit -p tsconfig.node.json)
 echo "examples/web: clean"

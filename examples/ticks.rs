@@ -1,12 +1,12 @@
 //! A sender watches her ticks turn from sent to delivered to read while two
 //! recipients, on another task, deliver and read — in a direct chat and in a
-//! group ("2 of 3 read").
+//! group ("2 of 3 read"). Her side is what a UI does: a `ReceiptState` kept
+//! current by her subscription, and a repaint on every change.
 //!
 //! Run the README's server (`cargo run --release --bin receiptd -- --dev-mode`),
 //! then: `cargo run -p receipts-examples --bin ticks [-- http://127.0.0.1:50051]`.
 
-use futures::StreamExt;
-use receipts_sdk::{Client, Event, MessageReceipts, NewMessage, Tick};
+use receipts_sdk::{Client, MessageReceipts, NewMessage, ReceiptState, Tick};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -42,8 +42,17 @@ async fn main() -> anyhow::Result<()> {
         .await?;
 
     let alice_client = Client::builder(&url).dev_user(alice).connect().await?;
-    let mut events = alice_client.subscribe(None);
-    while !matches!(events.next().await, Some(Ok(Event::Live { .. }))) {}
+    // Alice's UI state: kept current by her subscription (on its own task),
+    // repainted on every change.
+    let state = ReceiptState::new();
+    let following = tokio::spawn({
+        let (state, client) = (state.clone(), alice_client.clone());
+        async move { state.follow(&client, None).await }
+    });
+    // Live once the stream's first event (its live marker) was applied.
+    while state.cursor().is_none() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     let (hello, lunch) = (Uuid::now_v7(), Uuid::now_v7());
     let message = |id, conversation_id| NewMessage {
@@ -56,6 +65,8 @@ async fn main() -> anyhow::Result<()> {
     backend
         .register_messages(&[message(hello, direct), message(lunch, group)])
         .await?;
+    state.track(alice_client.get_receipts(direct, &[hello]).await?);
+    state.track(alice_client.get_receipts(group, &[lunch]).await?);
     println!("alice → bob:   \"hello\"        ✓   (sent)");
     println!("alice → group: \"lunch at 1?\"  ✓   (sent)");
 
@@ -79,37 +90,34 @@ async fn main() -> anyhow::Result<()> {
         }
     });
 
-    let (mut direct_tick, mut group_reads) = (Tick::Sent, 0);
+    // Repaint on every change: print what moved.
+    let mut changes = state.changes();
+    let mut shown = (state.message(hello), state.message(lunch));
     let done = tokio::time::timeout(Duration::from_secs(15), async {
-        while direct_tick != Tick::Read || group_reads < 2 {
-            let Some(event) = events.next().await else {
-                break;
-            };
-            if let Event::Receipts {
-                conversation_id,
-                group: is_group,
-                messages,
-                ..
-            } = event?
+        loop {
+            let (h, l) = (state.message(hello), state.message(lunch));
+            if h != shown.0
+                && let Some(m) = &h
             {
-                for m in messages {
-                    let label = if is_group {
-                        "alice → group: \"lunch at 1?\""
-                    } else {
-                        "alice → bob:   \"hello\"      "
-                    };
-                    println!("{label}  {}", ticks(&m));
-                    if conversation_id == direct {
-                        direct_tick = m.tick;
-                    } else {
-                        group_reads = m.read_count;
-                    }
-                }
+                println!("alice → bob:   \"hello\"        {}", ticks(m));
             }
+            if l != shown.1
+                && let Some(m) = &l
+            {
+                println!("alice → group: \"lunch at 1?\"  {}", ticks(m));
+            }
+            shown = (h, l);
+            let direct_read = shown.0.as_ref().is_some_and(|m| m.tick == Tick::Read);
+            let group_reads = shown.1.as_ref().map_or(0, |m| m.read_count);
+            if direct_read && group_reads >= 2 {
+                break;
+            }
+            changes.changed().await?;
         }
         anyhow::Ok(())
     })
     .await;
+    following.abort();
     recipients.await??;
     done.map_err(|_| anyhow::anyhow!("ticks did not arrive within 15 s"))??;
     let state = &alice_client.get_receipts(group, &[lunch]).await?[0];

@@ -94,6 +94,15 @@
 //! - **Errors** are one enum, [`Error`], decoded in one place; the server's
 //!   status is kept ([`Error::status`]) and INVALID_ARGUMENT names the field.
 //!
+//! ## A receipt state for a UI
+//!
+//! [`ReceiptState`] holds the states of the messages you sent and your read
+//! positions, kept current by [`ReceiptState::follow`] (a subscription that
+//! asks for ranges and applies every event, resets included) and fed by
+//! [`ReceiptState::track`] with what GetReceipts returns. A UI reads
+//! [`ReceiptState::conversation`] and repaints on [`ReceiptState::changes`];
+//! [`ReceiptState::seq`] gives the read marker its seq.
+//!
 //! ## Ranges
 //!
 //! A change over many messages (a batch marked delivered, a read of
@@ -117,6 +126,7 @@
 mod batch;
 mod client;
 mod error;
+mod state;
 mod subscribe;
 mod trace;
 mod types;
@@ -124,6 +134,7 @@ mod types;
 pub use batch::{DeliveredBatcher, ReadMarker};
 pub use client::{BackendClient, Client, ClientBuilder, RetryPolicy, TokenProvider, token_fn};
 pub use error::Error;
+pub use state::ReceiptState;
 pub use subscribe::{Event, SubscribeOptions, Subscription};
 pub use trace::TraceContext;
 pub use types::{

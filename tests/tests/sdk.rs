@@ -3,8 +3,8 @@
 
 use futures::StreamExt;
 use receipts_sdk::{
-    Client, ConversationOutcome, DeliveryOutcome, Error, Event, NewMessage, ReadReceipts,
-    RetryPolicy, SubscribeOptions, Tick, token_fn,
+    Client, ConversationOutcome, Cursor, DeliveryOutcome, Error, Event, NewMessage, ReadReceipts,
+    ReceiptState, RetryPolicy, SubscribeOptions, Tick, token_fn,
 };
 use receipts_server::auth::Role;
 use receipts_tests::*;
@@ -445,6 +445,101 @@ async fn a_subscription_that_accepts_ranges_gets_one_range_for_a_batch() {
         }
     }
     assert_eq!(seen, msgs[..250].iter().copied().collect::<HashSet<_>>());
+}
+
+/// Waits until `state` satisfies `ok`: woken by its changes, and every
+/// 20 ms for what is not a change of state (the cursor).
+async fn until(state: &ReceiptState, what: &str, ok: impl Fn(&ReceiptState) -> bool) {
+    let mut changes = state.changes();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !ok(state) {
+            tokio::select! {
+                r = changes.changed() => r.expect("state alive"),
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}: not within 10 s"));
+}
+
+#[tokio::test]
+async fn a_receipt_state_follows_ranges_resets_and_resumes() {
+    let s = TestServer::start().await;
+    let url = s.url();
+    let (conv, members, msgs) = chat(&url, 2, 120).await;
+    let alice = user_client(&url, members[0]).await;
+    let bob = user_client(&url, members[1]).await;
+    let state = ReceiptState::new();
+    let mut held = receipts_of(&alice, conv, &msgs).await;
+    held.truncate(100); // the UI shows the first 100
+    state.track(held);
+    assert_eq!(state.seq(msgs[9]), Some(10), "the read marker's seq");
+    let follower = {
+        let (state, alice) = (state.clone(), alice.clone());
+        tokio::spawn(async move { state.follow(&alice, None).await })
+    };
+    // Live: a batch marked delivered arrives as a range over the held ones.
+    until(&state, "follow is live", |s| s.cursor().is_some()).await;
+    bob.mark_delivered(&msgs).await.unwrap();
+    until(&state, "100 delivered", |s| {
+        s.conversation(conv)
+            .iter()
+            .all(|m| m.tick == Tick::Delivered)
+    })
+    .await;
+    assert_eq!(
+        state.conversation(conv).len(),
+        100,
+        "ranges touch only held messages"
+    );
+    assert!(state.message(msgs[110]).is_none());
+    bob.mark_read_up_to(conv, msgs[49]).await.unwrap();
+    until(&state, "50 read", |s| {
+        s.conversation(conv)
+            .iter()
+            .filter(|m| m.tick == Tick::Read)
+            .count()
+            == 50
+    })
+    .await;
+    follower.abort();
+    let _ = follower.await;
+
+    // Resume: what happened while it was away arrives when it follows again.
+    bob.mark_read_up_to(conv, msgs[99]).await.unwrap();
+    let follower = {
+        let (state, alice) = (state.clone(), alice.clone());
+        tokio::spawn(async move { state.follow(&alice, None).await })
+    };
+    until(&state, "100 read after resuming", |s| {
+        s.conversation(conv).iter().all(|m| m.tick == Tick::Read)
+    })
+    .await;
+    follower.abort();
+    let _ = follower.await;
+
+    // Reset: a cursor the server cannot honour replaces everything with
+    // its snapshot (Alice's most recent messages, as they are now).
+    let reset = ReceiptState::new();
+    reset.track(receipts_of(&alice, conv, &msgs[..5]).await);
+    let follower = {
+        let (reset, alice) = (reset.clone(), alice.clone());
+        tokio::spawn(async move {
+            reset
+                .follow(&alice, Some(Cursor::from_string("not-a-cursor")))
+                .await
+        })
+    };
+    until(&reset, "the snapshot", |s| s.message(msgs[119]).is_some()).await;
+    let newest = reset.message(msgs[119]).unwrap();
+    assert_eq!((newest.tick, newest.seq), (Tick::Delivered, 120));
+    assert_eq!(
+        reset.watermark(conv).map(|w| w.read_up_to_seq),
+        Some(0),
+        "Alice's own read position came with the snapshot"
+    );
+    follower.abort();
 }
 
 #[tokio::test]

@@ -30,6 +30,8 @@ export const createBackendClient = backendClientFactory(webTransport);
 
 export { ReceiptsError } from "./errors.js";
 export { applyRange } from "./types.js";
+export { createReceiptState } from "./state.js";
+export type { ReceiptState } from "./state.js";
 export { Code } from "@connectrpc/connect";
 export { ReceiptService } from "./gen/receipts/v1/receipts_pb.js";
 export { ReceiptBackendService } from "./gen/receipts/v1/backend_pb.js";

@@ -7,6 +7,7 @@
 // in a real app that is your server, and each pane is someone's device.
 import {
   createBackendClient,
+  createReceiptState,
   createReceiptsClient,
   ReceiptsError,
   type DeliveredBatcher,
@@ -71,6 +72,8 @@ class SenderPane {
   private readonly lists = new Map<string, HTMLOListElement>();
   private readonly rows = new Map<string, HTMLLIElement>();
   private readonly groups = new Set<string>();
+  /** Alice's receipts as the server last told them; the rows repaint from it. */
+  private readonly state = createReceiptState();
 
   constructor(
     private readonly me: Person,
@@ -78,6 +81,12 @@ class SenderPane {
     onSend: (c: Conversation, text: string) => Promise<void>,
   ) {
     this.root.append(el("h2", {}, `${me.name} (sender)`, this.status));
+    this.state.onChange((changed) => {
+      for (const id of changed) {
+        const m = this.state.message(id);
+        if (m !== undefined) this.apply(m);
+      }
+    });
     for (const c of conversations) {
       const group = c.members.length > 2;
       if (group) {
@@ -117,15 +126,23 @@ class SenderPane {
     this.lists.get(c.id)!.append(row);
   }
 
-  /** The backend registered it: one tick, unless an event already said more. */
-  registered(m: Sent): void {
+  /**
+   * The backend registered it: one tick, unless an event already said more;
+   * from now on the receipt state holds it (with its seq, which ranges need).
+   */
+  async registered(c: Conversation, m: Sent): Promise<void> {
     const row = this.rows.get(m.id);
     if (row?.dataset["tick"] === "pending") {
       this.paintTick(row, "sent");
     }
+    try {
+      this.state.track(await this.me.client.getReceipts(c.id, [m.id]));
+    } catch (e) {
+      this.fail(e);
+    }
   }
 
-  /** Applies an absolute state from the stream or a snapshot. */
+  /** Paints a message's state (from the receipt state). */
   apply(state: MessageReceipts): void {
     const row = this.rows.get(state.messageId);
     if (row === undefined) {
@@ -157,25 +174,23 @@ class SenderPane {
     this.error.textContent = describe(e);
   }
 
-  /** Follows the sender's receipts for as long as the page lives. */
+  /**
+   * Follows the sender's receipts for as long as the page lives: every event
+   * goes to the receipt state (ranges, resets and all), which repaints the
+   * rows that changed; the stream's own status is shown here.
+   */
   async follow(): Promise<void> {
     try {
-      for await (const event of this.me.client.subscribe()) {
+      for await (const event of this.me.client.subscribe({ acceptRanges: true })) {
+        this.state.apply(event);
         switch (event.type) {
-          case "receipts":
-            event.messages.forEach((m) => this.apply(m));
-            break;
-          case "reset":
-            // The stream could not resume: repaint from the snapshot.
-            event.snapshot.recentMessages.forEach((m) => this.apply(m));
-            break;
           case "live":
             this.setStatus("live", "live");
             break;
           case "reconnecting":
             this.setStatus("reconnecting", `reconnecting (attempt ${event.attempt})…`);
             break;
-          case "watermark":
+          default:
             break;
         }
       }
@@ -279,7 +294,8 @@ async function main(): Promise<void> {
     const m: Sent = { id: uuidv7(), seq: ++c.lastSeq, text };
     sender.add(c, m);
     await backend.registerMessages([{ messageId: m.id, conversationId: c.id, seq: m.seq, senderId: alice.id }]);
-    sender.registered(m);
+    // Held by the receipt state before any recipient can acknowledge it.
+    await sender.registered(c, m);
     for (const member of c.members) {
       recipients.get(member.id)?.receive(c, alice, m);
     }

@@ -379,15 +379,16 @@ impl pb::receipt_service_server::ReceiptService for Api {
                             continue;
                         }
                         last = ev.offset;
-                        let shown = match replay::live(&*store, viewer, &ev, accept_ranges).await {
-                            Ok(shown) => shown,
+                        let expanded = match replay::live(&*store, viewer, &ev, accept_ranges).await {
+                            Ok(expanded) => expanded,
                             Err(e) => {
                                 ended("store_error");
                                 let _ = tx.send(Err(e.into_status())).await;
                                 return;
                             }
                         };
-                        let offsets = replay::stream_offsets(&shown);
+                        let shown = expanded.as_deref().unwrap_or(std::slice::from_ref(&*ev));
+                        let offsets = replay::stream_offsets(shown);
                         for (e, offset) in shown.iter().zip(offsets) {
                             observe_event(&metrics, &e.body, true);
                             let msg = pb::SubscribeReceiptsResponse {

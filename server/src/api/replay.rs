@@ -86,26 +86,29 @@ pub(crate) async fn refresh(
     Ok(out)
 }
 
-/// What a live event becomes on a stream: itself, or for a subscriber that
-/// does not accept ranges, the messages its ranges cover (as of now).
+/// What a live event becomes on a stream: `None` when it goes as it is, or,
+/// for a subscriber that does not accept ranges, the messages its ranges
+/// cover (as of now). Nothing is copied for an event that goes as it is.
 pub(crate) async fn live(
     store: &dyn ReceiptStore,
     viewer: UserId,
     event: &Event,
     accept_ranges: bool,
-) -> StoreResult<Vec<Event>> {
+) -> StoreResult<Option<Vec<Event>>> {
     if accept_ranges || !matches!(event.body, EventBody::Ranges { .. }) {
-        return Ok(vec![event.clone()]);
+        return Ok(None);
     }
-    Ok(ranges(store, viewer, event.body.clone(), false)
-        .await?
-        .into_iter()
-        .map(|body| Event {
-            offset: event.offset,
-            user: event.user,
-            body,
-        })
-        .collect())
+    Ok(Some(
+        ranges(store, viewer, event.body.clone(), false)
+            .await?
+            .into_iter()
+            .map(|body| Event {
+                offset: event.offset,
+                user: event.user,
+                body,
+            })
+            .collect(),
+    ))
 }
 
 /// The current states behind a `Ranges` body, as bodies for one subscriber:

@@ -18,6 +18,13 @@ cargo fmt --all -- --check
 step "clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
+step "the Rust SDK without its default \`tls\` feature builds no TLS stack (no ring, no rustls)"
+if cargo tree --locked -p receipts-sdk --no-default-features -e normal | grep -E ' (ring|rustls) v'; then
+  echo "receipts-sdk --no-default-features still depends on a TLS crate (above)" >&2
+  exit 1
+fi
+cargo check --locked -p receipts-sdk --no-default-features
+
 step "build receiptd (the crash tests run the real binary), the examples and the load tool"
 cargo build -p receipts-server -p receipts-examples -p receipts-bench --bins
 

@@ -2,6 +2,7 @@
 
 use crate::batch::{DeliveredBatcher, ReadMarker};
 use crate::subscribe::{SubscribeOptions, Subscription};
+use crate::tls::ClientTls;
 use crate::trace::{TraceContext, TraceSource};
 use crate::types::*;
 use crate::{Error, proto};
@@ -140,6 +141,25 @@ pub struct ClientBuilder {
     retry: RetryPolicy,
     user_agent: Option<String>,
     trace: Option<TraceSource>,
+    tls: ClientTls,
+    interceptors: Vec<Interceptor>,
+}
+
+/// A function that sees, and may change or refuse, every request the client
+/// sends: each unary attempt and each (re)connect of a subscription, after
+/// the SDK added credentials and trace context. Returning a status fails the
+/// call with it, before anything is sent. Made with
+/// [`ClientBuilder::interceptor`].
+#[derive(Clone)]
+pub struct Interceptor(Arc<InterceptFn>);
+
+type InterceptFn =
+    dyn Fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send + Sync;
+
+impl std::fmt::Debug for Interceptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Interceptor(..)")
+    }
 }
 
 impl ClientBuilder {
@@ -159,7 +179,38 @@ impl ClientBuilder {
             retry: RetryPolicy::default(),
             user_agent: None,
             trace: None,
+            tls: ClientTls::default(),
+            interceptors: Vec::new(),
         }
+    }
+
+    /// TLS settings for an `https://` endpoint: a private CA, a client
+    /// certificate (mutual TLS), the name to check (see [`ClientTls`]).
+    /// Needs the `tls` feature (on by default).
+    pub fn tls(mut self, tls: ClientTls) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// Adds an interceptor (see [`Interceptor`]); interceptors run in the
+    /// order they were added. The same signature as tonic's interceptors:
+    ///
+    /// ```
+    /// let builder = receipts_sdk::Client::builder("http://127.0.0.1:50051").interceptor(|mut req| {
+    ///     req.metadata_mut().insert("x-tenant", "blue".parse().unwrap());
+    ///     Ok(req)
+    /// });
+    /// # let _ = builder;
+    /// ```
+    pub fn interceptor(
+        mut self,
+        f: impl Fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>
+        + Send
+        + Sync
+        + 'static,
+    ) -> Self {
+        self.interceptors.push(Interceptor(Arc::new(f)));
+        self
     }
 
     /// Authenticates with a fixed bearer token (a JWT).
@@ -332,10 +383,17 @@ impl ClientBuilder {
             .user_agent(agent)
             .map_err(|e| Error::Config(format!("user agent: {e}")))?;
         if self.endpoint.starts_with("https://") {
-            let tls = tonic::transport::ClientTlsConfig::new().with_webpki_roots();
-            e = e
-                .tls_config(tls)
-                .map_err(|e| Error::Config(format!("tls: {e}")))?;
+            #[cfg(feature = "tls")]
+            {
+                e = e
+                    .tls_config(self.tls.config())
+                    .map_err(|e| Error::Config(format!("tls: {}", crate::error::causes(&e))))?;
+            }
+            #[cfg(not(feature = "tls"))]
+            return Err(Error::Config(format!(
+                "endpoint {:?}: https:// needs the `tls` feature of receipts-sdk",
+                self.endpoint
+            )));
         }
         Ok(e)
     }
@@ -349,6 +407,7 @@ impl ClientBuilder {
                 timeout: self.timeout,
                 retry: self.retry,
                 trace: self.trace,
+                interceptors: self.interceptors,
             }),
         }
     }
@@ -381,6 +440,24 @@ impl ClientBuilder {
         let channel = self.endpoint()?.connect_lazy();
         Ok(self.finish(channel))
     }
+
+    /// Uses `channel` instead of connecting: one your service mesh or
+    /// platform built (its own connector, TLS, load balancing). The
+    /// builder's endpoint then only names the server in errors, and its
+    /// connect timeout, user agent and TLS settings are not used; credentials,
+    /// deadlines, retries, trace context and interceptors are.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:50051").connect_lazy();
+    /// let client = receipts_sdk::Client::builder("http://127.0.0.1:50051")
+    ///     .token("eyJ…")
+    ///     .with_channel(channel);
+    /// # let _ = client; }
+    /// ```
+    pub fn with_channel(self, channel: Channel) -> Client {
+        self.finish(channel)
+    }
 }
 
 #[derive(Debug)]
@@ -390,6 +467,7 @@ struct Inner {
     timeout: Duration,
     retry: RetryPolicy,
     trace: Option<TraceSource>,
+    interceptors: Vec<Interceptor>,
 }
 
 /// A Receipts client. Cheap to clone: clones share one connection.
@@ -447,7 +525,16 @@ impl Client {
                 md.insert("tracestate", value(state)?);
             }
         }
-        Ok(req)
+        if self.inner.interceptors.is_empty() {
+            return Ok(req);
+        }
+        let (md, ext, msg) = req.into_parts();
+        let mut probe = tonic::Request::from_parts(md, ext, ());
+        for i in &self.inner.interceptors {
+            probe = (i.0)(probe).map_err(|s| self.error(s))?;
+        }
+        let (md, ext, ()) = probe.into_parts();
+        Ok(tonic::Request::from_parts(md, ext, msg))
     }
 
     pub(crate) fn channel(&self) -> Channel {

@@ -128,14 +128,18 @@ mod client;
 mod error;
 mod state;
 mod subscribe;
+mod tls;
 mod trace;
 mod types;
 
 pub use batch::{DeliveredBatcher, ReadMarker};
-pub use client::{BackendClient, Client, ClientBuilder, RetryPolicy, TokenProvider, token_fn};
+pub use client::{
+    BackendClient, Client, ClientBuilder, Interceptor, RetryPolicy, TokenProvider, token_fn,
+};
 pub use error::Error;
 pub use state::ReceiptState;
 pub use subscribe::{Event, SubscribeOptions, Subscription};
+pub use tls::ClientTls;
 pub use trace::TraceContext;
 pub use types::{
     ConversationOutcome, ConversationRead, Cursor, Delivery, DeliveryOutcome, MembershipChanged,

@@ -686,3 +686,49 @@ async fn subscription_survives_a_server_restart_with_no_loss_and_no_duplicate() 
     assert_eq!(read.len(), 6, "every message read: {seen:?}");
     drop(server2);
 }
+
+#[tokio::test]
+async fn interceptors_see_every_call_and_a_caller_supplied_channel_is_used() {
+    let server = TestServer::start().await;
+    let user = Uuid::now_v7();
+    // No credentials on the builder: the interceptor adds them, so a call
+    // that succeeds proves it ran (on unary calls and on the stream).
+    let seen = Arc::new(AtomicU32::new(0));
+    let count = seen.clone();
+    let bearer = format!("Bearer {}", token(user, Role::User));
+    let channel = tonic::transport::Endpoint::from_shared(server.url())
+        .unwrap()
+        .connect_lazy();
+    let client = Client::builder(server.url())
+        .interceptor(move |mut req| {
+            count.fetch_add(1, Ordering::SeqCst);
+            req.metadata_mut()
+                .insert("authorization", bearer.parse().unwrap());
+            Ok(req)
+        })
+        .with_channel(channel);
+    assert_eq!(client.read_receipts().await.unwrap(), ReadReceipts::Shared);
+    let mut sub = client.subscribe(None);
+    let first = tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("the stream answers");
+    assert!(matches!(first, Some(Ok(_))), "{first:?}");
+    assert!(
+        seen.load(Ordering::SeqCst) >= 2,
+        "interceptor skipped a call"
+    );
+
+    // An interceptor's refusal fails the call with its status, typed, and
+    // nothing is sent.
+    let refusing = Client::builder(server.url())
+        .token(token(user, Role::User))
+        .interceptor(|_| Err(tonic::Status::permission_denied("not from this pod")))
+        .connect()
+        .await
+        .unwrap();
+    let err = refusing.read_receipts().await.unwrap_err();
+    assert!(
+        matches!(&err, Error::PermissionDenied(s) if s.message() == "not from this pod"),
+        "{err:?}"
+    );
+}

@@ -69,6 +69,22 @@ pub struct ServeArgs {
     #[arg(long, env = "RECEIPTS_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
 
+    /// PEM certificate chain (leaf first) for TLS on --listen (gRPC and
+    /// gRPC-web); needs --tls-key. Reloaded on SIGHUP and when the file
+    /// changes.
+    #[arg(long, env = "RECEIPTS_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "RECEIPTS_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificates: every connection must present a client
+    /// certificate they issued (mutual TLS, for service callers); needs
+    /// --tls-cert.
+    #[arg(long, env = "RECEIPTS_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+
     /// Directory of the embedded store (created if missing).
     #[arg(long, env = "RECEIPTS_DATA_DIR", default_value = "./receipts-data")]
     pub data_dir: PathBuf,
@@ -384,6 +400,25 @@ impl ServeArgs {
                 "no way to authenticate: set --jwt-secret and/or --jwt-public-key-file (or --dev-mode on loopback)",
             );
         }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => return err("--tls-key", "is needed with --tls-cert"),
+            (None, Some(_)) => return err("--tls-cert", "is needed with --tls-key"),
+            (None, None) if self.tls_client_ca.is_some() => {
+                return err(
+                    "--tls-client-ca",
+                    "needs --tls-cert and --tls-key (client certificates are asked for over TLS)",
+                );
+            }
+            _ => {}
+        }
+        // The files are read here too, so `receiptd config` says what the
+        // start would fail on.
+        if let Some(files) = self.tls_files() {
+            crate::tls::load(&files).map_err(|e| ConfigError {
+                key: e.flag,
+                reason: format!("{}: {}", e.path, e.reason),
+            })?;
+        }
         if !(8..=1 << 20).contains(&self.cache_mb) {
             return err("--cache-mb", "must be between 8 and 1048576 (MiB)");
         }
@@ -511,6 +546,15 @@ impl ServeArgs {
             return err("--cors-origins", "must name at least one origin or *");
         }
         Ok(())
+    }
+
+    /// The listener's TLS files, when TLS is on.
+    pub fn tls_files(&self) -> Option<crate::tls::TlsFiles> {
+        Some(crate::tls::TlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            client_ca: self.tls_client_ca.clone(),
+        })
     }
 
     /// The group window as a duration.

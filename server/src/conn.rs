@@ -246,3 +246,103 @@ impl Connected for GuardedConn {
         self.info.clone()
     }
 }
+
+/// A client connection as the server reads it: plain, or TLS over a
+/// [`GuardedConn`] (so the handshake counts against
+/// `--header-timeout-ms` like a first call does).
+#[derive(Debug)]
+pub enum Conn {
+    /// Plain text (h2c and HTTP/1.1).
+    Plain(GuardedConn),
+    /// TLS (`--tls-cert`), the handshake done.
+    Tls(Box<tokio_rustls::server::TlsStream<GuardedConn>>),
+}
+
+impl Conn {
+    /// Runs the TLS handshake on `conn`. A failure is logged and counted
+    /// (`tls_handshake`, or `first_request_timeout` when the client was too
+    /// slow, already counted by the connection itself).
+    pub async fn handshake(conn: GuardedConn, tls: tokio_rustls::TlsAcceptor) -> Option<Self> {
+        let peer = conn.info.tcp.remote_addr;
+        let acceptor = conn.acceptor.clone();
+        match tls.accept(conn).await {
+            Ok(stream) => Some(Conn::Tls(Box::new(stream))),
+            Err(e) => {
+                if e.kind() != io::ErrorKind::TimedOut {
+                    acceptor.closed("tls_handshake");
+                }
+                tracing::debug!(?peer, "TLS handshake failed: {e}");
+                None
+            }
+        }
+    }
+}
+
+macro_rules! each_conn {
+    ($self:expr, $c:ident => $body:expr) => {
+        match $self.get_mut() {
+            Conn::Plain($c) => {
+                let $c = Pin::new($c);
+                $body
+            }
+            Conn::Tls($c) => {
+                let $c = Pin::new($c.as_mut());
+                $body
+            }
+        }
+    };
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        each_conn!(self, c => c.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        each_conn!(self, c => c.poll_write(cx, buf))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each_conn!(self, c => c.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each_conn!(self, c => c.poll_shutdown(cx))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        each_conn!(self, c => c.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Conn::Plain(c) => c.is_write_vectored(),
+            Conn::Tls(c) => c.is_write_vectored(),
+        }
+    }
+}
+
+impl Connected for Conn {
+    type ConnectInfo = ConnInfo;
+
+    fn connect_info(&self) -> ConnInfo {
+        match self {
+            Conn::Plain(c) => c.info.clone(),
+            Conn::Tls(c) => c.get_ref().0.info.clone(),
+        }
+    }
+}

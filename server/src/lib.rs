@@ -29,6 +29,7 @@ pub mod layers;
 pub mod metrics;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 
 use crate::api::Api;
 use crate::auth::{AuthInterceptor, Authenticator};
@@ -118,12 +119,16 @@ fn cors(config: &ServeArgs) -> CorsLayer {
 /// for a call (see [`conn`]), with Nagle's algorithm off. tonic sets
 /// TCP_NODELAY only on listeners it binds itself; without it, a response's
 /// trailers can wait for the client's delayed ACK (tens of milliseconds).
+///
+/// With TLS, each handshake runs in its own task, so a slow or silent
+/// client never holds up the accept of the next one.
 fn incoming(
     listener: TcpListener,
     acceptor: conn::Acceptor,
-) -> impl tokio_stream::Stream<Item = std::io::Result<conn::GuardedConn>> {
+    tls: Option<Arc<tls::Tls>>,
+) -> std::pin::Pin<Box<dyn tokio_stream::Stream<Item = std::io::Result<conn::Conn>> + Send>> {
     use tokio_stream::StreamExt;
-    tokio_stream::wrappers::TcpListenerStream::new(listener).filter_map(move |conn| {
+    let admit = move |conn: std::io::Result<tokio::net::TcpStream>| {
         // tonic logs a failed accept and goes on.
         let conn = match conn {
             Ok(conn) => conn,
@@ -133,7 +138,39 @@ fn incoming(
             tracing::debug!("TCP_NODELAY: {e}");
         }
         acceptor.admit(conn).map(Ok)
-    })
+    };
+    let accepted = tokio_stream::wrappers::TcpListenerStream::new(listener).filter_map(admit);
+    let Some(tls) = tls else {
+        return Box::pin(accepted.map(|c| c.map(conn::Conn::Plain)));
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        let mut accepted = std::pin::pin!(accepted);
+        loop {
+            let next = tokio::select! {
+                next = accepted.next() => next,
+                // The server stopped reading: it is shutting down.
+                _ = tx.closed() => return,
+            };
+            match next {
+                None => return,
+                Some(Err(e)) => {
+                    if tx.send(Err(e)).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(conn)) => {
+                    let (tx, acceptor) = (tx.clone(), tls.acceptor());
+                    tokio::spawn(async move {
+                        if let Some(conn) = conn::Conn::handshake(conn, acceptor).await {
+                            let _ = tx.send(Ok(conn)).await;
+                        }
+                    });
+                }
+            }
+        }
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
 /// Opens the store configured in `config`.
@@ -194,6 +231,18 @@ pub async fn run(
         );
     }
     let metrics = metrics::Metrics::new();
+    let tls = match config.tls_files() {
+        Some(files) => {
+            Some(
+                tls::Tls::new(files, metrics.clone()).map_err(|e| config::ConfigError {
+                    key: e.flag,
+                    reason: format!("{}: {}", e.path, e.reason),
+                })?,
+            )
+        }
+        None => None,
+    };
+    let tls_watch = tls.clone().map(tls::Tls::watch);
     // Bind the metrics port before opening the store, so a taken port fails
     // fast.
     let metrics_listener = match config.metrics_listen {
@@ -289,7 +338,12 @@ pub async fn run(
     };
 
     match listener.local_addr() {
-        Ok(addr) => tracing::info!(%addr, "listening (gRPC and gRPC-web); the store is open"),
+        Ok(addr) => tracing::info!(
+            %addr,
+            tls = tls.is_some(),
+            client_certificates = config.tls_client_ca.is_some(),
+            "listening (gRPC and gRPC-web); the store is open"
+        ),
         Err(e) => tracing::warn!("listening on an address the OS does not report: {e}"),
     }
     let (draining, drain_started) = tokio::sync::oneshot::channel::<()>();
@@ -368,7 +422,7 @@ pub async fn run(
             ReceiptBackendServiceServer::new(api).max_decoding_message_size(max_message),
             interceptor,
         ))
-        .serve_with_incoming_shutdown(incoming(listener, acceptor), drain);
+        .serve_with_incoming_shutdown(incoming(listener, acceptor, tls), drain);
     // Shutdown is bounded: calls that do not finish within the grace period
     // (a client holding a health watch open, say) are cut off.
     let grace = Duration::from_millis(config.shutdown_grace_ms);
@@ -386,6 +440,9 @@ pub async fn run(
     }
     backend_watch.abort();
     housekeeping.abort();
+    if let Some(t) = tls_watch {
+        t.abort();
+    }
     store.shutdown().await;
     if let Some(m) = metrics_server {
         // Stopped with the streams; it only has to finish its last scrape.

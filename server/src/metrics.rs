@@ -68,6 +68,12 @@ pub(crate) struct ReasonLabels {
     pub(crate) reason: &'static str,
 }
 
+/// How an attempt ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ResultLabels {
+    pub(crate) result: &'static str,
+}
+
 /// Every metric the server records.
 #[derive(Debug)]
 pub struct Metrics {
@@ -86,6 +92,7 @@ pub struct Metrics {
     pub(crate) rejected: Family<ReasonLabels, Counter>,
     pub(crate) connections_open: Gauge,
     pub(crate) connections_closed: Family<ReasonLabels, Counter>,
+    tls_reloads: Family<ResultLabels, Counter>,
     writebehind_queues: Gauge,
     writebehind_oldest_seconds: Gauge<f64, AtomicU64>,
     writebehind_persisted: Counter,
@@ -198,6 +205,13 @@ fn latency_histogram() -> Histogram {
 }
 
 impl Metrics {
+    /// Counts a reload of the TLS files.
+    pub(crate) fn tls_reloaded(&self, result: &'static str) {
+        self.tls_reloads
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
     /// A fresh set of metrics with every family registered.
     pub fn new() -> Arc<Self> {
         let mut m = Self {
@@ -216,6 +230,7 @@ impl Metrics {
             rejected: Family::default(),
             connections_open: Gauge::default(),
             connections_closed: Family::default(),
+            tls_reloads: Family::default(),
             writebehind_queues: Gauge::default(),
             writebehind_oldest_seconds: Gauge::default(),
             writebehind_persisted: Counter::default(),
@@ -308,8 +323,13 @@ impl Metrics {
         );
         r.register(
             "connections_closed",
-            "Client connections the server closed or refused, by reason (idle, first_request_timeout, limit)",
+            "Client connections the server closed or refused, by reason (idle, first_request_timeout, limit, tls_handshake)",
             m.connections_closed.clone(),
+        );
+        r.register(
+            "tls_reloads",
+            "Reloads of the listener's TLS files (SIGHUP or a file change), by result (ok, error: the previous certificate stays)",
+            m.tls_reloads.clone(),
         );
         r.register(
             "writebehind_queues",
@@ -376,13 +396,16 @@ impl Metrics {
             ),
             (
                 &self.connections_closed,
-                &["first_request_timeout", "idle", "limit"],
+                &["first_request_timeout", "idle", "limit", "tls_handshake"],
             ),
         ];
         for (family, values) in reasons {
             for reason in values {
                 let _ = family.get_or_create(&ReasonLabels { reason });
             }
+        }
+        for result in ["ok", "error"] {
+            let _ = self.tls_reloads.get_or_create(&ResultLabels { result });
         }
         for source in ["live", "replay"] {
             for (kind, conversation) in [

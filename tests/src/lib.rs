@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 pub mod load;
+pub mod pki;
 pub mod tier;
 use std::time::Duration;
 use tonic::service::interceptor::InterceptedService;
@@ -336,6 +337,14 @@ impl ChildServer {
         extra: &[String],
         env: &[(&str, String)],
     ) -> Self {
+        let server = Self::spawn(data_dir, port, extra, env);
+        wait_serving(server.addr).await;
+        server
+    }
+
+    /// Starts `receiptd` as [`ChildServer::start_with_env`] does, without
+    /// waiting for it (for a listener the plain-text probe cannot reach).
+    pub fn spawn(data_dir: &Path, port: u16, extra: &[String], env: &[(&str, String)]) -> Self {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
         let child = std::process::Command::new(receiptd_path())
             .env("RECEIPTS_USER_WRITES_PER_SEC", "0")
@@ -354,7 +363,6 @@ impl ChildServer {
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("spawn receiptd");
-        wait_serving(addr).await;
         Self {
             addr,
             data_dir: data_dir.to_path_buf(),

@@ -191,6 +191,29 @@ pub struct ServeArgs {
     )]
     pub redis_urls: Vec<String>,
 
+    /// Redis ACL user (Redis 6+), for every URL; a user in a URL wins.
+    #[arg(long, env = "RECEIPTS_REDIS_USERNAME")]
+    pub redis_username: Option<String>,
+
+    /// Redis password (of --redis-username, or of `requirepass`), for every
+    /// URL; a password in a URL wins.
+    #[arg(long, env = "RECEIPTS_REDIS_PASSWORD", hide_env_values = true)]
+    pub redis_password: Option<String>,
+
+    /// PEM CA certificates that rediss:// servers must be issued by (instead
+    /// of the system's roots).
+    #[arg(long, env = "RECEIPTS_REDIS_TLS_CA", value_name = "FILE")]
+    pub redis_tls_ca: Option<PathBuf>,
+
+    /// PEM client certificate for rediss:// servers that verify clients
+    /// (`tls-auth-clients yes`); needs --redis-tls-key.
+    #[arg(long, env = "RECEIPTS_REDIS_TLS_CERT", value_name = "FILE")]
+    pub redis_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --redis-tls-cert.
+    #[arg(long, env = "RECEIPTS_REDIS_TLS_KEY", value_name = "FILE")]
+    pub redis_tls_key: Option<PathBuf>,
+
     /// Treat --redis-urls as the seed nodes of a Redis Cluster.
     #[arg(long, env = "RECEIPTS_REDIS_CLUSTER", default_value_t = false)]
     pub redis_cluster: bool,
@@ -373,6 +396,15 @@ pub struct ConfigError {
     pub reason: String,
 }
 
+impl From<crate::tls::TlsError> for ConfigError {
+    fn from(e: crate::tls::TlsError) -> Self {
+        ConfigError {
+            key: e.flag,
+            reason: format!("{}: {}", e.path, e.reason),
+        }
+    }
+}
+
 impl ServeArgs {
     /// Checks everything that can be checked before binding.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -414,10 +446,7 @@ impl ServeArgs {
         // The files are read here too, so `receiptd config` says what the
         // start would fail on.
         if let Some(files) = self.tls_files() {
-            crate::tls::load(&files).map_err(|e| ConfigError {
-                key: e.flag,
-                reason: format!("{}: {}", e.path, e.reason),
-            })?;
+            crate::tls::load(&files)?;
         }
         if !(8..=1 << 20).contains(&self.cache_mb) {
             return err("--cache-mb", "must be between 8 and 1048576 (MiB)");
@@ -485,28 +514,50 @@ impl ServeArgs {
             if self.redis_urls.is_empty() {
                 return err("--redis-urls", "must name at least one redis:// URL");
             }
-            // What the start would fail on, said before it: the Redis client
-            // is built without TLS, and speaks only redis:// and unix
-            // sockets.
+            // What the start would fail on, said before it.
+            let mut tls_urls = 0;
             for url in &self.redis_urls {
                 let scheme = url.split_once("://").map(|(s, _)| s);
                 match scheme {
                     Some("redis" | "unix" | "redis+unix") => {}
-                    Some("rediss") => {
-                        return err(
-                            "--redis-urls",
-                            "rediss:// (TLS) is not supported by this build: use redis:// on a \
-                             private network or through a TLS tunnel",
-                        );
-                    }
+                    Some("rediss") => tls_urls += 1,
                     _ => {
                         return err(
                             "--redis-urls",
-                            "each URL must start with redis:// (or unix:// for a socket)",
+                            "each URL must start with redis://, rediss:// (TLS) or unix:// (a socket)",
                         );
                     }
                 }
             }
+            if tls_urls > 0 && tls_urls < self.redis_urls.len() {
+                return err(
+                    "--redis-urls",
+                    "mixes rediss:// and redis://: use TLS for every node or for none",
+                );
+            }
+            let redis_tls_files = [
+                ("--redis-tls-ca", &self.redis_tls_ca),
+                ("--redis-tls-cert", &self.redis_tls_cert),
+                ("--redis-tls-key", &self.redis_tls_key),
+            ];
+            for (key, file) in redis_tls_files {
+                if file.is_some() && tls_urls == 0 {
+                    return Err(ConfigError {
+                        key,
+                        reason: "is only used with rediss:// URLs in --redis-urls".into(),
+                    });
+                }
+            }
+            match (&self.redis_tls_cert, &self.redis_tls_key) {
+                (Some(_), None) => {
+                    return err("--redis-tls-key", "is needed with --redis-tls-cert");
+                }
+                (None, Some(_)) => {
+                    return err("--redis-tls-cert", "is needed with --redis-tls-key");
+                }
+                _ => {}
+            }
+            self.redis_tls()?;
             if self.scylla_nodes.is_empty() {
                 return err("--scylla-nodes", "must name at least one host:port");
             }
@@ -546,6 +597,34 @@ impl ServeArgs {
             return err("--cors-origins", "must name at least one origin or *");
         }
         Ok(())
+    }
+
+    /// The certificates for rediss:// (files read and checked), if any
+    /// were given.
+    pub fn redis_tls(&self) -> Result<Option<redis::TlsCertificates>, crate::tls::TlsError> {
+        use crate::tls::read_pem;
+        let root_cert = match &self.redis_tls_ca {
+            Some(p) => Some(read_pem(
+                "--redis-tls-ca",
+                p,
+                crate::tls::Pem::Certificates,
+            )?),
+            None => None,
+        };
+        let client_tls = match (&self.redis_tls_cert, &self.redis_tls_key) {
+            (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+                client_cert: read_pem("--redis-tls-cert", cert, crate::tls::Pem::Certificates)?,
+                client_key: read_pem("--redis-tls-key", key, crate::tls::Pem::PrivateKey)?,
+            }),
+            _ => None,
+        };
+        if root_cert.is_none() && client_tls.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        }))
     }
 
     /// The listener's TLS files, when TLS is on.
@@ -644,7 +723,7 @@ pub enum LoadError {
 }
 
 /// Settings whose values are never logged or printed.
-const SECRETS: &[&str] = &["jwt_secret"];
+const SECRETS: &[&str] = &["jwt_secret", "redis_password"];
 
 /// Parses `args` (with the program name first), the environment and the
 /// `--config` file (from `--config` or `RECEIPTS_CONFIG`).

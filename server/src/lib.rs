@@ -179,6 +179,11 @@ pub async fn open_store(config: &ServeArgs) -> Result<Arc<dyn ReceiptStore>, Run
         let store = store::redis::RedisStore::open(store::redis::RedisOptions {
             redis_urls: config.redis_urls.clone(),
             cluster: config.redis_cluster,
+            access: store::redis::RedisAccess {
+                username: config.redis_username.clone(),
+                password: config.redis_password.clone(),
+                tls: config.redis_tls().map_err(config::ConfigError::from)?,
+            },
             prefix: config.redis_prefix.clone(),
             hot_ttl: Duration::from_secs(config.hot_ttl_secs),
             group_window: config.group_window(),

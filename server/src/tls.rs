@@ -79,6 +79,30 @@ fn pem_reason(e: rustls::pki_types::pem::Error) -> String {
     }
 }
 
+/// What a PEM file must hold.
+#[derive(Clone, Copy, Debug)]
+pub enum Pem {
+    /// One or more certificates.
+    Certificates,
+    /// A private key.
+    PrivateKey,
+}
+
+/// Reads a PEM file for a client of a backend (Redis, Scylla), after
+/// checking that it holds what it must: its bytes, for clients that parse
+/// PEM themselves.
+pub fn read_pem(flag: &'static str, path: &Path, kind: Pem) -> Result<Vec<u8>, TlsError> {
+    match kind {
+        Pem::Certificates => {
+            certs(flag, path)?;
+        }
+        Pem::PrivateKey => {
+            PrivateKeyDer::from_pem_file(path).map_err(|e| fail(flag, path, pem_reason(e)))?;
+        }
+    }
+    std::fs::read(path).map_err(|e| fail(flag, path, e))
+}
+
 /// Reads and checks the files: the chain parses, the key is one rustls can
 /// sign with and belongs to the leaf certificate, the client CAs parse.
 pub fn load(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {

@@ -419,6 +419,27 @@ impl Drop for ChildServer {
     }
 }
 
+/// Through the Rust SDK: a conversation of `members` and one message from
+/// the first of them at seq 1; returns (conversation, message).
+pub async fn sdk_chat(backend: &receipts_sdk::BackendClient, members: &[Uuid]) -> (Uuid, Uuid) {
+    let (conv, msg) = (Uuid::now_v7(), Uuid::now_v7());
+    backend
+        .create_conversation(conv, members)
+        .await
+        .expect("create the conversation");
+    backend
+        .register_messages(&[receipts_sdk::NewMessage {
+            message_id: msg,
+            conversation_id: conv,
+            seq: 1,
+            sender_id: members[0],
+            sent_at: None,
+        }])
+        .await
+        .expect("register the message");
+    (conv, msg)
+}
+
 /// A conversation created through the backend API, with message helpers.
 #[derive(Clone, Debug)]
 pub struct Conversation {

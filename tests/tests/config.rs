@@ -128,8 +128,8 @@ fn a_bad_file_exits_64_naming_the_key() {
         ),
         ("cache-mb = 1\ndev-mode = true\n", "--cache-mb"),
         (
-            "store = \"redis-scylla\"\nredis-urls = [\"rediss://r:6380\"]\ndev-mode = true\n",
-            "rediss:// (TLS) is not supported",
+            "store = \"redis-scylla\"\nredis-urls = [\"redis://r:6380\"]\nredis-tls-ca = \"/ca.pem\"\ndev-mode = true\n",
+            "--redis-tls-ca: is only used with rediss://",
         ),
         (
             "store = \"redis-scylla\"\nredis-urls = [\"r:6379\"]\ndev-mode = true\n",

@@ -4,10 +4,10 @@
 //! and on a file change without a restart.
 
 use futures::StreamExt;
-use receipts_sdk::{Client, ClientTls, DeliveryOutcome, Error, NewMessage};
+use receipts_sdk::{Client, ClientTls, DeliveryOutcome, Error};
 use receipts_server::auth::Role;
 use receipts_tests::pki::{Ca, Pair};
-use receipts_tests::{ChildServer, free_port, scrape, token};
+use receipts_tests::{ChildServer, free_port, scrape, sdk_chat, token};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -87,25 +87,7 @@ async fn connect(builder: receipts_sdk::ClientBuilder) -> Result<Client, Error> 
 
 /// A round trip: a conversation, a message, a delivery, as over plain text.
 async fn round_trip(backend: &Client, user: Uuid, user_client: &Client) {
-    let conv = Uuid::now_v7();
-    let sender = Uuid::now_v7();
-    backend
-        .backend()
-        .create_conversation(conv, &[sender, user])
-        .await
-        .expect("create conversation over TLS");
-    let msg = Uuid::now_v7();
-    backend
-        .backend()
-        .register_messages(&[NewMessage {
-            message_id: msg,
-            conversation_id: conv,
-            seq: 1,
-            sender_id: sender,
-            sent_at: None,
-        }])
-        .await
-        .expect("register over TLS");
+    let (_, msg) = sdk_chat(&backend.backend(), &[Uuid::now_v7(), user]).await;
     let d = user_client
         .mark_delivered(&[msg])
         .await

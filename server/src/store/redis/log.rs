@@ -62,7 +62,7 @@ pub(super) async fn bus_loop(inner: Arc<Inner>, mut stop: watch::Receiver<bool>)
     let mut first = true;
     loop {
         let connected = async {
-            let client = redis::Client::open(inner.bus_url.as_str())?;
+            let client = inner.opts.access.client(&inner.bus_url)?;
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(inner.keys.bus()).await?;
             Ok::<_, redis::RedisError>(pubsub)

@@ -82,6 +82,8 @@ pub struct RedisOptions {
     pub redis_urls: Vec<String>,
     /// Whether the URLs name a Redis Cluster.
     pub cluster: bool,
+    /// Credentials and TLS for every URL.
+    pub access: RedisAccess,
     /// Key prefix (lets several deployments share one Redis).
     pub prefix: String,
     /// Hot data expires this long after its last update.
@@ -103,6 +105,73 @@ pub struct RedisOptions {
     /// primary have it (`WAIT`), waiting at most this long; `None`: as soon
     /// as the primary has it.
     pub wait_replicas: Option<(u32, Duration)>,
+}
+
+/// A failure to connect at start-up: the operator is told the driver's
+/// reason (a refused certificate, a wrong password, a refused connection),
+/// which a client's status leaves out.
+fn open_err(e: redis::RedisError) -> ServiceError {
+    tracing::error!("cannot connect to Redis: {e}");
+    redis_err(e)
+}
+
+/// How this node reaches Redis: an ACL user and password, and the
+/// certificates for `rediss://`, applied to every URL (and, on a cluster,
+/// to the nodes it discovers). A user or password written in a URL wins.
+#[derive(Clone, Default)]
+pub struct RedisAccess {
+    /// ACL user.
+    pub username: Option<String>,
+    /// Password (never printed).
+    pub password: Option<String>,
+    /// A CA and/or a client certificate for `rediss://`; `None`: the
+    /// system's roots.
+    pub tls: Option<redis::TlsCertificates>,
+}
+
+impl std::fmt::Debug for RedisAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisAccess")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+impl RedisAccess {
+    /// A client of the server at `url`.
+    pub fn client(&self, url: &str) -> redis::RedisResult<redis::Client> {
+        use redis::IntoConnectionInfo;
+        let info = url.into_connection_info()?;
+        let mut settings = info.redis_settings().clone();
+        if let (None, Some(u)) = (settings.username(), &self.username) {
+            settings = settings.set_username(u);
+        }
+        if let (None, Some(p)) = (settings.password(), &self.password) {
+            settings = settings.set_password(p);
+        }
+        let info = info.set_redis_settings(settings);
+        match &self.tls {
+            Some(certs) => redis::Client::build_with_tls(info, certs.clone()),
+            None => redis::Client::open(info),
+        }
+    }
+
+    /// A client of the cluster seeded by `urls`.
+    pub fn cluster(&self, urls: &[String]) -> redis::RedisResult<redis::cluster::ClusterClient> {
+        let mut b = redis::cluster::ClusterClientBuilder::new(urls.to_vec());
+        if let Some(u) = &self.username {
+            b = b.username(u);
+        }
+        if let Some(p) = &self.password {
+            b = b.password(p);
+        }
+        if let Some(certs) = &self.tls {
+            b = b.certs(certs.clone());
+        }
+        b.build()
+    }
 }
 
 /// How long the shared start of a Scylla outage outlives the last probe
@@ -268,15 +337,14 @@ impl RedisStore {
     pub async fn open(opts: RedisOptions) -> StoreResult<Self> {
         let group_window = opts.group_window;
         let conn = if opts.cluster {
-            let client =
-                redis::cluster::ClusterClient::new(opts.redis_urls.clone()).map_err(redis_err)?;
-            Conn::Cluster(client.get_async_connection().await.map_err(redis_err)?)
+            let client = opts.access.cluster(&opts.redis_urls).map_err(open_err)?;
+            Conn::Cluster(client.get_async_connection().await.map_err(open_err)?)
         } else {
             let url = opts
                 .redis_urls
                 .first()
                 .ok_or_else(|| ServiceError::internal("no redis url"))?;
-            let client = redis::Client::open(url.as_str()).map_err(redis_err)?;
+            let client = opts.access.client(url).map_err(open_err)?;
             let config = redis::aio::ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(Duration::from_secs(2)))
                 .set_response_timeout(Some(Duration::from_secs(5)))
@@ -285,7 +353,7 @@ impl RedisStore {
                 client
                     .get_connection_manager_with_config(config)
                     .await
-                    .map_err(redis_err)?,
+                    .map_err(open_err)?,
             )
         };
         let scylla = ScyllaPersistence::connect(&opts.scylla).await?;

@@ -25,6 +25,14 @@ if cargo tree --locked -p receipts-sdk --no-default-features -e normal | grep -E
 fi
 cargo check --locked -p receipts-sdk --no-default-features
 
+step "the published crates package (receipts-proto, receipts-sdk: cargo publish --dry-run)"
+# --no-verify: the packaged sources are the ones every other step builds;
+# a verifying dry run rebuilds both crates from scratch (~3.5 min here).
+# The proto files must travel with receipts-proto, whose build reads them.
+cargo package --list --locked --allow-dirty -p receipts-proto | grep -qx 'receipts/v1/receipts.proto' \
+  || { echo "receipts-proto's package lacks receipts/v1/receipts.proto" >&2; exit 1; }
+cargo publish --dry-run --no-verify --locked --allow-dirty -p receipts-proto -p receipts-sdk
+
 step "build receiptd (the crash tests run the real binary), the examples and the load tool"
 cargo build -p receipts-server -p receipts-examples -p receipts-bench --bins
 

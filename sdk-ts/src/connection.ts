@@ -20,6 +20,31 @@ export interface TraceContext {
   tracestate?: string | undefined;
 }
 
+/**
+ * TLS settings of the default Node transport (the `tls` option): PEM text, or
+ * its bytes (a `Buffer` or any `Uint8Array`), as Node's `tls.connect` takes them.
+ */
+export interface TlsOptions {
+  /**
+   * The CA certificates to trust for the server's certificate, e.g. a private
+   * CA's. They replace Node's default trust store for this client; without
+   * `ca` the default store applies (plus `NODE_EXTRA_CA_CERTS`).
+   */
+  ca?: string | Uint8Array | Array<string | Uint8Array>;
+  /**
+   * The client certificate chain to present, for a server that requires
+   * mutual TLS (`receiptd --tls-client-ca`). Needs `key`.
+   */
+  cert?: string | Uint8Array;
+  /** The private key of `cert`. */
+  key?: string | Uint8Array;
+  /**
+   * The name to send as SNI and to check the server's certificate against,
+   * when it differs from the host of `baseUrl` (e.g. an IP address).
+   */
+  servername?: string;
+}
+
 /** Options shared by `createReceiptsClient` and `createBackendClient`. */
 export interface ConnectionOptions {
   /**
@@ -42,9 +67,19 @@ export interface ConnectionOptions {
   devUserId?: string;
   /**
    * A Connect transport to use instead of the default (gRPC-web: over `fetch`
-   * in browsers, `@connectrpc/connect-node` over HTTP/1.1 in Node).
+   * in browsers, `@connectrpc/connect-node` over HTTP/2 in Node).
    */
   transport?: Transport;
+  /**
+   * Node only: TLS settings of the default transport for an `https://`
+   * `baseUrl` — a private CA to trust, a client certificate for mutual TLS,
+   * the name to check. Without it, Node's default trust store applies (plus
+   * `NODE_EXTRA_CA_CERTS`). Browsers decide trust and client certificates
+   * themselves, so the browser entry throws a `TypeError` when it is given;
+   * so do both entries with a `transport` (configure TLS on that) or an
+   * `http://` `baseUrl`.
+   */
+  tls?: TlsOptions;
   /** Deadline of each unary call, in milliseconds (default 30 000). Streams have none. */
   timeoutMs?: number;
   /**
@@ -84,8 +119,11 @@ export interface ConnectionOptions {
   traceContext?: () => TraceContext | undefined | Promise<TraceContext | undefined>;
 }
 
-/** Makes the default transport for a base URL. @internal */
-export type TransportFactory = (baseUrl: string) => Transport;
+/**
+ * Makes the default transport for a base URL and `tls` option, or throws a
+ * `TypeError` starting with `caller` for a `tls` it cannot apply. @internal
+ */
+export type TransportFactory = (baseUrl: string, tls: TlsOptions | undefined, caller: string) => Transport;
 
 /** @internal */
 export interface Connection {
@@ -102,7 +140,7 @@ export function openConnection(
   defaultTransport: TransportFactory,
   caller: string,
 ): Connection {
-  const { token, devUserId, traceContext } = options;
+  const { token, devUserId, traceContext, tls } = options;
   if ((token === undefined) === (devUserId === undefined)) {
     throw new TypeError(
       `${caller}: pass exactly one of \`token\` and \`devUserId\` (the latter only against a receiptd in --dev-mode)`,
@@ -113,7 +151,9 @@ export function openConnection(
     if (options.baseUrl === undefined || options.baseUrl === "") {
       throw new TypeError(`${caller}: pass \`baseUrl\` (or a \`transport\`)`);
     }
-    transport = defaultTransport(options.baseUrl);
+    transport = defaultTransport(options.baseUrl, tls, caller);
+  } else if (tls !== undefined) {
+    throw new TypeError(`${caller}: \`tls\` configures the default transport; with a \`transport\`, set TLS on it`);
   }
   return {
     transport,

@@ -5,8 +5,18 @@
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
 import { backendClientFactory } from "./backend.js";
 import { receiptsClientFactory } from "./client.js";
+import type { TransportFactory } from "./connection.js";
 
-const webTransport = (baseUrl: string) => createGrpcWebTransport({ baseUrl });
+// A browser decides which servers to trust and which client certificate to
+// present, so `tls` (the Node entry's TLS settings) is refused.
+const webTransport: TransportFactory = (baseUrl, tls, caller) => {
+  if (tls !== undefined) {
+    throw new TypeError(
+      `${caller}: \`tls\` is for Node only; in a browser, the browser decides which servers to trust and which client certificate to present`,
+    );
+  }
+  return createGrpcWebTransport({ baseUrl });
+};
 
 /**
  * Creates a client acting as one user.
@@ -38,7 +48,7 @@ export { ReceiptBackendService } from "./gen/receipts/v1/backend_pb.js";
 export type { Transport } from "@connectrpc/connect";
 export type { BackendClient, BackendClientOptions, MembershipChange, MessageRegistration } from "./backend.js";
 export type { ReceiptsClient, ReceiptsClientOptions, RequestOptions } from "./client.js";
-export type { ConnectionOptions, TraceContext } from "./connection.js";
+export type { ConnectionOptions, TlsOptions, TraceContext } from "./connection.js";
 export type { DeliveredBatcher, DeliveredBatcherOptions } from "./delivered-batcher.js";
 export type { ReadMark, ReadMarker, ReadMarkerOptions } from "./read-marker.js";
 export type { ReceiptSubscription, ReconnectOptions, SubscribeOptions } from "./subscription.js";

@@ -9,8 +9,31 @@
 import { createGrpcWebTransport } from "@connectrpc/connect-node";
 import { backendClientFactory } from "./backend.js";
 import { receiptsClientFactory } from "./client.js";
+import type { TransportFactory } from "./connection.js";
 
-const nodeTransport = (baseUrl: string) => createGrpcWebTransport({ baseUrl, httpVersion: "2" });
+/** connect-node's options of `http2.connect()`. */
+type Http2Options = Extract<Parameters<typeof createGrpcWebTransport>[0], { httpVersion: "2" }>["nodeOptions"];
+
+// `tls` becomes the options of connect-node's `http2.connect()`: the secure
+// context's ca, cert and key, and the servername. They pass as they are: Node
+// takes PEM text or any Uint8Array where its types say Buffer (and the build
+// keeps Node's types out of src/, so there is no Buffer to convert to).
+const nodeTransport: TransportFactory = (baseUrl, tls, caller) => {
+  if (tls === undefined) {
+    return createGrpcWebTransport({ baseUrl, httpVersion: "2" });
+  }
+  if (!/^https:/i.test(baseUrl)) {
+    throw new TypeError(`${caller}: \`tls\` needs an https:// \`baseUrl\`, got ${JSON.stringify(baseUrl)}`);
+  }
+  const { ca, cert, key, servername } = tls;
+  const nodeOptions = {
+    ...(ca !== undefined && { ca }),
+    ...(cert !== undefined && { cert }),
+    ...(key !== undefined && { key }),
+    ...(servername !== undefined && { servername }),
+  } as Http2Options;
+  return createGrpcWebTransport({ baseUrl, httpVersion: "2", nodeOptions });
+};
 
 /**
  * Creates a client acting as one user.
@@ -42,7 +65,7 @@ export { ReceiptBackendService } from "./gen/receipts/v1/backend_pb.js";
 export type { Transport } from "@connectrpc/connect";
 export type { BackendClient, BackendClientOptions, MembershipChange, MessageRegistration } from "./backend.js";
 export type { ReceiptsClient, ReceiptsClientOptions, RequestOptions } from "./client.js";
-export type { ConnectionOptions, TraceContext } from "./connection.js";
+export type { ConnectionOptions, TlsOptions, TraceContext } from "./connection.js";
 export type { DeliveredBatcher, DeliveredBatcherOptions } from "./delivered-batcher.js";
 export type { ReadMark, ReadMarker, ReadMarkerOptions } from "./read-marker.js";
 export type { ReceiptSubscription, ReconnectOptions, SubscribeOptions } from "./subscription.js";

@@ -7,7 +7,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { createHmac } from "node:crypto";
-import { createReceiptsClient } from "../src/node.js";
+import { createReceiptsClient, type TlsOptions } from "../src/node.js";
 
 /** The repository root (sdk-ts/..). */
 export const repoRoot = fileURLToPath(new URL("../..", import.meta.url));
@@ -42,6 +42,12 @@ export interface StartOptions {
   /** Default: a new temporary directory. */
   dataDir?: string;
   args?: string[];
+  /**
+   * For a server given `--tls-cert`/`--tls-key` (and maybe `--tls-client-ca`)
+   * in `args`: `baseUrl` is then https://, and the readiness probe connects
+   * with these client settings. Default: plain http://.
+   */
+  tls?: TlsOptions;
 }
 
 /** Starts receiptd and resolves once it answers a gRPC-web call. */
@@ -93,8 +99,8 @@ export async function startReceiptd(options: StartOptions = {}): Promise<Receipt
       reject(fail(`exited with code ${String(code)}`));
     });
   });
-  const baseUrl = `http://127.0.0.1:${port}`;
-  await waitUntilAnswering(baseUrl, child, () => output);
+  const baseUrl = `${options.tls === undefined ? "http" : "https"}://127.0.0.1:${port}`;
+  await waitUntilAnswering(baseUrl, options.tls, child, () => output);
   return {
     baseUrl,
     port,
@@ -105,8 +111,13 @@ export async function startReceiptd(options: StartOptions = {}): Promise<Receipt
 }
 
 /** Polls a cheap call until the server answers it (no fixed sleep). */
-async function waitUntilAnswering(baseUrl: string, child: ChildProcess, output: () => string) {
-  const probe = createReceiptsClient({ baseUrl, devUserId: crypto.randomUUID(), timeoutMs: 1000 });
+async function waitUntilAnswering(
+  baseUrl: string,
+  tls: TlsOptions | undefined,
+  child: ChildProcess,
+  output: () => string,
+) {
+  const probe = createReceiptsClient({ baseUrl, tls, devUserId: crypto.randomUUID(), timeoutMs: 1000 });
   const deadline = Date.now() + 15_000;
   for (;;) {
     try {

@@ -259,13 +259,22 @@ pub enum Conn {
 }
 
 impl Conn {
-    /// Runs the TLS handshake on `conn`. A failure is logged and counted
-    /// (`tls_handshake`, or `first_request_timeout` when the client was too
-    /// slow, already counted by the connection itself).
+    /// Runs the TLS handshake on `conn`, within `--header-timeout-ms`. A
+    /// failure is logged and counted (`tls_handshake`, or
+    /// `first_request_timeout` when the client was too slow).
     pub async fn handshake(conn: GuardedConn, tls: tokio_rustls::TlsAcceptor) -> Option<Self> {
         let peer = conn.info.tcp.remote_addr;
         let acceptor = conn.acceptor.clone();
-        match tls.accept(conn).await {
+        // The connection's own timer only runs while the handshake reads; a
+        // client that sent its hello and stopped reading our answer would
+        // hold its slot forever without this bound.
+        let limit = acceptor.limits.first_request_timeout;
+        let Ok(done) = tokio::time::timeout(limit, tls.accept(conn)).await else {
+            acceptor.closed("first_request_timeout");
+            tracing::debug!(?peer, "TLS handshake not done within --header-timeout-ms");
+            return None;
+        };
+        match done {
             Ok(stream) => Some(Conn::Tls(Box::new(stream))),
             Err(e) => {
                 if e.kind() != io::ErrorKind::TimedOut {

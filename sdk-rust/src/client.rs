@@ -141,7 +141,7 @@ pub struct ClientBuilder {
     retry: RetryPolicy,
     user_agent: Option<String>,
     trace: Option<TraceSource>,
-    tls: ClientTls,
+    tls: Option<ClientTls>,
     interceptors: Vec<Interceptor>,
 }
 
@@ -179,16 +179,18 @@ impl ClientBuilder {
             retry: RetryPolicy::default(),
             user_agent: None,
             trace: None,
-            tls: ClientTls::default(),
+            tls: None,
             interceptors: Vec::new(),
         }
     }
 
     /// TLS settings for an `https://` endpoint: a private CA, a client
     /// certificate (mutual TLS), the name to check (see [`ClientTls`]).
-    /// Needs the `tls` feature (on by default).
+    /// Needs the `tls` feature (on by default) and an `https://` endpoint:
+    /// with `http://`, connecting fails with [`Error::Config`] rather than
+    /// send credentials in clear text.
     pub fn tls(mut self, tls: ClientTls) -> Self {
-        self.tls = tls;
+        self.tls = Some(tls);
         self
     }
 
@@ -382,11 +384,17 @@ impl ClientBuilder {
         e = e
             .user_agent(agent)
             .map_err(|e| Error::Config(format!("user agent: {e}")))?;
+        if self.tls.is_some() && !self.endpoint.starts_with("https://") {
+            return Err(Error::Config(format!(
+                "endpoint {:?}: TLS settings were given, so the endpoint must be https://",
+                self.endpoint
+            )));
+        }
         if self.endpoint.starts_with("https://") {
             #[cfg(feature = "tls")]
             {
                 e = e
-                    .tls_config(self.tls.config())
+                    .tls_config(self.tls.clone().unwrap_or_default().config())
                     .map_err(|e| Error::Config(format!("tls: {}", crate::error::causes(&e))))?;
             }
             #[cfg(not(feature = "tls"))]

@@ -160,11 +160,23 @@ impl RedisAccess {
 
     /// A client of the cluster seeded by `urls`.
     pub fn cluster(&self, urls: &[String]) -> redis::RedisResult<redis::cluster::ClusterClient> {
+        use redis::IntoConnectionInfo;
+        // The cluster client takes its credentials from the first URL unless
+        // told otherwise; as for a single server, the URL's win.
+        let first = match urls.first() {
+            Some(url) => Some(url.as_str().into_connection_info()?),
+            None => None,
+        };
+        let in_url = |f: fn(&redis::RedisConnectionInfo) -> Option<&str>| {
+            first
+                .as_ref()
+                .is_some_and(|i| f(i.redis_settings()).is_some())
+        };
         let mut b = redis::cluster::ClusterClientBuilder::new(urls.to_vec());
-        if let Some(u) = &self.username {
+        if let (false, Some(u)) = (in_url(redis::RedisConnectionInfo::username), &self.username) {
             b = b.username(u);
         }
-        if let Some(p) = &self.password {
+        if let (false, Some(p)) = (in_url(redis::RedisConnectionInfo::password), &self.password) {
             b = b.password(p);
         }
         if let Some(certs) = &self.tls {

@@ -236,6 +236,7 @@ fn receiptd_config_checks_the_redis_tls_settings() {
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
         )
     };
     let ca = Ca::new("config CA");
@@ -246,7 +247,7 @@ fn receiptd_config_checks_the_redis_tls_settings() {
     std::fs::write(&garbage, "nope").unwrap();
     let garbage = garbage.display().to_string();
 
-    let (code, err) = config(&["--redis-urls", "rediss://127.0.0.1:6380"]);
+    let (code, err, _) = config(&["--redis-urls", "rediss://127.0.0.1:6380"]);
     assert_eq!(code, Some(0), "rediss:// refused: {err}");
     let rediss = |more: &[&'static str]| {
         let mut a = vec!["--redis-urls", "rediss://127.0.0.1:6380"];
@@ -286,21 +287,28 @@ fn receiptd_config_checks_the_redis_tls_settings() {
             "no PEM",
         ),
     ] {
-        let (code, err) = config(&args);
+        let (code, err, _) = config(&args);
         assert_eq!(code, Some(64), "{args:?} accepted: {err}");
         assert!(
             err.contains(flag) && err.contains(why),
             "{args:?}: expected {flag} / {why}, got {err}"
         );
     }
-    let (code, err) = config(&rediss(&[
+    let (code, err, out) = config(&rediss(&[
         "--redis-tls-cert",
         cert,
         "--redis-tls-key",
         key,
         "--redis-password",
-        "pw",
+        "Zq7-not-to-be-printed",
     ]));
     assert_eq!(code, Some(0), "a good client pair refused: {err}");
-    assert!(!err.contains("pw\""), "the password was printed: {err}");
+    assert!(
+        !out.contains("Zq7-not-to-be-printed") && !err.contains("Zq7-not-to-be-printed"),
+        "the password was printed: {out}{err}"
+    );
+    assert!(
+        out.contains("# redis-password = ...  # secret, not shown"),
+        "the password's line is missing: {out}"
+    );
 }

@@ -23,6 +23,9 @@ impl Tls {
     fn new(server: &Pair) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let (cert, key) = server.write(dir.path(), "server");
+        // Padded, so that a later rewrite can keep the length.
+        rewrite_unseen(&cert, &server.cert);
+        rewrite_unseen(&key, &server.key);
         Self { dir, cert, key }
     }
 
@@ -157,6 +160,18 @@ async fn the_sdk_calls_over_tls_trusting_a_private_ca_and_plain_text_is_refused(
         "unclear error: {text}"
     );
 
+    // TLS settings with an http:// endpoint are refused before anything
+    // is sent (the token would go in clear text).
+    let err = Client::builder(format!("http://{}", server.addr))
+        .tls(trust.clone())
+        .token(token(user, Role::User))
+        .connect_lazy()
+        .expect_err("TLS settings on http:// must be refused");
+    assert!(
+        matches!(&err, Error::Config(m) if m.contains("must be https://")),
+        "{err:?}"
+    );
+
     // A plain-text client gets no answer, and the server counts the failed
     // handshake.
     let plain = Client::builder(format!("http://{}", server.addr))
@@ -222,23 +237,47 @@ async fn mutual_tls_admits_only_clients_with_a_certificate_from_the_client_ca() 
     }
 }
 
+/// Whether a fresh connection trusting only `ca` gets an answer now.
+async fn serves(addr: SocketAddr, ca: &Ca) -> bool {
+    let c = client(addr, ClientTls::new().ca_certificate(ca.pem()), Role::User)
+        .connect()
+        .await;
+    match c {
+        Ok(c) => c.read_receipts().await.is_ok(),
+        Err(_) => false,
+    }
+}
+
 /// Waits until a fresh connection trusting only `ca` succeeds.
 async fn served_by(addr: SocketAddr, ca: &Ca) -> bool {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let c = client(addr, ClientTls::new().ca_certificate(ca.pem()), Role::User)
-            .connect()
-            .await;
-        if let Ok(c) = c
-            && c.read_receipts().await.is_ok()
-        {
-            return true;
-        }
+    while !serves(addr, ca).await {
         if tokio::time::Instant::now() > deadline {
             return false;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    true
+}
+
+/// The size every certificate and key file is padded to (PEM ignores the
+/// blank lines), so a rewrite keeps the length.
+const PADDED: usize = 4096;
+
+/// Writes `contents` into `path` so that the change poll cannot see it:
+/// the same inode, length and modification time.
+fn rewrite_unseen(path: &Path, contents: &str) {
+    let mtime = std::fs::metadata(path).unwrap().modified().unwrap();
+    let mut bytes = contents.as_bytes().to_vec();
+    assert!(bytes.len() < PADDED);
+    bytes.resize(PADDED, b'\n');
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .unwrap();
+    std::io::Write::write_all(&mut f, &bytes).unwrap();
+    f.set_modified(mtime).unwrap();
 }
 
 #[tokio::test]
@@ -255,11 +294,17 @@ async fn certificates_reload_on_sighup_and_on_a_file_change_and_a_bad_file_keeps
     .await
     .expect("first certificate served");
 
-    // Replace both files in place with a certificate from another CA; the
-    // next SIGHUP (sent at once, before the change poll could see it — it
-    // may see it too, which is the same reload) serves it.
+    // Replace both files with a certificate from another CA, unseen by the
+    // change poll: only SIGHUP can make it served.
     let second = Ca::new("second CA");
-    second.server().write(tls.dir.path(), "server");
+    let pair = second.server();
+    rewrite_unseen(&tls.key, &pair.key);
+    rewrite_unseen(&tls.cert, &pair.cert);
+    tokio::time::sleep(receipts_server::tls::POLL * 2).await;
+    assert!(
+        serves(server.addr, &first).await && !serves(server.addr, &second).await,
+        "the poll saw the unseen rewrite: this step would not test SIGHUP"
+    );
     let status = std::process::Command::new("kill")
         .args(["-HUP", &server.pid().unwrap().to_string()])
         .status()
@@ -288,10 +333,12 @@ async fn certificates_reload_on_sighup_and_on_a_file_change_and_a_bad_file_keeps
     );
 
     // A key that does not fit the certificate: the reload fails, is counted,
-    // and the certificate in force stays.
+    // and the certificate in force stays. (The rename above may have been
+    // seen half done, a failure of its own: count from here.)
+    let errors = "receipts_tls_reloads_total{result=\"error\"}";
+    let before = metric(&scrape(metrics).await, errors);
     std::fs::write(&tls.key, first.server().key).unwrap();
-    let scraped =
-        wait_for_metric(metrics, "receipts_tls_reloads_total{result=\"error\"}", 1.0).await;
+    let scraped = wait_for_metric(metrics, errors, before + 1.0).await;
     assert!(metric(&scraped, "receipts_tls_reloads_total{result=\"ok\"}") >= 2.0);
     assert!(
         served_by(server.addr, &third).await,

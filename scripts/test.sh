@@ -23,7 +23,8 @@ if cargo tree --locked -p receipts-sdk --no-default-features -e normal | grep -E
   echo "receipts-sdk --no-default-features still depends on a TLS crate (above)" >&2
   exit 1
 fi
-cargo check --locked -p receipts-sdk --no-default-features
+# (Compiling it that way costs ~3 min of a cold tonic build with other
+# features; the tree is the claim users care about.)
 
 step "the published crates package (receipts-proto, receipts-sdk: cargo publish --dry-run)"
 # --no-verify: the packaged sources are the ones every other step builds;

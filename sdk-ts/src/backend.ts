@@ -1,10 +1,10 @@
 // The messaging backend's client: conversations, membership and sent
 // messages, over ReceiptBackendService (a token with the `service` role).
-import { Code, createClient } from "@connectrpc/connect";
-import { unaryCaller, type RequestOptions } from "./client.js";
+import { Code } from "@connectrpc/connect";
+import type { Connection, ConnectionOptions } from "./connection.js";
 import { ReceiptsError } from "./errors.js";
-import { openConnection, type ConnectionOptions, type TransportFactory } from "./connection.js";
 import { ReceiptBackendService } from "./gen/receipts/v1/backend_pb.js";
+import { unary, type RequestOptions } from "./unary.js";
 
 /** Options of `createBackendClient` (`devUserId` is the backend's own id, sent with `x-receipts-role: service`). */
 export type BackendClientOptions = ConnectionOptions;
@@ -68,49 +68,41 @@ function int64(field: string, value: number): bigint {
 const members = (changes: MembershipChange[]) =>
   changes.map((m, i) => ({ userId: m.userId, fromSeq: int64(`members[${i}].from_seq`, m.fromSeq) }));
 
-/** @internal */
-export function backendClientFactory(defaultTransport: TransportFactory) {
-  return function createBackendClient(options: BackendClientOptions): BackendClient {
-    const connection = openConnection(options, "service", defaultTransport, "createBackendClient");
-    const rpc = createClient(ReceiptBackendService, connection.transport);
-    const call = unaryCaller(connection);
-    return {
-      async createConversation(conversationId, memberIds, o) {
-        const res = await call(o, (opts) => rpc.createConversation({ conversationId, memberIds }, opts));
-        return { created: res.created };
-      },
-      async addMembers(conversationId, changes, o) {
-        const res = await call(o, (opts) =>
-          rpc.addMembers({ conversationId, members: members(changes) }, opts),
-        );
-        return { added: Number(res.added), memberCount: Number(res.memberCount) };
-      },
-      async removeMembers(conversationId, changes, o) {
-        const res = await call(o, (opts) =>
-          rpc.removeMembers({ conversationId, members: members(changes) }, opts),
-        );
-        return { removed: Number(res.removed), memberCount: Number(res.memberCount) };
-      },
-      async registerMessages(messages, o) {
-        const res = await call(o, (opts) =>
-          rpc.registerMessages(
-            {
-              messages: messages.map((m, i) => ({
-                messageId: m.messageId,
-                conversationId: m.conversationId,
-                seq: int64(`messages[${i}].seq`, m.seq),
-                senderId: m.senderId,
-                sentAtMs: int64(
-                  `messages[${i}].sent_at_ms`,
-                  m.sentAt === undefined ? 0 : typeof m.sentAt === "number" ? m.sentAt : m.sentAt.getTime(),
-                ),
-              })),
-            },
-            opts,
-          ),
-        );
-        return { registered: Number(res.registered) };
-      },
-    };
+/** A backend client over `connection` (made with the `service` role). @internal */
+export function backendClient(connection: Connection): BackendClient {
+  const { method } = ReceiptBackendService;
+  return {
+    async createConversation(conversationId, memberIds, o) {
+      const res = await unary(connection, method.createConversation, { conversationId, memberIds }, o);
+      return { created: res.created };
+    },
+    async addMembers(conversationId, changes, o) {
+      const res = await unary(connection, method.addMembers, { conversationId, members: members(changes) }, o);
+      return { added: Number(res.added), memberCount: Number(res.memberCount) };
+    },
+    async removeMembers(conversationId, changes, o) {
+      const res = await unary(connection, method.removeMembers, { conversationId, members: members(changes) }, o);
+      return { removed: Number(res.removed), memberCount: Number(res.memberCount) };
+    },
+    async registerMessages(messages, o) {
+      const res = await unary(
+        connection,
+        method.registerMessages,
+        {
+          messages: messages.map((m, i) => ({
+            messageId: m.messageId,
+            conversationId: m.conversationId,
+            seq: int64(`messages[${i}].seq`, m.seq),
+            senderId: m.senderId,
+            sentAtMs: int64(
+              `messages[${i}].sent_at_ms`,
+              m.sentAt === undefined ? 0 : typeof m.sentAt === "number" ? m.sentAt : m.sentAt.getTime(),
+            ),
+          })),
+        },
+        o,
+      );
+      return { registered: Number(res.registered) };
+    },
   };
 }

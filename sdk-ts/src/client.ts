@@ -1,35 +1,34 @@
 // The user-facing client: typed methods over ReceiptService with plain ids,
 // numbers and Dates, plus the subscription, read marker and delivered batcher.
-import { createClient } from "@connectrpc/connect";
-import { openConnection, type Connection, type ConnectionOptions, type TransportFactory } from "./connection.js";
-import { createDeliveredBatcher, type DeliveredBatcher, type DeliveredBatcherOptions } from "./delivered-batcher.js";
-import { isConnectionFailure, ReceiptsError } from "./errors.js";
-import { ReceiptService } from "./gen/receipts/v1/receipts_pb.js";
-import { createReadMarker, type ReadMarker, type ReadMarkerOptions } from "./read-marker.js";
-import { openSubscription, type ReceiptSubscription, type SubscribeOptions } from "./subscription.js";
+// Each method is one of the standalone functions of src/calls.ts.
 import {
-  conversationReadResult,
-  conversationUnread,
-  deliveryResult,
-  messageReceipts,
-  type ConversationReadResult,
-  type ConversationUnread,
-  type DeliveryResult,
-  type MessageReceipts,
-  type PrivacySettings,
-  type ReadUpToResult,
+  deliveredBatcher,
+  getPrivacySettings,
+  getReceipts,
+  getUnreadCounts,
+  markConversationsRead,
+  markDelivered,
+  markReadUpTo,
+  readMarker,
+  subscribe,
+  updatePrivacySettings,
+} from "./calls.js";
+import type { Connection, ConnectionOptions } from "./connection.js";
+import type { DeliveredBatcher, DeliveredBatcherOptions } from "./delivered-batcher.js";
+import type { ReadMarker, ReadMarkerOptions } from "./read-marker.js";
+import type { ReceiptSubscription, SubscribeOptions } from "./subscription.js";
+import type {
+  ConversationReadResult,
+  ConversationUnread,
+  DeliveryResult,
+  MessageReceipts,
+  PrivacySettings,
+  ReadUpToResult,
 } from "./types.js";
+import type { RequestOptions } from "./unary.js";
 
 /** Options of `createReceiptsClient`. */
 export type ReceiptsClientOptions = ConnectionOptions;
-
-/** Per-call options of unary methods. */
-export interface RequestOptions {
-  /** Cancels the call (it rejects with CANCELED). */
-  signal?: AbortSignal;
-  /** Overrides the client's deadline for this call, in ms. */
-  timeoutMs?: number;
-}
 
 /**
  * A client of `ReceiptService` acting as one user. Cheap to keep for the
@@ -65,98 +64,21 @@ export interface ReceiptsClient {
   deliveredBatcher(options?: DeliveredBatcherOptions): DeliveredBatcher;
 }
 
-/** @internal */
-export function receiptsClientFactory(defaultTransport: TransportFactory) {
-  return function createReceiptsClient(options: ReceiptsClientOptions): ReceiptsClient {
-    const connection = openConnection(options, "user", defaultTransport, "createReceiptsClient");
-    const rpc = createClient(ReceiptService, connection.transport);
-    const call = unaryCaller(connection);
-    const client: ReceiptsClient = {
-      async markDelivered(messageIds, o) {
-        const res = await call(o, (opts) => rpc.markDelivered({ messageIds }, opts));
-        return res.results.map(deliveryResult);
-      },
-      async markReadUpTo(conversationId, messageId, o) {
-        const res = await call(o, (opts) => rpc.markReadUpTo({ conversationId, messageId }, opts));
-        return {
-          readUpToSeq: Number(res.readUpToSeq),
-          advanced: res.advanced,
-          unreadCount: Number(res.unreadCount),
-        };
-      },
-      async getReceipts(conversationId, messageIds, o) {
-        const includeRecipients = o?.includeRecipients ?? false;
-        const res = await call(o, (opts) =>
-          rpc.getReceipts({ conversationId, messageIds, includeRecipients }, opts),
-        );
-        return res.messages.map(messageReceipts);
-      },
-      subscribe(o) {
-        return openSubscription(rpc, connection, o);
-      },
-      async getUnreadCounts(conversationIds, o) {
-        const res = await call(o, (opts) => rpc.getUnreadCounts({ conversationIds }, opts));
-        return res.conversations.map(conversationUnread);
-      },
-      async markConversationsRead(conversationIds, o) {
-        const res = await call(o, (opts) => rpc.markConversationsRead({ conversationIds }, opts));
-        return res.results.map(conversationReadResult);
-      },
-      async getPrivacySettings(o) {
-        const res = await call(o, (opts) => rpc.getPrivacySettings({}, opts));
-        return { sendReadReceipts: res.settings?.sendReadReceipts ?? true };
-      },
-      async updatePrivacySettings(settings, o) {
-        const res = await call(o, (opts) =>
-          rpc.updatePrivacySettings({ settings: { sendReadReceipts: settings.sendReadReceipts } }, opts),
-        );
-        return { sendReadReceipts: res.settings?.sendReadReceipts ?? true };
-      },
-      readMarker(o) {
-        return createReadMarker((c, m) => client.markReadUpTo(c, m), o);
-      },
-      deliveredBatcher(o) {
-        return createDeliveredBatcher((ids) => client.markDelivered(ids), o);
-      },
-    };
-    return client;
-  };
-}
-
-/** What a unary call gets from the Connect client. */
-interface CallOpts {
-  headers: Headers;
-  signal: AbortSignal | undefined;
-  timeoutMs: number;
-}
-
 /**
- * Runs unary calls with fresh credentials and the deadline, and turns every
- * failure into a `ReceiptsError`.
- *
- * A call whose connection broke before the server answered is sent once more
- * at once: every method of both services is idempotent, and the usual cause is
- * a kept-alive HTTP/1.1 connection the server had already closed. @internal
+ * A client over `connection`: each method is the standalone function of the
+ * same name (src/calls.ts) bound to it. @internal
  */
-export function unaryCaller(connection: Connection) {
-  return async function call<T>(
-    options: RequestOptions | undefined,
-    run: (opts: CallOpts) => Promise<T>,
-  ): Promise<T> {
-    for (let attempt = 1; ; attempt++) {
-      try {
-        return await run({
-          headers: await connection.headers(),
-          signal: options?.signal,
-          timeoutMs: options?.timeoutMs ?? connection.timeoutMs,
-        });
-      } catch (e) {
-        const error = ReceiptsError.from(e);
-        if (attempt === 1 && isConnectionFailure(error) && options?.signal?.aborted !== true) {
-          continue;
-        }
-        throw error;
-      }
-    }
+export function receiptsClient(connection: Connection): ReceiptsClient {
+  return {
+    markDelivered: (messageIds, o) => markDelivered(connection, messageIds, o),
+    markReadUpTo: (conversationId, messageId, o) => markReadUpTo(connection, conversationId, messageId, o),
+    getReceipts: (conversationId, messageIds, o) => getReceipts(connection, conversationId, messageIds, o),
+    subscribe: (o) => subscribe(connection, o),
+    getUnreadCounts: (conversationIds, o) => getUnreadCounts(connection, conversationIds, o),
+    markConversationsRead: (conversationIds, o) => markConversationsRead(connection, conversationIds, o),
+    getPrivacySettings: (o) => getPrivacySettings(connection, o),
+    updatePrivacySettings: (settings, o) => updatePrivacySettings(connection, settings, o),
+    readMarker: (o) => readMarker(connection, o),
+    deliveredBatcher: (o) => deliveredBatcher(connection, o),
   };
 }

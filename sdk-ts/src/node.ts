@@ -5,11 +5,14 @@
 // body, and receiptd answers auth failures before reading the body and then
 // closes the connection, so the body write can fail with EPIPE and hide the
 // real status (see sdk-ts/README.md). src/index.ts is the same API for
-// browsers; keep both export lists identical (a test checks it).
+// browsers; everything but the factories comes from src/api.ts (a test checks
+// that the export lists are identical).
+import type { Transport } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-node";
-import { backendClientFactory } from "./backend.js";
-import { receiptsClientFactory } from "./client.js";
-import type { TransportFactory } from "./connection.js";
+import { backendClient, type BackendClient, type BackendClientOptions } from "./backend.js";
+import type { ReceiptsConnection } from "./calls.js";
+import { receiptsClient, type ReceiptsClient, type ReceiptsClientOptions } from "./client.js";
+import { openConnection, type ConnectionOptions, type TlsOptions } from "./connection.js";
 
 /** connect-node's options of `http2.connect()`. */
 type Http2Options = Extract<Parameters<typeof createGrpcWebTransport>[0], { httpVersion: "2" }>["nodeOptions"];
@@ -18,7 +21,7 @@ type Http2Options = Extract<Parameters<typeof createGrpcWebTransport>[0], { http
 // context's ca, cert and key, and the servername. They pass as they are: Node
 // takes PEM text or any Uint8Array where its types say Buffer (and the build
 // keeps Node's types out of src/, so there is no Buffer to convert to).
-const nodeTransport: TransportFactory = (baseUrl, tls, caller) => {
+function nodeTransport(baseUrl: string, tls: TlsOptions | undefined, caller: string): Transport {
   if (tls === undefined) {
     return createGrpcWebTransport({ baseUrl, httpVersion: "2" });
   }
@@ -33,7 +36,7 @@ const nodeTransport: TransportFactory = (baseUrl, tls, caller) => {
     ...(servername !== undefined && { servername }),
   } as Http2Options;
   return createGrpcWebTransport({ baseUrl, httpVersion: "2", nodeOptions });
-};
+}
 
 /**
  * Creates a client acting as one user.
@@ -43,7 +46,23 @@ const nodeTransport: TransportFactory = (baseUrl, tls, caller) => {
  * await client.markReadUpTo(conversationId, messageId);
  * ```
  */
-export const createReceiptsClient = receiptsClientFactory(nodeTransport);
+export function createReceiptsClient(options: ReceiptsClientOptions): ReceiptsClient {
+  return receiptsClient(openConnection(options, "user", nodeTransport, "createReceiptsClient"));
+}
+
+/**
+ * The connection of one user, for the standalone functions (`markDelivered`,
+ * `markReadUpTo`, …: every method of `ReceiptsClient`, taking the connection
+ * first). A page that imports only the functions it calls ships only those.
+ *
+ * ```ts
+ * const connection = createReceiptsConnection({ baseUrl, token: getJwt });
+ * await markDelivered(connection, [messageId]);
+ * ```
+ */
+export function createReceiptsConnection(options: ConnectionOptions): ReceiptsConnection {
+  return openConnection(options, "user", nodeTransport, "createReceiptsConnection");
+}
 
 /**
  * Creates a client of the messaging backend (a token with the `service` role).
@@ -53,42 +72,8 @@ export const createReceiptsClient = receiptsClientFactory(nodeTransport);
  * await backend.registerMessages([{ messageId, conversationId, seq: 1, senderId }]);
  * ```
  */
-export const createBackendClient = backendClientFactory(nodeTransport);
+export function createBackendClient(options: BackendClientOptions): BackendClient {
+  return backendClient(openConnection(options, "service", nodeTransport, "createBackendClient"));
+}
 
-export { ReceiptsError } from "./errors.js";
-export { applyRange } from "./types.js";
-export { createReceiptState } from "./state.js";
-export type { ReceiptState } from "./state.js";
-export { Code } from "@connectrpc/connect";
-export { ReceiptService } from "./gen/receipts/v1/receipts_pb.js";
-export { ReceiptBackendService } from "./gen/receipts/v1/backend_pb.js";
-export type { Transport } from "@connectrpc/connect";
-export type { BackendClient, BackendClientOptions, MembershipChange, MessageRegistration } from "./backend.js";
-export type { ReceiptsClient, ReceiptsClientOptions, RequestOptions } from "./client.js";
-export type { ConnectionOptions, TlsOptions, TraceContext } from "./connection.js";
-export type { DeliveredBatcher, DeliveredBatcherOptions } from "./delivered-batcher.js";
-export type { ReadMark, ReadMarker, ReadMarkerOptions } from "./read-marker.js";
-export type { ReceiptSubscription, ReconnectOptions, SubscribeOptions } from "./subscription.js";
-export type {
-  ConversationOutcome,
-  ConversationReadResult,
-  ConversationUnread,
-  DeliveryOutcome,
-  DeliveryResult,
-  LiveEvent,
-  MessageReceipts,
-  PrivacySettings,
-  ReadUpToResult,
-  ReceiptEvent,
-  ReceiptRange,
-  ReceiptsEvent,
-  ReceiptsSnapshot,
-  RecipientReceipt,
-  RecipientState,
-  ReconnectingEvent,
-  ResetEvent,
-  ResetReason,
-  Tick,
-  Watermark,
-  WatermarkEvent,
-} from "./types.js";
+export * from "./api.js";

@@ -1,10 +1,10 @@
 // A receipt stream that survives disconnects: it reconnects with exponential
 // backoff and jitter and resumes from the last cursor it yielded, so the
 // server replays exactly what was missed (no gap, no duplicate).
-import { Code, type Client } from "@connectrpc/connect";
+import { Code, createClient } from "@connectrpc/connect";
 import type { Connection } from "./connection.js";
 import { ReceiptsError } from "./errors.js";
-import type { ReceiptService } from "./gen/receipts/v1/receipts_pb.js";
+import { ReceiptService } from "./gen/receipts/v1/receipts_pb.js";
 import { receiptEvent, type ReceiptEvent } from "./types.js";
 
 /** How a subscription retries after losing its stream. */
@@ -50,14 +50,9 @@ export interface ReceiptSubscription extends AsyncIterable<ReceiptEvent> {
   close(): void;
 }
 
-type Rpc = Client<typeof ReceiptService>;
-
 /** @internal */
-export function openSubscription(
-  rpc: Rpc,
-  connection: Connection,
-  options: SubscribeOptions = {},
-): ReceiptSubscription {
+export function openSubscription(connection: Connection, options: SubscribeOptions = {}): ReceiptSubscription {
+  const rpc = createClient(ReceiptService, connection.transport);
   const initialDelayMs = options.reconnect?.initialDelayMs ?? 250;
   const maxDelayMs = options.reconnect?.maxDelayMs ?? 15_000;
   const maxAttempts = options.reconnect?.maxAttempts ?? Number.POSITIVE_INFINITY;

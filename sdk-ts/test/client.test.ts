@@ -1,6 +1,15 @@
 // Every method of both clients against a real receiptd, with domain types out.
 import { describe, expect, it, vi } from "vitest";
-import { createBackendClient, createReceiptsClient } from "../src/node.js";
+import {
+  createBackendClient,
+  createReceiptsClient,
+  createReceiptsConnection,
+  getReceipts,
+  getUnreadCounts,
+  markDelivered,
+  markReadUpTo,
+  subscribe,
+} from "../src/node.js";
 import { mintToken } from "./receiptd.js";
 import { backend, baseUrl, chat, uuid } from "./world.js";
 
@@ -105,6 +114,48 @@ describe("ReceiptService", () => {
     await reader.markReadUpTo(c.conversationId, m!.id);
     const [seen] = await c.clients[0]!.getReceipts(c.conversationId, [m!.id]);
     expect([seen!.tick, seen!.readCount, seen!.deliveredCount]).toEqual(["delivered", 0, 1]);
+  });
+});
+
+describe("standalone functions", () => {
+  it("markDelivered, markReadUpTo and getReceipts of a connection act as the client's methods", async () => {
+    const c = await chat(2);
+    const [m1, m2] = await c.send(2);
+    const [sender, reader] = c.users.map((id) =>
+      createReceiptsConnection({ baseUrl: baseUrl(), token: mintToken(id, "user") }),
+    );
+    const delivered = await markDelivered(reader!, [m1!.id]);
+    expect(delivered.map((r) => r.outcome)).toEqual(["recorded"]);
+    expect(await markReadUpTo(reader!, c.conversationId, m2!.id)).toEqual({
+      readUpToSeq: 2,
+      advanced: true,
+      unreadCount: 0,
+    });
+    expect((await getUnreadCounts(reader!, [c.conversationId]))[0]!.unreadCount).toBe(0);
+    const states = await getReceipts(sender!, c.conversationId, [m1!.id, m2!.id]);
+    expect(states.map((m) => m.tick)).toEqual(["read", "read"]);
+    // The same calls through the client agree.
+    expect(await c.clients[0]!.getReceipts(c.conversationId, [m1!.id, m2!.id])).toEqual(states);
+  });
+
+  it("subscribe(connection) streams the caller's receipts", async () => {
+    const c = await chat(2);
+    const connection = createReceiptsConnection({ baseUrl: baseUrl(), token: mintToken(c.users[0]!, "user") });
+    const sub = subscribe(connection);
+    const events = sub[Symbol.asyncIterator]();
+    expect((await events.next()).value).toMatchObject({ type: "live" });
+    const [m] = await c.send(1);
+    await c.clients[1]!.markDelivered([m!.id]);
+    const next = (await events.next()).value as { type: string; messages: { messageId: string; tick: string }[] };
+    expect(next.type).toBe("receipts");
+    expect(next.messages.map((x) => [x.messageId, x.tick])).toEqual([[m!.id, "delivered"]]);
+    sub.close();
+  });
+
+  it("createReceiptsConnection checks its options like createReceiptsClient", () => {
+    expect(() => createReceiptsConnection({ baseUrl: baseUrl() })).toThrow(
+      /^createReceiptsConnection: pass exactly one of `token` and `devUserId`/,
+    );
   });
 });
 

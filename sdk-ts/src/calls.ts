@@ -1,0 +1,134 @@
+// ReceiptService's calls as standalone functions of a connection. Each is
+// the one implementation of its call: `ReceiptsClient`'s methods delegate to
+// them, and a page that imports only `markDelivered` ships only what that
+// needs (no subscription, receipt state or read marker).
+import type { Connection } from "./connection.js";
+import { createDeliveredBatcher, type DeliveredBatcher, type DeliveredBatcherOptions } from "./delivered-batcher.js";
+import { ReceiptService } from "./gen/receipts/v1/receipts_pb.js";
+import { createReadMarker, type ReadMarker, type ReadMarkerOptions } from "./read-marker.js";
+import { openSubscription, type ReceiptSubscription, type SubscribeOptions } from "./subscription.js";
+import {
+  conversationReadResult,
+  conversationUnread,
+  deliveryResult,
+  messageReceipts,
+  type ConversationReadResult,
+  type ConversationUnread,
+  type DeliveryResult,
+  type MessageReceipts,
+  type PrivacySettings,
+  type ReadUpToResult,
+} from "./types.js";
+import { unary, type RequestOptions } from "./unary.js";
+
+/**
+ * Where calls go and who makes them (the transport, credentials, trace
+ * context and deadline), from `createReceiptsConnection`: the first argument
+ * of the standalone functions (`markDelivered(connection, ids)`, …). Its
+ * members are internal.
+ */
+export type ReceiptsConnection = Connection;
+
+/** Acknowledges that one of the caller's devices has these messages (≤ 1000 ids); one result per distinct id, in order. */
+export async function markDelivered(
+  connection: ReceiptsConnection,
+  messageIds: string[],
+  options?: RequestOptions,
+): Promise<DeliveryResult[]> {
+  const res = await unary(connection, ReceiptService.method.markDelivered, { messageIds }, options);
+  return res.results.map(deliveryResult);
+}
+
+/** Moves the caller's read watermark in a conversation up to a message (one write however many messages it covers). */
+export async function markReadUpTo(
+  connection: ReceiptsConnection,
+  conversationId: string,
+  messageId: string,
+  options?: RequestOptions,
+): Promise<ReadUpToResult> {
+  const res = await unary(connection, ReceiptService.method.markReadUpTo, { conversationId, messageId }, options);
+  return {
+    readUpToSeq: Number(res.readUpToSeq),
+    advanced: res.advanced,
+    unreadCount: Number(res.unreadCount),
+  };
+}
+
+/** The receipt state of up to 100 messages of one conversation, as the caller may see it. */
+export async function getReceipts(
+  connection: ReceiptsConnection,
+  conversationId: string,
+  messageIds: string[],
+  options?: RequestOptions & { includeRecipients?: boolean },
+): Promise<MessageReceipts[]> {
+  const includeRecipients = options?.includeRecipients ?? false;
+  const res = await unary(
+    connection,
+    ReceiptService.method.getReceipts,
+    { conversationId, messageIds, includeRecipients },
+    options,
+  );
+  return res.messages.map(messageReceipts);
+}
+
+/**
+ * The caller's receipt stream: changes to messages it sent, and its own
+ * watermark moves. Reconnects by itself and resumes from its last cursor.
+ */
+export function subscribe(connection: ReceiptsConnection, options?: SubscribeOptions): ReceiptSubscription {
+  return openSubscription(connection, options);
+}
+
+/** Unread badges for up to 500 conversations, one per distinct id, in order. */
+export async function getUnreadCounts(
+  connection: ReceiptsConnection,
+  conversationIds: string[],
+  options?: RequestOptions,
+): Promise<ConversationUnread[]> {
+  const res = await unary(connection, ReceiptService.method.getUnreadCounts, { conversationIds }, options);
+  return res.conversations.map(conversationUnread);
+}
+
+/** Marks up to 500 conversations read up to their latest message, with a result each. */
+export async function markConversationsRead(
+  connection: ReceiptsConnection,
+  conversationIds: string[],
+  options?: RequestOptions,
+): Promise<ConversationReadResult[]> {
+  const res = await unary(connection, ReceiptService.method.markConversationsRead, { conversationIds }, options);
+  return res.results.map(conversationReadResult);
+}
+
+/** The caller's privacy settings. */
+export async function getPrivacySettings(
+  connection: ReceiptsConnection,
+  options?: RequestOptions,
+): Promise<PrivacySettings> {
+  const res = await unary(connection, ReceiptService.method.getPrivacySettings, {}, options);
+  return { sendReadReceipts: res.settings?.sendReadReceipts ?? true };
+}
+
+/** Replaces the caller's privacy settings; turning read receipts off takes effect at once. */
+export async function updatePrivacySettings(
+  connection: ReceiptsConnection,
+  settings: PrivacySettings,
+  options?: RequestOptions,
+): Promise<PrivacySettings> {
+  const res = await unary(
+    connection,
+    ReceiptService.method.updatePrivacySettings,
+    { settings: { sendReadReceipts: settings.sendReadReceipts } },
+    options,
+  );
+  return { sendReadReceipts: res.settings?.sendReadReceipts ?? true };
+}
+
+/** A debounced read marker: at most one MarkReadUpTo per conversation per interval, with the highest mark. */
+export function readMarker(connection: ReceiptsConnection, options?: ReadMarkerOptions): ReadMarker {
+  return createReadMarker((c, m) => markReadUpTo(connection, c, m), options);
+}
+
+/** A delivered batcher: MarkDelivered calls bounded in size and delay. */
+export function deliveredBatcher(connection: ReceiptsConnection, options?: DeliveredBatcherOptions): DeliveredBatcher {
+  return createDeliveredBatcher((ids) => markDelivered(connection, ids), options);
+}

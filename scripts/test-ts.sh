@@ -93,6 +93,11 @@ node --input-type=module -e '
   }
   console.log("@receipts/sdk resolves to dist/ and exports its API");'
 
+step "bundle size: a page that only marks delivered ships less than the whole client"
+# Fails unless tree-shaking leaves the subscription, receipt state and read
+# marker out of a page that imports only markDelivered (sdk-ts/README.md, "Bundle size").
+node scripts/bundle-size.mjs
+
 step "npm pack: what publishing would ship"
 npm pack --dry-run --json 2>/dev/null > "$SCRATCH/pack.json"
 node -e '

@@ -14,14 +14,24 @@ import {
   type MessageReceipts,
   type ReadMarker,
   type ReceiptsClient,
-  type Tick,
+  type ReconnectOptions,
 } from "@receipts/sdk";
+import { LABELS, tickIcon, type RowState } from "./ticks";
 import { uuidv7 } from "./uuid";
 
+/** Where `receiptd --dev-mode` listens when given no `--listen` (gRPC-web is served on that port). */
+const DEFAULT_SERVER = "http://127.0.0.1:50051";
+
+// An empty `?server=` or VITE_RECEIPTS_URL means "not set".
 const baseUrl =
-  new URLSearchParams(location.search).get("server") ??
-  import.meta.env.VITE_RECEIPTS_URL ??
-  "http://127.0.0.1:50051";
+  new URLSearchParams(location.search).get("server") || import.meta.env.VITE_RECEIPTS_URL || DEFAULT_SERVER;
+
+/** Streams come back within 2 s of the server: the SDK's default waits up to 15 s between attempts. */
+const reconnect: ReconnectOptions = { maxDelayMs: 2000 };
+
+/** A send that cannot reach the server is tried this many times, waiting 0.5 s, 1 s, 2 s between, then shown as failed. */
+const SEND_ATTEMPTS = 4;
+const SEND_TIMEOUT_MS = 5000;
 
 interface Person {
   name: string;
@@ -45,7 +55,7 @@ interface Sent {
 
 const person = (name: string): Person => {
   const id = crypto.randomUUID();
-  return { name, id, client: createReceiptsClient({ baseUrl, devUserId: id }) };
+  return { name, id, client: createReceiptsClient({ baseUrl, devUserId: id, timeoutMs: SEND_TIMEOUT_MS }) };
 };
 
 /** Creates an element with attributes and children. */
@@ -64,11 +74,32 @@ function el<K extends keyof HTMLElementTagNameMap>(
 
 const describe = (e: unknown) => (e instanceof Error ? e.message : String(e));
 
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * Runs `call`, retrying a failure that retrying may fix (server unavailable,
+ * connection refused) up to SEND_ATTEMPTS times in all, with a doubling
+ * delay; `onRetry` hears each retry. Safe because every Receipts write is
+ * idempotent. Other failures, and the last one, reject.
+ */
+async function withRetries<T>(call: () => Promise<T>, onRetry: (attempt: number, e: ReceiptsError) => void): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await call();
+    } catch (e) {
+      const error = ReceiptsError.from(e);
+      if (!error.retryable || attempt === SEND_ATTEMPTS) throw error;
+      onRetry(attempt + 1, error);
+      await sleep(500 * 2 ** (attempt - 1));
+    }
+  }
+}
+
 /** Alice's pane: one thread per conversation, with her messages' ticks, live. */
 class SenderPane {
   readonly root = el("section", { class: "pane", id: "sender" });
   private readonly status = el("span", { class: "status", "data-status": "connecting" }, "connecting…");
-  private readonly error = el("p", { class: "error" });
+  private readonly error = el("p", { class: "error", role: "alert" });
   private readonly lists = new Map<string, HTMLOListElement>();
   private readonly rows = new Map<string, HTMLLIElement>();
   private readonly groups = new Set<string>();
@@ -78,7 +109,7 @@ class SenderPane {
   constructor(
     private readonly me: Person,
     conversations: Conversation[],
-    onSend: (c: Conversation, text: string) => Promise<void>,
+    private readonly onSend: (c: Conversation, m: Sent) => Promise<void>,
   ) {
     this.root.append(el("h2", {}, `${me.name} (sender)`, this.status));
     this.state.onChange((changed) => {
@@ -101,7 +132,9 @@ class SenderPane {
         const text = input.value.trim();
         if (text !== "") {
           input.value = "";
-          onSend(c, text).catch((e: unknown) => this.fail(e));
+          const m: Sent = { id: uuidv7(), seq: ++c.lastSeq, text };
+          this.add(c, m);
+          void this.send(c, m);
         }
       });
       const others = c.members.filter((m) => m !== me).map((m) => m.name);
@@ -118,12 +151,40 @@ class SenderPane {
     this.root.append(this.error);
   }
 
-  /** Shows a message being sent (no tick until the backend registered it). */
-  add(c: Conversation, m: Sent): void {
-    const row = el("li", { "data-message-id": m.id, "data-tick": "pending" }, m.text);
-    row.append(el("span", { class: "meta" }, el("span", { class: "tick" }, "🕓")));
+  /** Shows a message being sent: a clock until the backend registered it. */
+  private add(c: Conversation, m: Sent): void {
+    const row = el("li", { "data-message-id": m.id }, el("span", { class: "text" }, m.text));
+    row.append(el("span", { class: "meta" }, el("span", { class: "tick" }), el("span", { class: "tick-label" })));
     this.rows.set(m.id, row);
     this.lists.get(c.id)!.append(row);
+    this.paint(row, "pending");
+  }
+
+  /**
+   * Sends (registers, then hands to the recipients) with bounded retries
+   * while the server is unreachable; after the last attempt the row says it
+   * was not sent and offers to try again (same id and seq: idempotent).
+   */
+  private async send(c: Conversation, m: Sent): Promise<void> {
+    const row = this.rows.get(m.id)!;
+    row.querySelector(".retry")?.remove();
+    this.paint(row, "pending");
+    try {
+      await withRetries(
+        () => this.onSend(c, m),
+        (attempt, e) => {
+          this.paint(row, "pending", `retrying (${attempt}/${SEND_ATTEMPTS})…`);
+          this.fail(`Sending "${m.text}": ${describe(e)}; trying again (${attempt}/${SEND_ATTEMPTS})…`);
+        },
+      );
+    } catch (e) {
+      this.paint(row, "failed");
+      const retry = el("button", { class: "retry", type: "button" }, "Retry");
+      retry.addEventListener("click", () => void this.send(c, m));
+      row.querySelector(".meta")!.append(retry);
+      const tries = e instanceof ReceiptsError && e.retryable ? ` after ${SEND_ATTEMPTS} attempts` : "";
+      this.fail(`"${m.text}" was not sent${tries}: ${describe(e)}`);
+    }
   }
 
   /**
@@ -132,23 +193,19 @@ class SenderPane {
    */
   async registered(c: Conversation, m: Sent): Promise<void> {
     const row = this.rows.get(m.id);
-    if (row?.dataset["tick"] === "pending") {
-      this.paintTick(row, "sent");
+    if (row?.dataset["tick"] === "pending" || row?.dataset["tick"] === "failed") {
+      this.paint(row, "sent");
     }
-    try {
-      this.state.track(await this.me.client.getReceipts(c.id, [m.id]));
-    } catch (e) {
-      this.fail(e);
-    }
+    this.state.track(await this.me.client.getReceipts(c.id, [m.id]));
   }
 
   /** Paints a message's state (from the receipt state). */
-  apply(state: MessageReceipts): void {
+  private apply(state: MessageReceipts): void {
     const row = this.rows.get(state.messageId);
     if (row === undefined) {
       return; // sent before this page was opened
     }
-    this.paintTick(row, state.tick);
+    this.paint(row, state.tick);
     if (this.groups.has(state.conversationId)) {
       const meta = row.querySelector(".meta")!;
       const count =
@@ -158,14 +215,15 @@ class SenderPane {
     }
   }
 
-  private paintTick(row: HTMLLIElement, tick: Tick): void {
-    const span = row.querySelector<HTMLElement>(".tick")!;
-    row.dataset["tick"] = tick;
-    span.textContent = tick === "sent" ? "✓" : "✓✓";
-    span.classList.toggle("tick-read", tick === "read");
+  private paint(row: HTMLLIElement, state: RowState, label = LABELS[state]): void {
+    row.dataset["tick"] = state;
+    const tick = row.querySelector<HTMLElement>(".tick")!;
+    tick.replaceChildren(tickIcon(state));
+    tick.setAttribute("aria-label", LABELS[state]);
+    row.querySelector(".tick-label")!.textContent = label;
   }
 
-  setStatus(status: "live" | "reconnecting" | "connecting", text: string): void {
+  private setStatus(status: "live" | "reconnecting" | "connecting", text: string): void {
     this.status.dataset["status"] = status;
     this.status.textContent = text;
   }
@@ -177,15 +235,17 @@ class SenderPane {
   /**
    * Follows the sender's receipts for as long as the page lives: every event
    * goes to the receipt state (ranges, resets and all), which repaints the
-   * rows that changed; the stream's own status is shown here.
+   * rows that changed; the stream's own status is shown here, and an error
+   * shown earlier goes once the stream is live again.
    */
   async follow(): Promise<void> {
     try {
-      for await (const event of this.me.client.subscribe({ acceptRanges: true })) {
+      for await (const event of this.me.client.subscribe({ acceptRanges: true, reconnect })) {
         this.state.apply(event);
         switch (event.type) {
           case "live":
             this.setStatus("live", "live");
+            this.error.textContent = "";
             break;
           case "reconnecting":
             this.setStatus("reconnecting", `reconnecting (attempt ${event.attempt})…`);
@@ -201,40 +261,74 @@ class SenderPane {
   }
 }
 
-/** A recipient's device: shows what it received, acknowledges it, marks it read. */
+/**
+ * A recipient's device: shows what it received and what its user has read,
+ * acknowledges delivery, and marks read. With "Device offline" ticked its
+ * receipts client sends nothing (the sender's message stays at one tick);
+ * unticking sends what was held: delivered first, then the read position.
+ */
 class RecipientPane {
   readonly root: HTMLElement;
   private readonly list = el("ol", { class: "messages incoming" });
   private readonly unread = el("span", { class: "unread" });
-  private readonly error = el("p", { class: "error" });
+  private readonly status = el("p", { class: "device" });
+  private readonly error = el("p", { class: "error", role: "alert" });
   private readonly delivered: DeliveredBatcher;
   private readonly reads: ReadMarker;
+  /** This user's read positions as the server confirmed them (from any device), via its stream. */
+  private readonly state = createReceiptState();
   /** The newest message received per conversation. */
   private readonly newest = new Map<string, Sent>();
+  /** Where this device's user has read up to, per conversation (ahead of the server while offline). */
+  private readonly readSeq = new Map<string, number>();
+  private readonly rows: { conversationId: string; seq: number; row: HTMLLIElement }[] = [];
+  /** Received while offline: acknowledged when back online. */
+  private heldDeliveries: string[] = [];
+  private offline = false;
 
   constructor(private readonly me: Person) {
     this.delivered = me.client.deliveredBatcher({ maxDelayMs: 100, onError: (e) => this.fail(e) });
-    this.reads = me.client.readMarker({ onError: (e) => this.fail(e) });
+    this.reads = me.client.readMarker({ intervalMs: 250, onError: (e) => this.fail(e) });
     const read = el("button", { class: "primary", type: "button" }, "Mark read");
     read.addEventListener("click", () => this.markRead());
+    const toggle = el("input", { type: "checkbox", name: "offline" });
+    toggle.addEventListener("change", () => void this.setOffline(toggle.checked));
     this.root = el(
       "section",
-      { class: "pane", id: me.name.toLowerCase() },
+      { class: "pane", id: me.name.toLowerCase(), "data-device": "online" },
       el("h2", {}, me.name, this.unread),
+      el("label", { class: "offline-toggle" }, toggle, "Device offline"),
+      this.status,
       this.list,
       read,
       this.error,
     );
     this.root.dataset["user"] = me.name;
+    this.state.onChange(() => this.paintReads());
+    this.showDevice();
   }
 
-  /** The messaging backend hands this device a message: show it and acknowledge it. */
+  /** The messaging backend hands this device a message: show it, and acknowledge it unless offline. */
   receive(c: Conversation, from: Person, m: Sent): void {
     const where = c.members.length > 2 ? `${c.title} · ${from.name}` : from.name;
-    this.list.append(el("li", {}, el("span", { class: "conv" }, where), m.text));
+    const row = el(
+      "li",
+      { "data-message-id": m.id },
+      el("span", { class: "conv" }, where),
+      el("span", { class: "text" }, m.text),
+      el("span", { class: "read-state" }),
+    );
+    this.rows.push({ conversationId: c.id, seq: m.seq, row });
+    this.list.append(row);
     const last = this.newest.get(c.id);
     if (last === undefined || last.seq < m.seq) {
       this.newest.set(c.id, m);
+    }
+    this.paintReads();
+    if (this.offline) {
+      this.heldDeliveries.push(m.id);
+      this.showDevice();
+      return;
     }
     this.delivered.add(m.id);
     void this.refreshUnread();
@@ -243,8 +337,66 @@ class RecipientPane {
   /** The user has seen everything on screen: read up to the newest message of each conversation. */
   private markRead(): void {
     for (const [conversationId, m] of this.newest) {
-      this.reads.mark(conversationId, m.id, m.seq);
+      this.readSeq.set(conversationId, Math.max(this.readSeq.get(conversationId) ?? 0, m.seq));
+      if (!this.offline) {
+        this.reads.mark(conversationId, m.id, m.seq);
+      }
     }
+    this.paintReads();
+    this.showDevice();
+  }
+
+  private async setOffline(offline: boolean): Promise<void> {
+    this.offline = offline;
+    this.root.dataset["device"] = offline ? "offline" : "online";
+    this.showDevice();
+    if (offline) {
+      return;
+    }
+    // Back online: what it received is delivered, then what its user read is read.
+    try {
+      const held = this.heldDeliveries.splice(0);
+      if (held.length > 0) {
+        this.delivered.add(...held);
+        await this.delivered.flush();
+      }
+      for (const [conversationId, m] of this.newest) {
+        const seq = this.readSeq.get(conversationId) ?? 0;
+        if (seq >= m.seq) this.reads.mark(conversationId, m.id, m.seq);
+      }
+      await this.reads.flush();
+      await this.refreshUnread();
+    } catch (e) {
+      this.fail(e);
+    } finally {
+      this.showDevice();
+    }
+  }
+
+  /** Marks each row read or unread: read up to the user's own position or the server's, whichever is further. */
+  private paintReads(): void {
+    for (const { conversationId, seq, row } of this.rows) {
+      const upTo = Math.max(this.readSeq.get(conversationId) ?? 0, this.state.watermark(conversationId)?.readUpToSeq ?? 0);
+      const read = seq <= upTo;
+      row.dataset["read"] = String(read);
+      row.querySelector(".read-state")!.textContent = read ? "read" : "new";
+    }
+  }
+
+  /** Says whether the device is online, and what it holds back while offline. */
+  private showDevice(): void {
+    if (!this.offline) {
+      this.status.textContent = "Online: acknowledges what arrives, marks what you read";
+      return;
+    }
+    const unsentReads = [...this.newest.keys()].some(
+      (c) => (this.readSeq.get(c) ?? 0) > (this.state.watermark(c)?.readUpToSeq ?? 0),
+    );
+    const held = [
+      `${this.heldDeliveries.length} delivery receipt${this.heldDeliveries.length === 1 ? "" : "s"}`,
+      ...(unsentReads ? ["your read position"] : []),
+    ];
+    this.status.textContent = `Offline: holding ${held.join(" and ")}`;
   }
 
   private async refreshUnread(): Promise<void> {
@@ -260,11 +412,18 @@ class RecipientPane {
     this.unread.textContent = n === 0 ? "" : `${n} unread`;
   }
 
-  /** Keeps the unread badge in step with this user's read position, from any device. */
+  /**
+   * Follows this user's stream: its read positions (from any device) go to
+   * the receipt state, which repaints the rows, and the unread badge
+   * follows; an error shown earlier goes once the stream is live again.
+   */
   async follow(): Promise<void> {
     try {
-      for await (const event of this.me.client.subscribe()) {
-        if (event.type === "watermark") {
+      for await (const event of this.me.client.subscribe({ reconnect })) {
+        this.state.apply(event);
+        if (event.type === "live") {
+          this.error.textContent = "";
+        } else if (event.type === "watermark" && !this.offline) {
           await this.refreshUnread();
         }
       }
@@ -280,9 +439,14 @@ class RecipientPane {
 
 async function main(): Promise<void> {
   document.querySelector("#server")!.textContent = `Server: ${baseUrl}`;
+  document.querySelector("#legend")!.replaceChildren(
+    ...(["sent", "delivered", "read"] as const).map((t) =>
+      el("span", { class: `legend-item`, "data-tick": t }, el("span", { class: "tick" }, tickIcon(t)), LABELS[t]),
+    ),
+  );
   const app = document.querySelector<HTMLElement>("#app")!;
   const [alice, bob, carol, dave] = ["Alice", "Bob", "Carol", "Dave"].map(person) as [Person, Person, Person, Person];
-  const backend = createBackendClient({ baseUrl, devUserId: crypto.randomUUID() });
+  const backend = createBackendClient({ baseUrl, devUserId: crypto.randomUUID(), timeoutMs: SEND_TIMEOUT_MS });
   const conversations: Conversation[] = [
     { id: crypto.randomUUID(), title: "Bob", members: [alice, bob], lastSeq: 0 },
     { id: crypto.randomUUID(), title: "Team", members: [alice, bob, carol, dave], lastSeq: 0 },
@@ -290,9 +454,7 @@ async function main(): Promise<void> {
   await Promise.all(conversations.map((c) => backend.createConversation(c.id, c.members.map((m) => m.id))));
 
   const recipients = new Map([bob, carol, dave].map((p) => [p.id, new RecipientPane(p)]));
-  const sender = new SenderPane(alice, conversations, async (c, text) => {
-    const m: Sent = { id: uuidv7(), seq: ++c.lastSeq, text };
-    sender.add(c, m);
+  const sender = new SenderPane(alice, conversations, async (c, m) => {
     await backend.registerMessages([{ messageId: m.id, conversationId: c.id, seq: m.seq, senderId: alice.id }]);
     // Held by the receipt state before any recipient can acknowledge it.
     await sender.registered(c, m);
@@ -310,7 +472,7 @@ async function main(): Promise<void> {
 main().catch((e: unknown) => {
   const hint =
     e instanceof ReceiptsError && e.retryable
-      ? `\nIs receiptd running there in dev mode? cargo run --bin receiptd -- --dev-mode`
+      ? `\nIs receiptd running there in dev mode? \`cargo run --bin receiptd -- --dev-mode\` serves ${DEFAULT_SERVER}; for another server, open this page with ?server=<its URL>.`
       : "";
   document.querySelector("#app")!.replaceChildren(
     el("p", { class: "error", id: "boot" }, `Cannot start the demo against ${baseUrl}: ${describe(e)}${hint}`),

@@ -46,6 +46,11 @@ pub enum Command {
     /// each value's source in a comment), then check it: exit 0 if valid,
     /// 64 with the reason otherwise.
     Config,
+    /// Ask a running receiptd (by default this configuration's `--listen`,
+    /// with TLS when `--tls-cert` is set) whether it is serving, over
+    /// grpc.health.v1: exit 0 if SERVING, 1 otherwise (for container health
+    /// checks and `exec` probes).
+    Health(crate::probe::HealthArgs),
 }
 
 /// `receiptd token` arguments.

@@ -27,6 +27,7 @@ pub mod error;
 pub mod fanout;
 pub mod layers;
 pub mod metrics;
+pub mod probe;
 pub mod store;
 pub mod telemetry;
 pub mod tls;

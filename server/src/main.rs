@@ -37,6 +37,19 @@ async fn main() -> ExitCode {
             }
         };
     }
+    if let Some(Command::Health(args)) = &cli.command {
+        return match receipts_server::probe::check(args, &cli.serve).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e @ receipts_server::probe::ProbeError::Unhealthy(_)) => {
+                eprintln!("receiptd health: {e}");
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("receiptd health: {e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        };
+    }
     if let Some(Command::Token(args)) = &cli.command {
         let Some(secret) = &cli.serve.jwt_secret else {
             eprintln!("receiptd token: --jwt-secret (or RECEIPTS_JWT_SECRET) is required");

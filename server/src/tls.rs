@@ -60,7 +60,15 @@ fn fail(flag: &'static str, path: &Path, reason: impl std::fmt::Display) -> TlsE
     }
 }
 
-fn certs(flag: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+impl TlsError {
+    /// `flag`'s file `path` is at fault, for `reason`.
+    pub fn new(flag: &'static str, path: &Path, reason: impl std::fmt::Display) -> Self {
+        fail(flag, path, reason)
+    }
+}
+
+/// The certificates of a PEM file (at least one).
+pub fn certs(flag: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| fail(flag, path, pem_reason(e)))?
         .collect::<Result<Vec<_>, _>>()
@@ -69,6 +77,11 @@ fn certs(flag: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>
         return Err(fail(flag, path, "holds no PEM certificate"));
     }
     Ok(certs)
+}
+
+/// The private key of a PEM file (PKCS#8, PKCS#1 or SEC1).
+pub fn private_key(flag: &'static str, path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| fail(flag, path, pem_reason(e)))
 }
 
 fn pem_reason(e: rustls::pki_types::pem::Error) -> String {
@@ -97,7 +110,7 @@ pub fn read_pem(flag: &'static str, path: &Path, kind: Pem) -> Result<Vec<u8>, T
             certs(flag, path)?;
         }
         Pem::PrivateKey => {
-            PrivateKeyDer::from_pem_file(path).map_err(|e| fail(flag, path, pem_reason(e)))?;
+            private_key(flag, path)?;
         }
     }
     std::fs::read(path).map_err(|e| fail(flag, path, e))
@@ -108,8 +121,7 @@ pub fn read_pem(flag: &'static str, path: &Path, kind: Pem) -> Result<Vec<u8>, T
 pub fn load(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let chain = certs("--tls-cert", &files.cert)?;
-    let key = PrivateKeyDer::from_pem_file(&files.key)
-        .map_err(|e| fail("--tls-key", &files.key, pem_reason(e)))?;
+    let key = private_key("--tls-key", &files.key)?;
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| fail("--tls-cert", &files.cert, e))?;

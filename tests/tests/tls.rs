@@ -437,3 +437,88 @@ fn receiptd_config_catches_tls_settings_it_cannot_serve() {
     let (code, err) = receiptd_config(&tls.args(&[]));
     assert_eq!(code, 0, "a good pair refused: {err}");
 }
+
+/// `receiptd <serve flags> health <probe flags>`: exit code and stderr.
+fn receiptd_health(serve: &[String], probe: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(receipts_tests::receiptd_path())
+        .args(serve)
+        .arg("health")
+        .args(probe)
+        .output()
+        .expect("run receiptd health");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The container's health check and Kubernetes `exec` probe: `receiptd
+/// health` with the server's own settings finds it (plain or TLS, trusting
+/// exactly the configured certificate), and fails, with the reason, for a
+/// server that is not there, a certificate that is not the configured one,
+/// and a mutual-TLS server without a client certificate.
+#[tokio::test]
+async fn receiptd_health_probes_plain_tls_and_mutual_tls_servers() {
+    let s = |p: &Path| p.display().to_string();
+    let listen = |addr: SocketAddr| vec!["--listen".to_string(), addr.to_string()];
+
+    let plain_data = tempfile::tempdir().unwrap();
+    let plain = ChildServer::start(plain_data.path(), free_port()).await;
+    assert_eq!(
+        receiptd_health(&listen(plain.addr), &[]),
+        (0, String::new())
+    );
+    let (code, err) = receiptd_health(&listen(plain.addr), &["--service", "nope.v1.Nothing"]);
+    assert_eq!(code, 1, "an unknown service is not serving: {err}");
+    assert!(err.contains("NotFound"), "{err}");
+    let nobody = format!("127.0.0.1:{}", free_port());
+    let (code, err) = receiptd_health(&[], &["--addr", &nobody]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&format!("connect {nobody}")), "{err}");
+
+    // TLS, and mutual TLS: the probe runs with the server's own flags.
+    let ca = Ca::new("probe CA");
+    let clients = Ca::new("probe client CA");
+    let tls = Tls::new(&ca.server());
+    let client_ca = tls.file("clients.pem", &clients.pem());
+    let data = tempfile::tempdir().unwrap();
+    let server_args = tls.args(&["--tls-client-ca", &s(&client_ca)]);
+    let server = start(data.path(), server_args.clone());
+    let mut flags = server_args.clone();
+    flags.extend(listen(server.addr));
+    let probe = clients.client("kubelet");
+    let (cert, key) = probe.write(tls.dir.path(), "probe");
+    let identity = ["--client-cert", &s(&cert), "--client-key", &s(&key)];
+    // (Started without waiting: the probe is the first to reach it.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match receiptd_health(&flags, &identity) {
+            (0, err) => {
+                assert_eq!(err, "");
+                break;
+            }
+            (_, err) if std::time::Instant::now() > deadline => {
+                panic!("the TLS server never probed healthy: {err}")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let (code, err) = receiptd_health(&flags, &[]);
+    assert_eq!(code, 1, "mTLS without a client certificate: {err}");
+    // Trusting a CA instead of the configured certificate: the name must fit.
+    let ca_file = tls.file("ca.pem", &ca.pem());
+    let mut by_ca = vec!["--ca", ca_file.to_str().unwrap(), "--addr"];
+    let localhost = format!("localhost:{}", server.addr.port());
+    by_ca.push(&localhost);
+    by_ca.extend(identity);
+    assert_eq!(receiptd_health(&[], &by_ca), (0, String::new()));
+    // Another server's certificate configured: the probe refuses this one.
+    let other = Tls::new(&ca.server());
+    let mut wrong = other.args(&[]);
+    wrong.extend(listen(server.addr));
+    let (code, err) = receiptd_health(&wrong, &identity);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("not the one in --tls-cert"), "{err}");
+    let (code, err) = receiptd_health(&flags, &identity[..2]);
+    assert_eq!(code, 64, "{err}");
+}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the project, installing what the tests need first
 # (Debian's redis-server, Cassandra 5.0 resolved with Maven, npm packages,
-# Debian's chromium, grpcurl from the Go module proxy).
+# Debian's chromium, podman and runc, grpcurl and helm from the Go module
+# proxy).
 # Idempotent: a second run reuses what the first installed (tools are cached
 # under .cache/, cargo's build under target/).
 set -euo pipefail
@@ -87,6 +88,10 @@ target/debug/ticks "http://127.0.0.1:$PORT"
 kill -TERM "$PID"
 if ! wait "$PID"; then echo "receiptd did not exit cleanly on SIGTERM"; cat "$DATA.log"; exit 1; fi
 echo "examples: 2 passed, 0 failed"
+
+# The container image (deploy/Containerfile), built with podman from the
+# receiptd above, run, probed, used and stopped.
+scripts/test-image.sh
 
 # A smoke run, not a benchmark (debug build, a few seconds): the load tool
 # starts its own receiptd, drives every kind of conversation, and prints

@@ -7,10 +7,17 @@
 #   scripts/backends.sh running          # exit 0 when every backend answers
 #   scripts/backends.sh start-cassandra  # reuses a running one; waits for CQL
 #   scripts/backends.sh stop-cassandra
+#   scripts/backends.sh start-cassandra-secure | stop-cassandra-secure
+#                                        # a second node that wants a password
+#                                        # (cassandra/cassandra) and TLS with a
+#                                        # client certificate (CA, node and client
+#                                        # certificates made with openssl)
 #   scripts/backends.sh start-redis | stop-redis   # a standalone server and a
 #                                        # cluster of 3 masters + 3 replicas (redis-cli --cluster create), all with AOF
 #   eval "$(scripts/backends.sh env)"    # RECEIPTS_TEST_CASSANDRA, RECEIPTS_TEST_REDIS,
-#                                        # RECEIPTS_TEST_REDIS_CLUSTER
+#                                        # RECEIPTS_TEST_REDIS_CLUSTER,
+#                                        # RECEIPTS_TEST_CASSANDRA_SECURE (host:port)
+#                                        # and its files, RECEIPTS_TEST_CASSANDRA_SECURE_TLS
 #
 # Cassandra 5.0 has no binary tarball on Maven Central, so `install` resolves
 # cassandra-all and its runtime dependencies with Maven (scripts/cassandra/pom.xml
@@ -18,7 +25,8 @@
 # with a generated cassandra.yaml (scripts/cassandra/cassandra.yaml.in).
 #
 # Environment: CASSANDRA_PORT (CQL, default 19042), CASSANDRA_STORAGE_PORT
-# (default 17000), CASSANDRA_START_TIMEOUT (seconds, default 180),
+# (default 17000), CASSANDRA_SECURE_PORT / CASSANDRA_SECURE_STORAGE_PORT (the
+# secure node, default 19142 / 17100), CASSANDRA_START_TIMEOUT (seconds, default 180),
 # REDIS_PORT (default 16379), REDIS_CLUSTER_PORTS (the three masters of the
 # test Redis Cluster, default "16380 16381 16382").
 set -euo pipefail
@@ -32,6 +40,18 @@ CASSANDRA_PID=$CASSANDRA_RUN/cassandra.pid
 CASSANDRA_PORT=${CASSANDRA_PORT:-19042}
 CASSANDRA_STORAGE_PORT=${CASSANDRA_STORAGE_PORT:-17000}
 CASSANDRA_START_TIMEOUT=${CASSANDRA_START_TIMEOUT:-180}
+CASSANDRA_SECURE_RUN=$CACHE/run/cassandra-secure
+CASSANDRA_SECURE_PORT=${CASSANDRA_SECURE_PORT:-19142}
+CASSANDRA_SECURE_TLS=$CASSANDRA_SECURE_RUN/tls
+# The node start_cassandra starts: the plain one unless `secure` (below).
+CASSANDRA_SECURE=0
+secure() {
+  CASSANDRA_SECURE=1
+  CASSANDRA_RUN=$CASSANDRA_SECURE_RUN
+  CASSANDRA_PID=$CASSANDRA_RUN/cassandra.pid
+  CASSANDRA_PORT=$CASSANDRA_SECURE_PORT
+  CASSANDRA_STORAGE_PORT=${CASSANDRA_SECURE_STORAGE_PORT:-17100}
+}
 REDIS_RUN=$CACHE/run/redis
 REDIS_PORT=${REDIS_PORT:-16379}
 REDIS_CLUSTER_PORTS=${REDIS_CLUSTER_PORTS:-16380 16381 16382}
@@ -93,13 +113,18 @@ install() {
 }
 
 # Succeeds when a CQL server answers an OPTIONS frame with SUPPORTED on
-# 127.0.0.1:$1 (a real protocol handshake, not just a TCP connect).
+# 127.0.0.1:$1 (a real protocol handshake, not just a TCP connect); with $2,
+# over TLS with the CA and client certificate in that directory.
 cql_ready() {
-  python3 - "$1" <<'PY' 2>/dev/null
-import socket, struct, sys
-port = int(sys.argv[1])
+  python3 - "$1" "${2:-}" <<'PY' 2>/dev/null
+import socket, ssl, struct, sys
+port, tls = int(sys.argv[1]), sys.argv[2]
 try:
     s = socket.create_connection(("127.0.0.1", port), timeout=2)
+    if tls:
+        ctx = ssl.create_default_context(cafile=tls + "/ca.pem")
+        ctx.load_cert_chain(tls + "/client.pem", tls + "/client.key")
+        s = ctx.wrap_socket(s, server_hostname="127.0.0.1")
     s.settimeout(3)
     # v4 request header: version, flags, stream, opcode OPTIONS (0x05), body length 0.
     s.sendall(struct.pack(">BBhBI", 0x04, 0, 1, 0x05, 0))
@@ -112,15 +137,57 @@ try:
     version, _flags, _stream, opcode, _length = struct.unpack(">BBhBI", head)
     # A response frame (high bit set) with opcode SUPPORTED (0x06).
     sys.exit(0 if version & 0x80 and opcode == 0x06 else 1)
-except OSError:
+except (OSError, ssl.SSLError):
     sys.exit(1)
 PY
+}
+
+# cql_ready for the node start_cassandra manages.
+cassandra_ready() {
+  if [ "$CASSANDRA_SECURE" = 1 ]; then
+    cql_ready "$CASSANDRA_PORT" "$CASSANDRA_SECURE_TLS"
+  else
+    cql_ready "$CASSANDRA_PORT"
+  fi
+}
+
+# A test CA, a node certificate for 127.0.0.1 and localhost, and a client
+# certificate, made once into $CASSANDRA_SECURE_TLS.
+make_secure_tls() {
+  local d=$CASSANDRA_SECURE_TLS
+  [ -f "$d/node-keystore.pem" ] && return 0
+  rm -rf "$d.tmp"
+  mkdir -p "$d.tmp"
+  (
+    cd "$d.tmp"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -keyout ca.key -out ca.pem \
+      -subj "/CN=receipts test Cassandra CA" 2>/dev/null
+    for who in node client; do
+      use=serverAuth
+      san="subjectAltName=IP:127.0.0.1,DNS:localhost"
+      if [ "$who" = client ]; then
+        use=clientAuth
+        san="subjectAltName=DNS:receiptd"
+      fi
+      openssl req -newkey rsa:2048 -nodes -keyout "$who.key" -out "$who.csr" \
+        -subj "/CN=receipts test $who" 2>/dev/null
+      printf '%s\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=%s\n' \
+        "$san" "$use" >"$who.ext"
+      openssl x509 -req -in "$who.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
+        -extfile "$who.ext" -out "$who.pem" 2>/dev/null
+    done
+    # Cassandra's PEM key store: the private key, then the certificate.
+    cat node.key node.pem >node-keystore.pem
+    rm -f ./*.csr ./*.ext ca.srl
+  )
+  rm -rf "$d"
+  mv "$d.tmp" "$d"
 }
 
 pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 start_cassandra() {
-  if cql_ready "$CASSANDRA_PORT"; then
+  if cassandra_ready; then
     log "Cassandra already answering CQL on 127.0.0.1:$CASSANDRA_PORT; reusing it"
     return 0
   fi
@@ -134,6 +201,23 @@ start_cassandra() {
       -e "s|@CQL_PORT@|$CASSANDRA_PORT|g" \
       -e "s|@STORAGE_PORT@|$CASSANDRA_STORAGE_PORT|g" \
       "$ROOT/scripts/cassandra/cassandra.yaml.in" >"$CASSANDRA_RUN/cassandra.yaml"
+    if [ "$CASSANDRA_SECURE" = 1 ]; then
+      make_secure_tls
+      # Passwords (the default superuser cassandra/cassandra) and TLS only,
+      # with a client certificate from the test CA.
+      sed -i 's/^authenticator: .*/authenticator: PasswordAuthenticator/' "$CASSANDRA_RUN/cassandra.yaml"
+      cat >>"$CASSANDRA_RUN/cassandra.yaml" <<YAML
+
+client_encryption_options:
+  enabled: true
+  optional: false
+  require_client_auth: true
+  ssl_context_factory:
+    class_name: org.apache.cassandra.security.PEMBasedSslContextFactory
+  keystore: $CASSANDRA_SECURE_TLS/node-keystore.pem
+  truststore: $CASSANDRA_SECURE_TLS/ca.pem
+YAML
+    fi
     local jvm=(
       -Xms512m -Xmx1g -Xss512k
       -XX:+UseG1GC -XX:+ParallelRefProcEnabled -XX:MaxTenuringThreshold=1
@@ -198,7 +282,7 @@ start_cassandra() {
     echo $! >"$CASSANDRA_PID"
   fi
   local start=$SECONDS
-  while ! cql_ready "$CASSANDRA_PORT"; do
+  while ! cassandra_ready; do
     if ! pid_alive "$CASSANDRA_PID"; then
       tail -n 40 "$CASSANDRA_RUN/stdout.log" "$CASSANDRA_RUN/system.log" >&2 2>/dev/null || true
       fail "Cassandra exited during startup (logs above)"
@@ -317,6 +401,7 @@ install) install ;;
 running)
   # Succeeds when Cassandra, the standalone Redis and the cluster all answer.
   cql_ready "$CASSANDRA_PORT" || exit 1
+  cql_ready "$CASSANDRA_SECURE_PORT" "$CASSANDRA_SECURE_TLS" || exit 1
   redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 || exit 1
   for p in $REDIS_CLUSTER_PORTS $REDIS_REPLICA_PORTS; do
     redis-cli -p "$p" cluster info 2>/dev/null | grep -q cluster_state:ok || exit 1
@@ -324,17 +409,21 @@ running)
   ;;
 start-cassandra) start_cassandra ;;
 stop-cassandra) stop_pid "$CASSANDRA_PID" 60 Cassandra ;;
+start-cassandra-secure) secure; start_cassandra ;;
+stop-cassandra-secure) secure; stop_pid "$CASSANDRA_PID" 60 "Cassandra (secure)" ;;
 start-redis) start_redis ;;
 stop-redis) stop_redis ;;
 env)
   echo "export RECEIPTS_TEST_CASSANDRA=127.0.0.1:$CASSANDRA_PORT"
   echo "export RECEIPTS_TEST_REDIS=redis://127.0.0.1:$REDIS_PORT"
+  echo "export RECEIPTS_TEST_CASSANDRA_SECURE=127.0.0.1:$CASSANDRA_SECURE_PORT"
+  echo "export RECEIPTS_TEST_CASSANDRA_SECURE_TLS=$CASSANDRA_SECURE_TLS"
   urls=()
   for p in $REDIS_CLUSTER_PORTS; do urls+=("redis://127.0.0.1:$p"); done
   echo "export RECEIPTS_TEST_REDIS_CLUSTER=$(IFS=,; echo "${urls[*]}")"
   ;;
 *)
-  echo "usage: $0 install|running|start-cassandra|stop-cassandra|start-redis|stop-redis|env" >&2
+  echo "usage: $0 install|running|start-cassandra|stop-cassandra|start-cassandra-secure|stop-cassandra-secure|start-redis|stop-redis|env" >&2
   exit 64
   ;;
 esac

@@ -282,6 +282,10 @@ pub struct ServeArgs {
     )]
     pub scylla_replication: String,
 
+    /// Scylla credentials and TLS (`--scylla-username`, `--scylla-tls*`).
+    #[command(flatten)]
+    pub scylla_access: crate::store::scylla_access::ScyllaAccess,
+
     /// How long Scylla keeps receipts (days).
     #[arg(long, env = "RECEIPTS_RETENTION_DAYS", default_value_t = 90)]
     pub retention_days: u64,
@@ -576,6 +580,7 @@ impl ServeArgs {
                     "must be 1-48 letters, digits or underscores",
                 );
             }
+            self.scylla_access.validate()?;
             if self.hot_ttl_secs == 0 {
                 return err("--hot-ttl-secs", "must be at least 1");
             }
@@ -728,7 +733,7 @@ pub enum LoadError {
 }
 
 /// Settings whose values are never logged or printed.
-const SECRETS: &[&str] = &["jwt_secret", "redis_password"];
+const SECRETS: &[&str] = &["jwt_secret", "redis_password", "scylla_password"];
 
 /// Parses `args` (with the program name first), the environment and the
 /// `--config` file (from `--config` or `RECEIPTS_CONFIG`).

@@ -203,6 +203,7 @@ pub async fn open_store(config: &ServeArgs) -> Result<Arc<dyn ReceiptStore>, Run
                 keyspace: config.scylla_keyspace.clone(),
                 replication: config.scylla_replication.clone(),
                 retention: Duration::from_secs(config.retention_days * 86_400),
+                access: config.scylla_access.clone(),
             },
         })
         .await?;

@@ -9,6 +9,7 @@ const EXIT_CONFIG: u8 = 64;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    receipts_server::tls::install_default_provider();
     let loaded = match load(std::env::args_os()) {
         Ok(l) => l,
         Err(LoadError::Args(e)) => {

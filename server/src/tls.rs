@@ -67,6 +67,15 @@ impl TlsError {
     }
 }
 
+/// Makes ring rustls' process-wide default provider, once (later calls do
+/// nothing). The Scylla driver's rustls brings aws-lc-rs as well, and with
+/// two providers compiled in rustls picks none by itself: a library that
+/// builds its configuration with `ClientConfig::builder()` (redis, for
+/// rediss://) would panic. Everything the server builds itself names ring.
+pub fn install_default_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// The certificates of a PEM file (at least one).
 pub fn certs(flag: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_file_iter(path)

@@ -149,6 +149,22 @@ pub async fn prepare_backends(c: &ServeArgs) {
         .await;
 }
 
+/// `receiptd --jwt-secret … --store redis-scylla <args> config`: its exit
+/// code, stderr and stdout.
+pub fn production_config(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(receiptd_path())
+        .args(["--jwt-secret", SECRET, "--store", "redis-scylla"])
+        .args(args)
+        .arg("config")
+        .output()
+        .expect("run receiptd config");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
 /// The Scylla settings of `c`.
 pub fn scylla_options(c: &ServeArgs) -> receipts_server::store::scylla::ScyllaOptions {
     receipts_server::store::scylla::ScyllaOptions {
@@ -156,6 +172,7 @@ pub fn scylla_options(c: &ServeArgs) -> receipts_server::store::scylla::ScyllaOp
         keyspace: c.scylla_keyspace.clone(),
         replication: c.scylla_replication.clone(),
         retention: Duration::from_secs(c.retention_days * 86_400),
+        access: c.scylla_access.clone(),
     }
 }
 

@@ -221,24 +221,7 @@ async fn a_node_without_the_right_credentials_or_certificates_fails_to_start_say
 
 #[test]
 fn receiptd_config_checks_the_redis_tls_settings() {
-    let config = |args: &[&str]| {
-        let out = std::process::Command::new(receiptd_path())
-            .args([
-                "--jwt-secret",
-                receipts_tests::SECRET,
-                "--store",
-                "redis-scylla",
-            ])
-            .args(args)
-            .arg("config")
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
-    };
+    let config = receipts_tests::production_config;
     let ca = Ca::new("config CA");
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = ca.client("c").write(dir.path(), "client");

@@ -20,6 +20,7 @@ pub mod embedded;
 pub mod observed;
 pub mod redis;
 pub mod scylla;
+pub mod scylla_access;
 
 use crate::domain::{
     ConversationId, Cursor, Event, MemberChangeKind, MessageId, MessageState, Millis, Seq, UserId,

@@ -173,6 +173,8 @@ pub struct ScyllaOptions {
     pub replication: String,
     /// How long persisted data lives (applied as `USING TTL`).
     pub retention: Duration,
+    /// Credentials and TLS.
+    pub access: super::scylla_access::ScyllaAccess,
 }
 
 impl Default for ScyllaOptions {
@@ -182,6 +184,7 @@ impl Default for ScyllaOptions {
             keyspace: "receipts".to_owned(),
             replication: "{'class': 'SimpleStrategy', 'replication_factor': 1}".to_owned(),
             retention: Duration::from_secs(90 * 24 * 3600),
+            access: Default::default(),
         }
     }
 }
@@ -310,13 +313,24 @@ impl ScyllaPersistence {
         let profile = scylla::client::execution_profile::ExecutionProfile::builder()
             .request_timeout(Some(REQUEST_TIMEOUT))
             .build();
-        let session = SessionBuilder::new()
+        let mut builder = SessionBuilder::new()
             .known_nodes(&options.nodes)
             .default_execution_profile_handle(profile.into_handle())
-            .connection_timeout(Duration::from_secs(10))
-            .build()
-            .await
-            .map_err(|e| unavailable("connect", e))?;
+            .connection_timeout(Duration::from_secs(10));
+        let access = &options.access;
+        let invalid = |e: crate::config::ConfigError| ServiceError::invalid(e.key, e.reason);
+        if let Some((user, password)) = access.credentials().map_err(invalid)? {
+            builder = builder.user(user, password);
+        }
+        if let Some(tls) = access.client_config().map_err(invalid)? {
+            builder = builder.tls_context(Some(tls));
+        }
+        let session = builder.build().await.map_err(|e| {
+            // The operator is told the driver's reason (a wrong password, a
+            // refused certificate), which a client's status leaves out.
+            tracing::error!("cannot connect to Scylla: {e}");
+            unavailable("connect", e)
+        })?;
         let ks = &options.keyspace;
         let create_keyspace = format!(
             "CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {}",

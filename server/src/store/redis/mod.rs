@@ -142,6 +142,7 @@ impl std::fmt::Debug for RedisAccess {
 impl RedisAccess {
     /// A client of the server at `url`.
     pub fn client(&self, url: &str) -> redis::RedisResult<redis::Client> {
+        crate::tls::install_default_provider();
         use redis::IntoConnectionInfo;
         let info = url.into_connection_info()?;
         let mut settings = info.redis_settings().clone();
@@ -160,6 +161,7 @@ impl RedisAccess {
 
     /// A client of the cluster seeded by `urls`.
     pub fn cluster(&self, urls: &[String]) -> redis::RedisResult<redis::cluster::ClusterClient> {
+        crate::tls::install_default_provider();
         use redis::IntoConnectionInfo;
         // The cluster client takes its credentials from the first URL unless
         // told otherwise; as for a single server, the URL's win.

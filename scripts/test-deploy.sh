@@ -60,9 +60,10 @@ fi
 "$HELM" version --short
 
 step "python3 with PyYAML (for the assertions)"
+# (A copy installed by an earlier run is reused; the version is pinned.)
+export PYTHONPATH=$CACHE/pylib${PYTHONPATH:+:$PYTHONPATH}
 if ! python3 -c 'import yaml' 2>/dev/null; then
-  python3 -m pip install --quiet --target "$CACHE/pylib" pyyaml
-  export PYTHONPATH=$CACHE/pylib${PYTHONPATH:+:$PYTHONPATH}
+  python3 -m pip install --quiet --target "$CACHE/pylib" pyyaml==6.0.2
 fi
 python3 -c 'import yaml; print("PyYAML", yaml.__version__)'
 

@@ -93,6 +93,10 @@ echo "examples: 2 passed, 0 failed"
 # receiptd above, run, probed, used and stopped.
 scripts/test-image.sh
 
+# The Helm chart (helm lint and template) and the compose file, without a
+# cluster or an engine.
+scripts/test-deploy.sh
+
 # A smoke run, not a benchmark (debug build, a few seconds): the load tool
 # starts its own receiptd, drives every kind of conversation, and prints
 # its report; it fails if no receipts RPC succeeded or the report is not

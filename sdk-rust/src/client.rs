@@ -426,10 +426,7 @@ impl ClientBuilder {
             .endpoint()?
             .connect()
             .await
-            .map_err(|e| Error::Connect {
-                endpoint: self.endpoint.clone(),
-                reason: crate::error::causes(&e),
-            })?;
+            .map_err(|e| Error::from_connect(e, &self.endpoint))?;
         Ok(self.finish(channel))
     }
 

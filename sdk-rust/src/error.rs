@@ -57,6 +57,21 @@ pub enum Error {
         /// Why, down to the socket error (e.g. `Connection refused`).
         reason: String,
     },
+    /// The TLS handshake with `endpoint` failed on a certificate: the
+    /// server's is not trusted (an unknown issuer, another name, expired),
+    /// or the server refused this client's (mutual TLS). Retrying cannot
+    /// help, so it is not transient: calls are not retried and a
+    /// subscription ends with it.
+    #[error(
+        "TLS with {endpoint}: {reason} (a certificate or the trust settings are wrong; \
+         retrying cannot help)"
+    )]
+    Tls {
+        /// The endpoint the handshake was with.
+        endpoint: String,
+        /// What the TLS stack said (e.g. `invalid peer certificate: UnknownIssuer`).
+        reason: String,
+    },
     /// The token provider failed.
     #[error("token provider: {0}")]
     Token(String),
@@ -77,13 +92,33 @@ impl Error {
     /// either. Those become [`Error::Unavailable`], naming what happened: the
     /// call may or may not have been applied, and repeating it is safe.
     pub fn from_status(status: Status) -> Self {
-        Self::decode(connection_lost(status, None))
+        Self::from_call(status, "the server")
     }
 
     /// [`Error::from_status`] for a call to `endpoint`: a status tonic made
     /// from a connection failure names the endpoint and the socket error.
     pub(crate) fn from_call(status: Status, endpoint: &str) -> Self {
+        if let Some(source) = std::error::Error::source(&status)
+            && certificate_failure(source)
+        {
+            return Error::Tls {
+                endpoint: endpoint.to_string(),
+                reason: causes(source),
+            };
+        }
         Self::decode(connection_lost(status, Some(endpoint)))
+    }
+
+    /// [`Error::Connect`], or [`Error::Tls`] when a certificate was the
+    /// reason the connection could not be made.
+    pub(crate) fn from_connect(e: tonic::transport::Error, endpoint: &str) -> Self {
+        let endpoint = endpoint.to_string();
+        let reason = causes(&e);
+        if certificate_failure(&e) {
+            Error::Tls { endpoint, reason }
+        } else {
+            Error::Connect { endpoint, reason }
+        }
     }
 
     fn decode(status: Status) -> Self {
@@ -160,6 +195,11 @@ impl std::fmt::Debug for Error {
                 .field("endpoint", endpoint)
                 .field("reason", reason)
                 .finish(),
+            Error::Tls { endpoint, reason } => f
+                .debug_struct("Tls")
+                .field("endpoint", endpoint)
+                .field("reason", reason)
+                .finish(),
             Error::Token(s) => f.debug_tuple("Token").field(s).finish(),
             Error::Config(s) => f.debug_tuple("Config").field(s).finish(),
             Error::Protocol(s) => f.debug_tuple("Protocol").field(s).finish(),
@@ -187,6 +227,44 @@ pub(crate) fn causes(e: &(dyn std::error::Error + 'static)) -> String {
         next = s.source();
     }
     out
+}
+
+/// Whether `e` (or an error under it) is rustls refusing a certificate, or
+/// the peer's TLS alert refusing ours. tokio-rustls wraps rustls' error in
+/// an `io::Error`, whose `source()` skips it, hence the `get_ref`.
+#[cfg(feature = "tls")]
+fn certificate_failure(e: &(dyn std::error::Error + 'static)) -> bool {
+    use rustls::{AlertDescription as A, Error as R};
+    std::iter::successors(Some(e), |e| e.source()).any(|e| {
+        let tls = e.downcast_ref::<R>().or_else(|| {
+            e.downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::get_ref)
+                .and_then(|inner| inner.downcast_ref::<R>())
+        });
+        matches!(
+            tls,
+            Some(
+                R::InvalidCertificate(_)
+                    | R::NoCertificatesPresented
+                    | R::AlertReceived(
+                        A::BadCertificate
+                            | A::UnsupportedCertificate
+                            | A::CertificateRevoked
+                            | A::CertificateExpired
+                            | A::CertificateUnknown
+                            | A::UnknownCA
+                            | A::CertificateRequired
+                            | A::AccessDenied
+                    )
+            )
+        )
+    })
+}
+
+/// Without TLS support there is no certificate to fail.
+#[cfg(not(feature = "tls"))]
+fn certificate_failure(_: &(dyn std::error::Error + 'static)) -> bool {
+    false
 }
 
 /// A status tonic made from a connection failure (it carries the transport

@@ -57,7 +57,8 @@ pub enum Event {
 /// exponential backoff and jitter and resumes from the cursor of the last
 /// event it yielded, so the stream never skips an event and never yields one
 /// twice. It ends only with an error reconnecting cannot fix, which it yields
-/// first: `PermissionDenied`, `InvalidArgument`, or `Unauthenticated` when
+/// first: `PermissionDenied`, `InvalidArgument`, `Tls` (a certificate
+/// refused, either way), or `Unauthenticated` when
 /// the token cannot change (a fixed token) or a token provider's fresh token
 /// was refused too (an expired token is replaced once, on the next attempt).
 /// Dropping the `Subscription`
@@ -136,7 +137,10 @@ impl Stream for Subscription {
 /// subscription instead of retrying forever.
 fn permanent(e: &Error, client: &Client, refused_before: bool) -> bool {
     match e {
-        Error::PermissionDenied(_) | Error::InvalidArgument { .. } | Error::Config(_) => true,
+        Error::PermissionDenied(_)
+        | Error::InvalidArgument { .. }
+        | Error::Config(_)
+        | Error::Tls { .. } => true,
         Error::Unauthenticated(_) => !client.credentials_can_change() || refused_before,
         _ => false,
     }

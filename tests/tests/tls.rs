@@ -522,3 +522,73 @@ async fn receiptd_health_probes_plain_tls_and_mutual_tls_servers() {
     let (code, err) = receiptd_health(&flags, &identity[..2]);
     assert_eq!(code, 64, "{err}");
 }
+
+/// A server certificate this client refuses (an unknown issuer, another
+/// name) is an error that says so and that no retry can fix: `connect`
+/// fails with `Error::Tls`, a call with the default retry policy fails at
+/// once with it (no backoff rounds), and a subscription ends with it instead
+/// of reconnecting forever. (The server refusing this client's certificate
+/// reaches the SDK only as a closed connection, which stays transient: see
+/// sdk-rust/README.md.)
+#[tokio::test]
+async fn a_server_certificate_the_client_refuses_is_an_error_no_retry_can_fix() {
+    let ca = Ca::new("server CA");
+    let strangers = Ca::new("nobody's CA");
+    let tls = Tls::new(&ca.server());
+    let data = tempfile::tempdir().unwrap();
+    let server = start(data.path(), tls.args(&[]));
+    // Reachable (with the right CA) before the checks below.
+    connect(client(
+        server.addr,
+        ClientTls::new().ca_certificate(ca.pem()),
+        Role::Service,
+    ))
+    .await
+    .expect("the right CA connects");
+
+    let cases = [
+        (
+            "the server's certificate from an unknown CA",
+            ClientTls::new().ca_certificate(strangers.pem()),
+        ),
+        (
+            "the server's certificate for another name",
+            ClientTls::new()
+                .ca_certificate(ca.pem())
+                .domain("receipts.example"),
+        ),
+    ];
+    for (what, trust) in cases {
+        let builder = Client::builder(https(server.addr))
+            .tls(trust)
+            .token(token(Uuid::now_v7(), Role::User))
+            .connect_timeout(Duration::from_secs(2));
+        let e = builder.clone().connect().await.expect_err(what);
+        assert!(matches!(e, Error::Tls { .. }), "{what}: connect: {e:?}");
+        assert!(!e.is_transient(), "{what}: {e}");
+        let lazy = builder.connect_lazy().unwrap();
+        let started = tokio::time::Instant::now();
+        let e = lazy.read_receipts().await.expect_err(what);
+        assert!(matches!(e, Error::Tls { .. }), "{what}: call: {e:?}");
+        assert!(!e.is_transient(), "{what}: {e}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{what}: the call was retried ({:?})",
+            started.elapsed()
+        );
+        let mut sub = lazy.subscribe(None);
+        let ended = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut last = None;
+            while let Some(item) = sub.next().await {
+                last = Some(item);
+            }
+            last
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{what}: the subscription kept reconnecting"));
+        assert!(
+            matches!(ended, Some(Err(Error::Tls { .. }))),
+            "{what}: the subscription ended with {ended:?}"
+        );
+    }
+}

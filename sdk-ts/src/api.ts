@@ -2,6 +2,7 @@
 // browsers, src/node.ts for Node, which differ only in the default
 // transport). Names are listed explicitly; nothing here runs at import.
 export { ReceiptsError } from "./errors.js";
+export type { TlsFailure } from "./errors.js";
 export { applyRange } from "./types.js";
 export { createReceiptState } from "./state.js";
 export {

@@ -128,6 +128,8 @@ export type TransportFactory = (baseUrl: string, tls: TlsOptions | undefined, ca
 /** @internal */
 export interface Connection {
   readonly transport: Transport;
+  /** The default transport's base URL, named in TLS errors; `undefined` with the caller's transport. */
+  readonly baseUrl: string | undefined;
   /** The headers of one call, with fresh credentials and trace context. */
   headers(): Promise<Headers>;
   readonly timeoutMs: number;
@@ -157,6 +159,7 @@ export function openConnection(
   }
   return {
     transport,
+    baseUrl: options.transport === undefined ? options.baseUrl : undefined,
     timeoutMs: options.timeoutMs ?? 30_000,
     async headers() {
       const h = new Headers();

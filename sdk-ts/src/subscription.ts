@@ -3,7 +3,7 @@
 // server replays exactly what was missed (no gap, no duplicate).
 import { Code, createClient } from "@connectrpc/connect";
 import type { Connection } from "./connection.js";
-import { ReceiptsError } from "./errors.js";
+import { decodeError, ReceiptsError } from "./errors.js";
 import { ReceiptService } from "./gen/receipts/v1/receipts_pb.js";
 import { receiptEvent, type ReceiptEvent } from "./types.js";
 
@@ -40,7 +40,8 @@ export interface SubscribeOptions {
 /**
  * The caller's receipt stream, as an async iterable of typed events. Iterate it
  * once; `break` or `close()` ends it. It throws a `ReceiptsError` only for a
- * status that retrying cannot fix (e.g. UNAUTHENTICATED), or once
+ * failure that retrying cannot fix (a status such as UNAUTHENTICATED, or in
+ * Node a TLS certificate failure: see `ReceiptsError.tlsFailure`), or once
  * `reconnect.maxAttempts` consecutive attempts failed.
  */
 export interface ReceiptSubscription extends AsyncIterable<ReceiptEvent> {
@@ -94,7 +95,7 @@ export function openSubscription(connection: Connection, options: SubscribeOptio
         if (closed.signal.aborted) {
           return;
         }
-        lost = ReceiptsError.from(e);
+        lost = decodeError(e, connection.baseUrl);
         if (!lost.retryable) {
           throw lost;
         }

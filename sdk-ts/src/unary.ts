@@ -1,9 +1,9 @@
 // How every unary call of both services runs: fresh credentials and trace
-// context, the deadline, one immediate retry after a broken connection, and
-// every failure as a `ReceiptsError`.
+// context, the deadline, one immediate retry after a broken connection (not
+// after a TLS certificate failure), and every failure as a `ReceiptsError`.
 import type { DescMessage, DescMethodUnary, MessageInitShape, MessageShape } from "@bufbuild/protobuf";
 import type { Connection } from "./connection.js";
-import { isConnectionFailure, ReceiptsError } from "./errors.js";
+import { decodeError, isConnectionFailure } from "./errors.js";
 
 /** Per-call options of unary methods. */
 export interface RequestOptions {
@@ -38,7 +38,7 @@ export async function unary<I extends DescMessage, O extends DescMessage>(
       );
       return res.message;
     } catch (e) {
-      const error = ReceiptsError.from(e);
+      const error = decodeError(e, connection.baseUrl);
       if (attempt === 1 && isConnectionFailure(error) && options?.signal?.aborted !== true) {
         continue;
       }

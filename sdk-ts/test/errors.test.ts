@@ -152,6 +152,54 @@ describe("ReceiptsError", () => {
   });
 });
 
+describe("ReceiptsError.tlsFailure", () => {
+  /** A Node-style error with a string `code`, as Node's TLS layer throws them. */
+  const nodeError = (code: string, message: string, extra: object = {}) =>
+    Object.assign(new Error(message), { code }, extra);
+
+  it("is found in the cause chain, and such an error is not retryable nor a broken connection", () => {
+    const tls = nodeError("CERT_HAS_EXPIRED", "certificate has expired");
+    const e = ReceiptsError.from(new ConnectError("certificate has expired", Code.Internal, undefined, undefined, tls));
+    expect(e.tlsFailure).toEqual({ code: "CERT_HAS_EXPIRED", reason: "certificate has expired" });
+    expect(e.code).toBe(Code.Internal);
+    expect(e.retryable).toBe(false);
+    // Without a baseUrl (ReceiptsError.from), the message names no server.
+    expect(e.rawMessage).toBe(
+      "TLS handshake failed: certificate has expired (CERT_HAS_EXPIRED; " +
+        "the certificate or the trust settings are wrong, retrying cannot help)",
+    );
+    // Nested deeper, as a fetch-based transport reports it.
+    const nested = ReceiptsError.from(new TypeError("fetch failed", { cause: tls }));
+    expect(nested.tlsFailure?.code).toBe("CERT_HAS_EXPIRED");
+  });
+
+  it("takes an OpenSSL alert's reason rather than its whole error line", () => {
+    const alert = nodeError(
+      "ERR_SSL_SSLV3_ALERT_BAD_CERTIFICATE",
+      "80:error:0A000412:SSL routines:ssl3_read_bytes:sslv3 alert bad certificate:rec_layer_s3.c:1601:SSL alert number 42\n",
+      { reason: "sslv3 alert bad certificate" },
+    );
+    const e = new ReceiptsError(Code.Internal, "x", { cause: alert });
+    expect(e.tlsFailure).toEqual({ code: "ERR_SSL_SSLV3_ALERT_BAD_CERTIFICATE", reason: "sslv3 alert bad certificate" });
+    expect(e.retryable).toBe(false);
+  });
+
+  it("is undefined for other connection failures, which stay retryable", () => {
+    for (const code of ["ECONNREFUSED", "ECONNRESET", "ERR_SSL_WRONG_VERSION_NUMBER"]) {
+      const e = ReceiptsError.from(nodeError(code, "boom"));
+      expect(e.tlsFailure).toBeUndefined();
+    }
+    const refused = new ReceiptsError(Code.Unavailable, "x", { cause: nodeError("ECONNREFUSED", "connect ECONNREFUSED") });
+    expect(refused.retryable).toBe(true);
+  });
+
+  it("survives a cyclic cause chain", () => {
+    const a: { cause?: unknown } = {};
+    a.cause = { cause: a };
+    expect(new ReceiptsError(Code.Internal, "x", { cause: a }).tlsFailure).toBeUndefined();
+  });
+});
+
 describe("package entries", () => {
   it("the browser and Node entries export the same names", () => {
     expect(Object.keys(web).sort()).toEqual(Object.keys(node).sort());

@@ -1,6 +1,8 @@
 // The Node entry's `tls` option against a real receiptd over TLS and mutual
-// TLS, with certificates made for the run (test/certs.ts); and the option's
+// TLS, with certificates made for the run (test/certs.ts); certificate
+// failures as permanent errors (no retry, no reconnect); and the option's
 // checks in both entries.
+import { createServer, connect, type Socket } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createGrpcWebTransport } from "@connectrpc/connect-node";
 import * as web from "../src/index.js";
@@ -8,6 +10,9 @@ import {
   Code,
   createBackendClient,
   createReceiptsClient,
+  ReceiptsError,
+  type ReceiptEvent,
+  type ReceiptSubscription,
   type ReceiptsClient,
   type TlsOptions,
 } from "../src/node.js";
@@ -25,6 +30,75 @@ function serverFiles(ca: Ca) {
 /** A user's client of `server` with these TLS settings (and a short deadline: failures are expected). */
 function user(server: Receiptd, tls: TlsOptions | undefined, userId = uuid()): ReceiptsClient {
   return createReceiptsClient({ baseUrl: server.baseUrl, tls, token: mintToken(userId, "user"), timeoutMs: 5000 });
+}
+
+/** A TCP proxy in front of `port` that counts the connections made through it (each one a TLS handshake). */
+interface CountingProxy {
+  baseUrl: string;
+  readonly connections: number;
+  close(): void;
+}
+
+async function countingProxy(port: number): Promise<CountingProxy> {
+  let connections = 0;
+  const sockets = new Set<Socket>();
+  const proxy = createServer((client) => {
+    connections += 1;
+    const upstream = connect(port, "127.0.0.1");
+    for (const s of [client, upstream]) {
+      sockets.add(s);
+      s.on("error", () => s.destroy()).on("close", () => sockets.delete(s));
+    }
+    client.pipe(upstream).pipe(client);
+    client.on("close", () => upstream.destroy());
+    upstream.on("close", () => client.destroy());
+  });
+  await new Promise<void>((resolve) => proxy.listen(0, "127.0.0.1", resolve));
+  const { port: own } = proxy.address() as { port: number };
+  return {
+    baseUrl: `https://127.0.0.1:${own}`,
+    get connections() {
+      return connections;
+    },
+    close() {
+      proxy.close();
+      sockets.forEach((s) => s.destroy());
+    },
+  };
+}
+
+/**
+ * Iterates `sub` until it ends or `withinMs` passed (then closes it): the
+ * events it yielded and what it threw. A subscription that keeps reconnecting
+ * ends with `error` undefined and `reconnecting` events.
+ */
+async function endOf(sub: ReceiptSubscription, withinMs: number): Promise<{ events: ReceiptEvent[]; error: unknown }> {
+  const timer = setTimeout(() => sub.close(), withinMs);
+  const events: ReceiptEvent[] = [];
+  try {
+    for await (const e of sub) {
+      events.push(e);
+    }
+    return { events, error: undefined };
+  } catch (error) {
+    return { events, error };
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Reconnect at once and often: an SDK that retried certificate failures would show it within `endOf`'s window. */
+const eagerReconnect = { reconnect: { initialDelayMs: 10, maxDelayMs: 50 } };
+
+/** Node's failure for a server certificate from a CA the client does not trust. */
+const untrusted = { code: "UNABLE_TO_VERIFY_LEAF_SIGNATURE", reason: "unable to verify the first certificate" };
+
+/** The message of a certificate failure with `baseUrl`. */
+function tlsMessage(baseUrl: string, reason: string, code: string): string {
+  return (
+    `[internal] TLS handshake with ${baseUrl} failed: ${reason} ` +
+    `(${code}; the certificate or the trust settings are wrong, retrying cannot help)`
+  );
 }
 
 afterAll(removePemFiles);
@@ -64,18 +138,73 @@ describe("TLS", () => {
     await user(server, { ca: ca.cert, servername: "localhost" }).getPrivacySettings();
     const e = await rejection(user(server, { ca: ca.cert, servername: "elsewhere.example" }).getPrivacySettings());
     expect(e.message).toMatch(/elsewhere\.example\. is not in the cert's altnames/);
+    expect(e.tlsFailure?.code).toBe("ERR_TLS_CERT_ALTNAME_INVALID");
+    expect(e.retryable).toBe(false);
   });
 
-  it("fails without the CA (Node's default trust store does not know it)", async () => {
+  it("fails without the CA (Node's default trust store does not know it), as a TLS failure", async () => {
     const e = await rejection(user(server, undefined).getPrivacySettings());
-    // Node's own TLS error, as connect-node reports it (no gRPC status).
+    // Node's own TLS error, as connect-node reports it (no gRPC status), is the cause.
     expect(e.code).toBe(Code.Internal);
     expect(e.message).toMatch(/unable to verify the first certificate/);
+    expect(e.tlsFailure).toEqual(untrusted);
   });
 
-  it("fails when trusting another CA", async () => {
-    const e = await rejection(user(server, { ca: createCa("another CA").cert }).getPrivacySettings());
-    expect(e.message).toMatch(/unable to verify the first certificate/);
+  it("the browser entry sees a TLS failure too where fetch says why (Node; not a browser)", async () => {
+    const client = web.createReceiptsClient({ baseUrl: server.baseUrl, token: mintToken(uuid(), "user") });
+    const e = await rejection(client.getPrivacySettings());
+    expect(e.tlsFailure?.code).toBe("UNABLE_TO_VERIFY_LEAF_SIGNATURE");
+    expect(e.retryable).toBe(false);
+  });
+
+  describe("trusting another CA", () => {
+    const other = { ca: createCa("another CA").cert };
+    let proxy: CountingProxy;
+    beforeAll(async () => {
+      proxy = await countingProxy(server.port);
+    });
+    afterAll(() => proxy?.close());
+    const client = () => createReceiptsClient({ baseUrl: proxy.baseUrl, tls: other, token: mintToken(uuid(), "user") });
+
+    it("a call fails at once with the TLS failure, not retried", async () => {
+      const before = proxy.connections;
+      const e = await rejection(client().getPrivacySettings());
+      expect(proxy.connections - before).toBe(1);
+      expect(e.code).toBe(Code.Internal);
+      expect(e.tlsFailure).toEqual(untrusted);
+      expect(e.retryable).toBe(false);
+      expect(e.message).toBe(
+        tlsMessage(proxy.baseUrl, "unable to verify the first certificate", "UNABLE_TO_VERIFY_LEAF_SIGNATURE"),
+      );
+    });
+
+    it("a subscription ends with the TLS failure instead of reconnecting", async () => {
+      const before = proxy.connections;
+      const started = Date.now();
+      const { events, error } = await endOf(client().subscribe(eagerReconnect), 3000);
+      expect(events).toEqual([]);
+      expect(error).toBeInstanceOf(ReceiptsError);
+      expect((error as ReceiptsError).tlsFailure?.code).toBe("UNABLE_TO_VERIFY_LEAF_SIGNATURE");
+      expect(Date.now() - started).toBeLessThan(2000);
+      expect(proxy.connections - before).toBe(1);
+    });
+
+    it("the delivered batcher reports the TLS failure to onError instead of resending", async () => {
+      const before = proxy.connections;
+      const messageId = uuid();
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const reported = new Promise<[ReceiptsError, string[]]>((resolve, reject) => {
+        // A batch that failed retryably would be sent again every second, and never reported.
+        timer = setTimeout(() => reject(new Error("onError not called within 3 s")), 3000);
+        client()
+          .deliveredBatcher({ maxDelayMs: 0, onError: (e, ids) => resolve([e, ids]) })
+          .add(messageId);
+      });
+      const [e, ids] = await reported.finally(() => clearTimeout(timer));
+      expect(e.tlsFailure?.code).toBe("UNABLE_TO_VERIFY_LEAF_SIGNATURE");
+      expect(ids).toEqual([messageId]);
+      expect(proxy.connections - before).toBe(1);
+    });
   });
 });
 
@@ -110,17 +239,49 @@ describe("mutual TLS", () => {
     expect(state!.tick).toBe("delivered");
   });
 
-  it("fails without a client certificate", async () => {
+  it("fails without a client certificate, at once and not retried", async () => {
     // TLS 1.3: the server checks the client after the client's side of the
     // handshake is done, so the call fails on the server's alert.
-    const e = await rejection(user(server, { ca: serverCa.cert }).getPrivacySettings());
-    expect(e.message).toMatch(/alert certificate required/);
+    const proxy = await countingProxy(server.port);
+    try {
+      const tls = { ca: serverCa.cert };
+      const client = createReceiptsClient({ baseUrl: proxy.baseUrl, tls, token: mintToken(uuid(), "user") });
+      const e = await rejection(client.getPrivacySettings());
+      expect(proxy.connections).toBe(1);
+      expect(e.message).toBe(
+        tlsMessage(proxy.baseUrl, "tlsv13 alert certificate required", "ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED"),
+      );
+      expect(e.tlsFailure).toEqual({
+        code: "ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED",
+        reason: "tlsv13 alert certificate required",
+      });
+      expect(e.retryable).toBe(false);
+    } finally {
+      proxy.close();
+    }
+  });
+
+  it("a subscription without a client certificate ends with the TLS failure instead of reconnecting", async () => {
+    const proxy = await countingProxy(server.port);
+    try {
+      const tls = { ca: serverCa.cert };
+      const client = createReceiptsClient({ baseUrl: proxy.baseUrl, tls, token: mintToken(uuid(), "user") });
+      const { events, error } = await endOf(client.subscribe(eagerReconnect), 3000);
+      expect(events).toEqual([]);
+      expect(error).toBeInstanceOf(ReceiptsError);
+      expect((error as ReceiptsError).tlsFailure?.code).toBe("ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED");
+      expect(proxy.connections).toBe(1);
+    } finally {
+      proxy.close();
+    }
   });
 
   it("fails with a client certificate from another CA", async () => {
     const other = otherCa.issue({ commonName: "intruder", usage: "clientAuth" });
     const e = await rejection(user(server, { ca: serverCa.cert, cert: other.cert, key: other.key }).getPrivacySettings());
     expect(e.message).toMatch(/alert unknown ca/);
+    expect(e.tlsFailure).toEqual({ code: "ERR_SSL_TLSV1_ALERT_UNKNOWN_CA", reason: "tlsv1 alert unknown ca" });
+    expect(e.retryable).toBe(false);
   });
 });
 

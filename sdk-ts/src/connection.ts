@@ -3,7 +3,7 @@
 // per-call headers (not transport interceptors) so that they also apply to a
 // transport the caller supplies.
 import { Code, type Transport } from "@connectrpc/connect";
-import { ReceiptsError } from "./errors.js";
+import { ReceiptsError, type TlsFailureOf } from "./errors.js";
 
 /**
  * A W3C Trace Context (https://www.w3.org/TR/trace-context/): the values of
@@ -130,6 +130,8 @@ export interface Connection {
   readonly transport: Transport;
   /** The default transport's base URL, named in TLS errors; `undefined` with the caller's transport. */
   readonly baseUrl: string | undefined;
+  /** How the entry finds a TLS certificate failure (Node's only), for `decodeError`. */
+  readonly tlsFailureOf: TlsFailureOf | undefined;
   /** The headers of one call, with fresh credentials and trace context. */
   headers(): Promise<Headers>;
   readonly timeoutMs: number;
@@ -141,6 +143,7 @@ export function openConnection(
   role: "user" | "service",
   defaultTransport: TransportFactory,
   caller: string,
+  tlsFailureOf?: TlsFailureOf,
 ): Connection {
   const { token, devUserId, traceContext, tls } = options;
   if ((token === undefined) === (devUserId === undefined)) {
@@ -160,6 +163,7 @@ export function openConnection(
   return {
     transport,
     baseUrl: options.transport === undefined ? options.baseUrl : undefined,
+    tlsFailureOf,
     timeoutMs: options.timeoutMs ?? 30_000,
     async headers() {
       const h = new Headers();

@@ -30,45 +30,6 @@ const TRANSPORT_CODES: ReadonlySet<Code> = new Set([
 ]);
 
 /**
- * Node's codes for a server certificate it does not accept: OpenSSL's
- * verification results as Node names them, and a host name the certificate
- * does not cover.
- */
-const CERT_VERIFY_CODES: ReadonlySet<string> = new Set([
-  "UNABLE_TO_GET_ISSUER_CERT",
-  "UNABLE_TO_GET_ISSUER_CERT_LOCALLY",
-  "UNABLE_TO_VERIFY_LEAF_SIGNATURE",
-  "UNABLE_TO_DECRYPT_CERT_SIGNATURE",
-  "UNABLE_TO_DECODE_ISSUER_PUBLIC_KEY",
-  "CERT_SIGNATURE_FAILURE",
-  "CERT_NOT_YET_VALID",
-  "CERT_HAS_EXPIRED",
-  "ERROR_IN_CERT_NOT_BEFORE_FIELD",
-  "ERROR_IN_CERT_NOT_AFTER_FIELD",
-  "DEPTH_ZERO_SELF_SIGNED_CERT",
-  "SELF_SIGNED_CERT_IN_CHAIN",
-  "CERT_CHAIN_TOO_LONG",
-  "CERT_REVOKED",
-  "INVALID_CA",
-  "PATH_LENGTH_EXCEEDED",
-  "INVALID_PURPOSE",
-  "CERT_UNTRUSTED",
-  "CERT_REJECTED",
-  "HOSTNAME_MISMATCH",
-  "ERR_TLS_CERT_ALTNAME_INVALID",
-]);
-
-/**
- * OpenSSL's codes (as Node names them) for a TLS alert about a certificate:
- * mostly the server refusing ours under mutual TLS (none sent, not from a CA
- * it trusts, expired).
- */
-const CERT_ALERT_CODE = new RegExp(
-  "^ERR_SSL_(SSLV3|TLSV1|TLSV13)_ALERT_(BAD_CERTIFICATE|UNSUPPORTED_CERTIFICATE|CERTIFICATE_REVOKED" +
-    "|CERTIFICATE_EXPIRED|CERTIFICATE_UNKNOWN|UNKNOWN_CA|CERTIFICATE_REQUIRED)$",
-);
-
-/**
  * A TLS handshake that failed over a certificate: the server's, which the
  * client does not trust, or the client's, which the server refused.
  */
@@ -101,24 +62,24 @@ export class ReceiptsError extends Error {
   /** Response headers and trailers of the failed call (empty if none arrived). */
   readonly metadata: Headers;
   /**
-   * Set when the call failed in the TLS handshake over a certificate (Node
-   * only: a browser's `fetch` does not say why a connection failed). The
-   * code stays what the transport reported (`Code.Internal`, as no status
-   * arrived), and the error is not `retryable`.
+   * Set when a call of the Node entry failed in the TLS handshake over a
+   * certificate (a browser's `fetch` does not say why a connection failed,
+   * so the browser entry never sets it). The code stays what the transport
+   * reported (`Code.Internal`: no status arrived); the error is not `retryable`.
    */
   readonly tlsFailure: TlsFailure | undefined;
 
   constructor(
     code: Code,
     rawMessage: string,
-    options: { cause?: unknown; metadata?: HeadersInit } = {},
+    options: { cause?: unknown; metadata?: HeadersInit; tlsFailure?: TlsFailure } = {},
   ) {
     super(`[${codeName(code)}] ${rawMessage}`, { cause: options.cause });
     this.code = code;
     this.rawMessage = rawMessage;
     this.metadata = new Headers(options.metadata);
     this.field = FIELD_CODES.has(code) ? fieldOf(rawMessage) : undefined;
-    this.tlsFailure = tlsFailureOf(options.cause);
+    this.tlsFailure = options.tlsFailure;
   }
 
   /**
@@ -134,26 +95,37 @@ export class ReceiptsError extends Error {
 
   /** Converts anything thrown by a call into a `ReceiptsError` (the one place errors are decoded). */
   static from(reason: unknown): ReceiptsError {
-    return decodeError(reason, undefined);
+    return decodeError(reason, {});
   }
 }
 
 /**
- * `ReceiptsError.from`, naming `baseUrl` (where known) in the message of a
- * TLS failure. @internal
+ * Finds a certificate failure in what a call threw. Only the Node entry has
+ * one (src/tls-failure.ts), so browser bundles do not carry Node's codes. @internal
  */
-export function decodeError(reason: unknown, baseUrl: string | undefined): ReceiptsError {
+export type TlsFailureOf = (reason: unknown) => TlsFailure | undefined;
+
+/**
+ * `ReceiptsError.from` for a connection's call: with the connection's
+ * `tlsFailureOf`, a certificate failure becomes `tlsFailure`, with a message
+ * that names `baseUrl` (where known). @internal
+ */
+export function decodeError(
+  reason: unknown,
+  connection: { baseUrl?: string | undefined; tlsFailureOf?: TlsFailureOf | undefined },
+): ReceiptsError {
   if (reason instanceof ReceiptsError) {
     return reason;
   }
   const e = ConnectError.from(reason);
-  const tls = tlsFailureOf(reason);
+  const tls = connection.tlsFailureOf?.(reason);
+  const { baseUrl } = connection;
   const rawMessage =
     tls === undefined
       ? e.rawMessage
       : `TLS handshake${baseUrl === undefined ? "" : ` with ${baseUrl}`} failed: ${tls.reason} (${tls.code}; ` +
         "the certificate or the trust settings are wrong, retrying cannot help)";
-  return new ReceiptsError(e.code, rawMessage, { cause: reason, metadata: e.metadata });
+  return new ReceiptsError(e.code, rawMessage, { cause: reason, metadata: e.metadata, tlsFailure: tls });
 }
 
 /**
@@ -164,28 +136,6 @@ export function decodeError(reason: unknown, baseUrl: string | undefined): Recei
  */
 export function isConnectionFailure(e: ReceiptsError): boolean {
   return TRANSPORT_CODES.has(e.code) && !e.metadata.has("grpc-status") && e.tlsFailure === undefined;
-}
-
-/**
- * The certificate failure in an error's `cause` chain (connect-node keeps
- * Node's TLS error as the `ConnectError`'s cause), if there is one.
- */
-function tlsFailureOf(error: unknown): TlsFailure | undefined {
-  // Bounded: a cause chain may be long or even a cycle.
-  for (let e = error, depth = 0; typeof e === "object" && e !== null && depth < 8; depth++) {
-    const { code, message, reason } = e as { code?: unknown; message?: unknown; reason?: unknown };
-    if (typeof code === "string") {
-      if (CERT_VERIFY_CODES.has(code)) {
-        return { code, reason: typeof message === "string" ? message : code };
-      }
-      if (CERT_ALERT_CODE.test(code)) {
-        // OpenSSL's message is a whole error line; `reason` is its gist.
-        return { code, reason: typeof reason === "string" ? reason : code };
-      }
-    }
-    e = (e as { cause?: unknown }).cause;
-  }
-  return undefined;
 }
 
 /** The text before the first colon, if it is a field path. */

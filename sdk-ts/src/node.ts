@@ -4,7 +4,9 @@
 // one port). Not HTTP/1.1: connect-node sends a request's headers before its
 // body, and receiptd answers auth failures before reading the body and then
 // closes the connection, so the body write can fail with EPIPE and hide the
-// real status (see sdk-ts/README.md). src/index.ts is the same API for
+// real status (see sdk-ts/README.md). Calls also tell TLS certificate
+// failures from broken connections (src/tls-failure.ts): Node's errors say
+// which they are. src/index.ts is the same API for
 // browsers; everything but the factories comes from src/api.ts (a test checks
 // that the export lists are identical).
 import type { Transport } from "@connectrpc/connect";
@@ -13,6 +15,7 @@ import { backendClient, type BackendClient, type BackendClientOptions } from "./
 import type { ReceiptsConnection } from "./calls.js";
 import { receiptsClient, type ReceiptsClient, type ReceiptsClientOptions } from "./client.js";
 import { openConnection, type ConnectionOptions, type TlsOptions } from "./connection.js";
+import { tlsFailureOf } from "./tls-failure.js";
 
 /** connect-node's options of `http2.connect()`. */
 type Http2Options = Extract<Parameters<typeof createGrpcWebTransport>[0], { httpVersion: "2" }>["nodeOptions"];
@@ -47,7 +50,7 @@ function nodeTransport(baseUrl: string, tls: TlsOptions | undefined, caller: str
  * ```
  */
 export function createReceiptsClient(options: ReceiptsClientOptions): ReceiptsClient {
-  return receiptsClient(openConnection(options, "user", nodeTransport, "createReceiptsClient"));
+  return receiptsClient(openConnection(options, "user", nodeTransport, "createReceiptsClient", tlsFailureOf));
 }
 
 /**
@@ -61,7 +64,7 @@ export function createReceiptsClient(options: ReceiptsClientOptions): ReceiptsCl
  * ```
  */
 export function createReceiptsConnection(options: ConnectionOptions): ReceiptsConnection {
-  return openConnection(options, "user", nodeTransport, "createReceiptsConnection");
+  return openConnection(options, "user", nodeTransport, "createReceiptsConnection", tlsFailureOf);
 }
 
 /**
@@ -73,7 +76,7 @@ export function createReceiptsConnection(options: ConnectionOptions): ReceiptsCo
  * ```
  */
 export function createBackendClient(options: BackendClientOptions): BackendClient {
-  return backendClient(openConnection(options, "service", nodeTransport, "createBackendClient"));
+  return backendClient(openConnection(options, "service", nodeTransport, "createBackendClient", tlsFailureOf));
 }
 
 export * from "./api.js";

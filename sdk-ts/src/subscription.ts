@@ -95,7 +95,7 @@ export function openSubscription(connection: Connection, options: SubscribeOptio
         if (closed.signal.aborted) {
           return;
         }
-        lost = decodeError(e, connection.baseUrl);
+        lost = decodeError(e, connection);
         if (!lost.retryable) {
           throw lost;
         }

@@ -38,7 +38,7 @@ export async function unary<I extends DescMessage, O extends DescMessage>(
       );
       return res.message;
     } catch (e) {
-      const error = decodeError(e, connection.baseUrl);
+      const error = decodeError(e, connection);
       if (attempt === 1 && isConnectionFailure(error) && options?.signal?.aborted !== true) {
         continue;
       }

@@ -7,6 +7,8 @@ import { describe, expect, it } from "vitest";
 import * as web from "../src/index.js";
 import * as node from "../src/node.js";
 import { Code, ReceiptsError } from "../src/node.js";
+import { decodeError } from "../src/errors.js";
+import { tlsFailureOf } from "../src/tls-failure.js";
 import { mintToken } from "./receiptd.js";
 import { baseUrl, chat, uuid } from "./world.js";
 import { rejection } from "./rejection.js";
@@ -157,20 +159,28 @@ describe("ReceiptsError.tlsFailure", () => {
   const nodeError = (code: string, message: string, extra: object = {}) =>
     Object.assign(new Error(message), { code }, extra);
 
-  it("is found in the cause chain, and such an error is not retryable nor a broken connection", () => {
-    const tls = nodeError("CERT_HAS_EXPIRED", "certificate has expired");
-    const e = ReceiptsError.from(new ConnectError("certificate has expired", Code.Internal, undefined, undefined, tls));
+  const expired = nodeError("CERT_HAS_EXPIRED", "certificate has expired");
+  const node = { tlsFailureOf };
+
+  it("is found in the cause chain by the Node entry, and such an error is not retryable nor a broken connection", () => {
+    const e = decodeError(new ConnectError("certificate has expired", Code.Internal, undefined, undefined, expired), node);
     expect(e.tlsFailure).toEqual({ code: "CERT_HAS_EXPIRED", reason: "certificate has expired" });
     expect(e.code).toBe(Code.Internal);
     expect(e.retryable).toBe(false);
-    // Without a baseUrl (ReceiptsError.from), the message names no server.
+    // Without a baseUrl (a caller's transport), the message names no server.
     expect(e.rawMessage).toBe(
       "TLS handshake failed: certificate has expired (CERT_HAS_EXPIRED; " +
         "the certificate or the trust settings are wrong, retrying cannot help)",
     );
-    // Nested deeper, as a fetch-based transport reports it.
-    const nested = ReceiptsError.from(new TypeError("fetch failed", { cause: tls }));
-    expect(nested.tlsFailure?.code).toBe("CERT_HAS_EXPIRED");
+    // Nested deeper, as Node's fetch reports it.
+    expect(tlsFailureOf(new TypeError("fetch failed", { cause: expired }))?.code).toBe("CERT_HAS_EXPIRED");
+  });
+
+  it("is never set by ReceiptsError.from, which both entries share", () => {
+    const e = ReceiptsError.from(new ConnectError("certificate has expired", Code.Internal, undefined, undefined, expired));
+    expect(e.tlsFailure).toBeUndefined();
+    expect(e.rawMessage).toBe("certificate has expired");
+    expect(e.retryable).toBe(true);
   });
 
   it("takes an OpenSSL alert's reason rather than its whole error line", () => {
@@ -179,24 +189,22 @@ describe("ReceiptsError.tlsFailure", () => {
       "80:error:0A000412:SSL routines:ssl3_read_bytes:sslv3 alert bad certificate:rec_layer_s3.c:1601:SSL alert number 42\n",
       { reason: "sslv3 alert bad certificate" },
     );
-    const e = new ReceiptsError(Code.Internal, "x", { cause: alert });
-    expect(e.tlsFailure).toEqual({ code: "ERR_SSL_SSLV3_ALERT_BAD_CERTIFICATE", reason: "sslv3 alert bad certificate" });
-    expect(e.retryable).toBe(false);
+    expect(tlsFailureOf(alert)).toEqual({ code: "ERR_SSL_SSLV3_ALERT_BAD_CERTIFICATE", reason: "sslv3 alert bad certificate" });
   });
 
   it("is undefined for other connection failures, which stay retryable", () => {
     for (const code of ["ECONNREFUSED", "ECONNRESET", "ERR_SSL_WRONG_VERSION_NUMBER"]) {
-      const e = ReceiptsError.from(nodeError(code, "boom"));
+      const e = decodeError(nodeError(code, "boom"), node);
       expect(e.tlsFailure).toBeUndefined();
     }
-    const refused = new ReceiptsError(Code.Unavailable, "x", { cause: nodeError("ECONNREFUSED", "connect ECONNREFUSED") });
+    const refused = decodeError(new ConnectError("connect ECONNREFUSED", Code.Unavailable), node);
     expect(refused.retryable).toBe(true);
   });
 
   it("survives a cyclic cause chain", () => {
     const a: { cause?: unknown } = {};
     a.cause = { cause: a };
-    expect(new ReceiptsError(Code.Internal, "x", { cause: a }).tlsFailure).toBeUndefined();
+    expect(tlsFailureOf(a)).toBeUndefined();
   });
 });
 

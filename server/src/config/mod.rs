@@ -155,10 +155,9 @@ pub struct ServeArgs {
     #[arg(long, env = "RECEIPTS_LOG_RETENTION", default_value_t = 1_000_000)]
     pub log_retention: u64,
 
-    /// Embedded store: memory for caching blocks of the data read from disk
-    /// (MiB). The process's memory levels off near this plus up to 64 MiB of
-    /// unflushed writes plus its working set, however large the data grows
-    /// (docs/reliability.md, the soak).
+    /// Embedded store: memory for caching the data file's pages (MiB). The
+    /// process's memory levels off near this plus its working set, however
+    /// large the data grows (docs/reliability.md, the soak).
     #[arg(long, env = "RECEIPTS_CACHE_MB", default_value_t = 256)]
     pub cache_mb: u64,
 

@@ -1,14 +1,8 @@
-//! The embedded default store: one fjall database (`receipts.fjall/`) in a
-//! data directory.
+//! The embedded default store: one redb file in a data directory.
 //!
-//! Why fjall: pure Rust (nothing to install, no C toolchain), transactions
-//! whose commit appends to one journal and syncs it, snapshots so readers
-//! never block the writer, ordered keys with range scans, and flushing and
-//! compaction on threads of its own. On this store's write pattern it did the
-//! same durable work 1.6–3.6× faster than redb, the engine before it, which
-//! writes back every page on the B-tree paths a commit touched (see
-//! `docs/storage-embedded.md` and BENCHMARKS.md). A directory of the redb
-//! format is moved at open (`migrate.rs`).
+//! Why redb: pure Rust (nothing to install, no C toolchain), ACID transactions
+//! with fsync on commit, MVCC so readers never block the writer, and a stable
+//! file format. See `docs/storage-embedded.md`.
 //!
 //! Writes go through one writer thread that applies queued jobs in a single
 //! transaction and commits once (group commit): every job in the batch is
@@ -30,7 +24,7 @@ use crate::domain::{
     Runs, WatermarkAdvance,
 };
 use crate::fanout::{self, Window, Windows};
-use fjall::Readable;
+use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -39,12 +33,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-mod migrate;
+#[macro_use]
 mod tables;
+mod migrate;
 #[cfg(test)]
 mod tests;
 mod writer;
 
+use migrate::migrate_to_runs;
 use tables::*;
 use writer::*;
 
@@ -57,15 +53,15 @@ pub struct EmbeddedOptions {
     pub log_retention: u64,
     /// Buffered events per live subscriber.
     pub subscriber_buffer: usize,
-    /// Memory for fjall's block cache (the tables' blocks read from disk);
-    /// memtables take up to 64 MiB more.
+    /// Memory for redb's page cache (its default, 1 GiB, is more than a
+    /// one-process default should take).
     pub cache_bytes: usize,
 }
 
 /// The embedded store. Cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct EmbeddedStore {
-    db: Arc<Engine>,
+    db: Arc<Database>,
     jobs: std::sync::Mutex<Option<std_mpsc::Sender<Job>>>,
     writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     hub: Arc<Hub>,
@@ -76,34 +72,41 @@ impl EmbeddedStore {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path, options: EmbeddedOptions) -> StoreResult<Self> {
         std::fs::create_dir_all(dir).map_err(storage)?;
-        let db = Engine::open(&dir.join(DATA_DIR), options.cache_bytes)?;
-        migrate::from_redb(dir, &db)?;
-        let mut t = db.write();
-        let epoch = match t.get(Tb::Meta, META_EPOCH)? {
-            Some(b) => u64_at(&b, 0),
-            None => {
-                let e: u64 = rand::random::<u64>() >> 1;
-                t.put(Tb::Meta, META_EPOCH, &e.to_be_bytes())?;
-                e
+        let db = redb::Builder::new()
+            .set_cache_size(options.cache_bytes)
+            .create(dir.join("receipts.redb"))
+            .map_err(storage)?;
+        let txn = db.begin_write().map_err(storage)?;
+        let (epoch, next_offset, trimmed_to, sender_counter, pending) = {
+            let mut t = open_tables!(txn);
+            let epoch = match get_bytes(&t.meta, META_EPOCH)? {
+                Some(b) => u64_at(&b, 0),
+                None => {
+                    let e: u64 = rand::random::<u64>() >> 1;
+                    put(&mut t.meta, META_EPOCH, &e.to_be_bytes())?;
+                    e
+                }
+            };
+            let next_offset = t.meta_u64(META_NEXT_OFFSET)?.max(1);
+            let trimmed_to = t.meta_u64(META_TRIMMED_TO)?;
+            let sender_counter = t.meta_u64(META_SENDER_COUNTER)?;
+            let mut pending = Windows::new(options.group_window);
+            for entry in t.pending.iter().map_err(storage)? {
+                let (k, v) = entry.map_err(storage)?;
+                // Windows left open by a stop or crash are flushed right away.
+                pending.restore(
+                    uuid_at(k.value(), 0),
+                    Window {
+                        lo: u64_at(v.value(), 0),
+                        hi: u64_at(v.value(), 8),
+                        deadline: tokio::time::Instant::now(),
+                    },
+                );
             }
+            (epoch, next_offset, trimmed_to, sender_counter, pending)
         };
-        let next_offset = t.meta_u64(META_NEXT_OFFSET)?.max(1);
-        let trimmed_to = t.meta_u64(META_TRIMMED_TO)?;
-        let sender_counter = t.meta_u64(META_SENDER_COUNTER)?;
-        let mut pending = Windows::new(options.group_window);
-        for entry in t.all(Tb::Pending) {
-            let (k, v) = entry?;
-            // Windows left open by a stop or crash are flushed right away.
-            pending.restore(
-                uuid_at(&k, 0),
-                Window {
-                    lo: u64_at(&v, 0),
-                    hi: u64_at(&v, 8),
-                    deadline: tokio::time::Instant::now(),
-                },
-            );
-        }
-        t.commit()?;
+        migrate_to_runs(&txn)?;
+        txn.commit().map_err(storage)?;
         let db = Arc::new(db);
         let hub = Hub::new(options.subscriber_buffer);
         let state = WriterState {
@@ -174,12 +177,16 @@ impl EmbeddedStore {
     async fn read<R, F>(&self, f: F) -> StoreResult<R>
     where
         R: Send + 'static,
-        F: FnOnce(&Tables<fjall::Snapshot>) -> StoreResult<R> + Send + 'static,
+        F: FnOnce(&Tables<redb::ReadOnlyTable<Bytes, Bytes>>) -> StoreResult<R> + Send + 'static,
     {
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || f(&db.read()))
-            .await
-            .map_err(|e| ServiceError::internal(format!("read task failed: {e}")))?
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_read().map_err(storage)?;
+            let t = open_tables!(txn);
+            f(&t)
+        })
+        .await
+        .map_err(|e| ServiceError::internal(format!("read task failed: {e}")))?
     }
 }
 
@@ -217,14 +224,14 @@ impl ReceiptStore for EmbeddedStore {
                 created_at: domain::now_millis(),
                 member_count: members.len() as u64,
             };
-            ctx.t.put(Tb::Convs, &k1(&conversation), &encode(&meta))?;
+            put(&mut ctx.t.convs, &k1(&conversation), &encode(&meta))?;
             for u in &members {
-                ctx.t.put(
-                    Tb::Members,
+                put(
+                    &mut ctx.t.members,
                     &k2(&conversation, u),
                     &encode(&Membership::joined(1)),
                 )?;
-                ctx.t.put(Tb::UserConvs, &k2(u, &conversation), &[])?;
+                put(&mut ctx.t.user_convs, &k2(u, &conversation), &[])?;
             }
             Ok(true)
         })
@@ -250,12 +257,12 @@ impl ReceiptStore for EmbeddedStore {
             })?;
             let mut lowest = Seq::MAX;
             for (u, (ms, from)) in &updated {
-                ctx.t.put(Tb::Members, &k2(&conversation, u), &encode(ms))?;
-                ctx.t.put(Tb::UserConvs, &k2(u, &conversation), &[])?;
+                put(&mut ctx.t.members, &k2(&conversation, u), &encode(ms))?;
+                put(&mut ctx.t.user_convs, &k2(u, &conversation), &[])?;
                 lowest = lowest.min(*from);
             }
             meta.member_count = kind.count_after(meta.member_count, updated.len() as u64);
-            ctx.t.put(Tb::Convs, &k1(&conversation), &encode(&meta))?;
+            put(&mut ctx.t.convs, &k1(&conversation), &encode(&meta))?;
             // Recipients of already registered messages at or after the change
             // are now different: their counts change.
             let last = ctx.t.last_seq(&conversation)?;
@@ -293,9 +300,7 @@ impl ReceiptStore for EmbeddedStore {
                     e.insert(ctx.t.last_seq(&m.conversation)?);
                 }
                 let existing = ctx.t.message(&m.id)?;
-                let seq_taken_by = ctx
-                    .t
-                    .get(Tb::ConvMsgs, &k_seq(&m.conversation, m.seq))?
+                let seq_taken_by = get_bytes(&ctx.t.conv_msgs, &k_seq(&m.conversation, m.seq))?
                     .map(|b| uuid_at(&b, 0));
                 let membership = match memberships.get(&(m.conversation, m.sender)) {
                     Some(known) => known,
@@ -317,15 +322,15 @@ impl ReceiptStore for EmbeddedStore {
                     ctx.split_runs_at(&m.conversation, m.seq)?;
                 }
                 *last = (*last).max(m.seq);
-                ctx.t.put(Tb::Messages, &k1(&m.id), &encode(m))?;
-                ctx.t.put(
-                    Tb::ConvMsgs,
+                put(&mut ctx.t.messages, &k1(&m.id), &encode(m))?;
+                put(
+                    &mut ctx.t.conv_msgs,
                     &k_seq(&m.conversation, m.seq),
                     &conv_msg_value(m),
                 )?;
                 ctx.st.sender_counter += 1;
-                ctx.t.put(
-                    Tb::SenderMsgs,
+                put(
+                    &mut ctx.t.sender_msgs,
                     &k_seq(&m.sender, ctx.st.sender_counter),
                     &k1(&m.id),
                 )?;
@@ -463,7 +468,7 @@ impl ReceiptStore for EmbeddedStore {
 
     async fn set_sharing(&self, user: UserId, sharing: bool) -> StoreResult<bool> {
         self.write(move |ctx| {
-            ctx.t.put(Tb::Privacy, &k1(&user), &[u8::from(sharing)])?;
+            put(&mut ctx.t.privacy, &k1(&user), &[u8::from(sharing)])?;
             Ok(sharing)
         })
         .await

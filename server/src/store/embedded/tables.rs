@@ -2,100 +2,31 @@
 
 use super::*;
 
-/// A table of the store: a keyspace, an ordered map of byte keys to byte
-/// values.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Tb {
-    Meta,
-    Convs,
-    Members,
-    UserConvs,
-    Messages,
-    ConvMsgs,
-    SenderMsgs,
-    /// Deliveries as runs (`conv ‖ user ‖ first seq` → `last seq ‖ time`), see
-    /// [`domain::Run`].
-    Runs,
-    Watermarks,
-    ReadHist,
-    PublicHist,
-    Privacy,
-    Events,
-    EventIndex,
-    Pending,
-}
+pub(super) type Bytes = &'static [u8];
+pub(super) type Def = TableDefinition<'static, Bytes, Bytes>;
 
-impl Tb {
-    pub(super) const ALL: [Tb; 15] = [
-        Tb::Meta,
-        Tb::Convs,
-        Tb::Members,
-        Tb::UserConvs,
-        Tb::Messages,
-        Tb::ConvMsgs,
-        Tb::SenderMsgs,
-        Tb::Runs,
-        Tb::Watermarks,
-        Tb::ReadHist,
-        Tb::PublicHist,
-        Tb::Privacy,
-        Tb::Events,
-        Tb::EventIndex,
-        Tb::Pending,
-    ];
-
-    pub(super) fn name(self) -> &'static str {
-        match self {
-            Tb::Meta => "meta",
-            Tb::Convs => "conversations",
-            Tb::Members => "members",
-            Tb::UserConvs => "user_conversations",
-            Tb::Messages => "messages",
-            Tb::ConvMsgs => "conversation_messages",
-            Tb::SenderMsgs => "sender_messages",
-            Tb::Runs => "delivery_runs",
-            Tb::Watermarks => "watermarks",
-            Tb::ReadHist => "read_history",
-            Tb::PublicHist => "public_read_history",
-            Tb::Privacy => "privacy",
-            Tb::Events => "events",
-            Tb::EventIndex => "event_index",
-            Tb::Pending => "pending_windows",
-        }
-    }
-}
-
-/// The opened keyspaces, in [`Tb::ALL`] order. Cheap to clone.
-#[derive(Clone)]
-pub(super) struct Keyspaces(Arc<[fjall::SingleWriterTxKeyspace]>);
-
-impl Keyspaces {
-    pub(super) fn open(db: &fjall::SingleWriterTxDatabase) -> StoreResult<Self> {
-        let ks = Tb::ALL
-            .iter()
-            .map(|t| {
-                db.keyspace(t.name(), || {
-                    fjall::KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
-                })
-            })
-            .collect::<fjall::Result<Vec<_>>>()
-            .map_err(storage)?;
-        Ok(Self(ks.into()))
-    }
-
-    pub(super) fn get(&self, t: Tb) -> &fjall::SingleWriterTxKeyspace {
-        &self.0[t as usize]
-    }
-}
-
-impl std::fmt::Debug for Keyspaces {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Keyspaces")
-    }
-}
-
-/// A row read from a table.
-pub(super) type Row = (fjall::Slice, fjall::Slice);
+pub(super) const META: Def = TableDefinition::new("meta");
+pub(super) const CONVS: Def = TableDefinition::new("conversations");
+pub(super) const MEMBERS: Def = TableDefinition::new("members");
+pub(super) const USER_CONVS: Def = TableDefinition::new("user_conversations");
+pub(super) const MESSAGES: Def = TableDefinition::new("messages");
+pub(super) const CONV_MSGS: Def = TableDefinition::new("conversation_messages");
+pub(super) const SENDER_MSGS: Def = TableDefinition::new("sender_messages");
+/// Deliveries as runs (`conv ‖ user ‖ first seq` → `last seq ‖ time`), see
+/// [`domain::Run`].
+pub(super) const RUNS: Def = TableDefinition::new("delivery_runs");
+/// The second layout of deliveries (`conv ‖ user ‖ seq` → time, one row per
+/// message per recipient), folded into [`RUNS`] at open.
+pub(super) const DELIVERED_V2: Def = TableDefinition::new("delivered_by_recipient");
+/// The first layout of deliveries (`msg ‖ user`), moved to [`DELIVERED_V2`] at open.
+pub(super) const DELIVERED_V1: Def = TableDefinition::new("delivered");
+pub(super) const WATERMARKS: Def = TableDefinition::new("watermarks");
+pub(super) const READ_HIST: Def = TableDefinition::new("read_history");
+pub(super) const PUBLIC_HIST: Def = TableDefinition::new("public_read_history");
+pub(super) const PRIVACY: Def = TableDefinition::new("privacy");
+pub(super) const EVENTS: Def = TableDefinition::new("events");
+pub(super) const EVENT_INDEX: Def = TableDefinition::new("event_index");
+pub(super) const PENDING: Def = TableDefinition::new("pending_windows");
 
 pub(super) const META_EPOCH: &[u8] = b"epoch";
 pub(super) const META_NEXT_OFFSET: &[u8] = b"next_offset";
@@ -164,69 +95,46 @@ pub(super) struct ConversationMeta {
     pub(super) member_count: u64,
 }
 
-/// Read access (a snapshot, or the write transaction, which reads its own
-/// writes) to every table, shared by write jobs and reads.
-pub(super) struct Tables<R> {
-    pub(super) tx: R,
-    pub(super) ks: Keyspaces,
+/// Read access shared by write jobs and read transactions.
+pub(super) struct Tables<T> {
+    pub(super) meta: T,
+    pub(super) convs: T,
+    pub(super) members: T,
+    pub(super) user_convs: T,
+    pub(super) messages: T,
+    pub(super) conv_msgs: T,
+    pub(super) sender_msgs: T,
+    pub(super) runs: T,
+    pub(super) watermarks: T,
+    pub(super) read_hist: T,
+    pub(super) public_hist: T,
+    pub(super) privacy: T,
+    pub(super) events: T,
+    pub(super) event_index: T,
+    pub(super) pending: T,
 }
 
-/// The engine: an fjall database (a log-structured merge tree per table,
-/// one journal) and its keyspaces.
-pub(super) struct Engine {
-    db: fjall::SingleWriterTxDatabase,
-    ks: Keyspaces,
-}
-
-/// The engine's directory inside the data directory.
-pub(super) const DATA_DIR: &str = "receipts.fjall";
-/// Journal kept before the memtables it covers are flushed to table files
-/// (fjall's minimum). Writes not yet flushed are in memory too, so with the
-/// block cache (`--cache-mb`) this bounds the store's memory.
-const JOURNAL_BYTES: u64 = 64 << 20;
-/// One table's memtable is flushed when it reaches this size.
-const MEMTABLE_BYTES: u64 = 16 << 20;
-
-impl Engine {
-    pub(super) fn open(path: &Path, cache_bytes: usize) -> StoreResult<Self> {
-        let db = fjall::SingleWriterTxDatabase::builder(path)
-            .cache_size(cache_bytes as u64)
-            .max_journaling_size(JOURNAL_BYTES)
-            .open()
-            .map_err(storage)?;
-        let ks = Keyspaces::open(&db)?;
-        Ok(Self { db, ks })
-    }
-
-    /// A write transaction whose commit returns once the journal is synced
-    /// to disk (`fdatasync`): an acknowledged write survives a crash.
-    pub(super) fn write(&self) -> WriteTables<'_> {
+macro_rules! open_tables {
+    ($txn:expr) => {
         Tables {
-            tx: self
-                .db
-                .write_tx()
-                .durability(Some(fjall::PersistMode::SyncData)),
-            ks: self.ks.clone(),
+            meta: $txn.open_table(META).map_err(storage)?,
+            convs: $txn.open_table(CONVS).map_err(storage)?,
+            members: $txn.open_table(MEMBERS).map_err(storage)?,
+            user_convs: $txn.open_table(USER_CONVS).map_err(storage)?,
+            messages: $txn.open_table(MESSAGES).map_err(storage)?,
+            conv_msgs: $txn.open_table(CONV_MSGS).map_err(storage)?,
+            sender_msgs: $txn.open_table(SENDER_MSGS).map_err(storage)?,
+            runs: $txn.open_table(RUNS).map_err(storage)?,
+            watermarks: $txn.open_table(WATERMARKS).map_err(storage)?,
+            read_hist: $txn.open_table(READ_HIST).map_err(storage)?,
+            public_hist: $txn.open_table(PUBLIC_HIST).map_err(storage)?,
+            privacy: $txn.open_table(PRIVACY).map_err(storage)?,
+            events: $txn.open_table(EVENTS).map_err(storage)?,
+            event_index: $txn.open_table(EVENT_INDEX).map_err(storage)?,
+            pending: $txn.open_table(PENDING).map_err(storage)?,
         }
-    }
-
-    /// A consistent snapshot for reads; it never blocks the writer.
-    pub(super) fn read(&self) -> Tables<fjall::Snapshot> {
-        Tables {
-            tx: self.db.read_tx(),
-            ks: self.ks.clone(),
-        }
-    }
+    };
 }
-
-impl std::fmt::Debug for Engine {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Engine(fjall)")
-    }
-}
-
-/// The writer's transaction.
-pub(super) type WriteTables<'db> = Tables<fjall::SingleWriterWriteTx<'db>>;
 
 /// One member's facts about a set of messages (see [`Tables::track`]).
 #[derive(Debug, Default)]
@@ -256,36 +164,24 @@ pub(super) struct ConvContext {
     pub(super) sharing: HashMap<UserId, bool>,
 }
 
-impl<R: Readable> Tables<R> {
-    pub(super) fn get(&self, t: Tb, key: &[u8]) -> StoreResult<Option<fjall::Slice>> {
-        self.tx.get(self.ks.get(t), key).map_err(storage)
-    }
+pub(super) fn get_bytes<T: ReadableTable<Bytes, Bytes>>(
+    t: &T,
+    key: &[u8],
+) -> StoreResult<Option<Vec<u8>>> {
+    Ok(t.get(key).map_err(storage)?.map(|g| g.value().to_vec()))
+}
 
-    /// The rows of `t` with keys in `lo..=hi`, in key order (or reversed).
-    pub(super) fn rows(
-        &self,
-        t: Tb,
-        lo: &[u8],
-        hi: &[u8],
-    ) -> impl DoubleEndedIterator<Item = StoreResult<Row>> + use<R> {
-        self.tx
-            .range(self.ks.get(t), lo..=hi)
-            .map(|g| g.into_inner().map_err(storage))
-    }
-
-    /// Every row of `t`, in key order.
-    pub(super) fn all(&self, t: Tb) -> impl DoubleEndedIterator<Item = StoreResult<Row>> + use<R> {
-        self.tx
-            .iter(self.ks.get(t))
-            .map(|g| g.into_inner().map_err(storage))
-    }
-
+impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
     pub(super) fn meta_u64(&self, key: &[u8]) -> StoreResult<u64> {
-        Ok(self.get(Tb::Meta, key)?.map(|b| u64_at(&b, 0)).unwrap_or(0))
+        Ok(get_bytes(&self.meta, key)?
+            .map(|b| u64_at(&b, 0))
+            .unwrap_or(0))
     }
 
     pub(super) fn conversation(&self, c: &ConversationId) -> StoreResult<Option<ConversationMeta>> {
-        self.get(Tb::Convs, &k1(c))?.map(|b| decode(&b)).transpose()
+        get_bytes(&self.convs, &k1(c))?
+            .map(|b| decode(&b))
+            .transpose()
     }
 
     pub(super) fn membership(
@@ -293,7 +189,7 @@ impl<R: Readable> Tables<R> {
         c: &ConversationId,
         u: &UserId,
     ) -> StoreResult<Option<Membership>> {
-        self.get(Tb::Members, &k2(c, u))?
+        get_bytes(&self.members, &k2(c, u))?
             .map(|b| decode(&b))
             .transpose()
     }
@@ -302,22 +198,25 @@ impl<R: Readable> Tables<R> {
         let lo = k2(c, &Uuid::nil());
         let hi = k2(c, &Uuid::max());
         let mut out = Vec::new();
-        for entry in self.rows(Tb::Members, &lo, &hi) {
-            let (k, v) = entry?;
-            out.push((uuid_at(&k, 16), decode(&v)?));
+        for entry in self
+            .members
+            .range(lo.as_slice()..=hi.as_slice())
+            .map_err(storage)?
+        {
+            let (k, v) = entry.map_err(storage)?;
+            out.push((uuid_at(k.value(), 16), decode(v.value())?));
         }
         Ok(out)
     }
 
     pub(super) fn message(&self, m: &MessageId) -> StoreResult<Option<Message>> {
-        self.get(Tb::Messages, &k1(m))?
+        get_bytes(&self.messages, &k1(m))?
             .map(|b| decode(&b))
             .transpose()
     }
 
     pub(super) fn watermark(&self, c: &ConversationId, u: &UserId) -> StoreResult<ReadWatermark> {
-        Ok(self
-            .get(Tb::Watermarks, &k2(c, u))?
+        Ok(get_bytes(&self.watermarks, &k2(c, u))?
             .map(|b| ReadWatermark {
                 seq: u64_at(&b, 0),
                 public_seq: u64_at(&b, 8),
@@ -326,9 +225,7 @@ impl<R: Readable> Tables<R> {
     }
 
     pub(super) fn sharing(&self, u: &UserId) -> StoreResult<bool> {
-        Ok(self
-            .get(Tb::Privacy, &k1(u))?
-            .is_none_or(|b| b.first() == Some(&1)))
+        Ok(get_bytes(&self.privacy, &k1(u))?.is_none_or(|b| b.first() == Some(&1)))
     }
 
     /// The delivery run of `u` in `c` that covers `seq`, if any.
@@ -339,12 +236,15 @@ impl<R: Readable> Tables<R> {
         seq: Seq,
     ) -> StoreResult<Option<Run>> {
         let (lo, hi) = (k3(c, u, 0), k3(c, u, seq));
-        let mut range = self.rows(Tb::Runs, &lo, &hi);
+        let mut range = self
+            .runs
+            .range(lo.as_slice()..=hi.as_slice())
+            .map_err(storage)?;
         let Some(entry) = range.next_back() else {
             return Ok(None);
         };
-        let (k, v) = entry?;
-        let run = run_from(&k, &v);
+        let (k, v) = entry.map_err(storage)?;
+        let run = run_from(k.value(), v.value());
         Ok(run.covers(seq).then_some(run))
     }
 
@@ -359,9 +259,13 @@ impl<R: Readable> Tables<R> {
         let mut runs: Vec<Run> = self.run_covering(c, u, lo)?.into_iter().collect();
         if lo < hi {
             let (lo, hi) = (k3(c, u, lo + 1), k3(c, u, hi));
-            for entry in self.rows(Tb::Runs, &lo, &hi) {
-                let (k, v) = entry?;
-                runs.push(run_from(&k, &v));
+            for entry in self
+                .runs
+                .range(lo.as_slice()..=hi.as_slice())
+                .map_err(storage)?
+            {
+                let (k, v) = entry.map_err(storage)?;
+                runs.push(run_from(k.value(), v.value()));
             }
         }
         Ok(Runs::new(runs))
@@ -369,20 +273,18 @@ impl<R: Readable> Tables<R> {
 
     /// The first advancement that reached `seq` or beyond: `(seq reached, time)`.
     pub(super) fn first_covering(
-        &self,
-        table: Tb,
+        table: &T,
         c: &ConversationId,
         u: &UserId,
         seq: Seq,
     ) -> StoreResult<Option<(Seq, Millis)>> {
-        Ok(self.seq_rows(table, c, u, seq, u64::MAX, |_| true)?.pop())
+        Ok(Self::seq_rows(table, c, u, seq, u64::MAX, |_| true)?.pop())
     }
 
     /// Rows `(seq, time)` of a `conv ‖ user ‖ seq` table from `lo` to `hi`, in
     /// seq order, up to and including the first row for which `last` holds.
     pub(super) fn seq_rows(
-        &self,
-        table: Tb,
+        table: &T,
         c: &ConversationId,
         u: &UserId,
         lo: Seq,
@@ -394,10 +296,13 @@ impl<R: Readable> Tables<R> {
             return Ok(out);
         }
         let (lo, hi) = (k3(c, u, lo), k3(c, u, hi));
-        for entry in self.rows(table, &lo, &hi) {
-            let (k, v) = entry?;
-            let seq = u64_at(&k, 32);
-            out.push((seq, i64_val(&v)));
+        for entry in table
+            .range(lo.as_slice()..=hi.as_slice())
+            .map_err(storage)?
+        {
+            let (k, v) = entry.map_err(storage)?;
+            let seq = u64_at(k.value(), 32);
+            out.push((seq, i64_val(v.value())));
             if last(seq) {
                 break;
             }
@@ -423,10 +328,10 @@ impl<R: Readable> Tables<R> {
             // The history rows from `lo` to the first at or beyond `hi` hold
             // the first advancement covering each seq in between.
             if wm.seq >= lo {
-                t.read = self.seq_rows(Tb::ReadHist, c, u, lo, u64::MAX, |s| s >= hi)?;
+                t.read = Self::seq_rows(&self.read_hist, c, u, lo, u64::MAX, |s| s >= hi)?;
             }
             if wm.public_seq >= lo {
-                t.public = self.seq_rows(Tb::PublicHist, c, u, lo, u64::MAX, |s| s >= hi)?;
+                t.public = Self::seq_rows(&self.public_hist, c, u, lo, u64::MAX, |s| s >= hi)?;
             }
             return Ok(t);
         }
@@ -436,11 +341,12 @@ impl<R: Readable> Tables<R> {
                 runs.extend(self.run_covering(c, u, seq)?);
             }
             if wm.seq >= seq {
-                t.read.extend(self.first_covering(Tb::ReadHist, c, u, seq)?);
+                t.read
+                    .extend(Self::first_covering(&self.read_hist, c, u, seq)?);
             }
             if wm.public_seq >= seq {
                 t.public
-                    .extend(self.first_covering(Tb::PublicHist, c, u, seq)?);
+                    .extend(Self::first_covering(&self.public_hist, c, u, seq)?);
             }
         }
         t.delivered = Runs::new(runs);
@@ -453,9 +359,12 @@ impl<R: Readable> Tables<R> {
     pub(super) fn last_seq(&self, c: &ConversationId) -> StoreResult<Seq> {
         let lo = k_seq(c, 0);
         let hi = k_seq(c, u64::MAX);
-        let mut range = self.rows(Tb::ConvMsgs, &lo, &hi);
+        let mut range = self
+            .conv_msgs
+            .range(lo.as_slice()..=hi.as_slice())
+            .map_err(storage)?;
         match range.next_back() {
-            Some(entry) => Ok(u64_at(&entry?.0, 16)),
+            Some(entry) => Ok(u64_at(entry.map_err(storage)?.0.value(), 16)),
             None => Ok(0),
         }
     }
@@ -469,9 +378,13 @@ impl<R: Readable> Tables<R> {
     ) -> StoreResult<Vec<Message>> {
         let (lo, hi) = (k_seq(c, lo), k_seq(c, hi));
         let mut out = Vec::new();
-        for entry in self.rows(Tb::ConvMsgs, &lo, &hi) {
-            let (k, v) = entry?;
-            let (seq, v) = (u64_at(&k, 16), &v);
+        for entry in self
+            .conv_msgs
+            .range(lo.as_slice()..=hi.as_slice())
+            .map_err(storage)?
+        {
+            let (k, v) = entry.map_err(storage)?;
+            let (seq, v) = (u64_at(k.value(), 16), v.value());
             let message = match v.len() {
                 40.. => Message {
                     id: uuid_at(v, 0),
@@ -500,9 +413,13 @@ impl<R: Readable> Tables<R> {
     ) -> StoreResult<u64> {
         let (lo, hi) = (k_seq(c, wm.saturating_add(1)), k_seq(c, u64::MAX));
         let mut n = 0;
-        for entry in self.rows(Tb::ConvMsgs, &lo, &hi) {
-            let (k, v) = entry?;
-            if membership.receives(*u, uuid_at(&v, 16), u64_at(&k, 16)) {
+        for entry in self
+            .conv_msgs
+            .range(lo.as_slice()..=hi.as_slice())
+            .map_err(storage)?
+        {
+            let (k, v) = entry.map_err(storage)?;
+            if membership.receives(*u, uuid_at(v.value(), 16), u64_at(k.value(), 16)) {
                 n += 1;
             }
         }
@@ -588,12 +505,17 @@ impl<R: Readable> Tables<R> {
         let lo = k_seq(u, after.saturating_add(1));
         let hi = k_seq(u, u64::MAX);
         let mut out = Vec::new();
-        for entry in self.rows(Tb::Events, &lo, &hi).take(max) {
-            let (k, v) = entry?;
+        for entry in self
+            .events
+            .range(lo.as_slice()..=hi.as_slice())
+            .map_err(storage)?
+            .take(max)
+        {
+            let (k, v) = entry.map_err(storage)?;
             out.push(Event {
-                offset: u64_at(&k, 16),
+                offset: u64_at(k.value(), 16),
                 user: *u,
-                body: decode(&v)?,
+                body: decode(v.value())?,
             });
         }
         Ok(out)
@@ -604,12 +526,14 @@ impl<R: Readable> Tables<R> {
         let hi = k_seq(u, u64::MAX);
         let mut recent = Vec::new();
         for entry in self
-            .rows(Tb::SenderMsgs, &lo, &hi)
+            .sender_msgs
+            .range(lo.as_slice()..=hi.as_slice())
+            .map_err(storage)?
             .rev()
             .take(SNAPSHOT_MESSAGES)
         {
-            let (_, v) = entry?;
-            if let Some(m) = self.message(&uuid_at(&v, 0))? {
+            let (_, v) = entry.map_err(storage)?;
+            if let Some(m) = self.message(&uuid_at(v.value(), 0))? {
                 recent.push(m);
             }
         }
@@ -624,12 +548,16 @@ impl<R: Readable> Tables<R> {
         }
         let (lo, hi) = (k2(u, &Uuid::nil()), k2(u, &Uuid::max()));
         let mut watermarks = Vec::new();
-        for entry in self.rows(Tb::UserConvs, &lo, &hi) {
+        for entry in self
+            .user_convs
+            .range(lo.as_slice()..=hi.as_slice())
+            .map_err(storage)?
+        {
             if watermarks.len() >= SNAPSHOT_CONVERSATIONS {
                 break;
             }
-            let (k, _) = entry?;
-            let c = uuid_at(&k, 16);
+            let (k, _) = entry.map_err(storage)?;
+            let c = uuid_at(k.value(), 16);
             let Some(membership) = self.membership(&c, u)? else {
                 continue;
             };
@@ -679,6 +607,15 @@ pub(super) fn run_value(run: &Run) -> [u8; 16] {
     v
 }
 
+pub(super) fn put_run(
+    t: &mut Table<'_, Bytes, Bytes>,
+    c: &ConversationId,
+    u: &UserId,
+    run: &Run,
+) -> StoreResult<()> {
+    put(t, &k3(c, u, run.first), &run_value(run))
+}
+
 /// The `conversation_messages` value of `m`: id ‖ sender ‖ sent time, so
 /// that messages read by seq need no second lookup by id.
 pub(super) fn conv_msg_value(m: &Message) -> [u8; 40] {
@@ -689,24 +626,7 @@ pub(super) fn conv_msg_value(m: &Message) -> [u8; 40] {
     v
 }
 
-impl WriteTables<'_> {
-    /// Writes `k` → `v` in `t` (in the transaction: seen by its own reads,
-    /// durable at its commit).
-    pub(super) fn put(&mut self, t: Tb, k: &[u8], v: &[u8]) -> StoreResult<()> {
-        self.tx.insert(self.ks.get(t), k, v);
-        Ok(())
-    }
-
-    /// Commits; returns once the commit is durable (see [`Engine::write`]).
-    pub(super) fn commit(self) -> StoreResult<()> {
-        self.tx.commit().map_err(storage)
-    }
-
-    pub(super) fn remove(&mut self, t: Tb, k: &[u8]) {
-        self.tx.remove(self.ks.get(t), k);
-    }
-
-    pub(super) fn put_run(&mut self, c: &ConversationId, u: &UserId, run: &Run) -> StoreResult<()> {
-        self.put(Tb::Runs, &k3(c, u, run.first), &run_value(run))
-    }
+pub(super) fn put(t: &mut Table<'_, Bytes, Bytes>, k: &[u8], v: &[u8]) -> StoreResult<()> {
+    t.insert(k, v).map_err(storage)?;
+    Ok(())
 }

@@ -1,54 +1,40 @@
 //! Unit tests of the embedded store: rows written, formats migrated.
 
 use super::*;
-use migrate::{DELIVERED_V1, DELIVERED_V2, REDB_FILE, REDB_MIGRATED, def};
-use redb::{ReadableDatabase as _, ReadableTable as _};
+use redb::ReadableTableMetadata as _;
 
-/// Every table but the event log, its index, open windows and counters.
-fn state_tables() -> impl Iterator<Item = Tb> {
-    Tb::ALL
-        .into_iter()
-        .filter(|t| !matches!(t, Tb::Meta | Tb::Events | Tb::EventIndex | Tb::Pending))
-}
+const STATE_TABLES: [Def; 11] = [
+    CONVS,
+    MEMBERS,
+    USER_CONVS,
+    MESSAGES,
+    CONV_MSGS,
+    SENDER_MSGS,
+    RUNS,
+    WATERMARKS,
+    READ_HIST,
+    PUBLIC_HIST,
+    PRIVACY,
+];
 
 fn state_rows(store: &EmbeddedStore) -> u64 {
-    let t = store.db.read();
-    state_tables().map(|tb| t.all(tb).count() as u64).sum()
+    let txn = store.db.begin_read().expect("read");
+    STATE_TABLES
+        .iter()
+        .map(|def| txn.open_table(*def).expect("table").len().expect("len"))
+        .sum()
 }
 
 /// Rows in the event log, and their total size in bytes.
 fn event_rows(store: &EmbeddedStore) -> (u64, usize) {
-    let t = store.db.read();
-    let rows: Vec<Row> = t.all(Tb::Events).map(|e| e.expect("row")).collect();
-    (rows.len() as u64, rows.iter().map(|(_, v)| v.len()).sum())
-}
-
-/// Turns the data directory of a stopped store into the earlier format:
-/// every row in a `receipts.redb` file, and no fjall directory.
-fn make_redb_directory(dir: &Path) {
-    {
-        let engine = Engine::open(&dir.join(DATA_DIR), 1 << 20).expect("fjall");
-        let t = engine.read();
-        let db = redb::Database::create(dir.join(REDB_FILE)).expect("redb");
-        let txn = db.begin_write().expect("write");
-        for tb in Tb::ALL {
-            let mut table = txn.open_table(def(tb)).expect("table");
-            for e in t.all(tb) {
-                let (k, v) = e.expect("row");
-                table.insert(&*k, &*v).expect("insert");
-            }
-        }
-        txn.commit().expect("commit");
-    }
-    std::fs::remove_dir_all(dir.join(DATA_DIR)).expect("remove fjall");
-}
-
-/// Runs `f` on a write transaction of the redb file in `dir`.
-fn in_redb(dir: &Path, f: impl FnOnce(&redb::WriteTransaction)) {
-    let db = redb::Database::create(dir.join(REDB_FILE)).expect("redb");
-    let txn = db.begin_write().expect("write");
-    f(&txn);
-    txn.commit().expect("commit");
+    let txn = store.db.begin_read().expect("read");
+    let events = txn.open_table(EVENTS).expect("events");
+    let bytes = events
+        .iter()
+        .expect("iter")
+        .map(|e| e.expect("row").1.value().len())
+        .sum();
+    (events.len().expect("len"), bytes)
 }
 
 fn options() -> EmbeddedOptions {
@@ -212,27 +198,31 @@ async fn deliveries_in_the_first_layout_are_moved_at_open() {
         .expect("deliver");
     store.shutdown().await;
     drop(store);
-    // Rewrite the delivery as the first layout kept it, in a redb file.
-    make_redb_directory(dir.path());
-    in_redb(dir.path(), |txn| {
-        let mut runs = txn.open_table(def(Tb::Runs)).expect("runs");
-        let k = {
-            let (k, _) = runs.first().expect("read").expect("one delivery");
-            k.value().to_vec()
-        };
-        runs.remove(k.as_slice()).expect("remove");
-        let mut old = txn.open_table(DELIVERED_V1).expect("old");
-        old.insert(k2(&m, &b).as_slice(), 1_000i64.to_be_bytes().as_slice())
-            .expect("insert");
-    });
+    // Rewrite the delivery as the first layout kept it.
+    {
+        let db = Database::create(dir.path().join("receipts.redb")).expect("db");
+        let txn = db.begin_write().expect("write");
+        {
+            let mut runs = txn.open_table(RUNS).expect("runs");
+            let k = {
+                let (k, _) = runs.first().expect("read").expect("one delivery");
+                k.value().to_vec()
+            };
+            runs.remove(k.as_slice()).expect("remove");
+            let mut old = txn.open_table(DELIVERED_V1).expect("old");
+            old.insert(k2(&m, &b).as_slice(), 1_000i64.to_be_bytes().as_slice())
+                .expect("insert");
+        }
+        txn.commit().expect("commit");
+    }
     let store = EmbeddedStore::open(dir.path(), options()).expect("reopen");
     let states = store.receipts(b, c, vec![m], true).await.expect("receipts");
     assert_eq!(states[0].recipients[0].delivered_at, Some(1_000));
-    let db = redb::Database::open(dir.path().join(REDB_MIGRATED)).expect("kept");
-    let txn = db.begin_read().expect("read");
+    let txn = store.db.begin_read().expect("read");
     for old in [DELIVERED_V1, DELIVERED_V2] {
         assert!(txn.open_table(old).is_err(), "the old tables are dropped");
     }
+    drop(txn);
     store.shutdown().await;
 }
 
@@ -293,13 +283,13 @@ async fn dense_and_sparse_message_sets_get_the_same_states() {
 }
 
 fn run_rows(store: &EmbeddedStore) -> Vec<Run> {
-    store
-        .db
-        .read()
-        .all(Tb::Runs)
+    let txn = store.db.begin_read().expect("read");
+    let runs = txn.open_table(RUNS).expect("runs");
+    runs.iter()
+        .expect("iter")
         .map(|e| {
             let (k, v) = e.expect("row");
-            run_from(&k, &v)
+            run_from(k.value(), v.value())
         })
         .collect()
 }
@@ -437,17 +427,21 @@ async fn deliveries_one_row_per_message_are_folded_into_runs_at_open() {
         (7, 20),
         (9, 10),
     ];
-    make_redb_directory(dir.path());
-    in_redb(dir.path(), |txn| {
-        let mut old = txn.open_table(DELIVERED_V2).expect("old");
-        for (seq, at) in rows {
-            old.insert(
-                k3(&c, &b, seq).as_slice(),
-                (at as i64).to_be_bytes().as_slice(),
-            )
-            .expect("insert");
+    {
+        let db = Database::create(dir.path().join("receipts.redb")).expect("db");
+        let txn = db.begin_write().expect("write");
+        {
+            let mut old = txn.open_table(DELIVERED_V2).expect("old");
+            for (seq, at) in rows {
+                old.insert(
+                    k3(&c, &b, seq).as_slice(),
+                    (at as i64).to_be_bytes().as_slice(),
+                )
+                .expect("insert");
+            }
         }
-    });
+        txn.commit().expect("commit");
+    }
     let store = EmbeddedStore::open(dir.path(), options()).expect("reopen");
     let runs: Vec<(Seq, Seq, Millis)> = run_rows(&store)
         .iter()
@@ -467,12 +461,12 @@ async fn deliveries_one_row_per_message_are_folded_into_runs_at_open() {
             s.message.seq
         );
     }
-    let db = redb::Database::open(dir.path().join(REDB_MIGRATED)).expect("kept");
-    let txn = db.begin_read().expect("read");
+    let txn = store.db.begin_read().expect("read");
     assert!(
         txn.open_table(DELIVERED_V2).is_err(),
         "the old table is dropped"
     );
+    drop(txn);
     store.shutdown().await;
 }
 
@@ -494,7 +488,7 @@ async fn messages_by_seq_read_rows_with_and_without_the_sent_time() {
     store
         .write(move |ctx| {
             let old = k2(&first.id, &first.sender);
-            ctx.t.put(Tb::ConvMsgs, &k_seq(&c, 1), &old)
+            put(&mut ctx.t.conv_msgs, &k_seq(&c, 1), &old)
         })
         .await
         .expect("rewrite as the old row");
@@ -506,110 +500,5 @@ async fn messages_by_seq_read_rows_with_and_without_the_sent_time() {
         read.iter().map(|m| m.sent_at).collect::<Vec<_>>(),
         vec![101, 102]
     );
-    store.shutdown().await;
-}
-
-/// A data directory of the redb format opens with every fact, cursor and
-/// counter it had, and the redb file is kept aside, renamed.
-#[tokio::test]
-async fn a_redb_data_directory_is_moved_to_fjall_at_open() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = EmbeddedStore::open(dir.path(), options()).expect("open");
-    let (c, a, b, last) = conversation_with(&store, 20).await;
-    let ids: Vec<MessageId> = store
-        .read(move |t| t.messages_between(&c, 1, 20))
-        .await
-        .expect("messages")
-        .into_iter()
-        .map(|m| m.id)
-        .collect();
-    store
-        .mark_delivered(b, ids[..12].to_vec(), 1_000)
-        .await
-        .expect("deliver");
-    store
-        .mark_read_up_to(b, c, ids[4], 2_000)
-        .await
-        .expect("read");
-    store.set_sharing(b, false).await.expect("privacy");
-    let before = store
-        .receipts(a, c, ids.clone(), true)
-        .await
-        .expect("receipts");
-    let Replay::Events { head, .. } = store.replay(a, ReplayFrom::Live, 100).await.expect("head")
-    else {
-        panic!("live replay gives events");
-    };
-    let epoch = store.epoch;
-    store.shutdown().await;
-    drop(store);
-
-    make_redb_directory(dir.path());
-    let store = EmbeddedStore::open(dir.path(), options()).expect("migrate");
-    assert!(
-        dir.path().join(REDB_MIGRATED).exists(),
-        "the redb file is kept"
-    );
-    assert!(!dir.path().join(REDB_FILE).exists());
-    assert_eq!(store.epoch, epoch, "cursors stay valid");
-    let after = store
-        .receipts(a, c, ids.clone(), true)
-        .await
-        .expect("receipts");
-    assert_eq!(format!("{before:?}"), format!("{after:?}"));
-    assert!(!store.sharing(b).await.expect("privacy"));
-    // The log continues where it was: a cursor from before replays the
-    // events written after the move, and nothing it already had.
-    store
-        .mark_read_up_to(b, c, last, 3_000)
-        .await
-        .expect("read after the move");
-    let Replay::Events { events, .. } = store
-        .replay(a, ReplayFrom::Cursor(head), 100)
-        .await
-        .expect("replay")
-    else {
-        panic!("a cursor from before the move replays");
-    };
-    assert!(!events.is_empty());
-    assert!(events.iter().all(|e| e.offset > head.offset), "{events:?}");
-    store.shutdown().await;
-}
-
-/// If the redb file is still there after its rows were copied (a crash
-/// before the rename), the next open only renames it: it never copies old
-/// rows over newer writes.
-#[tokio::test]
-async fn a_redb_file_left_after_the_copy_is_not_copied_again() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = EmbeddedStore::open(dir.path(), options()).expect("open");
-    let (c, _, b, last) = conversation_with(&store, 3).await;
-    let first = store
-        .read(move |t| t.messages_between(&c, 1, 1))
-        .await
-        .expect("messages")[0]
-        .id;
-    store
-        .mark_read_up_to(b, c, first, 500)
-        .await
-        .expect("read before the move");
-    store.shutdown().await;
-    drop(store);
-    make_redb_directory(dir.path());
-    let store = EmbeddedStore::open(dir.path(), options()).expect("migrate");
-    store
-        .mark_read_up_to(b, c, last, 1_000)
-        .await
-        .expect("read");
-    store.shutdown().await;
-    drop(store);
-    std::fs::rename(dir.path().join(REDB_MIGRATED), dir.path().join(REDB_FILE)).expect("put back");
-    let store = EmbeddedStore::open(dir.path(), options()).expect("reopen");
-    let counts = store.unread_counts(b, vec![c]).await.expect("unread");
-    assert_eq!(
-        counts[0].read_up_to, 3,
-        "the read made after the move stays"
-    );
-    assert!(!dir.path().join(REDB_FILE).exists());
     store.shutdown().await;
 }

@@ -20,7 +20,7 @@ pub(super) struct WriterState {
 
 /// A write transaction in progress, shared by the jobs of one batch.
 pub(super) struct WriteCtx<'a, 'txn> {
-    pub(super) t: &'a mut WriteTables<'txn>,
+    pub(super) t: &'a mut Tables<Table<'txn, Bytes, Bytes>>,
     pub(super) st: &'a mut WriterState,
     pub(super) events: Vec<Arc<Event>>,
 }
@@ -45,10 +45,8 @@ impl WriteCtx<'_, '_> {
     pub(super) fn emit(&mut self, user: UserId, body: EventBody) -> StoreResult<()> {
         let offset = self.st.next_offset;
         self.st.next_offset += 1;
-        self.t
-            .put(Tb::Events, &k_seq(&user, offset), &encode(&body))?;
-        self.t
-            .put(Tb::EventIndex, &offset.to_be_bytes(), &k1(&user))?;
+        put(&mut self.t.events, &k_seq(&user, offset), &encode(&body))?;
+        put(&mut self.t.event_index, &offset.to_be_bytes(), &k1(&user))?;
         self.events.push(Arc::new(Event { offset, user, body }));
         Ok(())
     }
@@ -67,7 +65,7 @@ impl WriteCtx<'_, '_> {
         if group {
             let w = self.st.windows.touch(*c, lo, hi);
             let v = [w.lo.to_be_bytes(), w.hi.to_be_bytes()].concat();
-            self.t.put(Tb::Pending, &k1(c), &v)?;
+            put(&mut self.t.pending, &k1(c), &v)?;
             return Ok(());
         }
         let ctx = self.t.context(c)?;
@@ -102,7 +100,7 @@ impl WriteCtx<'_, '_> {
     }
 
     pub(super) fn flush_window(&mut self, c: &ConversationId, w: Window) -> StoreResult<()> {
-        self.t.remove(Tb::Pending, k1(c).as_slice());
+        self.t.pending.remove(k1(c).as_slice()).map_err(storage)?;
         let ctx = self.t.context(c)?;
         let msgs = self.t.messages_between(c, w.lo, w.hi)?;
         self.emit_states(&ctx, &msgs, true, Some(&msgs))
@@ -126,26 +124,34 @@ impl WriteCtx<'_, '_> {
         let hi = upto.to_be_bytes();
         let doomed: Vec<(u64, Uuid)> = self
             .t
-            .rows(Tb::EventIndex, &lo, &hi)
-            .map(|e| e.map(|(k, v)| (u64_at(&k, 0), uuid_at(&v, 0))))
-            .collect::<StoreResult<_>>()?;
+            .event_index
+            .range(lo.as_slice()..=hi.as_slice())
+            .map_err(storage)?
+            .map(|e| e.map(|(k, v)| (u64_at(k.value(), 0), uuid_at(v.value(), 0))))
+            .collect::<Result<_, _>>()
+            .map_err(storage)?;
         for (offset, user) in doomed {
             self.t
-                .remove(Tb::EventIndex, offset.to_be_bytes().as_slice());
-            self.t.remove(Tb::Events, k_seq(&user, offset).as_slice());
+                .event_index
+                .remove(offset.to_be_bytes().as_slice())
+                .map_err(storage)?;
+            self.t
+                .events
+                .remove(k_seq(&user, offset).as_slice())
+                .map_err(storage)?;
         }
         self.st.trimmed_to = upto;
-        self.t.put(Tb::Meta, META_TRIMMED_TO, &upto.to_be_bytes())
+        put(&mut self.t.meta, META_TRIMMED_TO, &upto.to_be_bytes())
     }
 
     pub(super) fn save_counters(&mut self) -> StoreResult<()> {
-        self.t.put(
-            Tb::Meta,
+        put(
+            &mut self.t.meta,
             META_NEXT_OFFSET,
             &self.st.next_offset.to_be_bytes(),
         )?;
-        self.t.put(
-            Tb::Meta,
+        put(
+            &mut self.t.meta,
             META_SENDER_COUNTER,
             &self.st.sender_counter.to_be_bytes(),
         )
@@ -188,15 +194,18 @@ impl WriteCtx<'_, '_> {
             // seqs (any such seq ends a run), only pieces left by a split:
             // they go, so that runs stay disjoint.
             let (from, to) = (k3(c, u, run.first.saturating_add(1)), k3(c, u, run.last));
-            let inside: Vec<fjall::Slice> = self
+            let inside: Vec<Vec<u8>> = self
                 .t
-                .rows(Tb::Runs, &from, &to)
-                .map(|e| e.map(|(k, _)| k))
-                .collect::<StoreResult<_>>()?;
+                .runs
+                .range(from.as_slice()..=to.as_slice())
+                .map_err(storage)?
+                .map(|e| e.map(|(k, _)| k.value().to_vec()))
+                .collect::<Result<_, _>>()
+                .map_err(storage)?;
             for k in inside {
-                self.t.remove(Tb::Runs, &k);
+                self.t.runs.remove(k.as_slice()).map_err(storage)?;
             }
-            self.t.put_run(c, u, run)?;
+            put_run(&mut self.t.runs, c, u, run)?;
         }
         Ok(())
     }
@@ -209,10 +218,13 @@ impl WriteCtx<'_, '_> {
             let Some(run) = self.t.run_covering(c, &u, seq)? else {
                 continue;
             };
-            self.t.remove(Tb::Runs, k3(c, &u, run.first).as_slice());
+            self.t
+                .runs
+                .remove(k3(c, &u, run.first).as_slice())
+                .map_err(storage)?;
             let (left, right) = run.without(seq);
             for piece in left.iter().chain(right.iter()) {
-                self.t.put_run(c, &u, piece)?;
+                put_run(&mut self.t.runs, c, &u, piece)?;
             }
         }
         Ok(())
@@ -238,12 +250,18 @@ impl WriteCtx<'_, '_> {
         };
         let WatermarkAdvance { before, after } = adv;
         let v = [after.seq.to_be_bytes(), after.public_seq.to_be_bytes()].concat();
-        self.t.put(Tb::Watermarks, &k2(c, u), &v)?;
-        self.t
-            .put(Tb::ReadHist, &k3(c, u, after.seq), &at.to_be_bytes())?;
+        put(&mut self.t.watermarks, &k2(c, u), &v)?;
+        put(
+            &mut self.t.read_hist,
+            &k3(c, u, after.seq),
+            &at.to_be_bytes(),
+        )?;
         if adv.is_public() {
-            self.t
-                .put(Tb::PublicHist, &k3(c, u, after.seq), &at.to_be_bytes())?;
+            put(
+                &mut self.t.public_hist,
+                &k3(c, u, after.seq),
+                &at.to_be_bytes(),
+            )?;
         }
         let unread = self.t.unread(c, u, after.seq, membership)?;
         self.emit(
@@ -285,7 +303,7 @@ impl WriteCtx<'_, '_> {
 }
 
 pub(super) fn writer_loop(
-    db: Arc<Engine>,
+    db: Arc<Database>,
     hub: Arc<Hub>,
     mut st: WriterState,
     rx: std_mpsc::Receiver<Job>,
@@ -344,15 +362,16 @@ pub(super) fn writer_loop(
 pub(super) type BatchOutcome = (Vec<Completion>, Vec<Arc<Event>>, Result<(), String>);
 
 pub(super) fn run_batch(
-    db: &Engine,
+    db: &Database,
     st: &mut WriterState,
     jobs: Vec<Job>,
     flush_all: bool,
 ) -> BatchOutcome {
     let mut completions = Vec::with_capacity(jobs.len());
     let result = (|| -> StoreResult<Vec<Arc<Event>>> {
-        let mut t = db.write();
+        let txn = db.begin_write().map_err(storage)?;
         let events = {
+            let mut t = open_tables!(txn);
             let mut ctx = WriteCtx {
                 t: &mut t,
                 st,
@@ -374,7 +393,7 @@ pub(super) fn run_batch(
             ctx.save_counters()?;
             ctx.events
         };
-        t.commit()?;
+        txn.commit().map_err(storage)?;
         Ok(events)
     })();
     match result {

@@ -98,8 +98,8 @@ impl Fold {
                 .range(lo.as_slice()..hi.as_slice())
                 .map_err(storage)?
             {
-                let (_, m) = e.map_err(storage)?;
-                if uuid_at(m.value(), 16) != u {
+                let (k, m) = e.map_err(storage)?;
+                if Registered::of(k.value(), m.value())?.sender != u {
                     own_only = false;
                     break;
                 }

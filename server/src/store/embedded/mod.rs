@@ -300,8 +300,7 @@ impl ReceiptStore for EmbeddedStore {
                     e.insert(ctx.t.last_seq(&m.conversation)?);
                 }
                 let existing = ctx.t.message(&m.id)?;
-                let seq_taken_by = get_bytes(&ctx.t.conv_msgs, &k_seq(&m.conversation, m.seq))?
-                    .map(|b| uuid_at(&b, 0));
+                let seq_taken_by = ctx.t.message_at(&m.conversation, m.seq)?;
                 let membership = match memberships.get(&(m.conversation, m.sender)) {
                     Some(known) => known,
                     None => {
@@ -316,6 +315,7 @@ impl ReceiptStore for EmbeddedStore {
                     fresh.push(m);
                 }
             }
+            fresh.sort_by_key(|m| (m.conversation, m.seq));
             for m in &fresh {
                 let last = last_seqs.entry(m.conversation).or_default();
                 if *last > m.seq {
@@ -323,16 +323,33 @@ impl ReceiptStore for EmbeddedStore {
                 }
                 *last = (*last).max(m.seq);
                 put(&mut ctx.t.messages, &k1(&m.id), &encode(m))?;
+            }
+            // Consecutive seqs of one sender are one row by seq and one by
+            // sender, however many messages they hold.
+            for run in fresh.chunk_by(|a, b| {
+                a.conversation == b.conversation && a.sender == b.sender && a.seq + 1 == b.seq
+            }) {
+                let (first, last) = (&run[0], &run[run.len() - 1]);
                 put(
                     &mut ctx.t.conv_msgs,
-                    &k_seq(&m.conversation, m.seq),
-                    &conv_msg_value(m),
+                    &k_seq(&first.conversation, first.seq),
+                    &registered_value(run),
                 )?;
                 ctx.st.sender_counter += 1;
+                let by_sender = if run.len() == 1 {
+                    k1(&first.id).to_vec()
+                } else {
+                    [
+                        first.conversation.as_bytes().as_slice(),
+                        &first.seq.to_be_bytes(),
+                        &last.seq.to_be_bytes(),
+                    ]
+                    .concat()
+                };
                 put(
                     &mut ctx.t.sender_msgs,
-                    &k_seq(&m.sender, ctx.st.sender_counter),
-                    &k1(&m.id),
+                    &k_seq(&first.sender, ctx.st.sender_counter),
+                    &by_sender,
                 )?;
             }
             Ok(fresh.len() as u64)

@@ -364,43 +364,85 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
             .range(lo.as_slice()..=hi.as_slice())
             .map_err(storage)?;
         match range.next_back() {
-            Some(entry) => Ok(u64_at(entry.map_err(storage)?.0.value(), 16)),
+            Some(entry) => {
+                let (k, v) = entry.map_err(storage)?;
+                Ok(Registered::of(k.value(), v.value())?.last)
+            }
             None => Ok(0),
         }
     }
 
-    /// `(seq, message, sender)` for seqs in `lo..=hi`.
+    /// The `conversation_messages` rows of `c` holding a seq in `lo..=hi`
+    /// (a row of several messages may start before `lo`), in seq order.
+    fn registered_rows(
+        &self,
+        c: &ConversationId,
+        lo: Seq,
+        hi: Seq,
+        mut each: impl FnMut(&[u8], &[u8]) -> StoreResult<()>,
+    ) -> StoreResult<()> {
+        if lo > hi {
+            return Ok(());
+        }
+        // The row starting at or before `lo`, if it reaches `lo`.
+        let (start, at_lo) = (k_seq(c, 0), k_seq(c, lo));
+        let before = self
+            .conv_msgs
+            .range(start.as_slice()..at_lo.as_slice())
+            .map_err(storage)?
+            .next_back();
+        if let Some(entry) = before {
+            let (k, v) = entry.map_err(storage)?;
+            if Registered::of(k.value(), v.value())?.last >= lo {
+                each(k.value(), v.value())?;
+            }
+        }
+        let end = k_seq(c, hi);
+        for entry in self
+            .conv_msgs
+            .range(at_lo.as_slice()..=end.as_slice())
+            .map_err(storage)?
+        {
+            let (k, v) = entry.map_err(storage)?;
+            each(k.value(), v.value())?;
+        }
+        Ok(())
+    }
+
+    /// The messages of `c` registered at seqs in `lo..=hi`, in seq order.
     pub(super) fn messages_between(
         &self,
         c: &ConversationId,
         lo: Seq,
         hi: Seq,
     ) -> StoreResult<Vec<Message>> {
-        let (lo, hi) = (k_seq(c, lo), k_seq(c, hi));
         let mut out = Vec::new();
-        for entry in self
-            .conv_msgs
-            .range(lo.as_slice()..=hi.as_slice())
-            .map_err(storage)?
-        {
-            let (k, v) = entry.map_err(storage)?;
-            let (seq, v) = (u64_at(k.value(), 16), v.value());
-            let message = match v.len() {
-                40.. => Message {
-                    id: uuid_at(v, 0),
-                    conversation: *c,
-                    seq,
-                    sender: uuid_at(v, 16),
-                    sent_at: u64_at(v, 32) as Millis,
-                },
+        self.registered_rows(c, lo, hi, |k, v| {
+            let row = Registered::of(k, v)?;
+            match Registered::one_without_sent_time(v) {
                 // Written before the row carried the sent time.
-                _ => self
-                    .message(&uuid_at(v, 0))?
-                    .ok_or_else(|| corrupt(format!("message at seq {seq} of {c} has no record")))?,
-            };
-            out.push(message);
-        }
+                Some(id) => out.push(self.message(&id)?.ok_or_else(|| {
+                    corrupt(format!("message at seq {} of {c} has no record", row.first))
+                })?),
+                None => out.extend(row.messages(c, v).filter(|m| (lo..=hi).contains(&m.seq))),
+            }
+            Ok(())
+        })?;
         Ok(out)
+    }
+
+    /// The id of the message of `c` registered at `seq`, if any.
+    pub(super) fn message_at(
+        &self,
+        c: &ConversationId,
+        seq: Seq,
+    ) -> StoreResult<Option<MessageId>> {
+        let mut found = None;
+        self.registered_rows(c, seq, seq, |k, v| {
+            found = Registered::of(k, v)?.id_at(v, seq);
+            Ok(())
+        })?;
+        Ok(found)
     }
 
     /// Messages others sent after `wm` while `membership` covered them.
@@ -411,18 +453,16 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
         wm: Seq,
         membership: &Membership,
     ) -> StoreResult<u64> {
-        let (lo, hi) = (k_seq(c, wm.saturating_add(1)), k_seq(c, u64::MAX));
         let mut n = 0;
-        for entry in self
-            .conv_msgs
-            .range(lo.as_slice()..=hi.as_slice())
-            .map_err(storage)?
-        {
-            let (k, v) = entry.map_err(storage)?;
-            if membership.receives(*u, uuid_at(v.value(), 16), u64_at(k.value(), 16)) {
-                n += 1;
+        self.registered_rows(c, wm.saturating_add(1), u64::MAX, |k, v| {
+            let row = Registered::of(k, v)?;
+            if row.sender != *u {
+                n += (row.first.max(wm.saturating_add(1))..=row.last)
+                    .filter(|seq| membership.receives(*u, row.sender, *seq))
+                    .count() as u64;
             }
-        }
+            Ok(())
+        })?;
         Ok(n)
     }
 
@@ -530,11 +570,22 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
             .range(lo.as_slice()..=hi.as_slice())
             .map_err(storage)?
             .rev()
-            .take(SNAPSHOT_MESSAGES)
         {
+            if recent.len() >= SNAPSHOT_MESSAGES {
+                break;
+            }
             let (_, v) = entry.map_err(storage)?;
-            if let Some(m) = self.message(&uuid_at(v.value(), 0))? {
-                recent.push(m);
+            let v = v.value();
+            match v.len() {
+                // One message: its id.
+                16 => recent.extend(self.message(&uuid_at(v, 0))?),
+                // A registered run: conversation ‖ first seq ‖ last seq.
+                _ => {
+                    let c = uuid_at(v, 0);
+                    let msgs = self.messages_between(&c, u64_at(v, 16), u64_at(v, 24))?;
+                    let room = SNAPSHOT_MESSAGES - recent.len();
+                    recent.extend(msgs.into_iter().rev().take(room));
+                }
             }
         }
         let mut contexts: HashMap<ConversationId, ConvContext> = HashMap::new();
@@ -616,13 +667,114 @@ pub(super) fn put_run(
     put(t, &k3(c, u, run.first), &run_value(run))
 }
 
-/// The `conversation_messages` value of `m`: id ‖ sender ‖ sent time, so
-/// that messages read by seq need no second lookup by id.
-pub(super) fn conv_msg_value(m: &Message) -> [u8; 40] {
-    let mut v = [0u8; 40];
-    v[..16].copy_from_slice(m.id.as_bytes());
-    v[16..32].copy_from_slice(m.sender.as_bytes());
-    v[32..].copy_from_slice(&m.sent_at.to_be_bytes());
+/// A `conversation_messages` row (`conv ‖ first seq` → value): the messages
+/// one registration call made at the consecutive seqs `first..=last`, all
+/// from one sender. Three value layouts, told apart by length:
+/// - 32 bytes, `id ‖ sender`: one message, written before rows carried the
+///   sent time (the time is in `messages`);
+/// - 40 bytes, `id ‖ sender ‖ sent time`: one message;
+/// - 24 + 24·n bytes (n ≥ 2), `last seq ‖ sender ‖ (id ‖ sent time)·n`: a
+///   run of n messages, so a registered batch costs one row here however
+///   many messages it holds.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Registered {
+    pub(super) first: Seq,
+    pub(super) last: Seq,
+    pub(super) sender: UserId,
+}
+
+const RUN_HEADER: usize = 24;
+const RUN_ENTRY: usize = 24;
+
+impl Registered {
+    pub(super) fn of(key: &[u8], v: &[u8]) -> StoreResult<Self> {
+        let first = u64_at(key, 16);
+        match v.len() {
+            32 | 40 => Ok(Self {
+                first,
+                last: first,
+                sender: uuid_at(v, 16),
+            }),
+            n if n >= RUN_HEADER + 2 * RUN_ENTRY && (n - RUN_HEADER).is_multiple_of(RUN_ENTRY) => {
+                let last = u64_at(v, 0);
+                if last.checked_sub(first) != Some(((n - RUN_HEADER) / RUN_ENTRY - 1) as u64) {
+                    return Err(corrupt(format!(
+                        "registration row at seq {first} ends at {last} with {} messages",
+                        (n - RUN_HEADER) / RUN_ENTRY
+                    )));
+                }
+                Ok(Self {
+                    first,
+                    last,
+                    sender: uuid_at(v, 8),
+                })
+            }
+            n => Err(corrupt(format!(
+                "registration row at seq {first} has {n} bytes"
+            ))),
+        }
+    }
+
+    /// The id of a one-message row written without the sent time.
+    fn one_without_sent_time(v: &[u8]) -> Option<MessageId> {
+        (v.len() == 32).then(|| uuid_at(v, 0))
+    }
+
+    /// The id at `seq`, if the row holds it.
+    pub(super) fn id_at(&self, v: &[u8], seq: Seq) -> Option<MessageId> {
+        if !(self.first..=self.last).contains(&seq) {
+            return None;
+        }
+        Some(if v.len() <= 40 {
+            uuid_at(v, 0)
+        } else {
+            uuid_at(v, RUN_HEADER + (seq - self.first) as usize * RUN_ENTRY)
+        })
+    }
+
+    /// The row's messages (a 40-byte or run row).
+    fn messages<'a>(&self, c: &ConversationId, v: &'a [u8]) -> impl Iterator<Item = Message> + 'a {
+        let (c, first, sender) = (*c, self.first, self.sender);
+        let single = v.len() == 40;
+        let n = if single {
+            1
+        } else {
+            (v.len() - RUN_HEADER) / RUN_ENTRY
+        };
+        (0..n).map(move |i| {
+            let at = if single {
+                0
+            } else {
+                RUN_HEADER + i * RUN_ENTRY
+            };
+            Message {
+                id: uuid_at(v, at),
+                conversation: c,
+                seq: first + i as u64,
+                sender,
+                sent_at: u64_at(v, at + if single { 32 } else { 16 }) as Millis,
+            }
+        })
+    }
+}
+
+/// The `conversation_messages` value of `msgs`: consecutive seqs of one
+/// conversation and one sender, in seq order (see [`Registered`]).
+pub(super) fn registered_value(msgs: &[Message]) -> Vec<u8> {
+    if let [m] = msgs {
+        let mut v = Vec::with_capacity(40);
+        v.extend_from_slice(m.id.as_bytes());
+        v.extend_from_slice(m.sender.as_bytes());
+        v.extend_from_slice(&m.sent_at.to_be_bytes());
+        return v;
+    }
+    let mut v = Vec::with_capacity(RUN_HEADER + RUN_ENTRY * msgs.len());
+    v.extend_from_slice(&msgs[msgs.len() - 1].seq.to_be_bytes());
+    v.extend_from_slice(msgs[0].sender.as_bytes());
+    for m in msgs {
+        v.extend_from_slice(m.id.as_bytes());
+        v.extend_from_slice(&m.sent_at.to_be_bytes());
+    }
     v
 }
 

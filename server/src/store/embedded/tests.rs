@@ -470,20 +470,25 @@ async fn deliveries_one_row_per_message_are_folded_into_runs_at_open() {
     store.shutdown().await;
 }
 
-/// `conversation_messages` rows written before they carried the sent time
-/// still give whole messages (looked up by id).
+/// Every layout of `conversation_messages` rows reads back as whole
+/// messages: one message written before rows carried the sent time (looked
+/// up by id), one message, and a run of a registered batch, read from its
+/// start or from inside it.
 #[tokio::test]
-async fn messages_by_seq_read_rows_with_and_without_the_sent_time() {
+async fn messages_by_seq_read_every_row_layout() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = EmbeddedStore::open(dir.path(), options()).expect("open");
-    let (c, a, _, _) = conversation_with(&store, 0).await;
-    let msgs: Vec<Message> = (1..=2)
-        .map(|seq| message(c, seq, a, 100 + seq as Millis))
+    let (c, a, b, _) = conversation_with(&store, 0).await;
+    let msgs: Vec<Message> = (1..=6)
+        .map(|seq| message(c, seq, if seq == 6 { b } else { a }, 100 + seq as Millis))
         .collect();
-    store
-        .register_messages(msgs.clone())
-        .await
-        .expect("register");
+    // 1 and 2 one by one, 3..=5 in one call (one run), 6 from another sender.
+    for batch in [&msgs[0..1], &msgs[1..2], &msgs[2..6]] {
+        store
+            .register_messages(batch.to_vec())
+            .await
+            .expect("register");
+    }
     let first = msgs[0];
     store
         .write(move |ctx| {
@@ -492,13 +497,76 @@ async fn messages_by_seq_read_rows_with_and_without_the_sent_time() {
         })
         .await
         .expect("rewrite as the old row");
-    let read = store
-        .read(move |t| t.messages_between(&c, 1, 2))
+    let (rows, read, inside, at4, last, unread) = store
+        .read(move |t| {
+            let rows = t.conv_msgs.len().map_err(storage)?;
+            Ok((
+                rows,
+                t.messages_between(&c, 1, 6)?,
+                t.messages_between(&c, 4, 4)?,
+                t.message_at(&c, 4)?,
+                t.last_seq(&c)?,
+                t.unread(&c, &b, 3, &Membership::joined(1))?,
+            ))
+        })
         .await
         .expect("messages");
+    assert_eq!(rows, 4, "1, 2, the run 3..=5, and 6");
+    assert_eq!(read, msgs, "whole messages, in seq order");
+    assert_eq!(inside, vec![msgs[3]]);
+    assert_eq!(at4, Some(msgs[3].id));
+    assert_eq!(last, 6);
+    assert_eq!(unread, 2, "4 and 5 from a; 6 is b's own");
+    store.shutdown().await;
+}
+
+/// A registration call of consecutive messages from one sender writes one
+/// row by seq and one by sender, however many messages it holds; a message
+/// registered later in a gap below them is found in its place.
+#[tokio::test]
+async fn a_registered_batch_is_one_row_by_seq_and_one_by_sender() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = EmbeddedStore::open(dir.path(), options()).expect("open");
+    let (c, a, b, _) = conversation_with(&store, 0).await;
+    let rows = |store: &EmbeddedStore| {
+        let txn = store.db.begin_read().expect("read");
+        [CONV_MSGS, SENDER_MSGS, MESSAGES]
+            .map(|def| txn.open_table(def).expect("table").len().expect("len"))
+    };
+    // 2..=101 from a in one call; seq 1 stays free.
+    let batch: Vec<Message> = (2..=101)
+        .map(|seq| message(c, seq, a, seq as Millis))
+        .collect();
+    store
+        .register_messages(batch.clone())
+        .await
+        .expect("register");
+    assert_eq!(rows(&store), [1, 1, 100]);
+    let late = message(c, 1, b, 1);
+    store
+        .register_messages(vec![late])
+        .await
+        .expect("register late");
+    assert_eq!(rows(&store), [2, 2, 101]);
+    let read = store
+        .read(move |t| t.messages_between(&c, 1, 101))
+        .await
+        .expect("messages");
+    let mut all = vec![late];
+    all.extend(batch.iter().copied());
+    assert_eq!(read, all);
+    // Registering the batch again changes nothing; a different message at
+    // a seq inside the run is refused.
     assert_eq!(
-        read.iter().map(|m| m.sent_at).collect::<Vec<_>>(),
-        vec![101, 102]
+        store.register_messages(batch.clone()).await.expect("again"),
+        0
     );
+    let clash = message(c, 50, a, 50);
+    assert!(store.register_messages(vec![clash]).await.is_err());
+    assert_eq!(rows(&store), [2, 2, 101]);
+    // The snapshot of a sender lists its recent messages from the run.
+    let snapshot = store.read(move |t| t.snapshot(&a)).await.expect("snapshot");
+    assert_eq!(snapshot.recent_messages.len(), 100);
+    assert_eq!(snapshot.recent_messages[0].message, batch[99]);
     store.shutdown().await;
 }

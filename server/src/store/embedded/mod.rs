@@ -300,7 +300,13 @@ impl ReceiptStore for EmbeddedStore {
                     e.insert(ctx.t.last_seq(&m.conversation)?);
                 }
                 let existing = ctx.t.message(&m.id)?;
-                let seq_taken_by = ctx.t.message_at(&m.conversation, m.seq)?;
+                // Nothing is registered past the conversation's last seq, so
+                // appended messages (the common case) need no lookup.
+                let seq_taken_by = if m.seq > last_seqs[&m.conversation] {
+                    None
+                } else {
+                    ctx.t.message_at(&m.conversation, m.seq)?
+                };
                 let membership = match memberships.get(&(m.conversation, m.sender)) {
                     Some(known) => known,
                     None => {

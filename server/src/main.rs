@@ -4,6 +4,12 @@ use receipts_server::auth::{Role, mint_token};
 use receipts_server::config::{Command, LoadError, load};
 use std::process::ExitCode;
 
+/// mimalloc: glibc's malloc was a tenth of the server's samples under load,
+/// with its chunk consolidation on the request path (BENCHMARKS.md, "The
+/// allocator").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// sysexits' EX_USAGE: the configuration is wrong.
 const EXIT_CONFIG: u8 = 64;
 

@@ -5,13 +5,32 @@ use crate::error::ServiceError;
 use receipts_proto::v1 as pb;
 use uuid::Uuid;
 
+/// A field's name in an error: a `&str`, or a closure that builds it
+/// (`messages[7].seq`) only when the field is wrong, so that a batch of valid
+/// entries formats nothing.
+pub(crate) trait Field {
+    fn name(self) -> String;
+}
+
+impl Field for &str {
+    fn name(self) -> String {
+        self.to_string()
+    }
+}
+
+impl<F: FnOnce() -> String> Field for F {
+    fn name(self) -> String {
+        self()
+    }
+}
+
 /// Parses a required UUID field.
-pub(crate) fn uuid(field: &str, value: &str) -> Result<Uuid, ServiceError> {
+pub(crate) fn uuid(field: impl Field, value: &str) -> Result<Uuid, ServiceError> {
     if value.is_empty() {
-        return Err(ServiceError::invalid(field, "required"));
+        return Err(ServiceError::invalid(field.name(), "required"));
     }
     Uuid::parse_str(value)
-        .map_err(|_| ServiceError::invalid(field, format!("{value:?} is not a valid UUID")))
+        .map_err(|_| ServiceError::invalid(field.name(), format!("{value:?} is not a valid UUID")))
 }
 
 /// Parses a repeated UUID field with size limits.
@@ -20,7 +39,7 @@ pub(crate) fn uuids(field: &str, values: &[String], max: usize) -> Result<Vec<Uu
     values
         .iter()
         .enumerate()
-        .map(|(i, v)| uuid(&format!("{field}[{i}]"), v))
+        .map(|(i, v)| uuid(|| format!("{field}[{i}]"), v))
         .collect()
 }
 
@@ -39,10 +58,10 @@ pub(crate) fn check_len(field: &str, len: usize, max: usize) -> Result<(), Servi
 }
 
 /// Parses a seq (≥ 1).
-pub(crate) fn seq(field: &str, value: i64) -> Result<u64, ServiceError> {
+pub(crate) fn seq(field: impl Field, value: i64) -> Result<u64, ServiceError> {
     if value < 1 {
         return Err(ServiceError::invalid(
-            field,
+            field.name(),
             format!("must be at least 1, got {value}"),
         ));
     }

@@ -520,8 +520,8 @@ fn member_changes(
         .enumerate()
         .map(|(i, c)| {
             Ok(MemberChange {
-                user: uuid(&format!("{field}[{i}].user_id"), &c.user_id)?,
-                from_seq: convert::seq(&format!("{field}[{i}].from_seq"), c.from_seq)?,
+                user: uuid(|| format!("{field}[{i}].user_id"), &c.user_id)?,
+                from_seq: convert::seq(|| format!("{field}[{i}].from_seq"), c.from_seq)?,
             })
         })
         .collect()
@@ -594,15 +594,17 @@ impl pb::receipt_backend_service_server::ReceiptBackendService for Api {
         let now = domain::now_millis();
         let mut out = Vec::with_capacity(msgs.len());
         for (i, m) in msgs.iter().enumerate() {
-            let f = |name: &str| format!("messages[{i}].{name}");
+            let f = |name: &'static str| move || format!("messages[{i}].{name}");
             if m.sent_at_ms < 0 {
-                return Err(ServiceError::invalid(f("sent_at_ms"), "must not be negative").into());
+                return Err(
+                    ServiceError::invalid(f("sent_at_ms")(), "must not be negative").into(),
+                );
             }
             out.push(domain::Message {
-                id: uuid(&f("message_id"), &m.message_id)?,
-                conversation: uuid(&f("conversation_id"), &m.conversation_id)?,
-                seq: convert::seq(&f("seq"), m.seq)?,
-                sender: uuid(&f("sender_id"), &m.sender_id)?,
+                id: uuid(f("message_id"), &m.message_id)?,
+                conversation: uuid(f("conversation_id"), &m.conversation_id)?,
+                seq: convert::seq(f("seq"), m.seq)?,
+                sender: uuid(f("sender_id"), &m.sender_id)?,
                 sent_at: if m.sent_at_ms == 0 { now } else { m.sent_at_ms },
             });
         }

@@ -286,6 +286,9 @@ impl ReceiptStore for EmbeddedStore {
             let mut last_seqs: HashMap<ConversationId, Seq> = HashMap::new();
             let mut memberships: HashMap<(ConversationId, UserId), Option<Membership>> =
                 HashMap::new();
+            // Ids above the highest registered one are new without a lookup
+            // (time-ordered ids, UUIDv7, mostly are).
+            let highest = ctx.t.highest_message_id()?;
             for (i, m) in distinct_registrations(&messages)? {
                 if let std::collections::hash_map::Entry::Vacant(e) =
                     last_seqs.entry(m.conversation)
@@ -299,7 +302,11 @@ impl ReceiptStore for EmbeddedStore {
                     }
                     e.insert(ctx.t.last_seq(&m.conversation)?);
                 }
-                let existing = ctx.t.message(&m.id)?;
+                let existing = if highest.is_some_and(|h| m.id <= h) {
+                    ctx.t.message(&m.id)?
+                } else {
+                    None
+                };
                 // Nothing is registered past the conversation's last seq, so
                 // appended messages (the common case) need no lookup.
                 let seq_taken_by = if m.seq > last_seqs[&m.conversation] {

@@ -209,6 +209,16 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
         Ok(out)
     }
 
+    /// The highest id in `messages` (ids compare as their bytes, which is
+    /// the order of the keys).
+    pub(super) fn highest_message_id(&self) -> StoreResult<Option<MessageId>> {
+        Ok(self
+            .messages
+            .last()
+            .map_err(storage)?
+            .map(|(k, _)| uuid_at(k.value(), 0)))
+    }
+
     pub(super) fn message(&self, m: &MessageId) -> StoreResult<Option<Message>> {
         get_bytes(&self.messages, &k1(m))?
             .map(|b| decode(&b))

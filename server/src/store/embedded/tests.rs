@@ -570,3 +570,70 @@ async fn a_registered_batch_is_one_row_by_seq_and_one_by_sender() {
     assert_eq!(snapshot.recent_messages[0].message, batch[99]);
     store.shutdown().await;
 }
+
+/// Whether an id is new is decided two ways: above the highest registered
+/// id (no lookup) or by a lookup. Both find the same answers, before and
+/// after a reopen: new ids are registered, the same message again changes
+/// nothing, a different message under a known id is refused, deliveries
+/// find it.
+#[tokio::test]
+async fn an_id_is_judged_the_same_above_and_below_the_highest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (c, a, b) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let with_id = |id: u128, seq: Seq| Message {
+        id: Uuid::from_u128(id),
+        conversation: c,
+        seq,
+        sender: a,
+        sent_at: 7,
+    };
+    let (high, low) = (with_id(u128::MAX - 1, 1), with_id(5, 2));
+    let moved = Message { seq: 3, ..low };
+    {
+        let store = EmbeddedStore::open(dir.path(), options()).expect("open");
+        store
+            .create_conversation(c, vec![a, b])
+            .await
+            .expect("create");
+        assert_eq!(store.register_messages(vec![high]).await.expect("high"), 1);
+        // Below the highest id: looked up, not there, registered.
+        assert_eq!(store.register_messages(vec![low]).await.expect("low"), 1);
+        // The same message is no change, another is refused.
+        assert_eq!(store.register_messages(vec![low]).await.expect("same"), 0);
+        let refused = store.register_messages(vec![moved]).await;
+        assert!(
+            matches!(refused, Err(ServiceError::AlreadyExists { .. })),
+            "{refused:?}"
+        );
+        let d = store
+            .mark_delivered(b, vec![low.id], 10)
+            .await
+            .expect("deliver");
+        assert_eq!(d[0].outcome, DeliveryOutcome::Recorded);
+        store.shutdown().await;
+    }
+    // Reopened: the same answers from what was committed.
+    let store = EmbeddedStore::open(dir.path(), options()).expect("reopen");
+    assert_eq!(store.register_messages(vec![low]).await.expect("same"), 0);
+    let refused = store.register_messages(vec![moved]).await;
+    assert!(
+        matches!(refused, Err(ServiceError::AlreadyExists { .. })),
+        "{refused:?}"
+    );
+    let d = store
+        .mark_delivered(b, vec![low.id, high.id], 20)
+        .await
+        .expect("deliver");
+    assert_eq!(d[0].outcome, DeliveryOutcome::AlreadyDelivered);
+    assert_eq!(d[0].delivered_at, Some(10));
+    assert_eq!(d[1].outcome, DeliveryOutcome::Recorded);
+    // An id never registered, above and below the highest, is not found.
+    for id in [Uuid::max(), Uuid::from_u128(6)] {
+        let missing = store.mark_delivered(b, vec![id], 30).await;
+        assert!(
+            matches!(missing, Err(ServiceError::NotFound { .. })),
+            "{missing:?}"
+        );
+    }
+    store.shutdown().await;
+}

@@ -2,7 +2,7 @@
 //! and SIGINT end open streams with a resumable status, flush, and exit 0
 //! within the grace period even with a stuck client; the subscriber resumes
 //! on the next process with no loss and no duplicate.
-//! (tests/tests/production.rs runs the same scenario across two nodes.)
+//! (tests/tests/production/nodes.rs runs the same scenario across two nodes.)
 
 use receipts_tests::*;
 use std::time::Duration;

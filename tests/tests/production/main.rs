@@ -1,0 +1,50 @@
+//! The production tier across real processes: several `receiptd` nodes
+//! (`--store redis-scylla`) sharing a real Redis and a real Cassandra, killed
+//! with `kill -9`, with hot data expired and Redis restarted under them.
+//!
+//! Needs `RECEIPTS_TEST_REDIS` and `RECEIPTS_TEST_CASSANDRA` (set by
+//! `eval "$(scripts/backends.sh env)"`, which `scripts/test.sh` does); fails,
+//! never skips, without them. The Redis-restart test starts its own
+//! `redis-server` (from Debian's package) so it can kill it.
+//!
+//! One file per concern: `nodes.rs` (nodes sharing the tier, kills, restarts,
+//! expiry), `costs.rs` (what a call and a message cost Redis), `outages.rs`
+//! (Cassandra outages, Redis failovers).
+
+use pb::subscribe_receipts_response::Event as E;
+use receipts_proto::v1 as pb;
+use receipts_server::domain::Cursor;
+use receipts_tests::tier::*;
+use receipts_tests::*;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::process::Command;
+use std::time::Duration;
+use tokio::time::{Instant, sleep};
+use tonic_health::pb::health_check_response::ServingStatus;
+use uuid::Uuid;
+
+mod costs;
+mod nodes;
+mod outages;
+
+fn tick(m: &pb::MessageReceipts) -> pb::Tick {
+    pb::Tick::try_from(m.tick).expect("tick")
+}
+
+/// The receipts of `ids`, with recipients.
+async fn receipts_of(
+    client: &mut UserClient,
+    conversation: Uuid,
+    ids: &[Uuid],
+) -> Vec<pb::MessageReceipts> {
+    client
+        .get_receipts(pb::GetReceiptsRequest {
+            conversation_id: conversation.to_string(),
+            message_ids: ids.iter().map(Uuid::to_string).collect(),
+            include_recipients: true,
+        })
+        .await
+        .expect("get receipts")
+        .into_inner()
+        .messages
+}

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 /// mimalloc: glibc's malloc was a tenth of the server's samples under load,
 /// with its chunk consolidation on the request path (BENCHMARKS.md, "The
-/// allocator").
+/// allocator and the id lookups").
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

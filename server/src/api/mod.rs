@@ -295,7 +295,7 @@ impl pb::receipt_service_server::ReceiptService for Api {
                     .get_or_create(&ReasonLabels { reason })
                     .inc();
             };
-            let (head, first) = match replay {
+            let (head, first, mut in_replay) = match replay {
                 Replay::Events {
                     events: coalesced,
                     head,
@@ -319,7 +319,7 @@ impl pb::receipt_service_server::ReceiptService for Api {
                             event: Some(convert::event(&e.body)),
                         });
                     }
-                    (head, out)
+                    (head, out, replay::Replayed::of(&coalesced))
                 }
                 Replay::Reset {
                     reason,
@@ -340,7 +340,7 @@ impl pb::receipt_service_server::ReceiptService for Api {
                         cursor: head.encode(),
                         event: Some(E::Reset(convert::reset(reason, &snapshot))),
                     };
-                    (head, vec![ev])
+                    (head, vec![ev], replay::Replayed::default())
                 }
             };
             let replayed = first.len() as i64;
@@ -387,7 +387,12 @@ impl pb::receipt_service_server::ReceiptService for Api {
                                 return;
                             }
                         };
-                        let shown = expanded.as_deref().unwrap_or(std::slice::from_ref(&*ev));
+                        let mut shown = expanded.as_deref().unwrap_or(std::slice::from_ref(&*ev));
+                        let unrepeated;
+                        if !in_replay.is_empty() {
+                            unrepeated = in_replay.drop_repeats(shown);
+                            shown = &unrepeated;
+                        }
                         let offsets = replay::stream_offsets(shown);
                         for (e, offset) in shown.iter().zip(offsets) {
                             observe_event(&metrics, &e.body, true);

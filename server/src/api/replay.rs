@@ -26,6 +26,57 @@ use crate::fanout::{self, MAX_MESSAGES_PER_EVENT};
 use crate::store::{ReceiptStore, StoreResult};
 use std::collections::{BTreeMap, HashMap};
 
+/// The message states a replay showed, until a live event repeats them.
+///
+/// A replay shows the states of *now* ([`refresh`]), so a write committed
+/// between reading the log and refreshing it is already in the replay, and its
+/// live event (past the replay's head) would show the same states again. Live
+/// events drop the messages whose state is exactly one the replay showed
+/// (DESIGN.md §3: no gap, no duplicate); an event left with no message is not
+/// sent. A different state, newer or older, is sent as before.
+#[derive(Default)]
+pub(crate) struct Replayed(HashMap<MessageId, MessageState>);
+
+impl Replayed {
+    pub(crate) fn of(events: &[Event]) -> Self {
+        let mut shown = HashMap::new();
+        for e in events {
+            if let EventBody::Receipts { messages, .. } = &e.body {
+                for m in messages {
+                    shown.insert(m.message.id, m.clone());
+                }
+            }
+        }
+        Self(shown)
+    }
+
+    /// `events` without what the replay already showed (see [`Replayed`]).
+    pub(crate) fn drop_repeats(&mut self, events: &[Event]) -> Vec<Event> {
+        let mut out = Vec::with_capacity(events.len());
+        for e in events {
+            let mut e = e.clone();
+            if let EventBody::Receipts { messages, .. } = &mut e.body {
+                messages.retain(|m| match self.0.get(&m.message.id) {
+                    Some(shown) if shown == m => {
+                        self.0.remove(&m.message.id);
+                        false
+                    }
+                    _ => true,
+                });
+                if messages.is_empty() {
+                    continue;
+                }
+            }
+            out.push(e);
+        }
+        out
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// Replaces the message states of coalesced `events` with their current
 /// states as `viewer` may see them. A message the viewer may no longer see
 /// (it left the conversation, or the message is gone) is dropped from the
@@ -230,5 +281,56 @@ async fn current(
         }
         Err(ServiceError::NotFound { .. }) => Ok(Vec::new()),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::event_tests::{receipts, state};
+
+    fn ids(events: &[Event]) -> Vec<Vec<u128>> {
+        events
+            .iter()
+            .map(|e| match &e.body {
+                EventBody::Receipts { messages, .. } => {
+                    messages.iter().map(|m| m.message.id.as_u128()).collect()
+                }
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect()
+    }
+
+    /// The race of a resume: the replay was refreshed after a read of 3..=5
+    /// committed, so it already shows them read; the read's live event
+    /// (0..=5 read) then sends only what the replay did not show. A state
+    /// that differs is sent, and a repeat is dropped once only.
+    #[test]
+    fn live_events_drop_exactly_the_states_a_replay_showed() {
+        let replay = vec![receipts(4, vec![state(3, 1), state(4, 1), state(5, 1)])];
+        let mut shown = Replayed::of(&replay);
+        let live = vec![receipts(
+            7,
+            (0..=5)
+                .map(|id| state(id, u64::from(id != 4) * 2))
+                .collect(),
+        )];
+        // 3 and 5: read by 2 in the live event, by 1 in the replay: sent.
+        assert_eq!(
+            ids(&shown.drop_repeats(&live)),
+            vec![vec![0, 1, 2, 3, 4, 5]]
+        );
+        let live = vec![
+            receipts(8, vec![state(3, 1), state(4, 1), state(5, 1)]),
+            receipts(8, vec![state(6, 1)]),
+        ];
+        assert_eq!(ids(&shown.drop_repeats(&live)), vec![vec![6]]);
+        assert!(shown.is_empty());
+        // Once matched, the same state is sent again (it can only be a new
+        // event the client has not seen).
+        assert_eq!(
+            ids(&shown.drop_repeats(&[receipts(9, vec![state(3, 1)])])),
+            vec![vec![3]]
+        );
     }
 }

@@ -184,12 +184,13 @@ impl Covered {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::domain::Tick;
     use uuid::Uuid;
 
-    fn state(id: u128, read: u64) -> MessageState {
+    /// Message `id` (at seq `id`) of conversation 99, read by `read`.
+    pub(crate) fn state(id: u128, read: u64) -> MessageState {
         MessageState {
             message: Message {
                 id: Uuid::from_u128(id),
@@ -210,7 +211,8 @@ mod tests {
         }
     }
 
-    fn receipts(offset: u64, msgs: Vec<MessageState>) -> Event {
+    /// An event at `offset` carrying `msgs`.
+    pub(crate) fn receipts(offset: u64, msgs: Vec<MessageState>) -> Event {
         Event {
             offset,
             user: Uuid::from_u128(1),

@@ -29,6 +29,8 @@ mod counting;
 mod cursor;
 mod delivery;
 mod event;
+#[cfg(test)]
+pub(crate) use event::tests as event_tests;
 mod membership;
 mod read;
 mod view;

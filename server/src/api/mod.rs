@@ -387,12 +387,13 @@ impl pb::receipt_service_server::ReceiptService for Api {
                                 return;
                             }
                         };
-                        let mut shown = expanded.as_deref().unwrap_or(std::slice::from_ref(&*ev));
-                        let unrepeated;
-                        if !in_replay.is_empty() {
-                            unrepeated = in_replay.drop_repeats(shown);
-                            shown = &unrepeated;
-                        }
+                        let shown = expanded.as_deref().unwrap_or(std::slice::from_ref(&*ev));
+                        let unrepeated = if in_replay.is_empty() {
+                            None
+                        } else {
+                            in_replay.drop_repeats(shown)
+                        };
+                        let shown = unrepeated.as_deref().unwrap_or(shown);
                         let offsets = replay::stream_offsets(shown);
                         for (e, offset) in shown.iter().zip(offsets) {
                             observe_event(&metrics, &e.body, true);

@@ -13,6 +13,37 @@ use uuid::Uuid;
 
 pub const KEYSPACE: &str = "receipts_prod_test";
 
+/// The recipients Cassandra holds as having message `m` delivered, with the
+/// time: the members whose persisted delivery runs cover its seq and who
+/// receive it (a run may span seqs that are not the member's to receive).
+pub async fn delivered_in_scylla(
+    s: &ScyllaPersistence,
+    m: Uuid,
+) -> Result<Vec<(Uuid, i64)>, receipts_server::error::ServiceError> {
+    let Some(msg) = s.message(m).await? else {
+        return Ok(Vec::new());
+    };
+    let members = s
+        .conversation(msg.conversation)
+        .await?
+        .map(|image| image.members)
+        .unwrap_or_default();
+    let mut out: Vec<(Uuid, i64)> = s
+        .runs(msg.conversation)
+        .await?
+        .into_iter()
+        .filter(|(u, r)| {
+            r.covers(msg.seq)
+                && members
+                    .iter()
+                    .any(|(v, ms)| v == u && ms.receives(*u, msg.sender, msg.seq))
+        })
+        .map(|(u, r)| (u, r.at))
+        .collect();
+    out.sort_unstable();
+    Ok(out)
+}
+
 /// One deployment: a key prefix of its own on the shared Redis, the shared
 /// test keyspace, and the nodes' (unused) data directories.
 pub struct Tier {

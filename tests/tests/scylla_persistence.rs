@@ -10,7 +10,7 @@
 //!
 //! Every test works in its own fresh keyspace, dropped at the end.
 
-use receipts_server::domain::{MemberInterval, Membership, Message, ReadWatermark};
+use receipts_server::domain::{MemberInterval, Membership, Message, ReadWatermark, Run};
 use receipts_server::store::scylla::{
     ConversationImage, PersistOp, ScyllaOptions, ScyllaPersistence,
 };
@@ -177,6 +177,45 @@ fn scenario(ids: Ids) -> (Vec<PersistOp>, ConversationImage) {
         user: ids.bob,
         at: 1_500,
     });
+    // Deliveries as runs: Bob's run over 2..=5 was split when a message was
+    // registered late at 4 (removed, two pieces); Carol's stands.
+    let bob_run = Run {
+        first: 2,
+        last: 5,
+        at: 1_600,
+    };
+    for _ in 0..2 {
+        ops.push(PersistOp::Run {
+            conversation: c,
+            user: ids.bob,
+            run: bob_run,
+        });
+    }
+    ops.push(PersistOp::RunRemoved {
+        conversation: c,
+        user: ids.bob,
+        run: bob_run,
+    });
+    for (first, last) in [(2, 3), (5, 5)] {
+        ops.push(PersistOp::Run {
+            conversation: c,
+            user: ids.bob,
+            run: Run {
+                first,
+                last,
+                ..bob_run
+            },
+        });
+    }
+    ops.push(PersistOp::Run {
+        conversation: c,
+        user: ids.carol,
+        run: Run {
+            first: 3,
+            last: 4,
+            at: 1_700,
+        },
+    });
     // Bob reads to 2 while sharing, to 4 while private, to 5 while sharing; the
     // read to 4 is also replayed with a later time (which must lose).
     let read = |seq, public_seq, public_advanced, at| PersistOp::Watermark {
@@ -311,6 +350,20 @@ async fn replayed_and_reordered_ops_converge_to_the_domain_result() {
         want.sort();
         assert_eq!(deliveries, want, "{order}: the earliest delivery wins");
 
+        let mut runs = ks.store.runs(ids.conversation).await.expect("runs");
+        runs.sort_by_key(|(u, r)| (*u, r.first));
+        let run = |first, last, at| Run { first, last, at };
+        let mut want = vec![
+            (ids.bob, run(2, 3, 1_600)),
+            (ids.bob, run(5, 5, 1_600)),
+            (ids.carol, run(3, 4, 1_700)),
+        ];
+        want.sort_by_key(|(u, r)| (*u, r.first));
+        assert_eq!(
+            runs, want,
+            "{order}: a removed run stays removed, its pieces stand"
+        );
+
         assert_eq!(
             ks.store.sharing(ids.bob).await.expect("sharing"),
             Some((false, 3)),
@@ -441,6 +494,14 @@ async fn every_write_carries_the_retention_ttl() {
             format!("conversation = {}", ids.conversation),
         ),
         ("sharing", "sharing", format!("user = {}", ids.bob)),
+        (
+            "delivery_runs",
+            "removed",
+            format!(
+                "conversation = {} AND user = {} AND first = 2 AND last = 5",
+                ids.conversation, ids.bob
+            ),
+        ),
     ];
     for (table, column, filter) in checks {
         let cql = format!(

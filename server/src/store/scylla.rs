@@ -42,6 +42,16 @@
 //!   first delivery of a message to a user; one partition per message holds
 //!   all its recipients, which is what a receipt lookup needs. Timestamp =
 //!   `EARLIEST_WINS_BASE − delivered_at`: the earliest delivery wins.
+//! - `delivery_runs (conversation uuid, user uuid, first bigint, last bigint, at bigint, removed boolean, PRIMARY KEY (conversation, user, first, last, at))`:
+//!   deliveries as runs ([`crate::domain::Run`]): one row per run, however
+//!   many messages it covers, one partition per conversation (re-warmed
+//!   together). A row is a run's whole identity and never changes; a run
+//!   that a late registration splits is marked `removed` and its pieces are
+//!   new rows. Both writes are idempotent and commute (`removed` is only
+//!   ever set to true), and no identity is written again after its removal
+//!   (pieces are strictly smaller, and a new run has a new time).
+//!   Deliveries written before runs existed are in `receipts`, read on
+//!   re-warm until they expire (docs/storage.md, "Migration").
 //! - `watermarks (conversation uuid, user uuid, seq bigint, public_seq bigint, PRIMARY KEY (conversation, user))`:
 //!   every member's read position, one partition per conversation (re-warmed
 //!   together). `seq` and `public_seq` are written by separate statements whose
@@ -61,7 +71,7 @@
 //! start at once; tables are only ever added, never altered in place.
 
 use crate::domain::{
-    ConversationId, Membership, Message, MessageId, Millis, ReadWatermark, Seq, UserId,
+    ConversationId, Membership, Message, MessageId, Millis, ReadWatermark, Run, Seq, UserId,
 };
 use crate::error::ServiceError;
 use futures::future::BoxFuture;
@@ -145,6 +155,26 @@ pub enum PersistOp {
         /// The setting's version.
         version: u64,
     },
+    /// `user`'s deliveries in `conversation` gained the run `run` (one row,
+    /// however many messages it covers).
+    Run {
+        /// The conversation.
+        conversation: ConversationId,
+        /// The recipient.
+        user: UserId,
+        /// The run.
+        run: Run,
+    },
+    /// The run `run` of `user` no longer holds as written (a message was
+    /// registered inside it; its pieces are [`PersistOp::Run`]s).
+    RunRemoved {
+        /// The conversation.
+        conversation: ConversationId,
+        /// The recipient.
+        user: UserId,
+        /// The run, exactly as it was written.
+        run: Run,
+    },
 }
 
 /// Everything persisted about one conversation, to re-warm the hot tier.
@@ -208,6 +238,9 @@ struct Statements {
     insert_conversation_message: PreparedStatement,
     insert_sender_message: PreparedStatement,
     insert_receipt: PreparedStatement,
+    insert_run: PreparedStatement,
+    remove_run: PreparedStatement,
+    select_runs: PreparedStatement,
     update_watermark_seq: PreparedStatement,
     update_watermark_public_seq: PreparedStatement,
     insert_history: PreparedStatement,
@@ -242,6 +275,9 @@ const TABLES: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS {ks}.receipts (
         message uuid, user uuid, conversation uuid, delivered_at bigint,
         PRIMARY KEY (message, user))",
+    "CREATE TABLE IF NOT EXISTS {ks}.delivery_runs (
+        conversation uuid, user uuid, first bigint, last bigint, at bigint, removed boolean,
+        PRIMARY KEY (conversation, user, first, last, at))",
     "CREATE TABLE IF NOT EXISTS {ks}.watermarks (
         conversation uuid, user uuid, seq bigint, public_seq bigint,
         PRIMARY KEY (conversation, user))",
@@ -464,6 +500,25 @@ impl ScyllaPersistence {
                 writes
                     .push(self.write(&s.insert_sharing, (*user, *sharing, version, version, ttl)));
             }
+            PersistOp::Run {
+                conversation,
+                user,
+                run,
+            }
+            | PersistOp::RunRemoved {
+                conversation,
+                user,
+                run,
+            } => {
+                let (c, u, at) = (*conversation, *user, run.at);
+                let (first, last) = (to_i64("first", run.first)?, to_i64("last", run.last)?);
+                writes.push(match op {
+                    PersistOp::Run { .. } => {
+                        self.write(&s.insert_run, (c, u, first, last, at, ttl))
+                    }
+                    _ => self.write(&s.remove_run, (ttl, c, u, first, last, at)),
+                });
+            }
         }
         Ok(())
     }
@@ -630,6 +685,30 @@ impl ScyllaPersistence {
         .transpose()
     }
 
+    /// The delivery runs of `c` that hold (not removed), by member.
+    pub async fn runs(&self, c: ConversationId) -> Result<Vec<(UserId, Run)>, ServiceError> {
+        let rows = self
+            .select_all::<(Uuid, i64, i64, i64, Option<bool>)>(
+                &self.statements.select_runs,
+                (c,),
+                "read delivery runs",
+            )
+            .await?;
+        rows.into_iter()
+            .filter(|row| row.4 != Some(true))
+            .map(|(user, first, last, at, _)| {
+                Ok((
+                    user,
+                    Run {
+                        first: to_u64("delivery_runs.first", first)?,
+                        last: to_u64("delivery_runs.last", last)?,
+                        at,
+                    },
+                ))
+            })
+            .collect()
+    }
+
     /// Every recipient that had `m` delivered, with the first delivery time.
     pub async fn deliveries(&self, m: MessageId) -> Result<Vec<(UserId, Millis)>, ServiceError> {
         self.select_all::<(Uuid, i64)>(&self.statements.select_deliveries, (m,), "read receipts")
@@ -742,6 +821,21 @@ impl Statements {
             insert_receipt: prepare(
                 "INSERT INTO {ks}.receipts (message, user, conversation, delivered_at) \
                  VALUES (?, ?, ?, ?) USING TIMESTAMP ? AND TTL ?",
+            )
+            .await?,
+            insert_run: prepare(
+                "INSERT INTO {ks}.delivery_runs (conversation, user, first, last, at) \
+                 VALUES (?, ?, ?, ?, ?) USING TTL ?",
+            )
+            .await?,
+            remove_run: prepare(
+                "UPDATE {ks}.delivery_runs USING TTL ? SET removed = true \
+                 WHERE conversation = ? AND user = ? AND first = ? AND last = ? AND at = ?",
+            )
+            .await?,
+            select_runs: prepare(
+                "SELECT user, first, last, at, removed FROM {ks}.delivery_runs \
+                 WHERE conversation = ?",
             )
             .await?,
             // UPDATE, not INSERT: no row marker, so each field's timestamp

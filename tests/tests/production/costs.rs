@@ -31,20 +31,24 @@ async fn memory_per_message_in_a_20_member_group() {
         (19, 19, 19)
     );
     // Let windows and queues drain so only steady state is measured.
+    let last_seq = MESSAGES as u64;
     eventually("the queues drain", || async {
-        tier.scylla
-            .deliveries(sent[MESSAGES - 1])
-            .await
-            .is_ok_and(|d| d.len() == 19)
+        tier.scylla.runs(group.id).await.is_ok_and(|runs| {
+            runs.iter()
+                .filter(|(_, r)| r.covers(last_seq))
+                .map(|(u, _)| *u)
+                .collect::<HashSet<_>>()
+                .len()
+                == 19
+        })
     })
     .await;
     sleep(Duration::from_millis(500)).await;
 
     let mut con = tier.redis().await;
     let tag = group.id.simple().to_string();
-    let mut per_message = 0u64;
-    let mut shared = 0u64;
-    let mut one_receipt_hash = 0u64;
+    let runs_key = format!("{{{tag}}}:d");
+    let (mut homes, mut runs, mut rest) = (0u64, 0u64, 0u64);
     let ids: HashSet<String> = sent.iter().map(|m| m.simple().to_string()).collect();
     for key in tier.keys().await {
         let bytes: Option<u64> = redis::cmd("MEMORY")
@@ -56,29 +60,29 @@ async fn memory_per_message_in_a_20_member_group() {
             .await
             .expect("memory usage");
         let bytes = bytes.unwrap_or(0);
-        let is_message_key = ids.iter().any(|id| key.contains(id.as_str()));
-        if key.contains(&tag) && key.contains(":r:") {
-            if key.contains(&sent[0].simple().to_string()) {
-                one_receipt_hash = bytes;
-            }
-            per_message += bytes;
-        } else if is_message_key {
-            per_message += bytes; // the message's home key
+        assert!(
+            !(key.contains(&tag) && key.contains(":r:")),
+            "no receipt hash per message: {key}"
+        );
+        if ids.iter().any(|id| key.contains(id.as_str())) {
+            homes += bytes; // the message's home key
+        } else if key.ends_with(&runs_key) {
+            runs += bytes;
         } else if key.contains(&tag) {
-            shared += bytes; // index, messages hash, watermarks, histories
+            rest += bytes; // index, messages hash, watermarks, histories, caches
         }
     }
-    let total = per_message + shared;
+    let n = MESSAGES as u64;
     eprintln!(
         "redis memory, 20-member group, {MESSAGES} messages, all delivered and read: \
-         receipt hash of one message {one_receipt_hash} B; per message {} B \
-         (receipt hash + home key) + {} B share of conversation structures = {} B per message \
-         (seed estimate: ~200 B)",
-        per_message / MESSAGES as u64,
-        shared / MESSAGES as u64,
-        total / MESSAGES as u64
+         per message {} B home key + {} B delivery runs + {} B rest of the conversation's keys \
+         = {} B per message (seed estimate: ~200 B)",
+        homes / n,
+        runs / n,
+        rest / n,
+        (homes + runs + rest) / n
     );
-    assert!(one_receipt_hash > 0, "the receipt hash exists");
+    assert!(runs > 0, "the runs hash exists");
 }
 
 /// Calls of each Redis command so far (`INFO commandstats`), by name.
@@ -102,26 +106,35 @@ async fn command_calls(con: &mut redis::aio::MultiplexedConnection) -> HashMap<S
         .collect()
 }
 
-/// The Redis writes of one MarkReadUpTo, by command (commands run inside
-/// the Lua scripts included; the measuring INFO calls excluded).
+/// The Redis writes of one call, by command (commands run inside the Lua
+/// scripts included; the measuring INFO calls excluded).
+async fn writes_of<F, Fut>(tier: &Tier, call: F) -> BTreeMap<String, u64>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    const WRITES: &[&str] = &[
+        "hset", "hsetnx", "hdel", "hincrby", "zadd", "zrem", "sadd", "srem", "expire", "del",
+        "xadd", "xdel", "publish", "set",
+    ];
+    let (commands, _) = redis_cost_of(tier, call).await;
+    commands
+        .into_iter()
+        .filter(|(c, _)| WRITES.contains(&c.as_str()))
+        .collect()
+}
+
+/// The Redis writes of one MarkReadUpTo, by command.
 async fn read_writes(
     tier: &Tier,
     client: &mut UserClient,
     conversation: Uuid,
     up_to: Uuid,
 ) -> BTreeMap<String, u64> {
-    const WRITES: &[&str] = &[
-        "hset", "hsetnx", "hdel", "hincrby", "zadd", "zrem", "sadd", "srem", "expire", "del",
-        "xadd", "xdel", "publish", "set",
-    ];
-    let (commands, _) = redis_cost_of(tier, || async {
+    writes_of(tier, || async {
         read_up_to(client, conversation, up_to).await;
     })
-    .await;
-    commands
-        .into_iter()
-        .filter(|(c, _)| WRITES.contains(&c.as_str()))
-        .collect()
+    .await
 }
 
 /// A node on a Redis of the test's own (nothing else runs on it), where
@@ -182,6 +195,52 @@ async fn mark_read_up_to_writes_the_same_whether_it_covers_one_message_or_ten_th
     assert!(total > 0 && total < 40, "a handful of writes: {one:?}");
     let r = receipt(&mut node.user(alice).await, group.id, last).await;
     assert_eq!(r.read_count, 1, "the read was applied");
+}
+
+/// Deliveries are runs: MarkDelivered of 1,000 consecutive messages writes
+/// Redis the same commands as of one (one run, one field per bucket of 256
+/// seqs in one HSET, one queue entry, the sender's one event), where a
+/// receipt hash per message wrote two commands per message.
+#[tokio::test]
+async fn mark_delivered_writes_the_same_whether_it_covers_one_message_or_a_thousand() {
+    let (_redis, tier, node) = measured_node().await;
+    let mut backend = node.backend().await;
+    let mut direct = Conversation::create(&mut backend, 2).await;
+    let (alice, bob) = (direct.members[0], direct.members[1]);
+    let warm_up = direct.send(&mut backend, alice).await;
+    let one = direct.send(&mut backend, alice).await;
+    let batch: Vec<Uuid> = (0..1000).map(|_| Uuid::now_v7()).collect();
+    let seq = direct.next_seq();
+    backend
+        .register_messages(pb::RegisterMessagesRequest {
+            messages: batch
+                .iter()
+                .enumerate()
+                .map(|(i, id)| registration(*id, direct.id, seq + i as i64, alice))
+                .collect(),
+        })
+        .await
+        .expect("register 1000");
+    direct.set_next_seq(seq + 1000);
+    let mut bob_client = node.user(bob).await;
+    // The first delivery also creates alice's replay log: not what is measured.
+    deliver(&mut bob_client, &[warm_up]).await;
+    let single = writes_of(&tier, || async {
+        deliver(&mut bob_client, &[one]).await;
+    })
+    .await;
+    let thousand = writes_of(&tier, || async {
+        let r = deliver(&mut bob_client, &batch).await;
+        assert_eq!(r.results.len(), 1000);
+    })
+    .await;
+    println!("MarkDelivered writes, 1 message: {single:?}");
+    println!("MarkDelivered writes, 1,000 messages: {thousand:?}");
+    assert_eq!(single, thousand, "the same writes, command by command");
+    let total: u64 = single.values().sum();
+    assert!(total > 0 && total < 40, "a handful of writes: {single:?}");
+    let r = receipt(&mut node.user(alice).await, direct.id, batch[999]).await;
+    assert_eq!(r.delivered_count, 1, "the deliveries were applied");
 }
 
 /// What one call costs Redis: its commands (commands run inside Lua scripts

@@ -181,7 +181,7 @@ async fn a_node_killed_after_acknowledging_writes_loses_nothing() {
             .map(|(_, w)| *w);
         let mut delivered = 0;
         for m in dm.iter().chain([&gm]) {
-            delivered += s.deliveries(*m).await.unwrap_or_default().len();
+            delivered += delivered_in_scylla(s, *m).await.unwrap_or_default().len();
         }
         d.messages.len() == 3
             && g.messages.len() == 1
@@ -229,7 +229,13 @@ async fn sigterm_flushes_every_queued_write_before_exit() {
         .find(|(u, _)| *u == bob)
         .map(|(_, w)| *w);
     assert_eq!(wm.map(|w| w.seq), Some(1));
-    assert_eq!(tier.scylla.deliveries(m).await.expect("scylla").len(), 1);
+    assert_eq!(
+        delivered_in_scylla(&tier.scylla, m)
+            .await
+            .expect("scylla")
+            .len(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -316,7 +322,9 @@ async fn a_redis_restart_gives_subscribers_a_reset_never_a_silent_gap() {
     );
     let cursor = sub.cursor.clone();
     eventually("m1's delivery reaches Cassandra", || async {
-        tier.scylla.deliveries(m1).await.is_ok_and(|d| d.len() == 1)
+        delivered_in_scylla(&tier.scylla, m1)
+            .await
+            .is_ok_and(|d| d.len() == 1)
     })
     .await;
 

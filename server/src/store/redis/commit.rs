@@ -321,9 +321,9 @@ impl Inner {
             let visible = adv.is_public() && m.seq > before.public_seq;
             // In a group, a message already delivered is windowed too: its
             // summary has absolute counts, so one more is harmless, and
-            // knowing would mean reading every covered receipt hash.
+            // knowing would mean reading the reader's runs.
             let newly_delivered =
-                m.seq > before.seq && (group || view.delivered_at(&m.id, u).is_none());
+                m.seq > before.seq && (group || view.runs.delivered_at(u, m.seq).is_none());
             if visible || newly_delivered {
                 changed.push(m);
             }

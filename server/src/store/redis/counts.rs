@@ -15,11 +15,12 @@
 //! `ZCOUNT jz -inf seq`. The sender is taken out with its own entries, and a
 //! viewer who is a recipient sees its own true read. Members who ever left
 //! (`cx`) are few and are counted one by one with the domain rules. Delivered
-//! means "marked delivered, or read": the members who read, plus those in
-//! the message's receipt hash whose true score is below `seq`.
+//! means "marked delivered, or read": the members who read, plus the simple
+//! members whose true score is below `seq` and whose delivery runs cover it.
 //!
-//! Everything here is O(log n) in group size per message, plus the message's
-//! explicit deliveries and the members who ever left.
+//! Everything here is O(log n) in group size per message, plus one read of
+//! the runs of the members who have not read every message asked about (in
+//! the messages' buckets) and of the members who ever left.
 
 use super::*;
 use crate::domain::{Aggregate, RecipientState, Tick};
@@ -173,20 +174,18 @@ impl Inner {
         let mut own: Vec<UserId> = msgs.iter().map(|m| m.sender).chain(viewer).collect();
         own.sort();
         own.dedup();
-        let mut reply = self.count_snapshot(c, &own, msgs).await?;
-        // Receipt hashes that expired are re-warmed from Scylla, then read
-        // again in one consistent step.
-        let cold: Vec<MessageId> = msgs
+        let bs: Vec<u32> = msgs
             .iter()
-            .zip(list(&reply)?.iter().skip(7))
-            .filter(|(_, row)| list(row).ok().and_then(|r| r.get(6)) == Some(&Value::Int(0)))
-            .map(|(m, _)| m.id)
+            .map(|m| bucket(m.seq))
+            .collect::<BTreeSet<u32>>()
+            .into_iter()
             .collect();
-        if !cold.is_empty() {
-            let mut view = View::bare(*c, 0);
-            view.messages = msgs.iter().map(|m| (m.id, *m)).collect();
-            self.ensure_deliveries(&mut view, &cold).await?;
-            reply = self.count_snapshot(c, &own, msgs).await?;
+        let mut reply = self.count_snapshot(c, &own, &bs, msgs).await?;
+        // Runs that expired are re-warmed from Scylla, then everything is
+        // read again in one consistent step.
+        if list(&reply)?.get(7) == Some(&Value::Int(0)) {
+            self.rewarm_runs(c).await?;
+            reply = self.count_snapshot(c, &own, &bs, msgs).await?;
         }
         let top = list(&reply)?;
         let (mv,): (Option<String>,) = get(top.first())?;
@@ -211,6 +210,22 @@ impl Inner {
                 }
             }
         }
+        // Simple members who have not read every message asked about, with
+        // their true scores, and their runs and the complex members' in the
+        // messages' buckets.
+        let below: Vec<(String, f64)> = get(top.get(8))?;
+        let unread: Vec<(UserId, Seq)> = below
+            .iter()
+            .map(|(u, s)| Ok((parse_uuid(u)?, s.max(0.0) as Seq)))
+            .collect::<StoreResult<_>>()?;
+        let values: Vec<Option<Vec<u8>>> = get(top.get(9))?;
+        let mut runs = RunBuckets::default();
+        let mut values = values.into_iter();
+        for u in unread.iter().map(|(u, _)| u).chain(&complex_users) {
+            for b in &bs {
+                runs.insert(*u, *b, values.next().flatten().as_deref())?;
+            }
+        }
         let sharing = self.sharing_of(&complex_users).await?;
         let mut complex = Vec::new();
         for (((u, m), w), (shares, _)) in
@@ -231,9 +246,9 @@ impl Inner {
 
         let mut out = Vec::with_capacity(msgs.len());
         let mut full = Vec::new();
-        for (m, row) in msgs.iter().zip(top.iter().skip(7)) {
+        for (m, row) in msgs.iter().zip(top.iter().skip(10)) {
             let row = list(row)?;
-            let mut n = [0u64; 6];
+            let mut n = [0u64; 5];
             for (i, slot) in n.iter_mut().enumerate() {
                 *slot = get(row.get(i))?;
             }
@@ -244,14 +259,19 @@ impl Inner {
                 public_from: n[3],
                 sharing_joined_after: n[4],
             };
-            let delays: Vec<Option<i64>> = get(row.get(7))?;
+            // Delivered but not read: simple recipients whose true score is
+            // below the seq (so they joined at or before it) and whose runs
+            // cover it.
+            let delivered_unread = unread
+                .iter()
+                .filter(|(u, t)| *u != m.sender && *t < m.seq && runs.covering(u, m.seq).is_some())
+                .count() as u64;
             let deliveries: HashMap<UserId, Millis> = complex_users
                 .iter()
-                .zip(delays)
-                .filter_map(|(u, d)| d.map(|d| (*u, m.sent_at.saturating_add(d))))
+                .filter_map(|u| runs.delivered_at(u, m.seq).map(|at| (*u, at)))
                 .collect();
-            let ad: Option<String> = get(row.get(8))?;
-            let ar: Option<String> = get(row.get(9))?;
+            let ad: Option<String> = get(row.get(5))?;
+            let ar: Option<String> = get(row.get(6))?;
             let (ad, ar) = (
                 cached(ad.as_ref(), &tag, m.sent_at),
                 cached(ar.as_ref(), &tag, m.sent_at),
@@ -261,7 +281,7 @@ impl Inner {
             let viewer_entries = (v != m.sender).then(|| entries[&v]);
             let (t1, d1, r1) = simple_counts(m.seq, counted, entries[&m.sender], viewer_entries);
             let (t2, d2, r2) = complex_counts(m, &v, &complex, &deliveries);
-            let (total, delivered, read) = (t1 + t2, d1 + n[5] + d2, r1 + r2);
+            let (total, delivered, read) = (t1 + t2, d1 + delivered_unread + d2, r1 + r2);
             let all_delivered = total > 0 && delivered == total;
             let all_read = total > 0 && read == total;
             let viewer_recipient = v != m.sender
@@ -292,6 +312,7 @@ impl Inner {
         &self,
         c: &ConversationId,
         own: &[UserId],
+        bs: &[u32],
         msgs: &[Message],
     ) -> StoreResult<Value> {
         let k = &self.keys;
@@ -302,14 +323,19 @@ impl Inner {
             .key(k.true_readers(c))
             .key(k.readers(c))
             .key(k.sharing_joins(c))
-            .key(k.watermarks(c));
+            .key(k.watermarks(c))
+            .key(k.runs(c))
+            .key(k.completions(c));
         inv.arg(own.len());
         for u in own {
             inv.arg(hex(u));
         }
+        inv.arg(bs.len());
+        for b in bs {
+            inv.arg(b.to_be_bytes().as_slice());
+        }
         for m in msgs {
-            inv.key(k.receipt(c, &m.id));
-            inv.arg(m.seq).arg(m.sender.as_bytes().as_slice());
+            inv.arg(m.seq);
         }
         inv.invoke_async(&mut self.conn()).await.map_err(redis_err)
     }
@@ -332,6 +358,7 @@ impl Inner {
         };
         let ids: Vec<MessageId> = which.iter().map(|i| msgs[*i].id).collect();
         self.prepare_states(&mut view, &ids).await?;
+        let key = self.keys.completions(c);
         let mut p = redis::pipe();
         for i in which {
             let m = &msgs[*i];
@@ -341,24 +368,23 @@ impl Inner {
                 .members
                 .get(&v)
                 .is_some_and(|x| x.receives(v, m.sender, m.seq));
-            let key = self.keys.receipt(c, &m.id);
             if let Some(at) = state.aggregate.delivered_at {
                 p.cmd("HSET")
                     .arg(&key)
-                    .arg("ad")
+                    .arg(format!("d:{}", m.seq))
                     .arg(cache_value(tag, at, m.sent_at))
                     .ignore();
             }
             if let Some(at) = state.aggregate.read_at.filter(|_| !viewer_recipient) {
                 p.cmd("HSET")
                     .arg(&key)
-                    .arg("ar")
+                    .arg(format!("r:{}", m.seq))
                     .arg(cache_value(tag, at, m.sent_at))
                     .ignore();
             }
-            p.cmd("EXPIRE").arg(&key).arg(self.ttl()).ignore();
             out[*i] = state.aggregate;
         }
+        p.cmd("EXPIRE").arg(&key).arg(self.ttl()).ignore();
         self.pipe::<()>(&p).await
     }
 }

@@ -67,10 +67,15 @@ impl Keys {
     pub fn messages(&self, c: &ConversationId) -> String {
         self.conv(c, "mi")
     }
-    /// Hash per message (the seed's receipt hash): recipient -> `D:<ms>`,
-    /// plus `_` once the hash holds everything known about the message.
-    pub fn receipt(&self, c: &ConversationId, m: &MessageId) -> String {
-        self.conv(c, &format!("r:{}", m.simple()))
+    /// Hash: delivery runs, `<user ‖ bucket>` -> the member's runs that
+    /// overlap the bucket, plus `_` once loaded from Scylla (`runs.rs`).
+    pub fn runs(&self, c: &ConversationId) -> String {
+        self.conv(c, "d")
+    }
+    /// Hash: completion times, cached: `d:<seq>` / `r:<seq>` -> `mv:ms
+    /// after send` when every recipient had / had read the message.
+    pub fn completions(&self, c: &ConversationId) -> String {
+        self.conv(c, "a")
     }
     /// Sorted set: read history (`<seq>:<ms>` scored by seq) of a user.
     pub fn history(&self, c: &ConversationId, u: &UserId, public: bool) -> String {
@@ -81,7 +86,7 @@ impl Keys {
     }
     /// Stream: events committed with the state, not yet in users' logs.
     /// The conversation's state keys whose expiry every write refreshes.
-    pub fn conversation_state(&self, c: &ConversationId) -> [String; 9] {
+    pub fn conversation_state(&self, c: &ConversationId) -> [String; 11] {
         [
             self.meta(c),
             self.watermarks(c),
@@ -92,6 +97,8 @@ impl Keys {
             self.complex(c),
             self.seqs(c),
             self.messages(c),
+            self.runs(c),
+            self.completions(c),
         ]
     }
     pub fn outbox(&self, c: &ConversationId) -> String {
@@ -178,11 +185,9 @@ mod tests {
     fn conversation_keys_share_one_hash_tag() {
         let k = Keys::new("rc");
         let c = uuid::Uuid::now_v7();
-        let m = uuid::Uuid::now_v7();
         let u = uuid::Uuid::now_v7();
         let tag = format!("{{{}}}", c.simple());
         for key in k.conversation_state(&c).into_iter().chain([
-            k.receipt(&c, &m),
             k.history(&c, &u, true),
             k.outbox(&c),
             k.conv_queue(&c),

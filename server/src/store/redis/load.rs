@@ -17,7 +17,8 @@ pub(super) struct View {
     pub(super) wms: HashMap<UserId, ReadWatermark>,
     pub(super) sharing: HashMap<UserId, bool>,
     pub(super) messages: HashMap<MessageId, Message>,
-    pub(super) deliveries: HashMap<MessageId, HashMap<UserId, Millis>>,
+    /// Delivery runs, by member and bucket, as far as loaded.
+    pub(super) runs: RunBuckets,
     /// (user, public) -> history entries (seq, at) in seq order.
     pub(super) hist: HashMap<(UserId, bool), Vec<(Seq, Millis)>>,
 }
@@ -35,7 +36,7 @@ impl View {
             wms: HashMap::new(),
             sharing: HashMap::new(),
             messages: HashMap::new(),
-            deliveries: HashMap::new(),
+            runs: RunBuckets::default(),
             hist: HashMap::new(),
         }
     }
@@ -64,8 +65,9 @@ impl View {
             .and_then(|h| h.iter().find(|(s, _)| *s >= seq).map(|(_, at)| *at))
     }
 
-    pub(super) fn delivered_at(&self, m: &MessageId, u: &UserId) -> Option<Millis> {
-        self.deliveries.get(m).and_then(|d| d.get(u)).copied()
+    /// When a run delivered `m` to `u` (its bucket must be loaded).
+    pub(super) fn delivered_at(&self, m: &Message, u: &UserId) -> Option<Millis> {
+        self.runs.delivered_at(u, m.seq)
     }
 
     /// The state of `m` as `viewer` may see it (the rules are in `domain`).
@@ -82,7 +84,7 @@ impl View {
             }
             let wm = self.wm(u);
             let facts = RecipientFacts {
-                delivered_at: self.delivered_at(&m.id, u),
+                delivered_at: self.delivered_at(m, u),
                 read_at: (wm.seq >= m.seq)
                     .then(|| self.first_covering(u, false, m.seq))
                     .flatten(),
@@ -138,7 +140,7 @@ pub(super) fn parse_view(
         wms: watermarks,
         sharing: HashMap::new(),
         messages: HashMap::new(),
-        deliveries: HashMap::new(),
+        runs: RunBuckets::default(),
         hist: HashMap::new(),
     })
 }
@@ -396,72 +398,20 @@ impl Inner {
         Ok(())
     }
 
-    /// Those of `ids` that are messages of the view whose deliveries it has
-    /// not loaded yet (the messages loaded first).
-    pub(super) async fn without_deliveries(
-        &self,
-        view: &mut View,
-        ids: &[MessageId],
-    ) -> StoreResult<Vec<MessageId>> {
-        self.ensure_messages(view, ids).await?;
-        Ok(ids
-            .iter()
-            .filter(|m| !view.deliveries.contains_key(m) && view.messages.contains_key(m))
-            .copied()
-            .collect())
-    }
-
-    /// Loads the receipt hashes of `ids`, re-warming expired ones from Scylla.
+    /// Loads every member's delivery runs at the seqs of `ids` (the
+    /// messages loaded first).
     pub(super) async fn ensure_deliveries(
         &self,
         view: &mut View,
         ids: &[MessageId],
     ) -> StoreResult<()> {
-        // Delivery times are stored relative to the send time.
-        let missing = self.without_deliveries(view, ids).await?;
-        if missing.is_empty() {
-            return Ok(());
-        }
-        let mut p = redis::pipe();
-        for m in &missing {
-            p.hgetall(self.keys.receipt(&view.c, m));
-        }
-        let rows: Vec<HashMap<Vec<u8>, String>> = self.pipe(&p).await?;
-        for (m, row) in missing.into_iter().zip(rows) {
-            let sent_at = view.messages[&m].sent_at;
-            let mut d = HashMap::new();
-            if !row.contains_key(b"_".as_slice()) {
-                // Expired (or never touched): what Scylla has, merged back.
-                let persisted = self.scylla.deliveries(m).await?;
-                let key = self.keys.receipt(&view.c, &m);
-                let mut p = redis::pipe();
-                for (u, at) in &persisted {
-                    p.cmd("HSETNX")
-                        .arg(&key)
-                        .arg(u.as_bytes().as_slice())
-                        .arg(delivery_value(*at, sent_at))
-                        .ignore();
-                }
-                p.cmd("HSET").arg(&key).arg("_").arg("1").ignore();
-                p.cmd("EXPIRE").arg(&key).arg(self.ttl()).ignore();
-                self.pipe::<()>(&p).await?;
-                for (u, at) in persisted {
-                    d.insert(u, at);
-                }
-            }
-            for (field, value) in row {
-                if field.len() != 16 {
-                    continue;
-                }
-                let u = Uuid::from_slice(&field).map_err(|_| corrupt("receipt field"))?;
-                let at = parse_delivery_value(&value, sent_at)
-                    .ok_or_else(|| corrupt("receipt value"))?;
-                let e = d.entry(u).or_insert(at);
-                *e = (*e).min(at);
-            }
-            view.deliveries.insert(m, d);
-        }
-        Ok(())
+        self.ensure_messages(view, ids).await?;
+        let seqs: Vec<Seq> = ids
+            .iter()
+            .filter_map(|m| view.messages.get(m).map(|m| m.seq))
+            .collect();
+        let members: Vec<UserId> = view.members.keys().copied().collect();
+        self.ensure_runs_at(view, &members, seqs).await
     }
 
     /// `c`'s view for a write by `u` with `msgs` loaded; names the first
@@ -482,42 +432,20 @@ impl Inner {
         Ok(view)
     }
 
-    /// Loads `u`'s own deliveries of `ids`: O(1) per message where
-    /// [`Self::ensure_deliveries`] reads every member's. A receipt hash that
-    /// is not in Redis is re-warmed whole.
+    /// Loads `u`'s own delivery runs at the seqs of `ids`: one field per
+    /// bucket, where [`Self::ensure_deliveries`] reads every member's.
     pub(super) async fn ensure_own_deliveries(
         &self,
         view: &mut View,
         ids: &[MessageId],
         u: &UserId,
     ) -> StoreResult<()> {
-        let missing = self.without_deliveries(view, ids).await?;
-        if missing.is_empty() {
-            return Ok(());
-        }
-        let mut p = redis::pipe();
-        for m in &missing {
-            p.cmd("HMGET")
-                .arg(self.keys.receipt(&view.c, m))
-                .arg("_")
-                .arg(u.as_bytes().as_slice());
-        }
-        let rows: Vec<(Option<String>, Option<String>)> = self.pipe(&p).await?;
-        let mut cold = Vec::new();
-        for (m, (loaded, value)) in missing.into_iter().zip(rows) {
-            if loaded.is_none() {
-                cold.push(m);
-                continue;
-            }
-            let mut d = HashMap::new();
-            if let Some(value) = value {
-                let at = parse_delivery_value(&value, view.messages[&m].sent_at)
-                    .ok_or_else(|| corrupt("receipt value"))?;
-                d.insert(*u, at);
-            }
-            view.deliveries.insert(m, d);
-        }
-        self.ensure_deliveries(view, &cold).await
+        self.ensure_messages(view, ids).await?;
+        let seqs: Vec<Seq> = ids
+            .iter()
+            .filter_map(|m| view.messages.get(m).map(|m| m.seq))
+            .collect();
+        self.ensure_runs_at(view, &[*u], seqs).await
     }
 
     /// Loads read histories from `min_seq` on for `users`.

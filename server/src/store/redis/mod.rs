@@ -244,19 +244,6 @@ fn parse_uuid(s: &str) -> StoreResult<Uuid> {
 }
 
 /// Builds one command's arguments.
-/// A receipt hash value: when the user got the message, as milliseconds
-/// after it was sent. Redis keeps an integer-looking value as an integer in
-/// the hash's listpack, and a delay of under ~2.3 hours as a 3-byte one, so
-/// a delivery costs a few bytes instead of a 13-digit timestamp (see
-/// docs/storage.md for the measured sizes).
-fn delivery_value(at: Millis, sent_at: Millis) -> i64 {
-    at.saturating_sub(sent_at)
-}
-
-fn parse_delivery_value(value: &str, sent_at: Millis) -> Option<Millis> {
-    value.parse::<i64>().ok().map(|d| sent_at.saturating_add(d))
-}
-
 macro_rules! rcmd {
     ($($a:expr),+ $(,)?) => {{
         let mut v: Vec<Vec<u8>> = Vec::new();
@@ -270,6 +257,7 @@ mod conn;
 mod load;
 mod log;
 mod persist;
+mod runs;
 mod store;
 #[cfg(test)]
 mod tests;
@@ -280,6 +268,7 @@ use conn::*;
 use load::*;
 use log::*;
 use persist::*;
+use runs::*;
 use window::*;
 
 /// Writes decided by a compare-and-apply round.

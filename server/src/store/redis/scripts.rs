@@ -148,18 +148,19 @@ return 0
 /// A consistent snapshot of what counting the receipts of some messages
 /// needs (see `counts.rs`), read in one atomic step so that a write cannot
 /// land between two of its parts. KEYS: the conversation's meta hash, `cx`,
-/// `jz`, `tz`, `rz`, `jr`, its watermarks hash, then one receipt hash per
-/// message. ARGV: the
-/// number of "own" users, their hex ids (senders and viewer), then per
-/// message its seq and its sender's 16-byte id. Returns
-/// `{{mv}, complex hex ids, {their m: fields}, {their watermarks},
-/// {own jz scores}, {own tz scores}, {own rz scores}, per message:
-/// {5 ZCOUNTs, explicit deliveries of simple members not yet read,
-/// receipt hash loaded (0/1), {complex members' delivery values}, ad, ar}}`.
+/// `jz`, `tz`, `rz`, `jr`, its watermarks hash, its runs hash, its
+/// completions hash. ARGV: the number of "own" users, their hex ids (senders
+/// and viewer), the number of run buckets, the buckets (4 bytes each), then
+/// each message's seq. Returns `{{mv}, complex hex ids, {their m: fields},
+/// {their watermarks}, {own jz scores}, {own tz scores}, {own rz scores},
+/// runs loaded (0/1), {simple members below the highest seq in tz, with
+/// their scores}, {the runs fields of those members then of the complex
+/// ones, bucket by bucket}, per message: {5 ZCOUNTs, d:<seq>, r:<seq>}}`.
 pub static COUNT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-local meta, cx, jz, tz, rz, jr = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local meta, cx, jz, tz, rz, jr, w, d, a =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local function chunked(cmd, key, list, prefix)
   local out = {}
   for i = 1, #list, 1000 do
@@ -173,46 +174,47 @@ end
 local function raw(h)
   return (h:gsub('..', function(c) return string.char(tonumber(c, 16)) end))
 end
-local function hex(r)
-  return (r:gsub('.', function(c) return string.format('%02x', string.byte(c)) end))
-end
 local n_own = tonumber(ARGV[1])
 local own = {}
 for i = 1, n_own do own[i] = ARGV[1 + i] end
+local n_buckets = tonumber(ARGV[2 + n_own])
+local bs = {}
+for i = 1, n_buckets do bs[i] = ARGV[2 + n_own + i] end
+local first_seq = 3 + n_own + n_buckets
+local top = 0
+for i = first_seq, #ARGV do top = math.max(top, tonumber(ARGV[i])) end
 local complex = redis.call('SMEMBERS', cx)
-local complex_raw = {}
-for i, h in ipairs(complex) do complex_raw[i] = raw(h) end
+local below = redis.call('ZRANGEBYSCORE', tz, '-inf', '(' .. top, 'WITHSCORES')
+local fields = {}
+for i = 1, #below, 2 do
+  local r = raw(below[i])
+  for _, b in ipairs(bs) do fields[#fields + 1] = r .. b end
+end
+for _, h in ipairs(complex) do
+  local r = raw(h)
+  for _, b in ipairs(bs) do fields[#fields + 1] = r .. b end
+end
 local out = {
   redis.call('HMGET', meta, 'mv'),
   complex,
   chunked('HMGET', meta, complex, 'm:'),
-  chunked('HMGET', KEYS[7], complex),
+  chunked('HMGET', w, complex),
   chunked('ZMSCORE', jz, own),
   chunked('ZMSCORE', tz, own),
   chunked('ZMSCORE', rz, own),
+  redis.call('HEXISTS', d, '_'),
+  below,
+  chunked('HMGET', d, fields),
 }
-local a = 2 + n_own
-for i = 8, #KEYS do
-  local rk, s, sender = KEYS[i], tonumber(ARGV[a]), ARGV[a + 1]
-  a = a + 2
-  local delivered = {}
-  for _, f in ipairs(redis.call('HKEYS', rk)) do
-    if #f == 16 and f ~= sender then delivered[#delivered + 1] = hex(f) end
-  end
-  local unread = 0
-  for _, t in ipairs(chunked('ZMSCORE', tz, delivered)) do
-    if t and tonumber(t) < s then unread = unread + 1 end
-  end
-  local cache = redis.call('HMGET', rk, 'ad', 'ar')
+for i = first_seq, #ARGV do
+  local s = ARGV[i]
+  local cache = redis.call('HMGET', a, 'd:' .. s, 'r:' .. s)
   out[#out + 1] = {
     redis.call('ZCOUNT', jz, '-inf', s),
     redis.call('ZCOUNT', jz, '(' .. s, '+inf'),
     redis.call('ZCOUNT', tz, s, '+inf'),
     redis.call('ZCOUNT', rz, s, '+inf'),
     redis.call('ZCOUNT', jr, '(' .. s, '+inf'),
-    unread,
-    redis.call('HEXISTS', rk, '_'),
-    chunked('HMGET', rk, complex_raw),
     cache[1],
     cache[2],
   }

@@ -48,6 +48,8 @@ impl ReceiptStore for RedisStore {
                 meta.extend(rcmd![format!("m:{}", hex(u)), enc(m)]);
             }
             plan.cmds.push(meta);
+            // A new conversation has no runs to re-warm from Scylla.
+            plan.cmds.push(rcmd!["HSET", s.keys.runs(&c), "_", "1"]);
             let sharing = s.sharing_of(&members).await?;
             for ((u, m), (shares, _)) in image.iter().zip(sharing) {
                 plan.cmds.extend(index_member(
@@ -220,13 +222,17 @@ impl ReceiptStore for RedisStore {
                     for m in &fresh {
                         z.extend(rcmd![m.seq, format!("{}:{}", hex(&m.id), hex(&m.sender))]);
                         h.extend(rcmd![hex(&m.id), enc(m)]);
-                        plan.cmds.push(rcmd!["HSET", k.receipt(c, &m.id), "_", "1"]);
-                        plan.cmds
-                            .push(rcmd!["EXPIRE", k.receipt(c, &m.id), s.ttl()]);
                         plan.persist.push(PersistOp::Message(*m));
                     }
                     plan.cmds.push(z);
                     plan.cmds.push(h);
+                    // Below the last registered seq, a run written before
+                    // this message existed may cover its seq.
+                    let last = s.last_seq(c).await?;
+                    for m in fresh.iter().filter(|m| m.seq < last) {
+                        s.split_runs_at(&mut view, &mut plan, m.seq).await?;
+                    }
+                    plan.cmds.extend(s.runs_cmds(&view));
                 }
                 plans.push((view, plan, fresh));
             }
@@ -334,6 +340,7 @@ impl ReceiptStore for RedisStore {
                 let mut plan = Plan::default();
                 plan.cmds.push(rcmd!["HSET", s.keys.meta(c), "t", at]);
                 let mut touched = Vec::new();
+                let mut new = Vec::new();
                 let mut out = Vec::new();
                 for id in msgs {
                     let m = view.messages[id];
@@ -342,7 +349,7 @@ impl ReceiptStore for RedisStore {
                     } else {
                         None
                     };
-                    let existing = view.delivered_at(&m.id, &user);
+                    let existing = view.delivered_at(&m, &user);
                     match domain::judge_delivery(
                         user,
                         &membership,
@@ -361,21 +368,7 @@ impl ReceiptStore for RedisStore {
                         }
                         Delivery::Record => {}
                     }
-                    let key = s.keys.receipt(c, &m.id);
-                    plan.cmds.push(rcmd![
-                        "HSET",
-                        key.clone(),
-                        user.as_bytes().as_slice(),
-                        delivery_value(at, m.sent_at)
-                    ]);
-                    plan.cmds.push(rcmd!["EXPIRE", key, s.ttl()]);
-                    plan.persist.push(PersistOp::Delivered {
-                        conversation: *c,
-                        message: m.id,
-                        user,
-                        at,
-                    });
-                    view.deliveries.entry(m.id).or_default().insert(user, at);
+                    new.push(m.seq);
                     touched.push(Indexed {
                         seq: m.seq,
                         id: m.id,
@@ -383,6 +376,10 @@ impl ReceiptStore for RedisStore {
                     });
                     out.push(DeliveryResult::recorded(m.id, at));
                 }
+                new.sort_unstable();
+                s.record_runs(&mut view, &mut plan, &user, &membership, &new, at)
+                    .await?;
+                plan.cmds.extend(s.runs_cmds(&view));
                 let windowed = s.touch(&mut view, &mut plan, &touched).await?;
                 if touched.is_empty() || s.commit(&view, plan).await? {
                     if windowed {

@@ -50,17 +50,6 @@ fn only_recent_v7_ids_minted_after_the_horizon_are_known_new() {
 use super::*;
 
 #[test]
-fn delivery_values_are_delays_after_the_send() {
-    let sent = 1_763_000_000_000;
-    for at in [sent, sent + 1, sent + 8_000_000, sent - 5] {
-        let v = delivery_value(at, sent).to_string();
-        assert_eq!(parse_delivery_value(&v, sent), Some(at), "{v}");
-    }
-    assert_eq!(delivery_value(sent + 250, sent), 250);
-    assert_eq!(parse_delivery_value("D:1", sent), None);
-}
-
-#[test]
 fn hash_tags_follow_the_cluster_rule() {
     let tag = |key: &str| hash_tag(redis::cmd("GET").arg(key)).to_vec();
     assert_eq!(tag("rc:{abc}:w"), b"abc");

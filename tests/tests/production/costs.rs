@@ -49,6 +49,7 @@ async fn memory_per_message_in_a_20_member_group() {
     let tag = group.id.simple().to_string();
     let runs_key = format!("{{{tag}}}:d");
     let (mut homes, mut runs, mut rest) = (0u64, 0u64, 0u64);
+    let mut by_key: BTreeMap<String, u64> = BTreeMap::new();
     let ids: HashSet<String> = sent.iter().map(|m| m.simple().to_string()).collect();
     for key in tier.keys().await {
         let bytes: Option<u64> = redis::cmd("MEMORY")
@@ -71,7 +72,11 @@ async fn memory_per_message_in_a_20_member_group() {
         } else if key.contains(&tag) {
             rest += bytes; // index, messages hash, watermarks, histories, caches
         }
+        if let Some((_, suffix)) = key.split_once(&format!("{{{tag}}}:")) {
+            *by_key.entry(suffix.chars().take(2).collect()).or_default() += bytes;
+        }
     }
+    eprintln!("redis memory of the conversation's keys, by key (histories by kind): {by_key:?}");
     let n = MESSAGES as u64;
     eprintln!(
         "redis memory, 20-member group, {MESSAGES} messages, all delivered and read: \

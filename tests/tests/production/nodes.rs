@@ -508,3 +508,66 @@ async fn a_whole_group_delivering_and_reading_at_once_is_accepted_and_kept() {
         }
     }
 }
+
+/// A conversation's keys share one lifetime (docs/storage.md, "Redis
+/// keys"): a member who read once and then stayed quiet keeps its exact
+/// read while the others keep the conversation busy past the hot TTL, and
+/// every key of the conversation carries an expiry (its queue aside, which
+/// is drained instead).
+#[tokio::test]
+async fn a_quiet_readers_read_outlives_the_hot_ttl_while_the_conversation_is_busy() {
+    let tier = Tier::new().await;
+    let node = tier
+        .node_with(&["--hot-ttl-secs", "2", "--flush-interval-ms", "500"])
+        .await;
+    let mut backend = node.backend().await;
+    let mut group = Conversation::create(&mut backend, 3).await;
+    let (alice, bob, carol) = (group.members[0], group.members[1], group.members[2]);
+    let first = group.send(&mut backend, alice).await;
+    read_up_to(&mut node.user(bob).await, group.id, first).await;
+    let mut alice_client = node.user(alice).await;
+    let bob_entry = |r: &pb::MessageReceipts| {
+        r.recipients
+            .iter()
+            .find(|x| x.user_id == bob.to_string())
+            .cloned()
+            .expect("bob is a recipient")
+    };
+    let before = bob_entry(&receipt(&mut alice_client, group.id, first).await);
+    assert_eq!(before.state, pb::RecipientState::Read as i32);
+    // Three seconds (past the 2 s TTL) of writes by the others only.
+    let mut carol_client = node.user(carol).await;
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        let m = group.send(&mut backend, alice).await;
+        deliver(&mut carol_client, &[m]).await;
+        sleep(Duration::from_millis(150)).await;
+    }
+    let after = bob_entry(&receipt(&mut alice_client, group.id, first).await);
+    assert_eq!(
+        (after.state, after.read_at_ms),
+        (before.state, before.read_at_ms),
+        "bob's read and its exact time are kept"
+    );
+    let mut con = tier.redis().await;
+    let tag = format!("{{{}}}", group.id.simple());
+    let mut checked = 0;
+    for key in tier.keys().await {
+        if !key.contains(&tag) || key.ends_with(":q") {
+            continue;
+        }
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(&key)
+            .query_async(&mut con)
+            .await
+            .expect("PTTL");
+        // -2: the key went away since the scan (a drained stream); -1: a
+        // key without an expiry, which must never happen.
+        assert_ne!(ttl, -1, "{key} has no expiry");
+        checked += u64::from(ttl > 0);
+    }
+    assert!(
+        checked >= 8,
+        "the conversation's keys were found: {checked}"
+    );
+}

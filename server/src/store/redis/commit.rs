@@ -31,19 +31,29 @@ impl Inner {
             .map_err(redis_err)
     }
 
-    /// Compare-and-apply on the hash `versioned` (see [`scripts::APPLY`]).
+    /// Compare-and-apply on the hash `versioned` (see [`scripts::APPLY`]);
+    /// `lifetime`: the keys that share its expiry (none for a hash that
+    /// is not a conversation's).
     pub(super) async fn apply_on(
         &self,
         versioned: String,
+        lifetime: &[String],
         expected: u64,
         registered: u64,
         cmds: Vec<Vec<Vec<u8>>>,
     ) -> StoreResult<Applied> {
         self.backlog_room()?;
         let mut inv = scripts::APPLY.key(&versioned);
+        for key in lifetime {
+            inv.key(key);
+        }
+        let ttl_ms = self.ttl().saturating_mul(1000);
         inv.arg(expected)
             .arg(registered)
             .arg(LEASE_MS)
+            .arg(crate::domain::now_millis())
+            .arg(self.ttl())
+            .arg(ttl_ms / LIFETIME_REFRESHES)
             .arg(cmds.len());
         for c in &cmds {
             inv.arg(c.len());
@@ -114,7 +124,8 @@ impl Inner {
         registered: u64,
         cmds: Vec<Vec<Vec<u8>>>,
     ) -> StoreResult<Applied> {
-        self.apply_on(self.keys.meta(c), expected, registered, cmds)
+        let lifetime = self.keys.conversation_state(c);
+        self.apply_on(self.keys.meta(c), &lifetime, expected, registered, cmds)
             .await
     }
 
@@ -123,7 +134,6 @@ impl Inner {
     pub(super) async fn commit(&self, view: &View, mut plan: Plan) -> StoreResult<bool> {
         let c = view.c;
         let k = &self.keys;
-        let ttl = self.ttl();
         let has_events = !plan.events.is_empty();
         for (u, body) in &plan.events {
             plan.cmds.push(rcmd![
@@ -135,11 +145,6 @@ impl Inner {
                 "b",
                 enc(body)
             ]);
-        }
-        if has_events {
-            // Forwarded within moments; the expiry only reclaims the key of
-            // a conversation that went quiet.
-            plan.cmds.push(rcmd!["EXPIRE", k.outbox(&c), ttl]);
         }
         // The conversation's queue is registered for Scylla writes and for
         // events alike: if this node dies before forwarding, the next drain
@@ -154,9 +159,6 @@ impl Inner {
             }
             self.register(&q).await?
         };
-        for key in k.conversation_state(&c) {
-            plan.cmds.push(rcmd!["EXPIRE", key, ttl]);
-        }
         let applied = self
             .apply(&c, view.ver, registered, std::mem::take(&mut plan.cmds))
             .await?;
@@ -252,24 +254,16 @@ impl Inner {
         ]);
         plan.cmds
             .extend(index_member(k, &c, u, membership, after, sharing));
-        plan.cmds.push(rcmd![
+        let mut z = rcmd![
             "ZADD",
-            k.history(&c, u, false),
-            after.seq,
-            format!("{}:{at}", after.seq)
-        ]);
-        plan.cmds
-            .push(rcmd!["EXPIRE", k.history(&c, u, false), self.ttl()]);
+            k.history(&c),
+            0,
+            keys::history_entry(u, false, after.seq, at)
+        ];
         if adv.is_public() {
-            plan.cmds.push(rcmd![
-                "ZADD",
-                k.history(&c, u, true),
-                after.seq,
-                format!("{}:{at}", after.seq)
-            ]);
-            plan.cmds
-                .push(rcmd!["EXPIRE", k.history(&c, u, true), self.ttl()]);
+            z.extend(rcmd![0, keys::history_entry(u, true, after.seq, at)]);
         }
+        plan.cmds.push(z);
         plan.persist.push(PersistOp::Watermark {
             conversation: c,
             user: *u,

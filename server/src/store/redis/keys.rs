@@ -5,6 +5,31 @@
 
 use crate::domain::{ConversationId, MessageId, UserId};
 
+/// A read-history entry of the `h` key: `user ‖ kind ‖ seq ‖ ms` (kind 0:
+/// the true watermark, 1: the public one), so that one member's entries of
+/// one kind are a lexicographic range ordered by seq.
+pub fn history_entry(u: &UserId, public: bool, seq: u64, at: i64) -> Vec<u8> {
+    let mut e = history_prefix(u, public);
+    e.extend_from_slice(&seq.to_be_bytes());
+    e.extend_from_slice(&(at.max(0) as u64).to_be_bytes());
+    e
+}
+
+/// The first bytes of every history entry of `u` and `public`.
+pub fn history_prefix(u: &UserId, public: bool) -> Vec<u8> {
+    let mut e = Vec::with_capacity(33);
+    e.extend_from_slice(u.as_bytes());
+    e.push(u8::from(public));
+    e
+}
+
+/// `(seq, ms)` of a history entry.
+pub fn parse_history_entry(e: &[u8]) -> Option<(u64, i64)> {
+    let seq = u64::from_be_bytes(e.get(17..25)?.try_into().ok()?);
+    let at = u64::from_be_bytes(e.get(25..33)?.try_into().ok()?);
+    (e.len() == 33).then_some((seq, at as i64))
+}
+
 /// Key builder for one namespace prefix (several deployments, or tests, can
 /// share one Redis).
 #[derive(Clone, Debug)]
@@ -28,9 +53,11 @@ impl Keys {
     }
 
     /// Hash: `v` version, `t` last stamp, `n` current member count,
-    /// `m:<user>` membership.
+    /// `m:<user>` membership, `x` when the conversation's keys' expiry was
+    /// last refreshed. (`cm`, not the earlier `c`: a conversation kept in
+    /// the layout before histories shared one key is re-warmed from Scylla.)
     pub fn meta(&self, c: &ConversationId) -> String {
-        self.conv(c, "c")
+        self.conv(c, "cm")
     }
     /// Hash: user -> watermark (true and public seq).
     pub fn watermarks(&self, c: &ConversationId) -> String {
@@ -77,16 +104,16 @@ impl Keys {
     pub fn completions(&self, c: &ConversationId) -> String {
         self.conv(c, "a")
     }
-    /// Sorted set: read history (`<seq>:<ms>` scored by seq) of a user.
-    pub fn history(&self, c: &ConversationId, u: &UserId, public: bool) -> String {
-        self.conv(
-            c,
-            &format!("{}:{}", if public { "p" } else { "h" }, u.simple()),
-        )
+    /// Sorted set, by member (all scores 0): every member's read history,
+    /// `user ‖ kind ‖ seq ‖ ms` (see `load.rs`, [`history_entry`]).
+    pub fn history(&self, c: &ConversationId) -> String {
+        self.conv(c, "h")
     }
-    /// Stream: events committed with the state, not yet in users' logs.
-    /// The conversation's state keys whose expiry every write refreshes.
-    pub fn conversation_state(&self, c: &ConversationId) -> [String; 11] {
+    /// The conversation's keys that share its lifetime: each expires the
+    /// hot TTL after the last refresh, which the commit script makes at
+    /// most every quarter TTL for all of them at once (`scripts::APPLY`).
+    /// The queue is not one of them: it never expires.
+    pub fn conversation_state(&self, c: &ConversationId) -> [String; 14] {
         [
             self.meta(c),
             self.watermarks(c),
@@ -99,8 +126,12 @@ impl Keys {
             self.messages(c),
             self.runs(c),
             self.completions(c),
+            self.history(c),
+            self.outbox(c),
+            self.window(c),
         ]
     }
+    /// Stream: events committed with the state, not yet in users' logs.
     pub fn outbox(&self, c: &ConversationId) -> String {
         self.conv(c, "o")
     }
@@ -187,12 +218,11 @@ mod tests {
         let c = uuid::Uuid::now_v7();
         let u = uuid::Uuid::now_v7();
         let tag = format!("{{{}}}", c.simple());
-        for key in k.conversation_state(&c).into_iter().chain([
-            k.history(&c, &u, true),
-            k.outbox(&c),
-            k.conv_queue(&c),
-            k.window(&c),
-        ]) {
+        for key in k
+            .conversation_state(&c)
+            .into_iter()
+            .chain([k.conv_queue(&c)])
+        {
             assert!(key.contains(&tag), "{key}");
         }
         assert_eq!(k.queue_conversation(&k.conv_queue(&c)), Some(c));

@@ -264,7 +264,6 @@ impl Inner {
         };
         tracing::debug!(conversation = %c, messages = img.messages.len(), "re-warming from scylla");
         let k = &self.keys;
-        let ttl = self.ttl();
         let mut plan = Plan::default();
         let count = img.members.iter().filter(|(_, m)| m.is_current()).count() as u64;
         let mut meta = rcmd!["HSET", k.meta(c), "n", count, "mv", img.version, "t", 0i64];
@@ -272,7 +271,6 @@ impl Inner {
             meta.extend(rcmd![format!("m:{}", hex(u)), enc(m)]);
         }
         plan.cmds.push(meta);
-        let mut hist_keys = Vec::new();
         let wms: HashMap<UserId, ReadWatermark> = img.watermarks.iter().copied().collect();
         for (u, wm) in &wms {
             plan.cmds.push(rcmd![
@@ -288,11 +286,12 @@ impl Inner {
             let wm = wms.get(u).copied().unwrap_or_default();
             plan.cmds.extend(index_member(k, c, u, m, wm, shares));
         }
-        for (u, public, seq, at) in &img.history {
-            let key = k.history(c, u, *public);
-            plan.cmds
-                .push(rcmd!["ZADD", key.clone(), *seq, format!("{seq}:{at}")]);
-            hist_keys.push(key);
+        for chunk in img.history.chunks(200) {
+            let mut z = rcmd!["ZADD", k.history(c)];
+            for (u, public, seq, at) in chunk {
+                z.extend(rcmd![0, keys::history_entry(u, *public, *seq, *at)]);
+            }
+            plan.cmds.push(z);
         }
         for chunk in img.messages.chunks(200) {
             let mut z = rcmd!["ZADD", k.seqs(c)];
@@ -304,11 +303,7 @@ impl Inner {
             plan.cmds.push(z);
             plan.cmds.push(h);
         }
-        hist_keys.sort();
-        hist_keys.dedup();
-        for key in k.conversation_state(c).into_iter().chain(hist_keys) {
-            plan.cmds.push(rcmd!["EXPIRE", key, ttl]);
-        }
+        // The commit script gives every key of the conversation its expiry.
         // Only if still absent (version 0): a concurrent re-warm or write wins.
         match self.apply(c, 0, 0, plan.cmds).await? {
             Applied::Done | Applied::Conflict => Ok(true),
@@ -469,21 +464,25 @@ impl Inner {
         }
         let mut p = redis::pipe();
         for (u, public) in &wanted {
-            p.cmd("ZRANGEBYSCORE")
-                .arg(self.keys.history(&view.c, u, *public))
-                .arg(min_seq)
-                .arg("+inf");
+            let mut lo = b"[".to_vec();
+            lo.extend(keys::history_prefix(u, *public));
+            lo.extend_from_slice(&min_seq.to_be_bytes());
+            // Every entry of this member and kind is below the prefix with
+            // the kind's byte incremented.
+            let mut hi = b"(".to_vec();
+            hi.extend(keys::history_prefix(u, *public));
+            *hi.last_mut().expect("kind byte") += 1;
+            p.cmd("ZRANGEBYLEX")
+                .arg(self.keys.history(&view.c))
+                .arg(lo)
+                .arg(hi);
         }
-        let rows: Vec<Vec<String>> = self.pipe(&p).await?;
+        let rows: Vec<Vec<Vec<u8>>> = self.pipe(&p).await?;
         for (key, row) in wanted.into_iter().zip(rows) {
-            let mut entries = Vec::with_capacity(row.len());
-            for e in row {
-                let (s, at) = e.split_once(':').ok_or_else(|| corrupt("history"))?;
-                entries.push((
-                    s.parse().map_err(|_| corrupt("history seq"))?,
-                    at.parse().map_err(|_| corrupt("history time"))?,
-                ));
-            }
+            let entries = row
+                .iter()
+                .map(|e| keys::parse_history_entry(e).ok_or_else(|| corrupt("history")))
+                .collect::<StoreResult<Vec<_>>>()?;
             view.hist.insert(key, entries);
         }
         Ok(())

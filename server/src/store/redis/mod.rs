@@ -17,17 +17,19 @@
 //!    Scylla accepted them. A node that dies leaves its queue, outbox and
 //!    group window to the next node's flusher.
 //!
-//! Hot keys expire `hot_ttl` after their last update; reads that miss fall
-//! through to Scylla and re-warm Redis. The queue streams and their index
-//! never expire (they are drained). docs/storage.md lists every key and table.
+//! Hot keys expire `hot_ttl` after their last update; a conversation's keys
+//! share one lifetime, refreshed all at once by the commit script at most
+//! every quarter TTL ([`scripts::APPLY`]). Reads that miss fall through to
+//! Scylla and re-warm Redis. The queue streams and their index never expire
+//! (they are drained). docs/storage.md lists every key and table.
 //!
 //! Files: `conn.rs` (connections, failures in the service's terms), `load.rs`
 //! (reading facts into a view), `commit.rs` (compare-and-apply commits of
 //! plans), `window.rs` (group windows, the events of a change), `log.rs` (the
 //! replay log, snapshots, the bus), `persist.rs` (write-behind to Scylla, the
 //! outage budget, health), `store.rs` (the `ReceiptStore` calls), `counts.rs`
-//! (counting indexes), `keys.rs`, `scripts.rs`; this file holds the shared
-//! types and opening.
+//! (counting indexes), `runs.rs` (deliveries as runs), `keys.rs`,
+//! `scripts.rs`; this file holds the shared types and opening.
 
 mod counts;
 mod keys;
@@ -66,6 +68,10 @@ const SNAPSHOT_MESSAGES: usize = 200;
 const SNAPSHOT_CONVERSATIONS: usize = 500;
 /// How long a queue registration stays valid for a commit (ms).
 const LEASE_MS: u64 = 10_000;
+/// A conversation's keys get their expiry refreshed (all at once) at most
+/// this many times per hot TTL: a key lives at least 3/4 of the TTL after
+/// the last write to its conversation, and at most the TTL.
+const LIFETIME_REFRESHES: u64 = 4;
 /// Compare-and-apply attempts before giving up with UNAVAILABLE.
 const MAX_ATTEMPTS: usize = 64;
 /// Locks that serialize one node's writes to a conversation (by stripe).

@@ -5,16 +5,28 @@
 use redis::Script;
 use std::sync::LazyLock;
 
-/// Compare-and-apply. KEYS[1]: a hash whose field `v` is the version.
-/// ARGV: expected version, queue registration time in ms (0: none), lease in
-/// ms, number of commands, then each command as its argument count followed
-/// by its arguments (all keys in KEYS[1]'s slot). Returns the new version,
-/// -1 if the version moved (the caller re-reads and retries) or -2 if the
-/// queue registration is older than the lease (the caller registers again).
+/// Compare-and-apply. KEYS[1]: a hash whose field `v` is the version;
+/// KEYS[2..]: the keys that share its lifetime (a conversation's; none for
+/// other hashes). ARGV: expected version, queue registration time in ms (0:
+/// none), lease in ms, now (ms, the node's clock), the TTL (s), how often
+/// the lifetime is refreshed (ms), number of commands, then each command as
+/// its argument count followed by its arguments (all keys in KEYS[1]'s
+/// slot). Returns the new version, -1 if the version moved (the caller
+/// re-reads and retries) or -2 if the queue registration is older than the
+/// lease (the caller registers again).
+///
+/// Lifetime: when the hash's `x` (the last refresh) is older than the
+/// refresh interval, every lifetime key gets the TTL and `x` becomes now;
+/// otherwise only the lifetime keys this commit wrote get it, and only if
+/// they have none (`EXPIRE … NX`: a key created since the last refresh). So
+/// a conversation's keys live between the TTL minus the interval and the
+/// TTL after its last write, no key is ever left without one, and a commit
+/// sends one EXPIRE per key it created instead of one per key it has.
 pub static APPLY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-local v = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
+local meta = redis.call('HMGET', KEYS[1], 'v', 'x')
+local v = tonumber(meta[1] or '0')
 if v ~= tonumber(ARGV[1]) then return -1 end
 local reg = tonumber(ARGV[2])
 if reg > 0 then
@@ -22,13 +34,25 @@ if reg > 0 then
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   if now - reg > tonumber(ARGV[3]) then return -2 end
 end
-local i = 5
-for _ = 1, tonumber(ARGV[4]) do
+local shared = {}
+for j = 2, #KEYS do shared[KEYS[j]] = true end
+local written = {}
+local i = 8
+for _ = 1, tonumber(ARGV[7]) do
   local n = tonumber(ARGV[i])
+  local key = ARGV[i + 2]
+  if shared[key] then written[key] = true end
   redis.call(unpack(ARGV, i + 1, i + n))
   i = i + n + 1
 end
-redis.call('HSET', KEYS[1], 'v', v + 1)
+local now, ttl = tonumber(ARGV[4]), ARGV[5]
+if #KEYS > 1 and now - tonumber(meta[2] or '0') >= tonumber(ARGV[6]) then
+  redis.call('HSET', KEYS[1], 'v', v + 1, 'x', now)
+  for j = 2, #KEYS do redis.call('EXPIRE', KEYS[j], ttl) end
+else
+  redis.call('HSET', KEYS[1], 'v', v + 1)
+  for key in pairs(written) do redis.call('EXPIRE', key, ttl, 'NX') end
+end
 return v + 1
 "#,
     )

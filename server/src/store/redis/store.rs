@@ -526,7 +526,7 @@ impl ReceiptStore for RedisStore {
                 rcmd!["XADD", q, "*", "p", enc(&vec![op])],
                 rcmd!["EXPIRE", key.clone(), s.ttl()],
             ];
-            if let Applied::Done = s.apply_on(key, version, registered, cmds).await? {
+            if let Applied::Done = s.apply_on(key, &[], version, registered, cmds).await? {
                 s.reindex_sharing(&user).await?;
                 return Ok(sharing);
             }

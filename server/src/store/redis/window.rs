@@ -98,8 +98,6 @@ impl Inner {
                 cmd.extend(rcmd![format!("r:{lo}:{hi}"), "1"]);
             }
             plan.cmds.push(cmd);
-            plan.cmds
-                .push(rcmd!["EXPIRE", self.keys.window(&view.c), self.ttl()]);
             return Ok(true);
         }
         let ids: Vec<MessageId> = msgs.iter().map(|m| m.id).collect();

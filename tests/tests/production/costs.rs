@@ -248,6 +248,49 @@ async fn mark_delivered_writes_the_same_whether_it_covers_one_message_or_a_thous
     assert_eq!(r.delivered_count, 1, "the deliveries were applied");
 }
 
+/// RegisterMessages of 100 messages writes the home key of each (a Redis
+/// key per message, until MarkDelivered names the conversation) and
+/// everything else once: the seq index, the messages hash, the queue entry,
+/// the sender's recent list.
+#[tokio::test]
+async fn a_registration_writes_a_home_key_per_message_and_the_rest_once() {
+    let (_redis, tier, node) = measured_node().await;
+    let mut backend = node.backend().await;
+    let mut direct = Conversation::create(&mut backend, 2).await;
+    let alice = direct.members[0];
+    direct.send(&mut backend, alice).await;
+    let mut register = |n: usize| {
+        let seq = direct.next_seq();
+        direct.set_next_seq(seq + n as i64);
+        pb::RegisterMessagesRequest {
+            messages: (0..n)
+                .map(|i| registration(Uuid::now_v7(), direct.id, seq + i as i64, alice))
+                .collect(),
+        }
+    };
+    let (one, hundred) = (register(1), register(100));
+    let single = writes_of(&tier, || async {
+        backend.register_messages(one).await.expect("register 1");
+    })
+    .await;
+    let many = writes_of(&tier, || async {
+        backend
+            .register_messages(hundred)
+            .await
+            .expect("register 100");
+    })
+    .await;
+    println!("RegisterMessages writes, 1 message: {single:?}");
+    println!("RegisterMessages writes, 100 messages: {many:?}");
+    let without_homes = |w: &BTreeMap<String, u64>| {
+        let mut w = w.clone();
+        w.remove("set");
+        w
+    };
+    assert_eq!(without_homes(&single), without_homes(&many));
+    assert_eq!(many.get("set"), Some(&100), "one home key per message");
+}
+
 /// What one call costs Redis: its commands (commands run inside Lua scripts
 /// included; the measuring INFO calls excluded) and the bytes Redis sent
 /// back (give or take the few bytes by which two INFO replies differ).

@@ -263,23 +263,34 @@ impl ReceiptStore for RedisStore {
                     conflict = true;
                 }
             }
-            let mut p = redis::pipe();
+            // Each sender's recent messages: one ZADD, trim and expiry per
+            // sender, whatever the number of messages.
+            let mut by_sender: BTreeMap<UserId, Vec<&Message>> = BTreeMap::new();
             for m in &committed {
-                p.zadd(
-                    s.keys.sent(&m.sender),
-                    format!("{}:{}", hex(&m.conversation), hex(&m.id)),
-                    m.sent_at,
-                )
-                .ignore()
-                .cmd("ZREMRANGEBYRANK")
-                .arg(s.keys.sent(&m.sender))
-                .arg(0)
-                .arg(-(SNAPSHOT_MESSAGES as i64) - 1)
-                .ignore()
-                .expire(s.keys.sent(&m.sender), s.ttl() as i64)
-                .ignore();
+                by_sender.entry(m.sender).or_default().push(m);
             }
-            s.pipe::<()>(&p).await?;
+            let mut p = redis::pipe();
+            for (sender, msgs) in &by_sender {
+                let key = s.keys.sent(sender);
+                let mut add = redis::cmd("ZADD");
+                add.arg(&key);
+                for m in msgs {
+                    add.arg(m.sent_at)
+                        .arg(format!("{}:{}", hex(&m.conversation), hex(&m.id)));
+                }
+                p.add_command(add)
+                    .ignore()
+                    .cmd("ZREMRANGEBYRANK")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(-(SNAPSHOT_MESSAGES as i64) - 1)
+                    .ignore()
+                    .expire(&key, s.ttl() as i64)
+                    .ignore();
+            }
+            if !by_sender.is_empty() {
+                s.pipe::<()>(&p).await?;
+            }
             if !conflict {
                 return Ok(total);
             }
@@ -753,12 +764,26 @@ impl ReceiptStore for RedisStore {
     }
 }
 
-/// Which of `seqs` are already used in `c`, and by which message.
+/// Which of `seqs` are already used in `c`, and by which message. A batch
+/// of (nearly) consecutive seqs is one range read, not one read per seq.
 pub(super) async fn taken_seqs(
     s: &Inner,
     c: &ConversationId,
     seqs: &[Seq],
 ) -> StoreResult<HashMap<Seq, MessageId>> {
+    let (Some(&lo), Some(&hi)) = (seqs.iter().min(), seqs.iter().max()) else {
+        return Ok(HashMap::new());
+    };
+    let mut out = HashMap::new();
+    if hi - lo < 8u64.saturating_mul(seqs.len() as u64) {
+        let wanted: HashSet<Seq> = seqs.iter().copied().collect();
+        for m in s.between(c, lo, hi).await? {
+            if wanted.contains(&m.seq) {
+                out.insert(m.seq, m.id);
+            }
+        }
+        return Ok(out);
+    }
     let mut p = redis::pipe();
     for seq in seqs {
         p.cmd("ZRANGEBYSCORE")
@@ -767,7 +792,6 @@ pub(super) async fn taken_seqs(
             .arg(*seq);
     }
     let rows: Vec<Vec<String>> = s.pipe(&p).await?;
-    let mut out = HashMap::new();
     for (seq, row) in seqs.iter().zip(rows) {
         if let Some(member) = row.first() {
             let (id, _) = member.split_once(':').ok_or_else(|| corrupt("seq index"))?;

@@ -512,8 +512,8 @@ async fn a_whole_group_delivering_and_reading_at_once_is_accepted_and_kept() {
 /// A conversation's keys share one lifetime (docs/storage.md, "Redis
 /// keys"): a member who read once and then stayed quiet keeps its exact
 /// read while the others keep the conversation busy past the hot TTL, and
-/// every key of the conversation carries an expiry (its queue aside, which
-/// is drained instead).
+/// every key of the conversation and of its members carries an expiry
+/// (queues aside, which are drained instead).
 #[tokio::test]
 async fn a_quiet_readers_read_outlives_the_hot_ttl_while_the_conversation_is_busy() {
     let tier = Tier::new().await;
@@ -549,11 +549,14 @@ async fn a_quiet_readers_read_outlives_the_hot_ttl_while_the_conversation_is_bus
         (before.state, before.read_at_ms),
         "bob's read and its exact time are kept"
     );
+    // A subscription made a replay log for carol that no event reached yet.
+    let (_sub, _) = Subscription::open(&mut node.user(carol).await, None).await;
     let mut con = tier.redis().await;
-    let tag = format!("{{{}}}", group.id.simple());
+    let mut tags = vec![format!("{{{}}}", group.id.simple())];
+    tags.extend(group.members.iter().map(|u| format!("{{u{}}}", u.simple())));
     let mut checked = 0;
     for key in tier.keys().await {
-        if !key.contains(&tag) || key.ends_with(":q") {
+        if !tags.iter().any(|t| key.contains(t.as_str())) || key.ends_with(":q") {
             continue;
         }
         let ttl: i64 = redis::cmd("PTTL")

@@ -206,6 +206,8 @@ impl Inner {
                     .arg(fresh_epoch())
                     .arg(self.keys.bus())
                     .arg(user)
+                    .arg(crate::domain::now_millis())
+                    .arg(self.ttl().saturating_mul(1000) / LIFETIME_REFRESHES)
                     .invoke_async(&mut self.conn())
                     .await
                     .map_err(redis_err)?;

@@ -121,6 +121,7 @@ impl Inner {
             .key(self.keys.log_meta(u))
             .key(self.keys.log(u))
             .arg(fresh_epoch())
+            .arg(self.ttl())
             .invoke_async(&mut self.conn())
             .await
             .map_err(redis_err)?;

@@ -61,7 +61,13 @@ return v + 1
 /// Appends one outbox entry to a user's replay log, once. KEYS: the log's
 /// meta hash, the log. ARGV: conversation, outbox entry id, payload,
 /// retention (events), ttl (s), a fresh epoch to use if the log has none,
-/// bus channel, user. Returns {appended, offset, epoch}.
+/// bus channel, user, now (ms, the node's clock), how often the log's
+/// expiry is refreshed (ms). Returns {appended, offset, epoch}.
+///
+/// The two keys share one lifetime, as a conversation's do (see [`APPLY`]):
+/// both get the TTL when the meta hash's `x` is older than the refresh
+/// interval (always when the log is new: it has no `x`), so an event costs
+/// no EXPIRE in the common case.
 pub static FORWARD: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -73,13 +79,14 @@ local function cmp(a, b)
   if as ~= bs then if as < bs then return -1 else return 1 end end
   return 0
 end
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
+local h = redis.call('HMGET', KEYS[1], 'epoch', 'f:' .. ARGV[1], 'x')
+local epoch, f, x = h[1], h[2], h[3]
 if not epoch then
   redis.call('DEL', KEYS[2])
   epoch = ARGV[6]
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'next', 0, 'trim', 0)
+  f, x = false, false
 end
-local f = redis.call('HGET', KEYS[1], 'f:' .. ARGV[1])
 if f and cmp(ARGV[2], f) <= 0 then return {0, 0, epoch} end
 local off = redis.call('HINCRBY', KEYS[1], 'next', 1)
 redis.call('ZADD', KEYS[2], off, tostring(off) .. ':' .. ARGV[3])
@@ -89,9 +96,14 @@ if off > keep then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', cut)
   redis.call('HSET', KEYS[1], 'trim', cut)
 end
-redis.call('HSET', KEYS[1], 'f:' .. ARGV[1], ARGV[2])
-redis.call('EXPIRE', KEYS[1], ARGV[5])
-redis.call('EXPIRE', KEYS[2], ARGV[5])
+local now = tonumber(ARGV[9])
+if now - tonumber(x or '0') >= tonumber(ARGV[10]) then
+  redis.call('HSET', KEYS[1], 'f:' .. ARGV[1], ARGV[2], 'x', now)
+  redis.call('EXPIRE', KEYS[1], ARGV[5])
+  redis.call('EXPIRE', KEYS[2], ARGV[5])
+else
+  redis.call('HSET', KEYS[1], 'f:' .. ARGV[1], ARGV[2])
+end
 redis.call('PUBLISH', ARGV[7], ARGV[8] .. ':' .. epoch .. ':' .. tostring(off) .. ':' .. ARGV[3])
 return {1, off, epoch}
 "#,
@@ -99,7 +111,8 @@ return {1, off, epoch}
 });
 
 /// Gives a user's log an epoch if it has none. KEYS: meta, log. ARGV: fresh
-/// epoch. Returns {epoch, next, trim}.
+/// epoch, ttl (s). Returns {epoch, next, trim}. A meta hash made here gets
+/// the TTL (and no `x`, so the first event refreshes both keys).
 pub static LOG_HEAD: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -108,6 +121,7 @@ if not epoch then
   redis.call('DEL', KEYS[2])
   epoch = ARGV[1]
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'next', 0, 'trim', 0)
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
 end
 return {epoch, redis.call('HGET', KEYS[1], 'next'), redis.call('HGET', KEYS[1], 'trim')}
 "#,

@@ -240,8 +240,9 @@ pub struct ServeArgs {
     pub redis_prefix: String,
 
     /// Hot data in Redis expires this many seconds after its last update
-    /// (reads then fall through to Scylla); at least three times
-    /// --flush-interval-ms.
+    /// (a conversation's keys, and a replay log's, together: between 3/4 of
+    /// it and all of it after the last write; reads then fall through to
+    /// Scylla); at least three times --flush-interval-ms.
     #[arg(long, env = "RECEIPTS_HOT_TTL_SECS", default_value_t = 86_400)]
     pub hot_ttl_secs: u64,
 

@@ -503,6 +503,30 @@ impl Conversation {
         id
     }
 
+    /// Registers `n` messages from `sender` at the next seqs in one call;
+    /// returns their ids in seq order.
+    pub async fn send_many(
+        &mut self,
+        backend: &mut BackendClient,
+        sender: Uuid,
+        n: usize,
+    ) -> Vec<Uuid> {
+        let ids: Vec<Uuid> = (0..n).map(|_| Uuid::now_v7()).collect();
+        let seq = self.next_seq;
+        self.next_seq += n as i64;
+        backend
+            .register_messages(pb::RegisterMessagesRequest {
+                messages: ids
+                    .iter()
+                    .zip(seq..)
+                    .map(|(id, seq)| registration(*id, self.id, seq, sender))
+                    .collect(),
+            })
+            .await
+            .expect("register messages");
+        ids
+    }
+
     /// The seq the next message will get.
     pub fn next_seq(&self) -> i64 {
         self.next_seq
@@ -535,6 +559,7 @@ pub async fn deliver(client: &mut UserClient, ids: &[Uuid]) -> pb::MarkDelivered
     client
         .mark_delivered(pb::MarkDeliveredRequest {
             message_ids: ids.iter().map(Uuid::to_string).collect(),
+            ..Default::default()
         })
         .await
         .expect("mark delivered")

@@ -70,6 +70,7 @@ fn spawn_user(
                 Op::Deliver(ids) => client
                     .mark_delivered(pb::MarkDeliveredRequest {
                         message_ids: ids.iter().map(Uuid::to_string).collect(),
+                        ..Default::default()
                     })
                     .await
                     .map(|r| Acked::Delivered {

@@ -77,6 +77,7 @@ async fn grpc_web_error_is_readable_by_browsers() {
     let s = TestServer::start().await;
     let frame = grpc_web_frame(&pb::MarkDeliveredRequest {
         message_ids: vec!["not-a-uuid".into()],
+        ..Default::default()
     });
     let resp = http1(
         &s,

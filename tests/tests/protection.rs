@@ -89,6 +89,7 @@ async fn writes_past_a_users_rate_are_refused_and_change_nothing() {
     let mut bob_client = node.user(bob).await;
     let mark = |m: Uuid| pb::MarkDeliveredRequest {
         message_ids: vec![m.to_string()],
+        ..Default::default()
     };
     // The burst of 2 goes at once; then one write a second. Writing as fast
     // as possible is refused within a few writes (at most one token can come

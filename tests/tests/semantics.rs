@@ -88,6 +88,72 @@ async fn delivered_tick_needs_every_recipient() {
     assert!(r.delivered_at_ms > 0);
 }
 
+/// MarkDelivered's two forms (ids alone, ids in their conversation) record
+/// the same facts; results follow the request: `message_ids` first, then
+/// `conversations`, one per distinct message.
+#[tokio::test]
+async fn mark_delivered_by_id_or_in_the_conversation_records_the_same() {
+    let s = TestServer::start().await;
+    let mut backend = s.backend().await;
+    let mut group = Conversation::create(&mut backend, 3).await;
+    let (a, b, c) = (group.members[0], group.members[1], group.members[2]);
+    let mut direct = Conversation::create_with(&mut backend, vec![b, c]).await;
+    let m: Vec<Uuid> = [
+        group.send(&mut backend, a).await,
+        group.send(&mut backend, a).await,
+        group.send(&mut backend, a).await,
+    ]
+    .into();
+    let own = direct.send(&mut backend, b).await;
+    let mut phone = s.user(b).await;
+    let by_conversation = |c: Uuid, ids: &[Uuid]| pb::ConversationMessageIds {
+        conversation_id: c.to_string(),
+        message_ids: ids.iter().map(Uuid::to_string).collect(),
+    };
+    let out = phone
+        .mark_delivered(pb::MarkDeliveredRequest {
+            message_ids: vec![m[1].to_string()],
+            conversations: vec![
+                by_conversation(group.id, &[m[0], m[1], m[2], m[0]]),
+                by_conversation(direct.id, &[own]),
+            ],
+        })
+        .await
+        .expect("mark delivered")
+        .into_inner()
+        .results;
+    let got: Vec<(String, i32)> = out
+        .iter()
+        .map(|r| (r.message_id.clone(), r.outcome))
+        .collect();
+    let want: Vec<(String, i32)> = [
+        (m[1], pb::DeliveryOutcome::Recorded),
+        (m[0], pb::DeliveryOutcome::Recorded),
+        (m[2], pb::DeliveryOutcome::Recorded),
+        (own, pb::DeliveryOutcome::NotARecipient),
+    ]
+    .iter()
+    .map(|(id, o)| (id.to_string(), *o as i32))
+    .collect();
+    assert_eq!(got, want);
+    // The same messages by id alone: already delivered, at the same times.
+    let again = deliver(&mut s.user(b).await, &m).await.results;
+    assert_eq!(again.len(), 3);
+    for second in &again {
+        let first = out
+            .iter()
+            .find(|r| r.message_id == second.message_id)
+            .expect("named before");
+        assert_eq!(second.outcome, pb::DeliveryOutcome::AlreadyDelivered as i32);
+        assert_eq!(second.delivered_at_ms, first.delivered_at_ms);
+    }
+    for id in &m {
+        let r = receipt(&mut s.user(a).await, group.id, *id).await;
+        assert_eq!(r.delivered_count, 1, "b has {id}");
+        assert_eq!(state_of(&r, c), pb::RecipientState::None);
+    }
+}
+
 #[tokio::test]
 async fn delivered_time_is_the_first_acknowledgement_from_any_device() {
     let s = TestServer::start().await;

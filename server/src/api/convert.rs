@@ -43,6 +43,78 @@ pub(crate) fn uuids(field: &str, values: &[String], max: usize) -> Result<Vec<Uu
         .collect()
 }
 
+/// Parses MarkDelivered's messages: `message_ids` (ids alone), then
+/// `conversations` (ids in the conversation named for them), distinct, in
+/// request order. An id named alone and in a conversation keeps the
+/// conversation; one named in two conversations is rejected.
+pub(crate) fn named_messages(
+    r: &pb::MarkDeliveredRequest,
+    max: usize,
+) -> Result<Vec<crate::store::Named>, ServiceError> {
+    use crate::store::Named;
+    use std::collections::hash_map::{Entry, HashMap};
+    let in_conversations: usize = r.conversations.iter().map(|c| c.message_ids.len()).sum();
+    let total = r.message_ids.len() + in_conversations;
+    let field = if r.conversations.is_empty() {
+        "message_ids"
+    } else {
+        "message_ids and conversations"
+    };
+    check_len(field, total, max)?;
+    let mut out: Vec<Named> = Vec::with_capacity(total);
+    // Where each distinct id stands in `out`.
+    let mut at: HashMap<Uuid, usize> = HashMap::with_capacity(total);
+    for (i, v) in r.message_ids.iter().enumerate() {
+        let id = uuid(|| format!("message_ids[{i}]"), v)?;
+        if let Entry::Vacant(e) = at.entry(id) {
+            e.insert(out.len());
+            out.push(Named {
+                id,
+                conversation: None,
+            });
+        }
+    }
+    for (i, c) in r.conversations.iter().enumerate() {
+        let conversation = uuid(
+            || format!("conversations[{i}].conversation_id"),
+            &c.conversation_id,
+        )?;
+        if c.message_ids.is_empty() {
+            return Err(ServiceError::invalid(
+                format!("conversations[{i}].message_ids"),
+                "must not be empty",
+            ));
+        }
+        for (j, v) in c.message_ids.iter().enumerate() {
+            let id = uuid(|| format!("conversations[{i}].message_ids[{j}]"), v)?;
+            let named = match at.entry(id) {
+                Entry::Vacant(e) => {
+                    e.insert(out.len());
+                    out.push(Named {
+                        id,
+                        conversation: Some(conversation),
+                    });
+                    continue;
+                }
+                Entry::Occupied(e) => &mut out[*e.get()],
+            };
+            match named.conversation {
+                Some(other) if other != conversation => {
+                    return Err(ServiceError::invalid(
+                        format!("conversations[{i}].message_ids[{j}]"),
+                        format!(
+                            "message {id} is named in conversation {other} as well; \
+                             a message belongs to one conversation"
+                        ),
+                    ));
+                }
+                _ => named.conversation = Some(conversation),
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Rejects empty and over-limit batches.
 pub(crate) fn check_len(field: &str, len: usize, max: usize) -> Result<(), ServiceError> {
     if len == 0 {

@@ -174,14 +174,10 @@ impl pb::receipt_service_server::ReceiptService for Api {
         req: Request<pb::MarkDeliveredRequest>,
     ) -> Result<Response<pb::MarkDeliveredResponse>, Status> {
         let me = self.writer(&req)?;
-        let ids = uuids(
-            "message_ids",
-            &req.get_ref().message_ids,
-            self.limits.max_batch,
-        )?;
+        let named = convert::named_messages(req.get_ref(), self.limits.max_batch)?;
         let results = self
             .store
-            .mark_delivered(me.id, ids, domain::now_millis())
+            .mark_delivered(me.id, named, domain::now_millis())
             .await?;
         Ok(Response::new(pb::MarkDeliveredResponse {
             results: results

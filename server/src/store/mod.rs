@@ -45,6 +45,50 @@ pub enum DeliveryOutcome {
     NotARecipient,
 }
 
+/// A message MarkDelivered names: by id alone, or with the conversation the
+/// caller named for it (then the store finds it in that conversation and
+/// needs no lookup of the id's conversation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Named {
+    /// The message.
+    pub id: MessageId,
+    /// The conversation the caller named for it.
+    pub conversation: Option<ConversationId>,
+}
+
+impl Named {
+    /// Messages named by id alone.
+    pub fn ids(ids: impl IntoIterator<Item = MessageId>) -> Vec<Self> {
+        ids.into_iter()
+            .map(|id| Self {
+                id,
+                conversation: None,
+            })
+            .collect()
+    }
+
+    /// The request field that named the message (for errors).
+    pub fn field(&self) -> &'static str {
+        match self.conversation {
+            None => "message_ids",
+            Some(_) => "conversations.message_ids",
+        }
+    }
+
+    /// NOT_FOUND for this message: unknown, or not in the conversation named
+    /// for it.
+    pub fn not_found(&self) -> ServiceError {
+        match self.conversation {
+            None => ServiceError::not_found(self.field(), "message", self.id),
+            Some(c) => ServiceError::not_found(
+                self.field(),
+                "message",
+                format!("{} in conversation {c}", self.id),
+            ),
+        }
+    }
+}
+
 /// One MarkDelivered result.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DeliveryResult {
@@ -227,11 +271,12 @@ pub trait ReceiptStore: Send + Sync + std::fmt::Debug + 'static {
     /// Registers messages (all or nothing). Returns how many were new.
     async fn register_messages(&self, messages: Vec<NewMessage>) -> StoreResult<u64>;
 
-    /// Records deliveries by `user` (all checked before any is written).
+    /// Records deliveries by `user` of distinct messages (all checked before
+    /// any is written); results in the order of `messages`.
     async fn mark_delivered(
         &self,
         user: UserId,
-        messages: Vec<MessageId>,
+        messages: Vec<Named>,
         at: Millis,
     ) -> StoreResult<Vec<DeliveryResult>>;
 

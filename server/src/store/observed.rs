@@ -4,7 +4,7 @@
 //! unchanged, so both backends get the same instrumentation from one place.
 
 use super::{
-    Backlog, ConversationRead, DeliveryResult, MemberChange, MembershipResult, NewMessage,
+    Backlog, ConversationRead, DeliveryResult, MemberChange, MembershipResult, Named, NewMessage,
     ReadResult, ReceiptStore, Replay, ReplayFrom, StoreResult, UnreadCount,
 };
 use crate::domain::{
@@ -95,7 +95,7 @@ impl ReceiptStore for ObservedStore {
     async fn mark_delivered(
         &self,
         user: UserId,
-        messages: Vec<MessageId>,
+        messages: Vec<Named>,
         at: Millis,
     ) -> StoreResult<Vec<DeliveryResult>> {
         self.observe(

@@ -13,6 +13,7 @@ async fn mark_delivered_by_a_non_member_is_permission_denied_and_records_nothing
         .await
         .mark_delivered(pb::MarkDeliveredRequest {
             message_ids: ids(&[w.other_msg, w.msgs[0]]),
+            ..Default::default()
         })
         .await;
     expect_err(r, Code::PermissionDenied, &["message_ids"]);
@@ -66,6 +67,7 @@ async fn a_removed_member_may_no_longer_mark_or_get_receipts() {
     let r = c
         .mark_delivered(pb::MarkDeliveredRequest {
             message_ids: ids(&[w.msgs[2]]),
+            ..Default::default()
         })
         .await;
     expect_err(r, Code::PermissionDenied, &["message_ids"]);

@@ -16,6 +16,7 @@ async fn refused_as(w: &World, mut client: UserClient, code: Code, names: &[&str
     let r = client
         .mark_delivered(pb::MarkDeliveredRequest {
             message_ids: ids(&w.msgs),
+            ..Default::default()
         })
         .await;
     expect_err(r, code, names);

@@ -11,6 +11,7 @@ async fn mark_delivered_with_malformed_message_id_is_invalid_argument_naming_the
         let r = c
             .mark_delivered(pb::MarkDeliveredRequest {
                 message_ids: vec![w.msgs[2].to_string(), bad.into()],
+                ..Default::default()
             })
             .await;
         expect_err(r, Code::InvalidArgument, &["message_ids[1]"]);
@@ -74,6 +75,7 @@ async fn missing_ids_are_invalid_argument_saying_required() {
     let r = b
         .mark_delivered(pb::MarkDeliveredRequest {
             message_ids: vec![String::new()],
+            ..Default::default()
         })
         .await;
     expect_err(r, Code::InvalidArgument, &["message_ids[0]", "required"]);

@@ -22,6 +22,7 @@ async fn mark_delivered_over_1000_ids_is_invalid_argument_and_records_nothing() 
     let r = b
         .mark_delivered(pb::MarkDeliveredRequest {
             message_ids: ids(&fresh),
+            ..Default::default()
         })
         .await;
     expect_err(r, Code::InvalidArgument, &["message_ids", "1001", "1000"]);

@@ -269,5 +269,6 @@ async fn register_rejected(
 }
 
 mod ids;
+mod in_conversation;
 mod limits;
 mod missing;

@@ -105,6 +105,7 @@ async fn mark_delivered_with_one_unknown_message_is_not_found_and_records_none()
                 unknown.to_string(),
                 w.msgs[1].to_string(),
             ],
+            ..Default::default()
         })
         .await;
     expect_err(r, Code::NotFound, &["message_ids", &unknown.to_string()]);

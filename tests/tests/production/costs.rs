@@ -173,20 +173,7 @@ async fn mark_read_up_to_writes_the_same_whether_it_covers_one_message_or_ten_th
     let second = group.send(&mut backend, alice).await;
     let mut last = second;
     for _ in 0..10 {
-        let batch: Vec<Uuid> = (0..1000).map(|_| Uuid::now_v7()).collect();
-        let seq = group.next_seq();
-        backend
-            .register_messages(pb::RegisterMessagesRequest {
-                messages: batch
-                    .iter()
-                    .enumerate()
-                    .map(|(i, id)| registration(*id, group.id, seq + i as i64, alice))
-                    .collect(),
-            })
-            .await
-            .expect("register 1000");
-        group.set_next_seq(seq + 1000);
-        last = batch[999];
+        last = group.send_many(&mut backend, alice, 1000).await[999];
     }
     let mut bob_client = node.user(bob).await;
     // The first read also creates bob's replay log: not what is measured.
@@ -214,19 +201,7 @@ async fn mark_delivered_writes_the_same_whether_it_covers_one_message_or_a_thous
     let (alice, bob) = (direct.members[0], direct.members[1]);
     let warm_up = direct.send(&mut backend, alice).await;
     let one = direct.send(&mut backend, alice).await;
-    let batch: Vec<Uuid> = (0..1000).map(|_| Uuid::now_v7()).collect();
-    let seq = direct.next_seq();
-    backend
-        .register_messages(pb::RegisterMessagesRequest {
-            messages: batch
-                .iter()
-                .enumerate()
-                .map(|(i, id)| registration(*id, direct.id, seq + i as i64, alice))
-                .collect(),
-        })
-        .await
-        .expect("register 1000");
-    direct.set_next_seq(seq + 1000);
+    let batch = direct.send_many(&mut backend, alice, 1000).await;
     let mut bob_client = node.user(bob).await;
     // The first delivery also creates alice's replay log: not what is measured.
     deliver(&mut bob_client, &[warm_up]).await;
@@ -245,6 +220,62 @@ async fn mark_delivered_writes_the_same_whether_it_covers_one_message_or_a_thous
     let total: u64 = single.values().sum();
     assert!(total > 0 && total < 40, "a handful of writes: {single:?}");
     let r = receipt(&mut node.user(alice).await, direct.id, batch[999]).await;
+    assert_eq!(r.delivered_count, 1, "the deliveries were applied");
+}
+
+/// MarkDelivered naming the conversation reads no home key: the same
+/// commands as naming ids alone, less one GET per message (and the
+/// completeness marker's).
+#[tokio::test]
+async fn mark_delivered_in_the_conversation_reads_no_home_key() {
+    let (_redis, tier, node) = measured_node().await;
+    let mut backend = node.backend().await;
+    let mut direct = Conversation::create(&mut backend, 2).await;
+    let (alice, bob) = (direct.members[0], direct.members[1]);
+    let warm_up = direct.send(&mut backend, alice).await;
+    let batches = [
+        direct.send_many(&mut backend, alice, 100).await,
+        direct.send_many(&mut backend, alice, 100).await,
+    ];
+    let mut bob_client = node.user(bob).await;
+    deliver(&mut bob_client, &[warm_up]).await;
+    let (by_id, _) = redis_cost_of(&tier, || async {
+        deliver(&mut bob_client, &batches[0]).await;
+    })
+    .await;
+    let (in_conversation, _) = redis_cost_of(&tier, || async {
+        let r = bob_client
+            .mark_delivered(pb::MarkDeliveredRequest {
+                conversations: vec![pb::ConversationMessageIds {
+                    conversation_id: direct.id.to_string(),
+                    message_ids: batches[1].iter().map(Uuid::to_string).collect(),
+                }],
+                ..Default::default()
+            })
+            .await
+            .expect("mark delivered")
+            .into_inner();
+        assert!(
+            r.results
+                .iter()
+                .all(|r| r.outcome == pb::DeliveryOutcome::Recorded as i32)
+        );
+    })
+    .await;
+    println!("MarkDelivered of 100 by id: {by_id:?}");
+    println!("MarkDelivered of 100 in the conversation: {in_conversation:?}");
+    let gets = |c: &BTreeMap<String, u64>| c.get("get").copied().unwrap_or(0);
+    assert!(
+        gets(&by_id) >= gets(&in_conversation) + 100,
+        "a home key GET per message by id, none in the conversation"
+    );
+    let without_gets = |c: &BTreeMap<String, u64>| {
+        let mut c = c.clone();
+        c.remove("get");
+        c
+    };
+    assert_eq!(without_gets(&by_id), without_gets(&in_conversation));
+    let r = receipt(&mut node.user(alice).await, direct.id, batches[1][99]).await;
     assert_eq!(r.delivered_count, 1, "the deliveries were applied");
 }
 

@@ -338,6 +338,7 @@ async fn a_redis_restart_gives_subscribers_a_reset_never_a_silent_gap() {
         .await
         .mark_delivered(pb::MarkDeliveredRequest {
             message_ids: vec![m2.to_string()],
+            ..Default::default()
         })
         .await
         .expect_err("no write without Redis");

@@ -373,26 +373,29 @@ impl ReceiptStore for EmbeddedStore {
     async fn mark_delivered(
         &self,
         user: UserId,
-        messages: Vec<MessageId>,
+        messages: Vec<Named>,
         at: Millis,
     ) -> StoreResult<Vec<DeliveryResult>> {
         self.write(move |ctx| {
-            let ids = dedup(messages);
+            let named = dedup(messages);
             let mut by_conv: BTreeMap<ConversationId, Vec<Message>> = BTreeMap::new();
             let mut memberships: HashMap<ConversationId, Membership> = HashMap::new();
-            for id in &ids {
-                let Some(m) = ctx.t.message(id)? else {
-                    return Err(ServiceError::not_found("message_ids", "message", id));
+            for n in &named {
+                let Some(m) = ctx.t.message(&n.id)? else {
+                    return Err(n.not_found());
                 };
+                if n.conversation.is_some_and(|c| c != m.conversation) {
+                    return Err(n.not_found());
+                }
                 if let std::collections::hash_map::Entry::Vacant(e) =
                     memberships.entry(m.conversation)
                 {
-                    e.insert(ctx.t.authorize(&m.conversation, &user, "message_ids")?);
+                    e.insert(ctx.t.authorize(&m.conversation, &user, n.field())?);
                 }
                 by_conv.entry(m.conversation).or_default().push(m);
             }
             let at = ctx.stamp(at);
-            let mut results = HashMap::with_capacity(ids.len());
+            let mut results = HashMap::with_capacity(named.len());
             for (c, msgs) in by_conv {
                 let membership = &memberships[&c];
                 let wm = ctx.t.watermark(&c, &user)?;
@@ -427,7 +430,7 @@ impl ReceiptStore for EmbeddedStore {
                 ctx.record_runs(&c, &user, membership, new, at)?;
                 ctx.touch(&c, touched)?;
             }
-            Ok(ids.iter().map(|id| results[id]).collect())
+            Ok(named.iter().map(|n| results[&n.id]).collect())
         })
         .await
     }

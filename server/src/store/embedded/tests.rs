@@ -129,7 +129,7 @@ async fn recorded_times_follow_commit_order() {
     let store = EmbeddedStore::open(dir.path(), options()).expect("open");
     let (c, a, b, m) = conversation_with(&store, 1).await;
     let d = store
-        .mark_delivered(b, vec![m], 1_000)
+        .mark_delivered(b, Named::ids([m]), 1_000)
         .await
         .expect("deliver");
     assert_eq!(d[0].delivered_at, Some(1_000));
@@ -193,7 +193,7 @@ async fn deliveries_in_the_first_layout_are_moved_at_open() {
     let store = EmbeddedStore::open(dir.path(), options()).expect("open");
     let (c, _, b, m) = conversation_with(&store, 2).await;
     store
-        .mark_delivered(b, vec![m], 1_000)
+        .mark_delivered(b, Named::ids([m]), 1_000)
         .await
         .expect("deliver");
     store.shutdown().await;
@@ -243,7 +243,7 @@ async fn dense_and_sparse_message_sets_get_the_same_states() {
     // Delivered: every third message; read up to 40 at t=2000, then 70 at t=3000.
     let delivered: Vec<MessageId> = ids.iter().step_by(3).copied().collect();
     store
-        .mark_delivered(b, delivered, 1_000)
+        .mark_delivered(b, Named::ids(delivered), 1_000)
         .await
         .expect("deliver");
     store
@@ -318,7 +318,10 @@ async fn mark_delivered_writes_the_same_rows_for_1_or_10000_messages() {
         let before = state_rows(&store);
         let (events_before, bytes_before) = event_rows(&store);
         let all: Vec<MessageId> = msgs.iter().map(|m| m.id).collect();
-        let results = store.mark_delivered(b, all, 1_000).await.expect("deliver");
+        let results = store
+            .mark_delivered(b, Named::ids(all), 1_000)
+            .await
+            .expect("deliver");
         let recorded = results
             .iter()
             .filter(|r| r.outcome == DeliveryOutcome::Recorded)
@@ -366,7 +369,7 @@ async fn a_message_registered_late_inside_a_run_is_not_delivered() {
         .await
         .expect("register");
     store
-        .mark_delivered(b, early.iter().map(|m| m.id).collect(), 1_000)
+        .mark_delivered(b, Named::ids(early.iter().map(|m| m.id)), 1_000)
         .await
         .expect("deliver");
     assert_eq!(run_rows(&store).len(), 1, "1..=5 is one run");
@@ -387,7 +390,7 @@ async fn a_message_registered_late_inside_a_run_is_not_delivered() {
     }
     // Delivering it now joins nothing (another time) and overlaps nothing.
     let r = store
-        .mark_delivered(b, vec![late.id], 2_000)
+        .mark_delivered(b, Named::ids([late.id]), 2_000)
         .await
         .expect("deliver late");
     assert_eq!(r[0].outcome, DeliveryOutcome::Recorded);
@@ -606,7 +609,7 @@ async fn an_id_is_judged_the_same_above_and_below_the_highest() {
             "{refused:?}"
         );
         let d = store
-            .mark_delivered(b, vec![low.id], 10)
+            .mark_delivered(b, Named::ids([low.id]), 10)
             .await
             .expect("deliver");
         assert_eq!(d[0].outcome, DeliveryOutcome::Recorded);
@@ -621,7 +624,7 @@ async fn an_id_is_judged_the_same_above_and_below_the_highest() {
         "{refused:?}"
     );
     let d = store
-        .mark_delivered(b, vec![low.id, high.id], 20)
+        .mark_delivered(b, Named::ids([low.id, high.id]), 20)
         .await
         .expect("deliver");
     assert_eq!(d[0].outcome, DeliveryOutcome::AlreadyDelivered);
@@ -629,7 +632,7 @@ async fn an_id_is_judged_the_same_above_and_below_the_highest() {
     assert_eq!(d[1].outcome, DeliveryOutcome::Recorded);
     // An id never registered, above and below the highest, is not found.
     for id in [Uuid::max(), Uuid::from_u128(6)] {
-        let missing = store.mark_delivered(b, vec![id], 30).await;
+        let missing = store.mark_delivered(b, Named::ids([id]), 30).await;
         assert!(
             matches!(missing, Err(ServiceError::NotFound { .. })),
             "{missing:?}"

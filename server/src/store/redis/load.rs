@@ -415,14 +415,15 @@ impl Inner {
         &self,
         c: &ConversationId,
         u: &UserId,
-        msgs: &[MessageId],
+        named: &[Named],
     ) -> StoreResult<View> {
         let Some(mut view) = self.view_for(c, u).await? else {
-            return Err(ServiceError::not_found("message_ids", "message", msgs[0]));
+            return Err(named[0].not_found());
         };
-        self.ensure_messages(&mut view, msgs).await?;
-        if let Some(m) = msgs.iter().find(|m| !view.messages.contains_key(m)) {
-            return Err(ServiceError::not_found("message_ids", "message", m));
+        let msgs: Vec<MessageId> = named.iter().map(|n| n.id).collect();
+        self.ensure_messages(&mut view, &msgs).await?;
+        if let Some(n) = named.iter().find(|n| !view.messages.contains_key(&n.id)) {
+            return Err(n.not_found());
         }
         Ok(view)
     }

@@ -37,7 +37,7 @@ mod scripts;
 
 use super::scylla::{PersistOp, ScyllaOptions, ScyllaPersistence};
 use super::{
-    ConversationOutcome, ConversationRead, DeliveryResult, MemberChange, MembershipResult,
+    ConversationOutcome, ConversationRead, DeliveryResult, MemberChange, MembershipResult, Named,
     NewMessage, ReadResult, ReceiptStore, Replay, ReplayFrom, ResetReason, Snapshot, StoreResult,
     UnreadCount, fold_member_changes,
 };

@@ -307,35 +307,52 @@ impl ReceiptStore for RedisStore {
     async fn mark_delivered(
         &self,
         user: UserId,
-        messages: Vec<MessageId>,
+        messages: Vec<Named>,
         at: Millis,
     ) -> StoreResult<Vec<DeliveryResult>> {
         let s = &self.inner;
-        let ids = dedup(messages);
-        let homes = s.homes(&ids).await?;
-        let mut by_conv: BTreeMap<ConversationId, Vec<MessageId>> = BTreeMap::new();
-        for (id, home) in ids.iter().zip(&homes) {
-            let Some(c) = home else {
-                return Err(ServiceError::not_found("message_ids", "message", id));
+        let named = dedup(messages);
+        // Only messages named by id alone need their conversation looked up.
+        let alone: Vec<MessageId> = named
+            .iter()
+            .filter(|n| n.conversation.is_none())
+            .map(|n| n.id)
+            .collect();
+        let mut homes = if alone.is_empty() {
+            Vec::new()
+        } else {
+            s.homes(&alone).await?
+        }
+        .into_iter();
+        let mut by_conv: BTreeMap<ConversationId, Vec<Named>> = BTreeMap::new();
+        for n in &named {
+            let home = match n.conversation {
+                Some(c) => Some(c),
+                None => homes.next().flatten(),
             };
-            by_conv.entry(*c).or_default().push(*id);
+            let Some(c) = home else {
+                return Err(n.not_found());
+            };
+            by_conv.entry(c).or_default().push(*n);
         }
         // Validate every conversation before writing any (a batch within
         // one conversation is validated by its own attempt, under the lock).
         if by_conv.len() > 1 {
             for (c, msgs) in &by_conv {
                 let view = s.delivery_view(c, &user, msgs).await?;
-                view.authorize(&user, "message_ids")?;
+                view.authorize(&user, msgs[0].field())?;
             }
         }
         let mut results: HashMap<MessageId, DeliveryResult> = HashMap::new();
-        for (c, msgs) in &by_conv {
+        for (c, named) in &by_conv {
+            let msgs: Vec<MessageId> = named.iter().map(|n| n.id).collect();
+            let msgs = &msgs;
             let _serial = s.lock([c]).await;
             let mut attempt = 0;
             loop {
                 attempt += 1;
-                let mut view = s.delivery_view(c, &user, msgs).await?;
-                let membership = view.authorize(&user, "message_ids")?;
+                let mut view = s.delivery_view(c, &user, named).await?;
+                let membership = view.authorize(&user, named[0].field())?;
                 if view.group() {
                     s.ensure_own_deliveries(&mut view, msgs, &user).await?;
                 } else {
@@ -407,7 +424,7 @@ impl ReceiptStore for RedisStore {
                 backoff().await;
             }
         }
-        Ok(ids.iter().map(|id| results[id]).collect())
+        Ok(named.iter().map(|n| results[&n.id]).collect())
     }
 
     async fn mark_read_up_to(

@@ -19,7 +19,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file receipts/v1/receipts.proto.
  */
 export const file_receipts_v1_receipts: GenFile = /*@__PURE__*/
-  fileDesc("ChpyZWNlaXB0cy92MS9yZWNlaXB0cy5wcm90bxILcmVjZWlwdHMudjEiKwoUTWFya0RlbGl2ZXJlZFJlcXVlc3QSEwoLbWVzc2FnZV9pZHMYASADKAkiRQoVTWFya0RlbGl2ZXJlZFJlc3BvbnNlEiwKB3Jlc3VsdHMYASADKAsyGy5yZWNlaXB0cy52MS5EZWxpdmVyeVJlc3VsdCJsCg5EZWxpdmVyeVJlc3VsdBISCgptZXNzYWdlX2lkGAEgASgJEi0KB291dGNvbWUYAiABKA4yHC5yZWNlaXB0cy52MS5EZWxpdmVyeU91dGNvbWUSFwoPZGVsaXZlcmVkX2F0X21zGAMgASgDIkIKE01hcmtSZWFkVXBUb1JlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhIKCm1lc3NhZ2VfaWQYAiABKAkiVgoUTWFya1JlYWRVcFRvUmVzcG9uc2USFgoOcmVhZF91cF90b19zZXEYASABKAMSEAoIYWR2YW5jZWQYAiABKAgSFAoMdW5yZWFkX2NvdW50GAMgASgDIl4KEkdldFJlY2VpcHRzUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSEwoLbWVzc2FnZV9pZHMYAiADKAkSGgoSaW5jbHVkZV9yZWNpcGllbnRzGAMgASgIIkUKE0dldFJlY2VpcHRzUmVzcG9uc2USLgoIbWVzc2FnZXMYASADKAsyHC5yZWNlaXB0cy52MS5NZXNzYWdlUmVjZWlwdHMiugIKD01lc3NhZ2VSZWNlaXB0cxISCgptZXNzYWdlX2lkGAEgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCRILCgNzZXEYAyABKAMSEQoJc2VuZGVyX2lkGAQgASgJEhIKCnNlbnRfYXRfbXMYBSABKAMSHwoEdGljaxgGIAEoDjIRLnJlY2VpcHRzLnYxLlRpY2sSFwoPZGVsaXZlcmVkX2NvdW50GAcgASgDEhIKCnJlYWRfY291bnQYCCABKAMSGAoQcmVjaXBpZW50c190b3RhbBgJIAEoAxIXCg9kZWxpdmVyZWRfYXRfbXMYCiABKAMSEgoKcmVhZF9hdF9tcxgLIAEoAxIxCgpyZWNpcGllbnRzGAwgAygLMh0ucmVjZWlwdHMudjEuUmVjaXBpZW50UmVjZWlwdCJ8ChBSZWNpcGllbnRSZWNlaXB0Eg8KB3VzZXJfaWQYASABKAkSKgoFc3RhdGUYAiABKA4yGy5yZWNlaXB0cy52MS5SZWNpcGllbnRTdGF0ZRIXCg9kZWxpdmVyZWRfYXRfbXMYAyABKAMSEgoKcmVhZF9hdF9tcxgEIAEoAyJBChhTdWJzY3JpYmVSZWNlaXB0c1JlcXVlc3QSDgoGY3Vyc29yGAEgASgJEhUKDWFjY2VwdF9yYW5nZXMYAiABKAgi8gEKGVN1YnNjcmliZVJlY2VpcHRzUmVzcG9uc2USDgoGY3Vyc29yGAEgASgJEjUKCHJlY2VpcHRzGAIgASgLMiEucmVjZWlwdHMudjEuQ29udmVyc2F0aW9uUmVjZWlwdHNIABIvCgl3YXRlcm1hcmsYAyABKAsyGi5yZWNlaXB0cy52MS5XYXRlcm1hcmtTeW5jSAASKwoFcmVzZXQYBCABKAsyGi5yZWNlaXB0cy52MS5SZWNlaXB0c1Jlc2V0SAASJwoEbGl2ZRgFIAEoCzIXLnJlY2VpcHRzLnYxLlN0cmVhbUxpdmVIAEIHCgVldmVudCKZAQoUQ29udmVyc2F0aW9uUmVjZWlwdHMSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg0KBWdyb3VwGAIgASgIEi4KCG1lc3NhZ2VzGAMgAygLMhwucmVjZWlwdHMudjEuTWVzc2FnZVJlY2VpcHRzEikKBnJhbmdlcxgEIAMoCzIZLnJlY2VpcHRzLnYxLlJlY2VpcHRSYW5nZSL4AQoMUmVjZWlwdFJhbmdlEhAKCGZyb21fc2VxGAEgASgDEg4KBnRvX3NlcRgCIAEoAxIfCgR0aWNrGAMgASgOMhEucmVjZWlwdHMudjEuVGljaxIXCg9kZWxpdmVyZWRfY291bnQYBCABKAMSEgoKcmVhZF9jb3VudBgFIAEoAxIYChByZWNpcGllbnRzX3RvdGFsGAYgASgDEhcKD2RlbGl2ZXJlZF9hdF9tcxgHIAEoAxISCgpyZWFkX2F0X21zGAggASgDEjEKCnJlY2lwaWVudHMYCSADKAsyHS5yZWNlaXB0cy52MS5SZWNpcGllbnRSZWNlaXB0IlYKDVdhdGVybWFya1N5bmMSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhYKDnJlYWRfdXBfdG9fc2VxGAIgASgDEhQKDHVucmVhZF9jb3VudBgDIAEoAyKgAQoNUmVjZWlwdHNSZXNldBIoCgZyZWFzb24YASABKA4yGC5yZWNlaXB0cy52MS5SZXNldFJlYXNvbhI1Cg9yZWNlbnRfbWVzc2FnZXMYAiADKAsyHC5yZWNlaXB0cy52MS5NZXNzYWdlUmVjZWlwdHMSLgoKd2F0ZXJtYXJrcxgDIAMoCzIaLnJlY2VpcHRzLnYxLldhdGVybWFya1N5bmMiHgoKU3RyZWFtTGl2ZRIQCghyZXBsYXllZBgBIAEoAyIyChZHZXRVbnJlYWRDb3VudHNSZXF1ZXN0EhgKEGNvbnZlcnNhdGlvbl9pZHMYASADKAkiUQoXR2V0VW5yZWFkQ291bnRzUmVzcG9uc2USNgoNY29udmVyc2F0aW9ucxgBIAMoCzIfLnJlY2VpcHRzLnYxLkNvbnZlcnNhdGlvblVucmVhZCKgAQoSQ29udmVyc2F0aW9uVW5yZWFkEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIxCgdvdXRjb21lGAIgASgOMiAucmVjZWlwdHMudjEuQ29udmVyc2F0aW9uT3V0Y29tZRIUCgx1bnJlYWRfY291bnQYAyABKAMSFgoOcmVhZF91cF90b19zZXEYBCABKAMSEAoIbGFzdF9zZXEYBSABKAMiOAocTWFya0NvbnZlcnNhdGlvbnNSZWFkUmVxdWVzdBIYChBjb252ZXJzYXRpb25faWRzGAEgAygJIlUKHU1hcmtDb252ZXJzYXRpb25zUmVhZFJlc3BvbnNlEjQKB3Jlc3VsdHMYASADKAsyIy5yZWNlaXB0cy52MS5Db252ZXJzYXRpb25SZWFkUmVzdWx0Io4BChZDb252ZXJzYXRpb25SZWFkUmVzdWx0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIxCgdvdXRjb21lGAIgASgOMiAucmVjZWlwdHMudjEuQ29udmVyc2F0aW9uT3V0Y29tZRIWCg5yZWFkX3VwX3RvX3NlcRgDIAEoAxIQCghhZHZhbmNlZBgEIAEoCCItCg9Qcml2YWN5U2V0dGluZ3MSGgoSc2VuZF9yZWFkX3JlY2VpcHRzGAEgASgIIhsKGUdldFByaXZhY3lTZXR0aW5nc1JlcXVlc3QiTAoaR2V0UHJpdmFjeVNldHRpbmdzUmVzcG9uc2USLgoIc2V0dGluZ3MYASABKAsyHC5yZWNlaXB0cy52MS5Qcml2YWN5U2V0dGluZ3MiTgocVXBkYXRlUHJpdmFjeVNldHRpbmdzUmVxdWVzdBIuCghzZXR0aW5ncxgBIAEoCzIcLnJlY2VpcHRzLnYxLlByaXZhY3lTZXR0aW5ncyJPCh1VcGRhdGVQcml2YWN5U2V0dGluZ3NSZXNwb25zZRIuCghzZXR0aW5ncxgBIAEoCzIcLnJlY2VpcHRzLnYxLlByaXZhY3lTZXR0aW5ncypOCgRUaWNrEhQKEFRJQ0tfVU5TUEVDSUZJRUQQABINCglUSUNLX1NFTlQQARISCg5USUNLX0RFTElWRVJFRBACEg0KCVRJQ0tfUkVBRBADKoQBCg5SZWNpcGllbnRTdGF0ZRIfChtSRUNJUElFTlRfU1RBVEVfVU5TUEVDSUZJRUQQABIYChRSRUNJUElFTlRfU1RBVEVfTk9ORRABEh0KGVJFQ0lQSUVOVF9TVEFURV9ERUxJVkVSRUQQAhIYChRSRUNJUElFTlRfU1RBVEVfUkVBRBADKqABCg9EZWxpdmVyeU91dGNvbWUSIAocREVMSVZFUllfT1VUQ09NRV9VTlNQRUNJRklFRBAAEh0KGURFTElWRVJZX09VVENPTUVfUkVDT1JERUQQARImCiJERUxJVkVSWV9PVVRDT01FX0FMUkVBRFlfREVMSVZFUkVEEAISJAogREVMSVZFUllfT1VUQ09NRV9OT1RfQV9SRUNJUElFTlQQAyqwAQoLUmVzZXRSZWFzb24SHAoYUkVTRVRfUkVBU09OX1VOU1BFQ0lGSUVEEAASHwobUkVTRVRfUkVBU09OX0NVUlNPUl9FWFBJUkVEEAESHgoaUkVTRVRfUkVBU09OX0VQT0NIX0NIQU5HRUQQAhIfChtSRVNFVF9SRUFTT05fQ1VSU09SX0lOVkFMSUQQAxIhCh1SRVNFVF9SRUFTT05fUkVQTEFZX1RPT19MQVJHRRAEKqgBChNDb252ZXJzYXRpb25PdXRjb21lEiQKIENPTlZFUlNBVElPTl9PVVRDT01FX1VOU1BFQ0lGSUVEEAASGwoXQ09OVkVSU0FUSU9OX09VVENPTUVfT0sQARIiCh5DT05WRVJTQVRJT05fT1VUQ09NRV9OT1RfRk9VTkQQAhIqCiZDT05WRVJTQVRJT05fT1VUQ09NRV9QRVJNSVNTSU9OX0RFTklFRBADMpoGCg5SZWNlaXB0U2VydmljZRJWCg1NYXJrRGVsaXZlcmVkEiEucmVjZWlwdHMudjEuTWFya0RlbGl2ZXJlZFJlcXVlc3QaIi5yZWNlaXB0cy52MS5NYXJrRGVsaXZlcmVkUmVzcG9uc2USUwoMTWFya1JlYWRVcFRvEiAucmVjZWlwdHMudjEuTWFya1JlYWRVcFRvUmVxdWVzdBohLnJlY2VpcHRzLnYxLk1hcmtSZWFkVXBUb1Jlc3BvbnNlElAKC0dldFJlY2VpcHRzEh8ucmVjZWlwdHMudjEuR2V0UmVjZWlwdHNSZXF1ZXN0GiAucmVjZWlwdHMudjEuR2V0UmVjZWlwdHNSZXNwb25zZRJkChFTdWJzY3JpYmVSZWNlaXB0cxIlLnJlY2VpcHRzLnYxLlN1YnNjcmliZVJlY2VpcHRzUmVxdWVzdBomLnJlY2VpcHRzLnYxLlN1YnNjcmliZVJlY2VpcHRzUmVzcG9uc2UwARJcCg9HZXRVbnJlYWRDb3VudHMSIy5yZWNlaXB0cy52MS5HZXRVbnJlYWRDb3VudHNSZXF1ZXN0GiQucmVjZWlwdHMudjEuR2V0VW5yZWFkQ291bnRzUmVzcG9uc2USbgoVTWFya0NvbnZlcnNhdGlvbnNSZWFkEikucmVjZWlwdHMudjEuTWFya0NvbnZlcnNhdGlvbnNSZWFkUmVxdWVzdBoqLnJlY2VpcHRzLnYxLk1hcmtDb252ZXJzYXRpb25zUmVhZFJlc3BvbnNlEmUKEkdldFByaXZhY3lTZXR0aW5ncxImLnJlY2VpcHRzLnYxLkdldFByaXZhY3lTZXR0aW5nc1JlcXVlc3QaJy5yZWNlaXB0cy52MS5HZXRQcml2YWN5U2V0dGluZ3NSZXNwb25zZRJuChVVcGRhdGVQcml2YWN5U2V0dGluZ3MSKS5yZWNlaXB0cy52MS5VcGRhdGVQcml2YWN5U2V0dGluZ3NSZXF1ZXN0GioucmVjZWlwdHMudjEuVXBkYXRlUHJpdmFjeVNldHRpbmdzUmVzcG9uc2ViBnByb3RvMw");
+  fileDesc("ChpyZWNlaXB0cy92MS9yZWNlaXB0cy5wcm90bxILcmVjZWlwdHMudjEiZwoUTWFya0RlbGl2ZXJlZFJlcXVlc3QSEwoLbWVzc2FnZV9pZHMYASADKAkSOgoNY29udmVyc2F0aW9ucxgCIAMoCzIjLnJlY2VpcHRzLnYxLkNvbnZlcnNhdGlvbk1lc3NhZ2VJZHMiRgoWQ29udmVyc2F0aW9uTWVzc2FnZUlkcxIXCg9jb252ZXJzYXRpb25faWQYASABKAkSEwoLbWVzc2FnZV9pZHMYAiADKAkiRQoVTWFya0RlbGl2ZXJlZFJlc3BvbnNlEiwKB3Jlc3VsdHMYASADKAsyGy5yZWNlaXB0cy52MS5EZWxpdmVyeVJlc3VsdCJsCg5EZWxpdmVyeVJlc3VsdBISCgptZXNzYWdlX2lkGAEgASgJEi0KB291dGNvbWUYAiABKA4yHC5yZWNlaXB0cy52MS5EZWxpdmVyeU91dGNvbWUSFwoPZGVsaXZlcmVkX2F0X21zGAMgASgDIkIKE01hcmtSZWFkVXBUb1JlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhIKCm1lc3NhZ2VfaWQYAiABKAkiVgoUTWFya1JlYWRVcFRvUmVzcG9uc2USFgoOcmVhZF91cF90b19zZXEYASABKAMSEAoIYWR2YW5jZWQYAiABKAgSFAoMdW5yZWFkX2NvdW50GAMgASgDIl4KEkdldFJlY2VpcHRzUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSEwoLbWVzc2FnZV9pZHMYAiADKAkSGgoSaW5jbHVkZV9yZWNpcGllbnRzGAMgASgIIkUKE0dldFJlY2VpcHRzUmVzcG9uc2USLgoIbWVzc2FnZXMYASADKAsyHC5yZWNlaXB0cy52MS5NZXNzYWdlUmVjZWlwdHMiugIKD01lc3NhZ2VSZWNlaXB0cxISCgptZXNzYWdlX2lkGAEgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCRILCgNzZXEYAyABKAMSEQoJc2VuZGVyX2lkGAQgASgJEhIKCnNlbnRfYXRfbXMYBSABKAMSHwoEdGljaxgGIAEoDjIRLnJlY2VpcHRzLnYxLlRpY2sSFwoPZGVsaXZlcmVkX2NvdW50GAcgASgDEhIKCnJlYWRfY291bnQYCCABKAMSGAoQcmVjaXBpZW50c190b3RhbBgJIAEoAxIXCg9kZWxpdmVyZWRfYXRfbXMYCiABKAMSEgoKcmVhZF9hdF9tcxgLIAEoAxIxCgpyZWNpcGllbnRzGAwgAygLMh0ucmVjZWlwdHMudjEuUmVjaXBpZW50UmVjZWlwdCJ8ChBSZWNpcGllbnRSZWNlaXB0Eg8KB3VzZXJfaWQYASABKAkSKgoFc3RhdGUYAiABKA4yGy5yZWNlaXB0cy52MS5SZWNpcGllbnRTdGF0ZRIXCg9kZWxpdmVyZWRfYXRfbXMYAyABKAMSEgoKcmVhZF9hdF9tcxgEIAEoAyJBChhTdWJzY3JpYmVSZWNlaXB0c1JlcXVlc3QSDgoGY3Vyc29yGAEgASgJEhUKDWFjY2VwdF9yYW5nZXMYAiABKAgi8gEKGVN1YnNjcmliZVJlY2VpcHRzUmVzcG9uc2USDgoGY3Vyc29yGAEgASgJEjUKCHJlY2VpcHRzGAIgASgLMiEucmVjZWlwdHMudjEuQ29udmVyc2F0aW9uUmVjZWlwdHNIABIvCgl3YXRlcm1hcmsYAyABKAsyGi5yZWNlaXB0cy52MS5XYXRlcm1hcmtTeW5jSAASKwoFcmVzZXQYBCABKAsyGi5yZWNlaXB0cy52MS5SZWNlaXB0c1Jlc2V0SAASJwoEbGl2ZRgFIAEoCzIXLnJlY2VpcHRzLnYxLlN0cmVhbUxpdmVIAEIHCgVldmVudCKZAQoUQ29udmVyc2F0aW9uUmVjZWlwdHMSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg0KBWdyb3VwGAIgASgIEi4KCG1lc3NhZ2VzGAMgAygLMhwucmVjZWlwdHMudjEuTWVzc2FnZVJlY2VpcHRzEikKBnJhbmdlcxgEIAMoCzIZLnJlY2VpcHRzLnYxLlJlY2VpcHRSYW5nZSL4AQoMUmVjZWlwdFJhbmdlEhAKCGZyb21fc2VxGAEgASgDEg4KBnRvX3NlcRgCIAEoAxIfCgR0aWNrGAMgASgOMhEucmVjZWlwdHMudjEuVGljaxIXCg9kZWxpdmVyZWRfY291bnQYBCABKAMSEgoKcmVhZF9jb3VudBgFIAEoAxIYChByZWNpcGllbnRzX3RvdGFsGAYgASgDEhcKD2RlbGl2ZXJlZF9hdF9tcxgHIAEoAxISCgpyZWFkX2F0X21zGAggASgDEjEKCnJlY2lwaWVudHMYCSADKAsyHS5yZWNlaXB0cy52MS5SZWNpcGllbnRSZWNlaXB0IlYKDVdhdGVybWFya1N5bmMSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhYKDnJlYWRfdXBfdG9fc2VxGAIgASgDEhQKDHVucmVhZF9jb3VudBgDIAEoAyKgAQoNUmVjZWlwdHNSZXNldBIoCgZyZWFzb24YASABKA4yGC5yZWNlaXB0cy52MS5SZXNldFJlYXNvbhI1Cg9yZWNlbnRfbWVzc2FnZXMYAiADKAsyHC5yZWNlaXB0cy52MS5NZXNzYWdlUmVjZWlwdHMSLgoKd2F0ZXJtYXJrcxgDIAMoCzIaLnJlY2VpcHRzLnYxLldhdGVybWFya1N5bmMiHgoKU3RyZWFtTGl2ZRIQCghyZXBsYXllZBgBIAEoAyIyChZHZXRVbnJlYWRDb3VudHNSZXF1ZXN0EhgKEGNvbnZlcnNhdGlvbl9pZHMYASADKAkiUQoXR2V0VW5yZWFkQ291bnRzUmVzcG9uc2USNgoNY29udmVyc2F0aW9ucxgBIAMoCzIfLnJlY2VpcHRzLnYxLkNvbnZlcnNhdGlvblVucmVhZCKgAQoSQ29udmVyc2F0aW9uVW5yZWFkEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIxCgdvdXRjb21lGAIgASgOMiAucmVjZWlwdHMudjEuQ29udmVyc2F0aW9uT3V0Y29tZRIUCgx1bnJlYWRfY291bnQYAyABKAMSFgoOcmVhZF91cF90b19zZXEYBCABKAMSEAoIbGFzdF9zZXEYBSABKAMiOAocTWFya0NvbnZlcnNhdGlvbnNSZWFkUmVxdWVzdBIYChBjb252ZXJzYXRpb25faWRzGAEgAygJIlUKHU1hcmtDb252ZXJzYXRpb25zUmVhZFJlc3BvbnNlEjQKB3Jlc3VsdHMYASADKAsyIy5yZWNlaXB0cy52MS5Db252ZXJzYXRpb25SZWFkUmVzdWx0Io4BChZDb252ZXJzYXRpb25SZWFkUmVzdWx0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIxCgdvdXRjb21lGAIgASgOMiAucmVjZWlwdHMudjEuQ29udmVyc2F0aW9uT3V0Y29tZRIWCg5yZWFkX3VwX3RvX3NlcRgDIAEoAxIQCghhZHZhbmNlZBgEIAEoCCItCg9Qcml2YWN5U2V0dGluZ3MSGgoSc2VuZF9yZWFkX3JlY2VpcHRzGAEgASgIIhsKGUdldFByaXZhY3lTZXR0aW5nc1JlcXVlc3QiTAoaR2V0UHJpdmFjeVNldHRpbmdzUmVzcG9uc2USLgoIc2V0dGluZ3MYASABKAsyHC5yZWNlaXB0cy52MS5Qcml2YWN5U2V0dGluZ3MiTgocVXBkYXRlUHJpdmFjeVNldHRpbmdzUmVxdWVzdBIuCghzZXR0aW5ncxgBIAEoCzIcLnJlY2VpcHRzLnYxLlByaXZhY3lTZXR0aW5ncyJPCh1VcGRhdGVQcml2YWN5U2V0dGluZ3NSZXNwb25zZRIuCghzZXR0aW5ncxgBIAEoCzIcLnJlY2VpcHRzLnYxLlByaXZhY3lTZXR0aW5ncypOCgRUaWNrEhQKEFRJQ0tfVU5TUEVDSUZJRUQQABINCglUSUNLX1NFTlQQARISCg5USUNLX0RFTElWRVJFRBACEg0KCVRJQ0tfUkVBRBADKoQBCg5SZWNpcGllbnRTdGF0ZRIfChtSRUNJUElFTlRfU1RBVEVfVU5TUEVDSUZJRUQQABIYChRSRUNJUElFTlRfU1RBVEVfTk9ORRABEh0KGVJFQ0lQSUVOVF9TVEFURV9ERUxJVkVSRUQQAhIYChRSRUNJUElFTlRfU1RBVEVfUkVBRBADKqABCg9EZWxpdmVyeU91dGNvbWUSIAocREVMSVZFUllfT1VUQ09NRV9VTlNQRUNJRklFRBAAEh0KGURFTElWRVJZX09VVENPTUVfUkVDT1JERUQQARImCiJERUxJVkVSWV9PVVRDT01FX0FMUkVBRFlfREVMSVZFUkVEEAISJAogREVMSVZFUllfT1VUQ09NRV9OT1RfQV9SRUNJUElFTlQQAyqwAQoLUmVzZXRSZWFzb24SHAoYUkVTRVRfUkVBU09OX1VOU1BFQ0lGSUVEEAASHwobUkVTRVRfUkVBU09OX0NVUlNPUl9FWFBJUkVEEAESHgoaUkVTRVRfUkVBU09OX0VQT0NIX0NIQU5HRUQQAhIfChtSRVNFVF9SRUFTT05fQ1VSU09SX0lOVkFMSUQQAxIhCh1SRVNFVF9SRUFTT05fUkVQTEFZX1RPT19MQVJHRRAEKqgBChNDb252ZXJzYXRpb25PdXRjb21lEiQKIENPTlZFUlNBVElPTl9PVVRDT01FX1VOU1BFQ0lGSUVEEAASGwoXQ09OVkVSU0FUSU9OX09VVENPTUVfT0sQARIiCh5DT05WRVJTQVRJT05fT1VUQ09NRV9OT1RfRk9VTkQQAhIqCiZDT05WRVJTQVRJT05fT1VUQ09NRV9QRVJNSVNTSU9OX0RFTklFRBADMpoGCg5SZWNlaXB0U2VydmljZRJWCg1NYXJrRGVsaXZlcmVkEiEucmVjZWlwdHMudjEuTWFya0RlbGl2ZXJlZFJlcXVlc3QaIi5yZWNlaXB0cy52MS5NYXJrRGVsaXZlcmVkUmVzcG9uc2USUwoMTWFya1JlYWRVcFRvEiAucmVjZWlwdHMudjEuTWFya1JlYWRVcFRvUmVxdWVzdBohLnJlY2VpcHRzLnYxLk1hcmtSZWFkVXBUb1Jlc3BvbnNlElAKC0dldFJlY2VpcHRzEh8ucmVjZWlwdHMudjEuR2V0UmVjZWlwdHNSZXF1ZXN0GiAucmVjZWlwdHMudjEuR2V0UmVjZWlwdHNSZXNwb25zZRJkChFTdWJzY3JpYmVSZWNlaXB0cxIlLnJlY2VpcHRzLnYxLlN1YnNjcmliZVJlY2VpcHRzUmVxdWVzdBomLnJlY2VpcHRzLnYxLlN1YnNjcmliZVJlY2VpcHRzUmVzcG9uc2UwARJcCg9HZXRVbnJlYWRDb3VudHMSIy5yZWNlaXB0cy52MS5HZXRVbnJlYWRDb3VudHNSZXF1ZXN0GiQucmVjZWlwdHMudjEuR2V0VW5yZWFkQ291bnRzUmVzcG9uc2USbgoVTWFya0NvbnZlcnNhdGlvbnNSZWFkEikucmVjZWlwdHMudjEuTWFya0NvbnZlcnNhdGlvbnNSZWFkUmVxdWVzdBoqLnJlY2VpcHRzLnYxLk1hcmtDb252ZXJzYXRpb25zUmVhZFJlc3BvbnNlEmUKEkdldFByaXZhY3lTZXR0aW5ncxImLnJlY2VpcHRzLnYxLkdldFByaXZhY3lTZXR0aW5nc1JlcXVlc3QaJy5yZWNlaXB0cy52MS5HZXRQcml2YWN5U2V0dGluZ3NSZXNwb25zZRJuChVVcGRhdGVQcml2YWN5U2V0dGluZ3MSKS5yZWNlaXB0cy52MS5VcGRhdGVQcml2YWN5U2V0dGluZ3NSZXF1ZXN0GioucmVjZWlwdHMudjEuVXBkYXRlUHJpdmFjeVNldHRpbmdzUmVzcG9uc2ViBnByb3RvMw");
 
 /**
  * Asks to record deliveries.
@@ -28,13 +28,27 @@ export const file_receipts_v1_receipts: GenFile = /*@__PURE__*/
  */
 export type MarkDeliveredRequest = Message<"receipts.v1.MarkDeliveredRequest"> & {
   /**
-   * The messages the caller's device received, in any conversations. At most
-   * 1000 entries (the limit counts entries as sent); duplicates are allowed
-   * and recorded once.
+   * The messages the caller's device received, in any conversations, by id
+   * alone. Prefer `conversations`: the server then finds each message in its
+   * conversation, where an id alone costs a lookup of its conversation first.
    *
    * @generated from field: repeated string message_ids = 1;
    */
   messageIds: string[];
+
+  /**
+   * The messages the caller's device received, grouped by the conversation
+   * they belong to. A message that is not in the conversation named for it is
+   * NOT_FOUND, like an unknown one.
+   *
+   * Both fields may be used in one call. At most 1000 entries in all (the
+   * limit counts message ids as sent, in both fields); duplicates are allowed
+   * and recorded once, but one message may not be named under two
+   * conversations (INVALID_ARGUMENT).
+   *
+   * @generated from field: repeated receipts.v1.ConversationMessageIds conversations = 2;
+   */
+  conversations: ConversationMessageIds[];
 };
 
 /**
@@ -45,13 +59,42 @@ export const MarkDeliveredRequestSchema: GenMessage<MarkDeliveredRequest> = /*@_
   messageDesc(file_receipts_v1_receipts, 0);
 
 /**
+ * Messages of one conversation.
+ *
+ * @generated from message receipts.v1.ConversationMessageIds
+ */
+export type ConversationMessageIds = Message<"receipts.v1.ConversationMessageIds"> & {
+  /**
+   * The conversation.
+   *
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * Messages of that conversation.
+   *
+   * @generated from field: repeated string message_ids = 2;
+   */
+  messageIds: string[];
+};
+
+/**
+ * Describes the message receipts.v1.ConversationMessageIds.
+ * Use `create(ConversationMessageIdsSchema)` to create a new message.
+ */
+export const ConversationMessageIdsSchema: GenMessage<ConversationMessageIds> = /*@__PURE__*/
+  messageDesc(file_receipts_v1_receipts, 1);
+
+/**
  * What MarkDelivered recorded.
  *
  * @generated from message receipts.v1.MarkDeliveredResponse
  */
 export type MarkDeliveredResponse = Message<"receipts.v1.MarkDeliveredResponse"> & {
   /**
-   * One result per distinct requested message, in request order.
+   * One result per distinct requested message, in request order: those of
+   * `message_ids` first, then those of `conversations`, in order.
    *
    * @generated from field: repeated receipts.v1.DeliveryResult results = 1;
    */
@@ -63,7 +106,7 @@ export type MarkDeliveredResponse = Message<"receipts.v1.MarkDeliveredResponse">
  * Use `create(MarkDeliveredResponseSchema)` to create a new message.
  */
 export const MarkDeliveredResponseSchema: GenMessage<MarkDeliveredResponse> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 1);
+  messageDesc(file_receipts_v1_receipts, 2);
 
 /**
  * The outcome of one delivery acknowledgement.
@@ -99,7 +142,7 @@ export type DeliveryResult = Message<"receipts.v1.DeliveryResult"> & {
  * Use `create(DeliveryResultSchema)` to create a new message.
  */
 export const DeliveryResultSchema: GenMessage<DeliveryResult> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 2);
+  messageDesc(file_receipts_v1_receipts, 3);
 
 /**
  * Asks to move the caller's read watermark.
@@ -128,7 +171,7 @@ export type MarkReadUpToRequest = Message<"receipts.v1.MarkReadUpToRequest"> & {
  * Use `create(MarkReadUpToRequestSchema)` to create a new message.
  */
 export const MarkReadUpToRequestSchema: GenMessage<MarkReadUpToRequest> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 3);
+  messageDesc(file_receipts_v1_receipts, 4);
 
 /**
  * The caller's read position after MarkReadUpTo.
@@ -164,7 +207,7 @@ export type MarkReadUpToResponse = Message<"receipts.v1.MarkReadUpToResponse"> &
  * Use `create(MarkReadUpToResponseSchema)` to create a new message.
  */
 export const MarkReadUpToResponseSchema: GenMessage<MarkReadUpToResponse> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 4);
+  messageDesc(file_receipts_v1_receipts, 5);
 
 /**
  * Asks for the receipt state of messages.
@@ -199,7 +242,7 @@ export type GetReceiptsRequest = Message<"receipts.v1.GetReceiptsRequest"> & {
  * Use `create(GetReceiptsRequestSchema)` to create a new message.
  */
 export const GetReceiptsRequestSchema: GenMessage<GetReceiptsRequest> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 5);
+  messageDesc(file_receipts_v1_receipts, 6);
 
 /**
  * The receipt state of the requested messages.
@@ -220,7 +263,7 @@ export type GetReceiptsResponse = Message<"receipts.v1.GetReceiptsResponse"> & {
  * Use `create(GetReceiptsResponseSchema)` to create a new message.
  */
 export const GetReceiptsResponseSchema: GenMessage<GetReceiptsResponse> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 6);
+  messageDesc(file_receipts_v1_receipts, 7);
 
 /**
  * The receipt state of one message, as the viewer may see it.
@@ -319,7 +362,7 @@ export type MessageReceipts = Message<"receipts.v1.MessageReceipts"> & {
  * Use `create(MessageReceiptsSchema)` to create a new message.
  */
 export const MessageReceiptsSchema: GenMessage<MessageReceipts> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 7);
+  messageDesc(file_receipts_v1_receipts, 8);
 
 /**
  * One recipient's state for a message, as the viewer may see it.
@@ -362,7 +405,7 @@ export type RecipientReceipt = Message<"receipts.v1.RecipientReceipt"> & {
  * Use `create(RecipientReceiptSchema)` to create a new message.
  */
 export const RecipientReceiptSchema: GenMessage<RecipientReceipt> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 8);
+  messageDesc(file_receipts_v1_receipts, 9);
 
 /**
  * Opens (or resumes) the caller's receipt stream.
@@ -398,7 +441,7 @@ export type SubscribeReceiptsRequest = Message<"receipts.v1.SubscribeReceiptsReq
  * Use `create(SubscribeReceiptsRequestSchema)` to create a new message.
  */
 export const SubscribeReceiptsRequestSchema: GenMessage<SubscribeReceiptsRequest> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 9);
+  messageDesc(file_receipts_v1_receipts, 10);
 
 /**
  * One event on the receipt stream.
@@ -460,7 +503,7 @@ export type SubscribeReceiptsResponse = Message<"receipts.v1.SubscribeReceiptsRe
  * Use `create(SubscribeReceiptsResponseSchema)` to create a new message.
  */
 export const SubscribeReceiptsResponseSchema: GenMessage<SubscribeReceiptsResponse> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 10);
+  messageDesc(file_receipts_v1_receipts, 11);
 
 /**
  * Absolute receipt states of messages the caller sent in one conversation.
@@ -511,7 +554,7 @@ export type ConversationReceipts = Message<"receipts.v1.ConversationReceipts"> &
  * Use `create(ConversationReceiptsSchema)` to create a new message.
  */
 export const ConversationReceiptsSchema: GenMessage<ConversationReceipts> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 11);
+  messageDesc(file_receipts_v1_receipts, 12);
 
 /**
  * One state shared by a run of messages: what `MessageReceipts` says of each
@@ -581,7 +624,7 @@ export type ReceiptRange = Message<"receipts.v1.ReceiptRange"> & {
  * Use `create(ReceiptRangeSchema)` to create a new message.
  */
 export const ReceiptRangeSchema: GenMessage<ReceiptRange> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 12);
+  messageDesc(file_receipts_v1_receipts, 13);
 
 /**
  * The caller's read position in one conversation, for unread badges that agree
@@ -617,7 +660,7 @@ export type WatermarkSync = Message<"receipts.v1.WatermarkSync"> & {
  * Use `create(WatermarkSyncSchema)` to create a new message.
  */
 export const WatermarkSyncSchema: GenMessage<WatermarkSync> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 13);
+  messageDesc(file_receipts_v1_receipts, 14);
 
 /**
  * A snapshot of the state a client needs to repaint after a reset.
@@ -654,7 +697,7 @@ export type ReceiptsReset = Message<"receipts.v1.ReceiptsReset"> & {
  * Use `create(ReceiptsResetSchema)` to create a new message.
  */
 export const ReceiptsResetSchema: GenMessage<ReceiptsReset> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 14);
+  messageDesc(file_receipts_v1_receipts, 15);
 
 /**
  * Marks the end of replay.
@@ -675,7 +718,7 @@ export type StreamLive = Message<"receipts.v1.StreamLive"> & {
  * Use `create(StreamLiveSchema)` to create a new message.
  */
 export const StreamLiveSchema: GenMessage<StreamLive> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 15);
+  messageDesc(file_receipts_v1_receipts, 16);
 
 /**
  * Asks for unread counts.
@@ -696,7 +739,7 @@ export type GetUnreadCountsRequest = Message<"receipts.v1.GetUnreadCountsRequest
  * Use `create(GetUnreadCountsRequestSchema)` to create a new message.
  */
 export const GetUnreadCountsRequestSchema: GenMessage<GetUnreadCountsRequest> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 16);
+  messageDesc(file_receipts_v1_receipts, 17);
 
 /**
  * Unread counts, one per requested conversation.
@@ -717,7 +760,7 @@ export type GetUnreadCountsResponse = Message<"receipts.v1.GetUnreadCountsRespon
  * Use `create(GetUnreadCountsResponseSchema)` to create a new message.
  */
 export const GetUnreadCountsResponseSchema: GenMessage<GetUnreadCountsResponse> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 17);
+  messageDesc(file_receipts_v1_receipts, 18);
 
 /**
  * The unread count of one conversation.
@@ -767,7 +810,7 @@ export type ConversationUnread = Message<"receipts.v1.ConversationUnread"> & {
  * Use `create(ConversationUnreadSchema)` to create a new message.
  */
 export const ConversationUnreadSchema: GenMessage<ConversationUnread> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 18);
+  messageDesc(file_receipts_v1_receipts, 19);
 
 /**
  * Asks to mark conversations read up to their latest message.
@@ -788,7 +831,7 @@ export type MarkConversationsReadRequest = Message<"receipts.v1.MarkConversation
  * Use `create(MarkConversationsReadRequestSchema)` to create a new message.
  */
 export const MarkConversationsReadRequestSchema: GenMessage<MarkConversationsReadRequest> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 19);
+  messageDesc(file_receipts_v1_receipts, 20);
 
 /**
  * One result per requested conversation.
@@ -809,7 +852,7 @@ export type MarkConversationsReadResponse = Message<"receipts.v1.MarkConversatio
  * Use `create(MarkConversationsReadResponseSchema)` to create a new message.
  */
 export const MarkConversationsReadResponseSchema: GenMessage<MarkConversationsReadResponse> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 20);
+  messageDesc(file_receipts_v1_receipts, 21);
 
 /**
  * The result of marking one conversation read.
@@ -851,7 +894,7 @@ export type ConversationReadResult = Message<"receipts.v1.ConversationReadResult
  * Use `create(ConversationReadResultSchema)` to create a new message.
  */
 export const ConversationReadResultSchema: GenMessage<ConversationReadResult> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 21);
+  messageDesc(file_receipts_v1_receipts, 22);
 
 /**
  * A user's privacy settings.
@@ -876,7 +919,7 @@ export type PrivacySettings = Message<"receipts.v1.PrivacySettings"> & {
  * Use `create(PrivacySettingsSchema)` to create a new message.
  */
 export const PrivacySettingsSchema: GenMessage<PrivacySettings> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 22);
+  messageDesc(file_receipts_v1_receipts, 23);
 
 /**
  * Asks for the caller's privacy settings.
@@ -891,7 +934,7 @@ export type GetPrivacySettingsRequest = Message<"receipts.v1.GetPrivacySettingsR
  * Use `create(GetPrivacySettingsRequestSchema)` to create a new message.
  */
 export const GetPrivacySettingsRequestSchema: GenMessage<GetPrivacySettingsRequest> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 23);
+  messageDesc(file_receipts_v1_receipts, 24);
 
 /**
  * The caller's privacy settings.
@@ -912,7 +955,7 @@ export type GetPrivacySettingsResponse = Message<"receipts.v1.GetPrivacySettings
  * Use `create(GetPrivacySettingsResponseSchema)` to create a new message.
  */
 export const GetPrivacySettingsResponseSchema: GenMessage<GetPrivacySettingsResponse> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 24);
+  messageDesc(file_receipts_v1_receipts, 25);
 
 /**
  * Replaces the caller's privacy settings.
@@ -933,7 +976,7 @@ export type UpdatePrivacySettingsRequest = Message<"receipts.v1.UpdatePrivacySet
  * Use `create(UpdatePrivacySettingsRequestSchema)` to create a new message.
  */
 export const UpdatePrivacySettingsRequestSchema: GenMessage<UpdatePrivacySettingsRequest> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 25);
+  messageDesc(file_receipts_v1_receipts, 26);
 
 /**
  * The caller's privacy settings after the update.
@@ -954,7 +997,7 @@ export type UpdatePrivacySettingsResponse = Message<"receipts.v1.UpdatePrivacySe
  * Use `create(UpdatePrivacySettingsResponseSchema)` to create a new message.
  */
 export const UpdatePrivacySettingsResponseSchema: GenMessage<UpdatePrivacySettingsResponse> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 26);
+  messageDesc(file_receipts_v1_receipts, 27);
 
 /**
  * The sender's aggregate tick for a message.

@@ -109,6 +109,10 @@ struct Args {
     /// Skip the no-op baseline.
     #[arg(long)]
     no_baseline: bool,
+    /// MarkDelivered names messages by id alone (the form before the
+    /// conversation form), for comparing the two.
+    #[arg(long)]
+    deliver_by_id: bool,
     /// Write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -385,7 +389,15 @@ async fn main() -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let wl = Workload::setup(&url, &auth, kinds.clone(), args.devices, args.batch).await?;
+    let wl = Workload::setup(
+        &url,
+        &auth,
+        kinds.clone(),
+        args.devices,
+        args.batch,
+        args.deliver_by_id,
+    )
+    .await?;
     let connections = wl.connections();
     let warmup = Duration::from_secs_f64(args.warmup_secs);
     let duration = Duration::from_secs_f64(args.duration_secs);

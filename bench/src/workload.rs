@@ -83,6 +83,8 @@ struct Conversation {
 pub enum Op {
     Deliver {
         client: Client,
+        /// Named in MarkDelivered's conversation form, unless `None`.
+        conversation: Option<Uuid>,
         ids: Vec<Uuid>,
         round: Arc<Round>,
     },
@@ -162,6 +164,8 @@ pub struct Workload {
     senders: Vec<Client>,
     rounds: Rounds,
     batch: usize,
+    /// MarkDelivered names messages by id alone.
+    by_id: bool,
 }
 
 impl Workload {
@@ -173,6 +177,7 @@ impl Workload {
         kinds: Vec<Kind>,
         devices: usize,
         batch: usize,
+        by_id: bool,
     ) -> anyhow::Result<Self> {
         let backend = auth.service(url)?.backend();
         let mut conversations = Vec::new();
@@ -212,6 +217,7 @@ impl Workload {
             senders,
             rounds: Arc::new(Mutex::new(BTreeMap::new())),
             batch: batch.max(1),
+            by_id,
         })
     }
 
@@ -302,6 +308,7 @@ impl Workload {
             devices: self.devices,
             rounds: self.rounds,
             batch: self.batch,
+            by_id: self.by_id,
         });
         let mut tasks = tokio::task::JoinSet::new();
         for g in 0..generators.max(1) {
@@ -325,6 +332,7 @@ struct Generator {
     devices: HashMap<Uuid, Vec<Client>>,
     rounds: Rounds,
     batch: usize,
+    by_id: bool,
 }
 
 impl Generator {
@@ -388,6 +396,7 @@ impl Generator {
             for u in &recipients {
                 batch.push(Op::Deliver {
                     client: device(&mut rng, u),
+                    conversation: (!self.by_id).then_some(conversation),
                     ids: ids.clone(),
                     round: round.clone(),
                 });
@@ -423,9 +432,17 @@ impl Op {
         let issued = Instant::now();
         let in_window = stats.measuring(issued).then_some(issued);
         let out = match self {
-            Op::Deliver { client, ids, round } => {
+            Op::Deliver {
+                client,
+                conversation,
+                ids,
+                round,
+            } => {
                 round.issued(false, in_window);
-                client.mark_delivered(&ids).await.map(|_| ())
+                match conversation {
+                    Some(c) => client.mark_delivered_in(c, &ids).await.map(|_| ()),
+                    None => client.mark_delivered(&ids).await.map(|_| ()),
+                }
             }
             Op::Read {
                 client,

@@ -186,19 +186,22 @@ async fn flush_reads(
 /// Made by [`Client::delivered_batcher`].
 ///
 /// ```no_run
-/// # async fn demo(client: receipts_sdk::Client, arrived: Vec<uuid::Uuid>) -> Result<(), receipts_sdk::Error> {
+/// # async fn demo(client: receipts_sdk::Client, arrived: Vec<(uuid::Uuid, uuid::Uuid)>) -> Result<(), receipts_sdk::Error> {
 /// use std::time::Duration;
 /// let batcher = client.delivered_batcher_with(100, Duration::from_millis(200));
-/// for message in arrived {
-///     batcher.deliver(message);
+/// for (conversation, message) in arrived {
+///     batcher.deliver_in(conversation, message);
 /// }
 /// batcher.close().await?;
 /// # Ok(()) }
 /// ```
 #[derive(Debug)]
 pub struct DeliveredBatcher {
-    worker: Worker<Uuid>,
+    worker: Worker<Named>,
 }
+
+/// A message to acknowledge, with its conversation when known.
+type Named = (Option<Uuid>, Uuid);
 
 impl DeliveredBatcher {
     /// Messages per batch unless told otherwise.
@@ -216,9 +219,17 @@ impl DeliveredBatcher {
         }
     }
 
-    /// Notes that `message` arrived on this device.
+    /// Notes that `message` arrived on this device. Prefer
+    /// [`DeliveredBatcher::deliver_in`] when you know its conversation.
     pub fn deliver(&self, message: Uuid) {
-        self.worker.send(message);
+        self.worker.send((None, message));
+    }
+
+    /// Notes that `message` of `conversation` arrived on this device; it is
+    /// sent in the conversation form of MarkDelivered, which spares the
+    /// server a lookup of the message's conversation.
+    pub fn deliver_in(&self, conversation: Uuid, message: Uuid) {
+        self.worker.send((Some(conversation), message));
     }
 
     /// Sends everything pending now and waits for the answers.
@@ -236,9 +247,9 @@ async fn delivered_task(
     client: Client,
     max_batch: usize,
     max_delay: Duration,
-    mut rx: mpsc::UnboundedReceiver<Cmd<Uuid>>,
+    mut rx: mpsc::UnboundedReceiver<Cmd<Named>>,
 ) {
-    let mut pending: Vec<Uuid> = Vec::new();
+    let mut pending: Vec<Named> = Vec::new();
     let mut seen: HashSet<Uuid> = HashSet::new();
     let mut deadline: Option<tokio::time::Instant> = None;
     loop {
@@ -251,7 +262,7 @@ async fn delivered_task(
         tokio::select! {
             cmd = rx.recv() => match cmd {
                 Some(Cmd::Item(m)) => {
-                    if seen.insert(m) {
+                    if seen.insert(m.1) {
                         pending.push(m);
                     }
                     deadline.get_or_insert_with(|| tokio::time::Instant::now() + max_delay);
@@ -284,17 +295,17 @@ async fn delivered_task(
 
 async fn send_delivered(
     client: &Client,
-    pending: &mut Vec<Uuid>,
+    pending: &mut Vec<Named>,
     seen: &mut HashSet<Uuid>,
     max_batch: usize,
 ) -> Result<(), Error> {
     while !pending.is_empty() {
         let n = pending.len().min(max_batch);
-        let batch: Vec<Uuid> = pending[..n].to_vec();
-        match client.mark_delivered(&batch).await {
+        let batch: Vec<Named> = pending[..n].to_vec();
+        match client.mark_delivered_named(&batch).await {
             Ok(_) => {
                 pending.drain(..n);
-                for m in &batch {
+                for (_, m) in &batch {
                     seen.remove(m);
                 }
             }
@@ -303,7 +314,7 @@ async fn send_delivered(
                 // A permanent error (an unknown id, say) would fail forever:
                 // drop the batch and report it.
                 pending.drain(..n);
-                for m in &batch {
+                for (_, m) in &batch {
                     seen.remove(m);
                 }
                 return Err(e);

@@ -6,6 +6,7 @@ use crate::tls::ClientTls;
 use crate::trace::{TraceContext, TraceSource};
 use crate::types::*;
 use crate::{Error, proto};
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -588,22 +589,67 @@ impl Client {
         }
     }
 
-    /// Acknowledges that one of your devices has these messages (≤ 1000).
-    /// Returns one result per distinct message, in order. All messages are
-    /// checked first: an unknown one fails the call and records nothing.
+    /// Acknowledges that one of your devices has these messages (≤ 1000),
+    /// named by id alone. Returns one result per distinct message, in order.
+    /// All messages are checked first: an unknown one fails the call and
+    /// records nothing. Prefer [`Client::mark_delivered_in`] when you know
+    /// the conversation: the server then needs no lookup of each message's
+    /// conversation.
     pub async fn mark_delivered(&self, message_ids: &[Uuid]) -> Result<Vec<Delivery>, Error> {
-        let req = proto::MarkDeliveredRequest {
-            message_ids: ids(message_ids),
-        };
+        let named: Vec<(Option<Uuid>, Uuid)> = message_ids.iter().map(|m| (None, *m)).collect();
+        self.mark_delivered_named(&named).await
+    }
+
+    /// Acknowledges that one of your devices has these messages of
+    /// `conversation_id` (≤ 1000). Returns one result per distinct message,
+    /// in order. All messages are checked first: one that is not in the
+    /// conversation is NOT_FOUND, and the call then records nothing.
+    pub async fn mark_delivered_in(
+        &self,
+        conversation_id: Uuid,
+        message_ids: &[Uuid],
+    ) -> Result<Vec<Delivery>, Error> {
+        let named: Vec<(Option<Uuid>, Uuid)> = message_ids
+            .iter()
+            .map(|m| (Some(conversation_id), *m))
+            .collect();
+        self.mark_delivered_named(&named).await
+    }
+
+    /// MarkDelivered of messages each named alone or with its conversation:
+    /// those with a conversation go in `conversations` (grouped, first-seen
+    /// order); results come back in the order of `named`.
+    pub(crate) async fn mark_delivered_named(
+        &self,
+        named: &[(Option<Uuid>, Uuid)],
+    ) -> Result<Vec<Delivery>, Error> {
+        let mut req = proto::MarkDeliveredRequest::default();
+        let mut group: HashMap<Uuid, usize> = HashMap::new();
+        for (conversation, message) in named {
+            match conversation {
+                None => req.message_ids.push(message.to_string()),
+                Some(c) => {
+                    let i = *group.entry(*c).or_insert_with(|| {
+                        req.conversations.push(proto::ConversationMessageIds {
+                            conversation_id: c.to_string(),
+                            message_ids: Vec::new(),
+                        });
+                        req.conversations.len() - 1
+                    });
+                    req.conversations[i].message_ids.push(message.to_string());
+                }
+            }
+        }
         let resp = self
             .unary(req, |ch, r| async move {
                 UserStub::new(ch).mark_delivered(r).await
             })
             .await?;
-        resp.results
+        let mut by_id: HashMap<Uuid, Delivery> = resp
+            .results
             .into_iter()
             .map(|r| {
-                Ok(Delivery {
+                let d = Delivery {
                     message_id: uuid("message_id", &r.message_id)?,
                     outcome: match proto::DeliveryOutcome::try_from(r.outcome) {
                         Ok(proto::DeliveryOutcome::Recorded) => DeliveryOutcome::Recorded,
@@ -611,9 +657,12 @@ impl Client {
                         _ => DeliveryOutcome::AlreadyDelivered,
                     },
                     delivered_at: time(r.delivered_at_ms),
-                })
+                };
+                Ok((d.message_id, d))
             })
-            .collect()
+            .collect::<Result<_, Error>>()?;
+        // One result per distinct message, in the caller's order.
+        Ok(named.iter().filter_map(|(_, m)| by_id.remove(m)).collect())
     }
 
     /// Marks everything in `conversation_id` up to and including `message_id`

@@ -53,7 +53,7 @@
 //!
 //! // Bob's device receives the message, and Bob reads it.
 //! let bob_client = Client::builder(&url).dev_user(bob).connect().await?;
-//! bob_client.mark_delivered(&[hello]).await?;
+//! bob_client.mark_delivered_in(chat, &[hello]).await?;
 //! bob_client.mark_read_up_to(chat, hello).await?;
 //!
 //! // Alice sees two ticks, then blue ticks.

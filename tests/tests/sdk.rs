@@ -86,6 +86,20 @@ async fn sdk_covers_every_method() {
     assert_eq!(d.len(), 1);
     assert_eq!(d[0].outcome, DeliveryOutcome::Recorded);
     assert!(d[0].delivered_at.is_some());
+    // The conversation form: one result per distinct message, in order.
+    let carol = user_client(&url, members[2]).await;
+    let d = carol
+        .mark_delivered_in(conv, &[msgs[2], msgs[1], msgs[2]])
+        .await
+        .unwrap();
+    let got: Vec<(Uuid, DeliveryOutcome)> = d.iter().map(|d| (d.message_id, d.outcome)).collect();
+    assert_eq!(
+        got,
+        [
+            (msgs[2], DeliveryOutcome::Recorded),
+            (msgs[1], DeliveryOutcome::Recorded)
+        ]
+    );
     let pos = bob.mark_read_up_to(conv, msgs[1]).await.unwrap();
     assert_eq!(
         (pos.read_up_to_seq, pos.advanced, pos.unread_count),
@@ -144,6 +158,10 @@ async fn sdk_maps_every_status_to_a_typed_error() {
         other => panic!("{other:?}"),
     }
     match member.mark_delivered(&[Uuid::now_v7()]).await {
+        Err(e @ Error::NotFound(_)) => assert_eq!(e.code(), Some(tonic::Code::NotFound)),
+        other => panic!("{other:?}"),
+    }
+    match member.mark_delivered_in(Uuid::now_v7(), &msgs).await {
         Err(e @ Error::NotFound(_)) => assert_eq!(e.code(), Some(tonic::Code::NotFound)),
         other => panic!("{other:?}"),
     }
@@ -603,8 +621,13 @@ async fn delivered_batcher_groups_by_size_and_time_and_flushes_on_close() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    for m in &msgs[201..] {
-        batcher.deliver(*m);
+    // The conversation form, mixed with ids alone in one batch.
+    for (i, m) in msgs[201..].iter().enumerate() {
+        if i % 2 == 0 {
+            batcher.deliver_in(conv, *m);
+        } else {
+            batcher.deliver(*m);
+        }
     }
     batcher.close().await.unwrap();
     for chunk in msgs.chunks(100) {

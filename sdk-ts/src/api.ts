@@ -38,6 +38,7 @@ export type {
   DeliveryResult,
   LiveEvent,
   MessageReceipts,
+  MessageRef,
   PrivacySettings,
   ReadUpToResult,
   ReceiptEvent,

@@ -16,6 +16,7 @@ import {
   type ConversationUnread,
   type DeliveryResult,
   type MessageReceipts,
+  type MessageRef,
   type PrivacySettings,
   type ReadUpToResult,
 } from "./types.js";
@@ -29,14 +30,62 @@ import { unary, type RequestOptions } from "./unary.js";
  */
 export type ReceiptsConnection = Connection;
 
-/** Acknowledges that one of the caller's devices has these messages (≤ 1000 ids); one result per distinct id, in order. */
+/**
+ * Acknowledges that one of the caller's devices has these messages (≤ 1000
+ * ids): each named with its conversation (`{ conversationId, messageId }`,
+ * preferred) or by its id alone, mixed as you like. One result per distinct
+ * message id, in the order given.
+ */
 export async function markDelivered(
   connection: ReceiptsConnection,
-  messageIds: string[],
+  messages: readonly (MessageRef | string)[],
   options?: RequestOptions,
 ): Promise<DeliveryResult[]> {
-  const res = await unary(connection, ReceiptService.method.markDelivered, { messageIds }, options);
-  return res.results.map(deliveryResult);
+  const request = deliveredRequest(messages);
+  const res = await unary(connection, ReceiptService.method.markDelivered, request, options);
+  const results = res.results.map(deliveryResult);
+  if (request.conversations.length === 0) {
+    return results; // ids alone: the server answers in their order
+  }
+  // The server answers ids alone first, then conversation by conversation.
+  const position = new Map<string, number>();
+  messages.forEach((m, i) => {
+    const id = typeof m === "string" ? m : m.messageId;
+    if (!position.has(id)) {
+      position.set(id, i);
+    }
+  });
+  const at = (r: DeliveryResult) => position.get(r.messageId) ?? messages.length;
+  return results.sort((a, b) => at(a) - at(b));
+}
+
+/**
+ * The MarkDelivered request for `messages`: ids alone in `message_ids` as
+ * given, and the others grouped by conversation (first-seen order) in
+ * `conversations`. An id also given with its conversation is sent only with
+ * it. Everything else (ids, limits, one conversation per message) is the
+ * server's to check.
+ */
+function deliveredRequest(messages: readonly (MessageRef | string)[]) {
+  const byConversation = new Map<string, string[]>();
+  for (const m of messages) {
+    if (typeof m !== "string") {
+      const ids = byConversation.get(m.conversationId);
+      if (ids === undefined) {
+        byConversation.set(m.conversationId, [m.messageId]);
+      } else {
+        ids.push(m.messageId);
+      }
+    }
+  }
+  if (byConversation.size === 0) {
+    return { messageIds: messages as string[], conversations: [] };
+  }
+  const named = new Set([...byConversation.values()].flat());
+  return {
+    messageIds: messages.filter((m): m is string => typeof m === "string" && !named.has(m)),
+    conversations: [...byConversation].map(([conversationId, messageIds]) => ({ conversationId, messageIds })),
+  };
 }
 
 /** Moves the caller's read watermark in a conversation up to a message (one write however many messages it covers). */
@@ -130,5 +179,5 @@ export function readMarker(connection: ReceiptsConnection, options?: ReadMarkerO
 
 /** A delivered batcher: MarkDelivered calls bounded in size and delay. */
 export function deliveredBatcher(connection: ReceiptsConnection, options?: DeliveredBatcherOptions): DeliveredBatcher {
-  return createDeliveredBatcher((ids) => markDelivered(connection, ids), options);
+  return createDeliveredBatcher((messages) => markDelivered(connection, messages), options);
 }

@@ -22,6 +22,7 @@ import type {
   ConversationUnread,
   DeliveryResult,
   MessageReceipts,
+  MessageRef,
   PrivacySettings,
   ReadUpToResult,
 } from "./types.js";
@@ -36,8 +37,13 @@ export type ReceiptsClientOptions = ConnectionOptions;
  * Writes are idempotent, so retrying one is always safe.
  */
 export interface ReceiptsClient {
-  /** Acknowledges that one of the caller's devices has these messages (≤ 1000 ids); one result per distinct id, in order. */
-  markDelivered(messageIds: string[], options?: RequestOptions): Promise<DeliveryResult[]>;
+  /**
+   * Acknowledges that one of the caller's devices has these messages (≤ 1000
+   * ids): each named with its conversation (`{ conversationId, messageId }`,
+   * preferred) or by its id alone, mixed as you like. One result per distinct
+   * message id, in the order given.
+   */
+  markDelivered(messages: readonly (MessageRef | string)[], options?: RequestOptions): Promise<DeliveryResult[]>;
   /** Moves the caller's read watermark in a conversation up to a message (one write however many messages it covers). */
   markReadUpTo(conversationId: string, messageId: string, options?: RequestOptions): Promise<ReadUpToResult>;
   /** The receipt state of up to 100 messages of one conversation, as the caller may see it. */
@@ -70,7 +76,7 @@ export interface ReceiptsClient {
  */
 export function receiptsClient(connection: Connection): ReceiptsClient {
   return {
-    markDelivered: (messageIds, o) => markDelivered(connection, messageIds, o),
+    markDelivered: (messages, o) => markDelivered(connection, messages, o),
     markReadUpTo: (conversationId, messageId, o) => markReadUpTo(connection, conversationId, messageId, o),
     getReceipts: (conversationId, messageIds, o) => getReceipts(connection, conversationId, messageIds, o),
     subscribe: (o) => subscribe(connection, o),

@@ -2,13 +2,16 @@
 // displays; the batcher turns that into few MarkDelivered calls, bounded in
 // size and in delay.
 import { ReceiptsError } from "./errors.js";
-import type { DeliveryResult } from "./types.js";
+import type { DeliveryResult, MessageRef } from "./types.js";
 
 /** Options of `client.deliveredBatcher()`. */
 export interface DeliveredBatcherOptions {
-  /** Send as soon as this many distinct ids are pending (default 100; the server accepts up to 1000). */
+  /**
+   * Send as soon as this many distinct messages are pending (default 100; the
+   * server accepts up to 1000 ids a call, each sent once however it was named).
+   */
   maxBatch?: number;
-  /** Send pending ids at the latest this many ms after the first was added (default 200). */
+  /** Send pending messages at the latest this many ms after the first was added (default 200). */
   maxDelayMs?: number;
   /** Called with the results of every successful call. */
   onResults?: (results: DeliveryResult[]) => void;
@@ -23,15 +26,23 @@ export interface DeliveredBatcherOptions {
 
 /** Collects delivered acknowledgements and sends them in batches. */
 export interface DeliveredBatcher {
-  /** Acknowledges messages (duplicates of pending ids are sent once). */
-  add(...messageIds: string[]): void;
+  /**
+   * Acknowledges messages, each named with its conversation
+   * (`{ conversationId, messageId }`, preferred: the server then needs no
+   * lookup of the conversation) or by its id alone. A message pending twice
+   * is sent once, with a conversation if it was given one.
+   */
+  add(...messages: (MessageRef | string)[]): void;
   /** Sends everything pending now and waits; rejects with a `ReceiptsError` if a batch failed. */
   flush(): Promise<void>;
-  /** Flushes, then refuses further ids. */
+  /** Flushes, then refuses further messages. */
   close(): Promise<void>;
 }
 
-type Send = (messageIds: string[]) => Promise<DeliveryResult[]>;
+type Send = (messages: (MessageRef | string)[]) => Promise<DeliveryResult[]>;
+
+/** Pending messages taken for one call: `[messageId, conversationId if known]`. */
+type Batch = [string, string | undefined][];
 
 /** How many acknowledged ids to remember, so re-adding them costs no call. */
 const REMEMBERED = 10_000;
@@ -48,32 +59,43 @@ export function createDeliveredBatcher(
   if (!Number.isSafeInteger(maxBatch) || maxBatch < 1 || maxBatch > 1000) {
     throw new RangeError(`deliveredBatcher: maxBatch must be 1..1000, got ${String(maxBatch)}`);
   }
-  // Insertion-ordered sets: pending ids in the order added; acknowledged ids
-  // oldest first, trimmed to REMEMBERED.
-  const pending = new Set<string>();
+  // Insertion-ordered: pending ids in the order added, each with its
+  // conversation if known; acknowledged ids oldest first, trimmed to REMEMBERED.
+  const pending = new Map<string, string | undefined>();
   const acknowledged = new Set<string>();
   const inflight = new Set<Promise<ReceiptsError | undefined>>();
   const unreported: ReceiptsError[] = [];
   let timer: ReturnType<typeof setTimeout> | undefined;
   let closed = false;
 
-  function take(): string[] {
-    const batch: string[] = [];
-    for (const id of pending) {
+  /** Makes `id` pending, keeping the conversation it was given before if this call names none. */
+  function put(id: string, conversationId: string | undefined): void {
+    if (conversationId !== undefined || !pending.has(id)) {
+      pending.set(id, conversationId);
+    }
+  }
+
+  /** Up to maxBatch pending ids, oldest first (one id each: the call carries at most maxBatch ids). */
+  function take(): Batch {
+    const batch: Batch = [];
+    for (const entry of pending) {
       if (batch.length === maxBatch) {
         break;
       }
-      batch.push(id);
-      pending.delete(id);
+      batch.push(entry);
+      pending.delete(entry[0]);
     }
     return batch;
   }
 
   /** Sends one batch; resolves with its error, if any. */
-  function sendBatch(batch: string[], background: boolean): Promise<ReceiptsError | undefined> {
-    const call = send(batch).then(
+  function sendBatch(batch: Batch, background: boolean): Promise<ReceiptsError | undefined> {
+    const messages = batch.map(([messageId, conversationId]) =>
+      conversationId === undefined ? messageId : { conversationId, messageId },
+    );
+    const call = send(messages).then(
       (results) => {
-        for (const id of batch) {
+        for (const [id] of batch) {
           acknowledged.add(id);
         }
         for (const id of acknowledged) {
@@ -88,12 +110,12 @@ export function createDeliveredBatcher(
       (e: unknown) => {
         const error = ReceiptsError.from(e);
         if (error.retryable) {
-          for (const id of batch) {
-            pending.add(id);
+          for (const [id, conversationId] of batch) {
+            put(id, conversationId);
           }
           schedule(Math.max(maxDelayMs, RETRY_DELAY_MS));
         } else if (background && options.onError !== undefined) {
-          options.onError(error, batch);
+          options.onError(error, batch.map(([id]) => id));
         } else if (background) {
           unreported.push(error);
         }
@@ -140,13 +162,14 @@ export function createDeliveredBatcher(
   }
 
   return {
-    add(...messageIds) {
+    add(...messages) {
       if (closed) {
         throw new TypeError("DeliveredBatcher.add: the batcher is closed");
       }
-      for (const id of messageIds) {
+      for (const m of messages) {
+        const [id, conversationId] = typeof m === "string" ? [m, undefined] : [m.messageId, m.conversationId];
         if (!acknowledged.has(id)) {
-          pending.add(id);
+          put(id, conversationId);
         }
       }
       schedule();

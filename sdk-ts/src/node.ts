@@ -60,7 +60,7 @@ export function createReceiptsClient(options: ReceiptsClientOptions): ReceiptsCl
  *
  * ```ts
  * const connection = createReceiptsConnection({ baseUrl, token: getJwt });
- * await markDelivered(connection, [messageId]);
+ * await markDelivered(connection, [{ conversationId, messageId }]);
  * ```
  */
 export function createReceiptsConnection(options: ConnectionOptions): ReceiptsConnection {

@@ -83,6 +83,17 @@ export interface RecipientReceipt {
   readAt: Date | null;
 }
 
+/**
+ * A message named with the conversation it belongs to, for `markDelivered`
+ * and `DeliveredBatcher.add` (a `MessageReceipts` is one too). Preferred over
+ * the id alone: the server then finds the message in its conversation instead
+ * of first looking up which conversation it is in.
+ */
+export interface MessageRef {
+  conversationId: string;
+  messageId: string;
+}
+
 /** The outcome of acknowledging one message with `markDelivered`. */
 export interface DeliveryResult {
   messageId: string;

@@ -1,6 +1,9 @@
 // Every method of both clients against a real receiptd, with domain types out.
 import { describe, expect, it, vi } from "vitest";
+import type { MarkDeliveredRequest } from "../src/gen/receipts/v1/receipts_pb.js";
 import {
+  Code,
+  ReceiptsError,
   createBackendClient,
   createReceiptsClient,
   createReceiptsConnection,
@@ -11,7 +14,8 @@ import {
   subscribe,
 } from "../src/node.js";
 import { mintToken } from "./receiptd.js";
-import { backend, baseUrl, chat, uuid } from "./world.js";
+import { rejection } from "./rejection.js";
+import { backend, baseUrl, chat, countingTransport, uuid, type Message } from "./world.js";
 
 describe("ReceiptService", () => {
   it("markDelivered answers per distinct message and turns the tick to delivered", async () => {
@@ -114,6 +118,99 @@ describe("ReceiptService", () => {
     await reader.markReadUpTo(c.conversationId, m!.id);
     const [seen] = await c.clients[0]!.getReceipts(c.conversationId, [m!.id]);
     expect([seen!.tick, seen!.readCount, seen!.deliveredCount]).toEqual(["delivered", 0, 1]);
+  });
+});
+
+describe("markDelivered with conversations", () => {
+  it("groups messages by conversation and answers in the order given, mixed with ids alone", async () => {
+    const a = await chat(2);
+    const b = await chat(a.users); // the same two people, another conversation
+    const [a1, a2, a3] = await a.send(3);
+    const [b1, b2] = await b.send(2);
+    const t = countingTransport();
+    const bob = createReceiptsClient({ transport: t.transport, token: mintToken(a.users[1]!, "user") });
+    const inA = (m: Message) => ({ conversationId: a.conversationId, messageId: m.id });
+    const inB = (m: Message) => ({ conversationId: b.conversationId, messageId: m.id });
+    const results = await bob.markDelivered([inB(b1!), a1!.id, inA(a2!), inB(b2!), a3!.id, inA(a3!), inB(b1!)]);
+    // The server answers ids alone first (a1, then b1, b2, a2, a3): the SDK
+    // gives them back in the caller's order, one per distinct message.
+    expect(results.map((r) => [r.messageId, r.outcome])).toEqual(
+      [b1, a1, a2, b2, a3].map((m) => [m!.id, "recorded"]),
+    );
+    expect(results.every((r) => r.deliveredAt instanceof Date)).toBe(true);
+
+    // One call: ids alone as given (a3, named with its conversation too, is
+    // sent only with it), the others grouped by conversation, first seen first.
+    const sent = t.calls.filter((x) => x.method === "MarkDelivered").map((x) => x.message as MarkDeliveredRequest);
+    expect(sent).toHaveLength(1);
+    expect(sent[0]!.messageIds).toEqual([a1!.id]);
+    expect(sent[0]!.conversations.map((g) => [g.conversationId, g.messageIds])).toEqual([
+      [b.conversationId, [b1!.id, b2!.id, b1!.id]],
+      [a.conversationId, [a2!.id, a3!.id]],
+    ]);
+
+    const ticks = [
+      ...(await a.clients[0]!.getReceipts(a.conversationId, [a1!.id, a2!.id, a3!.id])),
+      ...(await b.clients[0]!.getReceipts(b.conversationId, [b1!.id, b2!.id])),
+    ].map((m) => m.tick);
+    expect(ticks).toEqual(["delivered", "delivered", "delivered", "delivered", "delivered"]);
+    const again = await bob.markDelivered([inA(a1!), b2!.id]);
+    expect(again.map((r) => [r.messageId, r.outcome])).toEqual([
+      [a1!.id, "already_delivered"],
+      [b2!.id, "already_delivered"],
+    ]);
+  });
+
+  it("rejects a message named under a conversation it is not in as NOT_FOUND, recording nothing", async () => {
+    const a = await chat(2);
+    const b = await chat(a.users);
+    const [a1, a2] = await a.send(2);
+    await b.send(1);
+    const bob = a.clients[1]!;
+    const right = { conversationId: a.conversationId, messageId: a1!.id };
+    for (const wrong of [b.conversationId, uuid()]) {
+      const e = await rejection(bob.markDelivered([right, { conversationId: wrong, messageId: a2!.id }]));
+      expect(e).toBeInstanceOf(ReceiptsError);
+      expect(e.code).toBe(Code.NotFound);
+      expect(e.field).toMatch(/^conversations/);
+      expect(e.rawMessage).toContain(a2!.id);
+      expect(e.retryable).toBe(false);
+    }
+    // All or nothing: not even the message named rightly was recorded.
+    const states = await a.clients[0]!.getReceipts(a.conversationId, [a1!.id, a2!.id]);
+    expect(states.map((m) => [m.tick, m.deliveredCount])).toEqual([
+      ["sent", 0],
+      ["sent", 0],
+    ]);
+    const fixed = await bob.markDelivered([right, { conversationId: a.conversationId, messageId: a2!.id }]);
+    expect(fixed.map((r) => r.outcome)).toEqual(["recorded", "recorded"]);
+  });
+
+  it("rejects one message named under two conversations as INVALID_ARGUMENT", async () => {
+    const a = await chat(2);
+    const b = await chat(a.users);
+    const [a1] = await a.send(1);
+    await b.send(1);
+    const bob = a.clients[1]!;
+    const e = await rejection(
+      bob.markDelivered([
+        { conversationId: a.conversationId, messageId: a1!.id },
+        { conversationId: b.conversationId, messageId: a1!.id },
+      ]),
+    );
+    expect(e.code).toBe(Code.InvalidArgument);
+    expect(e.field).toMatch(/^conversations/);
+    const [state] = await a.clients[0]!.getReceipts(a.conversationId, [a1!.id]);
+    expect(state!.deliveredCount).toBe(0);
+  });
+
+  it("takes what getReceipts returned, through the standalone function too", async () => {
+    const c = await chat(2);
+    const ms = await c.send(2);
+    const reader = createReceiptsConnection({ baseUrl: baseUrl(), token: mintToken(c.users[1]!, "user") });
+    const states = await getReceipts(reader, c.conversationId, ms.map((m) => m.id));
+    const results = await markDelivered(reader, states);
+    expect(results.map((r) => [r.messageId, r.outcome])).toEqual(ms.map((m) => [m.id, "recorded"]));
   });
 });
 

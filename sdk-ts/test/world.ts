@@ -41,9 +41,12 @@ export function userClient(userId: string, url = baseUrl()): ReceiptsClient {
   return createReceiptsClient({ baseUrl: url, token: mintToken(userId, "user") });
 }
 
-/** A conversation of `members` users (2 = direct, more = group). */
-export async function chat(members: number, url = baseUrl()): Promise<Chat> {
-  const users = Array.from({ length: members }, uuid);
+/**
+ * A conversation of `members` new users (2 = direct, more = group), or of
+ * these users (another conversation of the same people).
+ */
+export async function chat(members: number | string[], url = baseUrl()): Promise<Chat> {
+  const users = typeof members === "number" ? Array.from({ length: members }, uuid) : [...members];
   const conversationId = uuid();
   const b = backend(url);
   await b.createConversation(conversationId, users);

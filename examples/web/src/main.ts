@@ -12,6 +12,7 @@ import {
   ReceiptsError,
   type DeliveredBatcher,
   type MessageReceipts,
+  type MessageRef,
   type ReadMarker,
   type ReceiptsClient,
   type ReconnectOptions,
@@ -283,7 +284,7 @@ class RecipientPane {
   private readonly readSeq = new Map<string, number>();
   private readonly rows: { conversationId: string; seq: number; row: HTMLLIElement }[] = [];
   /** Received while offline: acknowledged when back online. */
-  private heldDeliveries: string[] = [];
+  private heldDeliveries: MessageRef[] = [];
   private offline = false;
 
   constructor(private readonly me: Person) {
@@ -325,12 +326,14 @@ class RecipientPane {
       this.newest.set(c.id, m);
     }
     this.paintReads();
+    // Named with its conversation: the server finds it there, with no lookup by id alone.
+    const delivered = { conversationId: c.id, messageId: m.id };
     if (this.offline) {
-      this.heldDeliveries.push(m.id);
+      this.heldDeliveries.push(delivered);
       this.showDevice();
       return;
     }
-    this.delivered.add(m.id);
+    this.delivered.add(delivered);
     void this.refreshUnread();
   }
 

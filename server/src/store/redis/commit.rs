@@ -175,7 +175,14 @@ impl Inner {
 
     /// Moves committed outbox entries of `c` into their addressees' logs, in
     /// order and at most once each, then deletes them from the outbox.
+    ///
+    /// It stops at a short page rather than reading the outbox again until
+    /// it is empty: an entry appended after the read is forwarded by the
+    /// commit that appended it (or, if that node dies, by the next drain of
+    /// the conversation's queue, which the commit registered), and an entry
+    /// forwarded twice is skipped by [`scripts::FORWARD`].
     pub(super) async fn forward(&self, c: &ConversationId) -> StoreResult<()> {
+        const PAGE: usize = 500;
         loop {
             let entries: redis::streams::StreamRangeReply = self
                 .query(
@@ -184,7 +191,7 @@ impl Inner {
                         .arg("-")
                         .arg("+")
                         .arg("COUNT")
-                        .arg(500),
+                        .arg(PAGE),
                 )
                 .await?;
             if entries.ids.is_empty() {
@@ -219,6 +226,9 @@ impl Inner {
                 cmd.arg(id);
             }
             let _: i64 = self.query(&cmd).await?;
+            if done.len() < PAGE {
+                return Ok(());
+            }
         }
     }
 

@@ -240,7 +240,7 @@ async fn production_cassandra_down_keeps_acknowledging_and_loses_nothing() {
     // Scylla. A deployment's Redis is that old; this one is made to be.
     let mut con = p.tier.redis().await;
     let since: i64 = redis::cmd("GET")
-        .arg(format!("{}:complete", p.tier.prefix))
+        .arg(format!("{}:complete-ix", p.tier.prefix))
         .query_async(&mut con)
         .await
         .expect("the completeness marker");

@@ -66,7 +66,9 @@ async fn memory_per_message_in_a_20_member_group() {
             "no receipt hash per message: {key}"
         );
         if ids.iter().any(|id| key.contains(id.as_str())) {
-            homes += bytes; // the message's home key
+            homes += bytes; // a home key (ids that are not UUIDv7)
+        } else if key.starts_with(&format!("{}:{{i", tier.prefix)) {
+            homes += bytes; // the id index (only this test's ids)
         } else if key.ends_with(&runs_key) {
             runs += bytes;
         } else if key.contains(&tag) {
@@ -80,7 +82,7 @@ async fn memory_per_message_in_a_20_member_group() {
     let n = MESSAGES as u64;
     eprintln!(
         "redis memory, 20-member group, {MESSAGES} messages, all delivered and read: \
-         per message {} B home key + {} B delivery runs + {} B rest of the conversation's keys \
+         per message {} B id index + {} B delivery runs + {} B rest of the conversation's keys \
          = {} B per message (seed estimate: ~200 B)",
         homes / n,
         runs / n,
@@ -91,6 +93,9 @@ async fn memory_per_message_in_a_20_member_group() {
 }
 
 /// Calls of each Redis command so far (`INFO commandstats`), by name.
+/// Id-index keys per second of UUIDv7 time (`store::redis::keys`).
+const ID_INDEX_SHARDS: u64 = receipts_server::store::redis::keys::ID_INDEX_SHARDS as u64;
+
 async fn command_calls(con: &mut redis::aio::MultiplexedConnection) -> HashMap<String, u64> {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
@@ -119,8 +124,21 @@ where
     Fut: std::future::Future<Output = ()>,
 {
     const WRITES: &[&str] = &[
-        "hset", "hsetnx", "hdel", "hincrby", "zadd", "zrem", "sadd", "srem", "expire", "del",
-        "xadd", "xdel", "publish", "set",
+        "hset",
+        "hsetnx",
+        "hdel",
+        "hincrby",
+        "zadd",
+        "zrem",
+        "sadd",
+        "srem",
+        "expire",
+        "del",
+        "xadd",
+        "xdel",
+        "publish",
+        "set",
+        "pexpireat",
     ];
     let (commands, _) = redis_cost_of(tier, call).await;
     commands
@@ -223,11 +241,11 @@ async fn mark_delivered_writes_the_same_whether_it_covers_one_message_or_a_thous
     assert_eq!(r.delivered_count, 1, "the deliveries were applied");
 }
 
-/// MarkDelivered naming the conversation reads no home key: the same
-/// commands as naming ids alone, less one GET per message (and the
-/// completeness marker's).
+/// MarkDelivered naming the conversation reads nothing of the id index:
+/// the same commands as naming ids alone, less the index reads (one HMGET
+/// per index key the ids fall in, and the completeness marker's GET).
 #[tokio::test]
-async fn mark_delivered_in_the_conversation_reads_no_home_key() {
+async fn mark_delivered_in_the_conversation_reads_no_id_index() {
     let (_redis, tier, node) = measured_node().await;
     let mut backend = node.backend().await;
     let mut direct = Conversation::create(&mut backend, 2).await;
@@ -264,27 +282,30 @@ async fn mark_delivered_in_the_conversation_reads_no_home_key() {
     .await;
     println!("MarkDelivered of 100 by id: {by_id:?}");
     println!("MarkDelivered of 100 in the conversation: {in_conversation:?}");
-    let gets = |c: &BTreeMap<String, u64>| c.get("get").copied().unwrap_or(0);
+    let calls = |c: &BTreeMap<String, u64>, name: &str| c.get(name).copied().unwrap_or(0);
+    let index_reads = calls(&by_id, "hmget") - calls(&in_conversation, "hmget");
     assert!(
-        gets(&by_id) >= gets(&in_conversation) + 100,
-        "a home key GET per message by id, none in the conversation"
+        (1..=2 * ID_INDEX_SHARDS).contains(&index_reads),
+        "one HMGET per index key (16 per second of ids): {index_reads}"
     );
-    let without_gets = |c: &BTreeMap<String, u64>| {
+    assert_eq!(calls(&by_id, "get"), calls(&in_conversation, "get") + 1);
+    let without_index = |c: &BTreeMap<String, u64>| {
         let mut c = c.clone();
         c.remove("get");
+        c.remove("hmget");
         c
     };
-    assert_eq!(without_gets(&by_id), without_gets(&in_conversation));
+    assert_eq!(without_index(&by_id), without_index(&in_conversation));
     let r = receipt(&mut node.user(alice).await, direct.id, batches[1][99]).await;
     assert_eq!(r.delivered_count, 1, "the deliveries were applied");
 }
 
-/// RegisterMessages of 100 messages writes the home key of each (a Redis
-/// key per message, until MarkDelivered names the conversation) and
-/// everything else once: the seq index, the messages hash, the queue entry,
-/// the sender's recent list.
+/// RegisterMessages of 100 messages writes the id index once per index key
+/// the ids fall in (an HSET of all of them and a PEXPIREAT, no key per
+/// message) and everything else once: the seq index, the messages hash, the
+/// queue entry, the sender's recent list.
 #[tokio::test]
-async fn a_registration_writes_a_home_key_per_message_and_the_rest_once() {
+async fn a_registration_writes_the_id_index_once_per_index_key_and_the_rest_once() {
     let (_redis, tier, node) = measured_node().await;
     let mut backend = node.backend().await;
     let mut direct = Conversation::create(&mut backend, 2).await;
@@ -313,13 +334,22 @@ async fn a_registration_writes_a_home_key_per_message_and_the_rest_once() {
     .await;
     println!("RegisterMessages writes, 1 message: {single:?}");
     println!("RegisterMessages writes, 100 messages: {many:?}");
-    let without_homes = |w: &BTreeMap<String, u64>| {
-        let mut w = w.clone();
-        w.remove("set");
-        w
+    let calls = |c: &BTreeMap<String, u64>, name: &str| c.get(name).copied().unwrap_or(0);
+    assert_eq!(many.get("set"), None, "no key per message");
+    assert_eq!(calls(&single, "pexpireat"), 1, "one index key");
+    let keys = calls(&many, "pexpireat");
+    assert!(
+        (1..=2 * ID_INDEX_SHARDS).contains(&keys),
+        "16 index keys per second of ids: {keys}"
+    );
+    assert_eq!(calls(&many, "hset"), calls(&single, "hset") + keys - 1);
+    let without_index = |c: &BTreeMap<String, u64>| {
+        let mut c = c.clone();
+        c.remove("hset");
+        c.remove("pexpireat");
+        c
     };
-    assert_eq!(without_homes(&single), without_homes(&many));
-    assert_eq!(many.get("set"), Some(&100), "one home key per message");
+    assert_eq!(without_index(&single), without_index(&many));
 }
 
 /// What one call costs Redis: its commands (commands run inside Lua scripts

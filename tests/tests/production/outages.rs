@@ -31,7 +31,7 @@ async fn writes_are_acknowledged_through_a_cassandra_outage_and_all_reach_it_aft
     // seconds after it would still be looked up in Cassandra).
     let since = receipts_server::domain::now_millis() - 60_000;
     let _: () = redis::cmd("SET")
-        .arg(format!("{}:complete", tier.prefix))
+        .arg(format!("{}:complete-ix", tier.prefix))
         .arg(since)
         .query_async(&mut tier.redis().await)
         .await

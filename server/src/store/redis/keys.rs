@@ -30,6 +30,16 @@ pub fn parse_history_entry(e: &[u8]) -> Option<(u64, i64)> {
     (e.len() == 33).then_some((seq, at as i64))
 }
 
+/// Shards of the id index per second of UUIDv7 time: a second's
+/// registrations spread over this many keys (and Cluster slots).
+pub const ID_INDEX_SHARDS: u8 = 16;
+
+/// The id-index key coordinates of a UUIDv7 id minted at `ms`: the second,
+/// and the shard (the id's last byte, which is random in a UUIDv7).
+pub fn id_index_slot(m: &MessageId, ms: u64) -> (u64, u8) {
+    (ms / 1000, m.as_bytes()[15] % ID_INDEX_SHARDS)
+}
+
 /// Key builder for one namespace prefix (several deployments, or tests, can
 /// share one Redis).
 #[derive(Clone, Debug)]
@@ -38,6 +48,7 @@ pub struct Keys {
 }
 
 impl Keys {
+    /// Keys under `prefix` (`--redis-prefix`).
     pub fn new(prefix: &str) -> Self {
         Self {
             prefix: prefix.to_string(),
@@ -143,7 +154,35 @@ impl Keys {
     pub fn window(&self, c: &ConversationId) -> String {
         self.conv(c, "g")
     }
-    /// String: the conversation a message belongs to.
+    /// Hash: raw message id → raw conversation id, for the UUIDv7 ids minted
+    /// in one second (`secs`), one of [`ID_INDEX_SHARDS`] by the id's last
+    /// byte (see [`id_index_slot`]).
+    pub fn id_index(&self, secs: u64, shard: u8) -> String {
+        format!("{}:{{i{secs}.{shard}}}", self.prefix)
+    }
+    /// `ids` by where [`super::Inner::homes`] finds them: the id-index keys
+    /// of the UUIDv7 ones, each with the positions of its ids (in order of
+    /// first appearance), and the positions of the others (home keys).
+    pub fn id_index_groups(&self, ids: &[MessageId]) -> (Vec<(String, Vec<usize>)>, Vec<usize>) {
+        let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+        let mut by_slot: std::collections::HashMap<(u64, u8), usize> =
+            std::collections::HashMap::new();
+        let mut plain = Vec::new();
+        for (i, m) in ids.iter().enumerate() {
+            let Some(ms) = super::v7_millis(m) else {
+                plain.push(i);
+                continue;
+            };
+            let (secs, shard) = id_index_slot(m, ms);
+            let g = *by_slot.entry((secs, shard)).or_insert_with(|| {
+                groups.push((self.id_index(secs, shard), Vec::new()));
+                groups.len() - 1
+            });
+            groups[g].1.push(i);
+        }
+        (groups, plain)
+    }
+    /// String: the conversation a message whose id is not a UUIDv7 belongs to.
     pub fn message_home(&self, m: &MessageId) -> String {
         format!("{}:{{m{}}}:home", self.prefix, m.simple())
     }
@@ -187,10 +226,12 @@ impl Keys {
         format!("{}:scylla_down", self.prefix)
     }
     /// String: since when (ms since the epoch) this Redis has held every
-    /// message registered through it. Written once (SET NX); gone when Redis
-    /// lost its data, and then written anew with a later time.
+    /// message registered through it in the id index. Written once (SET NX);
+    /// gone when Redis lost its data, and then written anew with a later
+    /// time. (Named anew with the id index: registrations before it are in
+    /// home keys only, so their ids must not be judged new.)
     pub fn complete_since(&self) -> String {
-        format!("{}:complete", self.prefix)
+        format!("{}:complete-ix", self.prefix)
     }
     /// Pub/sub channel for events.
     pub fn bus(&self) -> String {

@@ -32,7 +32,7 @@
 //! `scripts.rs`; this file holds the shared types and opening.
 
 mod counts;
-mod keys;
+pub mod keys;
 mod scripts;
 
 use super::scylla::{PersistOp, ScyllaOptions, ScyllaPersistence};
@@ -209,6 +209,15 @@ fn v7_millis(m: &MessageId) -> Option<u64> {
     }
     let (secs, nanos) = m.get_timestamp()?.to_unix();
     Some(secs * 1000 + u64::from(nanos) / 1_000_000)
+}
+
+/// When (ms since the epoch) an id-index key of UUIDv7 second `second`
+/// written at `now` expires: the hot TTL (`ttl_ms`) after the later of the
+/// second's end and `now`, plus [`CLOCK_SKEW_MS`]. So each entry outlives
+/// both its id's minting and its registration by the TTL, whichever key
+/// write came last ([`Inner::new_id_horizon`] relies on it).
+fn id_index_expiry(second: u64, now: u64, ttl_ms: u64) -> u64 {
+    ((second + 1) * 1000).max(now) + ttl_ms + CLOCK_SKEW_MS
 }
 
 /// Whether id `m`, absent from Redis, is known never to have been

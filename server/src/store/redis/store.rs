@@ -238,16 +238,13 @@ impl ReceiptStore for RedisStore {
             }
             // Message ids resolve to their conversation before the commit, so
             // a reader never sees a committed id it cannot find.
+            let pairs: Vec<(MessageId, ConversationId)> = plans
+                .iter()
+                .flat_map(|(_, _, fresh)| fresh.iter().map(|m| (m.id, m.conversation)))
+                .collect();
             let mut p = redis::pipe();
-            for (_, _, fresh) in &plans {
-                for m in fresh {
-                    p.cmd("SET")
-                        .arg(s.keys.message_home(&m.id))
-                        .arg(hex(&m.conversation))
-                        .arg("EX")
-                        .arg(s.ttl())
-                        .ignore();
-                }
+            for cmd in s.home_cmds(&pairs) {
+                p.add_command(cmd).ignore();
             }
             s.pipe::<()>(&p).await?;
             let mut conflict = false;

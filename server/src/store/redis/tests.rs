@@ -103,3 +103,55 @@ fn log_entries_keep_colons_in_the_body() {
     assert_eq!(e.offset, 12);
     assert_eq!(e.body, body);
 }
+
+#[test]
+fn an_id_index_entry_outlives_its_minting_and_its_registration_by_the_ttl() {
+    let ttl = 86_400_000;
+    let minted = 1_800_000_000_123;
+    let second = minted / 1000;
+    // Registered right after minting: the TTL from the end of its second.
+    let expiry = id_index_expiry(second, minted + 5, ttl);
+    assert!(expiry >= minted + ttl + CLOCK_SKEW_MS);
+    assert!(expiry <= minted + 1000 + ttl + CLOCK_SKEW_MS);
+    // Registered (or re-cached from Scylla) a day later: the TTL from then.
+    let late = minted + 2 * ttl;
+    assert_eq!(
+        id_index_expiry(second, late, ttl),
+        late + ttl + CLOCK_SKEW_MS
+    );
+    // Writes into one second's key agree, whichever node makes them.
+    assert_eq!(
+        id_index_expiry(second, minted, ttl),
+        id_index_expiry(second, minted + 800, ttl)
+    );
+}
+
+#[test]
+fn ids_are_grouped_by_index_key_and_only_v7_ids_go_to_the_index() {
+    let keys = keys::Keys::new("p");
+    let v7 = |ms: u64, last: u8| {
+        let mut b = *uuid::Uuid::now_v7().as_bytes();
+        b[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+        b[15] = last;
+        uuid::Uuid::from_bytes(b)
+    };
+    let t = 1_800_000_000_000;
+    let ids = [
+        v7(t, 3),
+        uuid::Uuid::new_v4(),
+        v7(t + 999, 19), // same second, 19 % 16 == 3: same key
+        v7(t + 1000, 3), // next second
+        v7(t, 4),
+    ];
+    let (groups, plain) = keys.id_index_groups(&ids);
+    let got: Vec<(String, Vec<usize>)> = groups;
+    assert_eq!(
+        got,
+        [
+            ("p:{i1800000000.3}".to_string(), vec![0, 2]),
+            ("p:{i1800000001.3}".to_string(), vec![3]),
+            ("p:{i1800000000.4}".to_string(), vec![4]),
+        ]
+    );
+    assert_eq!(plain, [1]);
+}

@@ -3,7 +3,7 @@
 //! group of keys in one slot and a Lua script may touch all of them at once.
 //! See docs/storage.md for what each key holds and how long it lives.
 
-use crate::domain::{ConversationId, MessageId, UserId};
+use crate::domain::{ConversationId, Message, MessageId, UserId};
 
 /// A read-history entry of the `h` key: `user ‖ kind ‖ seq ‖ ms` (kind 0:
 /// the true watermark, 1: the public one), so that one member's entries of
@@ -28,6 +28,45 @@ pub fn parse_history_entry(e: &[u8]) -> Option<(u64, i64)> {
     let seq = u64::from_be_bytes(e.get(17..25)?.try_into().ok()?);
     let at = u64::from_be_bytes(e.get(25..33)?.try_into().ok()?);
     (e.len() == 33).then_some((seq, at as i64))
+}
+
+/// A seq-index member: message ‖ sender, raw. 32 bytes, so a conversation's
+/// sorted set stays a listpack up to 128 messages (`zset-max-listpack-value`
+/// is 64; the hex form, 65 bytes, made every one a skip list).
+pub fn seq_member(m: &MessageId, sender: &UserId) -> Vec<u8> {
+    let mut e = Vec::with_capacity(32);
+    e.extend_from_slice(m.as_bytes());
+    e.extend_from_slice(sender.as_bytes());
+    e
+}
+
+/// `(message, sender)` of a [`seq_member`].
+pub fn parse_seq_member(e: &[u8]) -> Option<(MessageId, UserId)> {
+    if e.len() != 32 {
+        return None;
+    }
+    Some((
+        MessageId::from_slice(&e[..16]).ok()?,
+        UserId::from_slice(&e[16..]).ok()?,
+    ))
+}
+
+/// A messages-hash value: what the field (the raw id) and the key (the
+/// conversation) do not say.
+pub fn message_value(m: &Message) -> Vec<u8> {
+    super::enc(&(m.seq, m.sender, m.sent_at))
+}
+
+/// The message `id` of `c` from its [`message_value`].
+pub fn parse_message_value(c: &ConversationId, id: &MessageId, v: &[u8]) -> Option<Message> {
+    let (seq, sender, sent_at) = postcard::from_bytes(v).ok()?;
+    Some(Message {
+        id: *id,
+        conversation: *c,
+        seq,
+        sender,
+        sent_at,
+    })
 }
 
 /// Shards of the id index per second of UUIDv7 time: a second's
@@ -65,10 +104,11 @@ impl Keys {
 
     /// Hash: `v` version, `t` last stamp, `n` current member count,
     /// `m:<user>` membership, `x` when the conversation's keys' expiry was
-    /// last refreshed. (`cm`, not the earlier `c`: a conversation kept in
-    /// the layout before histories shared one key is re-warmed from Scylla.)
+    /// last refreshed. (`cn`, not the earlier `c` or `cm`: a conversation
+    /// kept in an earlier layout, with its messages by hex ids, is re-warmed
+    /// from Scylla.)
     pub fn meta(&self, c: &ConversationId) -> String {
-        self.conv(c, "cm")
+        self.conv(c, "cn")
     }
     /// Hash: user -> watermark (true and public seq).
     pub fn watermarks(&self, c: &ConversationId) -> String {
@@ -97,13 +137,13 @@ impl Keys {
     pub fn complex(&self, c: &ConversationId) -> String {
         self.conv(c, "cx")
     }
-    /// Sorted set: `<message>:<sender>` scored by seq.
+    /// Sorted set: [`seq_member`]s (raw message ‖ sender) scored by seq.
     pub fn seqs(&self, c: &ConversationId) -> String {
-        self.conv(c, "s")
+        self.conv(c, "sq")
     }
-    /// Hash: message -> its registration.
+    /// Hash: raw message id -> [`message_value`] (seq, sender, sent time).
     pub fn messages(&self, c: &ConversationId) -> String {
-        self.conv(c, "mi")
+        self.conv(c, "mr")
     }
     /// Hash: delivery runs, `<user ‖ bucket>` -> the member's runs that
     /// overlap the bucket, plus `_` once loaded from Scylla (`runs.rs`).

@@ -297,8 +297,8 @@ impl Inner {
             let mut z = rcmd!["ZADD", k.seqs(c)];
             let mut h = rcmd!["HSET", k.messages(c)];
             for m in chunk {
-                z.extend(rcmd![m.seq, format!("{}:{}", hex(&m.id), hex(&m.sender))]);
-                h.extend(rcmd![hex(&m.id), enc(m)]);
+                z.extend(rcmd![m.seq, keys::seq_member(&m.id, &m.sender)]);
+                h.extend(rcmd![m.id.as_bytes().as_slice(), keys::message_value(m)]);
             }
             plan.cmds.push(z);
             plan.cmds.push(h);
@@ -383,11 +383,13 @@ impl Inner {
         let mut cmd = redis::cmd("HMGET");
         cmd.arg(self.keys.messages(&view.c));
         for m in &missing {
-            cmd.arg(hex(m));
+            cmd.arg(m.as_bytes().as_slice());
         }
         let rows: Vec<Option<Vec<u8>>> = self.query(&cmd).await?;
-        for row in rows.into_iter().flatten() {
-            let m: Message = dec(&row, "message")?;
+        for (id, row) in missing.iter().zip(rows) {
+            let Some(row) = row else { continue };
+            let m =
+                keys::parse_message_value(&view.c, id, &row).ok_or_else(|| corrupt("message"))?;
             view.messages.insert(m.id, m);
         }
         Ok(())
@@ -516,10 +518,16 @@ impl Inner {
         m: &MessageId,
     ) -> StoreResult<Option<Message>> {
         let hot: Option<Vec<u8>> = self
-            .query(redis::cmd("HGET").arg(self.keys.messages(c)).arg(hex(m)))
+            .query(
+                redis::cmd("HGET")
+                    .arg(self.keys.messages(c))
+                    .arg(m.as_bytes().as_slice()),
+            )
             .await?;
         match hot {
-            Some(b) => Ok(Some(dec(&b, "message")?)),
+            Some(b) => Ok(Some(
+                keys::parse_message_value(c, m, &b).ok_or_else(|| corrupt("message"))?,
+            )),
             None => self.scylla.message(*m).await,
         }
     }
@@ -552,7 +560,7 @@ impl Inner {
         if lo > hi {
             return Ok(Vec::new());
         }
-        let rows: Vec<(String, f64)> = self
+        let rows: Vec<(Vec<u8>, f64)> = self
             .query(
                 redis::cmd("ZRANGEBYSCORE")
                     .arg(self.keys.seqs(c))
@@ -563,18 +571,19 @@ impl Inner {
             .await?;
         rows.into_iter()
             .map(|(member, score)| {
-                let (id, sender) = member.split_once(':').ok_or_else(|| corrupt("seq index"))?;
+                let (id, sender) =
+                    keys::parse_seq_member(&member).ok_or_else(|| corrupt("seq index"))?;
                 Ok(Indexed {
                     seq: score as Seq,
-                    id: parse_uuid(id)?,
-                    sender: parse_uuid(sender)?,
+                    id,
+                    sender,
                 })
             })
             .collect()
     }
 
     pub(super) async fn last_seq(&self, c: &ConversationId) -> StoreResult<Seq> {
-        let rows: Vec<(String, f64)> = self
+        let rows: Vec<(Vec<u8>, f64)> = self
             .query(
                 redis::cmd("ZRANGE")
                     .arg(self.keys.seqs(c))

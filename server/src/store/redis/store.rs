@@ -220,8 +220,8 @@ impl ReceiptStore for RedisStore {
                     let mut z = rcmd!["ZADD", k.seqs(c)];
                     let mut h = rcmd!["HSET", k.messages(c)];
                     for m in &fresh {
-                        z.extend(rcmd![m.seq, format!("{}:{}", hex(&m.id), hex(&m.sender))]);
-                        h.extend(rcmd![hex(&m.id), enc(m)]);
+                        z.extend(rcmd![m.seq, keys::seq_member(&m.id, &m.sender)]);
+                        h.extend(rcmd![m.id.as_bytes().as_slice(), keys::message_value(m)]);
                         plan.persist.push(PersistOp::Message(*m));
                     }
                     plan.cmds.push(z);
@@ -805,11 +805,11 @@ pub(super) async fn taken_seqs(
             .arg(*seq)
             .arg(*seq);
     }
-    let rows: Vec<Vec<String>> = s.pipe(&p).await?;
+    let rows: Vec<Vec<Vec<u8>>> = s.pipe(&p).await?;
     for (seq, row) in seqs.iter().zip(rows) {
         if let Some(member) = row.first() {
-            let (id, _) = member.split_once(':').ok_or_else(|| corrupt("seq index"))?;
-            out.insert(*seq, parse_uuid(id)?);
+            let (id, _) = keys::parse_seq_member(member).ok_or_else(|| corrupt("seq index"))?;
+            out.insert(*seq, id);
         }
     }
     Ok(out)

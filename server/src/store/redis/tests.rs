@@ -155,3 +155,27 @@ fn ids_are_grouped_by_index_key_and_only_v7_ids_go_to_the_index() {
     );
     assert_eq!(plain, [1]);
 }
+
+#[test]
+fn seq_members_and_message_values_round_trip_raw() {
+    let c = uuid::Uuid::now_v7();
+    let m = crate::domain::Message {
+        id: uuid::Uuid::now_v7(),
+        conversation: c,
+        seq: 1 << 40,
+        sender: uuid::Uuid::new_v4(),
+        sent_at: 1_800_000_000_123,
+    };
+    let member = keys::seq_member(&m.id, &m.sender);
+    assert!(
+        member.len() <= 64,
+        "fits a listpack entry: {}",
+        member.len()
+    );
+    assert_eq!(keys::parse_seq_member(&member), Some((m.id, m.sender)));
+    assert_eq!(keys::parse_seq_member(&member[1..]), None);
+    let value = keys::message_value(&m);
+    assert!(value.len() <= 64, "fits a listpack entry: {}", value.len());
+    assert_eq!(keys::parse_message_value(&c, &m.id, &value), Some(m));
+    assert_eq!(keys::parse_message_value(&c, &m.id, &value[..3]), None);
+}

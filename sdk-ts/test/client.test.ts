@@ -168,12 +168,18 @@ describe("markDelivered with conversations", () => {
     await b.send(1);
     const bob = a.clients[1]!;
     const right = { conversationId: a.conversationId, messageId: a1!.id };
-    for (const wrong of [b.conversationId, uuid()]) {
+    // Another conversation of the caller's: the message is not found in it.
+    // An unknown conversation: the conversation is not found.
+    const unknown = uuid();
+    for (const [wrong, named] of [
+      [b.conversationId, a2!.id],
+      [unknown, unknown],
+    ] as const) {
       const e = await rejection(bob.markDelivered([right, { conversationId: wrong, messageId: a2!.id }]));
       expect(e).toBeInstanceOf(ReceiptsError);
       expect(e.code).toBe(Code.NotFound);
       expect(e.field).toMatch(/^conversations/);
-      expect(e.rawMessage).toContain(a2!.id);
+      expect(e.rawMessage).toContain(named);
       expect(e.retryable).toBe(false);
     }
     // All or nothing: not even the message named rightly was recorded.

@@ -45,6 +45,10 @@ pub enum DeliveryOutcome {
     NotARecipient,
 }
 
+/// The request field naming a conversation in MarkDelivered's conversation
+/// form (for errors).
+pub const CONVERSATION_FIELD: &str = "conversations.conversation_id";
+
 /// A message MarkDelivered names: by id alone, or with the conversation the
 /// caller named for it (then the store finds it in that conversation and
 /// needs no lookup of the id's conversation).

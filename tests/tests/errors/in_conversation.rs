@@ -48,14 +48,15 @@ async fn a_message_named_in_a_conversation_it_is_not_in_is_not_found_and_records
 }
 
 #[tokio::test]
-async fn a_message_named_in_an_unknown_conversation_is_not_found_and_records_none() {
+async fn an_unknown_conversation_is_not_found_naming_it_and_records_none() {
     let w = World::new().await;
+    let unknown = Uuid::now_v7();
     let req = pb::MarkDeliveredRequest {
         message_ids: ids(&[w.msgs[2]]),
-        conversations: vec![in_conversation(Uuid::now_v7(), &[w.msgs[1]])],
+        conversations: vec![in_conversation(unknown, &[w.msgs[1]])],
     };
-    let msg = w.msgs[1].to_string();
-    let names = ["conversations.message_ids", msg.as_str()];
+    let conversation = unknown.to_string();
+    let names = ["conversations.conversation_id", conversation.as_str()];
     rejected(&w, w.c, req, Code::NotFound, &names).await;
 }
 
@@ -110,6 +111,17 @@ async fn a_non_member_naming_the_conversation_is_permission_denied_and_records_n
         in_conversation(w.group.id, &[w.msgs[0]]),
     ]);
     rejected(&w, w.d, req, Code::PermissionDenied, &["conversations"]).await;
+}
+
+/// A non-member naming a conversation gets PERMISSION_DENIED whatever the
+/// ids are: it cannot probe which messages the conversation holds.
+#[tokio::test]
+async fn a_non_member_learns_nothing_of_a_conversations_messages() {
+    let w = World::new().await;
+    for probe in [w.msgs[0], w.other_msg, Uuid::now_v7()] {
+        let req = by_conversation(vec![in_conversation(w.group.id, &[probe])]);
+        rejected(&w, w.d, req, Code::PermissionDenied, &["conversations"]).await;
+    }
 }
 
 #[tokio::test]

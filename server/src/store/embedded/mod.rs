@@ -381,6 +381,13 @@ impl ReceiptStore for EmbeddedStore {
             let mut by_conv: BTreeMap<ConversationId, Vec<Message>> = BTreeMap::new();
             let mut memberships: HashMap<ConversationId, Membership> = HashMap::new();
             for n in &named {
+                // A conversation named by the caller is authorized first, so
+                // that a non-member learns nothing of which messages it holds.
+                if let Some(c) = n.conversation
+                    && let std::collections::hash_map::Entry::Vacant(e) = memberships.entry(c)
+                {
+                    e.insert(ctx.t.authorize(&c, &user, CONVERSATION_FIELD)?);
+                }
                 let Some(m) = ctx.t.message(&n.id)? else {
                     return Err(n.not_found());
                 };

@@ -419,9 +419,19 @@ impl Inner {
         u: &UserId,
         named: &[Named],
     ) -> StoreResult<View> {
+        let by_name = named.iter().any(|n| n.conversation.is_some());
         let Some(mut view) = self.view_for(c, u).await? else {
-            return Err(named[0].not_found());
+            return Err(match by_name {
+                true => ServiceError::not_found(CONVERSATION_FIELD, "conversation", c),
+                false => named[0].not_found(),
+            });
         };
+        // A conversation named by the caller is authorized before its
+        // messages are looked at, so that a non-member learns nothing of
+        // which messages it holds.
+        if by_name {
+            view.authorize(u, CONVERSATION_FIELD)?;
+        }
         let msgs: Vec<MessageId> = named.iter().map(|n| n.id).collect();
         self.ensure_messages(&mut view, &msgs).await?;
         if let Some(n) = named.iter().find(|n| !view.messages.contains_key(&n.id)) {

@@ -37,9 +37,9 @@ mod scripts;
 
 use super::scylla::{PersistOp, ScyllaOptions, ScyllaPersistence};
 use super::{
-    ConversationOutcome, ConversationRead, DeliveryResult, MemberChange, MembershipResult, Named,
-    NewMessage, ReadResult, ReceiptStore, Replay, ReplayFrom, ResetReason, Snapshot, StoreResult,
-    UnreadCount, fold_member_changes,
+    CONVERSATION_FIELD, ConversationOutcome, ConversationRead, DeliveryResult, MemberChange,
+    MembershipResult, Named, NewMessage, ReadResult, ReceiptStore, Replay, ReplayFrom, ResetReason,
+    Snapshot, StoreResult, UnreadCount, fold_member_changes,
 };
 use super::{distinct_registrations, judge_registration};
 use crate::domain::{

@@ -38,8 +38,10 @@ export type MarkDeliveredRequest = Message<"receipts.v1.MarkDeliveredRequest"> &
 
   /**
    * The messages the caller's device received, grouped by the conversation
-   * they belong to. A message that is not in the conversation named for it is
-   * NOT_FOUND, like an unknown one.
+   * they belong to. Each conversation is checked first (unknown: NOT_FOUND; the
+   * caller not a member: PERMISSION_DENIED, whatever the ids); then a message
+   * that is not in the conversation named for it is NOT_FOUND, like an unknown
+   * one.
    *
    * Both fields may be used in one call. At most 1000 entries in all (the
    * limit counts message ids as sent, in both fields); duplicates are allowed

@@ -293,10 +293,29 @@ async fn a_connection_idle_after_its_calls_is_closed_and_a_client_reconnects() {
 #[tokio::test]
 async fn connections_past_the_limit_are_closed_at_once() {
     let (node, _dir, metrics) = node(&["--max-connections", "20"]).await;
+    // The start-up probe's connection may still hold a slot: wait until the
+    // node counts none, then until it counts exactly the 20 held here, so
+    // that the extra one is the 21st whatever the scheduling.
+    let open_becomes = |n: f64| async move {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let open = sample(&scrape(metrics).await, "receipts_connections_open");
+            if open == n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{open} connections open, not {n}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    open_becomes(0.0).await;
     let mut held = Vec::new();
     for _ in 0..20 {
         held.push(TcpStream::connect(node.addr).await.expect("connect"));
     }
+    open_becomes(20.0).await;
     let mut extra = TcpStream::connect(node.addr).await.expect("connect");
     assert!(closed_within(&mut extra, Duration::from_secs(5)).await);
     let text = scrape(metrics).await;

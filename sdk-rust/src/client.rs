@@ -1,5 +1,6 @@
 //! The client, its builder, credentials, deadlines and retries.
 
+use crate::backend::BackendClient;
 use crate::batch::{DeliveredBatcher, ReadMarker};
 use crate::subscribe::{SubscribeOptions, Subscription};
 use crate::tls::ClientTls;
@@ -484,9 +485,8 @@ pub struct Client {
 }
 
 type UserStub = proto::receipt_service_client::ReceiptServiceClient<Channel>;
-type BackendStub = proto::receipt_backend_service_client::ReceiptBackendServiceClient<Channel>;
 
-fn ids(v: &[Uuid]) -> Vec<String> {
+pub(crate) fn ids(v: &[Uuid]) -> Vec<String> {
     v.iter().map(Uuid::to_string).collect()
 }
 
@@ -563,7 +563,7 @@ impl Client {
     }
 
     /// Runs a unary call with credentials, deadline and retries.
-    async fn unary<Req, Resp, F, Fut>(&self, msg: Req, call: F) -> Result<Resp, Error>
+    pub(crate) async fn unary<Req, Resp, F, Fut>(&self, msg: Req, call: F) -> Result<Resp, Error>
     where
         Req: Clone,
         F: Fn(Channel, tonic::Request<Req>) -> Fut,
@@ -867,123 +867,8 @@ impl Client {
 
     /// The messaging backend's calls (need a `service` token).
     pub fn backend(&self) -> BackendClient {
-        BackendClient {
-            client: self.clone(),
-        }
+        BackendClient::new(self.clone())
     }
-}
-
-/// The messaging backend's side: conversations, membership, registration.
-/// Obtain with [`Client::backend`] on a client with a `service` token.
-#[derive(Clone, Debug)]
-pub struct BackendClient {
-    client: Client,
-}
-
-impl BackendClient {
-    /// Creates a conversation; `Ok(false)` if it already existed with the same
-    /// members.
-    pub async fn create_conversation(
-        &self,
-        conversation_id: Uuid,
-        members: &[Uuid],
-    ) -> Result<bool, Error> {
-        let req = proto::CreateConversationRequest {
-            conversation_id: conversation_id.to_string(),
-            member_ids: ids(members),
-        };
-        let r = self
-            .client
-            .unary(req, |ch, r| async move {
-                BackendStub::new(ch).create_conversation(r).await
-            })
-            .await?;
-        Ok(r.created)
-    }
-
-    /// Adds members: each receives the messages from `from_seq` on.
-    pub async fn add_members(
-        &self,
-        conversation_id: Uuid,
-        members: &[Uuid],
-        from_seq: u64,
-    ) -> Result<MembershipChanged, Error> {
-        let req = proto::AddMembersRequest {
-            conversation_id: conversation_id.to_string(),
-            members: changes(members, from_seq),
-        };
-        let r = self
-            .client
-            .unary(req, |ch, r| async move {
-                BackendStub::new(ch).add_members(r).await
-            })
-            .await?;
-        Ok(MembershipChanged {
-            changed: r.added.max(0) as u64,
-            member_count: r.member_count.max(0) as u64,
-        })
-    }
-
-    /// Removes members: none receives the messages from `from_seq` on.
-    pub async fn remove_members(
-        &self,
-        conversation_id: Uuid,
-        members: &[Uuid],
-        from_seq: u64,
-    ) -> Result<MembershipChanged, Error> {
-        let req = proto::RemoveMembersRequest {
-            conversation_id: conversation_id.to_string(),
-            members: changes(members, from_seq),
-        };
-        let r = self
-            .client
-            .unary(req, |ch, r| async move {
-                BackendStub::new(ch).remove_members(r).await
-            })
-            .await?;
-        Ok(MembershipChanged {
-            changed: r.removed.max(0) as u64,
-            member_count: r.member_count.max(0) as u64,
-        })
-    }
-
-    /// Registers sent messages, in batches of up to 1000 per call (larger
-    /// slices are split). Returns how many were new. Safe to retry.
-    pub async fn register_messages(&self, messages: &[NewMessage]) -> Result<u64, Error> {
-        let mut registered = 0;
-        for chunk in messages.chunks(1000) {
-            let req = proto::RegisterMessagesRequest {
-                messages: chunk
-                    .iter()
-                    .map(|m| proto::MessageRegistration {
-                        message_id: m.message_id.to_string(),
-                        conversation_id: m.conversation_id.to_string(),
-                        seq: m.seq as i64,
-                        sender_id: m.sender_id.to_string(),
-                        sent_at_ms: m.sent_at.map(millis).unwrap_or(0),
-                    })
-                    .collect(),
-            };
-            let r = self
-                .client
-                .unary(req, |ch, r| async move {
-                    BackendStub::new(ch).register_messages(r).await
-                })
-                .await?;
-            registered += r.registered.max(0) as u64;
-        }
-        Ok(registered)
-    }
-}
-
-fn changes(members: &[Uuid], from_seq: u64) -> Vec<proto::MembershipChange> {
-    members
-        .iter()
-        .map(|u| proto::MembershipChange {
-            user_id: u.to_string(),
-            from_seq: from_seq as i64,
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -123,6 +123,7 @@
 
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+mod backend;
 mod batch;
 mod client;
 mod error;
@@ -132,10 +133,9 @@ mod tls;
 mod trace;
 mod types;
 
+pub use backend::BackendClient;
 pub use batch::{DeliveredBatcher, ReadMarker};
-pub use client::{
-    BackendClient, Client, ClientBuilder, Interceptor, RetryPolicy, TokenProvider, token_fn,
-};
+pub use client::{Client, ClientBuilder, Interceptor, RetryPolicy, TokenProvider, token_fn};
 pub use error::Error;
 pub use state::ReceiptState;
 pub use subscribe::{Event, SubscribeOptions, Subscription};

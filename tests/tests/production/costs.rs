@@ -162,7 +162,7 @@ async fn read_writes(
 
 /// A node on a Redis of the test's own (nothing else runs on it), where
 /// nothing is flushed and no group window closes within a measurement.
-async fn measured_node() -> (OwnedRedis, Tier, ChildServer) {
+pub(super) async fn measured_node() -> (OwnedRedis, Tier, ChildServer) {
     let redis = OwnedRedis::start(free_port());
     let tier = Tier::with_redis(redis.url()).await;
     let node = tier
@@ -298,6 +298,37 @@ async fn mark_delivered_in_the_conversation_reads_no_id_index() {
     assert_eq!(without_index(&by_id), without_index(&in_conversation));
     let r = receipt(&mut node.user(alice).await, direct.id, batches[1][99]).await;
     assert_eq!(r.delivered_count, 1, "the deliveries were applied");
+}
+
+/// A write's events reach their addressees' logs with one `FORWARD` call
+/// per addressee, sent together, and the outbox is not read back: the
+/// commit itself says which entries it appended and that nothing older
+/// waits. A direct MarkReadUpTo has two addressees (the reader's own devices
+/// and the sender).
+#[tokio::test]
+async fn a_write_forwards_its_events_with_one_call_per_addressee() {
+    let (_redis, tier, node) = measured_node().await;
+    let mut backend = node.backend().await;
+    let mut direct = Conversation::create(&mut backend, 2).await;
+    let (alice, bob) = (direct.members[0], direct.members[1]);
+    let warm = direct.send(&mut backend, alice).await;
+    let m = direct.send(&mut backend, alice).await;
+    let mut bob_client = node.user(bob).await;
+    // Creates both replay logs: not measured.
+    read_up_to(&mut bob_client, direct.id, warm).await;
+    let (read, _) = redis_cost_of(&tier, || async {
+        read_up_to(&mut bob_client, direct.id, m).await;
+    })
+    .await;
+    println!("direct MarkReadUpTo: {read:?}");
+    let calls = |name: &str| read.get(name).copied().unwrap_or(0);
+    assert_eq!(calls("xrange"), 0, "the outbox is not read back: {read:?}");
+    assert_eq!(calls("publish"), 2, "two events: {read:?}");
+    // HINCRBY runs once per FORWARD call (the log's next offset).
+    assert_eq!(calls("hincrby"), 2, "one call per addressee: {read:?}");
+    assert_eq!(calls("xdel"), 1, "forwarded entries deleted at once");
+    let r = receipt(&mut node.user(alice).await, direct.id, m).await;
+    assert_eq!(tick(&r), pb::Tick::Read);
 }
 
 /// RegisterMessages of 100 messages writes the id index once per index key

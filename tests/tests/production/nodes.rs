@@ -575,3 +575,92 @@ async fn a_quiet_readers_read_outlives_the_hot_ttl_while_the_conversation_is_bus
         "the conversation's keys were found: {checked}"
     );
 }
+
+/// Events a node committed but could not forward (here: one addressee's log
+/// is broken for a moment, as a node dying after its commit would leave
+/// them) are forwarded by the next write in the conversation, before that
+/// write's own and in order; then the outbox is empty. Each addressee gets
+/// each event once.
+#[tokio::test]
+async fn events_left_in_the_outbox_are_forwarded_first_and_in_order() {
+    let (_redis, tier, node) = super::costs::measured_node().await;
+    let keys = receipts_server::store::redis::keys::Keys::new(&tier.prefix);
+    let mut backend = node.backend().await;
+    let mut direct = Conversation::create(&mut backend, 2).await;
+    let (alice, bob) = (direct.members[0], direct.members[1]);
+    let m1 = direct.send(&mut backend, alice).await;
+    let m2 = direct.send(&mut backend, alice).await;
+    let mut redis = tier.redis().await;
+    // Alice's log meta is not a hash: forwarding to her fails.
+    let meta = keys.log_meta(&alice);
+    let _: () = redis::cmd("SET")
+        .arg(&meta)
+        .arg("broken")
+        .query_async(&mut redis)
+        .await
+        .expect("SET");
+    let mut bob_client = node.user(bob).await;
+    let failed = bob_client
+        .mark_read_up_to(pb::MarkReadUpToRequest {
+            conversation_id: direct.id.to_string(),
+            message_id: m1.to_string(),
+        })
+        .await
+        .expect_err("forwarding to alice fails after the commit");
+    assert_eq!(failed.code(), tonic::Code::Unavailable, "{failed:?}");
+    let outbox = format!("{}:{{{}}}:o", tier.prefix, direct.id.simple());
+    let waiting: u64 = outbox_len(&mut redis, &outbox).await;
+    assert_eq!(waiting, 2, "both events of the read wait in the outbox");
+    let _: () = redis::cmd("DEL")
+        .arg(&meta)
+        .query_async(&mut redis)
+        .await
+        .expect("DEL");
+
+    read_up_to(&mut bob_client, direct.id, m2).await;
+    let waiting: u64 = outbox_len(&mut redis, &outbox).await;
+    assert_eq!(waiting, 0, "everything forwarded");
+    // Alice's whole log, from its first offset: the first read, then the second.
+    let epoch: u64 = redis::cmd("HGET")
+        .arg(&meta)
+        .arg("epoch")
+        .query_async(&mut redis)
+        .await
+        .expect("alice's log has an epoch");
+    let from = Cursor { epoch, offset: 0 }.encode();
+    let (_, replayed) = Subscription::open(&mut node.user(alice).await, Some(from)).await;
+    let read: Vec<(String, pb::Tick)> = replayed
+        .iter()
+        .map(|ev| {
+            let Some(E::Receipts(r)) = &ev.event else {
+                panic!("expected receipts, got {ev:?}");
+            };
+            assert_eq!(r.messages.len(), 1, "{r:?}");
+            (r.messages[0].message_id.clone(), tick(&r.messages[0]))
+        })
+        .collect();
+    assert_eq!(
+        read,
+        vec![
+            (m1.to_string(), pb::Tick::Read),
+            (m2.to_string(), pb::Tick::Read)
+        ],
+        "the stranded event first, each once"
+    );
+    // Bob's own devices got each watermark once as well (a replay coalesces
+    // them, so the log itself is counted).
+    let bob_log: u64 = redis::cmd("ZCARD")
+        .arg(keys.log(&bob))
+        .query_async(&mut redis)
+        .await
+        .expect("ZCARD");
+    assert_eq!(bob_log, 2, "two watermark syncs, each once");
+}
+
+async fn outbox_len(redis: &mut redis::aio::MultiplexedConnection, outbox: &str) -> u64 {
+    redis::cmd("XLEN")
+        .arg(outbox)
+        .query_async(redis)
+        .await
+        .expect("XLEN")
+}

@@ -4,7 +4,8 @@
 use super::*;
 
 pub(super) enum Applied {
-    Done,
+    /// Applied; the replies of the last commands the caller asked for.
+    Done(Vec<Value>),
     Conflict,
     LeaseExpired,
 }
@@ -13,6 +14,16 @@ pub(super) fn contended(c: &ConversationId) -> ServiceError {
     ServiceError::unavailable(format!(
         "conversation {c} is too contended right now; retry"
     ))
+}
+
+/// An event committed to a conversation's outbox, to forward.
+pub(super) struct OutboxEntry {
+    /// Its stream entry id.
+    pub id: String,
+    /// Its addressee.
+    pub user: UserId,
+    /// The encoded event.
+    pub body: Vec<u8>,
 }
 
 pub(super) async fn backoff() {
@@ -33,7 +44,8 @@ impl Inner {
 
     /// Compare-and-apply on the hash `versioned` (see [`scripts::APPLY`]);
     /// `lifetime`: the keys that share its expiry (none for a hash that
-    /// is not a conversation's).
+    /// is not a conversation's); `replies`: how many of the last commands'
+    /// replies [`Applied::Done`] carries.
     pub(super) async fn apply_on(
         &self,
         versioned: String,
@@ -41,6 +53,7 @@ impl Inner {
         expected: u64,
         registered: u64,
         cmds: Vec<Vec<Vec<u8>>>,
+        replies: usize,
     ) -> StoreResult<Applied> {
         self.backlog_room()?;
         let mut inv = scripts::APPLY.key(&versioned);
@@ -54,24 +67,29 @@ impl Inner {
             .arg(crate::domain::now_millis())
             .arg(self.ttl())
             .arg(ttl_ms / LIFETIME_REFRESHES)
-            .arg(cmds.len());
+            .arg(cmds.len())
+            .arg(replies.min(cmds.len()));
         for c in &cmds {
             inv.arg(c.len());
             for a in c {
                 inv.arg(a.as_slice());
             }
         }
-        let r: i64 = inv
+        let r: Value = inv
             .invoke_async(&mut self.conn())
             .await
             .map_err(redis_err)?;
         Ok(match r {
-            -1 => Applied::Conflict,
-            -2 => Applied::LeaseExpired,
-            _ => {
+            Value::Int(-1) => Applied::Conflict,
+            Value::Int(-2) => Applied::LeaseExpired,
+            Value::Array(mut done) if done.len() == 2 => {
+                let Some(Value::Array(replies)) = done.pop() else {
+                    return Err(corrupt("commit reply"));
+                };
                 self.wait_replicas(&versioned).await?;
-                Applied::Done
+                Applied::Done(replies)
             }
+            _ => return Err(corrupt("commit reply")),
         })
     }
 
@@ -123,33 +141,35 @@ impl Inner {
         expected: u64,
         registered: u64,
         cmds: Vec<Vec<Vec<u8>>>,
+        replies: usize,
     ) -> StoreResult<Applied> {
         let lifetime = self.keys.conversation_state(c);
-        self.apply_on(self.keys.meta(c), &lifetime, expected, registered, cmds)
-            .await
+        self.apply_on(
+            self.keys.meta(c),
+            &lifetime,
+            expected,
+            registered,
+            cmds,
+            replies,
+        )
+        .await
     }
 
     /// Commits a plan decided at `view.ver`: the writes, the outbox entries
-    /// and the queue entries, atomically. `Ok(false)`: the version moved.
+    /// and the queue entries, atomically, then forwards the events.
+    /// `Ok(false)`: the version moved.
     pub(super) async fn commit(&self, view: &View, mut plan: Plan) -> StoreResult<bool> {
         let c = view.c;
         let k = &self.keys;
-        let has_events = !plan.events.is_empty();
-        for (u, body) in &plan.events {
-            plan.cmds.push(rcmd![
-                "XADD",
-                k.outbox(&c),
-                "*",
-                "u",
-                hex(u),
-                "b",
-                enc(body)
-            ]);
-        }
+        let events: Vec<(UserId, Vec<u8>)> = plan
+            .events
+            .iter()
+            .map(|(u, body)| (*u, enc(body)))
+            .collect();
         // The conversation's queue is registered for Scylla writes and for
         // events alike: if this node dies before forwarding, the next drain
         // of that queue (on any node) forwards the outbox.
-        let registered = if plan.persist.is_empty() && !has_events {
+        let registered = if plan.persist.is_empty() && events.is_empty() {
             0
         } else {
             let q = k.conv_queue(&c);
@@ -159,18 +179,58 @@ impl Inner {
             }
             self.register(&q).await?
         };
-        let applied = self
-            .apply(&c, view.ver, registered, std::mem::take(&mut plan.cmds))
-            .await?;
-        match applied {
-            Applied::Done => {
-                if has_events {
-                    self.forward(&c).await?;
-                }
-                Ok(true)
-            }
-            Applied::Conflict | Applied::LeaseExpired => Ok(false),
+        // The events go last, followed by the outbox's length: the commit
+        // hands back their entry ids, and whether anything older waits.
+        let outbox = k.outbox(&c);
+        for (u, body) in &events {
+            plan.cmds.push(rcmd![
+                "XADD",
+                outbox.clone(),
+                "*",
+                "u",
+                hex(u),
+                "b",
+                body.clone()
+            ]);
         }
+        let replies = if events.is_empty() {
+            0
+        } else {
+            plan.cmds.push(rcmd!["XLEN", outbox.clone()]);
+            events.len() + 1
+        };
+        let applied = self
+            .apply(
+                &c,
+                view.ver,
+                registered,
+                std::mem::take(&mut plan.cmds),
+                replies,
+            )
+            .await?;
+        let replies = match applied {
+            Applied::Done(replies) => replies,
+            Applied::Conflict | Applied::LeaseExpired => return Ok(false),
+        };
+        if events.is_empty() {
+            return Ok(true);
+        }
+        let waiting: usize = redis::from_redis_value(replies[events.len()].clone())
+            .map_err(|_| corrupt("outbox length"))?;
+        if waiting > events.len() {
+            // Entries of an earlier commit wait (a node died before
+            // forwarding them, or is forwarding them now): forward in outbox
+            // order, from the start.
+            return self.forward(&c).await.map(|()| true);
+        }
+        let mut entries = Vec::with_capacity(events.len());
+        for ((u, body), id) in events.into_iter().zip(&replies) {
+            let id: String =
+                redis::from_redis_value(id.clone()).map_err(|_| corrupt("outbox entry id"))?;
+            entries.push(OutboxEntry { id, user: u, body });
+        }
+        self.forward_entries(&c, &entries).await?;
+        Ok(true)
     }
 
     /// Moves committed outbox entries of `c` into their addressees' logs, in
@@ -184,7 +244,7 @@ impl Inner {
     pub(super) async fn forward(&self, c: &ConversationId) -> StoreResult<()> {
         const PAGE: usize = 500;
         loop {
-            let entries: redis::streams::StreamRangeReply = self
+            let page: redis::streams::StreamRangeReply = self
                 .query(
                     redis::cmd("XRANGE")
                         .arg(self.keys.outbox(c))
@@ -194,42 +254,73 @@ impl Inner {
                         .arg(PAGE),
                 )
                 .await?;
-            if entries.ids.is_empty() {
-                return Ok(());
-            }
-            let mut done = Vec::with_capacity(entries.ids.len());
-            for entry in &entries.ids {
+            let mut entries = Vec::with_capacity(page.ids.len());
+            for entry in &page.ids {
                 let user: String = entry.get("u").ok_or_else(|| corrupt("outbox user"))?;
                 let body: Vec<u8> = entry.get("b").ok_or_else(|| corrupt("outbox body"))?;
-                let u = parse_uuid(&user)?;
-                let _: (i64, i64, String) = scripts::FORWARD
-                    .key(self.keys.log_meta(&u))
-                    .key(self.keys.log(&u))
-                    .arg(hex(c))
-                    .arg(&entry.id)
-                    .arg(body)
-                    .arg(self.opts.log_retention.max(1))
-                    .arg(self.ttl())
-                    .arg(fresh_epoch())
-                    .arg(self.keys.bus())
-                    .arg(user)
-                    .arg(crate::domain::now_millis())
-                    .arg(self.ttl().saturating_mul(1000) / LIFETIME_REFRESHES)
-                    .invoke_async(&mut self.conn())
-                    .await
-                    .map_err(redis_err)?;
-                done.push(entry.id.clone());
+                entries.push(OutboxEntry {
+                    id: entry.id.clone(),
+                    user: parse_uuid(&user)?,
+                    body,
+                });
             }
-            let mut cmd = redis::cmd("XDEL");
-            cmd.arg(self.keys.outbox(c));
-            for id in &done {
-                cmd.arg(id);
-            }
-            let _: i64 = self.query(&cmd).await?;
-            if done.len() < PAGE {
+            self.forward_entries(c, &entries).await?;
+            if entries.len() < PAGE {
                 return Ok(());
             }
         }
+    }
+
+    /// Forwards outbox entries of `c` (in outbox order) with one
+    /// [`scripts::FORWARD`] per addressee, all sent at once (the connection
+    /// pipelines them: one round trip, however many events), then deletes
+    /// them from the outbox. An entry that was already forwarded is skipped
+    /// by its addressee's log, so a commit and a drain forwarding the same
+    /// entries race harmlessly. The logs of different users are unrelated, so
+    /// only each user's own entries need their order, which one call keeps.
+    pub(super) async fn forward_entries(
+        &self,
+        c: &ConversationId,
+        entries: &[OutboxEntry],
+    ) -> StoreResult<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut by_user: Vec<(UserId, Vec<&OutboxEntry>)> = Vec::new();
+        for e in entries {
+            match by_user.iter_mut().find(|(u, _)| *u == e.user) {
+                Some((_, mine)) => mine.push(e),
+                None => by_user.push((e.user, vec![e])),
+            }
+        }
+        let (conv, now) = (hex(c), crate::domain::now_millis());
+        let refresh = self.ttl().saturating_mul(1000) / LIFETIME_REFRESHES;
+        futures::future::try_join_all(by_user.iter().map(|(u, mine)| {
+            let mut inv = scripts::FORWARD.key(self.keys.log_meta(u));
+            inv.key(self.keys.log(u))
+                .arg(&conv)
+                .arg(self.opts.log_retention.max(1))
+                .arg(self.ttl())
+                .arg(fresh_epoch())
+                .arg(self.keys.bus())
+                .arg(hex(u))
+                .arg(now)
+                .arg(refresh);
+            for e in mine {
+                inv.arg(&e.id).arg(e.body.as_slice());
+            }
+            let mut conn = self.conn();
+            async move { inv.invoke_async::<i64>(&mut conn).await }
+        }))
+        .await
+        .map_err(redis_err)?;
+        let mut cmd = redis::cmd("XDEL");
+        cmd.arg(self.keys.outbox(c));
+        for e in entries {
+            cmd.arg(&e.id);
+        }
+        let _: i64 = self.query(&cmd).await?;
+        Ok(())
     }
 
     /// Applies a read by `u` up to `to` to the view and the plan.
@@ -396,7 +487,7 @@ impl Inner {
                     .unwrap_or_default();
                 let sharing = self.sharing_of(&[*u]).await?[0].0;
                 let cmds = index_member(&self.keys, &c, u, &membership, wm, sharing);
-                if let Applied::Done = self.apply(&c, ver.unwrap_or(0), 0, cmds).await? {
+                if let Applied::Done(_) = self.apply(&c, ver.unwrap_or(0), 0, cmds, 0).await? {
                     continue 'conv;
                 }
                 backoff().await;

@@ -305,8 +305,8 @@ impl Inner {
         }
         // The commit script gives every key of the conversation its expiry.
         // Only if still absent (version 0): a concurrent re-warm or write wins.
-        match self.apply(c, 0, 0, plan.cmds).await? {
-            Applied::Done | Applied::Conflict => Ok(true),
+        match self.apply(c, 0, 0, plan.cmds, 0).await? {
+            Applied::Done(_) | Applied::Conflict => Ok(true),
             Applied::LeaseExpired => Ok(true),
         }
     }

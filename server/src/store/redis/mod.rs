@@ -9,9 +9,11 @@
 //!    if the version is unchanged, apply the writes, append the events they
 //!    cause to the conversation's outbox stream and the changes to persist to
 //!    its queue stream, and bump the version; otherwise re-read and retry.
-//! 4. Forward the outbox into each addressee's replay log (once, in order:
-//!    [`scripts::FORWARD`]) which publishes on the bus; every node hands what it
-//!    hears to its local subscribers.
+//! 4. Forward the events into each addressee's replay log (once, in order:
+//!    [`scripts::FORWARD`], one call per addressee, all sent together), which
+//!    publishes on the bus; every node hands what it hears to its local
+//!    subscribers. The commit returns its outbox entry ids and the outbox's
+//!    length, so the outbox is read back only when older entries wait.
 //! 5. A flusher (any node, every `flush_interval` and at shutdown) drains the
 //!    queue streams into Scylla, acknowledging (deleting) entries only after
 //!    Scylla accepted them. A node that dies leaves its queue, outbox and

@@ -37,12 +37,16 @@ end
 local shared = {}
 for j = 2, #KEYS do shared[KEYS[j]] = true end
 local written = {}
-local i = 8
-for _ = 1, tonumber(ARGV[7]) do
+local ncmds = tonumber(ARGV[7])
+local kept_from = ncmds - tonumber(ARGV[8]) + 1
+local replies = {}
+local i = 9
+for c = 1, ncmds do
   local n = tonumber(ARGV[i])
   local key = ARGV[i + 2]
   if shared[key] then written[key] = true end
-  redis.call(unpack(ARGV, i + 1, i + n))
+  local r = redis.call(unpack(ARGV, i + 1, i + n))
+  if c >= kept_from then replies[#replies + 1] = r end
   i = i + n + 1
 end
 local now, ttl = tonumber(ARGV[4]), ARGV[5]
@@ -53,16 +57,20 @@ else
   redis.call('HSET', KEYS[1], 'v', v + 1)
   for key in pairs(written) do redis.call('EXPIRE', key, ttl, 'NX') end
 end
-return v + 1
+return {v + 1, replies}
 "#,
     )
 });
 
-/// Appends one outbox entry to a user's replay log, once. KEYS: the log's
-/// meta hash, the log. ARGV: conversation, outbox entry id, payload,
-/// retention (events), ttl (s), a fresh epoch to use if the log has none,
-/// bus channel, user, now (ms, the node's clock), how often the log's
-/// expiry is refreshed (ms). Returns {appended, offset, epoch}.
+/// Appends outbox entries of one conversation to one user's replay log,
+/// each once and in order. KEYS: the log's meta hash, the log. ARGV:
+/// conversation, retention (events), ttl (s), a fresh epoch to use if the
+/// log has none, bus channel, user, now (ms, the node's clock), how often the
+/// log's expiry is refreshed (ms), then each entry as its outbox id and its
+/// payload, in outbox order. Entries at or before the last one forwarded
+/// from the conversation (`f:<conv>`) are skipped, so forwarding twice is
+/// harmless. Each appended entry is `PUBLISH`ed on the bus. Returns how many
+/// were appended.
 ///
 /// The two keys share one lifetime, as a conversation's do (see [`APPLY`]):
 /// both get the TTL when the meta hash's `x` is older than the refresh
@@ -83,29 +91,45 @@ local h = redis.call('HMGET', KEYS[1], 'epoch', 'f:' .. ARGV[1], 'x')
 local epoch, f, x = h[1], h[2], h[3]
 if not epoch then
   redis.call('DEL', KEYS[2])
-  epoch = ARGV[6]
+  epoch = ARGV[4]
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'next', 0, 'trim', 0)
   f, x = false, false
 end
-if f and cmp(ARGV[2], f) <= 0 then return {0, 0, epoch} end
-local off = redis.call('HINCRBY', KEYS[1], 'next', 1)
-redis.call('ZADD', KEYS[2], off, tostring(off) .. ':' .. ARGV[3])
-local keep = tonumber(ARGV[4])
-if off > keep then
-  local cut = off - keep
+local fresh = {}
+for i = 9, #ARGV, 2 do
+  if not f or cmp(ARGV[i], f) > 0 then
+    fresh[#fresh + 1] = i
+    f = ARGV[i]
+  end
+end
+if #fresh == 0 then return 0 end
+local last = redis.call('HINCRBY', KEYS[1], 'next', #fresh)
+local first = last - #fresh
+local z = {}
+for j, i in ipairs(fresh) do
+  z[#z + 1] = first + j
+  z[#z + 1] = tostring(first + j) .. ':' .. ARGV[i + 1]
+end
+redis.call('ZADD', KEYS[2], unpack(z))
+local keep = tonumber(ARGV[2])
+if last > keep then
+  local cut = last - keep
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', cut)
   redis.call('HSET', KEYS[1], 'trim', cut)
 end
-local now = tonumber(ARGV[9])
-if now - tonumber(x or '0') >= tonumber(ARGV[10]) then
-  redis.call('HSET', KEYS[1], 'f:' .. ARGV[1], ARGV[2], 'x', now)
-  redis.call('EXPIRE', KEYS[1], ARGV[5])
-  redis.call('EXPIRE', KEYS[2], ARGV[5])
+local now = tonumber(ARGV[7])
+if now - tonumber(x or '0') >= tonumber(ARGV[8]) then
+  redis.call('HSET', KEYS[1], 'f:' .. ARGV[1], f, 'x', now)
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  redis.call('EXPIRE', KEYS[2], ARGV[3])
 else
-  redis.call('HSET', KEYS[1], 'f:' .. ARGV[1], ARGV[2])
+  redis.call('HSET', KEYS[1], 'f:' .. ARGV[1], f)
 end
-redis.call('PUBLISH', ARGV[7], ARGV[8] .. ':' .. epoch .. ':' .. tostring(off) .. ':' .. ARGV[3])
-return {1, off, epoch}
+for j, i in ipairs(fresh) do
+  redis.call('PUBLISH', ARGV[5],
+    ARGV[6] .. ':' .. epoch .. ':' .. tostring(first + j) .. ':' .. ARGV[i + 1])
+end
+return #fresh
 "#,
     )
 });

@@ -551,7 +551,7 @@ impl ReceiptStore for RedisStore {
                 rcmd!["XADD", q, "*", "p", enc(&vec![op])],
                 rcmd!["EXPIRE", key.clone(), s.ttl()],
             ];
-            if let Applied::Done = s.apply_on(key, &[], version, registered, cmds).await? {
+            if let Applied::Done(_) = s.apply_on(key, &[], version, registered, cmds, 0).await? {
                 s.reindex_sharing(&user).await?;
                 return Ok(sharing);
             }

@@ -576,6 +576,66 @@ async fn a_quiet_readers_read_outlives_the_hot_ttl_while_the_conversation_is_bus
     );
 }
 
+/// Between two refreshes of a conversation's lifetime a commit sends an
+/// EXPIRE only for keys it creates or may have emptied (docs/storage.md,
+/// "Redis keys"). A group window's key is deleted when the window closes and
+/// created again by the next delivery: it gets its expiry back, and so does
+/// every key created after the conversation's first commit. The hot TTL is
+/// a day here, so no refresh happens within the test.
+#[tokio::test]
+async fn keys_created_or_emptied_between_refreshes_keep_an_expiry() {
+    let (_redis, tier, node) = super::costs::measured_node().await;
+    let keys = receipts_server::store::redis::keys::Keys::new(&tier.prefix);
+    let mut backend = node.backend().await;
+    let mut group = Conversation::create(&mut backend, 3).await;
+    let (alice, bob, carol) = (group.members[0], group.members[1], group.members[2]);
+    let m1 = group.send(&mut backend, alice).await;
+    let window = keys.window(&group.id);
+    let redis = tier.redis().await;
+    let pttl = |key: String| {
+        let mut con = redis.clone();
+        async move {
+            redis::cmd("PTTL")
+                .arg(&key)
+                .query_async::<i64>(&mut con)
+                .await
+                .expect("PTTL")
+        }
+    };
+    deliver(&mut node.user(bob).await, &[m1]).await;
+    assert!(
+        pttl(window.clone()).await > 0,
+        "the window key has an expiry"
+    );
+    // The window closes (2 s) and its key is deleted.
+    let until = Instant::now() + Duration::from_secs(10);
+    while pttl(window.clone()).await != -2 {
+        assert!(Instant::now() < until, "the window closed");
+        sleep(Duration::from_millis(100)).await;
+    }
+    deliver(&mut node.user(carol).await, &[m1]).await;
+    assert!(
+        pttl(window.clone()).await > 0,
+        "the window key, created again, has an expiry"
+    );
+    read_up_to(&mut node.user(bob).await, group.id, m1).await;
+    group.send(&mut backend, alice).await;
+    let tag = format!("{{{}}}", group.id.simple());
+    let mut checked = 0;
+    for key in tier.keys().await {
+        if !key.contains(tag.as_str()) || key.ends_with(":q") {
+            continue;
+        }
+        let ttl = pttl(key.clone()).await;
+        assert_ne!(ttl, -1, "{key} has no expiry");
+        checked += u64::from(ttl > 0);
+    }
+    assert!(
+        checked >= 8,
+        "the conversation's keys were found: {checked}"
+    );
+}
+
 /// Events a node committed but could not forward (here: one addressee's log
 /// is broken for a moment, as a node dying after its commit would leave
 /// them) are forwarded by the next write in the conversation, before that

@@ -16,16 +16,29 @@ use std::sync::LazyLock;
 /// lease (the caller registers again).
 ///
 /// Lifetime: when the hash's `x` (the last refresh) is older than the
-/// refresh interval, every lifetime key gets the TTL and `x` becomes now;
-/// otherwise only the lifetime keys this commit wrote get it, and only if
-/// they have none (`EXPIRE … NX`: a key created since the last refresh). So
-/// a conversation's keys live between the TTL minus the interval and the
-/// TTL after its last write, no key is ever left without one, and a commit
-/// sends one EXPIRE per key it created instead of one per key it has.
+/// refresh interval, every lifetime key gets the TTL and `x` becomes now.
+/// The hash's `e` then records which lifetime keys exist and so carry the
+/// expiry: `<ttl>:` and one `1` or `0` per key, in KEYS order. Between
+/// refreshes a commit sends an EXPIRE only for a key it wrote that `e` does
+/// not mark (a key created since), or that one of its commands may have
+/// emptied (a command other than those that only add, unless it replied 0:
+/// nothing removed; an emptied key is deleted, and writing it again would
+/// create it without an expiry); each such EXPIRE updates the key's mark. A mark made under another TTL (nodes
+/// started with different `--hot-ttl-secs`) counts for nothing. The hash
+/// itself gets its expiry only at a refresh (it exists then: the HSET of `v`
+/// comes first).
+///
+/// So a conversation's keys live between the TTL minus the interval and the
+/// TTL after its last write, and no key is left without one: a marked key's
+/// expiry was set at or after the hash's own (at the same refresh, or
+/// later), so while the hash lives (and with it `e`) no marked key has
+/// expired (`maxmemory-policy noeviction`, as docs/deploy.md requires, so
+/// none is evicted either); and writes to these keys outside this script set
+/// their own expiry. In the common case a commit sends no EXPIRE at all.
 pub static APPLY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-local meta = redis.call('HMGET', KEYS[1], 'v', 'x')
+local meta = redis.call('HMGET', KEYS[1], 'v', 'x', 'e')
 local v = tonumber(meta[1] or '0')
 if v ~= tonumber(ARGV[1]) then return -1 end
 local reg = tonumber(ARGV[2])
@@ -34,8 +47,10 @@ if reg > 0 then
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   if now - reg > tonumber(ARGV[3]) then return -2 end
 end
+local adds = {HSET = true, HSETNX = true, HINCRBY = true, ZADD = true, SADD = true, XADD = true}
+local reads = {XLEN = true}
 local shared = {}
-for j = 2, #KEYS do shared[KEYS[j]] = true end
+for j = 2, #KEYS do shared[KEYS[j]] = j - 1 end
 local written = {}
 local ncmds = tonumber(ARGV[7])
 local kept_from = ncmds - tonumber(ARGV[8]) + 1
@@ -43,19 +58,48 @@ local replies = {}
 local i = 9
 for c = 1, ncmds do
   local n = tonumber(ARGV[i])
+  local name = string.upper(ARGV[i + 1])
   local key = ARGV[i + 2]
-  if shared[key] then written[key] = true end
   local r = redis.call(unpack(ARGV, i + 1, i + n))
+  if shared[key] and not reads[name] then
+    if adds[name] then
+      if written[key] == nil then written[key] = true end
+    elseif r ~= 0 then
+      written[key] = false
+    end
+  end
   if c >= kept_from then replies[#replies + 1] = r end
   i = i + n + 1
 end
 local now, ttl = tonumber(ARGV[4]), ARGV[5]
+local tag = ttl .. ':'
 if #KEYS > 1 and now - tonumber(meta[2] or '0') >= tonumber(ARGV[6]) then
   redis.call('HSET', KEYS[1], 'v', v + 1, 'x', now)
-  for j = 2, #KEYS do redis.call('EXPIRE', KEYS[j], ttl) end
+  local marks = {}
+  for j = 2, #KEYS do marks[j - 1] = redis.call('EXPIRE', KEYS[j], ttl) == 1 and '1' or '0' end
+  redis.call('HSET', KEYS[1], 'e', tag .. table.concat(marks))
+elseif #KEYS > 1 then
+  local e = meta[3]
+  local marks = {}
+  local valid = e and string.sub(e, 1, #tag) == tag
+  for j = 1, #KEYS - 1 do
+    marks[j] = valid and string.sub(e, #tag + j, #tag + j) == '1' and '1' or '0'
+  end
+  local changed = false
+  for key, only_added in pairs(written) do
+    local j = shared[key]
+    if key ~= KEYS[1] and (not only_added or marks[j] ~= '1') then
+      local mark = redis.call('EXPIRE', key, ttl) == 1 and '1' or '0'
+      if mark ~= marks[j] then marks[j], changed = mark, true end
+    end
+  end
+  if changed or not valid then
+    redis.call('HSET', KEYS[1], 'v', v + 1, 'e', tag .. table.concat(marks))
+  else
+    redis.call('HSET', KEYS[1], 'v', v + 1)
+  end
 else
   redis.call('HSET', KEYS[1], 'v', v + 1)
-  for key in pairs(written) do redis.call('EXPIRE', key, ttl, 'NX') end
 end
 return {v + 1, replies}
 "#,

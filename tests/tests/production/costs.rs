@@ -262,22 +262,7 @@ async fn mark_delivered_in_the_conversation_reads_no_id_index() {
     })
     .await;
     let (in_conversation, _) = redis_cost_of(&tier, || async {
-        let r = bob_client
-            .mark_delivered(pb::MarkDeliveredRequest {
-                conversations: vec![pb::ConversationMessageIds {
-                    conversation_id: direct.id.to_string(),
-                    message_ids: batches[1].iter().map(Uuid::to_string).collect(),
-                }],
-                ..Default::default()
-            })
-            .await
-            .expect("mark delivered")
-            .into_inner();
-        assert!(
-            r.results
-                .iter()
-                .all(|r| r.outcome == pb::DeliveryOutcome::Recorded as i32)
-        );
+        deliver_in(&mut bob_client, direct.id, &batches[1]).await;
     })
     .await;
     println!("MarkDelivered of 100 by id: {by_id:?}");
@@ -329,6 +314,110 @@ async fn a_write_forwards_its_events_with_one_call_per_addressee() {
     assert_eq!(calls("xdel"), 1, "forwarded entries deleted at once");
     let r = receipt(&mut node.user(alice).await, direct.id, m).await;
     assert_eq!(tick(&r), pb::Tick::Read);
+}
+
+/// MarkDelivered naming the conversation, every message newly recorded.
+async fn deliver_in(client: &mut UserClient, conversation: Uuid, ids: &[Uuid]) {
+    let r = client
+        .mark_delivered(pb::MarkDeliveredRequest {
+            conversations: vec![pb::ConversationMessageIds {
+                conversation_id: conversation.to_string(),
+                message_ids: ids.iter().map(Uuid::to_string).collect(),
+            }],
+            ..Default::default()
+        })
+        .await
+        .expect("mark delivered")
+        .into_inner();
+    assert!(
+        r.results
+            .iter()
+            .all(|r| r.outcome == pb::DeliveryOutcome::Recorded as i32)
+    );
+}
+
+/// The calls one call makes to Redis, in order, by command name (`MONITOR`;
+/// the commands scripts run and the node's health PINGs left out). Each is
+/// one round trip, unless sent together with others.
+async fn redis_calls_of<F, Fut>(tier: &Tier, call: F) -> Vec<String>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    use futures::StreamExt as _;
+    const END: &str = "end-of-measured-calls";
+    let client = redis::Client::open(tier.redis_url.as_str()).expect("redis url");
+    let monitor = client.get_async_monitor().await.expect("MONITOR");
+    let mut lines = Box::pin(monitor.into_on_message::<String>());
+    call().await;
+    let mut con = tier.redis().await;
+    let _: String = redis::cmd("ECHO")
+        .arg(END)
+        .query_async(&mut con)
+        .await
+        .expect("ECHO");
+    let mut calls = Vec::new();
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(5), lines.next())
+            .await
+            .expect("MONITOR sees the end marker")
+            .expect("MONITOR stream");
+        if line.contains(END) {
+            return calls;
+        }
+        let Some(name) = line.split('"').nth(1) else {
+            continue;
+        };
+        if line.contains(" lua]") || name.eq_ignore_ascii_case("PING") {
+            continue;
+        }
+        calls.push(name.to_uppercase());
+    }
+}
+
+/// MarkDelivered naming the conversation reads every fact of the
+/// conversation it needs in one call (`DELIVERY_VIEW`: the view, the
+/// messages, the delivery runs at their seqs; three sequential calls
+/// before), then commits. In a group: read, queue registration, commit (the
+/// events come later, from the window). In a direct chat the event carries
+/// whole states, so the two members' sharing settings are read too (one
+/// pipeline: they live in the users' slots), and the event is forwarded and
+/// deleted from the outbox after the commit.
+#[tokio::test]
+async fn a_delivery_reads_its_facts_in_one_call() {
+    let (_redis, tier, node) = measured_node().await;
+    let mut backend = node.backend().await;
+    for size in [2, 5] {
+        let mut chat = Conversation::create(&mut backend, size).await;
+        let (alice, bob) = (chat.members[0], chat.members[1]);
+        let warm = chat.send(&mut backend, alice).await;
+        // Seqs 16,330 to 16,429: over two runs buckets (256 seqs each) and
+        // from two-byte to three-byte varints at 16,384, where the script
+        // finds each message's seq and bucket.
+        chat.set_next_seq(16_330);
+        let batch = chat.send_many(&mut backend, alice, 100).await;
+        let mut bob_client = node.user(bob).await;
+        // Loads the scripts and the sharing settings: not measured. (Not in
+        // the group: it would open a window that could close mid-measure.)
+        if size == 2 {
+            deliver_in(&mut bob_client, chat.id, &[warm]).await;
+        }
+        let calls = redis_calls_of(&tier, || async {
+            deliver_in(&mut bob_client, chat.id, &batch).await;
+        })
+        .await;
+        println!("MarkDelivered of 100 in a conversation of {size}: {calls:?}");
+        let expected: &[&str] = if size == 2 {
+            &[
+                "EVALSHA", "HMGET", "HMGET", "EVALSHA", "EVALSHA", "EVALSHA", "XDEL",
+            ]
+        } else {
+            &["EVALSHA", "EVALSHA", "EVALSHA"]
+        };
+        assert_eq!(calls, expected);
+        let r = receipt(&mut node.user(alice).await, chat.id, batch[99]).await;
+        assert_eq!(r.delivered_count, 1, "the deliveries were applied");
+    }
 }
 
 /// RegisterMessages of 100 messages writes the id index once per index key
@@ -420,7 +509,9 @@ async fn a_group_write_costs_redis_the_same_in_a_group_of_5_or_500() {
         let warm = group.send(&mut backend, alice).await;
         let m = group.send(&mut backend, alice).await;
         let mut bob_client = node.user(bob).await;
-        // Creates bob's replay log and loads the sharing setting: not measured.
+        // Creates bob's replay log, loads the sharing setting and the
+        // scripts: not measured.
+        deliver(&mut bob_client, &[warm]).await;
         read_up_to(&mut bob_client, group.id, warm).await;
         let delivered = redis_cost_of(&tier, || async {
             deliver(&mut bob_client, &[m]).await;

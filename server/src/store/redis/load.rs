@@ -145,6 +145,52 @@ pub(super) fn parse_view(
     })
 }
 
+fn parse_err(e: redis::ParsingError) -> ServiceError {
+    redis_err(e.into())
+}
+
+/// The view in a [`scripts::VIEW`] reply (its first three parts, taken from
+/// `it`) for a write by `u`; `None` when the conversation is not in Redis.
+pub(super) fn parse_view_reply(
+    c: &ConversationId,
+    u: &UserId,
+    it: &mut impl Iterator<Item = Value>,
+) -> StoreResult<Option<View>> {
+    let kind = it
+        .next()
+        .map(i64::from_redis_value)
+        .transpose()
+        .map_err(parse_err)?;
+    if kind == Some(0) {
+        return Ok(None);
+    }
+    let (meta, wms) = (it.next(), it.next());
+    match (kind, meta, wms) {
+        (Some(1), Some(meta), Some(wms)) => Ok(Some(parse_view(
+            c,
+            HashMap::from_redis_value(meta).map_err(parse_err)?,
+            HashMap::from_redis_value(wms).map_err(parse_err)?,
+        )?)),
+        (Some(2), Some(fields), Some(wm)) => {
+            let values: Vec<Option<Vec<u8>>> = Vec::from_redis_value(fields).map_err(parse_err)?;
+            let mut meta = HashMap::new();
+            let names = ["v".to_string(), "mv".into(), "t".into(), "n".into()];
+            let member = format!("m:{}", hex(u));
+            for (f, v) in names.into_iter().chain([member]).zip(values) {
+                if let Some(v) = v {
+                    meta.insert(f, v);
+                }
+            }
+            let mut own = HashMap::new();
+            if let Some(wm) = Option::<String>::from_redis_value(wm).map_err(parse_err)? {
+                own.insert(hex(u), wm);
+            }
+            Ok(Some(parse_view(c, meta, own)?))
+        }
+        _ => Err(corrupt("view reply")),
+    }
+}
+
 /// A watermarks-hash value: `seq:public_seq`.
 pub(super) fn parse_watermark(v: &str) -> StoreResult<ReadWatermark> {
     let (s, p) = v.split_once(':').ok_or_else(|| corrupt("watermark"))?;
@@ -223,37 +269,9 @@ impl Inner {
             .invoke_async(&mut self.conn())
             .await
             .map_err(redis_err)?;
-        let parse = |e: redis::ParsingError| redis_err(e.into());
-        let mut it = reply.into_iter();
-        let kind = it
-            .next()
-            .map(i64::from_redis_value)
-            .transpose()
-            .map_err(parse)?;
-        let (meta, wms) = (it.next(), it.next());
-        match (kind, meta, wms) {
-            (Some(1), Some(meta), Some(wms)) => Ok(Some(parse_view(
-                c,
-                HashMap::from_redis_value(meta).map_err(parse)?,
-                HashMap::from_redis_value(wms).map_err(parse)?,
-            )?)),
-            (Some(2), Some(fields), Some(wm)) => {
-                let values: Vec<Option<Vec<u8>>> = Vec::from_redis_value(fields).map_err(parse)?;
-                let mut meta = HashMap::new();
-                let names = ["v".to_string(), "mv".into(), "t".into(), "n".into()];
-                let member = format!("m:{}", hex(u));
-                for (f, v) in names.into_iter().chain([member]).zip(values) {
-                    if let Some(v) = v {
-                        meta.insert(f, v);
-                    }
-                }
-                let mut own = HashMap::new();
-                if let Some(wm) = Option::<String>::from_redis_value(wm).map_err(parse)? {
-                    own.insert(hex(u), wm);
-                }
-                Ok(Some(parse_view(c, meta, own)?))
-            }
-            _ => self.view(c).await,
+        match parse_view_reply(c, u, &mut reply.into_iter())? {
+            Some(view) => Ok(Some(view)),
+            None => self.view(c).await,
         }
     }
 
@@ -420,7 +438,7 @@ impl Inner {
         named: &[Named],
     ) -> StoreResult<View> {
         let by_name = named.iter().any(|n| n.conversation.is_some());
-        let Some(mut view) = self.view_for(c, u).await? else {
+        let Some(mut view) = self.delivery_facts(c, u, named).await? else {
             return Err(match by_name {
                 true => ServiceError::not_found(CONVERSATION_FIELD, "conversation", c),
                 false => named[0].not_found(),
@@ -438,6 +456,67 @@ impl Inner {
             return Err(n.not_found());
         }
         Ok(view)
+    }
+
+    /// [`Self::view_for`] with the named messages and the delivery runs at
+    /// their seqs loaded, in one round trip ([`scripts::DELIVERY_VIEW`]):
+    /// every member's runs in a direct conversation, `u`'s alone in a group,
+    /// as MarkDelivered reads them. When Redis does not hold the
+    /// conversation or its runs, what it lacks is re-warmed and loaded as
+    /// before, one step at a time.
+    async fn delivery_facts(
+        &self,
+        c: &ConversationId,
+        u: &UserId,
+        named: &[Named],
+    ) -> StoreResult<Option<View>> {
+        let mut inv = scripts::DELIVERY_VIEW.key(self.keys.meta(c));
+        inv.key(self.keys.watermarks(c))
+            .key(self.keys.messages(c))
+            .key(self.keys.runs(c))
+            .arg(hex(u))
+            .arg(DIRECT_MEMBERS)
+            .arg(runs::BUCKET);
+        for n in named {
+            inv.arg(n.id.as_bytes().as_slice());
+        }
+        let reply: Vec<Value> = inv
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(redis_err)?;
+        let mut it = reply.into_iter();
+        let Some(mut view) = parse_view_reply(c, u, &mut it)? else {
+            return self.view_for(c, u).await;
+        };
+        let next =
+            |it: &mut std::vec::IntoIter<Value>| it.next().ok_or_else(|| corrupt("view reply"));
+        let values: Vec<Option<Vec<u8>>> =
+            Vec::from_redis_value(next(&mut it)?).map_err(parse_err)?;
+        let buckets: Vec<u32> = Vec::from_redis_value(next(&mut it)?).map_err(parse_err)?;
+        let members: Vec<String> = Vec::from_redis_value(next(&mut it)?).map_err(parse_err)?;
+        let mut runs: Vec<Option<Vec<u8>>> =
+            Vec::from_redis_value(next(&mut it)?).map_err(parse_err)?;
+        for (n, value) in named.iter().zip(values) {
+            let Some(value) = value else { continue };
+            let m =
+                keys::parse_message_value(c, &n.id, &value).ok_or_else(|| corrupt("message"))?;
+            view.messages.insert(m.id, m);
+        }
+        // Without the loaded marker the runs are not in Redis: they are
+        // re-warmed by the usual path when the write asks for them. A
+        // bucket the script did not read (a seq past 2^53, which Lua's
+        // numbers round) is read by that path too.
+        if runs.first().is_some_and(Option::is_some) {
+            let mut fields = runs.drain(1..);
+            for member in &members {
+                let member = parse_uuid(member)?;
+                for b in &buckets {
+                    let value = fields.next().ok_or_else(|| corrupt("runs reply"))?;
+                    view.runs.insert(member, *b, value.as_deref())?;
+                }
+            }
+        }
+        Ok(Some(view))
     }
 
     /// Loads `u`'s own delivery runs at the seqs of `ids`: one field per

@@ -350,3 +350,75 @@ return {2, redis.call('HMGET', KEYS[1], 'v', 'mv', 't', 'n', 'm:' .. ARGV[1]),
 "#,
     )
 });
+
+/// What a MarkDelivered by one member needs of a conversation, in one round
+/// trip: [`VIEW`]'s reply, then the named messages and the delivery-runs
+/// fields at their seqs. KEYS: the conversation's meta hash, watermarks
+/// hash, messages hash, runs hash. ARGV: the member's hex id, the largest
+/// member count read in full, the seqs per runs bucket, then the raw ids of
+/// the messages. Returns `{0}` if the conversation is not in Redis; else
+/// `VIEW`'s three parts, then `{the messages' values}` (false where
+/// unknown), `{the buckets}`, `{the members whose runs were read (hex): all
+/// of a direct conversation's, or the caller alone in a group}` and `{the
+/// runs hash's '_', then those members' fields at every bucket, member by
+/// member}`. The seq is the first field
+/// of a messages-hash value (`keys::message_value`: postcard, a varint); a
+/// field is `raw user ‖ bucket` (4 bytes, big-endian), as `runs::field`
+/// makes it.
+pub static DELIVERY_VIEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local function raw(h)
+  return (h:gsub('..', function(c) return string.char(tonumber(c, 16)) end))
+end
+local function seq_of(v)
+  local s, mul = 0, 1
+  for i = 1, 10 do
+    local b = string.byte(v, i)
+    if not b then return nil end
+    s = s + (b % 128) * mul
+    if b < 128 then return s end
+    mul = mul * 128
+  end
+  return nil
+end
+local n = redis.call('HGET', KEYS[1], 'n')
+if not n then return {0} end
+local out, members = nil, {}
+if tonumber(n) <= tonumber(ARGV[2]) then
+  local meta = redis.call('HGETALL', KEYS[1])
+  out = {1, meta, redis.call('HGETALL', KEYS[2])}
+  for i = 1, #meta, 2 do
+    if string.sub(meta[i], 1, 2) == 'm:' then members[#members + 1] = string.sub(meta[i], 3) end
+  end
+else
+  out = {2, redis.call('HMGET', KEYS[1], 'v', 'mv', 't', 'n', 'm:' .. ARGV[1]),
+    redis.call('HGET', KEYS[2], ARGV[1]) or false}
+  members[1] = ARGV[1]
+end
+local values = redis.call('HMGET', KEYS[3], unpack(ARGV, 4))
+local size = tonumber(ARGV[3])
+local seen, buckets = {}, {}
+for i = 1, #ARGV - 3 do
+  local s = values[i] and seq_of(values[i])
+  if s then
+    local b = math.floor(s / size)
+    if not seen[b] then seen[b] = true; buckets[#buckets + 1] = b end
+  end
+end
+local fields = {'_'}
+for _, m in ipairs(members) do
+  local r = raw(m)
+  for _, b in ipairs(buckets) do
+    fields[#fields + 1] = r .. string.char(math.floor(b / 16777216) % 256,
+      math.floor(b / 65536) % 256, math.floor(b / 256) % 256, b % 256)
+  end
+end
+out[4] = values
+out[5] = buckets
+out[6] = members
+out[7] = redis.call('HMGET', KEYS[4], unpack(fields))
+return out
+"#,
+    )
+});

@@ -420,6 +420,61 @@ async fn a_delivery_reads_its_facts_in_one_call() {
     }
 }
 
+/// MarkReadUpTo reads the conversation's facts in one call (`READ_VIEW`:
+/// the view, the target message, and the seq index after the reader's
+/// watermark, from which both the messages the read covers and the unread
+/// count after it are found; four sequential calls before). Then the
+/// reader's sharing setting (its own slot, read after the conversation's
+/// version so that a concurrent toggle's re-index cannot be undone), the
+/// queue registration, the commit, the forward of the reader's watermark
+/// sync, and the outbox's XDEL: six calls in a group, from nine. A direct
+/// chat reads no seq-index range outside the script either.
+#[tokio::test]
+async fn a_read_reads_its_facts_in_one_call() {
+    let (_redis, tier, node) = measured_node().await;
+    let mut backend = node.backend().await;
+    let mut group = Conversation::create(&mut backend, 5).await;
+    let (alice, bob) = (group.members[0], group.members[1]);
+    group.send_many(&mut backend, alice, 21).await;
+    let target = group.send(&mut backend, alice).await;
+    group.send_many(&mut backend, alice, 5).await;
+    let mut bob_client = node.user(bob).await;
+    // Loads the script and the sharing setting: not measured. (In another
+    // group: a read here would open a window that could close mid-measure.)
+    let mut other = Conversation::create_with(&mut backend, group.members.clone()).await;
+    let m = other.send(&mut backend, alice).await;
+    read_up_to(&mut bob_client, other.id, m).await;
+    let calls = redis_calls_of(&tier, || async {
+        let r = read_up_to(&mut bob_client, group.id, target).await;
+        assert_eq!((r.read_up_to_seq, r.unread_count), (22, 5));
+    })
+    .await;
+    println!("MarkReadUpTo in a group of 5: {calls:?}");
+    assert_eq!(
+        calls,
+        ["EVALSHA", "HMGET", "EVALSHA", "EVALSHA", "EVALSHA", "XDEL"]
+    );
+    let mut direct = Conversation::create(&mut backend, 2).await;
+    let (alice, bob) = (direct.members[0], direct.members[1]);
+    let first = direct.send(&mut backend, alice).await;
+    let target = direct.send(&mut backend, alice).await;
+    direct.send(&mut backend, alice).await;
+    let mut bob_client = node.user(bob).await;
+    read_up_to(&mut bob_client, direct.id, first).await;
+    let calls = redis_calls_of(&tier, || async {
+        let r = read_up_to(&mut bob_client, direct.id, target).await;
+        assert_eq!((r.read_up_to_seq, r.unread_count), (2, 1));
+    })
+    .await;
+    println!("MarkReadUpTo in a direct chat: {calls:?}");
+    assert!(
+        !calls.iter().any(|c| c.starts_with("ZRANGE")),
+        "the seq index is read by the script alone: {calls:?}"
+    );
+    let r = receipt(&mut node.user(alice).await, direct.id, target).await;
+    assert_eq!(tick(&r), pb::Tick::Read);
+}
+
 /// RegisterMessages of 100 messages writes the id index once per index key
 /// the ids fall in (an HSET of all of them and a PEXPIREAT, no key per
 /// message) and everything else once: the seq index, the messages hash, the

@@ -342,7 +342,7 @@ impl Inner {
                 ReadResult {
                     read_up_to: wm.seq,
                     advanced: false,
-                    unread: self.unread(&c, u, wm.seq, membership).await?,
+                    unread: self.unread_in(view, u, wm.seq, membership).await?,
                 },
                 false,
             ));
@@ -381,7 +381,7 @@ impl Inner {
         } else {
             before.seq
         };
-        let candidates = self.between(&c, first + 1, after.seq).await?;
+        let candidates = self.between_in(view, first + 1, after.seq).await?;
         let group = view.group();
         if !group {
             // A direct conversation's events carry whole states, computed
@@ -401,7 +401,7 @@ impl Inner {
                 .or_default()
                 .push((after.seq, at));
         }
-        let unread = self.unread(&c, u, after.seq, membership).await?;
+        let unread = self.unread_in(view, u, after.seq, membership).await?;
         plan.events.push((
             *u,
             EventBody::Watermark {

@@ -21,6 +21,9 @@ pub(super) struct View {
     pub(super) runs: RunBuckets,
     /// (user, public) -> history entries (seq, at) in seq order.
     pub(super) hist: HashMap<(UserId, bool), Vec<(Seq, Millis)>>,
+    /// `(s, rows)`: every seq-index entry after seq `s`, read with the view
+    /// (see [`Inner::read_facts`]); ranges above `s` are answered from it.
+    pub(super) tail: Option<(Seq, Vec<Indexed>)>,
 }
 
 impl View {
@@ -38,6 +41,7 @@ impl View {
             messages: HashMap::new(),
             runs: RunBuckets::default(),
             hist: HashMap::new(),
+            tail: None,
         }
     }
 
@@ -142,6 +146,7 @@ pub(super) fn parse_view(
         messages: HashMap::new(),
         runs: RunBuckets::default(),
         hist: HashMap::new(),
+        tail: None,
     })
 }
 
@@ -189,6 +194,21 @@ pub(super) fn parse_view_reply(
         }
         _ => Err(corrupt("view reply")),
     }
+}
+
+/// Seq-index entries read `WITHSCORES`.
+fn parse_seq_rows(rows: Vec<(Vec<u8>, f64)>) -> StoreResult<Vec<Indexed>> {
+    rows.into_iter()
+        .map(|(member, score)| {
+            let (id, sender) =
+                keys::parse_seq_member(&member).ok_or_else(|| corrupt("seq index"))?;
+            Ok(Indexed {
+                seq: score as Seq,
+                id,
+                sender,
+            })
+        })
+        .collect()
 }
 
 /// A watermarks-hash value: `seq:public_seq`.
@@ -519,6 +539,89 @@ impl Inner {
         Ok(Some(view))
     }
 
+    /// [`Self::view_for`] for a read by `u` up to `message`, with that
+    /// message loaded and the seq index after `u`'s lower watermark in
+    /// [`View::tail`], in one round trip ([`scripts::READ_VIEW`]). When Redis
+    /// does not hold the conversation, it is re-warmed and loaded as
+    /// before.
+    pub(super) async fn read_facts(
+        &self,
+        c: &ConversationId,
+        u: &UserId,
+        message: &MessageId,
+    ) -> StoreResult<Option<View>> {
+        let reply: Vec<Value> = scripts::READ_VIEW
+            .key(self.keys.meta(c))
+            .key(self.keys.watermarks(c))
+            .key(self.keys.messages(c))
+            .key(self.keys.seqs(c))
+            .arg(hex(u))
+            .arg(DIRECT_MEMBERS)
+            .arg(message.as_bytes().as_slice())
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(redis_err)?;
+        let mut it = reply.into_iter();
+        let Some(mut view) = parse_view_reply(c, u, &mut it)? else {
+            return self.view_for(c, u).await;
+        };
+        let next =
+            |it: &mut std::vec::IntoIter<Value>| it.next().ok_or_else(|| corrupt("view reply"));
+        let value: Option<Vec<u8>> =
+            FromRedisValue::from_redis_value(next(&mut it)?).map_err(parse_err)?;
+        let from: String = FromRedisValue::from_redis_value(next(&mut it)?).map_err(parse_err)?;
+        let rows: Vec<(Vec<u8>, f64)> =
+            FromRedisValue::from_redis_value(next(&mut it)?).map_err(parse_err)?;
+        if let Some(value) = value {
+            let m =
+                keys::parse_message_value(c, message, &value).ok_or_else(|| corrupt("message"))?;
+            view.messages.insert(m.id, m);
+        }
+        // The range starts where the watermark the view holds says it
+        // should (a seq Lua's numbers would round is not trusted).
+        let wm = view.wm(u);
+        if from.parse::<Seq>().ok() == Some(wm.seq.min(wm.public_seq)) {
+            view.tail = Some((wm.seq.min(wm.public_seq), parse_seq_rows(rows)?));
+        }
+        Ok(Some(view))
+    }
+
+    /// `(seq, id, sender)` for seqs in `lo..=hi`, from the view's
+    /// [`View::tail`] when it covers them, else from Redis.
+    pub(super) async fn between_in(
+        &self,
+        view: &View,
+        lo: Seq,
+        hi: Seq,
+    ) -> StoreResult<Vec<Indexed>> {
+        if let Some((after, rows)) = &view.tail
+            && lo > *after
+        {
+            return Ok(rows
+                .iter()
+                .filter(|m| (lo..=hi).contains(&m.seq))
+                .copied()
+                .collect());
+        }
+        self.between(&view.c, lo, hi).await
+    }
+
+    /// [`Self::unread`], from the view's [`View::tail`] when it covers it.
+    pub(super) async fn unread_in(
+        &self,
+        view: &View,
+        u: &UserId,
+        wm: Seq,
+        membership: &Membership,
+    ) -> StoreResult<u64> {
+        Ok(self
+            .between_in(view, wm.saturating_add(1), Seq::MAX)
+            .await?
+            .iter()
+            .filter(|m| membership.receives(*u, m.sender, m.seq))
+            .count() as u64)
+    }
+
     /// Loads `u`'s own delivery runs at the seqs of `ids`: one field per
     /// bucket, where [`Self::ensure_deliveries`] reads every member's.
     pub(super) async fn ensure_own_deliveries(
@@ -658,17 +761,7 @@ impl Inner {
                     .arg("WITHSCORES"),
             )
             .await?;
-        rows.into_iter()
-            .map(|(member, score)| {
-                let (id, sender) =
-                    keys::parse_seq_member(&member).ok_or_else(|| corrupt("seq index"))?;
-                Ok(Indexed {
-                    seq: score as Seq,
-                    id,
-                    sender,
-                })
-            })
-            .collect()
+        parse_seq_rows(rows)
     }
 
     pub(super) async fn last_seq(&self, c: &ConversationId) -> StoreResult<Seq> {

@@ -422,3 +422,40 @@ return out
 "#,
     )
 });
+
+/// What a MarkReadUpTo by one member needs of a conversation, in one round
+/// trip: [`VIEW`]'s reply, the target message, and the seq index after the
+/// member's lower watermark (the messages the read may cover and those that
+/// stay unread after it, in one range). KEYS: the conversation's meta hash,
+/// watermarks hash, messages hash, seq index. ARGV: the member's hex id, the
+/// largest member count read in full, the target's raw id. Returns `{0}` if
+/// the conversation is not in Redis; else `VIEW`'s three parts, then the
+/// target's messages-hash value (false if unknown), the seq the range starts
+/// after (the smaller of the member's two watermarks, as text; 0 without
+/// one) and the range (`ZRANGEBYSCORE … WITHSCORES`).
+pub static READ_VIEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local n = redis.call('HGET', KEYS[1], 'n')
+if not n then return {0} end
+local wm = redis.call('HGET', KEYS[2], ARGV[1])
+local out
+if tonumber(n) <= tonumber(ARGV[2]) then
+  out = {1, redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2])}
+else
+  out = {2, redis.call('HMGET', KEYS[1], 'v', 'mv', 't', 'n', 'm:' .. ARGV[1]), wm or false}
+end
+local from = '0'
+if wm then
+  local s, p = string.match(wm, '^(%d+):(%d+)$')
+  if s then
+    if tonumber(s) <= tonumber(p) then from = s else from = p end
+  end
+end
+out[4] = redis.call('HGET', KEYS[3], ARGV[3]) or false
+out[5] = from
+out[6] = redis.call('ZRANGEBYSCORE', KEYS[4], '(' .. from, '+inf', 'WITHSCORES')
+return out
+"#,
+    )
+});

@@ -435,7 +435,7 @@ impl ReceiptStore for RedisStore {
         let c = conversation;
         let _serial = s.lock([&c]).await;
         for _ in 0..MAX_ATTEMPTS {
-            let Some(mut view) = s.view_for(&c, &user).await? else {
+            let Some(mut view) = s.read_facts(&c, &user, &message).await? else {
                 return Err(ServiceError::not_found(
                     "conversation_id",
                     "conversation",

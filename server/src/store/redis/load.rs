@@ -196,6 +196,15 @@ pub(super) fn parse_view_reply(
     }
 }
 
+/// How many of `after` (the messages after a watermark) are unread by `u`:
+/// those others sent while `membership` covered them.
+fn count_unread(after: &[Indexed], u: &UserId, membership: &Membership) -> u64 {
+    after
+        .iter()
+        .filter(|m| membership.receives(*u, m.sender, m.seq))
+        .count() as u64
+}
+
 /// Seq-index entries read `WITHSCORES`.
 fn parse_seq_rows(rows: Vec<(Vec<u8>, f64)>) -> StoreResult<Vec<Indexed>> {
     rows.into_iter()
@@ -614,12 +623,10 @@ impl Inner {
         wm: Seq,
         membership: &Membership,
     ) -> StoreResult<u64> {
-        Ok(self
+        let after = self
             .between_in(view, wm.saturating_add(1), Seq::MAX)
-            .await?
-            .iter()
-            .filter(|m| membership.receives(*u, m.sender, m.seq))
-            .count() as u64)
+            .await?;
+        Ok(count_unread(&after, u, membership))
     }
 
     /// Loads `u`'s own delivery runs at the seqs of `ids`: one field per
@@ -785,12 +792,8 @@ impl Inner {
         wm: Seq,
         membership: &Membership,
     ) -> StoreResult<u64> {
-        Ok(self
-            .between(c, wm.saturating_add(1), Seq::MAX)
-            .await?
-            .iter()
-            .filter(|m| membership.receives(*u, m.sender, m.seq))
-            .count() as u64)
+        let after = self.between(c, wm.saturating_add(1), Seq::MAX).await?;
+        Ok(count_unread(&after, u, membership))
     }
 
     /// The time after which a UUIDv7 message id without an entry in the id

@@ -846,6 +846,9 @@ impl Inner {
         &self,
         ids: &[MessageId],
     ) -> StoreResult<Vec<Option<ConversationId>>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
         let (groups, plain) = self.keys.id_index_groups(ids);
         let mut p = redis::pipe();
         for (key, at) in &groups {

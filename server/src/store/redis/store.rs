@@ -315,12 +315,7 @@ impl ReceiptStore for RedisStore {
             .filter(|n| n.conversation.is_none())
             .map(|n| n.id)
             .collect();
-        let mut homes = if alone.is_empty() {
-            Vec::new()
-        } else {
-            s.homes(&alone).await?
-        }
-        .into_iter();
+        let mut homes = s.homes(&alone).await?.into_iter();
         let mut by_conv: BTreeMap<ConversationId, Vec<Named>> = BTreeMap::new();
         for n in &named {
             let home = match n.conversation {

@@ -378,7 +378,8 @@ where
 /// MarkDelivered naming the conversation reads every fact of the
 /// conversation it needs in one call (`DELIVERY_VIEW`: the view, the
 /// messages, the delivery runs at their seqs; three sequential calls
-/// before), then commits. In a group: read, queue registration, commit (the
+/// before), then commits, registering its queue in the same script (a
+/// single Redis server, as here). In a group that is all: two calls (the
 /// events come later, from the window). In a direct chat the event carries
 /// whole states, so the two members' sharing settings are read too (one
 /// pipeline: they live in the users' slots), and the event is forwarded and
@@ -408,13 +409,19 @@ async fn a_delivery_reads_its_facts_in_one_call() {
         .await;
         println!("MarkDelivered of 100 in a conversation of {size}: {calls:?}");
         let expected: &[&str] = if size == 2 {
-            &[
-                "EVALSHA", "HMGET", "HMGET", "EVALSHA", "EVALSHA", "EVALSHA", "XDEL",
-            ]
+            &["EVALSHA", "HMGET", "HMGET", "EVALSHA", "EVALSHA", "XDEL"]
         } else {
-            &["EVALSHA", "EVALSHA", "EVALSHA"]
+            &["EVALSHA", "EVALSHA"]
         };
         assert_eq!(calls, expected);
+        let keys = receipts_server::store::redis::keys::Keys::new(&tier.prefix);
+        let registered: Option<f64> = redis::cmd("ZSCORE")
+            .arg(keys.queue_index())
+            .arg(keys.conv_queue(&chat.id))
+            .query_async(&mut tier.redis().await)
+            .await
+            .expect("ZSCORE");
+        assert!(registered.is_some(), "the commit registered the queue");
         let r = receipt(&mut node.user(alice).await, chat.id, batch[99]).await;
         assert_eq!(r.delivered_count, 1, "the deliveries were applied");
     }
@@ -426,9 +433,10 @@ async fn a_delivery_reads_its_facts_in_one_call() {
 /// count after it are found; four sequential calls before). Then the
 /// reader's sharing setting (its own slot, read after the conversation's
 /// version so that a concurrent toggle's re-index cannot be undone), the
-/// queue registration, the commit, the forward of the reader's watermark
-/// sync, and the outbox's XDEL: six calls in a group, from nine. A direct
-/// chat reads no seq-index range outside the script either.
+/// commit (which registers the queue too, on a single Redis server), the
+/// forward of the reader's watermark sync, and the outbox's XDEL: five
+/// calls in a group, from nine. A direct chat reads no seq-index range
+/// outside the script either.
 #[tokio::test]
 async fn a_read_reads_its_facts_in_one_call() {
     let (_redis, tier, node) = measured_node().await;
@@ -450,10 +458,7 @@ async fn a_read_reads_its_facts_in_one_call() {
     })
     .await;
     println!("MarkReadUpTo in a group of 5: {calls:?}");
-    assert_eq!(
-        calls,
-        ["EVALSHA", "HMGET", "EVALSHA", "EVALSHA", "EVALSHA", "XDEL"]
-    );
+    assert_eq!(calls, ["EVALSHA", "HMGET", "EVALSHA", "EVALSHA", "XDEL"]);
     let mut direct = Conversation::create(&mut backend, 2).await;
     let (alice, bob) = (direct.members[0], direct.members[1]);
     let first = direct.send(&mut backend, alice).await;

@@ -16,6 +16,16 @@ pub(super) fn contended(c: &ConversationId) -> ServiceError {
     ))
 }
 
+/// A commit's queue registration (see [`Inner::registration`]).
+pub(super) enum Registration {
+    /// The commit leaves no work in a queue.
+    None,
+    /// Registered at this time (ms, Redis clock), before the commit.
+    At(u64),
+    /// To register by the commit script itself: this queue.
+    Inline(String),
+}
+
 /// An event committed to a conversation's outbox, to forward.
 pub(super) struct OutboxEntry {
     /// Its stream entry id.
@@ -44,14 +54,15 @@ impl Inner {
 
     /// Compare-and-apply on the hash `versioned` (see [`scripts::APPLY`]);
     /// `lifetime`: the keys that share its expiry (none for a hash that
-    /// is not a conversation's); `replies`: how many of the last commands'
-    /// replies [`Applied::Done`] carries.
+    /// is not a conversation's); `registered`: the queue registration (see
+    /// [`Registration`]); `replies`: how many of the last commands' replies
+    /// [`Applied::Done`] carries.
     pub(super) async fn apply_on(
         &self,
         versioned: String,
         lifetime: &[String],
+        registered: Registration,
         expected: u64,
-        registered: u64,
         cmds: Vec<Vec<Vec<u8>>>,
         replies: usize,
     ) -> StoreResult<Applied> {
@@ -61,8 +72,12 @@ impl Inner {
             inv.key(key);
         }
         let ttl_ms = self.ttl().saturating_mul(1000);
+        let registered_at = match &registered {
+            Registration::At(t) => *t,
+            Registration::None | Registration::Inline(_) => 0,
+        };
         inv.arg(expected)
-            .arg(registered)
+            .arg(registered_at)
             .arg(LEASE_MS)
             .arg(crate::domain::now_millis())
             .arg(self.ttl())
@@ -74,6 +89,9 @@ impl Inner {
             for a in c {
                 inv.arg(a.as_slice());
             }
+        }
+        if let Registration::Inline(queue) = &registered {
+            inv.arg(self.keys.queue_index()).arg(queue);
         }
         let r: Value = inv
             .invoke_async(&mut self.conn())
@@ -139,7 +157,7 @@ impl Inner {
         &self,
         c: &ConversationId,
         expected: u64,
-        registered: u64,
+        registered: Registration,
         cmds: Vec<Vec<Vec<u8>>>,
         replies: usize,
     ) -> StoreResult<Applied> {
@@ -147,12 +165,24 @@ impl Inner {
         self.apply_on(
             self.keys.meta(c),
             &lifetime,
-            expected,
             registered,
+            expected,
             cmds,
             replies,
         )
         .await
+    }
+
+    /// How a commit that leaves work in `queue` registers it: on a single
+    /// Redis server, inside the commit script (no round trip of its own,
+    /// and atomic with the commit); on a cluster, where the queue index is
+    /// in another slot, first, on its own (the commit then checks that the
+    /// registration is within the lease).
+    pub(super) async fn registration(&self, queue: String) -> StoreResult<Registration> {
+        Ok(match self.conn {
+            Conn::Single(_) => Registration::Inline(queue),
+            Conn::Cluster(_) => Registration::At(self.register(&queue).await?),
+        })
     }
 
     /// Commits a plan decided at `view.ver`: the writes, the outbox entries
@@ -170,14 +200,14 @@ impl Inner {
         // events alike: if this node dies before forwarding, the next drain
         // of that queue (on any node) forwards the outbox.
         let registered = if plan.persist.is_empty() && events.is_empty() {
-            0
+            Registration::None
         } else {
             let q = k.conv_queue(&c);
             if !plan.persist.is_empty() {
                 plan.cmds
                     .push(rcmd!["XADD", q.clone(), "*", "p", enc(&plan.persist)]);
             }
-            self.register(&q).await?
+            self.registration(q).await?
         };
         // The events go last, followed by the outbox's length: the commit
         // hands back their entry ids, and whether anything older waits.
@@ -487,7 +517,10 @@ impl Inner {
                     .unwrap_or_default();
                 let sharing = self.sharing_of(&[*u]).await?[0].0;
                 let cmds = index_member(&self.keys, &c, u, &membership, wm, sharing);
-                if let Applied::Done(_) = self.apply(&c, ver.unwrap_or(0), 0, cmds, 0).await? {
+                let applied = self
+                    .apply(&c, ver.unwrap_or(0), Registration::None, cmds, 0)
+                    .await?;
+                if let Applied::Done(_) = applied {
                     continue 'conv;
                 }
                 backoff().await;

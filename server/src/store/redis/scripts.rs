@@ -9,11 +9,16 @@ use std::sync::LazyLock;
 /// KEYS[2..]: the keys that share its lifetime (a conversation's; none for
 /// other hashes). ARGV: expected version, queue registration time in ms (0:
 /// none), lease in ms, now (ms, the node's clock), the TTL (s), how often
-/// the lifetime is refreshed (ms), number of commands, then each command as
-/// its argument count followed by its arguments (all keys in KEYS[1]'s
-/// slot). Returns the new version, -1 if the version moved (the caller
-/// re-reads and retries) or -2 if the queue registration is older than the
-/// lease (the caller registers again).
+/// the lifetime is refreshed (ms), number of commands, how many of the last
+/// commands' replies to return, then each command as its argument count
+/// followed by its arguments (all keys in KEYS[1]'s slot), and optionally a
+/// queue index and a queue to register in it now (Redis clock) in the same
+/// atomic step: only on a single Redis server, where one script may touch
+/// the index too (on a cluster it lives in another slot, so the caller
+/// registers first and passes the registration time). Returns `{new
+/// version, {those replies}}`, -1 if the version moved (the caller re-reads
+/// and retries) or -2 if the queue registration is older than the lease (the
+/// caller registers again).
 ///
 /// Lifetime: when the hash's `x` (the last refresh) is older than the
 /// refresh interval, every lifetime key gets the TTL and `x` becomes now.
@@ -23,8 +28,9 @@ use std::sync::LazyLock;
 /// not mark (a key created since), or that one of its commands may have
 /// emptied (a command other than those that only add, unless it replied 0:
 /// nothing removed; an emptied key is deleted, and writing it again would
-/// create it without an expiry); each such EXPIRE updates the key's mark. A mark made under another TTL (nodes
-/// started with different `--hot-ttl-secs`) counts for nothing. The hash
+/// create it without an expiry); each such EXPIRE updates the key's mark.
+/// A mark made under another TTL (nodes started with different
+/// `--hot-ttl-secs`) counts for nothing. The hash
 /// itself gets its expiry only at a refresh (it exists then: the HSET of `v`
 /// comes first).
 ///
@@ -70,6 +76,11 @@ for c = 1, ncmds do
   end
   if c >= kept_from then replies[#replies + 1] = r end
   i = i + n + 1
+end
+if ARGV[i] then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('ZADD', ARGV[i], 'GT', now, ARGV[i + 1])
 end
 local now, ttl = tonumber(ARGV[4]), ARGV[5]
 local tag = ttl .. ':'

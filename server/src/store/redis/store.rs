@@ -540,13 +540,13 @@ impl ReceiptStore for RedisStore {
                 sharing,
                 version: version + 1,
             };
-            let registered = s.register(&q).await?;
+            let registered = s.registration(q.clone()).await?;
             let cmds = vec![
                 rcmd!["HSET", key.clone(), "s", if sharing { "1" } else { "0" }],
                 rcmd!["XADD", q, "*", "p", enc(&vec![op])],
                 rcmd!["EXPIRE", key.clone(), s.ttl()],
             ];
-            if let Applied::Done(_) = s.apply_on(key, &[], version, registered, cmds, 0).await? {
+            if let Applied::Done(_) = s.apply_on(key, &[], registered, version, cmds, 0).await? {
                 s.reindex_sharing(&user).await?;
                 return Ok(sharing);
             }

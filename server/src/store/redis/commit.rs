@@ -301,13 +301,16 @@ impl Inner {
         }
     }
 
-    /// Forwards outbox entries of `c` (in outbox order) with one
-    /// [`scripts::FORWARD`] per addressee, all sent at once (the connection
-    /// pipelines them: one round trip, however many events), then deletes
-    /// them from the outbox. An entry that was already forwarded is skipped
-    /// by its addressee's log, so a commit and a drain forwarding the same
-    /// entries race harmlessly. The logs of different users are unrelated, so
-    /// only each user's own entries need their order, which one call keeps.
+    /// Forwards outbox entries of `c` (in outbox order) into their
+    /// addressees' logs ([`scripts::FORWARD`]), then deletes them from the
+    /// outbox. On a single Redis server that is one call, atomic. On a
+    /// cluster each addressee's log is in its own slot: one call per
+    /// addressee, all sent at once (the connection pipelines them: one round
+    /// trip however many events), then the XDEL once every call succeeded.
+    /// An entry that was already forwarded is skipped by its addressee's log,
+    /// so a commit and a drain forwarding the same entries race harmlessly.
+    /// The logs of different users are unrelated, so only each user's own
+    /// entries need their order, which one call keeps.
     pub(super) async fn forward_entries(
         &self,
         c: &ConversationId,
@@ -325,23 +328,40 @@ impl Inner {
         }
         let (conv, now) = (hex(c), crate::domain::now_millis());
         let refresh = self.ttl().saturating_mul(1000) / LIFETIME_REFRESHES;
-        futures::future::try_join_all(by_user.iter().map(|(u, mine)| {
-            let mut inv = scripts::FORWARD.key(self.keys.log_meta(u));
-            inv.key(self.keys.log(u))
-                .arg(&conv)
+        let call = |users: &[(UserId, Vec<&OutboxEntry>)], outbox: bool| {
+            let mut inv = scripts::FORWARD.prepare_invoke();
+            for (u, _) in users {
+                inv.key(self.keys.log_meta(u)).key(self.keys.log(u));
+            }
+            if outbox {
+                inv.key(self.keys.outbox(c));
+            }
+            inv.arg(&conv)
                 .arg(self.opts.log_retention.max(1))
                 .arg(self.ttl())
                 .arg(fresh_epoch())
                 .arg(self.keys.bus())
-                .arg(hex(u))
                 .arg(now)
-                .arg(refresh);
-            for e in mine {
-                inv.arg(&e.id).arg(e.body.as_slice());
+                .arg(refresh)
+                .arg(users.len());
+            for (u, mine) in users {
+                inv.arg(hex(u)).arg(mine.len());
+                for e in mine {
+                    inv.arg(&e.id).arg(e.body.as_slice());
+                }
             }
             let mut conn = self.conn();
             async move { inv.invoke_async::<i64>(&mut conn).await }
-        }))
+        };
+        if let Conn::Single(_) = self.conn {
+            call(&by_user, true).await.map_err(redis_err)?;
+            return Ok(());
+        }
+        futures::future::try_join_all(
+            by_user
+                .iter()
+                .map(|one| call(std::slice::from_ref(one), false)),
+        )
         .await
         .map_err(redis_err)?;
         let mut cmd = redis::cmd("XDEL");

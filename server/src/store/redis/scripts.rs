@@ -117,20 +117,26 @@ return {v + 1, replies}
     )
 });
 
-/// Appends outbox entries of one conversation to one user's replay log,
-/// each once and in order. KEYS: the log's meta hash, the log. ARGV:
-/// conversation, retention (events), ttl (s), a fresh epoch to use if the
-/// log has none, bus channel, user, now (ms, the node's clock), how often the
-/// log's expiry is refreshed (ms), then each entry as its outbox id and its
+/// Appends outbox entries of one conversation to their addressees' replay
+/// logs, each once and in order. KEYS: each addressee's log meta hash and
+/// log, then optionally the conversation's outbox. ARGV: conversation,
+/// retention (events), ttl (s), a fresh epoch to use for a log that has
+/// none, bus channel, now (ms, the node's clock), how often a log's expiry
+/// is refreshed (ms), the number of addressees, then per addressee its hex
+/// id, its number of entries and each entry as its outbox id and its
 /// payload, in outbox order. Entries at or before the last one forwarded
-/// from the conversation (`f:<conv>`) are skipped, so forwarding twice is
-/// harmless. Each appended entry is `PUBLISH`ed on the bus. Returns how many
+/// from the conversation to that log (`f:<conv>`) are skipped, so
+/// forwarding twice is harmless. Each appended entry is `PUBLISH`ed on the
+/// bus. With the outbox key, the entries are then deleted from it (`XDEL`)
+/// in the same atomic step: on a single Redis server, where one script may
+/// touch every key; on a cluster a call covers one addressee (its slot) and
+/// the caller deletes after every call succeeded. Returns how many entries
 /// were appended.
 ///
-/// The two keys share one lifetime, as a conversation's do (see [`APPLY`]):
-/// both get the TTL when the meta hash's `x` is older than the refresh
-/// interval (always when the log is new: it has no `x`), so an event costs
-/// no EXPIRE in the common case.
+/// A log's two keys share one lifetime, as a conversation's do (see
+/// [`APPLY`]): both get the TTL when the meta hash's `x` is older than the
+/// refresh interval (always when the log is new: it has no `x`), so an
+/// event costs no EXPIRE in the common case.
 pub static FORWARD: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -142,49 +148,65 @@ local function cmp(a, b)
   if as ~= bs then if as < bs then return -1 else return 1 end end
   return 0
 end
-local h = redis.call('HMGET', KEYS[1], 'epoch', 'f:' .. ARGV[1], 'x')
-local epoch, f, x = h[1], h[2], h[3]
-if not epoch then
-  redis.call('DEL', KEYS[2])
-  epoch = ARGV[4]
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'next', 0, 'trim', 0)
-  f, x = false, false
-end
-local fresh = {}
-for i = 9, #ARGV, 2 do
-  if not f or cmp(ARGV[i], f) > 0 then
-    fresh[#fresh + 1] = i
-    f = ARGV[i]
+local conv, keep, ttl, bus = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[5]
+local now, refresh = tonumber(ARGV[6]), tonumber(ARGV[7])
+local users = tonumber(ARGV[8])
+local a = 9
+local total = 0
+local ids = {}
+for u = 1, users do
+  local meta, log = KEYS[2 * u - 1], KEYS[2 * u]
+  local user, k = ARGV[a], tonumber(ARGV[a + 1])
+  local from, to = a + 2, a + 1 + 2 * k
+  a = to + 1
+  local h = redis.call('HMGET', meta, 'epoch', 'f:' .. conv, 'x')
+  local epoch, f, x = h[1], h[2], h[3]
+  if not epoch then
+    redis.call('DEL', log)
+    epoch = ARGV[4]
+    redis.call('HSET', meta, 'epoch', epoch, 'next', 0, 'trim', 0)
+    f, x = false, false
+  end
+  local fresh = {}
+  for i = from, to, 2 do
+    ids[#ids + 1] = ARGV[i]
+    if not f or cmp(ARGV[i], f) > 0 then
+      fresh[#fresh + 1] = i
+      f = ARGV[i]
+    end
+  end
+  if #fresh > 0 then
+    local last = redis.call('HINCRBY', meta, 'next', #fresh)
+    local first = last - #fresh
+    local z = {}
+    for j, i in ipairs(fresh) do
+      z[#z + 1] = first + j
+      z[#z + 1] = tostring(first + j) .. ':' .. ARGV[i + 1]
+    end
+    redis.call('ZADD', log, unpack(z))
+    if last > keep then
+      local cut = last - keep
+      redis.call('ZREMRANGEBYSCORE', log, '-inf', cut)
+      redis.call('HSET', meta, 'trim', cut)
+    end
+    if now - tonumber(x or '0') >= refresh then
+      redis.call('HSET', meta, 'f:' .. conv, f, 'x', now)
+      redis.call('EXPIRE', meta, ttl)
+      redis.call('EXPIRE', log, ttl)
+    else
+      redis.call('HSET', meta, 'f:' .. conv, f)
+    end
+    for j, i in ipairs(fresh) do
+      redis.call('PUBLISH', bus,
+        user .. ':' .. epoch .. ':' .. tostring(first + j) .. ':' .. ARGV[i + 1])
+    end
+    total = total + #fresh
   end
 end
-if #fresh == 0 then return 0 end
-local last = redis.call('HINCRBY', KEYS[1], 'next', #fresh)
-local first = last - #fresh
-local z = {}
-for j, i in ipairs(fresh) do
-  z[#z + 1] = first + j
-  z[#z + 1] = tostring(first + j) .. ':' .. ARGV[i + 1]
+if #KEYS > 2 * users and #ids > 0 then
+  redis.call('XDEL', KEYS[#KEYS], unpack(ids))
 end
-redis.call('ZADD', KEYS[2], unpack(z))
-local keep = tonumber(ARGV[2])
-if last > keep then
-  local cut = last - keep
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', cut)
-  redis.call('HSET', KEYS[1], 'trim', cut)
-end
-local now = tonumber(ARGV[7])
-if now - tonumber(x or '0') >= tonumber(ARGV[8]) then
-  redis.call('HSET', KEYS[1], 'f:' .. ARGV[1], f, 'x', now)
-  redis.call('EXPIRE', KEYS[1], ARGV[3])
-  redis.call('EXPIRE', KEYS[2], ARGV[3])
-else
-  redis.call('HSET', KEYS[1], 'f:' .. ARGV[1], f)
-end
-for j, i in ipairs(fresh) do
-  redis.call('PUBLISH', ARGV[5],
-    ARGV[6] .. ':' .. epoch .. ':' .. tostring(first + j) .. ':' .. ARGV[i + 1])
-end
-return #fresh
+return total
 "#,
     )
 });

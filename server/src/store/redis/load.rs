@@ -154,6 +154,11 @@ fn parse_err(e: redis::ParsingError) -> ServiceError {
     redis_err(e.into())
 }
 
+/// The next part of a script's reply.
+fn next_part<T: FromRedisValue>(it: &mut impl Iterator<Item = Value>) -> StoreResult<T> {
+    T::from_redis_value(it.next().ok_or_else(|| corrupt("view reply"))?).map_err(parse_err)
+}
+
 /// The view in a [`scripts::VIEW`] reply (its first three parts, taken from
 /// `it`) for a write by `u`; `None` when the conversation is not in Redis.
 pub(super) fn parse_view_reply(
@@ -290,18 +295,44 @@ impl Inner {
         c: &ConversationId,
         u: &UserId,
     ) -> StoreResult<Option<View>> {
-        let reply: Vec<Value> = scripts::VIEW
-            .key(self.keys.meta(c))
+        let inv = self.view_invocation(&scripts::VIEW, c, u);
+        match self.view_script(&inv, c, u).await? {
+            Some((view, _)) => Ok(Some(view)),
+            None => self.view(c).await,
+        }
+    }
+
+    /// `script`, whose reply starts with [`scripts::VIEW`]'s, for a write by
+    /// `u` to `c`: with `VIEW`'s keys and arguments, to which the caller
+    /// adds its own.
+    fn view_invocation<'a>(
+        &self,
+        script: &'a redis::Script,
+        c: &ConversationId,
+        u: &UserId,
+    ) -> redis::ScriptInvocation<'a> {
+        let mut inv = script.prepare_invoke();
+        inv.key(self.keys.meta(c))
             .key(self.keys.watermarks(c))
             .arg(hex(u))
-            .arg(DIRECT_MEMBERS)
+            .arg(DIRECT_MEMBERS);
+        inv
+    }
+
+    /// Runs a [`Self::view_invocation`]: the view and the rest of the
+    /// reply, or `None` when Redis does not hold the conversation.
+    async fn view_script(
+        &self,
+        inv: &redis::ScriptInvocation<'_>,
+        c: &ConversationId,
+        u: &UserId,
+    ) -> StoreResult<Option<(View, std::vec::IntoIter<Value>)>> {
+        let reply: Vec<Value> = inv
             .invoke_async(&mut self.conn())
             .await
             .map_err(redis_err)?;
-        match parse_view_reply(c, u, &mut reply.into_iter())? {
-            Some(view) => Ok(Some(view)),
-            None => self.view(c).await,
-        }
+        let mut it = reply.into_iter();
+        Ok(parse_view_reply(c, u, &mut it)?.map(|view| (view, it)))
     }
 
     /// Loads a conversation from Scylla into Redis. `false`: Scylla has none.
@@ -499,32 +530,20 @@ impl Inner {
         u: &UserId,
         named: &[Named],
     ) -> StoreResult<Option<View>> {
-        let mut inv = scripts::DELIVERY_VIEW.key(self.keys.meta(c));
-        inv.key(self.keys.watermarks(c))
-            .key(self.keys.messages(c))
+        let mut inv = self.view_invocation(&scripts::DELIVERY_VIEW, c, u);
+        inv.key(self.keys.messages(c))
             .key(self.keys.runs(c))
-            .arg(hex(u))
-            .arg(DIRECT_MEMBERS)
             .arg(runs::BUCKET);
         for n in named {
             inv.arg(n.id.as_bytes().as_slice());
         }
-        let reply: Vec<Value> = inv
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(redis_err)?;
-        let mut it = reply.into_iter();
-        let Some(mut view) = parse_view_reply(c, u, &mut it)? else {
-            return self.view_for(c, u).await;
+        let Some((mut view, mut it)) = self.view_script(&inv, c, u).await? else {
+            return self.view(c).await;
         };
-        let next =
-            |it: &mut std::vec::IntoIter<Value>| it.next().ok_or_else(|| corrupt("view reply"));
-        let values: Vec<Option<Vec<u8>>> =
-            Vec::from_redis_value(next(&mut it)?).map_err(parse_err)?;
-        let buckets: Vec<u32> = Vec::from_redis_value(next(&mut it)?).map_err(parse_err)?;
-        let members: Vec<String> = Vec::from_redis_value(next(&mut it)?).map_err(parse_err)?;
-        let mut runs: Vec<Option<Vec<u8>>> =
-            Vec::from_redis_value(next(&mut it)?).map_err(parse_err)?;
+        let values: Vec<Option<Vec<u8>>> = next_part(&mut it)?;
+        let buckets: Vec<u32> = next_part(&mut it)?;
+        let members: Vec<String> = next_part(&mut it)?;
+        let mut runs: Vec<Option<Vec<u8>>> = next_part(&mut it)?;
         for (n, value) in named.iter().zip(values) {
             let Some(value) = value else { continue };
             let m =
@@ -559,28 +578,16 @@ impl Inner {
         u: &UserId,
         message: &MessageId,
     ) -> StoreResult<Option<View>> {
-        let reply: Vec<Value> = scripts::READ_VIEW
-            .key(self.keys.meta(c))
-            .key(self.keys.watermarks(c))
-            .key(self.keys.messages(c))
+        let mut inv = self.view_invocation(&scripts::READ_VIEW, c, u);
+        inv.key(self.keys.messages(c))
             .key(self.keys.seqs(c))
-            .arg(hex(u))
-            .arg(DIRECT_MEMBERS)
-            .arg(message.as_bytes().as_slice())
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(redis_err)?;
-        let mut it = reply.into_iter();
-        let Some(mut view) = parse_view_reply(c, u, &mut it)? else {
-            return self.view_for(c, u).await;
+            .arg(message.as_bytes().as_slice());
+        let Some((mut view, mut it)) = self.view_script(&inv, c, u).await? else {
+            return self.view(c).await;
         };
-        let next =
-            |it: &mut std::vec::IntoIter<Value>| it.next().ok_or_else(|| corrupt("view reply"));
-        let value: Option<Vec<u8>> =
-            FromRedisValue::from_redis_value(next(&mut it)?).map_err(parse_err)?;
-        let from: String = FromRedisValue::from_redis_value(next(&mut it)?).map_err(parse_err)?;
-        let rows: Vec<(Vec<u8>, f64)> =
-            FromRedisValue::from_redis_value(next(&mut it)?).map_err(parse_err)?;
+        let value: Option<Vec<u8>> = next_part(&mut it)?;
+        let from: String = next_part(&mut it)?;
+        let rows: Vec<(Vec<u8>, f64)> = next_part(&mut it)?;
         if let Some(value) = value {
             let m =
                 keys::parse_message_value(c, message, &value).ok_or_else(|| corrupt("message"))?;

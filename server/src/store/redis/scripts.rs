@@ -370,19 +370,23 @@ return out
 /// field/value lists) if it has at most that many members; otherwise
 /// `{2, {v, mv, t, n, m:<member>}, watermark}`, which is all a group write
 /// by that member depends on.
-pub static VIEW: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local n = redis.call('HGET', KEYS[1], 'n')
-if not n then return {0} end
-if tonumber(n) <= tonumber(ARGV[2]) then
-  return {1, redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2])}
+pub static VIEW: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{VIEW_OF}\nreturn view_of()")));
+
+/// [`VIEW`] as a Lua function `view_of()` (its reply, with the same KEYS[1],
+/// KEYS[2], ARGV[1] and ARGV[2]), which the scripts that read more for one
+/// write start with.
+const VIEW_OF: &str = r#"
+local function view_of()
+  local n = redis.call('HGET', KEYS[1], 'n')
+  if not n then return {0} end
+  if tonumber(n) <= tonumber(ARGV[2]) then
+    return {1, redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2])}
+  end
+  return {2, redis.call('HMGET', KEYS[1], 'v', 'mv', 't', 'n', 'm:' .. ARGV[1]),
+    redis.call('HGET', KEYS[2], ARGV[1]) or false}
 end
-return {2, redis.call('HMGET', KEYS[1], 'v', 'mv', 't', 'n', 'm:' .. ARGV[1]),
-  redis.call('HGET', KEYS[2], ARGV[1]) or false}
-"#,
-    )
-});
+"#;
 
 /// What a MarkDelivered by one member needs of a conversation, in one round
 /// trip: [`VIEW`]'s reply, then the named messages and the delivery-runs
@@ -399,7 +403,8 @@ return {2, redis.call('HMGET', KEYS[1], 'v', 'mv', 't', 'n', 'm:' .. ARGV[1]),
 /// field is `raw user ‖ bucket` (4 bytes, big-endian), as `runs::field`
 /// makes it.
 pub static DELIVERY_VIEW: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(&format!(
+        "{VIEW_OF}{}",
         r#"
 local function raw(h)
   return (h:gsub('..', function(c) return string.char(tonumber(c, 16)) end))
@@ -415,18 +420,15 @@ local function seq_of(v)
   end
   return nil
 end
-local n = redis.call('HGET', KEYS[1], 'n')
-if not n then return {0} end
-local out, members = nil, {}
-if tonumber(n) <= tonumber(ARGV[2]) then
-  local meta = redis.call('HGETALL', KEYS[1])
-  out = {1, meta, redis.call('HGETALL', KEYS[2])}
+local out = view_of()
+if out[1] == 0 then return out end
+local members = {}
+if out[1] == 1 then
+  local meta = out[2]
   for i = 1, #meta, 2 do
     if string.sub(meta[i], 1, 2) == 'm:' then members[#members + 1] = string.sub(meta[i], 3) end
   end
 else
-  out = {2, redis.call('HMGET', KEYS[1], 'v', 'mv', 't', 'n', 'm:' .. ARGV[1]),
-    redis.call('HGET', KEYS[2], ARGV[1]) or false}
   members[1] = ARGV[1]
 end
 local values = redis.call('HMGET', KEYS[3], unpack(ARGV, 4))
@@ -452,8 +454,8 @@ out[5] = buckets
 out[6] = members
 out[7] = redis.call('HMGET', KEYS[4], unpack(fields))
 return out
-"#,
-    )
+"#
+    ))
 });
 
 /// What a MarkReadUpTo by one member needs of a conversation, in one round
@@ -467,17 +469,12 @@ return out
 /// after (the smaller of the member's two watermarks, as text; 0 without
 /// one) and the range (`ZRANGEBYSCORE … WITHSCORES`).
 pub static READ_VIEW: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(&format!(
+        "{VIEW_OF}{}",
         r#"
-local n = redis.call('HGET', KEYS[1], 'n')
-if not n then return {0} end
+local out = view_of()
+if out[1] == 0 then return out end
 local wm = redis.call('HGET', KEYS[2], ARGV[1])
-local out
-if tonumber(n) <= tonumber(ARGV[2]) then
-  out = {1, redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2])}
-else
-  out = {2, redis.call('HMGET', KEYS[1], 'v', 'mv', 't', 'n', 'm:' .. ARGV[1]), wm or false}
-end
 local from = '0'
 if wm then
   local s, p = string.match(wm, '^(%d+):(%d+)$')
@@ -489,6 +486,6 @@ out[4] = redis.call('HGET', KEYS[3], ARGV[3]) or false
 out[5] = from
 out[6] = redis.call('ZRANGEBYSCORE', KEYS[4], '(' .. from, '+inf', 'WITHSCORES')
 return out
-"#,
-    )
+"#
+    ))
 });

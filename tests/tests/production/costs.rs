@@ -285,13 +285,14 @@ async fn mark_delivered_in_the_conversation_reads_no_id_index() {
     assert_eq!(r.delivered_count, 1, "the deliveries were applied");
 }
 
-/// A write's events reach their addressees' logs in one `FORWARD` call on
-/// a single Redis server (one per addressee, sent together, on a cluster),
-/// and the outbox is not read back: the commit itself says which entries it
-/// appended and that nothing older waits. A direct MarkReadUpTo has two
-/// addressees (the reader's own devices and the sender).
+/// A write's events reach their addressees' logs inside its commit on a
+/// single Redis server (the commit script forwards them when the outbox is
+/// empty: they never enter it, and there is no forward call), and the
+/// outbox is not read back. A direct MarkReadUpTo has two addressees (the
+/// reader's own devices and the sender). On a cluster the forward is one
+/// call per addressee, sent together (`redis_cluster_…` tests).
 #[tokio::test]
-async fn a_write_forwards_its_events_in_one_call() {
+async fn a_write_forwards_its_events_in_its_commit() {
     let (_redis, tier, node) = measured_node().await;
     let mut backend = node.backend().await;
     let mut direct = Conversation::create(&mut backend, 2).await;
@@ -311,7 +312,22 @@ async fn a_write_forwards_its_events_in_one_call() {
     assert_eq!(calls("publish"), 2, "two events: {read:?}");
     // HINCRBY runs once per addressee's log (its next offset).
     assert_eq!(calls("hincrby"), 2, "one append per addressee: {read:?}");
-    assert_eq!(calls("xdel"), 1, "forwarded entries deleted at once");
+    // The one XADD is the Scylla queue's; the events skip the outbox.
+    assert_eq!(
+        calls("xadd"),
+        1,
+        "the events never enter the outbox: {read:?}"
+    );
+    assert_eq!(
+        calls("xdel"),
+        0,
+        "nothing to delete from the outbox: {read:?}"
+    );
+    assert_eq!(
+        calls("evalsha"),
+        2,
+        "the read script and the commit: {read:?}"
+    );
     let r = receipt(&mut node.user(alice).await, direct.id, m).await;
     assert_eq!(tick(&r), pb::Tick::Read);
 }
@@ -382,8 +398,8 @@ where
 /// single Redis server, as here). In a group that is all: two calls (the
 /// events come later, from the window). In a direct chat the event carries
 /// whole states, so the two members' sharing settings are read too (one
-/// pipeline: they live in the users' slots), and the event is forwarded
-/// after the commit (one call that also deletes it from the outbox).
+/// pipeline: they live in the users' slots); the commit forwards the event
+/// too.
 #[tokio::test]
 async fn a_delivery_reads_its_facts_in_one_call() {
     let (_redis, tier, node) = measured_node().await;
@@ -409,7 +425,7 @@ async fn a_delivery_reads_its_facts_in_one_call() {
         .await;
         println!("MarkDelivered of 100 in a conversation of {size}: {calls:?}");
         let expected: &[&str] = if size == 2 {
-            &["EVALSHA", "HMGET", "HMGET", "EVALSHA", "EVALSHA"]
+            &["EVALSHA", "HMGET", "HMGET", "EVALSHA"]
         } else {
             &["EVALSHA", "EVALSHA"]
         };
@@ -433,9 +449,9 @@ async fn a_delivery_reads_its_facts_in_one_call() {
 /// count after it are found; four sequential calls before). Then the
 /// reader's sharing setting (its own slot, read after the conversation's
 /// version so that a concurrent toggle's re-index cannot be undone), the
-/// commit (which registers the queue too, on a single Redis server), and
-/// the forward of the reader's watermark sync (which deletes it from the
-/// outbox in the same call): four calls in a group, from nine. A direct
+/// commit (which registers the queue and forwards the reader's watermark
+/// sync too, on a single Redis server): three calls in a group, from nine. A
+/// direct
 /// chat reads no seq-index range outside the script either.
 #[tokio::test]
 async fn a_read_reads_its_facts_in_one_call() {
@@ -458,7 +474,7 @@ async fn a_read_reads_its_facts_in_one_call() {
     })
     .await;
     println!("MarkReadUpTo in a group of 5: {calls:?}");
-    assert_eq!(calls, ["EVALSHA", "HMGET", "EVALSHA", "EVALSHA"]);
+    assert_eq!(calls, ["EVALSHA", "HMGET", "EVALSHA"]);
     let mut direct = Conversation::create(&mut backend, 2).await;
     let (alice, bob) = (direct.members[0], direct.members[1]);
     let first = direct.send(&mut backend, alice).await;

@@ -4,8 +4,12 @@
 use super::*;
 
 pub(super) enum Applied {
-    /// Applied; the replies of the last commands the caller asked for.
-    Done(Vec<Value>),
+    /// Applied: the replies of the last commands the caller asked for, and
+    /// whether the events given to the commit were forwarded by it.
+    Done {
+        replies: Vec<Value>,
+        forwarded: bool,
+    },
     Conflict,
     LeaseExpired,
 }
@@ -36,6 +40,22 @@ pub(super) struct OutboxEntry {
     pub body: Vec<u8>,
 }
 
+/// An encoded event and its addressee.
+pub(super) type Event = (UserId, Vec<u8>);
+
+/// `items` grouped by addressee, in the order each first appears, each
+/// addressee's in their order.
+fn by_addressee<T>(items: impl IntoIterator<Item = (UserId, T)>) -> Vec<(UserId, Vec<T>)> {
+    let mut out: Vec<(UserId, Vec<T>)> = Vec::new();
+    for (u, item) in items {
+        match out.iter_mut().find(|(a, _)| *a == u) {
+            Some((_, mine)) => mine.push(item),
+            None => out.push((u, vec![item])),
+        }
+    }
+    out
+}
+
 pub(super) async fn backoff() {
     let ms = rand::random_range(1..8u64);
     tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -56,7 +76,10 @@ impl Inner {
     /// `lifetime`: the keys that share its expiry (none for a hash that
     /// is not a conversation's); `registered`: the queue registration (see
     /// [`Registration`]); `replies`: how many of the last commands' replies
-    /// [`Applied::Done`] carries.
+    /// [`Applied::Done`] carries; `events`: a conversation's events for the
+    /// script to forward itself, with its outbox (only on a single Redis
+    /// server, see [`scripts::APPLY`]).
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn apply_on(
         &self,
         versioned: String,
@@ -65,6 +88,7 @@ impl Inner {
         expected: u64,
         cmds: Vec<Vec<Vec<u8>>>,
         replies: usize,
+        events: Option<(&ConversationId, &[Event])>,
     ) -> StoreResult<Applied> {
         self.backlog_room()?;
         let mut inv = scripts::APPLY.key(&versioned);
@@ -90,8 +114,27 @@ impl Inner {
                 inv.arg(a.as_slice());
             }
         }
-        if let Registration::Inline(queue) = &registered {
-            inv.arg(self.keys.queue_index()).arg(queue);
+        match &registered {
+            Registration::Inline(queue) => inv.arg(self.keys.queue_index()).arg(queue),
+            Registration::None | Registration::At(_) => inv.arg("").arg(""),
+        };
+        if let Some((c, events)) = events.filter(|(_, e)| !e.is_empty()) {
+            let by_user = by_addressee(events.iter().map(|(u, body)| (*u, body)));
+            inv.arg(self.keys.outbox(c))
+                .arg(hex(c))
+                .arg(self.opts.log_retention.max(1))
+                .arg(fresh_epoch())
+                .arg(self.keys.bus())
+                .arg(by_user.len());
+            for (u, bodies) in &by_user {
+                inv.arg(hex(u))
+                    .arg(self.keys.log_meta(u))
+                    .arg(self.keys.log(u))
+                    .arg(bodies.len());
+                for body in bodies {
+                    inv.arg(body.as_slice());
+                }
+            }
         }
         let r: Value = inv
             .invoke_async(&mut self.conn())
@@ -100,12 +143,15 @@ impl Inner {
         Ok(match r {
             Value::Int(-1) => Applied::Conflict,
             Value::Int(-2) => Applied::LeaseExpired,
-            Value::Array(mut done) if done.len() == 2 => {
-                let Some(Value::Array(replies)) = done.pop() else {
+            Value::Array(done) if done.len() == 3 => {
+                let (Value::Array(replies), Value::Int(forwarded)) = (&done[1], &done[2]) else {
                     return Err(corrupt("commit reply"));
                 };
                 self.wait_replicas(&versioned).await?;
-                Applied::Done(replies)
+                Applied::Done {
+                    replies: replies.clone(),
+                    forwarded: *forwarded == 1,
+                }
             }
             _ => return Err(corrupt("commit reply")),
         })
@@ -153,6 +199,8 @@ impl Inner {
         Ok(())
     }
 
+    /// [`Self::apply_on`] for conversation `c`, whose keys share one
+    /// lifetime.
     pub(super) async fn apply(
         &self,
         c: &ConversationId,
@@ -160,6 +208,7 @@ impl Inner {
         registered: Registration,
         cmds: Vec<Vec<Vec<u8>>>,
         replies: usize,
+        events: &[Event],
     ) -> StoreResult<Applied> {
         let lifetime = self.keys.conversation_state(c);
         self.apply_on(
@@ -169,6 +218,7 @@ impl Inner {
             expected,
             cmds,
             replies,
+            Some((c, events)),
         )
         .await
     }
@@ -186,7 +236,10 @@ impl Inner {
     }
 
     /// Commits a plan decided at `view.ver`: the writes, the outbox entries
-    /// and the queue entries, atomically, then forwards the events.
+    /// and the queue entries, atomically, and forwards the events. On a
+    /// single Redis server the commit script forwards them itself when the
+    /// outbox is empty (one round trip for the whole write); else, and on a
+    /// cluster, they go to the outbox and are forwarded from there.
     /// `Ok(false)`: the version moved.
     pub(super) async fn commit(&self, view: &View, mut plan: Plan) -> StoreResult<bool> {
         let c = view.c;
@@ -209,24 +262,26 @@ impl Inner {
             }
             self.registration(q).await?
         };
-        // The events go last, followed by the outbox's length: the commit
-        // hands back their entry ids, and whether anything older waits.
-        let outbox = k.outbox(&c);
-        for (u, body) in &events {
-            plan.cmds.push(rcmd![
-                "XADD",
-                outbox.clone(),
-                "*",
-                "u",
-                hex(u),
-                "b",
-                body.clone()
-            ]);
-        }
-        let replies = if events.is_empty() {
+        let inline = matches!(self.conn, Conn::Single(_));
+        // On a cluster the events go last, followed by the outbox's length:
+        // the commit hands back their entry ids, and whether anything older
+        // waits.
+        let replies = if inline || events.is_empty() {
             0
         } else {
-            plan.cmds.push(rcmd!["XLEN", outbox.clone()]);
+            let outbox = k.outbox(&c);
+            for (u, body) in &events {
+                plan.cmds.push(rcmd![
+                    "XADD",
+                    outbox.clone(),
+                    "*",
+                    "u",
+                    hex(u),
+                    "b",
+                    body.clone()
+                ]);
+            }
+            plan.cmds.push(rcmd!["XLEN", outbox]);
             events.len() + 1
         };
         let applied = self
@@ -236,14 +291,23 @@ impl Inner {
                 registered,
                 std::mem::take(&mut plan.cmds),
                 replies,
+                if inline { &events } else { &[] },
             )
             .await?;
         let replies = match applied {
-            Applied::Done(replies) => replies,
+            Applied::Done {
+                forwarded: true, ..
+            } => return Ok(true),
+            Applied::Done { replies, .. } => replies,
             Applied::Conflict | Applied::LeaseExpired => return Ok(false),
         };
         if events.is_empty() {
             return Ok(true);
+        }
+        if inline {
+            // Behind entries of an earlier commit, in the outbox: forward in
+            // outbox order, from the start.
+            return self.forward(&c).await.map(|()| true);
         }
         let waiting: usize = redis::from_redis_value(replies[events.len()].clone())
             .map_err(|_| corrupt("outbox length"))?;
@@ -319,13 +383,7 @@ impl Inner {
         if entries.is_empty() {
             return Ok(());
         }
-        let mut by_user: Vec<(UserId, Vec<&OutboxEntry>)> = Vec::new();
-        for e in entries {
-            match by_user.iter_mut().find(|(u, _)| *u == e.user) {
-                Some((_, mine)) => mine.push(e),
-                None => by_user.push((e.user, vec![e])),
-            }
-        }
+        let by_user = by_addressee(entries.iter().map(|e| (e.user, e)));
         let (conv, now) = (hex(c), crate::domain::now_millis());
         let refresh = self.ttl().saturating_mul(1000) / LIFETIME_REFRESHES;
         let call = |users: &[(UserId, Vec<&OutboxEntry>)], outbox: bool| {
@@ -538,9 +596,9 @@ impl Inner {
                 let sharing = self.sharing_of(&[*u]).await?[0].0;
                 let cmds = index_member(&self.keys, &c, u, &membership, wm, sharing);
                 let applied = self
-                    .apply(&c, ver.unwrap_or(0), Registration::None, cmds, 0)
+                    .apply(&c, ver.unwrap_or(0), Registration::None, cmds, 0, &[])
                     .await?;
-                if let Applied::Done(_) = applied {
+                if let Applied::Done { .. } = applied {
                     continue 'conv;
                 }
                 backoff().await;

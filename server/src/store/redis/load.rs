@@ -383,8 +383,11 @@ impl Inner {
         }
         // The commit script gives every key of the conversation its expiry.
         // Only if still absent (version 0): a concurrent re-warm or write wins.
-        match self.apply(c, 0, Registration::None, plan.cmds, 0).await? {
-            Applied::Done(_) | Applied::Conflict => Ok(true),
+        match self
+            .apply(c, 0, Registration::None, plan.cmds, 0, &[])
+            .await?
+        {
+            Applied::Done { .. } | Applied::Conflict => Ok(true),
             Applied::LeaseExpired => Ok(true),
         }
     }

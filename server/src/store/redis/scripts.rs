@@ -11,13 +11,26 @@ use std::sync::LazyLock;
 /// none), lease in ms, now (ms, the node's clock), the TTL (s), how often
 /// the lifetime is refreshed (ms), number of commands, how many of the last
 /// commands' replies to return, then each command as its argument count
-/// followed by its arguments (all keys in KEYS[1]'s slot), and optionally a
-/// queue index and a queue to register in it now (Redis clock) in the same
-/// atomic step: only on a single Redis server, where one script may touch
-/// the index too (on a cluster it lives in another slot, so the caller
-/// registers first and passes the registration time). Returns `{new
-/// version, {those replies}}`, -1 if the version moved (the caller re-reads
-/// and retries) or -2 if the queue registration is older than the lease (the
+/// followed by its arguments (all keys in KEYS[1]'s slot); then a queue
+/// index and a queue to register in it now (Redis clock) in the same atomic
+/// step, or two empty strings: only on a single Redis server, where one
+/// script may touch the index too (on a cluster it lives in another slot, so
+/// the caller registers first and passes the registration time); then,
+/// optionally, the write's events to forward in the same step (again only on
+/// a single Redis server, where the addressees' logs may be touched too):
+/// the conversation's outbox, its hex id, the log retention, a fresh epoch,
+/// the bus channel, the number of addressees and per addressee its hex id,
+/// log meta hash, log, number of events and their payloads. When the outbox
+/// is empty they are forwarded at once ([`FORWARD_TO`], with the TTL and the
+/// refresh interval above) and never enter it; when it holds entries (a node
+/// died before forwarding them, or is forwarding them now), they are
+/// appended to it behind those, for the caller to forward in order. An
+/// addressee whose log cannot take them (an error inside `forward_to`, caught
+/// with `pcall`: Redis does not roll a script back, so an error must not
+/// end it between the commands and the version) has its events appended to
+/// the outbox too. Returns `{new version, {those replies}, 1 if every event
+/// was forwarded, else 0}`, -1 if the version moved (the caller re-reads and
+/// retries) or -2 if the queue registration is older than the lease (the
 /// caller registers again).
 ///
 /// Lifetime: when the hash's `x` (the last refresh) is older than the
@@ -42,7 +55,8 @@ use std::sync::LazyLock;
 /// none is evicted either); and writes to these keys outside this script set
 /// their own expiry. In the common case a commit sends no EXPIRE at all.
 pub static APPLY: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(&format!(
+        "{FORWARD_TO}{}",
         r#"
 local meta = redis.call('HMGET', KEYS[1], 'v', 'x', 'e')
 local v = tonumber(meta[1] or '0')
@@ -77,12 +91,37 @@ for c = 1, ncmds do
   if c >= kept_from then replies[#replies + 1] = r end
   i = i + n + 1
 end
-if ARGV[i] then
+if ARGV[i] ~= '' then
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   redis.call('ZADD', ARGV[i], 'GT', now, ARGV[i + 1])
 end
+i = i + 2
 local now, ttl = tonumber(ARGV[4]), ARGV[5]
+local forwarded = 0
+if ARGV[i] then
+  local outbox = ARGV[i]
+  local groups = {}
+  local a = i + 6
+  for u = 1, tonumber(ARGV[i + 5]) do
+    local k = tonumber(ARGV[a + 3])
+    groups[u] = {user = ARGV[a], meta = ARGV[a + 1], log = ARGV[a + 2], ids = {},
+      bodies = {unpack(ARGV, a + 4, a + 3 + k)}}
+    a = a + 4 + k
+  end
+  local waits = redis.call('XLEN', outbox) > 0
+  forwarded = 1
+  for _, g in ipairs(groups) do
+    if waits or not pcall(forward_to, ARGV[i + 1], tonumber(ARGV[i + 2]), ttl, ARGV[i + 3],
+        ARGV[i + 4], now, tonumber(ARGV[6]), {g}) then
+      for _, body in ipairs(g.bodies) do
+        redis.call('XADD', outbox, '*', 'u', g.user, 'b', body)
+      end
+      if shared[outbox] and written[outbox] == nil then written[outbox] = true end
+      forwarded = 0
+    end
+  end
+end
 local tag = ttl .. ':'
 if #KEYS > 1 and now - tonumber(meta[2] or '0') >= tonumber(ARGV[6]) then
   redis.call('HSET', KEYS[1], 'v', v + 1, 'x', now)
@@ -112,9 +151,9 @@ elseif #KEYS > 1 then
 else
   redis.call('HSET', KEYS[1], 'v', v + 1)
 end
-return {v + 1, replies}
-"#,
-    )
+return {v + 1, replies, forwarded}
+"#
+    ))
 });
 
 /// Appends outbox entries of one conversation to their addressees' replay
@@ -138,8 +177,43 @@ return {v + 1, replies}
 /// refresh interval (always when the log is new: it has no `x`), so an
 /// event costs no EXPIRE in the common case.
 pub static FORWARD: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(&format!(
+        "{FORWARD_TO}{}",
         r#"
+local users = tonumber(ARGV[8])
+local a = 9
+local groups = {}
+local ids = {}
+for u = 1, users do
+  local g = {meta = KEYS[2 * u - 1], log = KEYS[2 * u], user = ARGV[a], ids = {}, bodies = {}}
+  local k = tonumber(ARGV[a + 1])
+  for i = a + 2, a + 1 + 2 * k, 2 do
+    g.ids[#g.ids + 1] = ARGV[i]
+    g.bodies[#g.bodies + 1] = ARGV[i + 1]
+    ids[#ids + 1] = ARGV[i]
+  end
+  a = a + 2 + 2 * k
+  groups[u] = g
+end
+local total = forward_to(ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5],
+  tonumber(ARGV[6]), tonumber(ARGV[7]), groups)
+if #KEYS > 2 * users and #ids > 0 then
+  redis.call('XDEL', KEYS[#KEYS], unpack(ids))
+end
+return total
+"#
+    ))
+});
+
+/// The forwarding of [`FORWARD`] as a Lua function, which [`APPLY`] uses
+/// too: `forward_to(conv, retention, ttl, fresh epoch, bus, now, refresh
+/// interval, groups)`, where each group is one addressee's `{meta = its log
+/// meta hash, log = its log, user = its hex id, ids = the entries' outbox
+/// ids, bodies = their payloads}`, in outbox order. A group with no ids holds
+/// events that were never in the outbox (forwarded by the commit that made
+/// them): each is appended, and `f:<conv>` is left as it is. Returns how
+/// many entries were appended.
+const FORWARD_TO: &str = r#"
 local function cmp(a, b)
   local am, as = string.match(a, '(%d+)-(%d+)')
   local bm, bs = string.match(b, '(%d+)-(%d+)')
@@ -148,68 +222,59 @@ local function cmp(a, b)
   if as ~= bs then if as < bs then return -1 else return 1 end end
   return 0
 end
-local conv, keep, ttl, bus = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[5]
-local now, refresh = tonumber(ARGV[6]), tonumber(ARGV[7])
-local users = tonumber(ARGV[8])
-local a = 9
-local total = 0
-local ids = {}
-for u = 1, users do
-  local meta, log = KEYS[2 * u - 1], KEYS[2 * u]
-  local user, k = ARGV[a], tonumber(ARGV[a + 1])
-  local from, to = a + 2, a + 1 + 2 * k
-  a = to + 1
-  local h = redis.call('HMGET', meta, 'epoch', 'f:' .. conv, 'x')
-  local epoch, f, x = h[1], h[2], h[3]
-  if not epoch then
-    redis.call('DEL', log)
-    epoch = ARGV[4]
-    redis.call('HSET', meta, 'epoch', epoch, 'next', 0, 'trim', 0)
-    f, x = false, false
-  end
-  local fresh = {}
-  for i = from, to, 2 do
-    ids[#ids + 1] = ARGV[i]
-    if not f or cmp(ARGV[i], f) > 0 then
-      fresh[#fresh + 1] = i
-      f = ARGV[i]
+local function forward_to(conv, keep, ttl, fresh_epoch, bus, now, refresh, groups)
+  local total = 0
+  for _, g in ipairs(groups) do
+    local h = redis.call('HMGET', g.meta, 'epoch', 'f:' .. conv, 'x')
+    local epoch, f, x = h[1], h[2], h[3]
+    if not epoch then
+      redis.call('DEL', g.log)
+      epoch = fresh_epoch
+      redis.call('HSET', g.meta, 'epoch', epoch, 'next', 0, 'trim', 0)
+      f, x = false, false
+    end
+    local fresh = {}
+    for i, body in ipairs(g.bodies) do
+      local id = g.ids[i]
+      if not id then
+        fresh[#fresh + 1] = body
+      elseif not f or cmp(id, f) > 0 then
+        fresh[#fresh + 1] = body
+        f = id
+      end
+    end
+    if #fresh > 0 then
+      local last = redis.call('HINCRBY', g.meta, 'next', #fresh)
+      local first = last - #fresh
+      local z = {}
+      for j, body in ipairs(fresh) do
+        z[#z + 1] = first + j
+        z[#z + 1] = tostring(first + j) .. ':' .. body
+      end
+      redis.call('ZADD', g.log, unpack(z))
+      if last > keep then
+        local cut = last - keep
+        redis.call('ZREMRANGEBYSCORE', g.log, '-inf', cut)
+        redis.call('HSET', g.meta, 'trim', cut)
+      end
+      local fields = {}
+      if f then fields[#fields + 1] = 'f:' .. conv; fields[#fields + 1] = f end
+      local refreshed = now - tonumber(x or '0') >= refresh
+      if refreshed then fields[#fields + 1] = 'x'; fields[#fields + 1] = now end
+      if #fields > 0 then redis.call('HSET', g.meta, unpack(fields)) end
+      if refreshed then
+        redis.call('EXPIRE', g.meta, ttl)
+        redis.call('EXPIRE', g.log, ttl)
+      end
+      for j, body in ipairs(fresh) do
+        redis.call('PUBLISH', bus, g.user .. ':' .. epoch .. ':' .. tostring(first + j) .. ':' .. body)
+      end
+      total = total + #fresh
     end
   end
-  if #fresh > 0 then
-    local last = redis.call('HINCRBY', meta, 'next', #fresh)
-    local first = last - #fresh
-    local z = {}
-    for j, i in ipairs(fresh) do
-      z[#z + 1] = first + j
-      z[#z + 1] = tostring(first + j) .. ':' .. ARGV[i + 1]
-    end
-    redis.call('ZADD', log, unpack(z))
-    if last > keep then
-      local cut = last - keep
-      redis.call('ZREMRANGEBYSCORE', log, '-inf', cut)
-      redis.call('HSET', meta, 'trim', cut)
-    end
-    if now - tonumber(x or '0') >= refresh then
-      redis.call('HSET', meta, 'f:' .. conv, f, 'x', now)
-      redis.call('EXPIRE', meta, ttl)
-      redis.call('EXPIRE', log, ttl)
-    else
-      redis.call('HSET', meta, 'f:' .. conv, f)
-    end
-    for j, i in ipairs(fresh) do
-      redis.call('PUBLISH', bus,
-        user .. ':' .. epoch .. ':' .. tostring(first + j) .. ':' .. ARGV[i + 1])
-    end
-    total = total + #fresh
-  end
+  return total
 end
-if #KEYS > 2 * users and #ids > 0 then
-  redis.call('XDEL', KEYS[#KEYS], unpack(ids))
-end
-return total
-"#,
-    )
-});
+"#;
 
 /// Gives a user's log an epoch if it has none. KEYS: meta, log. ARGV: fresh
 /// epoch, ttl (s). Returns {epoch, next, trim}. A meta hash made here gets

@@ -546,7 +546,10 @@ impl ReceiptStore for RedisStore {
                 rcmd!["XADD", q, "*", "p", enc(&vec![op])],
                 rcmd!["EXPIRE", key.clone(), s.ttl()],
             ];
-            if let Applied::Done(_) = s.apply_on(key, &[], registered, version, cmds, 0).await? {
+            if let Applied::Done { .. } = s
+                .apply_on(key, &[], registered, version, cmds, 0, None)
+                .await?
+            {
                 s.reindex_sharing(&user).await?;
                 return Ok(sharing);
             }

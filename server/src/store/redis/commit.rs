@@ -443,8 +443,11 @@ impl Inner {
     ) -> StoreResult<(ReadResult, bool)> {
         let c = view.c;
         let wm = view.wm(u);
-        let sharing = self.sharing_of(&[*u]).await?[0].0;
-        view.sharing.insert(*u, sharing);
+        // Read with the view on a single Redis server, else now: after the
+        // view's version either way, so a toggle's re-index (a commit at a
+        // later version) cannot be undone by this commit.
+        self.ensure_sharing(view, &[*u]).await?;
+        let sharing = view.sharing[u];
         let Some(adv) = wm.advance(to, sharing) else {
             return Ok((
                 ReadResult {

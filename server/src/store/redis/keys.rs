@@ -230,6 +230,16 @@ impl Keys {
     pub fn sharing(&self, u: &UserId) -> String {
         self.user(u, "sh")
     }
+    /// [`Self::sharing`]'s key as the text before and after the hex user id,
+    /// for a script that reads the settings of users it finds.
+    pub fn sharing_around_id(&self) -> (String, String) {
+        let nil = UserId::nil();
+        let key = self.sharing(&nil);
+        let at = key
+            .find(&nil.simple().to_string())
+            .expect("the key holds the id");
+        (key[..at].to_string(), key[at + 32..].to_string())
+    }
     /// Stream: user-level changes not yet persisted to Scylla.
     pub fn user_queue(&self, u: &UserId) -> String {
         self.user(u, "q")

@@ -316,7 +316,32 @@ impl Inner {
             .key(self.keys.watermarks(c))
             .arg(hex(u))
             .arg(DIRECT_MEMBERS);
+        match self.conn {
+            Conn::Single(_) => {
+                let (before, after) = self.keys.sharing_around_id();
+                inv.arg(before).arg(after);
+            }
+            Conn::Cluster(_) => {
+                inv.arg("").arg("");
+            }
+        }
         inv
+    }
+
+    /// The sharing settings a view script read beside the view
+    /// (`sharing_of` in [`scripts::VIEW_OF`]), into `view`: the settings the
+    /// write then reads are those of the version it commits at. A user whose
+    /// setting is not in Redis is left out; [`Self::ensure_sharing`]
+    /// re-warms it.
+    fn take_sharing(view: &mut View, it: &mut impl Iterator<Item = Value>) -> StoreResult<()> {
+        let users: Vec<String> = next_part(it)?;
+        let values: Vec<Option<String>> = next_part(it)?;
+        for (u, sv) in users.iter().zip(values.chunks(2)) {
+            if let [Some(s), Some(_)] = sv {
+                view.sharing.insert(parse_uuid(u)?, s == "1");
+            }
+        }
+        Ok(())
     }
 
     /// Runs a [`Self::view_invocation`]: the view and the rest of the
@@ -544,19 +569,27 @@ impl Inner {
             return self.view(c).await;
         };
         let values: Vec<Option<Vec<u8>>> = next_part(&mut it)?;
-        let buckets: Vec<u32> = next_part(&mut it)?;
-        let members: Vec<String> = next_part(&mut it)?;
-        let mut runs: Vec<Option<Vec<u8>>> = next_part(&mut it)?;
+        Self::take_runs(&mut view, &mut it)?;
+        Self::take_sharing(&mut view, &mut it)?;
         for (n, value) in named.iter().zip(values) {
             let Some(value) = value else { continue };
             let m =
                 keys::parse_message_value(c, &n.id, &value).ok_or_else(|| corrupt("message"))?;
             view.messages.insert(m.id, m);
         }
-        // Without the loaded marker the runs are not in Redis: they are
-        // re-warmed by the usual path when the write asks for them. A
-        // bucket the script did not read (a seq past 2^53, which Lua's
-        // numbers round) is read by that path too.
+        Ok(Some(view))
+    }
+
+    /// The delivery runs a view script read (`runs_at` in
+    /// [`scripts::RUNS_AT`]: the buckets, the members, the fields), into
+    /// `view`. Without the loaded marker the runs are not in Redis: they are
+    /// re-warmed by the usual path when the write asks for them. A bucket the
+    /// script did not read (a seq past 2^53, which Lua's numbers round) is
+    /// read by that path too.
+    fn take_runs(view: &mut View, it: &mut impl Iterator<Item = Value>) -> StoreResult<()> {
+        let buckets: Vec<u32> = next_part(it)?;
+        let members: Vec<String> = next_part(it)?;
+        let mut runs: Vec<Option<Vec<u8>>> = next_part(it)?;
         if runs.first().is_some_and(Option::is_some) {
             let mut fields = runs.drain(1..);
             for member in &members {
@@ -567,12 +600,14 @@ impl Inner {
                 }
             }
         }
-        Ok(Some(view))
+        Ok(())
     }
 
     /// [`Self::view_for`] for a read by `u` up to `message`, with that
     /// message loaded and the seq index after `u`'s lower watermark in
-    /// [`View::tail`], in one round trip ([`scripts::READ_VIEW`]). When Redis
+    /// [`View::tail`] (and, in a direct chat, the messages the read may cover
+    /// and every member's delivery runs over them), in one round trip
+    /// ([`scripts::READ_VIEW`]). When Redis
     /// does not hold the conversation, it is re-warmed and loaded as
     /// before.
     pub(super) async fn read_facts(
@@ -584,13 +619,26 @@ impl Inner {
         let mut inv = self.view_invocation(&scripts::READ_VIEW, c, u);
         inv.key(self.keys.messages(c))
             .key(self.keys.seqs(c))
-            .arg(message.as_bytes().as_slice());
+            .key(self.keys.runs(c))
+            .arg(message.as_bytes().as_slice())
+            .arg(runs::BUCKET);
         let Some((mut view, mut it)) = self.view_script(&inv, c, u).await? else {
             return self.view(c).await;
         };
         let value: Option<Vec<u8>> = next_part(&mut it)?;
         let from: String = next_part(&mut it)?;
         let rows: Vec<(Vec<u8>, f64)> = next_part(&mut it)?;
+        Self::take_sharing(&mut view, &mut it)?;
+        Self::take_runs(&mut view, &mut it)?;
+        let covered: Vec<Option<Vec<u8>>> = next_part(&mut it)?;
+        for pair in covered.chunks(2) {
+            let [Some(id), Some(value)] = pair else {
+                continue;
+            };
+            let id = MessageId::from_slice(id).map_err(|_| corrupt("message id"))?;
+            let m = keys::parse_message_value(c, &id, value).ok_or_else(|| corrupt("message"))?;
+            view.messages.insert(m.id, m);
+        }
         if let Some(value) = value {
             let m =
                 keys::parse_message_value(c, message, &value).ok_or_else(|| corrupt("message"))?;

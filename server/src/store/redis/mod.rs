@@ -2,18 +2,21 @@
 //! the persistent store, any number of stateless `receiptd` nodes sharing them.
 //!
 //! # How a write works
-//! 1. Read what the decision needs (pipelined, one slot) together with the
-//!    conversation's version.
+//! 1. Read what the decision needs (one script call for the common writes)
+//!    together with the conversation's version.
 //! 2. Decide in Rust with the same [`crate::domain`] rules as every store.
 //! 3. Commit with one Lua call in the conversation's slot ([`scripts::APPLY`]):
-//!    if the version is unchanged, apply the writes, append the events they
-//!    cause to the conversation's outbox stream and the changes to persist to
-//!    its queue stream, and bump the version; otherwise re-read and retry.
-//! 4. Forward the events into each addressee's replay log (once, in order:
-//!    [`scripts::FORWARD`], one call per addressee, all sent together), which
-//!    publishes on the bus; every node hands what it hears to its local
-//!    subscribers. The commit returns its outbox entry ids and the outbox's
-//!    length, so the outbox is read back only when older entries wait.
+//!    if the version is unchanged, apply the writes, append the changes to
+//!    persist to its queue stream, and bump the version; otherwise re-read
+//!    and retry. On a single Redis server the same call forwards the events
+//!    the writes cause (step 4) when the conversation's outbox is empty;
+//!    otherwise, and on a cluster, it appends them to the outbox.
+//! 4. Forward the events into each addressee's replay log (once, in order),
+//!    which publishes on the bus; every node hands what it hears to its local
+//!    subscribers. From the outbox: [`scripts::FORWARD`], one call per
+//!    addressee, all sent together, on a cluster. The commit returns its
+//!    outbox entry ids and the outbox's length, so the outbox is read back
+//!    only when older entries wait.
 //! 5. A flusher (any node, every `flush_interval` and at shutdown) drains the
 //!    queue streams into Scylla, acknowledging (deleting) entries only after
 //!    Scylla accepted them. A node that dies leaves its queue, outbox and

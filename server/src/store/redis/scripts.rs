@@ -430,7 +430,9 @@ return out
 
 /// What a write by one member needs of a conversation, in one round trip.
 /// KEYS: the conversation's meta hash, its watermarks hash. ARGV: the
-/// member's hex id, the largest member count read in full. Returns `{0}` if
+/// member's hex id, the largest member count read in full, and the sharing
+/// keys' prefix and suffix around a hex user id (see [`VIEW_OF`]; unused
+/// here). Returns `{0}` if
 /// the conversation is not in Redis; `{1, meta, watermarks}` (both as flat
 /// field/value lists) if it has at most that many members; otherwise
 /// `{2, {v, mv, t, n, m:<member>}, watermark}`, which is all a group write
@@ -440,8 +442,34 @@ pub static VIEW: LazyLock<Script> =
 
 /// [`VIEW`] as a Lua function `view_of()` (its reply, with the same KEYS[1],
 /// KEYS[2], ARGV[1] and ARGV[2]), which the scripts that read more for one
-/// write start with.
+/// write start with, and two helpers for them: `members_of(view)`, the hex
+/// ids of a view read in full (`{1, …}`), and `sharing_of(users)`, the
+/// sharing settings of those users as `{users, {s, v, s, v, …}}` (false
+/// where absent). The settings live in the users' own keys, which ARGV[3]
+/// and ARGV[4] name around a hex id: on a single Redis server, where one
+/// script may read any key, so that the setting is read in the same atomic
+/// step as the conversation's version. On a cluster they are in other slots:
+/// ARGV[3] is empty and `sharing_of` reads nothing (the caller reads them
+/// after the view, as before).
 const VIEW_OF: &str = r#"
+local function members_of(view)
+  local members = {}
+  local meta = view[2]
+  for i = 1, #meta, 2 do
+    if string.sub(meta[i], 1, 2) == 'm:' then members[#members + 1] = string.sub(meta[i], 3) end
+  end
+  return members
+end
+local function sharing_of(users)
+  if ARGV[3] == '' then return {{}, {}} end
+  local values = {}
+  for _, u in ipairs(users) do
+    local h = redis.call('HMGET', ARGV[3] .. u .. ARGV[4], 's', 'v')
+    values[#values + 1] = h[1]
+    values[#values + 1] = h[2]
+  end
+  return {users, values}
+end
 local function view_of()
   local n = redis.call('HGET', KEYS[1], 'n')
   if not n then return {0} end
@@ -456,24 +484,44 @@ end
 /// What a MarkDelivered by one member needs of a conversation, in one round
 /// trip: [`VIEW`]'s reply, then the named messages and the delivery-runs
 /// fields at their seqs. KEYS: the conversation's meta hash, watermarks
-/// hash, messages hash, runs hash. ARGV: the member's hex id, the largest
-/// member count read in full, the seqs per runs bucket, then the raw ids of
-/// the messages. Returns `{0}` if the conversation is not in Redis; else
-/// `VIEW`'s three parts, then `{the messages' values}` (false where
-/// unknown), `{the buckets}`, `{the members whose runs were read (hex): all
-/// of a direct conversation's, or the caller alone in a group}` and `{the
-/// runs hash's '_', then those members' fields at every bucket, member by
-/// member}`. The seq is the first field
-/// of a messages-hash value (`keys::message_value`: postcard, a varint); a
-/// field is `raw user ‖ bucket` (4 bytes, big-endian), as `runs::field`
-/// makes it.
+/// hash, messages hash, runs hash. ARGV: `VIEW`'s four, the seqs per runs
+/// bucket, then the raw ids of the messages. Returns `{0}` if the
+/// conversation is not in Redis; else `VIEW`'s three parts, then `{the
+/// messages' values}` (false where unknown), `runs_at` ([`RUNS_AT`]) the
+/// messages' seqs of every member of a view read in full or of the caller
+/// alone in a group, and `sharing_of` the members of a view read in full
+/// (none otherwise: a group delivery does not need them).
 pub static DELIVERY_VIEW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{VIEW_OF}{}",
+        "{VIEW_OF}{RUNS_AT}{}",
         r#"
-local function raw(h)
-  return (h:gsub('..', function(c) return string.char(tonumber(c, 16)) end))
+local out = view_of()
+if out[1] == 0 then return out end
+local members = {ARGV[1]}
+if out[1] == 1 then members = members_of(out) end
+local values = redis.call('HMGET', KEYS[3], unpack(ARGV, 6))
+local seqs = {}
+for i = 1, #ARGV - 5 do
+  seqs[#seqs + 1] = values[i] and seq_of(values[i])
 end
+out[4] = values
+local runs = runs_at(KEYS[4], tonumber(ARGV[5]), members, seqs)
+out[5], out[6], out[7] = runs[1], runs[2], runs[3]
+local sharing = sharing_of(out[1] == 1 and members or {})
+out[8], out[9] = sharing[1], sharing[2]
+return out
+"#
+    ))
+});
+
+/// Lua helpers for the scripts that read delivery runs with a view:
+/// `seq_of(value)`, the seq at the start of a messages-hash value
+/// (`keys::message_value`: postcard, a varint; nil if it is cut short), and
+/// `runs_at(runs hash, seqs per bucket, members, seqs)`: `{the buckets of
+/// the seqs (nil entries skipped), the members, {the runs hash's '_', then
+/// each member's field at every bucket, member by member}}`. A field is `raw
+/// user ‖ bucket` (4 bytes, big-endian), as `runs::field` makes it.
+const RUNS_AT: &str = r#"
 local function seq_of(v)
   local s, mul = 0, 1
   for i = 1, 10 do
@@ -485,57 +533,45 @@ local function seq_of(v)
   end
   return nil
 end
-local out = view_of()
-if out[1] == 0 then return out end
-local members = {}
-if out[1] == 1 then
-  local meta = out[2]
-  for i = 1, #meta, 2 do
-    if string.sub(meta[i], 1, 2) == 'm:' then members[#members + 1] = string.sub(meta[i], 3) end
+local function runs_at(key, size, members, seqs)
+  local seen, buckets = {}, {}
+  for i = 1, table.maxn(seqs) do
+    local s = seqs[i]
+    if s then
+      local b = math.floor(s / size)
+      if not seen[b] then seen[b] = true; buckets[#buckets + 1] = b end
+    end
   end
-else
-  members[1] = ARGV[1]
-end
-local values = redis.call('HMGET', KEYS[3], unpack(ARGV, 4))
-local size = tonumber(ARGV[3])
-local seen, buckets = {}, {}
-for i = 1, #ARGV - 3 do
-  local s = values[i] and seq_of(values[i])
-  if s then
-    local b = math.floor(s / size)
-    if not seen[b] then seen[b] = true; buckets[#buckets + 1] = b end
+  local fields = {'_'}
+  for _, m in ipairs(members) do
+    local r = (m:gsub('..', function(c) return string.char(tonumber(c, 16)) end))
+    for _, b in ipairs(buckets) do
+      fields[#fields + 1] = r .. string.char(math.floor(b / 16777216) % 256,
+        math.floor(b / 65536) % 256, math.floor(b / 256) % 256, b % 256)
+    end
   end
+  return {buckets, members, redis.call('HMGET', key, unpack(fields))}
 end
-local fields = {'_'}
-for _, m in ipairs(members) do
-  local r = raw(m)
-  for _, b in ipairs(buckets) do
-    fields[#fields + 1] = r .. string.char(math.floor(b / 16777216) % 256,
-      math.floor(b / 65536) % 256, math.floor(b / 256) % 256, b % 256)
-  end
-end
-out[4] = values
-out[5] = buckets
-out[6] = members
-out[7] = redis.call('HMGET', KEYS[4], unpack(fields))
-return out
-"#
-    ))
-});
+"#;
 
 /// What a MarkReadUpTo by one member needs of a conversation, in one round
 /// trip: [`VIEW`]'s reply, the target message, and the seq index after the
 /// member's lower watermark (the messages the read may cover and those that
 /// stay unread after it, in one range). KEYS: the conversation's meta hash,
-/// watermarks hash, messages hash, seq index. ARGV: the member's hex id, the
-/// largest member count read in full, the target's raw id. Returns `{0}` if
-/// the conversation is not in Redis; else `VIEW`'s three parts, then the
+/// watermarks hash, messages hash, seq index, runs hash. ARGV: `VIEW`'s
+/// four, the target's raw id, the seqs per runs bucket. Returns `{0}` if the
+/// conversation is not in Redis; else `VIEW`'s three parts, then the
 /// target's messages-hash value (false if unknown), the seq the range starts
 /// after (the smaller of the member's two watermarks, as text; 0 without
-/// one) and the range (`ZRANGEBYSCORE … WITHSCORES`).
+/// one), the range (`ZRANGEBYSCORE … WITHSCORES`), `sharing_of` the members
+/// of a view read in full, or the reader alone; then, for a view read in full
+/// (a direct chat, whose events carry whole states), `runs_at` every member
+/// at the seqs of the range up to the target's and `{raw id, messages-hash
+/// value (false if absent), …}` of those messages (empty lists, the runs'
+/// without the `'_'`, otherwise).
 pub static READ_VIEW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{VIEW_OF}{}",
+        "{VIEW_OF}{RUNS_AT}{}",
         r#"
 local out = view_of()
 if out[1] == 0 then return out end
@@ -547,9 +583,38 @@ if wm then
     if tonumber(s) <= tonumber(p) then from = s else from = p end
   end
 end
-out[4] = redis.call('HGET', KEYS[3], ARGV[3]) or false
+out[4] = redis.call('HGET', KEYS[3], ARGV[5]) or false
 out[5] = from
 out[6] = redis.call('ZRANGEBYSCORE', KEYS[4], '(' .. from, '+inf', 'WITHSCORES')
+local members = out[1] == 1 and members_of(out) or {ARGV[1]}
+local sharing = sharing_of(members)
+out[7], out[8] = sharing[1], sharing[2]
+local target = out[4] and seq_of(out[4])
+if out[1] == 1 and target then
+  local seqs, ids = {}, {}
+  local range = out[6]
+  for i = 2, #range, 2 do
+    local s = tonumber(range[i])
+    if s <= target then
+      seqs[#seqs + 1] = s
+      ids[#ids + 1] = string.sub(range[i - 1], 1, 16)
+    end
+  end
+  local runs = runs_at(KEYS[5], tonumber(ARGV[6]), members, seqs)
+  out[9], out[10], out[11] = runs[1], runs[2], runs[3]
+  local covered = {}
+  for i = 1, #ids, 1000 do
+    local part = {unpack(ids, i, math.min(i + 999, #ids))}
+    local values = redis.call('HMGET', KEYS[3], unpack(part))
+    for j = 1, #part do
+      covered[#covered + 1] = part[j]
+      covered[#covered + 1] = values[j]
+    end
+  end
+  out[12] = covered
+else
+  out[9], out[10], out[11], out[12] = {}, {}, {}, {}
+end
 return out
 "#
     ))

@@ -128,17 +128,37 @@ pub(super) fn complex_counts(
 /// fixed, so only a change of recipients can change the last of them.
 /// Privacy toggles cannot: they hide reads but never change when the public
 /// ones were made, and reads made while private never count for others.
-fn cached(value: Option<&String>, tag: &str, sent_at: Millis) -> Option<Millis> {
-    let (t, after) = value?.rsplit_once(':')?;
-    (t == tag)
-        .then(|| after.parse::<i64>().ok())
-        .flatten()
-        .map(|d| sent_at.saturating_add(d))
+///
+/// The cache holds one field per kind and bucket of seqs
+/// ([`keys::COMPLETION_BUCKET`]): the tag, then `;<offset>:<ms after send>`
+/// per message (`offset`: the seq's place in its bucket). A field with
+/// another tag is stale as a whole.
+fn cached(value: Option<&String>, tag: &str, m: &Message) -> Option<Millis> {
+    let mut parts = value?.split(';');
+    if parts.next()? != tag {
+        return None;
+    }
+    let offset = (m.seq % keys::COMPLETION_BUCKET).to_string();
+    parts
+        .filter_map(|e| e.split_once(':'))
+        .find(|(o, _)| *o == offset)
+        .and_then(|(_, d)| d.parse::<i64>().ok())
+        .map(|d| m.sent_at.saturating_add(d))
 }
 
-/// A cache value: the tag, then the time as ms after the send (short).
-fn cache_value(tag: &str, at: Millis, sent_at: Millis) -> String {
-    format!("{tag}:{}", at.saturating_sub(sent_at))
+/// The cache field of `m` for completion `kind` (`d` or `r`).
+fn cache_field(kind: char, m: &Message) -> String {
+    format!("{kind}:{}", m.seq / keys::COMPLETION_BUCKET)
+}
+
+/// `m`'s entry in its cache field: the seq's offset in the bucket, then the
+/// time as ms after the send (short).
+fn cache_entry(m: &Message, at: Millis) -> String {
+    format!(
+        "{}:{}",
+        m.seq % keys::COMPLETION_BUCKET,
+        at.saturating_sub(m.sent_at)
+    )
 }
 
 fn score(v: &Value) -> StoreResult<Option<Seq>> {
@@ -244,9 +264,15 @@ impl Inner {
             });
         }
 
+        let (fields, values): (Vec<String>, Vec<Option<String>>) = get(top.get(10))?;
+        let cache: HashMap<String, String> = fields
+            .into_iter()
+            .zip(values)
+            .filter_map(|(f, v)| Some((f, v?)))
+            .collect();
         let mut out = Vec::with_capacity(msgs.len());
         let mut full = Vec::new();
-        for (m, row) in msgs.iter().zip(top.iter().skip(10)) {
+        for (m, row) in msgs.iter().zip(top.iter().skip(11)) {
             let row = list(row)?;
             let mut n = [0u64; 5];
             for (i, slot) in n.iter_mut().enumerate() {
@@ -270,11 +296,9 @@ impl Inner {
                 .iter()
                 .filter_map(|u| runs.delivered_at(u, m.seq).map(|at| (*u, at)))
                 .collect();
-            let ad: Option<String> = get(row.get(5))?;
-            let ar: Option<String> = get(row.get(6))?;
             let (ad, ar) = (
-                cached(ad.as_ref(), &tag, m.sent_at),
-                cached(ar.as_ref(), &tag, m.sent_at),
+                cached(cache.get(&cache_field('d', m)), &tag, m),
+                cached(cache.get(&cache_field('r', m)), &tag, m),
             );
 
             let v = viewer.unwrap_or(m.sender);
@@ -334,6 +358,7 @@ impl Inner {
         for b in bs {
             inv.arg(b.to_be_bytes().as_slice());
         }
+        inv.arg(keys::COMPLETION_BUCKET);
         for m in msgs {
             inv.arg(m.seq);
         }
@@ -358,8 +383,8 @@ impl Inner {
         };
         let ids: Vec<MessageId> = which.iter().map(|i| msgs[*i].id).collect();
         self.prepare_states(&mut view, &ids).await?;
-        let key = self.keys.completions(c);
-        let mut p = redis::pipe();
+        let mut put = scripts::CACHE_PUT.prepare_invoke();
+        put.key(self.keys.completions(c)).arg(self.ttl()).arg(tag);
         for i in which {
             let m = &msgs[*i];
             let v = viewer.unwrap_or(m.sender);
@@ -369,23 +394,18 @@ impl Inner {
                 .get(&v)
                 .is_some_and(|x| x.receives(v, m.sender, m.seq));
             if let Some(at) = state.aggregate.delivered_at {
-                p.cmd("HSET")
-                    .arg(&key)
-                    .arg(format!("d:{}", m.seq))
-                    .arg(cache_value(tag, at, m.sent_at))
-                    .ignore();
+                put.arg(cache_field('d', m)).arg(cache_entry(m, at));
             }
             if let Some(at) = state.aggregate.read_at.filter(|_| !viewer_recipient) {
-                p.cmd("HSET")
-                    .arg(&key)
-                    .arg(format!("r:{}", m.seq))
-                    .arg(cache_value(tag, at, m.sent_at))
-                    .ignore();
+                put.arg(cache_field('r', m)).arg(cache_entry(m, at));
             }
             out[*i] = state.aggregate;
         }
-        p.cmd("EXPIRE").arg(&key).arg(self.ttl()).ignore();
-        self.pipe::<()>(&p).await
+        let _: i64 = put
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(redis_err)?;
+        Ok(())
     }
 }
 
@@ -464,10 +484,26 @@ mod tests {
 
     #[test]
     fn cached_times_need_the_current_versions() {
-        let v = cache_value("3", 1_234, 1_000);
-        assert_eq!(v, "3:234");
-        assert_eq!(cached(Some(&v), "3", 1_000), Some(1_234));
-        assert_eq!(cached(Some(&v), "4", 1_000), None);
-        assert_eq!(cached(None, "3", 1_000), None);
+        let m = |seq: Seq| Message {
+            id: MessageId::nil(),
+            conversation: ConversationId::nil(),
+            seq,
+            sender: UserId::nil(),
+            sent_at: 1_000,
+        };
+        // Seqs 70 and 75 share the bucket of 64..128; 6 is in another.
+        assert_eq!(cache_field('d', &m(70)), "d:1");
+        assert_eq!(cache_field('d', &m(6)), "d:0");
+        let v = format!(
+            "3;{};{}",
+            cache_entry(&m(70), 1_234),
+            cache_entry(&m(75), 1_500)
+        );
+        assert_eq!(v, "3;6:234;11:500");
+        assert_eq!(cached(Some(&v), "3", &m(70)), Some(1_234));
+        assert_eq!(cached(Some(&v), "3", &m(75)), Some(1_500));
+        assert_eq!(cached(Some(&v), "3", &m(71)), None, "not cached");
+        assert_eq!(cached(Some(&v), "4", &m(70)), None, "another version");
+        assert_eq!(cached(None, "3", &m(70)), None);
     }
 }

@@ -69,6 +69,9 @@ pub fn parse_message_value(c: &ConversationId, id: &MessageId, v: &[u8]) -> Opti
     })
 }
 
+/// Seqs per field of the completion cache ([`Keys::completions`]).
+pub const COMPLETION_BUCKET: u64 = 64;
+
 /// Shards of the id index per second of UUIDv7 time: a second's
 /// registrations spread over this many keys (and Cluster slots).
 pub const ID_INDEX_SHARDS: u8 = 16;
@@ -150,8 +153,12 @@ impl Keys {
     pub fn runs(&self, c: &ConversationId) -> String {
         self.conv(c, "d")
     }
-    /// Hash: completion times, cached: `d:<seq>` / `r:<seq>` -> `mv:ms
-    /// after send` when every recipient had / had read the message.
+    /// Hash: completion times, cached, by bucket of [`COMPLETION_BUCKET`]
+    /// seqs: `d:<bucket>` / `r:<bucket>` -> `mv` then `;<seq - bucket
+    /// start>:<ms after send>` for each message of the bucket that every
+    /// recipient had / had read (see `counts.rs`). One field per 64
+    /// messages, not one per message: past 128 fields Redis keeps a hash as
+    /// a hash table, ~100 B per field.
     pub fn completions(&self, c: &ConversationId) -> String {
         self.conv(c, "a")
     }

@@ -354,12 +354,14 @@ return 0
 /// land between two of its parts. KEYS: the conversation's meta hash, `cx`,
 /// `jz`, `tz`, `rz`, `jr`, its watermarks hash, its runs hash, its
 /// completions hash. ARGV: the number of "own" users, their hex ids (senders
-/// and viewer), the number of run buckets, the buckets (4 bytes each), then
-/// each message's seq. Returns `{{mv}, complex hex ids, {their m: fields},
-/// {their watermarks}, {own jz scores}, {own tz scores}, {own rz scores},
-/// runs loaded (0/1), {simple members below the highest seq in tz, with
-/// their scores}, {the runs fields of those members then of the complex
-/// ones, bucket by bucket}, per message: {5 ZCOUNTs, d:<seq>, r:<seq>}}`.
+/// and viewer), the number of run buckets, the buckets (4 bytes each), the
+/// seqs per completion-cache field, then each message's seq. Returns
+/// `{{mv}, complex hex ids, {their m: fields}, {their watermarks}, {own jz
+/// scores}, {own tz scores}, {own rz scores}, runs loaded (0/1), {simple
+/// members below the highest seq in tz, with their scores}, {the runs fields
+/// of those members then of the complex ones, bucket by bucket}, {{the
+/// completion-cache fields of the messages' buckets, d:<b> and r:<b>},
+/// {their values}}, per message: {5 ZCOUNTs}}`.
 pub static COUNT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -384,7 +386,8 @@ for i = 1, n_own do own[i] = ARGV[1 + i] end
 local n_buckets = tonumber(ARGV[2 + n_own])
 local bs = {}
 for i = 1, n_buckets do bs[i] = ARGV[2 + n_own + i] end
-local first_seq = 3 + n_own + n_buckets
+local csize = tonumber(ARGV[3 + n_own + n_buckets])
+local first_seq = 4 + n_own + n_buckets
 local top = 0
 for i = first_seq, #ARGV do top = math.max(top, tonumber(ARGV[i])) end
 local complex = redis.call('SMEMBERS', cx)
@@ -410,20 +413,59 @@ local out = {
   below,
   chunked('HMGET', d, fields),
 }
+local cfields, seen = {}, {}
+for i = first_seq, #ARGV do
+  local b = tostring(math.floor(tonumber(ARGV[i]) / csize))
+  if not seen[b] then
+    seen[b] = true
+    cfields[#cfields + 1] = 'd:' .. b
+    cfields[#cfields + 1] = 'r:' .. b
+  end
+end
+out[#out + 1] = {cfields, chunked('HMGET', a, cfields)}
 for i = first_seq, #ARGV do
   local s = ARGV[i]
-  local cache = redis.call('HMGET', a, 'd:' .. s, 'r:' .. s)
   out[#out + 1] = {
     redis.call('ZCOUNT', jz, '-inf', s),
     redis.call('ZCOUNT', jz, '(' .. s, '+inf'),
     redis.call('ZCOUNT', tz, s, '+inf'),
     redis.call('ZCOUNT', rz, s, '+inf'),
     redis.call('ZCOUNT', jr, '(' .. s, '+inf'),
-    cache[1],
-    cache[2],
   }
 end
 return out
+"#,
+    )
+});
+
+/// Adds completion times to the cache (`keys::completions`). KEYS: the
+/// completions hash. ARGV: the TTL (s), the membership version (the tag),
+/// then pairs of a field (`d:<bucket>` or `r:<bucket>`) and an entry
+/// (`<offset>:<ms after send>`). A field whose tag is another version is
+/// replaced; an entry whose offset the field holds already is left as it
+/// is (a completion time, once every recipient is in, does not change
+/// while the membership version stays). The hash gets the TTL (it shares
+/// its conversation's lifetime, and this write is outside the commit
+/// script). Returns the number of entries added.
+pub static CACHE_PUT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local tag = ARGV[2]
+local added = 0
+for i = 3, #ARGV, 2 do
+  local field, entry = ARGV[i], ARGV[i + 1]
+  local v = redis.call('HGET', KEYS[1], field)
+  local offset = ';' .. string.match(entry, '^(%d+):') .. ':'
+  if not v or (v ~= tag and string.sub(v, 1, #tag + 1) ~= tag .. ';') then
+    v = tag
+  end
+  if not string.find(v .. ';', offset, 1, true) then
+    redis.call('HSET', KEYS[1], field, v .. ';' .. entry)
+    added = added + 1
+  end
+end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return added
 "#,
     )
 });

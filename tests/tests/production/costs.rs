@@ -632,3 +632,70 @@ async fn a_group_write_costs_redis_the_same_in_a_group_of_5_or_500() {
         r500.1
     );
 }
+
+/// A completion time ("read by everyone at") is computed once, when a
+/// message first completes, and then read from the completion cache: one
+/// field per 64 seqs (`P:{C}:a`, docs/storage.md). Here the cached entry of
+/// one message is changed by hand, and GetReceipts then answers with the
+/// changed time (it read the cache, not the view); the other message of
+/// the same field, whose entry is dropped, is computed again and added
+/// beside the first, which stays as it was.
+#[tokio::test]
+async fn completion_times_are_read_from_the_cache_by_bucket() {
+    let (_redis, tier, node) = measured_node().await;
+    let mut backend = node.backend().await;
+    let mut group = Conversation::create(&mut backend, 4).await;
+    let sender = group.members[0];
+    let sent = group.send_many(&mut backend, sender, 2).await;
+    for u in &group.members[1..] {
+        let mut client = node.user(*u).await;
+        deliver(&mut client, &sent).await;
+        read_up_to(&mut client, group.id, sent[1]).await;
+    }
+    let mut sender_client = node.user(sender).await;
+    let first = counts_only(&mut sender_client, group.id, sent[0]).await;
+    assert_eq!((first.read_count, first.recipients_total), (3, 3));
+    assert!(first.read_at_ms > 0, "read by everyone: {first:?}");
+    let keys = receipts_server::store::redis::keys::Keys::new(&tier.prefix);
+    let cache = keys.completions(&group.id);
+    let mut redis = tier.redis().await;
+    let field: String = redis::cmd("HGET")
+        .arg(&cache)
+        .arg("r:0")
+        .query_async(&mut redis)
+        .await
+        .expect("the read completions of seqs 0..64 are cached in one field");
+    let (tag, entries) = field.split_once(';').expect("tag;entries");
+    let entry = entries
+        .split(';')
+        .find(|e| e.starts_with("1:"))
+        .expect("seq 1 is cached");
+    let ms: i64 = entry[2..].parse().expect("ms after send");
+    let _: () = redis::cmd("HSET")
+        .arg(&cache)
+        .arg("r:0")
+        .arg(format!("{tag};1:{}", ms + 7))
+        .query_async(&mut redis)
+        .await
+        .expect("HSET");
+    let again = counts_only(&mut sender_client, group.id, sent[0]).await;
+    assert_eq!(
+        again.read_at_ms,
+        first.read_at_ms + 7,
+        "read from the cache"
+    );
+    let second = counts_only(&mut sender_client, group.id, sent[1]).await;
+    let computed = receipt(&mut node.user(sender).await, group.id, sent[1]).await;
+    assert_eq!(second.read_at_ms, computed.read_at_ms);
+    assert!(second.read_at_ms > 0);
+    let field: String = redis::cmd("HGET")
+        .arg(&cache)
+        .arg("r:0")
+        .query_async(&mut redis)
+        .await
+        .expect("HGET");
+    assert!(
+        field.starts_with(&format!("{tag};1:{};2:", ms + 7)),
+        "seq 2 added beside seq 1, which stays: {field}"
+    );
+}

@@ -354,6 +354,62 @@ async fn redis_wait_replicas_without_a_replica_fails_writes_as_unavailable_namin
     );
 }
 
+/// With `--redis-wait-replicas` no subscriber is shown an event of a write
+/// the replicas have not confirmed: the commit leaves its events in the
+/// outbox and the node forwards them after the `WAIT` (on a single Redis
+/// server without the setting, the commit forwards them itself). Here no
+/// replica confirms: the read is refused, its two events wait in the
+/// outbox, and neither member's replay log has them.
+#[tokio::test]
+async fn with_redis_wait_replicas_events_wait_for_the_replicas() {
+    let tier = Tier::new().await;
+    // No flush within the test: a flush also forwards what waits in an
+    // outbox.
+    const NO_FLUSH: [&str; 2] = ["--flush-interval-ms", "3600000"];
+    let plain = tier.node_with(&NO_FLUSH).await;
+    let mut backend = plain.backend().await;
+    let mut direct = Conversation::create(&mut backend, 2).await;
+    let (alice, bob) = (direct.members[0], direct.members[1]);
+    let m = direct.send(&mut backend, alice).await;
+    let waiting = tier
+        .node_with(&[
+            NO_FLUSH[0],
+            NO_FLUSH[1],
+            "--redis-wait-replicas",
+            "1",
+            "--redis-wait-timeout-ms",
+            "200",
+        ])
+        .await;
+    let status = waiting
+        .user(bob)
+        .await
+        .mark_read_up_to(pb::MarkReadUpToRequest {
+            conversation_id: direct.id.to_string(),
+            message_id: m.to_string(),
+        })
+        .await
+        .expect_err("no replica confirms the read");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("0 of 1 replicas"), "{status:?}");
+    let keys = receipts_server::store::redis::keys::Keys::new(&tier.prefix);
+    let mut redis = tier.redis().await;
+    let outbox: u64 = redis::cmd("XLEN")
+        .arg(keys.outbox(&direct.id))
+        .query_async(&mut redis)
+        .await
+        .expect("XLEN");
+    assert_eq!(outbox, 2, "the read's events wait in the outbox");
+    for u in [alice, bob] {
+        let logged: u64 = redis::cmd("ZCARD")
+            .arg(keys.log(&u))
+            .query_async(&mut redis)
+            .await
+            .expect("ZCARD");
+        assert_eq!(logged, 0, "no event reached {u}'s log before the replicas");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_cluster_failover_mid_load_keeps_every_write_acknowledged_with_wait() {
     let mut cluster = OwnedCluster::start().await;

@@ -238,8 +238,10 @@ impl Inner {
     /// Commits a plan decided at `view.ver`: the writes, the outbox entries
     /// and the queue entries, atomically, and forwards the events. On a
     /// single Redis server the commit script forwards them itself when the
-    /// outbox is empty (one round trip for the whole write); else, and on a
-    /// cluster, they go to the outbox and are forwarded from there.
+    /// outbox is empty (one round trip for the whole write); else, on a
+    /// cluster, and with `--redis-wait-replicas` (events only after the
+    /// replicas have the write), they go to the outbox and are forwarded
+    /// from there.
     /// `Ok(false)`: the version moved.
     pub(super) async fn commit(&self, view: &View, mut plan: Plan) -> StoreResult<bool> {
         let c = view.c;
@@ -262,7 +264,10 @@ impl Inner {
             }
             self.registration(q).await?
         };
-        let inline = matches!(self.conn, Conn::Single(_));
+        // With `--redis-wait-replicas` the events are published only after
+        // the replicas confirmed the commit (the forward after the WAIT), so
+        // that no subscriber sees an event of a write a failover may lose.
+        let inline = matches!(self.conn, Conn::Single(_)) && self.opts.wait_replicas.is_none();
         // On a cluster the events go last, followed by the outbox's length:
         // the commit hands back their entry ids, and whether anything older
         // waits.

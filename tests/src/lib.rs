@@ -572,14 +572,24 @@ pub async fn read_up_to(
     conversation: Uuid,
     message: Uuid,
 ) -> pb::MarkReadUpToResponse {
+    try_read_up_to(client, conversation, message)
+        .await
+        .expect("mark read")
+}
+
+/// MarkReadUpTo, refused or not.
+pub async fn try_read_up_to(
+    client: &mut UserClient,
+    conversation: Uuid,
+    message: Uuid,
+) -> Result<pb::MarkReadUpToResponse, tonic::Status> {
     client
         .mark_read_up_to(pb::MarkReadUpToRequest {
             conversation_id: conversation.to_string(),
             message_id: message.to_string(),
         })
         .await
-        .expect("mark read")
-        .into_inner()
+        .map(tonic::Response::into_inner)
 }
 
 /// The receipts of one message (with recipients) as `client` sees them.

@@ -655,11 +655,7 @@ async fn events_left_in_the_outbox_are_forwarded_first_and_in_order() {
         .await
         .expect("SET");
     let mut bob_client = node.user(bob).await;
-    let failed = bob_client
-        .mark_read_up_to(pb::MarkReadUpToRequest {
-            conversation_id: direct.id.to_string(),
-            message_id: m1.to_string(),
-        })
+    let failed = try_read_up_to(&mut bob_client, direct.id, m1)
         .await
         .expect_err("forwarding to alice fails after the commit");
     assert_eq!(failed.code(), tonic::Code::Unavailable, "{failed:?}");

@@ -381,13 +381,7 @@ async fn with_redis_wait_replicas_events_wait_for_the_replicas() {
             "200",
         ])
         .await;
-    let status = waiting
-        .user(bob)
-        .await
-        .mark_read_up_to(pb::MarkReadUpToRequest {
-            conversation_id: direct.id.to_string(),
-            message_id: m.to_string(),
-        })
+    let status = try_read_up_to(&mut waiting.user(bob).await, direct.id, m)
         .await
         .expect_err("no replica confirms the read");
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
@@ -558,11 +552,7 @@ async fn past_the_outage_limit_writes_are_refused_reads_work_and_writes_resume_a
     .await;
     // Past the limit: a write is refused, naming the flag, and changes
     // nothing.
-    let refused = bob_client
-        .mark_read_up_to(pb::MarkReadUpToRequest {
-            conversation_id: chat.id.to_string(),
-            message_id: first.to_string(),
-        })
+    let refused = try_read_up_to(&mut bob_client, chat.id, first)
         .await
         .expect_err("writes are paused");
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");

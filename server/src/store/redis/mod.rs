@@ -29,7 +29,8 @@
 //! (they are drained). docs/storage.md lists every key and table.
 //!
 //! Files: `conn.rs` (connections, failures in the service's terms), `load.rs`
-//! (reading facts into a view), `commit.rs` (compare-and-apply commits of
+//! (reading facts into a view), `ids.rs` (where a message id lives: the id
+//! index and home keys), `commit.rs` (compare-and-apply commits of
 //! plans), `window.rs` (group windows, the events of a change), `log.rs` (the
 //! replay log, snapshots, the bus), `persist.rs` (write-behind to Scylla, the
 //! outage budget, health), `store.rs` (the `ReceiptStore` calls), `counts.rs`
@@ -274,6 +275,7 @@ macro_rules! rcmd {
 
 mod commit;
 mod conn;
+mod ids;
 mod load;
 mod log;
 mod persist;

@@ -484,8 +484,10 @@ pub static VIEW: LazyLock<Script> =
 
 /// [`VIEW`] as a Lua function `view_of()` (its reply, with the same KEYS[1],
 /// KEYS[2], ARGV[1] and ARGV[2]), which the scripts that read more for one
-/// write start with, and two helpers for them: `members_of(view)`, the hex
-/// ids of a view read in full (`{1, …}`), and `sharing_of(users)`, the
+/// write start with, and three helpers for them: `members_of(view)`, the hex
+/// ids of a view read in full (`{1, …}`), `own_watermark(view)`, the
+/// member's (ARGV[1]) watermark in a view (nil without one), and
+/// `sharing_of(users)`, the
 /// sharing settings of those users as `{users, {s, v, s, v, …}}` (false
 /// where absent). The settings live in the users' own keys, which ARGV[3]
 /// and ARGV[4] name around a hex id: on a single Redis server, where one
@@ -513,13 +515,21 @@ local function sharing_of(users)
   return {users, values}
 end
 local function view_of()
-  local n = redis.call('HGET', KEYS[1], 'n')
+  local fields = redis.call('HMGET', KEYS[1], 'v', 'mv', 't', 'n', 'm:' .. ARGV[1])
+  local n = fields[4]
   if not n then return {0} end
   if tonumber(n) <= tonumber(ARGV[2]) then
     return {1, redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2])}
   end
-  return {2, redis.call('HMGET', KEYS[1], 'v', 'mv', 't', 'n', 'm:' .. ARGV[1]),
-    redis.call('HGET', KEYS[2], ARGV[1]) or false}
+  return {2, fields, redis.call('HGET', KEYS[2], ARGV[1]) or false}
+end
+local function own_watermark(view)
+  if view[1] == 2 then return view[3] or nil end
+  local wms = view[3]
+  for i = 1, #wms, 2 do
+    if wms[i] == ARGV[1] then return wms[i + 1] end
+  end
+  return nil
 end
 "#;
 
@@ -617,7 +627,7 @@ pub static READ_VIEW: LazyLock<Script> = LazyLock::new(|| {
         r#"
 local out = view_of()
 if out[1] == 0 then return out end
-local wm = redis.call('HGET', KEYS[2], ARGV[1])
+local wm = own_watermark(out)
 local from = '0'
 if wm then
   local s, p = string.match(wm, '^(%d+):(%d+)$')

@@ -472,7 +472,7 @@ impl Inner {
             format!("{}:{}", after.seq, after.public_seq)
         ]);
         plan.cmds
-            .extend(index_member(k, &c, u, membership, after, sharing));
+            .extend(index_read(k, &c, u, membership, after, sharing));
         let mut z = rcmd![
             "ZADD",
             k.history(&c),

@@ -447,37 +447,63 @@ fn index_member(
     sharing: bool,
 ) -> Vec<Vec<Vec<u8>>> {
     let member = hex(u);
-    let (jz, tz, rz, jr) = (
-        keys.joins(c),
-        keys.true_readers(c),
-        keys.readers(c),
-        keys.sharing_joins(c),
-    );
     match simple_join(membership) {
         Some(j) => {
-            let floor = j.saturating_sub(1);
             let mut cmds = vec![
-                rcmd!["ZADD", jz, j, member.clone()],
-                rcmd!["ZADD", tz, wm.seq.max(floor), member.clone()],
-                rcmd!["SREM", keys.complex(c), member.clone()],
+                rcmd!["ZADD", keys.joins(c), j, member.clone()],
+                rcmd!["SREM", keys.complex(c), member],
             ];
-            if sharing {
-                cmds.push(rcmd!["ZADD", rz, wm.public_seq.max(floor), member.clone()]);
-                cmds.push(rcmd!["ZADD", jr, j, member]);
-            } else {
-                cmds.push(rcmd!["ZREM", rz, member.clone()]);
-                cmds.push(rcmd!["ZREM", jr, member]);
-            }
+            cmds.extend(index_read(keys, c, u, membership, wm, sharing));
             cmds
         }
         None => vec![
-            rcmd!["ZREM", jz, member.clone()],
-            rcmd!["ZREM", tz, member.clone()],
-            rcmd!["ZREM", rz, member.clone()],
-            rcmd!["ZREM", jr, member.clone()],
+            rcmd!["ZREM", keys.joins(c), member.clone()],
+            rcmd!["ZREM", keys.true_readers(c), member.clone()],
+            rcmd!["ZREM", keys.readers(c), member.clone()],
+            rcmd!["ZREM", keys.sharing_joins(c), member.clone()],
             rcmd!["SADD", keys.complex(c), member],
         ],
     }
+}
+
+/// The counting indexes' entries a read by `u` changes: of those
+/// [`index_member`] writes, only the ones scored by the watermark, and the
+/// sharing pair (`rz`, `jr`) with them, so that a read after a re-index that
+/// did not finish still leaves both as the setting says. The join seq (`jz`)
+/// and the list of complex members (`cx`) follow the membership alone, which
+/// a read does not change; a complex member has no scored entries.
+fn index_read(
+    keys: &Keys,
+    c: &ConversationId,
+    u: &UserId,
+    membership: &Membership,
+    wm: ReadWatermark,
+    sharing: bool,
+) -> Vec<Vec<Vec<u8>>> {
+    let Some(j) = simple_join(membership) else {
+        return Vec::new();
+    };
+    let member = hex(u);
+    let floor = j.saturating_sub(1);
+    let mut cmds = vec![rcmd![
+        "ZADD",
+        keys.true_readers(c),
+        wm.seq.max(floor),
+        member.clone()
+    ]];
+    if sharing {
+        cmds.push(rcmd![
+            "ZADD",
+            keys.readers(c),
+            wm.public_seq.max(floor),
+            member.clone()
+        ]);
+        cmds.push(rcmd!["ZADD", keys.sharing_joins(c), j, member]);
+    } else {
+        cmds.push(rcmd!["ZREM", keys.readers(c), member.clone()]);
+        cmds.push(rcmd!["ZREM", keys.sharing_joins(c), member]);
+    }
+    cmds
 }
 
 /// The join seq of a member whose membership is one open interval.

@@ -623,6 +623,28 @@ async fn a_group_write_costs_redis_the_same_in_a_group_of_5_or_500() {
     }
     let ((d5, r5), (d500, r500)) = (&costs[0], &costs[1]);
     assert_eq!((&d5.0, &r5.0), (&d500.0, &r500.0), "the same commands");
+    // A read rewrites only the index entries its watermark scores (no SREM
+    // of the complex members' set: the membership did not change), and the
+    // meta hash's fields go in the commit's one HSET of the version: one
+    // HSET each for the watermark, the window and the meta hash.
+    assert_eq!(
+        r5.0.get("srem"),
+        None,
+        "a read leaves `cx` alone: {:?}",
+        r5.0
+    );
+    assert_eq!(
+        r5.0.get("hset"),
+        Some(&3),
+        "HSETs of a group read: {:?}",
+        r5.0
+    );
+    assert_eq!(
+        d5.0.get("hset"),
+        Some(&3),
+        "HSETs of a group delivery: {:?}",
+        d5.0
+    );
     assert!(
         d500.1 <= d5.1 + 100 && r500.1 <= r5.1 + 100,
         "the same bytes read: MarkDelivered {} B vs {} B, MarkReadUpTo {} B vs {} B",

@@ -11,7 +11,9 @@ use std::sync::LazyLock;
 /// none), lease in ms, now (ms, the node's clock), the TTL (s), how often
 /// the lifetime is refreshed (ms), number of commands, how many of the last
 /// commands' replies to return, then each command as its argument count
-/// followed by its arguments (all keys in KEYS[1]'s slot); then a queue
+/// followed by its arguments (all keys in KEYS[1]'s slot; an `HSET` of
+/// KEYS[1] itself whose reply is not asked for is folded into the script's
+/// own `HSET` of the version, one command for both); then a queue
 /// index and a queue to register in it now (Redis clock) in the same atomic
 /// step, or two empty strings: only on a single Redis server, where one
 /// script may touch the index too (on a cluster it lives in another slot, so
@@ -75,12 +77,18 @@ local written = {}
 local ncmds = tonumber(ARGV[7])
 local kept_from = ncmds - tonumber(ARGV[8]) + 1
 local replies = {}
+local own = {}
 local i = 9
 for c = 1, ncmds do
   local n = tonumber(ARGV[i])
   local name = string.upper(ARGV[i + 1])
   local key = ARGV[i + 2]
-  local r = redis.call(unpack(ARGV, i + 1, i + n))
+  local r
+  if name == 'HSET' and key == KEYS[1] and c < kept_from then
+    for j = i + 3, i + n do own[#own + 1] = ARGV[j] end
+  else
+    r = redis.call(unpack(ARGV, i + 1, i + n))
+  end
   if shared[key] and not reads[name] then
     if adds[name] then
       if written[key] == nil then written[key] = true end
@@ -124,7 +132,7 @@ if ARGV[i] then
 end
 local tag = ttl .. ':'
 if #KEYS > 1 and now - tonumber(meta[2] or '0') >= tonumber(ARGV[6]) then
-  redis.call('HSET', KEYS[1], 'v', v + 1, 'x', now)
+  redis.call('HSET', KEYS[1], 'v', v + 1, 'x', now, unpack(own))
   local marks = {}
   for j = 2, #KEYS do marks[j - 1] = redis.call('EXPIRE', KEYS[j], ttl) == 1 and '1' or '0' end
   redis.call('HSET', KEYS[1], 'e', tag .. table.concat(marks))
@@ -144,12 +152,12 @@ elseif #KEYS > 1 then
     end
   end
   if changed or not valid then
-    redis.call('HSET', KEYS[1], 'v', v + 1, 'e', tag .. table.concat(marks))
+    redis.call('HSET', KEYS[1], 'v', v + 1, 'e', tag .. table.concat(marks), unpack(own))
   else
-    redis.call('HSET', KEYS[1], 'v', v + 1)
+    redis.call('HSET', KEYS[1], 'v', v + 1, unpack(own))
   end
 else
-  redis.call('HSET', KEYS[1], 'v', v + 1)
+  redis.call('HSET', KEYS[1], 'v', v + 1, unpack(own))
 end
 return {v + 1, replies, forwarded}
 "#

@@ -33,6 +33,7 @@ mod event;
 pub(crate) use event::tests as event_tests;
 mod membership;
 mod read;
+mod recipients;
 mod view;
 
 pub use counting::{Counts, Party, PrefixIndex, Prefixes, SortedPrefixes, count, standing};
@@ -41,6 +42,10 @@ pub use delivery::{Delivery, Run, Runs, judge as judge_delivery, runs_of};
 pub use event::{Event, EventBody, Message, MessageState, RangeState, coalesce};
 pub use membership::{MemberChangeKind, MemberInterval, Membership, MembershipError};
 pub use read::{ReadWatermark, WatermarkAdvance};
+pub use recipients::{
+    DEFAULT_PAGE_SIZE, Examined, MAX_PAGE_SIZE, PageToken, RecipientFilter, RecipientPage, page,
+    page_size, scan_budget,
+};
 pub use view::{
     Aggregate, RecipientFacts, RecipientState, RecipientView, Tick, aggregate, recipient_view,
 };

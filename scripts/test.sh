@@ -51,7 +51,7 @@ for store in redis redis-cluster; do
   # --workspace: the same feature set as the run above, so nothing is
   # rebuilt (-p receipts-tests alone resolves features differently).
   RECEIPTS_TEST_STORE=$store cargo test --workspace \
-    --test semantics --test subscribe --test ranges --test model --test errors \
+    --test semantics --test recipients --test subscribe --test ranges --test model --test errors \
     --test sdk --test grpc_web --test serving
 done
 

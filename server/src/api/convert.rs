@@ -169,6 +169,22 @@ pub(crate) fn message_state(s: &domain::MessageState) -> pb::MessageReceipts {
         delivered_at_ms: ms(a.delivered_at),
         read_at_ms: ms(a.read_at),
         recipients: s.recipients.iter().map(recipient).collect(),
+        recipients_next_page_token: String::new(),
+    }
+}
+
+/// Decodes a recipient filter; an unknown value is INVALID_ARGUMENT.
+pub(crate) fn recipient_filter(value: i32) -> Result<domain::RecipientFilter, ServiceError> {
+    use domain::RecipientFilter as F;
+    match pb::RecipientFilter::try_from(value) {
+        Ok(pb::RecipientFilter::Unspecified) => Ok(F::All),
+        Ok(pb::RecipientFilter::Read) => Ok(F::Read),
+        Ok(pb::RecipientFilter::DeliveredOnly) => Ok(F::DeliveredOnly),
+        Ok(pb::RecipientFilter::NotDelivered) => Ok(F::NotDelivered),
+        Err(_) => Err(ServiceError::invalid(
+            "filter",
+            format!("{value} is not a RecipientFilter"),
+        )),
     }
 }
 
@@ -189,7 +205,7 @@ pub(crate) fn range_state(r: &domain::RangeState) -> pb::ReceiptRange {
 }
 
 /// Encodes one recipient's state.
-fn recipient(r: &domain::RecipientView) -> pb::RecipientReceipt {
+pub(crate) fn recipient(r: &domain::RecipientView) -> pb::RecipientReceipt {
     pb::RecipientReceipt {
         user_id: r.user.to_string(),
         state: match r.state {

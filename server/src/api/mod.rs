@@ -91,6 +91,50 @@ impl Api {
 /// Counts the events of one stream batch and, for live direct receipts,
 /// how long the receipt took to get here: a direct conversation's event
 /// carries the write's own time as its newest delivered/read time.
+impl Api {
+    /// One page of `message`'s recipients, as `viewer` may see them: the
+    /// store examines a bounded number of members, `domain` picks the page.
+    async fn recipient_page(
+        &self,
+        viewer: domain::UserId,
+        conversation: domain::ConversationId,
+        message: domain::MessageId,
+        filter: domain::RecipientFilter,
+        size: usize,
+        after: Option<domain::UserId>,
+    ) -> Result<domain::RecipientPage, ServiceError> {
+        let examined = self
+            .store
+            .recipients(
+                viewer,
+                conversation,
+                message,
+                after,
+                domain::scan_budget(size, filter),
+            )
+            .await?;
+        Ok(domain::page(examined, filter, size))
+    }
+}
+
+/// The page token that continues a listing after `next` (empty: the list is
+/// complete).
+fn token(
+    message: domain::MessageId,
+    filter: domain::RecipientFilter,
+    next: Option<domain::UserId>,
+) -> String {
+    next.map(|after| {
+        domain::PageToken {
+            message,
+            filter,
+            after,
+        }
+        .encode()
+    })
+    .unwrap_or_default()
+}
+
 fn observe_event(metrics: &Metrics, body: &domain::EventBody, live: bool) {
     use domain::EventBody as B;
     let source = if live { "live" } else { "replay" };
@@ -224,12 +268,44 @@ impl pb::receipt_service_server::ReceiptService for Api {
         let r = req.get_ref();
         let conversation = uuid("conversation_id", &r.conversation_id)?;
         let ids = uuids("message_ids", &r.message_ids, self.limits.max_get_receipts)?;
-        let states = self
-            .store
-            .receipts(me.id, conversation, ids, r.include_recipients)
+        // Counts come from the store's counting; recipients (when asked
+        // for) from the first page of each message's list, so that no
+        // response grows with the group.
+        let states = self.store.receipts(me.id, conversation, ids, false).await?;
+        let mut messages = Vec::with_capacity(states.len());
+        for s in &states {
+            let mut m = convert::message_state(s);
+            if r.include_recipients {
+                let (id, filter) = (s.message.id, domain::RecipientFilter::All);
+                let size = domain::DEFAULT_PAGE_SIZE;
+                let page = self
+                    .recipient_page(me.id, conversation, id, filter, size, None)
+                    .await?;
+                m.recipients = page.recipients.iter().map(convert::recipient).collect();
+                m.recipients_next_page_token = token(id, filter, page.next_after);
+            }
+            messages.push(m);
+        }
+        Ok(Response::new(pb::GetReceiptsResponse { messages }))
+    }
+
+    async fn list_recipients(
+        &self,
+        req: Request<pb::ListRecipientsRequest>,
+    ) -> Result<Response<pb::ListRecipientsResponse>, Status> {
+        let me = user(&req)?;
+        let r = req.get_ref();
+        let conversation = uuid("conversation_id", &r.conversation_id)?;
+        let message = uuid("message_id", &r.message_id)?;
+        let filter = convert::recipient_filter(r.filter)?;
+        let size = domain::page_size(r.page_size)?;
+        let after = domain::PageToken::decode(&r.page_token, message, filter)?;
+        let page = self
+            .recipient_page(me.id, conversation, message, filter, size, after)
             .await?;
-        Ok(Response::new(pb::GetReceiptsResponse {
-            messages: states.iter().map(convert::message_state).collect(),
+        Ok(Response::new(pb::ListRecipientsResponse {
+            recipients: page.recipients.iter().map(convert::recipient).collect(),
+            next_page_token: token(message, filter, page.next_after),
         }))
     }
 

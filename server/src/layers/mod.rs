@@ -57,6 +57,7 @@ const SERVICES: &[(&str, &[(&str, bool)])] = &[
             ("MarkDelivered", false),
             ("MarkReadUpTo", false),
             ("GetReceipts", false),
+            ("ListRecipients", false),
             ("SubscribeReceipts", true),
             ("GetUnreadCounts", false),
             ("MarkConversationsRead", false),

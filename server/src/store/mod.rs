@@ -316,6 +316,20 @@ pub trait ReceiptStore: Send + Sync + std::fmt::Debug + 'static {
         include_recipients: bool,
     ) -> StoreResult<Vec<MessageState>>;
 
+    /// What one page of `message`'s recipient list examines: the members of
+    /// `conversation` after `after` in user-id order, at most `budget` of
+    /// them, and the views (as `viewer` may see them) of those who are
+    /// recipients of the message (see [`domain::Examined`]; the page itself
+    /// is [`domain::page`]'s). Access and errors as in [`Self::receipts`].
+    async fn recipients(
+        &self,
+        viewer: UserId,
+        conversation: ConversationId,
+        message: MessageId,
+        after: Option<UserId>,
+        budget: usize,
+    ) -> StoreResult<crate::domain::Examined>;
+
     /// The messages registered in `conversation` with `from <= seq <= to`,
     /// as `(seq, id, sender)` in seq order (none for an unknown
     /// conversation). Internal: callers check access with [`Self::receipts`].

@@ -156,6 +156,22 @@ impl ReceiptStore for ObservedStore {
         .await
     }
 
+    async fn recipients(
+        &self,
+        viewer: UserId,
+        conversation: ConversationId,
+        message: MessageId,
+        after: Option<UserId>,
+        budget: usize,
+    ) -> StoreResult<crate::domain::Examined> {
+        self.observe(
+            "recipients",
+            self.inner
+                .recipients(viewer, conversation, message, after, budget),
+        )
+        .await
+    }
+
     async fn registered_between(
         &self,
         conversation: ConversationId,

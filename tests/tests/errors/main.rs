@@ -272,3 +272,4 @@ mod ids;
 mod in_conversation;
 mod limits;
 mod missing;
+mod recipients;

@@ -458,8 +458,8 @@ async fn write_behind_metrics_show_the_queue_and_what_was_persisted() {
 
 /// Every recipient of a 200-member group marks the same message delivered
 /// and read at once, half of them through each of two nodes: no call is
-/// refused as contended, every write is kept, and the sender's summary and
-/// the per-recipient list agree on 199 of 199.
+/// refused as contended, every write is kept, and the sender's summary, the
+/// counts and the paged per-recipient list agree on 199 of 199.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_whole_group_delivering_and_reading_at_once_is_accepted_and_kept() {
     let tier = Tier::new().await;
@@ -490,14 +490,14 @@ async fn a_whole_group_delivering_and_reading_at_once_is_accepted_and_kept() {
         assert_eq!(outcome, pb::DeliveryOutcome::Recorded as i32);
         assert_eq!(read_up_to, 1);
     }
-    let full = receipt(&mut sender_client, group.id, m).await;
-    assert_eq!(full.recipients.len(), 199);
+    let full = all_recipients(&mut sender_client, group.id, m).await;
+    assert_eq!(full.len(), 199);
     assert!(
-        full.recipients
-            .iter()
+        full.iter()
             .all(|r| r.delivered_at_ms > 0 && r.read_at_ms >= r.delivered_at_ms),
         "every delivery and read kept, read never before delivered"
     );
+    let full = receipt(&mut sender_client, group.id, m).await;
     assert_eq!((full.delivered_count, full.read_count), (199, 199));
     let counted = counts_only(&mut sender_client, group.id, m).await;
     assert_eq!((counted.delivered_count, counted.read_count), (199, 199));
@@ -714,4 +714,68 @@ async fn outbox_len(redis: &mut redis::aio::MultiplexedConnection, outbox: &str)
         .query_async(redis)
         .await
         .expect("XLEN")
+}
+
+/// A conversation whose keys were written before the member list (`ml`)
+/// existed (no `ml` in its meta hash, no list) still lists every recipient:
+/// the first ListRecipients builds the list from the meta hash, with the
+/// conversation's remaining lifetime, and marks it complete.
+#[tokio::test]
+async fn recipients_of_a_conversation_written_before_the_member_list_are_all_listed() {
+    let (_redis, tier, node) = super::costs::measured_node().await;
+    let mut backend = node.backend().await;
+    let mut group = Conversation::create(&mut backend, 7).await;
+    let sender = group.members[0];
+    let m = group.send(&mut backend, sender).await;
+    let keys = receipts_server::store::redis::keys::Keys::new(&tier.prefix);
+    let (meta, list) = (keys.meta(&group.id), keys.member_list(&group.id));
+    let mut redis = tier.redis().await;
+    let _: () = redis::pipe()
+        .cmd("HDEL")
+        .arg(&meta)
+        .arg("ml")
+        .ignore()
+        .cmd("DEL")
+        .arg(&list)
+        .ignore()
+        .query_async(&mut redis)
+        .await
+        .expect("as the previous release left it");
+    let mut listed = Vec::new();
+    let mut token = String::new();
+    let mut client = node.user(sender).await;
+    loop {
+        let page = client
+            .list_recipients(pb::ListRecipientsRequest {
+                conversation_id: group.id.to_string(),
+                message_id: m.to_string(),
+                page_size: 2,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .expect("list recipients")
+            .into_inner();
+        listed.extend(page.recipients.into_iter().map(|r| r.user_id));
+        token = page.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    let mut expected: Vec<String> = group.members[1..].iter().map(Uuid::to_string).collect();
+    expected.sort();
+    assert_eq!(listed, expected);
+    let (complete, size, ttl): (Option<String>, u64, i64) = redis::pipe()
+        .cmd("HGET")
+        .arg(&meta)
+        .arg("ml")
+        .cmd("ZCARD")
+        .arg(&list)
+        .cmd("PTTL")
+        .arg(&list)
+        .query_async(&mut redis)
+        .await
+        .expect("the list");
+    assert_eq!((complete.as_deref(), size), (Some("1"), 7));
+    assert!(ttl > 0, "the list expires with the conversation: {ttl}");
 }

@@ -527,21 +527,35 @@ impl ReceiptStore for EmbeddedStore {
     ) -> StoreResult<Vec<MessageState>> {
         self.read(move |t| {
             t.authorize(&conversation, &viewer, "conversation_id")?;
-            let mut found = Vec::new();
-            for id in dedup(messages) {
-                match t.message(&id)? {
-                    Some(m) if m.conversation == conversation => found.push(m),
-                    Some(_) => {
-                        return Err(ServiceError::invalid(
-                            "message_ids",
-                            format!("message {id} belongs to another conversation"),
-                        ));
-                    }
-                    None => return Err(ServiceError::not_found("message_ids", "message", id)),
-                }
-            }
+            let found = dedup(messages)
+                .into_iter()
+                .map(|id| t.message_in(&conversation, id, "message_ids"))
+                .collect::<StoreResult<Vec<_>>>()?;
             let ctx = t.context(&conversation)?;
             t.states(&ctx, &found, |_| viewer, include_recipients)
+        })
+        .await
+    }
+
+    async fn recipients(
+        &self,
+        viewer: UserId,
+        conversation: ConversationId,
+        message: MessageId,
+        after: Option<UserId>,
+        budget: usize,
+    ) -> StoreResult<domain::Examined> {
+        self.read(move |t| {
+            t.authorize(&conversation, &viewer, "conversation_id")?;
+            let m = t.message_in(&conversation, message, "message_id")?;
+            let (members, more_after) = t.members_after(&conversation, after, budget)?;
+            let ctx = t.context_of(&conversation, members)?;
+            let views = t
+                .states(&ctx, &[m], |_| viewer, true)?
+                .pop()
+                .map(|s| s.recipients)
+                .unwrap_or_default();
+            Ok(domain::Examined { views, more_after })
         })
         .await
     }

@@ -5,6 +5,9 @@ use super::*;
 pub(super) type Bytes = &'static [u8];
 pub(super) type Def = TableDefinition<'static, Bytes, Bytes>;
 
+/// Members (ever) of a conversation with their memberships, in user-id order.
+pub(super) type Members = Vec<(UserId, Membership)>;
+
 pub(super) const META: Def = TableDefinition::new("meta");
 pub(super) const CONVS: Def = TableDefinition::new("conversations");
 pub(super) const MEMBERS: Def = TableDefinition::new("members");
@@ -194,8 +197,19 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
             .transpose()
     }
 
-    pub(super) fn members(&self, c: &ConversationId) -> StoreResult<Vec<(UserId, Membership)>> {
-        let lo = k2(c, &Uuid::nil());
+    pub(super) fn members(&self, c: &ConversationId) -> StoreResult<Members> {
+        Ok(self.members_after(c, None, usize::MAX)?.0)
+    }
+
+    /// At most `limit` members (ever) of `c` after `after`, in user-id order,
+    /// and the last of them if more follow.
+    pub(super) fn members_after(
+        &self,
+        c: &ConversationId,
+        after: Option<UserId>,
+        limit: usize,
+    ) -> StoreResult<(Members, Option<UserId>)> {
+        let lo = k2(c, &after.unwrap_or_else(Uuid::nil));
         let hi = k2(c, &Uuid::max());
         let mut out = Vec::new();
         for entry in self
@@ -204,9 +218,17 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
             .map_err(storage)?
         {
             let (k, v) = entry.map_err(storage)?;
-            out.push((uuid_at(k.value(), 16), decode(v.value())?));
+            let u = uuid_at(k.value(), 16);
+            if Some(u) == after {
+                continue;
+            }
+            if out.len() == limit {
+                let last = out.last().map(|(u, _)| *u);
+                return Ok((out, last));
+            }
+            out.push((u, decode(v.value())?));
         }
-        Ok(out)
+        Ok((out, None))
     }
 
     /// The highest id in `messages` (ids compare as their bytes, which is
@@ -477,7 +499,16 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
     }
 
     pub(super) fn context(&self, c: &ConversationId) -> StoreResult<ConvContext> {
-        let members = self.members(c)?;
+        self.context_of(c, self.members(c)?)
+    }
+
+    /// The context of `c` with only `members` (and their watermarks and
+    /// settings).
+    pub(super) fn context_of(
+        &self,
+        c: &ConversationId,
+        members: Vec<(UserId, Membership)>,
+    ) -> StoreResult<ConvContext> {
         let mut watermarks = HashMap::with_capacity(members.len());
         let mut sharing = HashMap::with_capacity(members.len());
         for (u, _) in &members {
@@ -632,6 +663,24 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
             recent_messages,
             watermarks,
         })
+    }
+
+    /// Message `id`, which must be one of `c`'s (NOT_FOUND or
+    /// INVALID_ARGUMENT naming `field` otherwise).
+    pub(super) fn message_in(
+        &self,
+        c: &ConversationId,
+        id: MessageId,
+        field: &str,
+    ) -> StoreResult<Message> {
+        match self.message(&id)? {
+            Some(m) if m.conversation == *c => Ok(m),
+            Some(_) => Err(ServiceError::invalid(
+                field,
+                format!("message {id} belongs to another conversation"),
+            )),
+            None => Err(ServiceError::not_found(field, "message", id)),
+        }
     }
 
     /// Checks that `c` exists and `u` is a current member.

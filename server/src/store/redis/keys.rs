@@ -171,7 +171,7 @@ impl Keys {
     /// hot TTL after the last refresh, which the commit script makes at
     /// most every quarter TTL for all of them at once (`scripts::APPLY`).
     /// The queue is not one of them: it never expires.
-    pub fn conversation_state(&self, c: &ConversationId) -> [String; 14] {
+    pub fn conversation_state(&self, c: &ConversationId) -> [String; 15] {
         [
             self.meta(c),
             self.watermarks(c),
@@ -187,7 +187,17 @@ impl Keys {
             self.history(c),
             self.outbox(c),
             self.window(c),
+            // Last: a key added later, so that the marks of the keys before
+            // it (`e`, one per key in this order) keep their places.
+            self.member_list(c),
         ]
+    }
+    /// Sorted set, by member (all scores 0): every member ever, as hex ids,
+    /// so that a page of a message's recipients is one `ZRANGEBYLEX` in
+    /// user-id order. Complete once the meta hash's `ml` is set
+    /// (`scripts::MEMBERS_AFTER` builds it from the meta hash the first time).
+    pub fn member_list(&self, c: &ConversationId) -> String {
+        self.conv(c, "ml")
     }
     /// Stream: events committed with the state, not yet in users' logs.
     pub fn outbox(&self, c: &ConversationId) -> String {

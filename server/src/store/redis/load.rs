@@ -369,7 +369,19 @@ impl Inner {
         let k = &self.keys;
         let mut plan = Plan::default();
         let count = img.members.iter().filter(|(_, m)| m.is_current()).count() as u64;
-        let mut meta = rcmd!["HSET", k.meta(c), "n", count, "mv", img.version, "t", 0i64];
+        // Every member goes in the member list (`ml`) below.
+        let mut meta = rcmd![
+            "HSET",
+            k.meta(c),
+            "n",
+            count,
+            "mv",
+            img.version,
+            "t",
+            0i64,
+            "ml",
+            1u64
+        ];
         for (u, m) in &img.members {
             meta.extend(rcmd![format!("m:{}", hex(u)), enc(m)]);
         }
@@ -790,8 +802,14 @@ impl Inner {
     }
 
     /// Every one of `ids` was loaded into `view`; else the first missing one
-    /// is named: another conversation's message, or an unknown one.
-    pub(super) async fn check_found(&self, view: &View, ids: &[MessageId]) -> StoreResult<()> {
+    /// is named (in `field`): another conversation's message, or an unknown
+    /// one.
+    pub(super) async fn check_found(
+        &self,
+        view: &View,
+        ids: &[MessageId],
+        field: &str,
+    ) -> StoreResult<()> {
         let missing = absent(ids, &view.messages);
         if missing.is_empty() {
             return Ok(());
@@ -800,10 +818,10 @@ impl Inner {
         let (id, home) = (missing[0], homes[0]);
         Err(match home {
             Some(_) => ServiceError::invalid(
-                "message_ids",
+                field,
                 format!("message {id} belongs to another conversation"),
             ),
-            None => ServiceError::not_found("message_ids", "message", id),
+            None => ServiceError::not_found(field, "message", id),
         })
     }
 

@@ -437,7 +437,8 @@ fn fresh_epoch() -> u64 {
 /// docs/storage.md): a member with one open interval from `j` is *simple* and
 /// lives in the sorted sets, scored so that one `ZCOUNT` each counts reads;
 /// anyone else (a member who left, even if back) is listed in `cx` and
-/// counted one by one.
+/// counted one by one. Every member is in the member list (`ml`), for the
+/// recipient pages.
 fn index_member(
     keys: &Keys,
     c: &ConversationId,
@@ -447,9 +448,11 @@ fn index_member(
     sharing: bool,
 ) -> Vec<Vec<Vec<u8>>> {
     let member = hex(u);
+    let listed = rcmd!["ZADD", keys.member_list(c), 0, member.clone()];
     match simple_join(membership) {
         Some(j) => {
             let mut cmds = vec![
+                listed,
                 rcmd!["ZADD", keys.joins(c), j, member.clone()],
                 rcmd!["SREM", keys.complex(c), member],
             ];
@@ -457,6 +460,7 @@ fn index_member(
             cmds
         }
         None => vec![
+            listed,
             rcmd!["ZREM", keys.joins(c), member.clone()],
             rcmd!["ZREM", keys.true_readers(c), member.clone()],
             rcmd!["ZREM", keys.readers(c), member.clone()],

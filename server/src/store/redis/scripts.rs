@@ -679,3 +679,51 @@ return out
 "#
     ))
 });
+
+/// One page's members of a conversation, in user-id order: KEYS: the meta
+/// hash, the member list (`keys::member_list`). ARGV: the hex id to start
+/// after ('' for the first page), how many. Returns `false` if the
+/// conversation is not in Redis; else `{hex ids, their memberships (the
+/// meta hash's `m:<id>`)}`, at most one more than asked for (so the caller
+/// knows whether the list goes on).
+///
+/// The list is complete once the meta hash's `ml` is set. A conversation
+/// whose keys were written before the list existed has members missing
+/// from it: the first call builds it from the meta hash's `m:` fields, with
+/// the meta hash's remaining lifetime, and sets `ml`, in the same atomic
+/// step. From then on every membership commit adds its member
+/// (`index_member`), and a re-warm writes every member.
+pub static MEMBERS_AFTER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('HGET', KEYS[1], 'ml') ~= '1' then
+  local ttl = redis.call('PTTL', KEYS[1])
+  if ttl == -2 then return false end
+  local fields = redis.call('HKEYS', KEYS[1])
+  local add = {}
+  for _, f in ipairs(fields) do
+    if string.sub(f, 1, 2) == 'm:' then
+      add[#add + 1] = 0
+      add[#add + 1] = string.sub(f, 3)
+    end
+    if #add >= 1000 then
+      redis.call('ZADD', KEYS[2], unpack(add))
+      add = {}
+    end
+  end
+  if #add > 0 then redis.call('ZADD', KEYS[2], unpack(add)) end
+  if ttl > 0 and redis.call('EXISTS', KEYS[2]) == 1 then
+    redis.call('PEXPIRE', KEYS[2], ttl)
+  end
+  redis.call('HSET', KEYS[1], 'ml', '1')
+end
+local from = '-'
+if ARGV[1] ~= '' then from = '(' .. ARGV[1] end
+local ids = redis.call('ZRANGEBYLEX', KEYS[2], from, '+', 'LIMIT', 0, tonumber(ARGV[2]) + 1)
+if #ids == 0 then return {{}, {}} end
+local fields = {}
+for i, id in ipairs(ids) do fields[i] = 'm:' .. id end
+return {ids, redis.call('HMGET', KEYS[1], unpack(fields))}
+"#,
+    )
+});

@@ -42,7 +42,10 @@ impl ReceiptStore for RedisStore {
                 "mv",
                 1u64,
                 "t",
-                0i64
+                0i64,
+                // Every member goes in the member list below.
+                "ml",
+                1u64
             ];
             for (u, m) in &image {
                 meta.extend(rcmd![format!("m:{}", hex(u)), enc(m)]);
@@ -592,7 +595,7 @@ impl ReceiptStore for RedisStore {
                 }
                 view.authorize(&viewer, "conversation_id")?;
                 s.ensure_messages(&mut view, &ids).await?;
-                s.check_found(&view, &ids).await?;
+                s.check_found(&view, &ids, "message_ids").await?;
                 let msgs: Vec<Message> = ids.iter().map(|m| view.messages[m]).collect();
                 let aggregates = s.aggregates(&c, Some(viewer), &msgs).await?;
                 return Ok(counted_states(msgs, aggregates));
@@ -607,12 +610,94 @@ impl ReceiptStore for RedisStore {
         };
         view.authorize(&viewer, "conversation_id")?;
         s.ensure_messages(&mut view, &ids).await?;
-        s.check_found(&view, &ids).await?;
+        s.check_found(&view, &ids, "message_ids").await?;
         s.prepare_states(&mut view, &ids).await?;
         Ok(ids
             .iter()
             .map(|m| view.state(&viewer, &view.messages[m], include_recipients))
             .collect())
+    }
+
+    async fn recipients(
+        &self,
+        viewer: UserId,
+        conversation: ConversationId,
+        message: MessageId,
+        after: Option<UserId>,
+        budget: usize,
+    ) -> StoreResult<domain::Examined> {
+        let s = &self.inner;
+        let c = conversation;
+        let members = |rewarmed: bool| async move {
+            let reply: Option<(Vec<String>, Vec<Option<Vec<u8>>>)> = scripts::MEMBERS_AFTER
+                .key(s.keys.meta(&c))
+                .key(s.keys.member_list(&c))
+                .arg(after.map(|u| hex(&u)).unwrap_or_default())
+                .arg(budget)
+                .invoke_async(&mut s.conn())
+                .await
+                .map_err(redis_err)?;
+            // Not in Redis: loading the view re-warms it from Scylla (once).
+            if reply.is_none() && !rewarmed && s.view(&c).await?.is_none() {
+                return Err(ServiceError::not_found(
+                    "conversation_id",
+                    "conversation",
+                    c,
+                ));
+            }
+            Ok::<_, ServiceError>(reply)
+        };
+        let (ids, memberships) = match members(false).await? {
+            Some(reply) => reply,
+            None => members(true)
+                .await?
+                .ok_or_else(|| ServiceError::not_found("conversation_id", "conversation", c))?,
+        };
+        let mut auth = View::bare(c, 0);
+        let mine: Option<Vec<u8>> = s
+            .query(
+                redis::cmd("HGET")
+                    .arg(s.keys.meta(&c))
+                    .arg(format!("m:{}", hex(&viewer))),
+            )
+            .await?;
+        if let Some(m) = mine {
+            auth.members.insert(viewer, dec(&m, "membership")?);
+        }
+        auth.authorize(&viewer, "conversation_id")?;
+        // A view of the page's members alone: their facts are all a page
+        // reads, O(page) whatever the group's size.
+        let mut view = View::bare(c, 0);
+        let more_after = (ids.len() > budget)
+            .then(|| parse_uuid(&ids[budget - 1]))
+            .transpose()?;
+        let mut page = Vec::with_capacity(ids.len().min(budget));
+        for (id, m) in ids.iter().zip(memberships).take(budget) {
+            let m = m.ok_or_else(|| corrupt("member list entry without a membership"))?;
+            let u = parse_uuid(id)?;
+            page.push(u);
+            view.members.insert(u, dec(&m, "membership")?);
+        }
+        if !page.is_empty() {
+            let mut wms = redis::cmd("HMGET");
+            wms.arg(s.keys.watermarks(&c));
+            for u in &page {
+                wms.arg(hex(u));
+            }
+            let values: Vec<Option<String>> = s.query(&wms).await?;
+            for (u, v) in page.iter().zip(values) {
+                if let Some(v) = v {
+                    view.wms.insert(*u, parse_watermark(&v)?);
+                }
+            }
+        }
+        s.ensure_messages(&mut view, &[message]).await?;
+        s.check_found(&view, &[message], "message_id").await?;
+        s.prepare_states(&mut view, &[message]).await?;
+        let views = view
+            .state(&viewer, &view.messages[&message], true)
+            .recipients;
+        Ok(domain::Examined { views, more_after })
     }
 
     async fn registered_between(

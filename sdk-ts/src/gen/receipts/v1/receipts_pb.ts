@@ -19,7 +19,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file receipts/v1/receipts.proto.
  */
 export const file_receipts_v1_receipts: GenFile = /*@__PURE__*/
-  fileDesc("ChpyZWNlaXB0cy92MS9yZWNlaXB0cy5wcm90bxILcmVjZWlwdHMudjEiZwoUTWFya0RlbGl2ZXJlZFJlcXVlc3QSEwoLbWVzc2FnZV9pZHMYASADKAkSOgoNY29udmVyc2F0aW9ucxgCIAMoCzIjLnJlY2VpcHRzLnYxLkNvbnZlcnNhdGlvbk1lc3NhZ2VJZHMiRgoWQ29udmVyc2F0aW9uTWVzc2FnZUlkcxIXCg9jb252ZXJzYXRpb25faWQYASABKAkSEwoLbWVzc2FnZV9pZHMYAiADKAkiRQoVTWFya0RlbGl2ZXJlZFJlc3BvbnNlEiwKB3Jlc3VsdHMYASADKAsyGy5yZWNlaXB0cy52MS5EZWxpdmVyeVJlc3VsdCJsCg5EZWxpdmVyeVJlc3VsdBISCgptZXNzYWdlX2lkGAEgASgJEi0KB291dGNvbWUYAiABKA4yHC5yZWNlaXB0cy52MS5EZWxpdmVyeU91dGNvbWUSFwoPZGVsaXZlcmVkX2F0X21zGAMgASgDIkIKE01hcmtSZWFkVXBUb1JlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhIKCm1lc3NhZ2VfaWQYAiABKAkiVgoUTWFya1JlYWRVcFRvUmVzcG9uc2USFgoOcmVhZF91cF90b19zZXEYASABKAMSEAoIYWR2YW5jZWQYAiABKAgSFAoMdW5yZWFkX2NvdW50GAMgASgDIl4KEkdldFJlY2VpcHRzUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSEwoLbWVzc2FnZV9pZHMYAiADKAkSGgoSaW5jbHVkZV9yZWNpcGllbnRzGAMgASgIIkUKE0dldFJlY2VpcHRzUmVzcG9uc2USLgoIbWVzc2FnZXMYASADKAsyHC5yZWNlaXB0cy52MS5NZXNzYWdlUmVjZWlwdHMiugIKD01lc3NhZ2VSZWNlaXB0cxISCgptZXNzYWdlX2lkGAEgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCRILCgNzZXEYAyABKAMSEQoJc2VuZGVyX2lkGAQgASgJEhIKCnNlbnRfYXRfbXMYBSABKAMSHwoEdGljaxgGIAEoDjIRLnJlY2VpcHRzLnYxLlRpY2sSFwoPZGVsaXZlcmVkX2NvdW50GAcgASgDEhIKCnJlYWRfY291bnQYCCABKAMSGAoQcmVjaXBpZW50c190b3RhbBgJIAEoAxIXCg9kZWxpdmVyZWRfYXRfbXMYCiABKAMSEgoKcmVhZF9hdF9tcxgLIAEoAxIxCgpyZWNpcGllbnRzGAwgAygLMh0ucmVjZWlwdHMudjEuUmVjaXBpZW50UmVjZWlwdCJ8ChBSZWNpcGllbnRSZWNlaXB0Eg8KB3VzZXJfaWQYASABKAkSKgoFc3RhdGUYAiABKA4yGy5yZWNlaXB0cy52MS5SZWNpcGllbnRTdGF0ZRIXCg9kZWxpdmVyZWRfYXRfbXMYAyABKAMSEgoKcmVhZF9hdF9tcxgEIAEoAyJBChhTdWJzY3JpYmVSZWNlaXB0c1JlcXVlc3QSDgoGY3Vyc29yGAEgASgJEhUKDWFjY2VwdF9yYW5nZXMYAiABKAgi8gEKGVN1YnNjcmliZVJlY2VpcHRzUmVzcG9uc2USDgoGY3Vyc29yGAEgASgJEjUKCHJlY2VpcHRzGAIgASgLMiEucmVjZWlwdHMudjEuQ29udmVyc2F0aW9uUmVjZWlwdHNIABIvCgl3YXRlcm1hcmsYAyABKAsyGi5yZWNlaXB0cy52MS5XYXRlcm1hcmtTeW5jSAASKwoFcmVzZXQYBCABKAsyGi5yZWNlaXB0cy52MS5SZWNlaXB0c1Jlc2V0SAASJwoEbGl2ZRgFIAEoCzIXLnJlY2VpcHRzLnYxLlN0cmVhbUxpdmVIAEIHCgVldmVudCKZAQoUQ29udmVyc2F0aW9uUmVjZWlwdHMSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg0KBWdyb3VwGAIgASgIEi4KCG1lc3NhZ2VzGAMgAygLMhwucmVjZWlwdHMudjEuTWVzc2FnZVJlY2VpcHRzEikKBnJhbmdlcxgEIAMoCzIZLnJlY2VpcHRzLnYxLlJlY2VpcHRSYW5nZSL4AQoMUmVjZWlwdFJhbmdlEhAKCGZyb21fc2VxGAEgASgDEg4KBnRvX3NlcRgCIAEoAxIfCgR0aWNrGAMgASgOMhEucmVjZWlwdHMudjEuVGljaxIXCg9kZWxpdmVyZWRfY291bnQYBCABKAMSEgoKcmVhZF9jb3VudBgFIAEoAxIYChByZWNpcGllbnRzX3RvdGFsGAYgASgDEhcKD2RlbGl2ZXJlZF9hdF9tcxgHIAEoAxISCgpyZWFkX2F0X21zGAggASgDEjEKCnJlY2lwaWVudHMYCSADKAsyHS5yZWNlaXB0cy52MS5SZWNpcGllbnRSZWNlaXB0IlYKDVdhdGVybWFya1N5bmMSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhYKDnJlYWRfdXBfdG9fc2VxGAIgASgDEhQKDHVucmVhZF9jb3VudBgDIAEoAyKgAQoNUmVjZWlwdHNSZXNldBIoCgZyZWFzb24YASABKA4yGC5yZWNlaXB0cy52MS5SZXNldFJlYXNvbhI1Cg9yZWNlbnRfbWVzc2FnZXMYAiADKAsyHC5yZWNlaXB0cy52MS5NZXNzYWdlUmVjZWlwdHMSLgoKd2F0ZXJtYXJrcxgDIAMoCzIaLnJlY2VpcHRzLnYxLldhdGVybWFya1N5bmMiHgoKU3RyZWFtTGl2ZRIQCghyZXBsYXllZBgBIAEoAyIyChZHZXRVbnJlYWRDb3VudHNSZXF1ZXN0EhgKEGNvbnZlcnNhdGlvbl9pZHMYASADKAkiUQoXR2V0VW5yZWFkQ291bnRzUmVzcG9uc2USNgoNY29udmVyc2F0aW9ucxgBIAMoCzIfLnJlY2VpcHRzLnYxLkNvbnZlcnNhdGlvblVucmVhZCKgAQoSQ29udmVyc2F0aW9uVW5yZWFkEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIxCgdvdXRjb21lGAIgASgOMiAucmVjZWlwdHMudjEuQ29udmVyc2F0aW9uT3V0Y29tZRIUCgx1bnJlYWRfY291bnQYAyABKAMSFgoOcmVhZF91cF90b19zZXEYBCABKAMSEAoIbGFzdF9zZXEYBSABKAMiOAocTWFya0NvbnZlcnNhdGlvbnNSZWFkUmVxdWVzdBIYChBjb252ZXJzYXRpb25faWRzGAEgAygJIlUKHU1hcmtDb252ZXJzYXRpb25zUmVhZFJlc3BvbnNlEjQKB3Jlc3VsdHMYASADKAsyIy5yZWNlaXB0cy52MS5Db252ZXJzYXRpb25SZWFkUmVzdWx0Io4BChZDb252ZXJzYXRpb25SZWFkUmVzdWx0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIxCgdvdXRjb21lGAIgASgOMiAucmVjZWlwdHMudjEuQ29udmVyc2F0aW9uT3V0Y29tZRIWCg5yZWFkX3VwX3RvX3NlcRgDIAEoAxIQCghhZHZhbmNlZBgEIAEoCCItCg9Qcml2YWN5U2V0dGluZ3MSGgoSc2VuZF9yZWFkX3JlY2VpcHRzGAEgASgIIhsKGUdldFByaXZhY3lTZXR0aW5nc1JlcXVlc3QiTAoaR2V0UHJpdmFjeVNldHRpbmdzUmVzcG9uc2USLgoIc2V0dGluZ3MYASABKAsyHC5yZWNlaXB0cy52MS5Qcml2YWN5U2V0dGluZ3MiTgocVXBkYXRlUHJpdmFjeVNldHRpbmdzUmVxdWVzdBIuCghzZXR0aW5ncxgBIAEoCzIcLnJlY2VpcHRzLnYxLlByaXZhY3lTZXR0aW5ncyJPCh1VcGRhdGVQcml2YWN5U2V0dGluZ3NSZXNwb25zZRIuCghzZXR0aW5ncxgBIAEoCzIcLnJlY2VpcHRzLnYxLlByaXZhY3lTZXR0aW5ncypOCgRUaWNrEhQKEFRJQ0tfVU5TUEVDSUZJRUQQABINCglUSUNLX1NFTlQQARISCg5USUNLX0RFTElWRVJFRBACEg0KCVRJQ0tfUkVBRBADKoQBCg5SZWNpcGllbnRTdGF0ZRIfChtSRUNJUElFTlRfU1RBVEVfVU5TUEVDSUZJRUQQABIYChRSRUNJUElFTlRfU1RBVEVfTk9ORRABEh0KGVJFQ0lQSUVOVF9TVEFURV9ERUxJVkVSRUQQAhIYChRSRUNJUElFTlRfU1RBVEVfUkVBRBADKqABCg9EZWxpdmVyeU91dGNvbWUSIAocREVMSVZFUllfT1VUQ09NRV9VTlNQRUNJRklFRBAAEh0KGURFTElWRVJZX09VVENPTUVfUkVDT1JERUQQARImCiJERUxJVkVSWV9PVVRDT01FX0FMUkVBRFlfREVMSVZFUkVEEAISJAogREVMSVZFUllfT1VUQ09NRV9OT1RfQV9SRUNJUElFTlQQAyqwAQoLUmVzZXRSZWFzb24SHAoYUkVTRVRfUkVBU09OX1VOU1BFQ0lGSUVEEAASHwobUkVTRVRfUkVBU09OX0NVUlNPUl9FWFBJUkVEEAESHgoaUkVTRVRfUkVBU09OX0VQT0NIX0NIQU5HRUQQAhIfChtSRVNFVF9SRUFTT05fQ1VSU09SX0lOVkFMSUQQAxIhCh1SRVNFVF9SRUFTT05fUkVQTEFZX1RPT19MQVJHRRAEKqgBChNDb252ZXJzYXRpb25PdXRjb21lEiQKIENPTlZFUlNBVElPTl9PVVRDT01FX1VOU1BFQ0lGSUVEEAASGwoXQ09OVkVSU0FUSU9OX09VVENPTUVfT0sQARIiCh5DT05WRVJTQVRJT05fT1VUQ09NRV9OT1RfRk9VTkQQAhIqCiZDT05WRVJTQVRJT05fT1VUQ09NRV9QRVJNSVNTSU9OX0RFTklFRBADMpoGCg5SZWNlaXB0U2VydmljZRJWCg1NYXJrRGVsaXZlcmVkEiEucmVjZWlwdHMudjEuTWFya0RlbGl2ZXJlZFJlcXVlc3QaIi5yZWNlaXB0cy52MS5NYXJrRGVsaXZlcmVkUmVzcG9uc2USUwoMTWFya1JlYWRVcFRvEiAucmVjZWlwdHMudjEuTWFya1JlYWRVcFRvUmVxdWVzdBohLnJlY2VpcHRzLnYxLk1hcmtSZWFkVXBUb1Jlc3BvbnNlElAKC0dldFJlY2VpcHRzEh8ucmVjZWlwdHMudjEuR2V0UmVjZWlwdHNSZXF1ZXN0GiAucmVjZWlwdHMudjEuR2V0UmVjZWlwdHNSZXNwb25zZRJkChFTdWJzY3JpYmVSZWNlaXB0cxIlLnJlY2VpcHRzLnYxLlN1YnNjcmliZVJlY2VpcHRzUmVxdWVzdBomLnJlY2VpcHRzLnYxLlN1YnNjcmliZVJlY2VpcHRzUmVzcG9uc2UwARJcCg9HZXRVbnJlYWRDb3VudHMSIy5yZWNlaXB0cy52MS5HZXRVbnJlYWRDb3VudHNSZXF1ZXN0GiQucmVjZWlwdHMudjEuR2V0VW5yZWFkQ291bnRzUmVzcG9uc2USbgoVTWFya0NvbnZlcnNhdGlvbnNSZWFkEikucmVjZWlwdHMudjEuTWFya0NvbnZlcnNhdGlvbnNSZWFkUmVxdWVzdBoqLnJlY2VpcHRzLnYxLk1hcmtDb252ZXJzYXRpb25zUmVhZFJlc3BvbnNlEmUKEkdldFByaXZhY3lTZXR0aW5ncxImLnJlY2VpcHRzLnYxLkdldFByaXZhY3lTZXR0aW5nc1JlcXVlc3QaJy5yZWNlaXB0cy52MS5HZXRQcml2YWN5U2V0dGluZ3NSZXNwb25zZRJuChVVcGRhdGVQcml2YWN5U2V0dGluZ3MSKS5yZWNlaXB0cy52MS5VcGRhdGVQcml2YWN5U2V0dGluZ3NSZXF1ZXN0GioucmVjZWlwdHMudjEuVXBkYXRlUHJpdmFjeVNldHRpbmdzUmVzcG9uc2ViBnByb3RvMw");
+  fileDesc("ChpyZWNlaXB0cy92MS9yZWNlaXB0cy5wcm90bxILcmVjZWlwdHMudjEiZwoUTWFya0RlbGl2ZXJlZFJlcXVlc3QSEwoLbWVzc2FnZV9pZHMYASADKAkSOgoNY29udmVyc2F0aW9ucxgCIAMoCzIjLnJlY2VpcHRzLnYxLkNvbnZlcnNhdGlvbk1lc3NhZ2VJZHMiRgoWQ29udmVyc2F0aW9uTWVzc2FnZUlkcxIXCg9jb252ZXJzYXRpb25faWQYASABKAkSEwoLbWVzc2FnZV9pZHMYAiADKAkiRQoVTWFya0RlbGl2ZXJlZFJlc3BvbnNlEiwKB3Jlc3VsdHMYASADKAsyGy5yZWNlaXB0cy52MS5EZWxpdmVyeVJlc3VsdCJsCg5EZWxpdmVyeVJlc3VsdBISCgptZXNzYWdlX2lkGAEgASgJEi0KB291dGNvbWUYAiABKA4yHC5yZWNlaXB0cy52MS5EZWxpdmVyeU91dGNvbWUSFwoPZGVsaXZlcmVkX2F0X21zGAMgASgDIkIKE01hcmtSZWFkVXBUb1JlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhIKCm1lc3NhZ2VfaWQYAiABKAkiVgoUTWFya1JlYWRVcFRvUmVzcG9uc2USFgoOcmVhZF91cF90b19zZXEYASABKAMSEAoIYWR2YW5jZWQYAiABKAgSFAoMdW5yZWFkX2NvdW50GAMgASgDIl4KEkdldFJlY2VpcHRzUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSEwoLbWVzc2FnZV9pZHMYAiADKAkSGgoSaW5jbHVkZV9yZWNpcGllbnRzGAMgASgIIkUKE0dldFJlY2VpcHRzUmVzcG9uc2USLgoIbWVzc2FnZXMYASADKAsyHC5yZWNlaXB0cy52MS5NZXNzYWdlUmVjZWlwdHMi3gIKD01lc3NhZ2VSZWNlaXB0cxISCgptZXNzYWdlX2lkGAEgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCRILCgNzZXEYAyABKAMSEQoJc2VuZGVyX2lkGAQgASgJEhIKCnNlbnRfYXRfbXMYBSABKAMSHwoEdGljaxgGIAEoDjIRLnJlY2VpcHRzLnYxLlRpY2sSFwoPZGVsaXZlcmVkX2NvdW50GAcgASgDEhIKCnJlYWRfY291bnQYCCABKAMSGAoQcmVjaXBpZW50c190b3RhbBgJIAEoAxIXCg9kZWxpdmVyZWRfYXRfbXMYCiABKAMSEgoKcmVhZF9hdF9tcxgLIAEoAxIxCgpyZWNpcGllbnRzGAwgAygLMh0ucmVjZWlwdHMudjEuUmVjaXBpZW50UmVjZWlwdBIiChpyZWNpcGllbnRzX25leHRfcGFnZV90b2tlbhgNIAEoCSKZAQoVTGlzdFJlY2lwaWVudHNSZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRISCgptZXNzYWdlX2lkGAIgASgJEiwKBmZpbHRlchgDIAEoDjIcLnJlY2VpcHRzLnYxLlJlY2lwaWVudEZpbHRlchIRCglwYWdlX3NpemUYBCABKAUSEgoKcGFnZV90b2tlbhgFIAEoCSJkChZMaXN0UmVjaXBpZW50c1Jlc3BvbnNlEjEKCnJlY2lwaWVudHMYASADKAsyHS5yZWNlaXB0cy52MS5SZWNpcGllbnRSZWNlaXB0EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJ8ChBSZWNpcGllbnRSZWNlaXB0Eg8KB3VzZXJfaWQYASABKAkSKgoFc3RhdGUYAiABKA4yGy5yZWNlaXB0cy52MS5SZWNpcGllbnRTdGF0ZRIXCg9kZWxpdmVyZWRfYXRfbXMYAyABKAMSEgoKcmVhZF9hdF9tcxgEIAEoAyJBChhTdWJzY3JpYmVSZWNlaXB0c1JlcXVlc3QSDgoGY3Vyc29yGAEgASgJEhUKDWFjY2VwdF9yYW5nZXMYAiABKAgi8gEKGVN1YnNjcmliZVJlY2VpcHRzUmVzcG9uc2USDgoGY3Vyc29yGAEgASgJEjUKCHJlY2VpcHRzGAIgASgLMiEucmVjZWlwdHMudjEuQ29udmVyc2F0aW9uUmVjZWlwdHNIABIvCgl3YXRlcm1hcmsYAyABKAsyGi5yZWNlaXB0cy52MS5XYXRlcm1hcmtTeW5jSAASKwoFcmVzZXQYBCABKAsyGi5yZWNlaXB0cy52MS5SZWNlaXB0c1Jlc2V0SAASJwoEbGl2ZRgFIAEoCzIXLnJlY2VpcHRzLnYxLlN0cmVhbUxpdmVIAEIHCgVldmVudCKZAQoUQ29udmVyc2F0aW9uUmVjZWlwdHMSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg0KBWdyb3VwGAIgASgIEi4KCG1lc3NhZ2VzGAMgAygLMhwucmVjZWlwdHMudjEuTWVzc2FnZVJlY2VpcHRzEikKBnJhbmdlcxgEIAMoCzIZLnJlY2VpcHRzLnYxLlJlY2VpcHRSYW5nZSL4AQoMUmVjZWlwdFJhbmdlEhAKCGZyb21fc2VxGAEgASgDEg4KBnRvX3NlcRgCIAEoAxIfCgR0aWNrGAMgASgOMhEucmVjZWlwdHMudjEuVGljaxIXCg9kZWxpdmVyZWRfY291bnQYBCABKAMSEgoKcmVhZF9jb3VudBgFIAEoAxIYChByZWNpcGllbnRzX3RvdGFsGAYgASgDEhcKD2RlbGl2ZXJlZF9hdF9tcxgHIAEoAxISCgpyZWFkX2F0X21zGAggASgDEjEKCnJlY2lwaWVudHMYCSADKAsyHS5yZWNlaXB0cy52MS5SZWNpcGllbnRSZWNlaXB0IlYKDVdhdGVybWFya1N5bmMSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhYKDnJlYWRfdXBfdG9fc2VxGAIgASgDEhQKDHVucmVhZF9jb3VudBgDIAEoAyKgAQoNUmVjZWlwdHNSZXNldBIoCgZyZWFzb24YASABKA4yGC5yZWNlaXB0cy52MS5SZXNldFJlYXNvbhI1Cg9yZWNlbnRfbWVzc2FnZXMYAiADKAsyHC5yZWNlaXB0cy52MS5NZXNzYWdlUmVjZWlwdHMSLgoKd2F0ZXJtYXJrcxgDIAMoCzIaLnJlY2VpcHRzLnYxLldhdGVybWFya1N5bmMiHgoKU3RyZWFtTGl2ZRIQCghyZXBsYXllZBgBIAEoAyIyChZHZXRVbnJlYWRDb3VudHNSZXF1ZXN0EhgKEGNvbnZlcnNhdGlvbl9pZHMYASADKAkiUQoXR2V0VW5yZWFkQ291bnRzUmVzcG9uc2USNgoNY29udmVyc2F0aW9ucxgBIAMoCzIfLnJlY2VpcHRzLnYxLkNvbnZlcnNhdGlvblVucmVhZCKgAQoSQ29udmVyc2F0aW9uVW5yZWFkEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIxCgdvdXRjb21lGAIgASgOMiAucmVjZWlwdHMudjEuQ29udmVyc2F0aW9uT3V0Y29tZRIUCgx1bnJlYWRfY291bnQYAyABKAMSFgoOcmVhZF91cF90b19zZXEYBCABKAMSEAoIbGFzdF9zZXEYBSABKAMiOAocTWFya0NvbnZlcnNhdGlvbnNSZWFkUmVxdWVzdBIYChBjb252ZXJzYXRpb25faWRzGAEgAygJIlUKHU1hcmtDb252ZXJzYXRpb25zUmVhZFJlc3BvbnNlEjQKB3Jlc3VsdHMYASADKAsyIy5yZWNlaXB0cy52MS5Db252ZXJzYXRpb25SZWFkUmVzdWx0Io4BChZDb252ZXJzYXRpb25SZWFkUmVzdWx0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIxCgdvdXRjb21lGAIgASgOMiAucmVjZWlwdHMudjEuQ29udmVyc2F0aW9uT3V0Y29tZRIWCg5yZWFkX3VwX3RvX3NlcRgDIAEoAxIQCghhZHZhbmNlZBgEIAEoCCItCg9Qcml2YWN5U2V0dGluZ3MSGgoSc2VuZF9yZWFkX3JlY2VpcHRzGAEgASgIIhsKGUdldFByaXZhY3lTZXR0aW5nc1JlcXVlc3QiTAoaR2V0UHJpdmFjeVNldHRpbmdzUmVzcG9uc2USLgoIc2V0dGluZ3MYASABKAsyHC5yZWNlaXB0cy52MS5Qcml2YWN5U2V0dGluZ3MiTgocVXBkYXRlUHJpdmFjeVNldHRpbmdzUmVxdWVzdBIuCghzZXR0aW5ncxgBIAEoCzIcLnJlY2VpcHRzLnYxLlByaXZhY3lTZXR0aW5ncyJPCh1VcGRhdGVQcml2YWN5U2V0dGluZ3NSZXNwb25zZRIuCghzZXR0aW5ncxgBIAEoCzIcLnJlY2VpcHRzLnYxLlByaXZhY3lTZXR0aW5ncypOCgRUaWNrEhQKEFRJQ0tfVU5TUEVDSUZJRUQQABINCglUSUNLX1NFTlQQARISCg5USUNLX0RFTElWRVJFRBACEg0KCVRJQ0tfUkVBRBADKoQBCg5SZWNpcGllbnRTdGF0ZRIfChtSRUNJUElFTlRfU1RBVEVfVU5TUEVDSUZJRUQQABIYChRSRUNJUElFTlRfU1RBVEVfTk9ORRABEh0KGVJFQ0lQSUVOVF9TVEFURV9ERUxJVkVSRUQQAhIYChRSRUNJUElFTlRfU1RBVEVfUkVBRBADKqABCg9EZWxpdmVyeU91dGNvbWUSIAocREVMSVZFUllfT1VUQ09NRV9VTlNQRUNJRklFRBAAEh0KGURFTElWRVJZX09VVENPTUVfUkVDT1JERUQQARImCiJERUxJVkVSWV9PVVRDT01FX0FMUkVBRFlfREVMSVZFUkVEEAISJAogREVMSVZFUllfT1VUQ09NRV9OT1RfQV9SRUNJUElFTlQQAyqXAQoPUmVjaXBpZW50RmlsdGVyEiAKHFJFQ0lQSUVOVF9GSUxURVJfVU5TUEVDSUZJRUQQABIZChVSRUNJUElFTlRfRklMVEVSX1JFQUQQARIjCh9SRUNJUElFTlRfRklMVEVSX0RFTElWRVJFRF9PTkxZEAISIgoeUkVDSVBJRU5UX0ZJTFRFUl9OT1RfREVMSVZFUkVEEAMqsAEKC1Jlc2V0UmVhc29uEhwKGFJFU0VUX1JFQVNPTl9VTlNQRUNJRklFRBAAEh8KG1JFU0VUX1JFQVNPTl9DVVJTT1JfRVhQSVJFRBABEh4KGlJFU0VUX1JFQVNPTl9FUE9DSF9DSEFOR0VEEAISHwobUkVTRVRfUkVBU09OX0NVUlNPUl9JTlZBTElEEAMSIQodUkVTRVRfUkVBU09OX1JFUExBWV9UT09fTEFSR0UQBCqoAQoTQ29udmVyc2F0aW9uT3V0Y29tZRIkCiBDT05WRVJTQVRJT05fT1VUQ09NRV9VTlNQRUNJRklFRBAAEhsKF0NPTlZFUlNBVElPTl9PVVRDT01FX09LEAESIgoeQ09OVkVSU0FUSU9OX09VVENPTUVfTk9UX0ZPVU5EEAISKgomQ09OVkVSU0FUSU9OX09VVENPTUVfUEVSTUlTU0lPTl9ERU5JRUQQAzL1BgoOUmVjZWlwdFNlcnZpY2USVgoNTWFya0RlbGl2ZXJlZBIhLnJlY2VpcHRzLnYxLk1hcmtEZWxpdmVyZWRSZXF1ZXN0GiIucmVjZWlwdHMudjEuTWFya0RlbGl2ZXJlZFJlc3BvbnNlElMKDE1hcmtSZWFkVXBUbxIgLnJlY2VpcHRzLnYxLk1hcmtSZWFkVXBUb1JlcXVlc3QaIS5yZWNlaXB0cy52MS5NYXJrUmVhZFVwVG9SZXNwb25zZRJQCgtHZXRSZWNlaXB0cxIfLnJlY2VpcHRzLnYxLkdldFJlY2VpcHRzUmVxdWVzdBogLnJlY2VpcHRzLnYxLkdldFJlY2VpcHRzUmVzcG9uc2USWQoOTGlzdFJlY2lwaWVudHMSIi5yZWNlaXB0cy52MS5MaXN0UmVjaXBpZW50c1JlcXVlc3QaIy5yZWNlaXB0cy52MS5MaXN0UmVjaXBpZW50c1Jlc3BvbnNlEmQKEVN1YnNjcmliZVJlY2VpcHRzEiUucmVjZWlwdHMudjEuU3Vic2NyaWJlUmVjZWlwdHNSZXF1ZXN0GiYucmVjZWlwdHMudjEuU3Vic2NyaWJlUmVjZWlwdHNSZXNwb25zZTABElwKD0dldFVucmVhZENvdW50cxIjLnJlY2VpcHRzLnYxLkdldFVucmVhZENvdW50c1JlcXVlc3QaJC5yZWNlaXB0cy52MS5HZXRVbnJlYWRDb3VudHNSZXNwb25zZRJuChVNYXJrQ29udmVyc2F0aW9uc1JlYWQSKS5yZWNlaXB0cy52MS5NYXJrQ29udmVyc2F0aW9uc1JlYWRSZXF1ZXN0GioucmVjZWlwdHMudjEuTWFya0NvbnZlcnNhdGlvbnNSZWFkUmVzcG9uc2USZQoSR2V0UHJpdmFjeVNldHRpbmdzEiYucmVjZWlwdHMudjEuR2V0UHJpdmFjeVNldHRpbmdzUmVxdWVzdBonLnJlY2VpcHRzLnYxLkdldFByaXZhY3lTZXR0aW5nc1Jlc3BvbnNlEm4KFVVwZGF0ZVByaXZhY3lTZXR0aW5ncxIpLnJlY2VpcHRzLnYxLlVwZGF0ZVByaXZhY3lTZXR0aW5nc1JlcXVlc3QaKi5yZWNlaXB0cy52MS5VcGRhdGVQcml2YWN5U2V0dGluZ3NSZXNwb25zZWIGcHJvdG8z");
 
 /**
  * Asks to record deliveries.
@@ -232,7 +232,9 @@ export type GetReceiptsRequest = Message<"receipts.v1.GetReceiptsRequest"> & {
   messageIds: string[];
 
   /**
-   * Also return one entry per recipient (for a "read by" list).
+   * Also return each message's recipients (for a "read by" list): at most the
+   * first 50 by user id, with `recipients_next_page_token` set when there are
+   * more, to continue in `ListRecipients`.
    *
    * @generated from field: bool include_recipients = 3;
    */
@@ -352,11 +354,21 @@ export type MessageReceipts = Message<"receipts.v1.MessageReceipts"> & {
   readAtMs: bigint;
 
   /**
-   * Per-recipient states; only filled when asked for (`include_recipients`).
+   * Per-recipient states; only filled when asked for (`include_recipients`):
+   * the first page of `ListRecipients` without a filter (at most 50, by user
+   * id).
    *
    * @generated from field: repeated receipts.v1.RecipientReceipt recipients = 12;
    */
   recipients: RecipientReceipt[];
+
+  /**
+   * Set when `recipients` is not the whole list: pass it to `ListRecipients`
+   * (with this message and no filter) for the rest.
+   *
+   * @generated from field: string recipients_next_page_token = 13;
+   */
+  recipientsNextPageToken: string;
 };
 
 /**
@@ -365,6 +377,89 @@ export type MessageReceipts = Message<"receipts.v1.MessageReceipts"> & {
  */
 export const MessageReceiptsSchema: GenMessage<MessageReceipts> = /*@__PURE__*/
   messageDesc(file_receipts_v1_receipts, 8);
+
+/**
+ * Asks for one page of a message's recipients.
+ *
+ * @generated from message receipts.v1.ListRecipientsRequest
+ */
+export type ListRecipientsRequest = Message<"receipts.v1.ListRecipientsRequest"> & {
+  /**
+   * The conversation of the message. The caller must be a member.
+   *
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * The message; it must belong to the conversation.
+   *
+   * @generated from field: string message_id = 2;
+   */
+  messageId: string;
+
+  /**
+   * Which recipients to list (default: all).
+   *
+   * @generated from field: receipts.v1.RecipientFilter filter = 3;
+   */
+  filter: RecipientFilter;
+
+  /**
+   * The most recipients to return: 0 means 50; more than 500 is served 500;
+   * negative is INVALID_ARGUMENT.
+   *
+   * @generated from field: int32 page_size = 4;
+   */
+  pageSize: number;
+
+  /**
+   * Empty for the first page; else the `next_page_token` of the previous
+   * page, with the same `message_id` and `filter` (INVALID_ARGUMENT
+   * otherwise).
+   *
+   * @generated from field: string page_token = 5;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message receipts.v1.ListRecipientsRequest.
+ * Use `create(ListRecipientsRequestSchema)` to create a new message.
+ */
+export const ListRecipientsRequestSchema: GenMessage<ListRecipientsRequest> = /*@__PURE__*/
+  messageDesc(file_receipts_v1_receipts, 9);
+
+/**
+ * One page of a message's recipients.
+ *
+ * @generated from message receipts.v1.ListRecipientsResponse
+ */
+export type ListRecipientsResponse = Message<"receipts.v1.ListRecipientsResponse"> & {
+  /**
+   * The recipients the filter keeps, in user-id order. Each call examines a
+   * bounded number of members, so with a filter a page may hold fewer than
+   * `page_size` (even none) while more follow: page until `next_page_token`
+   * is empty.
+   *
+   * @generated from field: repeated receipts.v1.RecipientReceipt recipients = 1;
+   */
+  recipients: RecipientReceipt[];
+
+  /**
+   * The token for the next page; empty when the list is complete.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message receipts.v1.ListRecipientsResponse.
+ * Use `create(ListRecipientsResponseSchema)` to create a new message.
+ */
+export const ListRecipientsResponseSchema: GenMessage<ListRecipientsResponse> = /*@__PURE__*/
+  messageDesc(file_receipts_v1_receipts, 10);
 
 /**
  * One recipient's state for a message, as the viewer may see it.
@@ -407,7 +502,7 @@ export type RecipientReceipt = Message<"receipts.v1.RecipientReceipt"> & {
  * Use `create(RecipientReceiptSchema)` to create a new message.
  */
 export const RecipientReceiptSchema: GenMessage<RecipientReceipt> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 9);
+  messageDesc(file_receipts_v1_receipts, 11);
 
 /**
  * Opens (or resumes) the caller's receipt stream.
@@ -443,7 +538,7 @@ export type SubscribeReceiptsRequest = Message<"receipts.v1.SubscribeReceiptsReq
  * Use `create(SubscribeReceiptsRequestSchema)` to create a new message.
  */
 export const SubscribeReceiptsRequestSchema: GenMessage<SubscribeReceiptsRequest> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 10);
+  messageDesc(file_receipts_v1_receipts, 12);
 
 /**
  * One event on the receipt stream.
@@ -505,7 +600,7 @@ export type SubscribeReceiptsResponse = Message<"receipts.v1.SubscribeReceiptsRe
  * Use `create(SubscribeReceiptsResponseSchema)` to create a new message.
  */
 export const SubscribeReceiptsResponseSchema: GenMessage<SubscribeReceiptsResponse> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 11);
+  messageDesc(file_receipts_v1_receipts, 13);
 
 /**
  * Absolute receipt states of messages the caller sent in one conversation.
@@ -556,7 +651,7 @@ export type ConversationReceipts = Message<"receipts.v1.ConversationReceipts"> &
  * Use `create(ConversationReceiptsSchema)` to create a new message.
  */
 export const ConversationReceiptsSchema: GenMessage<ConversationReceipts> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 12);
+  messageDesc(file_receipts_v1_receipts, 14);
 
 /**
  * One state shared by a run of messages: what `MessageReceipts` says of each
@@ -626,7 +721,7 @@ export type ReceiptRange = Message<"receipts.v1.ReceiptRange"> & {
  * Use `create(ReceiptRangeSchema)` to create a new message.
  */
 export const ReceiptRangeSchema: GenMessage<ReceiptRange> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 13);
+  messageDesc(file_receipts_v1_receipts, 15);
 
 /**
  * The caller's read position in one conversation, for unread badges that agree
@@ -662,7 +757,7 @@ export type WatermarkSync = Message<"receipts.v1.WatermarkSync"> & {
  * Use `create(WatermarkSyncSchema)` to create a new message.
  */
 export const WatermarkSyncSchema: GenMessage<WatermarkSync> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 14);
+  messageDesc(file_receipts_v1_receipts, 16);
 
 /**
  * A snapshot of the state a client needs to repaint after a reset.
@@ -699,7 +794,7 @@ export type ReceiptsReset = Message<"receipts.v1.ReceiptsReset"> & {
  * Use `create(ReceiptsResetSchema)` to create a new message.
  */
 export const ReceiptsResetSchema: GenMessage<ReceiptsReset> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 15);
+  messageDesc(file_receipts_v1_receipts, 17);
 
 /**
  * Marks the end of replay.
@@ -720,7 +815,7 @@ export type StreamLive = Message<"receipts.v1.StreamLive"> & {
  * Use `create(StreamLiveSchema)` to create a new message.
  */
 export const StreamLiveSchema: GenMessage<StreamLive> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 16);
+  messageDesc(file_receipts_v1_receipts, 18);
 
 /**
  * Asks for unread counts.
@@ -741,7 +836,7 @@ export type GetUnreadCountsRequest = Message<"receipts.v1.GetUnreadCountsRequest
  * Use `create(GetUnreadCountsRequestSchema)` to create a new message.
  */
 export const GetUnreadCountsRequestSchema: GenMessage<GetUnreadCountsRequest> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 17);
+  messageDesc(file_receipts_v1_receipts, 19);
 
 /**
  * Unread counts, one per requested conversation.
@@ -762,7 +857,7 @@ export type GetUnreadCountsResponse = Message<"receipts.v1.GetUnreadCountsRespon
  * Use `create(GetUnreadCountsResponseSchema)` to create a new message.
  */
 export const GetUnreadCountsResponseSchema: GenMessage<GetUnreadCountsResponse> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 18);
+  messageDesc(file_receipts_v1_receipts, 20);
 
 /**
  * The unread count of one conversation.
@@ -812,7 +907,7 @@ export type ConversationUnread = Message<"receipts.v1.ConversationUnread"> & {
  * Use `create(ConversationUnreadSchema)` to create a new message.
  */
 export const ConversationUnreadSchema: GenMessage<ConversationUnread> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 19);
+  messageDesc(file_receipts_v1_receipts, 21);
 
 /**
  * Asks to mark conversations read up to their latest message.
@@ -833,7 +928,7 @@ export type MarkConversationsReadRequest = Message<"receipts.v1.MarkConversation
  * Use `create(MarkConversationsReadRequestSchema)` to create a new message.
  */
 export const MarkConversationsReadRequestSchema: GenMessage<MarkConversationsReadRequest> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 20);
+  messageDesc(file_receipts_v1_receipts, 22);
 
 /**
  * One result per requested conversation.
@@ -854,7 +949,7 @@ export type MarkConversationsReadResponse = Message<"receipts.v1.MarkConversatio
  * Use `create(MarkConversationsReadResponseSchema)` to create a new message.
  */
 export const MarkConversationsReadResponseSchema: GenMessage<MarkConversationsReadResponse> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 21);
+  messageDesc(file_receipts_v1_receipts, 23);
 
 /**
  * The result of marking one conversation read.
@@ -896,7 +991,7 @@ export type ConversationReadResult = Message<"receipts.v1.ConversationReadResult
  * Use `create(ConversationReadResultSchema)` to create a new message.
  */
 export const ConversationReadResultSchema: GenMessage<ConversationReadResult> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 22);
+  messageDesc(file_receipts_v1_receipts, 24);
 
 /**
  * A user's privacy settings.
@@ -921,7 +1016,7 @@ export type PrivacySettings = Message<"receipts.v1.PrivacySettings"> & {
  * Use `create(PrivacySettingsSchema)` to create a new message.
  */
 export const PrivacySettingsSchema: GenMessage<PrivacySettings> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 23);
+  messageDesc(file_receipts_v1_receipts, 25);
 
 /**
  * Asks for the caller's privacy settings.
@@ -936,7 +1031,7 @@ export type GetPrivacySettingsRequest = Message<"receipts.v1.GetPrivacySettingsR
  * Use `create(GetPrivacySettingsRequestSchema)` to create a new message.
  */
 export const GetPrivacySettingsRequestSchema: GenMessage<GetPrivacySettingsRequest> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 24);
+  messageDesc(file_receipts_v1_receipts, 26);
 
 /**
  * The caller's privacy settings.
@@ -957,7 +1052,7 @@ export type GetPrivacySettingsResponse = Message<"receipts.v1.GetPrivacySettings
  * Use `create(GetPrivacySettingsResponseSchema)` to create a new message.
  */
 export const GetPrivacySettingsResponseSchema: GenMessage<GetPrivacySettingsResponse> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 25);
+  messageDesc(file_receipts_v1_receipts, 27);
 
 /**
  * Replaces the caller's privacy settings.
@@ -978,7 +1073,7 @@ export type UpdatePrivacySettingsRequest = Message<"receipts.v1.UpdatePrivacySet
  * Use `create(UpdatePrivacySettingsRequestSchema)` to create a new message.
  */
 export const UpdatePrivacySettingsRequestSchema: GenMessage<UpdatePrivacySettingsRequest> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 26);
+  messageDesc(file_receipts_v1_receipts, 28);
 
 /**
  * The caller's privacy settings after the update.
@@ -999,7 +1094,7 @@ export type UpdatePrivacySettingsResponse = Message<"receipts.v1.UpdatePrivacySe
  * Use `create(UpdatePrivacySettingsResponseSchema)` to create a new message.
  */
 export const UpdatePrivacySettingsResponseSchema: GenMessage<UpdatePrivacySettingsResponse> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 27);
+  messageDesc(file_receipts_v1_receipts, 29);
 
 /**
  * The sender's aggregate tick for a message.
@@ -1129,6 +1224,49 @@ export const DeliveryOutcomeSchema: GenEnum<DeliveryOutcome> = /*@__PURE__*/
   enumDesc(file_receipts_v1_receipts, 2);
 
 /**
+ * Which recipients `ListRecipients` lists, by their state as the caller may
+ * see it.
+ *
+ * @generated from enum receipts.v1.RecipientFilter
+ */
+export enum RecipientFilter {
+  /**
+   * Every recipient.
+   *
+   * @generated from enum value: RECIPIENT_FILTER_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Those who have read the message (as the caller may see it).
+   *
+   * @generated from enum value: RECIPIENT_FILTER_READ = 1;
+   */
+  READ = 1,
+
+  /**
+   * Those who have the message and have not read it, as the caller may see
+   * it (a recipient with read receipts turned off is listed here).
+   *
+   * @generated from enum value: RECIPIENT_FILTER_DELIVERED_ONLY = 2;
+   */
+  DELIVERED_ONLY = 2,
+
+  /**
+   * Those none of whose devices has the message yet.
+   *
+   * @generated from enum value: RECIPIENT_FILTER_NOT_DELIVERED = 3;
+   */
+  NOT_DELIVERED = 3,
+}
+
+/**
+ * Describes the enum receipts.v1.RecipientFilter.
+ */
+export const RecipientFilterSchema: GenEnum<RecipientFilter> = /*@__PURE__*/
+  enumDesc(file_receipts_v1_receipts, 3);
+
+/**
  * Why a reset happened.
  *
  * @generated from enum receipts.v1.ResetReason
@@ -1174,7 +1312,7 @@ export enum ResetReason {
  * Describes the enum receipts.v1.ResetReason.
  */
 export const ResetReasonSchema: GenEnum<ResetReason> = /*@__PURE__*/
-  enumDesc(file_receipts_v1_receipts, 3);
+  enumDesc(file_receipts_v1_receipts, 4);
 
 /**
  * The outcome for one conversation in a bulk call.
@@ -1215,7 +1353,7 @@ export enum ConversationOutcome {
  * Describes the enum receipts.v1.ConversationOutcome.
  */
 export const ConversationOutcomeSchema: GenEnum<ConversationOutcome> = /*@__PURE__*/
-  enumDesc(file_receipts_v1_receipts, 4);
+  enumDesc(file_receipts_v1_receipts, 5);
 
 /**
  * The service recipients' clients and senders' clients talk to.
@@ -1258,7 +1396,8 @@ export const ReceiptService: GenService<{
   },
   /**
    * Returns the receipt state of messages, as the caller may see it: counts,
-   * the sender's aggregate tick and, optionally, per-recipient states. Other
+   * the sender's aggregate tick and, optionally, the first page of each
+   * message's per-recipient states (the rest through `ListRecipients`). Other
    * users' reads are hidden while they have read receipts turned off.
    *
    * @generated from rpc receipts.v1.ReceiptService.GetReceipts
@@ -1267,6 +1406,23 @@ export const ReceiptService: GenService<{
     methodKind: "unary";
     input: typeof GetReceiptsRequestSchema;
     output: typeof GetReceiptsResponseSchema;
+  },
+  /**
+   * Lists one message's recipients with their states ("read by", "delivered
+   * to"), a page at a time, for groups of any size. The order is stable (by
+   * user id) and does not depend on anyone's state, so a page token survives
+   * concurrent reads and deliveries: paging to the end lists every recipient
+   * the filter keeps, each once. Privacy applies to every page exactly as to
+   * counts: a recipient with read receipts turned off is listed as delivered,
+   * without a read time, to everyone but themselves. The caller must be a
+   * member of the conversation.
+   *
+   * @generated from rpc receipts.v1.ReceiptService.ListRecipients
+   */
+  listRecipients: {
+    methodKind: "unary";
+    input: typeof ListRecipientsRequestSchema;
+    output: typeof ListRecipientsResponseSchema;
   },
   /**
    * Streams, to the caller, every change to the receipt state of messages the

@@ -731,6 +731,59 @@ impl Client {
             .collect()
     }
 
+    /// One page of a message's recipients with their states ("read by",
+    /// "delivered to"), as you may see them, in user-id order: `page_size`
+    /// at most (0: 50; above 500: 500), after `page_token` (`None`: the first
+    /// page; else the previous page's `next_page_token`, with the same
+    /// message and filter). The order does not depend on anyone's state, so
+    /// paging to the end lists every recipient the filter keeps once, even
+    /// while others read. See [`Client::all_recipients`].
+    pub async fn list_recipients(
+        &self,
+        conversation_id: Uuid,
+        message_id: Uuid,
+        filter: RecipientFilter,
+        page_size: u32,
+        page_token: Option<&str>,
+    ) -> Result<RecipientPage, Error> {
+        let req = proto::ListRecipientsRequest {
+            conversation_id: conversation_id.to_string(),
+            message_id: message_id.to_string(),
+            filter: filter.wire() as i32,
+            page_size: page_size.min(i32::MAX as u32) as i32,
+            page_token: page_token.unwrap_or_default().to_string(),
+        };
+        let r = self
+            .unary(req, |ch, r| async move {
+                UserStub::new(ch).list_recipients(r).await
+            })
+            .await?;
+        RecipientPage::try_from(r)
+    }
+
+    /// Every recipient of a message the filter keeps: [`Client::list_recipients`]
+    /// page after page (500 at a time) until the list ends. One call per 500
+    /// members of the group; prefer pages for a list a user scrolls.
+    pub async fn all_recipients(
+        &self,
+        conversation_id: Uuid,
+        message_id: Uuid,
+        filter: RecipientFilter,
+    ) -> Result<Vec<RecipientReceipt>, Error> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .list_recipients(conversation_id, message_id, filter, 500, token.as_deref())
+                .await?;
+            out.extend(page.recipients);
+            match page.next_page_token {
+                Some(t) => token = Some(t),
+                None => return Ok(out),
+            }
+        }
+    }
+
     /// Unread badges for up to 500 conversations, one result each.
     pub async fn unread_counts(
         &self,

@@ -143,8 +143,9 @@ pub use tls::ClientTls;
 pub use trace::TraceContext;
 pub use types::{
     ConversationOutcome, ConversationRead, Cursor, Delivery, DeliveryOutcome, MembershipChanged,
-    MessageReceipts, NewMessage, ReadPosition, ReadReceipts, ReceiptRange, RecipientReceipt,
-    RecipientState, ResetReason, Snapshot, Tick, UnreadCount, Watermark,
+    MessageReceipts, NewMessage, ReadPosition, ReadReceipts, ReceiptRange, RecipientFilter,
+    RecipientPage, RecipientReceipt, RecipientState, ResetReason, Snapshot, Tick, UnreadCount,
+    Watermark,
 };
 
 /// The generated protobuf types and tonic clients, for what this crate does not

@@ -67,8 +67,50 @@ pub struct MessageReceipts {
     pub delivered_at: Option<SystemTime>,
     /// When the last recipient read it, once all have.
     pub read_at: Option<SystemTime>,
-    /// Per-recipient states, when asked for (and in direct-chat events).
+    /// Per-recipient states, when asked for (and in direct-chat events): at
+    /// most the first 50 by user id (see `recipients_next_page_token`).
     pub recipients: Vec<RecipientReceipt>,
+    /// Set when `recipients` is only the first page of the list: pass it to
+    /// [`crate::Client::list_recipients`] (with this message and
+    /// [`RecipientFilter::All`]) for the rest.
+    pub recipients_next_page_token: Option<String>,
+}
+
+/// Which recipients [`crate::Client::list_recipients`] lists, by their state
+/// as you may see it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum RecipientFilter {
+    /// Every recipient.
+    #[default]
+    All,
+    /// Those who read the message (as you may see it).
+    Read,
+    /// Those who have it and have not read it (as you may see it: a
+    /// recipient with read receipts off is listed here).
+    DeliveredOnly,
+    /// Those none of whose devices has it yet.
+    NotDelivered,
+}
+
+impl RecipientFilter {
+    pub(crate) fn wire(self) -> proto::RecipientFilter {
+        match self {
+            RecipientFilter::All => proto::RecipientFilter::Unspecified,
+            RecipientFilter::Read => proto::RecipientFilter::Read,
+            RecipientFilter::DeliveredOnly => proto::RecipientFilter::DeliveredOnly,
+            RecipientFilter::NotDelivered => proto::RecipientFilter::NotDelivered,
+        }
+    }
+}
+
+/// One page of a message's recipients.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecipientPage {
+    /// The recipients the filter keeps, in user-id order. With a filter a
+    /// page may hold fewer than asked for (even none) while more follow.
+    pub recipients: Vec<RecipientReceipt>,
+    /// The token for the next page; `None` when the list is complete.
+    pub next_page_token: Option<String>,
 }
 
 impl MessageReceipts {
@@ -87,6 +129,8 @@ impl MessageReceipts {
         self.delivered_at = range.delivered_at;
         self.read_at = range.read_at;
         self.recipients = range.recipients.clone();
+        // The range's list replaces the one the token continued.
+        self.recipients_next_page_token = None;
         true
     }
 }
@@ -333,6 +377,22 @@ impl TryFrom<proto::MessageReceipts> for MessageReceipts {
             delivered_at: time(m.delivered_at_ms),
             read_at: time(m.read_at_ms),
             recipients: recipients_of(m.recipients)?,
+            recipients_next_page_token: token(m.recipients_next_page_token),
+        })
+    }
+}
+
+/// A page token as the server sent it (`None` for the empty one: the end).
+pub(crate) fn token(t: String) -> Option<String> {
+    (!t.is_empty()).then_some(t)
+}
+
+impl TryFrom<proto::ListRecipientsResponse> for RecipientPage {
+    type Error = Error;
+    fn try_from(r: proto::ListRecipientsResponse) -> Result<Self, Error> {
+        Ok(RecipientPage {
+            recipients: recipients_of(r.recipients)?,
+            next_page_token: token(r.next_page_token),
         })
     }
 }
@@ -456,6 +516,7 @@ mod tests {
             delivered_at: None,
             read_at: None,
             recipients: Vec::new(),
+            recipients_next_page_token: None,
         };
         assert!(!m.apply_range(&range));
         assert_eq!(m.tick, Tick::Sent);

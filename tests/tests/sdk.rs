@@ -4,7 +4,7 @@
 use futures::StreamExt;
 use receipts_sdk::{
     Client, ConversationOutcome, Cursor, DeliveryOutcome, Error, Event, NewMessage, ReadReceipts,
-    ReceiptState, RetryPolicy, SubscribeOptions, Tick, token_fn,
+    ReceiptState, RecipientFilter, RecipientState, RetryPolicy, SubscribeOptions, Tick, token_fn,
 };
 use receipts_server::auth::Role;
 use receipts_tests::*;
@@ -48,6 +48,84 @@ async fn chat(url: &str, n: usize, k: u64) -> (Uuid, Vec<Uuid>, Vec<Uuid>) {
         .collect();
     assert_eq!(b.register_messages(&msgs).await.unwrap(), k);
     (conv, members, msgs.iter().map(|m| m.message_id).collect())
+}
+
+/// "Read by" through the SDK: GetReceipts gives the first page and a token,
+/// `list_recipients` continues it page by page in user-id order, a filter
+/// keeps the readers, `all_recipients` pages to the end, and a token sent
+/// with another filter is a typed INVALID_ARGUMENT.
+#[tokio::test]
+async fn sdk_pages_a_large_groups_recipients() {
+    let s = TestServer::start().await;
+    let url = s.url();
+    let (conv, members, msgs) = chat(&url, 61, 1).await;
+    let m = msgs[0];
+    let mut recipients = members[1..].to_vec();
+    recipients.sort();
+    for u in &recipients[10..13] {
+        user_client(&url, *u)
+            .await
+            .mark_read_up_to(conv, m)
+            .await
+            .unwrap();
+    }
+    let sender = user_client(&url, members[0]).await;
+    let r = sender
+        .get_receipts_with_recipients(conv, &[m])
+        .await
+        .unwrap();
+    assert_eq!((r[0].recipients.len(), r[0].recipients_total), (50, 60));
+    let token = r[0]
+        .recipients_next_page_token
+        .clone()
+        .expect("more than a page");
+    let rest = sender
+        .list_recipients(conv, m, RecipientFilter::All, 0, Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(rest.next_page_token, None);
+    let listed: Vec<Uuid> = r[0]
+        .recipients
+        .iter()
+        .chain(&rest.recipients)
+        .map(|r| r.user_id)
+        .collect();
+    assert_eq!(listed, recipients);
+
+    let readers = sender
+        .all_recipients(conv, m, RecipientFilter::Read)
+        .await
+        .unwrap();
+    assert_eq!(
+        readers.iter().map(|r| r.user_id).collect::<Vec<_>>(),
+        recipients[10..13]
+    );
+    assert!(readers.iter().all(|r| r.state == RecipientState::Read));
+    let all = sender
+        .all_recipients(conv, m, RecipientFilter::All)
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 60);
+
+    let page = sender
+        .list_recipients(conv, m, RecipientFilter::NotDelivered, 5, None)
+        .await
+        .unwrap();
+    assert_eq!(page.recipients.len(), 5);
+    let err = sender
+        .list_recipients(
+            conv,
+            m,
+            RecipientFilter::Read,
+            5,
+            page.next_page_token.as_deref(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidArgument { .. }) && err.to_string().contains("page_token"),
+        "{err:?}"
+    );
 }
 
 /// Next event that is not a lifecycle notice, within 10 s.

@@ -18,7 +18,7 @@ import { build } from "esbuild";
 
 const sdk = fileURLToPath(new URL("..", import.meta.url));
 
-/** Gzipped bytes the mark-delivered page must ship less than the whole client (4.0 KB today). */
+/** Gzipped bytes the mark-delivered page must ship less than the whole client (4.3 KB today). */
 const MIN_SAVING = 2500;
 
 const pages = {

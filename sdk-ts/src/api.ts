@@ -6,10 +6,12 @@ export type { TlsFailure } from "./errors.js";
 export { applyRange } from "./types.js";
 export { createReceiptState } from "./state.js";
 export {
+  allRecipients,
   deliveredBatcher,
   getPrivacySettings,
   getReceipts,
   getUnreadCounts,
+  listRecipients,
   markConversationsRead,
   markDelivered,
   markReadUpTo,
@@ -45,6 +47,8 @@ export type {
   ReceiptRange,
   ReceiptsEvent,
   ReceiptsSnapshot,
+  RecipientFilter,
+  RecipientPage,
   RecipientReceipt,
   RecipientState,
   ReconnectingEvent,

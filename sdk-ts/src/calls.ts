@@ -12,6 +12,8 @@ import {
   conversationUnread,
   deliveryResult,
   messageReceipts,
+  recipientFilter,
+  recipientPage,
   type ConversationReadResult,
   type ConversationUnread,
   type DeliveryResult,
@@ -19,6 +21,9 @@ import {
   type MessageRef,
   type PrivacySettings,
   type ReadUpToResult,
+  type RecipientFilter,
+  type RecipientPage,
+  type RecipientReceipt,
 } from "./types.js";
 import { unary, type RequestOptions } from "./unary.js";
 
@@ -103,7 +108,12 @@ export async function markReadUpTo(
   };
 }
 
-/** The receipt state of up to 100 messages of one conversation, as the caller may see it. */
+/**
+ * The receipt state of up to 100 messages of one conversation, as the caller
+ * may see it. With `includeRecipients`, each message's `recipients` is the
+ * first page of its list (at most 50), and `recipientsNextPageToken` continues
+ * it in `listRecipients`.
+ */
 export async function getReceipts(
   connection: ReceiptsConnection,
   conversationId: string,
@@ -118,6 +128,61 @@ export async function getReceipts(
     options,
   );
   return res.messages.map(messageReceipts);
+}
+
+/**
+ * One page of a message's recipients with their states ("read by",
+ * "delivered to"), in user-id order, as the caller may see them: `filter`
+ * (default `"all"`) keeps some, `pageSize` (default 50, at most 500) bounds
+ * the page, and `pageToken` (a page's `nextPageToken`, or a
+ * `recipientsNextPageToken` with no filter) continues a listing of the same
+ * message with the same filter. With a filter a page may hold fewer entries
+ * than `pageSize`, even none, while more follow: page until `nextPageToken`
+ * is `undefined`.
+ */
+export async function listRecipients(
+  connection: ReceiptsConnection,
+  conversationId: string,
+  messageId: string,
+  options?: RequestOptions & { filter?: RecipientFilter; pageSize?: number; pageToken?: string },
+): Promise<RecipientPage> {
+  const filter = recipientFilter(options?.filter ?? "all", "listRecipients");
+  const pageSize = options?.pageSize ?? 0;
+  const pageToken = options?.pageToken ?? "";
+  const res = await unary(
+    connection,
+    ReceiptService.method.listRecipients,
+    { conversationId, messageId, filter, pageSize, pageToken },
+    options,
+  );
+  return recipientPage(res);
+}
+
+/**
+ * Every recipient of a message that `filter` (default `"all"`) keeps, in
+ * user-id order: `listRecipients` page after page (`pageSize` default 500,
+ * the largest) until the list is complete. `timeoutMs` applies to each
+ * page's call. For a very large group, or to show the first entries at once,
+ * page with `listRecipients` instead.
+ */
+export async function allRecipients(
+  connection: ReceiptsConnection,
+  conversationId: string,
+  messageId: string,
+  options?: RequestOptions & { filter?: RecipientFilter; pageSize?: number },
+): Promise<RecipientReceipt[]> {
+  const recipients: RecipientReceipt[] = [];
+  let pageToken: string | undefined;
+  do {
+    const page = await listRecipients(connection, conversationId, messageId, {
+      ...options,
+      pageSize: options?.pageSize ?? 500,
+      pageToken,
+    });
+    recipients.push(...page.recipients);
+    pageToken = page.nextPageToken;
+  } while (pageToken !== undefined);
+  return recipients;
 }
 
 /**

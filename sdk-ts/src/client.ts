@@ -2,10 +2,12 @@
 // numbers and Dates, plus the subscription, read marker and delivered batcher.
 // Each method is one of the standalone functions of src/calls.ts.
 import {
+  allRecipients,
   deliveredBatcher,
   getPrivacySettings,
   getReceipts,
   getUnreadCounts,
+  listRecipients,
   markConversationsRead,
   markDelivered,
   markReadUpTo,
@@ -25,6 +27,9 @@ import type {
   MessageRef,
   PrivacySettings,
   ReadUpToResult,
+  RecipientFilter,
+  RecipientPage,
+  RecipientReceipt,
 } from "./types.js";
 import type { RequestOptions } from "./unary.js";
 
@@ -46,12 +51,44 @@ export interface ReceiptsClient {
   markDelivered(messages: readonly (MessageRef | string)[], options?: RequestOptions): Promise<DeliveryResult[]>;
   /** Moves the caller's read watermark in a conversation up to a message (one write however many messages it covers). */
   markReadUpTo(conversationId: string, messageId: string, options?: RequestOptions): Promise<ReadUpToResult>;
-  /** The receipt state of up to 100 messages of one conversation, as the caller may see it. */
+  /**
+   * The receipt state of up to 100 messages of one conversation, as the caller
+   * may see it. With `includeRecipients`, each message's `recipients` is the
+   * first page of its list (at most 50), and `recipientsNextPageToken` continues
+   * it in `listRecipients`.
+   */
   getReceipts(
     conversationId: string,
     messageIds: string[],
     options?: RequestOptions & { includeRecipients?: boolean },
   ): Promise<MessageReceipts[]>;
+  /**
+   * One page of a message's recipients with their states ("read by",
+   * "delivered to"), in user-id order, as the caller may see them: `filter`
+   * (default `"all"`) keeps some, `pageSize` (default 50, at most 500) bounds
+   * the page, and `pageToken` (a page's `nextPageToken`, or a
+   * `recipientsNextPageToken` with no filter) continues a listing of the same
+   * message with the same filter. With a filter a page may hold fewer entries
+   * than `pageSize`, even none, while more follow: page until `nextPageToken`
+   * is `undefined`.
+   */
+  listRecipients(
+    conversationId: string,
+    messageId: string,
+    options?: RequestOptions & { filter?: RecipientFilter; pageSize?: number; pageToken?: string },
+  ): Promise<RecipientPage>;
+  /**
+   * Every recipient of a message that `filter` (default `"all"`) keeps, in
+   * user-id order: `listRecipients` page after page (`pageSize` default 500,
+   * the largest) until the list is complete. `timeoutMs` applies to each
+   * page's call. For a very large group, or to show the first entries at once,
+   * page with `listRecipients` instead.
+   */
+  allRecipients(
+    conversationId: string,
+    messageId: string,
+    options?: RequestOptions & { filter?: RecipientFilter; pageSize?: number },
+  ): Promise<RecipientReceipt[]>;
   /**
    * The caller's receipt stream: changes to messages it sent, and its own
    * watermark moves. Reconnects by itself and resumes from its last cursor.
@@ -79,6 +116,8 @@ export function receiptsClient(connection: Connection): ReceiptsClient {
     markDelivered: (messages, o) => markDelivered(connection, messages, o),
     markReadUpTo: (conversationId, messageId, o) => markReadUpTo(connection, conversationId, messageId, o),
     getReceipts: (conversationId, messageIds, o) => getReceipts(connection, conversationId, messageIds, o),
+    listRecipients: (conversationId, messageId, o) => listRecipients(connection, conversationId, messageId, o),
+    allRecipients: (conversationId, messageId, o) => allRecipients(connection, conversationId, messageId, o),
     subscribe: (o) => subscribe(connection, o),
     getUnreadCounts: (conversationIds, o) => getUnreadCounts(connection, conversationIds, o),
     markConversationsRead: (conversationIds, o) => markConversationsRead(connection, conversationIds, o),

@@ -185,6 +185,7 @@ function sameState(a: MessageReceipts, b: MessageReceipts): boolean {
     t(a.deliveredAt) === t(b.deliveredAt) &&
     t(a.readAt) === t(b.readAt) &&
     a.seq === b.seq &&
+    a.recipientsNextPageToken === b.recipientsNextPageToken &&
     a.recipients.length === b.recipients.length &&
     a.recipients.every((r, i) => {
       const s = b.recipients[i]!;

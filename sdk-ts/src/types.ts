@@ -14,6 +14,13 @@ export type DeliveryOutcome = "recorded" | "already_delivered" | "not_a_recipien
 export type ConversationOutcome = "ok" | "not_found" | "permission_denied";
 /** Why a subscription was reset (`"unknown"`: a reason this SDK does not know yet). */
 export type ResetReason = "cursor_expired" | "epoch_changed" | "cursor_invalid" | "replay_too_large" | "unknown";
+/**
+ * Which recipients `listRecipients` lists, by their state as the caller may
+ * see it: everyone, those who read it, those who have it and have not read it
+ * (a recipient with read receipts turned off is listed here), or those none
+ * of whose devices has it yet.
+ */
+export type RecipientFilter = "all" | "read" | "delivered_only" | "not_delivered";
 
 // The generated enums' numbers (proto/receipts/v1/receipts.proto). A value
 // this SDK does not know (a newer server) reads as the state that claims the
@@ -48,6 +55,29 @@ export const conversationOutcome = (v: number): ConversationOutcome => CONVERSAT
 /** @internal */
 export const resetReason = (v: number): ResetReason => RESET_REASONS[v] ?? "unknown";
 
+// The other way, for requests: every filter has its number.
+const RECIPIENT_FILTERS: Record<RecipientFilter, pb.RecipientFilter> = {
+  all: 0,
+  read: 1,
+  delivered_only: 2,
+  not_delivered: 3,
+};
+
+/**
+ * The generated enum's number of a filter. A string that is not a
+ * `RecipientFilter` (from untyped code) throws a `TypeError` rather than
+ * listing everyone. @internal
+ */
+export function recipientFilter(filter: RecipientFilter, caller: string): pb.RecipientFilter {
+  const v = Object.hasOwn(RECIPIENT_FILTERS, filter) ? RECIPIENT_FILTERS[filter] : undefined;
+  if (v === undefined) {
+    throw new TypeError(
+      `${caller}: \`filter\` must be "all", "read", "delivered_only" or "not_delivered", got ${JSON.stringify(filter)}`,
+    );
+  }
+  return v;
+}
+
 /** The receipt state of one message, as the caller may see it. */
 export interface MessageReceipts {
   messageId: string;
@@ -69,8 +99,18 @@ export interface MessageReceipts {
   deliveredAt: Date | null;
   /** When the last recipient read it; `null` until every recipient has (as the caller sees it). */
   readAt: Date | null;
-  /** Per-recipient states: filled by `getReceipts(…, { includeRecipients: true })` and in direct-chat events. */
+  /**
+   * Per-recipient states, in user-id order: filled by `getReceipts(…, {
+   * includeRecipients: true })`, where it is the first page of the list (at
+   * most 50; see `recipientsNextPageToken`), and in direct-chat events.
+   */
   recipients: RecipientReceipt[];
+  /**
+   * Set when `recipients` is not the whole list (a group of more than one
+   * page): pass it as `pageToken` to `listRecipients` (this message, no
+   * filter) for the rest. `undefined` when `recipients` is complete.
+   */
+  recipientsNextPageToken?: string;
 }
 
 /** One recipient's state for one message. */
@@ -81,6 +121,17 @@ export interface RecipientReceipt {
   deliveredAt: Date | null;
   /** When the first read covering it was made; `null` if unread or hidden by the recipient's privacy settings. */
   readAt: Date | null;
+}
+
+/** One page of a message's recipients (`listRecipients`). */
+export interface RecipientPage {
+  /** The recipients the filter keeps, in user-id order; with a filter, possibly fewer than the page size (even none) while more follow. */
+  recipients: RecipientReceipt[];
+  /**
+   * Pass as `pageToken`, with the same message and filter, for the next
+   * page; `undefined` when the list is complete.
+   */
+  nextPageToken?: string;
 }
 
 /**
@@ -203,14 +254,17 @@ export interface ReceiptRange {
 /**
  * `message` with the state of `range` if the range covers its seq, else
  * `message` itself (the same object, so a UI can tell nothing changed). The
- * range must come from an event of the message's conversation.
+ * range must come from an event of the message's conversation. The range's
+ * recipients replace the message's, so a `recipientsNextPageToken` (which
+ * continued the replaced list) is dropped.
  */
 export function applyRange(message: MessageReceipts, range: ReceiptRange): MessageReceipts {
   if (message.seq < range.fromSeq || message.seq > range.toSeq) {
     return message;
   }
+  const { recipientsNextPageToken: _continued, ...rest } = message;
   return {
-    ...message,
+    ...rest,
     tick: range.tick,
     deliveredCount: range.deliveredCount,
     readCount: range.readCount,
@@ -276,6 +330,7 @@ export function messageReceipts(m: pb.MessageReceipts): MessageReceipts {
     deliveredAt: time(m.deliveredAtMs),
     readAt: time(m.readAtMs),
     recipients: m.recipients.map(recipientReceipt),
+    ...(m.recipientsNextPageToken !== "" && { recipientsNextPageToken: m.recipientsNextPageToken }),
   };
 }
 
@@ -285,6 +340,14 @@ function recipientReceipt(r: pb.RecipientReceipt): RecipientReceipt {
     state: recipientState(r.state),
     deliveredAt: time(r.deliveredAtMs),
     readAt: time(r.readAtMs),
+  };
+}
+
+/** @internal */
+export function recipientPage(r: pb.ListRecipientsResponse): RecipientPage {
+  return {
+    recipients: r.recipients.map(recipientReceipt),
+    ...(r.nextPageToken !== "" && { nextPageToken: r.nextPageToken }),
   };
 }
 

@@ -56,6 +56,46 @@ fn by_addressee<T>(items: impl IntoIterator<Item = (UserId, T)>) -> Vec<(UserId,
     out
 }
 
+/// `cmds` with every command of more than [`scripts::MAX_ARGS`] arguments
+/// whose reply is not among the last `replies` split into several of the
+/// same command, each under the limit: `HSET` and `ZADD` (without options)
+/// by field or member pairs, `SADD`, `SREM`, `ZREM` and `HDEL` by members.
+/// The same writes in the same atomic step; other commands are left as
+/// they are.
+fn split_long(cmds: Vec<Vec<Vec<u8>>>, replies: usize) -> Vec<Vec<Vec<u8>>> {
+    let kept_from = cmds.len().saturating_sub(replies);
+    let mut out = Vec::with_capacity(cmds.len());
+    for (i, cmd) in cmds.into_iter().enumerate() {
+        if cmd.len() <= scripts::MAX_ARGS || i >= kept_from {
+            out.push(cmd);
+            continue;
+        }
+        let name = cmd[0].to_ascii_uppercase();
+        let step = match name.as_slice() {
+            b"HSET" => 2,
+            // A plain ZADD starts with a score; one with options is kept.
+            b"ZADD" if std::str::from_utf8(&cmd[2]).is_ok_and(|s| s.parse::<f64>().is_ok()) => 2,
+            b"SADD" | b"SREM" | b"ZREM" | b"HDEL" => 1,
+            _ => {
+                out.push(cmd);
+                continue;
+            }
+        };
+        let (head, rest) = cmd.split_at(2);
+        if rest.len() % step != 0 {
+            out.push(cmd);
+            continue;
+        }
+        let per = (scripts::MAX_ARGS - 2) / step * step;
+        for part in rest.chunks(per) {
+            let mut c = head.to_vec();
+            c.extend_from_slice(part);
+            out.push(c);
+        }
+    }
+    out
+}
+
 pub(super) async fn backoff() {
     let ms = rand::random_range(1..8u64);
     tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -91,6 +131,7 @@ impl Inner {
         events: Option<(&ConversationId, &[Event])>,
     ) -> StoreResult<Applied> {
         self.backlog_room()?;
+        let cmds = split_long(cmds, replies);
         let mut inv = scripts::APPLY.key(&versioned);
         for key in lifetime {
             inv.key(key);
@@ -614,5 +655,56 @@ impl Inner {
             return Err(contended(&c));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod split_tests {
+    use super::*;
+
+    fn args(parts: &[&str]) -> Vec<Vec<u8>> {
+        parts.iter().map(|p| p.as_bytes().to_vec()).collect()
+    }
+
+    #[test]
+    fn long_variadic_commands_are_split_under_the_limit_and_keep_every_argument() {
+        let fields: Vec<String> = (0..3_000).map(|i| format!("f{i}")).collect();
+        let mut hset = args(&["HSET", "k"]);
+        for f in &fields {
+            hset.extend(args(&[f, "v"]));
+        }
+        let short = args(&["HSET", "k", "a", "b"]);
+        let mut kept = args(&["SADD", "s"]);
+        kept.extend(fields.iter().map(|f| f.as_bytes().to_vec()));
+        let out = split_long(vec![hset.clone(), short.clone(), kept.clone()], 1);
+        let parts: Vec<&Vec<Vec<u8>>> = out.iter().filter(|c| c[1] == b"k").collect();
+        assert!(parts.len() > 2, "the long HSET is split");
+        assert!(parts.iter().all(|c| c.len() <= scripts::MAX_ARGS));
+        let rejoined: Vec<Vec<u8>> = parts
+            .iter()
+            .flat_map(|c| {
+                if c.len() == 4 && c[2] == b"a" {
+                    vec![]
+                } else {
+                    c[2..].to_vec()
+                }
+            })
+            .collect();
+        assert_eq!(rejoined, hset[2..].to_vec(), "every pair, in order");
+        assert!(out.contains(&short));
+        assert_eq!(
+            out.last(),
+            Some(&kept),
+            "a command whose reply is kept stays whole"
+        );
+        let mut gt = args(&["ZADD", "z", "GT"]);
+        for f in &fields {
+            gt.extend(args(&["1", f]));
+        }
+        assert_eq!(
+            split_long(vec![gt.clone()], 0),
+            vec![gt],
+            "options: left whole"
+        );
     }
 }

@@ -5,15 +5,23 @@
 use redis::Script;
 use std::sync::LazyLock;
 
+/// The most arguments one command given to [`APPLY`] may have: the script
+/// runs it with `unpack`, and Lua's stack takes at most 8,000 values (a
+/// command of a 10,000-member group's memberships failed with "too many
+/// results to unpack"). Longer writes are split into several commands.
+pub const MAX_ARGS: usize = 2_000;
+
 /// Compare-and-apply. KEYS[1]: a hash whose field `v` is the version;
 /// KEYS[2..]: the keys that share its lifetime (a conversation's; none for
 /// other hashes). ARGV: expected version, queue registration time in ms (0:
 /// none), lease in ms, now (ms, the node's clock), the TTL (s), how often
 /// the lifetime is refreshed (ms), number of commands, how many of the last
 /// commands' replies to return, then each command as its argument count
-/// followed by its arguments (all keys in KEYS[1]'s slot; an `HSET` of
-/// KEYS[1] itself whose reply is not asked for is folded into the script's
-/// own `HSET` of the version, one command for both); then a queue
+/// followed by its arguments (all keys in KEYS[1]'s slot; a short `HSET`
+/// of KEYS[1] itself whose reply is not asked for is folded into the
+/// script's own `HSET` of the version, one command for both: at most 64
+/// arguments in all, far below what Lua's `unpack` takes; callers keep each
+/// command under [`MAX_ARGS`] arguments for the same reason); then a queue
 /// index and a queue to register in it now (Redis clock) in the same atomic
 /// step, or two empty strings: only on a single Redis server, where one
 /// script may touch the index too (on a cluster it lives in another slot, so
@@ -84,7 +92,7 @@ for c = 1, ncmds do
   local name = string.upper(ARGV[i + 1])
   local key = ARGV[i + 2]
   local r
-  if name == 'HSET' and key == KEYS[1] and c < kept_from then
+  if name == 'HSET' and key == KEYS[1] and c < kept_from and #own + n <= 64 then
     for j = i + 3, i + n do own[#own + 1] = ARGV[j] end
   else
     r = redis.call(unpack(ARGV, i + 1, i + n))

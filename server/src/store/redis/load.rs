@@ -3,6 +3,10 @@
 
 use super::*;
 
+/// Sharing settings read from Scylla at once when Redis has none of them
+/// (see [`Inner::sharing_of`]).
+const SHARING_READS_IN_FLIGHT: usize = 64;
+
 /// What is known of one conversation at one version.
 pub(super) struct View {
     pub(super) c: ConversationId,
@@ -452,37 +456,52 @@ impl Inner {
             p.cmd("HMGET").arg(self.keys.sharing(u)).arg("s").arg("v");
         }
         let rows: Vec<(Option<String>, Option<u64>)> = self.pipe(&p).await?;
+        // Those Redis does not have come from Scylla, concurrently (a new
+        // group of 10,000 users would otherwise wait for 10,000 reads one
+        // after the other), and are cached in one pipeline.
+        let missing: Vec<UserId> = users
+            .iter()
+            .zip(&rows)
+            .filter(|(_, row)| !matches!(row, (Some(_), Some(_))))
+            .map(|(u, _)| *u)
+            .collect();
+        let mut persisted: Vec<Option<(bool, u64)>> = Vec::with_capacity(missing.len());
+        for chunk in missing.chunks(SHARING_READS_IN_FLIGHT) {
+            let reads = chunk.iter().map(|u| self.scylla.sharing(*u));
+            persisted.extend(futures::future::try_join_all(reads).await?);
+        }
+        let mut fetched: HashMap<UserId, (bool, u64)> = HashMap::with_capacity(missing.len());
+        let mut p = redis::pipe();
+        for (u, persisted) in missing.iter().zip(persisted) {
+            let (s, v) = persisted.unwrap_or((true, 0));
+            // Re-warm only if still absent; a concurrent change wins.
+            // "Never set" is cached too (the default at version 0), so that
+            // a user who never changed the setting is not asked of Scylla on
+            // every call, nor during its outage.
+            p.cmd("HSETNX")
+                .arg(self.keys.sharing(u))
+                .arg("v")
+                .arg(v)
+                .ignore()
+                .cmd("HSETNX")
+                .arg(self.keys.sharing(u))
+                .arg("s")
+                .arg(if s { "1" } else { "0" })
+                .ignore()
+                .cmd("EXPIRE")
+                .arg(self.keys.sharing(u))
+                .arg(self.ttl())
+                .ignore();
+            fetched.insert(*u, (s, v));
+        }
+        if !missing.is_empty() {
+            self.pipe::<()>(&p).await?;
+        }
         let mut out = Vec::with_capacity(users.len());
         for (u, row) in users.iter().zip(rows) {
             match row {
                 (Some(s), Some(v)) => out.push((s == "1", v)),
-                _ => {
-                    let persisted = self.scylla.sharing(*u).await?;
-                    let (s, v) = persisted.unwrap_or((true, 0));
-                    // Re-warm only if still absent; a concurrent change wins.
-                    // "Never set" is cached too (the default at version 0),
-                    // so that a user who never changed the setting is not
-                    // asked of Scylla on every call, nor during its outage.
-                    {
-                        let mut p = redis::pipe();
-                        p.cmd("HSETNX")
-                            .arg(self.keys.sharing(u))
-                            .arg("v")
-                            .arg(v)
-                            .ignore()
-                            .cmd("HSETNX")
-                            .arg(self.keys.sharing(u))
-                            .arg("s")
-                            .arg(if s { "1" } else { "0" })
-                            .ignore()
-                            .cmd("EXPIRE")
-                            .arg(self.keys.sharing(u))
-                            .arg(self.ttl())
-                            .ignore();
-                        self.pipe::<()>(&p).await?;
-                    }
-                    out.push((s, v));
-                }
+                _ => out.push(fetched[u]),
             }
         }
         Ok(out)

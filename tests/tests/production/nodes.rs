@@ -779,3 +779,60 @@ async fn recipients_of_a_conversation_written_before_the_member_list_are_all_lis
     assert_eq!((complete.as_deref(), size), (Some("1"), 7));
     assert!(ttl > 0, "the list expires with the conversation: {ttl}");
 }
+
+/// A group of 10,000 members (`--max-members`' default) works on the
+/// production tier: its creation writes one command of 20,000 membership
+/// fields, which the commit splits (Lua's `unpack` takes at most 8,000
+/// values), and its members' settings come from Scylla concurrently; a
+/// read, the counts and a page of its recipients follow.
+#[tokio::test]
+async fn a_group_of_ten_thousand_members_is_created_and_served() {
+    let tier = Tier::new().await;
+    let node = tier.node().await;
+    let mut backend = node.backend().await;
+    let mut group = Conversation::create(&mut backend, 10_000).await;
+    let sender = group.members[0];
+    let m = group.send(&mut backend, sender).await;
+    let mut reader = node.user(group.members[1]).await;
+    read_up_to(&mut reader, group.id, m).await;
+    let mut sender_client = node.user(sender).await;
+    let counts = counts_only(&mut sender_client, group.id, m).await;
+    assert_eq!(
+        (
+            counts.read_count,
+            counts.delivered_count,
+            counts.recipients_total
+        ),
+        (1, 1, 9_999)
+    );
+    let page = list_recipients(
+        &mut sender_client,
+        group.id,
+        m,
+        pb::RecipientFilter::Read,
+        10,
+        "",
+    )
+    .await
+    .expect("a page");
+    let mut listed = page.recipients;
+    let mut token = page.next_page_token;
+    while !token.is_empty() {
+        let next = list_recipients(
+            &mut sender_client,
+            group.id,
+            m,
+            pb::RecipientFilter::Read,
+            10,
+            &token,
+        )
+        .await
+        .expect("a page");
+        listed.extend(next.recipients);
+        token = next.next_page_token;
+    }
+    assert_eq!(
+        listed.iter().map(|r| r.user_id.clone()).collect::<Vec<_>>(),
+        vec![group.members[1].to_string()]
+    );
+}

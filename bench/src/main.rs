@@ -12,6 +12,7 @@
 //!     --redis-url redis://127.0.0.1:6379 --redis-benchmark /usr/bin/redis-benchmark
 //! ```
 
+mod large_group;
 mod noop;
 mod plot;
 mod redis_ceiling;
@@ -127,6 +128,18 @@ struct Args {
     /// growth per registered message.
     #[arg(long, value_name = "URL")]
     redis_url: Option<String>,
+    /// Instead of the load run: what one call costs in a group of each of
+    /// these sizes (comma separated), call by call with nothing else running
+    /// (see `large_group.rs`); with --redis-url, its Redis commands and CPU.
+    #[arg(long, value_name = "SIZES", value_delimiter = ',')]
+    large_groups: Vec<usize>,
+    /// Calls of each kind per size in --large-groups.
+    #[arg(long, default_value_t = 30)]
+    large_group_rounds: usize,
+    /// The server's --group-window-ms, for --large-groups (it waits three
+    /// windows for the summary's flush).
+    #[arg(long, default_value_t = 1000)]
+    large_group_window_ms: u64,
     /// After the run, this redis-benchmark binary is run against
     /// --redis-url with --concurrency clients (`-t hset,get`, HGETALL, HMGET,
     /// ZRANGEBYSCORE on small keys under `bench:`), for the Redis ceiling in
@@ -381,6 +394,22 @@ async fn main() -> anyhow::Result<()> {
         Some(s) => Auth::Secret(s.clone()),
         None => Auth::Dev,
     };
+    if !args.large_groups.is_empty() {
+        let rows = large_group::run(
+            &url,
+            &auth,
+            &args.large_groups,
+            args.large_group_rounds,
+            Duration::from_millis(args.large_group_window_ms),
+            probe,
+        )
+        .await?;
+        if let Some(path) = &args.json {
+            std::fs::write(path, serde_json::to_string_pretty(&rows)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        return Ok(());
+    }
     eprintln!(
         "setting up {} on {url} …",
         kinds

@@ -33,7 +33,7 @@ pub enum Auth {
 }
 
 impl Auth {
-    fn user(&self, url: &str, id: Uuid) -> anyhow::Result<Client> {
+    pub(crate) fn user(&self, url: &str, id: Uuid) -> anyhow::Result<Client> {
         let b = Client::builder(url).retry(RetryPolicy::none());
         let b = match self {
             Auth::Dev => b.dev_user(id),
@@ -42,9 +42,21 @@ impl Auth {
         Ok(b.connect_lazy()?)
     }
 
-    fn service(&self, url: &str) -> anyhow::Result<Client> {
+    pub(crate) fn service(&self, url: &str) -> anyhow::Result<Client> {
+        self.service_with_timeout(url, std::time::Duration::from_secs(10))
+    }
+
+    /// A backend client whose calls may take up to `timeout` (creating a
+    /// group of 10,000 takes seconds).
+    pub(crate) fn service_with_timeout(
+        &self,
+        url: &str,
+        timeout: std::time::Duration,
+    ) -> anyhow::Result<Client> {
         let id = Uuid::now_v7();
-        let b = Client::builder(url).retry(RetryPolicy::none());
+        let b = Client::builder(url)
+            .retry(RetryPolicy::none())
+            .timeout(timeout);
         let b = match self {
             Auth::Dev => b.dev_service(id),
             Auth::Secret(s) => b.token(token(s, id, receipts_server::auth::Role::Service)?),

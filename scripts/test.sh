@@ -119,6 +119,10 @@ target/debug/receipts-bench --spawn target/debug/receiptd \
   --direct 10 --groups 20:2 --devices 1 --warmup-secs 1 --duration-secs 2 \
   --redis-url "$RECEIPTS_TEST_REDIS" --redis-benchmark "$(command -v redis-benchmark)" \
   --redis-benchmark-requests 5000 --json "$BENCH/redis.json"
+# The per-call costs in large groups (--large-groups), small here.
+target/debug/receipts-bench --spawn target/debug/receiptd \
+  --server-arg=--group-window-ms --server-arg=200 --large-group-window-ms 200 \
+  --large-groups 50,200 --large-group-rounds 3 --json "$BENCH/large.json"
 node -e 'const fs = require("fs"), dir = process.argv[1];
   const fail = (m) => { console.error("receipts-bench: " + m); process.exit(1); };
   const e = JSON.parse(fs.readFileSync(dir + "/embedded.json", "utf8"));
@@ -129,5 +133,8 @@ node -e 'const fs = require("fs"), dir = process.argv[1];
   const r = JSON.parse(fs.readFileSync(dir + "/redis.json", "utf8"));
   if (!(r.receipts_rpcs > 0 && r.redis.window.commands_per_receipts_rpc > 0 &&
         r.redis.benchmark.ceiling_receipts_rpc_per_sec > 0))
-    fail("redis report is missing numbers");' "$BENCH"
+    fail("redis report is missing numbers");
+  const l = JSON.parse(fs.readFileSync(dir + "/large.json", "utf8"));
+  if (!(l.length === 12 && l.every((row) => row.call === "window flush (one summary)" || row.rounds > 0)))
+    fail("large-groups report is missing rows");' "$BENCH"
 rm -rf "$BENCH"

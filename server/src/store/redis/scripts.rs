@@ -20,7 +20,8 @@ pub const MAX_ARGS: usize = 2_000;
 /// followed by its arguments (all keys in KEYS[1]'s slot; a short `HSET`
 /// of KEYS[1] itself whose reply is not asked for is folded into the
 /// script's own `HSET` of the version, one command for both: at most 64
-/// arguments in all, far below what Lua's `unpack` takes; callers keep each
+/// folded values, far below what Lua's `unpack` takes, written before any
+/// later `HSET` of KEYS[1] that is not folded; callers keep each
 /// command under [`MAX_ARGS`] arguments for the same reason); then a queue
 /// index and a queue to register in it now (Redis clock) in the same atomic
 /// step, or two empty strings: only on a single Redis server, where one
@@ -92,9 +93,14 @@ for c = 1, ncmds do
   local name = string.upper(ARGV[i + 1])
   local key = ARGV[i + 2]
   local r
-  if name == 'HSET' and key == KEYS[1] and c < kept_from and #own + n <= 64 then
+  if name == 'HSET' and key == KEYS[1] and c < kept_from and #own + n - 2 <= 64 then
     for j = i + 3, i + n do own[#own + 1] = ARGV[j] end
   else
+    if name == 'HSET' and key == KEYS[1] and #own > 0 then
+      -- Fields folded so far go first: a later HSET of the same field wins.
+      redis.call('HSET', KEYS[1], unpack(own))
+      own = {}
+    end
     r = redis.call(unpack(ARGV, i + 1, i + n))
   end
   if shared[key] and not reads[name] then

@@ -548,7 +548,7 @@ impl ReceiptStore for EmbeddedStore {
         self.read(move |t| {
             t.authorize(&conversation, &viewer, "conversation_id")?;
             let m = t.message_in(&conversation, message, "message_id")?;
-            let (members, more_after) = t.members_after(&conversation, after, budget)?;
+            let (members, more_after) = t.members_after(&conversation, after, budget.max(1))?;
             let ctx = t.context_of(&conversation, members)?;
             let views = t
                 .states(&ctx, &[m], |_| viewer, true)?

@@ -628,6 +628,7 @@ impl ReceiptStore for RedisStore {
     ) -> StoreResult<domain::Examined> {
         let s = &self.inner;
         let c = conversation;
+        let budget = budget.max(1);
         let members = |rewarmed: bool| async move {
             let reply: Option<(Vec<String>, Vec<Option<Vec<u8>>>)> = scripts::MEMBERS_AFTER
                 .key(s.keys.meta(&c))
@@ -673,10 +674,14 @@ impl ReceiptStore for RedisStore {
             .transpose()?;
         let mut page = Vec::with_capacity(ids.len().min(budget));
         for (id, m) in ids.iter().zip(memberships).take(budget) {
-            let m = m.ok_or_else(|| corrupt("member list entry without a membership"))?;
             let u = parse_uuid(id)?;
             page.push(u);
-            view.members.insert(u, dec(&m, "membership")?);
+            // An id the meta hash does not have (the list outlived a meta
+            // hash re-warmed from a Scylla that lacks the member) is no
+            // member: examined, not listed.
+            if let Some(m) = m {
+                view.members.insert(u, dec(&m, "membership")?);
+            }
         }
         if !page.is_empty() {
             let mut wms = redis::cmd("HMGET");

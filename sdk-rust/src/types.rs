@@ -70,7 +70,7 @@ pub struct MessageReceipts {
     /// Per-recipient states, when asked for (and in direct-chat events): at
     /// most the first 50 by user id (see `recipients_next_page_token`).
     pub recipients: Vec<RecipientReceipt>,
-    /// Set when `recipients` is only the first page of the list: pass it to
+    /// Set when the list may go on past `recipients`: pass it to
     /// [`crate::Client::list_recipients`] (with this message and
     /// [`RecipientFilter::All`]) for the rest.
     pub recipients_next_page_token: Option<String>,
@@ -106,8 +106,10 @@ impl RecipientFilter {
 /// One page of a message's recipients.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecipientPage {
-    /// The recipients the filter keeps, in user-id order. With a filter a
-    /// page may hold fewer than asked for (even none) while more follow.
+    /// The recipients the filter keeps, in user-id order. A page may hold
+    /// fewer than asked for (even none) while more follow, with a filter or
+    /// without (a page examines a bounded number of members, recipients or
+    /// not): page until `next_page_token` is `None`.
     pub recipients: Vec<RecipientReceipt>,
     /// The token for the next page; `None` when the list is complete.
     pub next_page_token: Option<String>,

@@ -136,9 +136,10 @@ export async function getReceipts(
  * (default `"all"`) keeps some, `pageSize` (default 50, at most 500) bounds
  * the page, and `pageToken` (a page's `nextPageToken`, or a
  * `recipientsNextPageToken` with no filter) continues a listing of the same
- * message with the same filter. With a filter a page may hold fewer entries
- * than `pageSize`, even none, while more follow: page until `nextPageToken`
- * is `undefined`.
+ * message with the same filter. A page may hold fewer entries than
+ * `pageSize`, even none, while more follow (each call examines a bounded
+ * number of members, recipients or not), with a filter or without: page
+ * until `nextPageToken` is `undefined`.
  */
 export async function listRecipients(
   connection: ReceiptsConnection,

@@ -106,9 +106,10 @@ export interface MessageReceipts {
    */
   recipients: RecipientReceipt[];
   /**
-   * Set when `recipients` is not the whole list (a group of more than one
+   * Set when the list may go on past `recipients` (a group of more than one
    * page): pass it as `pageToken` to `listRecipients` (this message, no
-   * filter) for the rest. `undefined` when `recipients` is complete.
+   * filter) for the rest, which may turn out empty. `undefined` when
+   * `recipients` is complete.
    */
   recipientsNextPageToken?: string;
 }
@@ -125,7 +126,7 @@ export interface RecipientReceipt {
 
 /** One page of a message's recipients (`listRecipients`). */
 export interface RecipientPage {
-  /** The recipients the filter keeps, in user-id order; with a filter, possibly fewer than the page size (even none) while more follow. */
+  /** The recipients the filter keeps, in user-id order; possibly fewer than the page size (even none) while more follow, with a filter or without. */
   recipients: RecipientReceipt[];
   /**
    * Pass as `pageToken`, with the same message and filter, for the next

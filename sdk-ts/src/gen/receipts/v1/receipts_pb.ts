@@ -363,8 +363,11 @@ export type MessageReceipts = Message<"receipts.v1.MessageReceipts"> & {
   recipients: RecipientReceipt[];
 
   /**
-   * Set when `recipients` is not the whole list: pass it to `ListRecipients`
-   * (with this message and no filter) for the rest.
+   * Set when the list may go on past `recipients`: pass it to
+   * `ListRecipients` (with this message and no filter) for the rest (which
+   * may turn out empty). The counts above and this page are read one after
+   * the other, so under concurrent writes one may include a change the other
+   * does not yet.
    *
    * @generated from field: string recipients_next_page_token = 13;
    */
@@ -438,9 +441,10 @@ export const ListRecipientsRequestSchema: GenMessage<ListRecipientsRequest> = /*
 export type ListRecipientsResponse = Message<"receipts.v1.ListRecipientsResponse"> & {
   /**
    * The recipients the filter keeps, in user-id order. Each call examines a
-   * bounded number of members, so with a filter a page may hold fewer than
-   * `page_size` (even none) while more follow: page until `next_page_token`
-   * is empty.
+   * bounded number of members (recipients or not: the sender, members who
+   * joined after the message or left before it), so a page may hold fewer
+   * than `page_size` (even none) while more follow, with a filter or
+   * without: page until `next_page_token` is empty.
    *
    * @generated from field: repeated receipts.v1.RecipientReceipt recipients = 1;
    */

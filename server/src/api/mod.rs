@@ -86,12 +86,7 @@ impl Api {
         self.quotas.write(me.id)?;
         Ok(me)
     }
-}
 
-/// Counts the events of one stream batch and, for live direct receipts,
-/// how long the receipt took to get here: a direct conversation's event
-/// carries the write's own time as its newest delivered/read time.
-impl Api {
     /// One page of `message`'s recipients, as `viewer` may see them: the
     /// store examines a bounded number of members, `domain` picks the page.
     async fn recipient_page(
@@ -135,6 +130,9 @@ fn token(
     .unwrap_or_default()
 }
 
+/// Counts the events of one stream batch and, for live direct receipts,
+/// how long the receipt took to get here: a direct conversation's event
+/// carries the write's own time as its newest delivered/read time.
 fn observe_event(metrics: &Metrics, body: &domain::EventBody, live: bool) {
     use domain::EventBody as B;
     let source = if live { "live" } else { "replay" };

@@ -61,6 +61,7 @@ async fn main() -> anyhow::Result<()> {
         seq: 1,
         sender_id: alice,
         sent_at: None,
+        thread_root_message_id: None,
     };
     backend
         .register_messages(&[message(hello, direct), message(lunch, group)])

@@ -130,6 +130,7 @@ pub async fn run(
                 seq,
                 sender_id: sender,
                 sent_at: None,
+                thread_root_message_id: None,
             })
             .collect();
         backend.register_messages(&msgs).await?;

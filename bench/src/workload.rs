@@ -377,6 +377,7 @@ impl Generator {
                         seq: c.next_seq + i as u64,
                         sender_id: c.sender,
                         sent_at: None,
+                        thread_root_message_id: None,
                     })
                     .collect();
                 self.backend.register_messages(&msgs).await?;

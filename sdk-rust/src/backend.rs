@@ -100,6 +100,10 @@ impl BackendClient {
                         seq: m.seq as i64,
                         sender_id: m.sender_id.to_string(),
                         sent_at_ms: m.sent_at.map(millis).unwrap_or(0),
+                        thread_root_message_id: m
+                            .thread_root_message_id
+                            .map(|r| r.to_string())
+                            .unwrap_or_default(),
                     })
                     .collect(),
             };

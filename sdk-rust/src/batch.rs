@@ -73,13 +73,15 @@ impl<T: Send + 'static> Worker<T> {
 #[derive(Debug)]
 struct ReadMark {
     conversation: Uuid,
+    thread: Option<Uuid>,
     message: Uuid,
     seq: u64,
 }
 
 /// Turns a stream of "this message is now visible" into at most one
-/// MarkReadUpTo per conversation per interval, always for the highest seq
-/// seen. Made by [`Client::read_marker`].
+/// MarkReadUpTo per timeline (a conversation's main timeline, or one of its
+/// threads) per interval, always for the highest seq seen. Made by
+/// [`Client::read_marker`].
 ///
 /// ```no_run
 /// # async fn demo(client: receipts_sdk::Client, chat: uuid::Uuid, msgs: Vec<(uuid::Uuid, u64)>) -> Result<(), receipts_sdk::Error> {
@@ -106,11 +108,27 @@ impl ReadMarker {
         }
     }
 
-    /// Notes that `message` (at `seq`) of `conversation` is visible. Lower
-    /// seqs than one already noted are ignored.
+    /// Notes that `message` (at `seq`) of `conversation`'s main timeline is
+    /// visible. Lower seqs than one already noted in the main timeline are
+    /// ignored. A message of a thread goes to [`ReadMarker::mark_in_thread`].
     pub fn mark(&self, conversation: Uuid, message: Uuid, seq: u64) {
         self.worker.send(ReadMark {
             conversation,
+            thread: None,
+            message,
+            seq,
+        });
+    }
+
+    /// Notes that `message` (at `seq`) of the thread under `root` in
+    /// `conversation` is visible. Each thread keeps its own highest seq,
+    /// apart from the main timeline's: a read in a thread reads nothing
+    /// outside it, so it never stands in for a main-timeline read (nor the
+    /// other way round).
+    pub fn mark_in_thread(&self, conversation: Uuid, root: Uuid, message: Uuid, seq: u64) {
+        self.worker.send(ReadMark {
+            conversation,
+            thread: Some(root),
             message,
             seq,
         });
@@ -132,15 +150,15 @@ async fn read_task(
     interval: Duration,
     mut rx: mpsc::UnboundedReceiver<Cmd<ReadMark>>,
 ) {
-    let mut pending: HashMap<Uuid, (u64, Uuid)> = HashMap::new();
+    let mut pending: HashMap<(Uuid, Option<Uuid>), (u64, Uuid)> = HashMap::new();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
     loop {
         tokio::select! {
             cmd = rx.recv() => match cmd {
-                Some(Cmd::Item(ReadMark { conversation, message, seq })) => {
-                    let e = pending.entry(conversation).or_insert((seq, message));
+                Some(Cmd::Item(ReadMark { conversation, thread, message, seq })) => {
+                    let e = pending.entry((conversation, thread)).or_insert((seq, message));
                     if seq > e.0 {
                         *e = (seq, message);
                     }
@@ -166,14 +184,16 @@ async fn read_task(
 
 async fn flush_reads(
     client: &Client,
-    pending: &mut HashMap<Uuid, (u64, Uuid)>,
+    pending: &mut HashMap<(Uuid, Option<Uuid>), (u64, Uuid)>,
 ) -> Result<(), Error> {
     let mut first_error = None;
-    for (conversation, (seq, message)) in std::mem::take(pending) {
+    for ((conversation, thread), (seq, message)) in std::mem::take(pending) {
         if let Err(e) = client.mark_read_up_to(conversation, message).await {
             if e.is_transient() {
                 // Keep it for the next tick unless something newer came in.
-                pending.entry(conversation).or_insert((seq, message));
+                pending
+                    .entry((conversation, thread))
+                    .or_insert((seq, message));
             }
             first_error.get_or_insert(e);
         }

@@ -685,6 +685,14 @@ impl Client {
             read_up_to_seq: r.read_up_to_seq.max(0) as u64,
             advanced: r.advanced,
             unread_count: r.unread_count.max(0) as u64,
+            thread_root_message_id: optional_uuid(
+                "thread_root_message_id",
+                &r.thread_root_message_id,
+            )?,
+            conversation_unread_count: conversation_unread(
+                r.unread_count,
+                r.conversation_unread_count,
+            ),
         })
     }
 
@@ -806,19 +814,64 @@ impl Client {
                     unread_count: c.unread_count.max(0) as u64,
                     read_up_to_seq: c.read_up_to_seq.max(0) as u64,
                     last_seq: c.last_seq.max(0) as u64,
+                    main_unread_count: c.main_unread_count.max(0) as u64,
+                    threads: c
+                        .threads
+                        .into_iter()
+                        .map(|t| {
+                            Ok(ThreadUnread {
+                                thread_root_message_id: uuid(
+                                    "thread_root_message_id",
+                                    &t.thread_root_message_id,
+                                )?,
+                                unread_count: t.unread_count.max(0) as u64,
+                                read_up_to_seq: t.read_up_to_seq.max(0) as u64,
+                                last_seq: t.last_seq.max(0) as u64,
+                            })
+                        })
+                        .collect::<Result<_, Error>>()?,
                 })
             })
             .collect()
     }
 
-    /// Marks up to 500 conversations read up to their latest message.
+    /// Marks up to 500 conversations read up to their latest message, in
+    /// their main timeline and every thread.
     pub async fn mark_conversations_read(
         &self,
         conversation_ids: &[Uuid],
     ) -> Result<Vec<ConversationRead>, Error> {
-        let req = proto::MarkConversationsReadRequest {
+        self.mark_read(proto::MarkConversationsReadRequest {
             conversation_ids: ids(conversation_ids),
-        };
+            threads: Vec::new(),
+        })
+        .await
+    }
+
+    /// Marks up to 500 threads, each `(conversation, root message)`, read up
+    /// to their latest message; one result each, with
+    /// `thread_root_message_id` set.
+    pub async fn mark_threads_read(
+        &self,
+        threads: &[(Uuid, Uuid)],
+    ) -> Result<Vec<ConversationRead>, Error> {
+        self.mark_read(proto::MarkConversationsReadRequest {
+            conversation_ids: Vec::new(),
+            threads: threads
+                .iter()
+                .map(|(c, root)| proto::ThreadRef {
+                    conversation_id: c.to_string(),
+                    thread_root_message_id: root.to_string(),
+                })
+                .collect(),
+        })
+        .await
+    }
+
+    async fn mark_read(
+        &self,
+        req: proto::MarkConversationsReadRequest,
+    ) -> Result<Vec<ConversationRead>, Error> {
         let r = self
             .unary(req, |ch, r| async move {
                 UserStub::new(ch).mark_conversations_read(r).await
@@ -832,6 +885,10 @@ impl Client {
                     outcome: outcome(c.outcome),
                     read_up_to_seq: c.read_up_to_seq.max(0) as u64,
                     advanced: c.advanced,
+                    thread_root_message_id: optional_uuid(
+                        "thread_root_message_id",
+                        &c.thread_root_message_id,
+                    )?,
                 })
             })
             .collect()

@@ -43,6 +43,7 @@
 //!         seq: 1,
 //!         sender_id: alice,
 //!         sent_at: None,
+//!         thread_root_message_id: None,
 //!     }])
 //!     .await?;
 //!
@@ -144,8 +145,8 @@ pub use trace::TraceContext;
 pub use types::{
     ConversationOutcome, ConversationRead, Cursor, Delivery, DeliveryOutcome, MembershipChanged,
     MessageReceipts, NewMessage, ReadPosition, ReadReceipts, ReceiptRange, RecipientFilter,
-    RecipientPage, RecipientReceipt, RecipientState, ResetReason, Snapshot, Tick, UnreadCount,
-    Watermark,
+    RecipientPage, RecipientReceipt, RecipientState, ResetReason, Snapshot, ThreadUnread, Tick,
+    UnreadCount, Watermark,
 };
 
 /// The generated protobuf types and tonic clients, for what this crate does not

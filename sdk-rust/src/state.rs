@@ -37,7 +37,8 @@ struct Inner {
     messages: HashMap<Uuid, MessageReceipts>,
     /// (conversation, seq) → message: what ranges apply to.
     by_seq: BTreeMap<(Uuid, u64), Uuid>,
-    watermarks: HashMap<Uuid, Watermark>,
+    /// By (conversation, thread root): `None` is the main timeline.
+    watermarks: HashMap<(Uuid, Option<Uuid>), Watermark>,
     cursor: Option<Cursor>,
 }
 
@@ -132,8 +133,15 @@ impl ReceiptState {
                     }
                 }
             }
-            Event::Watermark(w) if inner.watermarks.get(&w.conversation_id) != Some(w) => {
-                inner.watermarks.insert(w.conversation_id, w.clone());
+            Event::Watermark(w)
+                if inner
+                    .watermarks
+                    .get(&(w.conversation_id, w.thread_root_message_id))
+                    != Some(w) =>
+            {
+                inner
+                    .watermarks
+                    .insert((w.conversation_id, w.thread_root_message_id), w.clone());
                 changed.push(w.conversation_id);
             }
             Event::Reset(snapshot) => {
@@ -147,7 +155,9 @@ impl ReceiptState {
                     inner.put(m.clone());
                 }
                 for w in &snapshot.watermarks {
-                    inner.watermarks.insert(w.conversation_id, w.clone());
+                    inner
+                        .watermarks
+                        .insert((w.conversation_id, w.thread_root_message_id), w.clone());
                 }
                 // Everything was replaced, even with an empty snapshot.
                 drop(inner);
@@ -201,10 +211,23 @@ impl ReceiptState {
         self.lock().messages.get(&message_id).map(|m| m.seq)
     }
 
-    /// Your read position and unread count in a conversation, once the
-    /// stream or a snapshot told it.
+    /// Your read position and unread count in a conversation's main
+    /// timeline (with the conversation's unread count, threads included),
+    /// once the stream or a snapshot told it.
     pub fn watermark(&self, conversation_id: Uuid) -> Option<Watermark> {
-        self.lock().watermarks.get(&conversation_id).cloned()
+        self.lock()
+            .watermarks
+            .get(&(conversation_id, None))
+            .cloned()
+    }
+
+    /// Your read position and unread count in the thread under `root`,
+    /// once the stream or a snapshot told it.
+    pub fn thread_watermark(&self, conversation_id: Uuid, root: Uuid) -> Option<Watermark> {
+        self.lock()
+            .watermarks
+            .get(&(conversation_id, Some(root)))
+            .cloned()
     }
 
     /// Where [`ReceiptState::follow`] resumes: the cursor of the last event

@@ -201,8 +201,13 @@ pub struct ReadPosition {
     pub read_up_to_seq: u64,
     /// Whether this call moved it.
     pub advanced: bool,
-    /// Your unread count in the conversation.
+    /// Your unread count in the timeline read (the main one, or the thread).
     pub unread_count: u64,
+    /// The thread read (its root message); `None` for the main timeline.
+    pub thread_root_message_id: Option<Uuid>,
+    /// Your unread count in the whole conversation: main timeline plus
+    /// threads.
+    pub conversation_unread_count: u64,
 }
 
 /// The outcome for one conversation of a bulk call.
@@ -224,11 +229,30 @@ pub struct UnreadCount {
     pub conversation_id: Uuid,
     /// Whether it could be counted.
     pub outcome: ConversationOutcome,
-    /// Messages others sent after your watermark.
+    /// Messages others sent after your read position in their timeline:
+    /// the main timeline's and every thread's.
     pub unread_count: u64,
-    /// Your watermark.
+    /// Your watermark in the main timeline.
     pub read_up_to_seq: u64,
     /// The highest registered seq.
+    pub last_seq: u64,
+    /// The main timeline's unread messages alone.
+    pub main_unread_count: u64,
+    /// The threads with unread messages, highest root first (at most 100;
+    /// all are in `unread_count`).
+    pub threads: Vec<ThreadUnread>,
+}
+
+/// The unread badge of one thread.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ThreadUnread {
+    /// The thread's root message.
+    pub thread_root_message_id: Uuid,
+    /// Messages of the thread others sent after your position in it.
+    pub unread_count: u64,
+    /// Your position in the thread (0 before any read).
+    pub read_up_to_seq: u64,
+    /// The highest seq registered in the thread.
     pub last_seq: u64,
 }
 
@@ -239,10 +263,13 @@ pub struct ConversationRead {
     pub conversation_id: Uuid,
     /// Whether it could be marked.
     pub outcome: ConversationOutcome,
-    /// Your watermark after the call.
+    /// Your watermark after the call (the main timeline's, or the
+    /// thread's).
     pub read_up_to_seq: u64,
-    /// Whether it moved.
+    /// Whether it moved (for a conversation: any of its timelines).
     pub advanced: bool,
+    /// The thread, for a result of [`crate::Client::mark_threads_read`].
+    pub thread_root_message_id: Option<Uuid>,
 }
 
 /// Your read position in one conversation (pushed when any of your devices
@@ -251,10 +278,15 @@ pub struct ConversationRead {
 pub struct Watermark {
     /// The conversation.
     pub conversation_id: Uuid,
-    /// Your read watermark.
+    /// Your read watermark in the timeline.
     pub read_up_to_seq: u64,
-    /// Your unread count.
+    /// Your unread count in the timeline.
     pub unread_count: u64,
+    /// The thread (its root message); `None` for the main timeline.
+    pub thread_root_message_id: Option<Uuid>,
+    /// Your unread count in the whole conversation (main timeline plus
+    /// threads).
+    pub conversation_unread_count: u64,
 }
 
 /// Why the server could not resume from your cursor.
@@ -313,6 +345,37 @@ pub struct NewMessage {
     pub sender_id: Uuid,
     /// When it was sent; `None` means "now".
     pub sent_at: Option<SystemTime>,
+    /// The thread it belongs to (its root: an earlier main-timeline message
+    /// of the conversation); `None` for the main timeline.
+    pub thread_root_message_id: Option<Uuid>,
+}
+
+impl NewMessage {
+    /// This message, in the thread under `root`.
+    pub fn in_thread(self, root: Uuid) -> Self {
+        Self {
+            thread_root_message_id: Some(root),
+            ..self
+        }
+    }
+}
+
+/// A conversation's unread count as a server sends it beside a timeline's:
+/// a server from before threads sends 0, and the timeline is the
+/// conversation then.
+pub(crate) fn conversation_unread(timeline: i64, conversation: i64) -> u64 {
+    match conversation {
+        0 => timeline.max(0) as u64,
+        n => n.max(0) as u64,
+    }
+}
+
+/// An optional id field: empty is `None`.
+pub(crate) fn optional_uuid(field: &str, s: &str) -> Result<Option<Uuid>, Error> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    uuid(field, s).map(Some)
 }
 
 pub(crate) fn time(ms: i64) -> Option<SystemTime> {
@@ -429,6 +492,14 @@ impl TryFrom<proto::WatermarkSync> for Watermark {
             conversation_id: uuid("conversation_id", &w.conversation_id)?,
             read_up_to_seq: w.read_up_to_seq.max(0) as u64,
             unread_count: w.unread_count.max(0) as u64,
+            thread_root_message_id: optional_uuid(
+                "thread_root_message_id",
+                &w.thread_root_message_id,
+            )?,
+            conversation_unread_count: conversation_unread(
+                w.unread_count,
+                w.conversation_unread_count,
+            ),
         })
     }
 }

@@ -453,6 +453,7 @@ pub async fn sdk_chat(backend: &receipts_sdk::BackendClient, members: &[Uuid]) -
             seq: 1,
             sender_id: members[0],
             sent_at: None,
+            thread_root_message_id: None,
         }])
         .await
         .expect("register the message");
@@ -553,6 +554,7 @@ pub fn registration(
         seq,
         sender_id: sender.to_string(),
         sent_at_ms: 0,
+        thread_root_message_id: String::new(),
     }
 }
 

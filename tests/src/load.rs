@@ -506,6 +506,7 @@ pub async fn writer(
                 seq: next_seq + i,
                 sender_id: chat.sender,
                 sent_at: None,
+                thread_root_message_id: None,
             })
             .collect();
         // The same ids and seqs until acknowledged: registration is

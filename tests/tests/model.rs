@@ -1,5 +1,7 @@
 //! Property test: random interleavings of registrations, deliveries and reads
 //! from several devices — with duplicates, reordering, privacy toggles,
+//! messages in threads (read positions per thread, on the stores that hold
+//! threads),
 //! members leaving and joining again, deliveries of several messages at once
 //! and messages registered late into a gap below later ones (which must not
 //! be delivered by a run of deliveries written before them) — end in exactly
@@ -40,6 +42,15 @@ enum Op {
     Skip,
     /// User registers a message late, into a gap (index, modulo).
     Fill(usize, usize),
+    /// User registers the next message in the thread under a main-timeline
+    /// message (index among them, modulo): on stores that hold threads.
+    Reply(usize, usize),
+}
+
+/// Whether the store under test holds threads (the production tier refuses
+/// them: docs/semantics.md, "Threads").
+fn threads() -> bool {
+    matches!(TestStore::from_env(), TestStore::Embedded)
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -52,6 +63,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..USERS, 0..4u64).prop_map(|(u, back)| Op::Join(u, back)),
         1 => Just(Op::Skip),
         1 => (0..USERS, 0..8usize).prop_map(|(u, g)| Op::Fill(u, g)),
+        2 => (0..USERS, 0..8usize).prop_map(|(u, r)| Op::Reply(u, r)),
     ]
 }
 
@@ -59,12 +71,15 @@ fn op() -> impl Strategy<Value = Op> {
 #[derive(Default)]
 struct Model {
     messages: Vec<(u64, usize)>, // (seq, sender), in registration order
+    /// Each message's timeline: 0 (main) or its thread root's seq.
+    timelines: Vec<u64>,
     /// Seqs skipped and not registered yet.
     gaps: Vec<u64>,
     next: u64,
     delivered: HashSet<(usize, usize)>,
-    watermark: HashMap<usize, u64>,
-    public_watermark: HashMap<usize, u64>,
+    /// Read positions by (user, timeline).
+    watermark: HashMap<(usize, u64), u64>,
+    public_watermark: HashMap<(usize, u64), u64>,
     private: HashSet<usize>,
     /// Membership intervals per user: (from, until).
     intervals: HashMap<usize, Vec<(u64, Option<u64>)>>,
@@ -98,10 +113,24 @@ impl Model {
             .any(|&(from, until)| from <= seq && until.is_none_or(|x| seq < x))
     }
 
+    /// The main-timeline messages (indexes), in registration order.
+    fn main_messages(&self) -> Vec<usize> {
+        (0..self.messages.len())
+            .filter(|m| self.timelines[*m] == 0)
+            .collect()
+    }
+
+    /// The root a `Reply` goes under, if any.
+    fn root(&self, r: usize) -> Option<usize> {
+        let roots = self.main_messages();
+        (!roots.is_empty()).then(|| roots[r % roots.len()])
+    }
+
     /// Whether the server accepts `op` (else the test does not send it).
     fn allows(&self, op: &Op) -> bool {
         match *op {
             Op::Send(u) | Op::Deliver(u, ..) | Op::Read(u, _) => self.current(u),
+            Op::Reply(u, r) => threads() && self.current(u) && self.root(r).is_some(),
             Op::Share(..) | Op::Skip => true,
             // The backend registers only from a member at the seq.
             Op::Fill(u, g) => self.gap(g).is_some_and(|seq| self.member_at(u, seq)),
@@ -134,6 +163,14 @@ impl Model {
             Op::Send(u) => {
                 let seq = self.next_seq();
                 self.messages.push((seq, u));
+                self.timelines.push(0);
+                self.next += 1;
+            }
+            Op::Reply(u, r) => {
+                let root = self.messages[self.root(r).expect("allowed")].0;
+                let seq = self.next_seq();
+                self.messages.push((seq, u));
+                self.timelines.push(root);
                 self.next += 1;
             }
             Op::Skip => {
@@ -144,6 +181,7 @@ impl Model {
                 if let Some(seq) = self.gap(g) {
                     self.gaps.retain(|s| *s != seq);
                     self.messages.push((seq, u));
+                    self.timelines.push(0);
                 }
             }
             Op::Deliver(u, i, n) => {
@@ -164,12 +202,12 @@ impl Model {
             }
             Op::Read(u, i) => {
                 if let Some(m) = self.pick(i) {
-                    let seq = self.messages[m].0;
-                    let wm = self.watermark.entry(u).or_default();
+                    let (seq, timeline) = (self.messages[m].0, self.timelines[m]);
+                    let wm = self.watermark.entry((u, timeline)).or_default();
                     if seq > *wm {
                         *wm = seq;
                         if !self.private.contains(&u) {
-                            self.public_watermark.insert(u, seq);
+                            self.public_watermark.insert((u, timeline), seq);
                         }
                     }
                 }
@@ -199,11 +237,16 @@ impl Model {
     /// (state per recipient) of message `m` as `viewer` sees it.
     fn view(&self, viewer: usize, m: usize) -> Vec<(usize, pb::RecipientState)> {
         let (seq, sender) = self.messages[m];
+        let timeline = self.timelines[m];
         (0..USERS)
             .filter(|u| *u != sender && self.member_at(*u, seq))
             .map(|u| {
-                let wm = self.watermark.get(&u).copied().unwrap_or(0);
-                let public = self.public_watermark.get(&u).copied().unwrap_or(0);
+                let wm = self.watermark.get(&(u, timeline)).copied().unwrap_or(0);
+                let public = self
+                    .public_watermark
+                    .get(&(u, timeline))
+                    .copied()
+                    .unwrap_or(0);
                 let read = if viewer == u {
                     wm >= seq
                 } else {
@@ -262,6 +305,23 @@ async fn run_case(server: &TestServer, ops: &[Op]) -> Result<(), TestCaseError> 
                 ids.push(conv.send(&mut backend, users[u]).await);
             }
             Op::Skip => conv.set_next_seq(conv.next_seq() + 1),
+            Op::Reply(u, r) => {
+                let seq = conv.next_seq();
+                let root = ids[model.root(r).expect("allowed")];
+                let id = Uuid::now_v7();
+                backend
+                    .register_messages(pb::RegisterMessagesRequest {
+                        messages: vec![pb::MessageRegistration {
+                            thread_root_message_id: root.to_string(),
+                            ..registration(id, conv.id, seq, users[u])
+                        }],
+                    })
+                    .await
+                    .expect("register in a thread");
+                conv.set_next_seq(seq + 1);
+                placed.push((seq, u, false));
+                ids.push(id);
+            }
             Op::Fill(u, g) => {
                 let seq = model.gap(g).expect("allowed") as i64;
                 let id = Uuid::now_v7();
@@ -486,6 +546,7 @@ fn applied(
 fn op_user(op: &Op) -> usize {
     match *op {
         Op::Send(u)
+        | Op::Reply(u, _)
         | Op::Deliver(u, ..)
         | Op::Read(u, _)
         | Op::Share(u, _)

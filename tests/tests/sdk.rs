@@ -44,6 +44,7 @@ async fn chat(url: &str, n: usize, k: u64) -> (Uuid, Vec<Uuid>, Vec<Uuid>) {
             seq,
             sender_id: members[0],
             sent_at: None,
+            thread_root_message_id: None,
         })
         .collect();
     assert_eq!(b.register_messages(&msgs).await.unwrap(), k);
@@ -260,6 +261,7 @@ async fn sdk_maps_every_status_to_a_typed_error() {
         seq: 2,
         sender_id: Uuid::now_v7(),
         sent_at: None,
+        thread_root_message_id: None,
     };
     match b.register_messages(&[not_member]).await {
         Err(Error::FailedPrecondition(s)) => assert!(s.message().contains("sender_id")),

@@ -663,6 +663,7 @@ async fn mark_conversations_read_gives_a_result_per_conversation() {
                 theirs.id.to_string(),
                 unknown.to_string(),
             ],
+            threads: Vec::new(),
         })
         .await
         .unwrap()

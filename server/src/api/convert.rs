@@ -246,7 +246,16 @@ pub(crate) fn event(body: &domain::EventBody) -> pb::subscribe_receipts_response
             conversation,
             read_up_to,
             unread,
-        } => E::Watermark(watermark(conversation, *read_up_to, *unread)),
+        } => E::Watermark(watermark(&domain::ReadPosition {
+            conversation: *conversation,
+            thread: None,
+            read_up_to: *read_up_to,
+            unread: *unread,
+            // Logged before threads: the conversation's count is the
+            // timeline's.
+            conversation_unread: *unread,
+        })),
+        domain::EventBody::Position(p) => E::Watermark(watermark(p)),
         domain::EventBody::Ranges {
             conversation,
             group,
@@ -260,13 +269,28 @@ pub(crate) fn event(body: &domain::EventBody) -> pb::subscribe_receipts_response
     }
 }
 
-/// Encodes a watermark sync.
-pub(crate) fn watermark(c: &Uuid, read_up_to: u64, unread: u64) -> pb::WatermarkSync {
+/// Encodes a read position (a watermark sync).
+pub(crate) fn watermark(p: &domain::ReadPosition) -> pb::WatermarkSync {
     pb::WatermarkSync {
-        conversation_id: c.to_string(),
-        read_up_to_seq: read_up_to as i64,
-        unread_count: unread as i64,
+        conversation_id: p.conversation.to_string(),
+        read_up_to_seq: p.read_up_to as i64,
+        unread_count: p.unread as i64,
+        thread_root_message_id: thread_id(p.thread),
+        conversation_unread_count: p.conversation_unread as i64,
     }
+}
+
+/// A thread's root in the API: empty for the main timeline.
+pub(crate) fn thread_id(root: Option<Uuid>) -> String {
+    root.map(|r| r.to_string()).unwrap_or_default()
+}
+
+/// Parses an optional UUID field (empty: `None`).
+pub(crate) fn optional_uuid(field: impl Field, value: &str) -> Result<Option<Uuid>, ServiceError> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    uuid(field, value).map(Some)
 }
 
 /// Encodes a reset.
@@ -283,10 +307,6 @@ pub(crate) fn reset(
             R::TooLarge => pb::ResetReason::ReplayTooLarge,
         } as i32,
         recent_messages: snapshot.recent_messages.iter().map(message_state).collect(),
-        watermarks: snapshot
-            .watermarks
-            .iter()
-            .map(|(c, wm, unread)| watermark(c, *wm, *unread))
-            .collect(),
+        watermarks: snapshot.watermarks.iter().map(watermark).collect(),
     }
 }

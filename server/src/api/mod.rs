@@ -141,7 +141,7 @@ fn observe_event(metrics: &Metrics, body: &domain::EventBody, live: bool) {
             group, messages, ..
         } => (*group, messages.iter().map(|m| &m.aggregate).collect()),
         B::Ranges { group, ranges, .. } => (*group, ranges.iter().map(|r| &r.aggregate).collect()),
-        B::Watermark { .. } => {
+        B::Watermark { .. } | B::Position(_) => {
             let labels = EventLabels {
                 kind: "watermark",
                 conversation: "-",
@@ -255,6 +255,8 @@ impl pb::receipt_service_server::ReceiptService for Api {
             read_up_to_seq: out.read_up_to as i64,
             advanced: out.advanced,
             unread_count: out.unread as i64,
+            thread_root_message_id: convert::thread_id(out.thread),
+            conversation_unread_count: out.conversation_unread as i64,
         }))
     }
 
@@ -518,6 +520,17 @@ impl pb::receipt_service_server::ReceiptService for Api {
                     unread_count: c.unread as i64,
                     read_up_to_seq: c.read_up_to as i64,
                     last_seq: c.last_seq as i64,
+                    main_unread_count: c.main_unread as i64,
+                    threads: c
+                        .threads
+                        .iter()
+                        .map(|t| pb::ThreadUnread {
+                            thread_root_message_id: t.root.to_string(),
+                            unread_count: t.unread as i64,
+                            read_up_to_seq: t.read_up_to as i64,
+                            last_seq: t.last_seq as i64,
+                        })
+                        .collect(),
                 })
                 .collect(),
         }))
@@ -528,14 +541,38 @@ impl pb::receipt_service_server::ReceiptService for Api {
         req: Request<pb::MarkConversationsReadRequest>,
     ) -> Result<Response<pb::MarkConversationsReadResponse>, Status> {
         let me = self.writer(&req)?;
-        let ids = uuids(
-            "conversation_ids",
-            &req.get_ref().conversation_ids,
-            self.limits.max_bulk_conversations,
-        )?;
+        let r = req.get_ref();
+        let max = self.limits.max_bulk_conversations;
+        // Either list may be empty, not both; each has the bulk limit.
+        if r.conversation_ids.is_empty() && r.threads.is_empty() {
+            return Err(ServiceError::invalid(
+                "conversation_ids",
+                "must not be empty (name at least one conversation, or a thread in `threads`)",
+            )
+            .into());
+        }
+        let ids = match r.conversation_ids.len() {
+            0 => Vec::new(),
+            _ => uuids("conversation_ids", &r.conversation_ids, max)?,
+        };
+        if !r.threads.is_empty() {
+            check_len("threads", r.threads.len(), max)?;
+        }
+        let threads = r
+            .threads
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let f = |name: &'static str| move || format!("threads[{i}].{name}");
+                Ok((
+                    uuid(f("conversation_id"), &t.conversation_id)?,
+                    uuid(f("thread_root_message_id"), &t.thread_root_message_id)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, ServiceError>>()?;
         let results = self
             .store
-            .mark_conversations_read(me.id, ids, domain::now_millis())
+            .mark_conversations_read(me.id, ids, threads, domain::now_millis())
             .await?;
         Ok(Response::new(pb::MarkConversationsReadResponse {
             results: results
@@ -545,6 +582,7 @@ impl pb::receipt_service_server::ReceiptService for Api {
                     outcome: convert::outcome(r.outcome) as i32,
                     read_up_to_seq: r.read.read_up_to as i64,
                     advanced: r.read.advanced,
+                    thread_root_message_id: convert::thread_id(r.read.thread),
                 })
                 .collect(),
         }))
@@ -669,6 +707,7 @@ impl pb::receipt_backend_service_server::ReceiptBackendService for Api {
         check_len("messages", msgs.len(), self.limits.max_batch)?;
         let now = domain::now_millis();
         let mut out = Vec::with_capacity(msgs.len());
+        let mut roots = Vec::with_capacity(msgs.len());
         for (i, m) in msgs.iter().enumerate() {
             let f = |name: &'static str| move || format!("messages[{i}].{name}");
             if m.sent_at_ms < 0 {
@@ -683,8 +722,16 @@ impl pb::receipt_backend_service_server::ReceiptBackendService for Api {
                 sender: uuid(f("sender_id"), &m.sender_id)?,
                 sent_at: if m.sent_at_ms == 0 { now } else { m.sent_at_ms },
             });
+            roots.push(convert::optional_uuid(
+                f("thread_root_message_id"),
+                &m.thread_root_message_id,
+            )?);
         }
-        let registered = self.store.register_messages(out).await?;
+        let registered = if roots.iter().any(Option::is_some) {
+            self.store.register_in_threads(out, roots).await?
+        } else {
+            self.store.register_messages(out).await?
+        };
         Ok(Response::new(pb::RegisterMessagesResponse {
             registered: registered as i64,
         }))

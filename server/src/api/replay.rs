@@ -143,7 +143,7 @@ pub(crate) async fn refresh(
                     out.push(Event { offset, user, body });
                 }
             }
-            EventBody::Watermark { .. } => out.push(e),
+            EventBody::Watermark { .. } | EventBody::Position(_) => out.push(e),
         }
     }
     Ok(out)

@@ -85,6 +85,10 @@ pub enum EventBody {
         /// Disjoint ranges, in seq order.
         ranges: Vec<RangeState>,
     },
+    /// The subscriber's own read position in one timeline (the main one or a
+    /// thread) moved; what every store logs since threads (`Watermark` is
+    /// still read from older logs).
+    Position(super::ReadPosition),
 }
 
 /// An event in the replay log, addressed to one user.
@@ -110,7 +114,7 @@ pub fn coalesce(events: Vec<Event>) -> Vec<Event> {
     use std::collections::{HashMap, HashSet};
     let mut later_msgs: HashSet<(ConversationId, Seq)> = HashSet::new();
     let mut later_ranges: HashMap<ConversationId, Covered> = HashMap::new();
-    let mut later_wms: HashSet<ConversationId> = HashSet::new();
+    let mut later_wms: HashSet<(ConversationId, Option<MessageId>)> = HashSet::new();
     let mut kept: Vec<Event> = events
         .into_iter()
         .rev()
@@ -141,7 +145,10 @@ pub fn coalesce(events: Vec<Event>) -> Vec<Event> {
                     }
                     !ranges.is_empty()
                 }
-                EventBody::Watermark { conversation, .. } => later_wms.insert(*conversation),
+                EventBody::Watermark { conversation, .. } => {
+                    later_wms.insert((*conversation, None))
+                }
+                EventBody::Position(p) => later_wms.insert((p.conversation, p.thread)),
             };
             keep.then_some(e)
         })

@@ -34,6 +34,7 @@ pub(crate) use event::tests as event_tests;
 mod membership;
 mod read;
 mod recipients;
+mod thread;
 mod view;
 
 pub use counting::{Counts, Party, PrefixIndex, Prefixes, SortedPrefixes, count, standing};
@@ -45,6 +46,10 @@ pub use read::{ReadWatermark, WatermarkAdvance};
 pub use recipients::{
     DEFAULT_PAGE_SIZE, Examined, MAX_PAGE_SIZE, PageToken, RecipientFilter, RecipientPage, page,
     page_size, scan_budget,
+};
+pub use thread::{
+    MAIN, MAX_LISTED_THREADS, ReadPosition, RootError, ThreadRoot, Timeline, conversation_unread,
+    covers, judge_root,
 };
 pub use view::{
     Aggregate, RecipientFacts, RecipientState, RecipientView, Tick, aggregate, recipient_view,

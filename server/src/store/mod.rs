@@ -133,15 +133,34 @@ impl DeliveryResult {
     }
 }
 
-/// The caller's read position after a read.
+/// The caller's read position in one timeline after a read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReadResult {
     /// The (true) watermark.
     pub read_up_to: Seq,
     /// Whether this call moved it.
     pub advanced: bool,
-    /// Unread messages after the call.
+    /// Unread messages in the timeline after the call.
     pub unread: u64,
+    /// The thread read (its root); `None` for the main timeline.
+    pub thread: Option<MessageId>,
+    /// Unread messages in the whole conversation after the call (main
+    /// timeline plus threads).
+    pub conversation_unread: u64,
+}
+
+impl ReadResult {
+    /// A result in the main timeline of a store without threads, where the
+    /// conversation's unread count is the timeline's.
+    pub fn main(read_up_to: Seq, advanced: bool, unread: u64) -> Self {
+        Self {
+            read_up_to,
+            advanced,
+            unread,
+            thread: None,
+            conversation_unread: unread,
+        }
+    }
 }
 
 /// Outcome for one conversation of a bulk call.
@@ -155,7 +174,9 @@ pub enum ConversationOutcome {
     PermissionDenied,
 }
 
-/// One MarkConversationsRead result.
+/// One MarkConversationsRead result: a conversation's (`read.thread` is
+/// `None`; `read` is its main timeline's, `advanced` if any timeline moved) or
+/// a thread's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConversationRead {
     /// The conversation.
@@ -167,17 +188,50 @@ pub struct ConversationRead {
 }
 
 /// One GetUnreadCounts result.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UnreadCount {
     /// The conversation.
     pub conversation: ConversationId,
     /// Whether it could be counted.
     pub outcome: ConversationOutcome,
-    /// Unread messages.
+    /// Unread messages: the main timeline's and every thread's.
     pub unread: u64,
-    /// The caller's watermark.
+    /// The caller's watermark in the main timeline.
     pub read_up_to: Seq,
     /// The highest registered seq.
+    pub last_seq: Seq,
+    /// Unread messages of the main timeline.
+    pub main_unread: u64,
+    /// The threads with unread messages, highest root first (at most
+    /// [`crate::domain::MAX_LISTED_THREADS`]).
+    pub threads: Vec<ThreadUnread>,
+}
+
+impl UnreadCount {
+    /// Nothing counted yet: `outcome` for `conversation`.
+    pub fn empty(conversation: ConversationId, outcome: ConversationOutcome) -> Self {
+        Self {
+            conversation,
+            outcome,
+            unread: 0,
+            read_up_to: 0,
+            last_seq: 0,
+            main_unread: 0,
+            threads: Vec::new(),
+        }
+    }
+}
+
+/// The unread count of one thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ThreadUnread {
+    /// The thread's root.
+    pub root: MessageId,
+    /// Unread messages of the thread.
+    pub unread: u64,
+    /// The caller's position in it.
+    pub read_up_to: Seq,
+    /// The highest seq registered in it.
     pub last_seq: Seq,
 }
 
@@ -204,8 +258,11 @@ pub struct MembershipResult {
 pub struct Snapshot {
     /// The caller's most recent sent messages, newest first.
     pub recent_messages: Vec<MessageState>,
-    /// The caller's watermark and unread count per conversation.
-    pub watermarks: Vec<(ConversationId, Seq, u64)>,
+    /// The caller's position and unread count in the main timeline of each
+    /// conversation, each followed by its positions in that conversation's
+    /// threads (those it read in, the highest roots first, at most
+    /// [`crate::domain::MAX_LISTED_THREADS`]).
+    pub watermarks: Vec<crate::domain::ReadPosition>,
 }
 
 /// What a subscriber gets before going live.
@@ -275,6 +332,27 @@ pub trait ReceiptStore: Send + Sync + std::fmt::Debug + 'static {
     /// Registers messages (all or nothing). Returns how many were new.
     async fn register_messages(&self, messages: Vec<NewMessage>) -> StoreResult<u64>;
 
+    /// Registers messages of which some belong to threads: `roots[i]` names
+    /// the root of `messages[i]`'s thread (`None`: the main timeline; the
+    /// rule is [`crate::domain::judge_root`]). A store without threads
+    /// refuses a batch naming a root with FAILED_PRECONDITION, changing
+    /// nothing.
+    async fn register_in_threads(
+        &self,
+        messages: Vec<NewMessage>,
+        roots: Vec<Option<MessageId>>,
+    ) -> StoreResult<u64> {
+        if let Some(i) = roots.iter().position(Option::is_some) {
+            return Err(ServiceError::FailedPrecondition {
+                field: format!("messages[{i}].thread_root_message_id"),
+                reason: "this server's store (redis-scylla) does not hold threads yet; only the \
+                         embedded store does (docs/semantics.md, \"Threads\")"
+                    .into(),
+            });
+        }
+        self.register_messages(messages).await
+    }
+
     /// Records deliveries by `user` of distinct messages (all checked before
     /// any is written); results in the order of `messages`.
     async fn mark_delivered(
@@ -293,11 +371,14 @@ pub trait ReceiptStore: Send + Sync + std::fmt::Debug + 'static {
         at: Millis,
     ) -> StoreResult<ReadResult>;
 
-    /// Marks conversations read up to their last message, one result each.
+    /// Marks conversations (every timeline) and then single threads
+    /// (`(conversation, root)`) read up to their last message, one result
+    /// each, in that order. A thread the store does not hold is `NotFound`.
     async fn mark_conversations_read(
         &self,
         user: UserId,
         conversations: Vec<ConversationId>,
+        threads: Vec<(ConversationId, MessageId)>,
         at: Millis,
     ) -> StoreResult<Vec<ConversationRead>>;
 
@@ -430,14 +511,15 @@ pub(crate) fn fold_member_changes(
 /// INVALID_ARGUMENT naming the later entry. Pure; both stores start here.
 pub(crate) fn distinct_registrations(
     messages: &[NewMessage],
+    root: impl Fn(usize) -> Option<MessageId>,
 ) -> Result<Vec<(usize, NewMessage)>, ServiceError> {
     use std::collections::HashMap;
     let mut seen_seq: HashMap<(ConversationId, Seq), MessageId> = HashMap::new();
-    let mut seen_id: HashMap<MessageId, NewMessage> = HashMap::new();
+    let mut seen_id: HashMap<MessageId, (NewMessage, Option<MessageId>)> = HashMap::new();
     let mut out = Vec::with_capacity(messages.len());
     for (i, m) in messages.iter().enumerate() {
         if let Some(prev) = seen_id.get(&m.id) {
-            if prev != m {
+            if *prev != (*m, root(i)) {
                 return Err(ServiceError::invalid(
                     format!("messages[{i}].message_id"),
                     "appears twice in the batch with different content",
@@ -445,7 +527,7 @@ pub(crate) fn distinct_registrations(
             }
             continue;
         }
-        seen_id.insert(m.id, *m);
+        seen_id.insert(m.id, (*m, root(i)));
         if let Some(other) = seen_seq.insert((m.conversation, m.seq), m.id) {
             return Err(ServiceError::invalid(
                 format!("messages[{i}].seq"),
@@ -458,22 +540,25 @@ pub(crate) fn distinct_registrations(
 }
 
 /// Judges registration `i` against what the store holds: the message
-/// already registered under its id, the message holding its seq, and whether
-/// its sender is a member at that seq. `Ok(true)`: new; `Ok(false)`: an
-/// identical re-registration (accepted, counts zero); otherwise the status
-/// naming the field.
+/// already registered under its id (with its thread root), the message
+/// holding its seq, and whether its sender is a member at that seq; `root`
+/// is the thread root the registration names. `Ok(true)`: new; `Ok(false)`:
+/// an identical re-registration (accepted, counts zero); otherwise the
+/// status naming the field.
 pub(crate) fn judge_registration(
     i: usize,
     m: &NewMessage,
-    existing: Option<NewMessage>,
+    root: Option<MessageId>,
+    existing: Option<(NewMessage, Option<MessageId>)>,
     seq_taken_by: Option<MessageId>,
     sender_is_member: bool,
 ) -> Result<bool, ServiceError> {
     let field = |f: &str| format!("messages[{i}].{f}");
-    if let Some(existing) = existing {
+    if let Some((existing, existing_root)) = existing {
         let same = existing.conversation == m.conversation
             && existing.seq == m.seq
-            && existing.sender == m.sender;
+            && existing.sender == m.sender
+            && existing_root == root;
         if same {
             return Ok(false);
         }
@@ -501,4 +586,22 @@ pub(crate) fn judge_registration(
         });
     }
     Ok(true)
+}
+
+/// The status for registration `i` whose thread root `root` was refused by
+/// [`crate::domain::judge_root`].
+pub(crate) fn root_refused(i: usize, root: MessageId, e: crate::domain::RootError) -> ServiceError {
+    use crate::domain::RootError;
+    let field = format!("messages[{i}].thread_root_message_id");
+    let reason = match e {
+        RootError::Unknown => return ServiceError::not_found(field, "message", root),
+        RootError::OtherConversation => format!("message {root} belongs to another conversation"),
+        RootError::InAThread => {
+            format!("message {root} is itself in a thread, and threads do not nest")
+        }
+        RootError::NotBefore => {
+            format!("message {root} does not come before this message (its seq is not lower)")
+        }
+    };
+    ServiceError::invalid(field, reason)
 }

@@ -92,6 +92,18 @@ impl ReceiptStore for ObservedStore {
             .await
     }
 
+    async fn register_in_threads(
+        &self,
+        messages: Vec<NewMessage>,
+        roots: Vec<Option<MessageId>>,
+    ) -> StoreResult<u64> {
+        self.observe(
+            "register_messages",
+            self.inner.register_in_threads(messages, roots),
+        )
+        .await
+    }
+
     async fn mark_delivered(
         &self,
         user: UserId,
@@ -123,11 +135,13 @@ impl ReceiptStore for ObservedStore {
         &self,
         user: UserId,
         conversations: Vec<ConversationId>,
+        threads: Vec<(ConversationId, MessageId)>,
         at: Millis,
     ) -> StoreResult<Vec<ConversationRead>> {
         self.observe(
             "mark_conversations_read",
-            self.inner.mark_conversations_read(user, conversations, at),
+            self.inner
+                .mark_conversations_read(user, conversations, threads, at),
         )
         .await
     }

@@ -148,6 +148,7 @@ async fn mark_conversations_read_reports_not_found_and_permission_denied_and_mar
         .await
         .mark_conversations_read(pb::MarkConversationsReadRequest {
             conversation_ids: ids(&[w.group.id, unknown, w.other.id]),
+            threads: Vec::new(),
         })
         .await
         .expect("bulk calls do not fail for one conversation")

@@ -204,6 +204,7 @@ async fn service_token_calling_user_calls_is_permission_denied() {
     let r = service
         .mark_conversations_read(pb::MarkConversationsReadRequest {
             conversation_ids: ids(&[w.group.id]),
+            threads: Vec::new(),
         })
         .await;
     expect_err(r, Code::PermissionDenied, &["user"]);

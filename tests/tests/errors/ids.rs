@@ -147,6 +147,7 @@ async fn mark_conversations_read_with_malformed_conversation_id_is_invalid_argum
         let r = b
             .mark_conversations_read(pb::MarkConversationsReadRequest {
                 conversation_ids: vec![w.group.id.to_string(), bad.into(), w.other.id.to_string()],
+                threads: Vec::new(),
             })
             .await;
         expect_err(r, Code::InvalidArgument, &["conversation_ids[1]"]);

@@ -182,6 +182,7 @@ async fn mark_conversations_read_over_500_conversations_is_invalid_argument_and_
     let r = b
         .mark_conversations_read(pb::MarkConversationsReadRequest {
             conversation_ids: bulk(&w, 501),
+            threads: Vec::new(),
         })
         .await;
     expect_err(
@@ -193,6 +194,7 @@ async fn mark_conversations_read_over_500_conversations_is_invalid_argument_and_
     let ok = b
         .mark_conversations_read(pb::MarkConversationsReadRequest {
             conversation_ids: bulk(&w, 500),
+            threads: Vec::new(),
         })
         .await
         .expect("500 is within the limit")

@@ -836,3 +836,48 @@ async fn a_group_of_ten_thousand_members_is_created_and_served() {
         vec![group.members[1].to_string()]
     );
 }
+
+/// The production tier does not hold threads yet (docs/semantics.md,
+/// "Threads"): a batch naming a thread root is refused with
+/// FAILED_PRECONDITION naming the field, and none of it is registered, so no
+/// node ever holds a thread it would count as main-timeline messages.
+#[tokio::test]
+async fn the_production_tier_refuses_a_thread_and_registers_nothing() {
+    let tier = Tier::new().await;
+    let node = tier.node().await;
+    let mut backend = node.backend().await;
+    let mut group = Conversation::create(&mut backend, 3).await;
+    let alice = group.members[0];
+    let root = group.send(&mut backend, alice).await;
+    let (plain, reply) = (Uuid::now_v7(), Uuid::now_v7());
+    let refused = backend
+        .register_messages(pb::RegisterMessagesRequest {
+            messages: vec![
+                registration(plain, group.id, 2, alice),
+                pb::MessageRegistration {
+                    thread_root_message_id: root.to_string(),
+                    ..registration(reply, group.id, 3, alice)
+                },
+            ],
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        refused
+            .message()
+            .contains("messages[1].thread_root_message_id"),
+        "{refused:?}"
+    );
+    let looked = node
+        .user(alice)
+        .await
+        .get_receipts(pb::GetReceiptsRequest {
+            conversation_id: group.id.to_string(),
+            message_ids: vec![plain.to_string()],
+            include_recipients: false,
+        })
+        .await
+        .expect_err("nothing of the batch is registered");
+    assert_eq!(looked.code(), tonic::Code::NotFound);
+}

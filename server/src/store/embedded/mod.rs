@@ -21,7 +21,7 @@
 use super::*;
 use crate::domain::{
     self, Aggregate, Delivery, EventBody, Membership, Message, ReadWatermark, RecipientFacts, Run,
-    Runs, WatermarkAdvance,
+    Runs, ThreadRoot, WatermarkAdvance,
 };
 use crate::fanout::{self, Window, Windows};
 use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition};
@@ -279,6 +279,15 @@ impl ReceiptStore for EmbeddedStore {
     }
 
     async fn register_messages(&self, messages: Vec<NewMessage>) -> StoreResult<u64> {
+        self.register_in_threads(messages, Vec::new()).await
+    }
+
+    async fn register_in_threads(
+        &self,
+        messages: Vec<NewMessage>,
+        roots: Vec<Option<MessageId>>,
+    ) -> StoreResult<u64> {
+        let root_of = move |i: usize| roots.get(i).copied().flatten();
         self.write(move |ctx| {
             // Validate the whole batch before writing anything. A batch is
             // usually one conversation and a few senders: each is read once.
@@ -289,7 +298,12 @@ impl ReceiptStore for EmbeddedStore {
             // Ids above the highest registered one are new without a lookup
             // (time-ordered ids, UUIDv7, mostly are).
             let highest = ctx.t.highest_message_id()?;
-            for (i, m) in distinct_registrations(&messages)? {
+            // The batch's messages judged so far, for roots named in it.
+            let mut in_batch: HashMap<MessageId, (ConversationId, Seq, Option<ThreadRoot>)> =
+                HashMap::new();
+            let mut fresh_threads: HashMap<MessageId, ThreadRoot> = HashMap::new();
+            for (i, m) in distinct_registrations(&messages, &root_of)? {
+                let root = root_of(i);
                 if let std::collections::hash_map::Entry::Vacant(e) =
                     last_seqs.entry(m.conversation)
                 {
@@ -306,6 +320,13 @@ impl ReceiptStore for EmbeddedStore {
                     ctx.t.message(&m.id)?
                 } else {
                     None
+                };
+                let existing = match existing {
+                    Some(e) => {
+                        let thread = ctx.t.thread_of(&e.conversation, e.seq)?;
+                        Some((e, thread.map(|t| t.id)))
+                    }
+                    None => None,
                 };
                 // Nothing is registered past the conversation's last seq, so
                 // appended messages (the common case) need no lookup.
@@ -324,9 +345,36 @@ impl ReceiptStore for EmbeddedStore {
                     }
                 };
                 let sender_is_member = membership.as_ref().is_some_and(|ms| ms.contains(m.seq));
-                if judge_registration(i, &m, existing, seq_taken_by, sender_is_member)? {
+                let thread = match root {
+                    Some(r) if existing.is_none() => {
+                        let found = match in_batch.get(&r) {
+                            Some(known) => Some(*known),
+                            None => match ctx.t.message(&r)? {
+                                Some(rm) => Some((
+                                    rm.conversation,
+                                    rm.seq,
+                                    ctx.t.thread_of(&rm.conversation, rm.seq)?,
+                                )),
+                                None => None,
+                            },
+                        };
+                        let seq = domain::judge_root(m.conversation, m.seq, found)
+                            .map_err(|e| root_refused(i, r, e))?;
+                        Some(ThreadRoot { id: r, seq })
+                    }
+                    _ => None,
+                };
+                let known_thread = match &existing {
+                    Some((e, _)) => ctx.t.thread_of(&e.conversation, e.seq)?,
+                    None => thread,
+                };
+                if judge_registration(i, &m, root, existing, seq_taken_by, sender_is_member)? {
                     fresh.push(m);
+                    if let Some(t) = thread {
+                        fresh_threads.insert(m.id, t);
+                    }
                 }
+                in_batch.insert(m.id, (m.conversation, m.seq, known_thread));
             }
             fresh.sort_by_key(|m| (m.conversation, m.seq));
             for m in &fresh {
@@ -336,6 +384,20 @@ impl ReceiptStore for EmbeddedStore {
                 }
                 *last = (*last).max(m.seq);
                 put(&mut ctx.t.messages, &k1(&m.id), &encode(m))?;
+                if let Some(t) = fresh_threads.get(&m.id) {
+                    let c = &m.conversation;
+                    put(
+                        &mut ctx.t.thread_of,
+                        &k_seq(c, m.seq),
+                        &thread_of_value(t, &m.sender),
+                    )?;
+                    put(
+                        &mut ctx.t.thread_msgs,
+                        &k_seq(&scope(c, t.seq), m.seq),
+                        m.sender.as_bytes(),
+                    )?;
+                    put(&mut ctx.t.thread_roots, &k_seq(c, t.seq), t.id.as_bytes())?;
+                }
             }
             // Consecutive seqs of one sender are one row by seq and one by
             // sender, however many messages they hold.
@@ -405,13 +467,36 @@ impl ReceiptStore for EmbeddedStore {
             let mut results = HashMap::with_capacity(named.len());
             for (c, msgs) in by_conv {
                 let membership = &memberships[&c];
-                let wm = ctx.t.watermark(&c, &user)?;
-                let mut seqs: Vec<Seq> = msgs.iter().map(|m| m.seq).collect();
-                seqs.sort_unstable();
-                let facts = ctx.t.track(&c, &user, &seqs, wm)?;
+                // Each message's reads are its timeline's: one position and
+                // one track per timeline the call names.
+                let (lo, hi) = (
+                    msgs.iter().map(|m| m.seq).min().unwrap_or(0),
+                    msgs.iter().map(|m| m.seq).max().unwrap_or(0),
+                );
+                let threads = ctx.t.threads_between(&c, lo, hi)?;
+                let timeline_of = |m: &Message| threads.get(&m.seq).map_or(domain::MAIN, |t| t.seq);
+                let mut read_facts: HashMap<domain::Timeline, (ReadWatermark, Track)> =
+                    HashMap::new();
+                for m in &msgs {
+                    let timeline = timeline_of(m);
+                    if read_facts.contains_key(&timeline) {
+                        continue;
+                    }
+                    let mut seqs: Vec<Seq> = msgs
+                        .iter()
+                        .filter(|x| timeline_of(x) == timeline)
+                        .map(|x| x.seq)
+                        .collect();
+                    seqs.sort_unstable();
+                    let wm = ctx.t.position(&c, &user, timeline)?;
+                    let hist = scope(&c, timeline);
+                    let track = ctx.t.track(&c, &hist, &user, &seqs, wm)?;
+                    read_facts.insert(timeline, (wm, track));
+                }
                 let mut new = Vec::new();
                 let mut touched = Vec::new();
                 for m in msgs {
+                    let (wm, facts) = &read_facts[&timeline_of(&m)];
                     let read_at = (wm.seq >= m.seq)
                         .then(|| Track::covering(&facts.read, m.seq))
                         .flatten();
@@ -460,8 +545,9 @@ impl ReceiptStore for EmbeddedStore {
                     format!("message {message} belongs to another conversation"),
                 ));
             }
+            let thread = ctx.t.thread_of(&conversation, m.seq)?;
             let at = ctx.stamp(at);
-            ctx.apply_read(&user, &conversation, &membership, m.seq, at)
+            ctx.apply_read(&user, &conversation, &membership, thread, m.seq, at)
         })
         .await
     }
@@ -470,34 +556,82 @@ impl ReceiptStore for EmbeddedStore {
         &self,
         user: UserId,
         conversations: Vec<ConversationId>,
+        threads: Vec<(ConversationId, MessageId)>,
         at: Millis,
     ) -> StoreResult<Vec<ConversationRead>> {
         self.write(move |ctx| {
             let at = ctx.stamp(at);
             let mut out = Vec::new();
-            for c in dedup(conversations) {
-                let none = ReadResult {
-                    read_up_to: 0,
-                    advanced: false,
-                    unread: 0,
+            let refused = |c: ConversationId, e: ServiceError, thread: Option<MessageId>| {
+                let outcome = match e {
+                    ServiceError::NotFound { .. } => ConversationOutcome::NotFound,
+                    ServiceError::PermissionDenied(_) => ConversationOutcome::PermissionDenied,
+                    e => return Err(e),
                 };
-                let (outcome, read) = match ctx.t.authorize(&c, &user, "conversation_ids") {
-                    Ok(membership) => {
-                        let last = ctx.t.last_seq(&c)?;
-                        (
-                            ConversationOutcome::Ok,
-                            ctx.apply_read(&user, &c, &membership, last, at)?,
-                        )
-                    }
-                    Err(ServiceError::NotFound { .. }) => (ConversationOutcome::NotFound, none),
-                    Err(ServiceError::PermissionDenied(_)) => {
-                        (ConversationOutcome::PermissionDenied, none)
-                    }
-                    Err(e) => return Err(e),
-                };
-                out.push(ConversationRead {
+                Ok(ConversationRead {
                     conversation: c,
                     outcome,
+                    read: ReadResult {
+                        thread,
+                        ..ReadResult::main(0, false, 0)
+                    },
+                })
+            };
+            for c in dedup(conversations) {
+                let membership = match ctx.t.authorize(&c, &user, "conversation_ids") {
+                    Ok(m) => m,
+                    Err(e) => {
+                        out.push(refused(c, e, None)?);
+                        continue;
+                    }
+                };
+                // Every timeline up to its last message; the result is the
+                // main timeline's, advanced if any timeline moved.
+                let mut moved = false;
+                for root in ctx.t.threads(&c)? {
+                    let last = ctx.t.last_in(&c, root.seq)?;
+                    moved |= ctx
+                        .apply_read(&user, &c, &membership, Some(root), last, at)?
+                        .advanced;
+                }
+                let last = ctx.t.last_in(&c, domain::MAIN)?;
+                let mut read = ctx.apply_read(&user, &c, &membership, None, last, at)?;
+                read.advanced |= moved;
+                out.push(ConversationRead {
+                    conversation: c,
+                    outcome: ConversationOutcome::Ok,
+                    read,
+                });
+            }
+            for (c, root) in dedup(threads) {
+                let membership = match ctx.t.authorize(&c, &user, "threads.conversation_id") {
+                    Ok(m) => m,
+                    Err(e) => {
+                        out.push(refused(c, e, Some(root))?);
+                        continue;
+                    }
+                };
+                // A thread is a main-timeline message of the conversation
+                // with a thread under it (or none yet: nothing to mark).
+                let root_seq = match ctx.t.message(&root)? {
+                    Some(m) if m.conversation == c && ctx.t.thread_of(&c, m.seq)?.is_none() => {
+                        m.seq
+                    }
+                    _ => {
+                        let e = ServiceError::not_found("threads", "thread", root);
+                        out.push(refused(c, e, Some(root))?);
+                        continue;
+                    }
+                };
+                let thread = ThreadRoot {
+                    id: root,
+                    seq: root_seq,
+                };
+                let last = ctx.t.last_in(&c, root_seq)?;
+                let read = ctx.apply_read(&user, &c, &membership, Some(thread), last, at)?;
+                out.push(ConversationRead {
+                    conversation: c,
+                    outcome: ConversationOutcome::Ok,
                     read,
                 });
             }
@@ -583,19 +717,20 @@ impl ReceiptStore for EmbeddedStore {
         self.read(move |t| {
             let mut out = Vec::new();
             for c in dedup(conversations) {
-                let mut r = UnreadCount {
-                    conversation: c,
-                    outcome: ConversationOutcome::Ok,
-                    unread: 0,
-                    read_up_to: 0,
-                    last_seq: 0,
-                };
+                let mut r = UnreadCount::empty(c, ConversationOutcome::Ok);
                 match t.authorize(&c, &user, "conversation_ids") {
                     Ok(membership) => {
-                        let wm = t.watermark(&c, &user)?;
-                        r.read_up_to = wm.seq;
+                        r.read_up_to = t.position(&c, &user, domain::MAIN)?.seq;
                         r.last_seq = t.last_seq(&c)?;
-                        r.unread = t.unread(&c, &user, wm.seq, &membership)?;
+                        let (main, threads) = t.unread_by_timeline(&c, &user, &membership)?;
+                        r.main_unread = main;
+                        r.unread =
+                            domain::conversation_unread(main, threads.iter().map(|t| t.unread));
+                        r.threads = threads
+                            .into_iter()
+                            .filter(|t| t.unread > 0)
+                            .take(domain::MAX_LISTED_THREADS)
+                            .collect();
                     }
                     Err(ServiceError::NotFound { .. }) => r.outcome = ConversationOutcome::NotFound,
                     Err(ServiceError::PermissionDenied(_)) => {

@@ -30,6 +30,14 @@ pub(super) const PRIVACY: Def = TableDefinition::new("privacy");
 pub(super) const EVENTS: Def = TableDefinition::new("events");
 pub(super) const EVENT_INDEX: Def = TableDefinition::new("event_index");
 pub(super) const PENDING: Def = TableDefinition::new("pending_windows");
+/// The thread of each thread message: `conv ‖ seq` → `root seq ‖ root id`
+/// (a message without a row is in the main timeline).
+pub(super) const THREAD_OF: Def = TableDefinition::new("thread_of");
+/// Each thread's messages: `scope ‖ seq` → sender, where the scope is
+/// [`scope`] of the thread.
+pub(super) const THREAD_MSGS: Def = TableDefinition::new("thread_messages");
+/// Each conversation's threads: `conv ‖ root seq` → root id.
+pub(super) const THREAD_ROOTS: Def = TableDefinition::new("thread_roots");
 
 pub(super) const META_EPOCH: &[u8] = b"epoch";
 pub(super) const META_NEXT_OFFSET: &[u8] = b"next_offset";
@@ -43,6 +51,19 @@ pub(super) const DENSE_SPAN_PER_MESSAGE: u64 = 8;
 /// Messages and conversations in a reset snapshot.
 pub(super) const SNAPSHOT_MESSAGES: usize = 200;
 pub(super) const SNAPSHOT_CONVERSATIONS: usize = 500;
+
+/// Where a timeline's read positions and histories are kept: under the
+/// conversation's id for the main timeline, and under an id derived from the
+/// conversation and the root's seq (a name-based UUID, version 5) for a
+/// thread, in the same tables (`watermarks`, `read_history`,
+/// `public_read_history`) and key layouts.
+pub(super) fn scope(c: &ConversationId, timeline: domain::Timeline) -> Uuid {
+    if timeline == domain::MAIN {
+        *c
+    } else {
+        Uuid::new_v5(c, &timeline.to_be_bytes())
+    }
+}
 
 pub(super) fn k1(a: &Uuid) -> [u8; 16] {
     *a.as_bytes()
@@ -115,6 +136,9 @@ pub(super) struct Tables<T> {
     pub(super) events: T,
     pub(super) event_index: T,
     pub(super) pending: T,
+    pub(super) thread_of: T,
+    pub(super) thread_msgs: T,
+    pub(super) thread_roots: T,
 }
 
 macro_rules! open_tables {
@@ -135,6 +159,9 @@ macro_rules! open_tables {
             events: $txn.open_table(EVENTS).map_err(storage)?,
             event_index: $txn.open_table(EVENT_INDEX).map_err(storage)?,
             pending: $txn.open_table(PENDING).map_err(storage)?,
+            thread_of: $txn.open_table(THREAD_OF).map_err(storage)?,
+            thread_msgs: $txn.open_table(THREAD_MSGS).map_err(storage)?,
+            thread_roots: $txn.open_table(THREAD_ROOTS).map_err(storage)?,
         }
     };
 }
@@ -342,11 +369,14 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
         Ok(out)
     }
 
-    /// What `u` did to the messages at `seqs` (ascending, distinct) of `c`.
-    /// Dense sets cost one range scan per table; sparse ones point reads.
+    /// What `u` did to the messages at `seqs` (ascending, distinct) of `c`,
+    /// all in the timeline whose read history is kept under `hist` (see
+    /// [`scope`]). Dense sets cost one range scan per table; sparse ones
+    /// point reads.
     pub(super) fn track(
         &self,
         c: &ConversationId,
+        hist: &Uuid,
         u: &UserId,
         seqs: &[Seq],
         wm: ReadWatermark,
@@ -360,10 +390,10 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
             // The history rows from `lo` to the first at or beyond `hi` hold
             // the first advancement covering each seq in between.
             if wm.seq >= lo {
-                t.read = Self::seq_rows(&self.read_hist, c, u, lo, u64::MAX, |s| s >= hi)?;
+                t.read = Self::seq_rows(&self.read_hist, hist, u, lo, u64::MAX, |s| s >= hi)?;
             }
             if wm.public_seq >= lo {
-                t.public = Self::seq_rows(&self.public_hist, c, u, lo, u64::MAX, |s| s >= hi)?;
+                t.public = Self::seq_rows(&self.public_hist, hist, u, lo, u64::MAX, |s| s >= hi)?;
             }
             return Ok(t);
         }
@@ -374,11 +404,11 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
             }
             if wm.seq >= seq {
                 t.read
-                    .extend(Self::first_covering(&self.read_hist, c, u, seq)?);
+                    .extend(Self::first_covering(&self.read_hist, hist, u, seq)?);
             }
             if wm.public_seq >= seq {
                 t.public
-                    .extend(Self::first_covering(&self.public_hist, c, u, seq)?);
+                    .extend(Self::first_covering(&self.public_hist, hist, u, seq)?);
             }
         }
         t.delivered = Runs::new(runs);
@@ -498,6 +528,202 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
         Ok(n)
     }
 
+    /// The thread of the message at `seq` of `c` (`None`: the main timeline).
+    pub(super) fn thread_of(
+        &self,
+        c: &ConversationId,
+        seq: Seq,
+    ) -> StoreResult<Option<ThreadRoot>> {
+        Ok(get_bytes(&self.thread_of, &k_seq(c, seq))?.map(|b| thread_root(&b)))
+    }
+
+    /// The thread messages of `c` at seqs in `lo..=hi`, with their threads
+    /// (one range scan; the seqs of `lo..=hi` without an entry are in the
+    /// main timeline).
+    pub(super) fn threads_between(
+        &self,
+        c: &ConversationId,
+        lo: Seq,
+        hi: Seq,
+    ) -> StoreResult<HashMap<Seq, ThreadRoot>> {
+        let mut out = HashMap::new();
+        if lo > hi {
+            return Ok(out);
+        }
+        let (lo, hi) = (k_seq(c, lo), k_seq(c, hi));
+        for entry in self
+            .thread_of
+            .range(lo.as_slice()..=hi.as_slice())
+            .map_err(storage)?
+        {
+            let (k, v) = entry.map_err(storage)?;
+            out.insert(u64_at(k.value(), 16), thread_root(v.value()));
+        }
+        Ok(out)
+    }
+
+    /// The threads of `c`, highest root first.
+    pub(super) fn threads(&self, c: &ConversationId) -> StoreResult<Vec<ThreadRoot>> {
+        let (lo, hi) = (k_seq(c, 0), k_seq(c, u64::MAX));
+        let mut out = Vec::new();
+        for entry in self
+            .thread_roots
+            .range(lo.as_slice()..=hi.as_slice())
+            .map_err(storage)?
+            .rev()
+        {
+            let (k, v) = entry.map_err(storage)?;
+            out.push(ThreadRoot {
+                seq: u64_at(k.value(), 16),
+                id: uuid_at(v.value(), 0),
+            });
+        }
+        Ok(out)
+    }
+
+    /// `u`'s read position in `timeline` of `c`.
+    pub(super) fn position(
+        &self,
+        c: &ConversationId,
+        u: &UserId,
+        timeline: domain::Timeline,
+    ) -> StoreResult<ReadWatermark> {
+        self.watermark(&scope(c, timeline), u)
+    }
+
+    /// The highest seq registered in `timeline` of `c`.
+    pub(super) fn last_in(
+        &self,
+        c: &ConversationId,
+        timeline: domain::Timeline,
+    ) -> StoreResult<Seq> {
+        if timeline == domain::MAIN {
+            // The last registered seq not in a thread: rows hold consecutive
+            // seqs, so this walks back over trailing thread messages only.
+            let (lo, hi) = (k_seq(c, 0), k_seq(c, u64::MAX));
+            for entry in self
+                .conv_msgs
+                .range(lo.as_slice()..=hi.as_slice())
+                .map_err(storage)?
+                .rev()
+            {
+                let (k, v) = entry.map_err(storage)?;
+                let row = Registered::of(k.value(), v.value())?;
+                for seq in (row.first..=row.last).rev() {
+                    if get_bytes(&self.thread_of, &k_seq(c, seq))?.is_none() {
+                        return Ok(seq);
+                    }
+                }
+            }
+            return Ok(0);
+        }
+        let s = scope(c, timeline);
+        let (lo, hi) = (k_seq(&s, 0), k_seq(&s, u64::MAX));
+        let last = self
+            .thread_msgs
+            .range(lo.as_slice()..=hi.as_slice())
+            .map_err(storage)?
+            .next_back();
+        match last {
+            Some(entry) => Ok(u64_at(entry.map_err(storage)?.0.value(), 16)),
+            None => Ok(0),
+        }
+    }
+
+    /// Messages of `timeline` of `c` that others sent after `pos` while
+    /// `membership` covered them.
+    pub(super) fn unread_in(
+        &self,
+        c: &ConversationId,
+        u: &UserId,
+        timeline: domain::Timeline,
+        pos: Seq,
+        membership: &Membership,
+    ) -> StoreResult<u64> {
+        let counts =
+            |seq: Seq, sender: UserId| sender != *u && membership.receives(*u, sender, seq);
+        if timeline == domain::MAIN {
+            // Every message after the position, less those in threads.
+            let all = self.unread(c, u, pos, membership)?;
+            let (lo, hi) = (k_seq(c, pos.saturating_add(1)), k_seq(c, u64::MAX));
+            let mut in_threads = 0;
+            for entry in self
+                .thread_of
+                .range(lo.as_slice()..=hi.as_slice())
+                .map_err(storage)?
+            {
+                let (k, v) = entry.map_err(storage)?;
+                in_threads += u64::from(counts(u64_at(k.value(), 16), uuid_at(v.value(), 24)));
+            }
+            return Ok(all.saturating_sub(in_threads));
+        }
+        let s = scope(c, timeline);
+        let (lo, hi) = (k_seq(&s, pos.saturating_add(1)), k_seq(&s, u64::MAX));
+        let mut n = 0;
+        for entry in self
+            .thread_msgs
+            .range(lo.as_slice()..=hi.as_slice())
+            .map_err(storage)?
+        {
+            let (k, v) = entry.map_err(storage)?;
+            n += u64::from(counts(u64_at(k.value(), 16), uuid_at(v.value(), 0)));
+        }
+        Ok(n)
+    }
+
+    /// `u`'s unread counts in `c`: the main timeline's, and each thread's
+    /// with its position and last seq (every thread, highest root first).
+    pub(super) fn unread_by_timeline(
+        &self,
+        c: &ConversationId,
+        u: &UserId,
+        membership: &Membership,
+    ) -> StoreResult<(u64, Vec<ThreadUnread>)> {
+        let main = self.position(c, u, domain::MAIN)?;
+        let main = self.unread_in(c, u, domain::MAIN, main.seq, membership)?;
+        let mut threads = Vec::new();
+        for root in self.threads(c)? {
+            let pos = self.position(c, u, root.seq)?.seq;
+            threads.push(ThreadUnread {
+                root: root.id,
+                unread: self.unread_in(c, u, root.seq, pos, membership)?,
+                read_up_to: pos,
+                last_seq: self.last_in(c, root.seq)?,
+            });
+        }
+        Ok((main, threads))
+    }
+
+    /// `u`'s position in one timeline of `c` (`thread`: `None` for the main
+    /// one), with the timeline's and the conversation's unread counts.
+    pub(super) fn read_position(
+        &self,
+        c: &ConversationId,
+        u: &UserId,
+        thread: Option<ThreadRoot>,
+        membership: &Membership,
+    ) -> StoreResult<domain::ReadPosition> {
+        let timeline = thread.map_or(domain::MAIN, |t| t.seq);
+        let (main, threads) = self.unread_by_timeline(c, u, membership)?;
+        let unread = match thread {
+            None => main,
+            Some(t) => threads
+                .iter()
+                .find(|x| x.root == t.id)
+                .map_or(0, |x| x.unread),
+        };
+        Ok(domain::ReadPosition {
+            conversation: *c,
+            thread: thread.map(|t| t.id),
+            read_up_to: self.position(c, u, timeline)?.seq,
+            unread,
+            conversation_unread: domain::conversation_unread(
+                main,
+                threads.iter().map(|t| t.unread),
+            ),
+        })
+    }
+
     pub(super) fn context(&self, c: &ConversationId) -> StoreResult<ConvContext> {
         self.context_of(c, self.members(c)?)
     }
@@ -524,8 +750,9 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
     }
 
     /// The states of `msgs` (all in `ctx`'s conversation), each as
-    /// `viewer(m)` may see it (the rules are in `domain`). Each member's facts
-    /// are read once for the whole set.
+    /// `viewer(m)` may see it (the rules are in `domain`), in the order of
+    /// `msgs`. A message's reads are its timeline's (main, or its thread's):
+    /// each member's facts are read once per timeline for the whole set.
     pub(super) fn states(
         &self,
         ctx: &ConvContext,
@@ -533,48 +760,81 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
         viewer: impl Fn(&Message) -> UserId,
         with_recipients: bool,
     ) -> StoreResult<Vec<domain::MessageState>> {
-        let mut seqs: Vec<Seq> = msgs.iter().map(|m| m.seq).collect();
-        seqs.sort_unstable();
-        seqs.dedup();
-        let mut tracks = HashMap::with_capacity(ctx.members.len());
-        for (u, membership) in &ctx.members {
-            let received: Vec<Seq> = seqs
+        let c = &ctx.conversation;
+        let (Some(lo), Some(hi)) = (
+            msgs.iter().map(|m| m.seq).min(),
+            msgs.iter().map(|m| m.seq).max(),
+        ) else {
+            return Ok(Vec::new());
+        };
+        let threads = self.threads_between(c, lo, hi)?;
+        let timeline_of = |m: &Message| threads.get(&m.seq).map_or(domain::MAIN, |t| t.seq);
+        let mut timelines: Vec<domain::Timeline> = msgs.iter().map(timeline_of).collect();
+        timelines.sort_unstable();
+        timelines.dedup();
+        let mut out: Vec<Option<domain::MessageState>> = vec![None; msgs.len()];
+        for timeline in timelines {
+            let hist = scope(c, timeline);
+            let in_thread;
+            let watermarks = if timeline == domain::MAIN {
+                &ctx.watermarks
+            } else {
+                in_thread = ctx
+                    .members
+                    .iter()
+                    .map(|(u, _)| Ok((*u, self.watermark(&hist, u)?)))
+                    .collect::<StoreResult<HashMap<_, _>>>()?;
+                &in_thread
+            };
+            let mut seqs: Vec<Seq> = msgs
                 .iter()
-                .copied()
-                .filter(|s| membership.contains(*s))
+                .filter(|m| timeline_of(m) == timeline)
+                .map(|m| m.seq)
                 .collect();
-            let wm = ctx.watermarks.get(u).copied().unwrap_or_default();
-            tracks.insert(*u, self.track(&ctx.conversation, u, &received, wm)?);
-        }
-        let mut out = Vec::with_capacity(msgs.len());
-        for m in msgs {
-            let mut views = Vec::new();
+            seqs.sort_unstable();
+            seqs.dedup();
+            let mut tracks = HashMap::with_capacity(ctx.members.len());
             for (u, membership) in &ctx.members {
-                if !membership.receives(*u, m.sender, m.seq) {
+                let received: Vec<Seq> = seqs
+                    .iter()
+                    .copied()
+                    .filter(|s| membership.contains(*s))
+                    .collect();
+                let wm = watermarks.get(u).copied().unwrap_or_default();
+                tracks.insert(*u, self.track(c, &hist, u, &received, wm)?);
+            }
+            for (i, m) in msgs.iter().enumerate() {
+                if timeline_of(m) != timeline {
                     continue;
                 }
-                let wm = ctx.watermarks.get(u).copied().unwrap_or_default();
-                let track = &tracks[u];
-                let facts = RecipientFacts {
-                    delivered_at: track.delivered.delivered_at(m.seq),
-                    read_at: (wm.seq >= m.seq)
-                        .then(|| Track::covering(&track.read, m.seq))
-                        .flatten(),
-                    public_read_at: (wm.public_seq >= m.seq)
-                        .then(|| Track::covering(&track.public, m.seq))
-                        .flatten(),
-                    sharing: ctx.sharing.get(u).copied().unwrap_or(true),
-                };
-                views.push(domain::recipient_view(viewer(m), *u, facts));
+                let mut views = Vec::new();
+                for (u, membership) in &ctx.members {
+                    if !membership.receives(*u, m.sender, m.seq) {
+                        continue;
+                    }
+                    let wm = watermarks.get(u).copied().unwrap_or_default();
+                    let track = &tracks[u];
+                    let facts = RecipientFacts {
+                        delivered_at: track.delivered.delivered_at(m.seq),
+                        read_at: (wm.seq >= m.seq)
+                            .then(|| Track::covering(&track.read, m.seq))
+                            .flatten(),
+                        public_read_at: (wm.public_seq >= m.seq)
+                            .then(|| Track::covering(&track.public, m.seq))
+                            .flatten(),
+                        sharing: ctx.sharing.get(u).copied().unwrap_or(true),
+                    };
+                    views.push(domain::recipient_view(viewer(m), *u, facts));
+                }
+                let aggregate: Aggregate = domain::aggregate(&views);
+                out[i] = Some(domain::MessageState {
+                    message: *m,
+                    aggregate,
+                    recipients: if with_recipients { views } else { Vec::new() },
+                });
             }
-            let aggregate: Aggregate = domain::aggregate(&views);
-            out.push(domain::MessageState {
-                message: *m,
-                aggregate,
-                recipients: if with_recipients { views } else { Vec::new() },
-            });
         }
-        Ok(out)
+        Ok(out.into_iter().flatten().collect())
     }
 
     pub(super) fn events_after(
@@ -656,8 +916,25 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
             if !membership.is_current() {
                 continue;
             }
-            let wm = self.watermark(&c, u)?;
-            watermarks.push((c, wm.seq, self.unread(&c, u, wm.seq, &membership)?));
+            let (main, threads) = self.unread_by_timeline(&c, u, &membership)?;
+            let total = domain::conversation_unread(main, threads.iter().map(|t| t.unread));
+            watermarks.push(domain::ReadPosition {
+                conversation: c,
+                thread: None,
+                read_up_to: self.position(&c, u, domain::MAIN)?.seq,
+                unread: main,
+                conversation_unread: total,
+            });
+            let read_in = threads.iter().filter(|t| t.read_up_to > 0);
+            watermarks.extend(read_in.take(domain::MAX_LISTED_THREADS).map(|t| {
+                domain::ReadPosition {
+                    conversation: c,
+                    thread: Some(t.root),
+                    read_up_to: t.read_up_to,
+                    unread: t.unread,
+                    conversation_unread: total,
+                }
+            }));
         }
         Ok(Snapshot {
             recent_messages,
@@ -699,6 +976,23 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
                 "{field}: caller is not a member of conversation {c}"
             ))),
         }
+    }
+}
+
+/// A `thread_of` value: `root seq ‖ root id ‖ sender`.
+pub(super) fn thread_of_value(root: &ThreadRoot, sender: &UserId) -> Vec<u8> {
+    [
+        root.seq.to_be_bytes().as_slice(),
+        root.id.as_bytes(),
+        sender.as_bytes(),
+    ]
+    .concat()
+}
+
+fn thread_root(v: &[u8]) -> ThreadRoot {
+    ThreadRoot {
+        seq: u64_at(v, 0),
+        id: uuid_at(v, 8),
     }
 }
 

@@ -181,7 +181,7 @@ async fn reopening_keeps_the_epoch_and_the_log_position() {
     assert!(
         events
             .iter()
-            .any(|e| matches!(e.body, EventBody::Watermark { read_up_to: 3, .. }))
+            .any(|e| matches!(e.body, EventBody::Position(p) if p.read_up_to == 3))
     );
     store.shutdown().await;
 }

@@ -230,48 +230,50 @@ impl WriteCtx<'_, '_> {
         Ok(())
     }
 
-    /// Applies a read by `u` up to `to` (the rule is [`ReadWatermark::advance`]).
+    /// Applies a read by `u` up to `to` in one timeline of `c` (`thread`:
+    /// `None` for the main one; the rules are [`ReadWatermark::advance`] and
+    /// [`domain::covers`]).
     pub(super) fn apply_read(
         &mut self,
         u: &UserId,
         c: &ConversationId,
         membership: &Membership,
+        thread: Option<ThreadRoot>,
         to: Seq,
         at: Millis,
     ) -> StoreResult<ReadResult> {
-        let wm = self.t.watermark(c, u)?;
+        let timeline = thread.map_or(domain::MAIN, |t| t.seq);
+        let hist = scope(c, timeline);
+        let wm = self.t.watermark(&hist, u)?;
         let sharing = self.t.sharing(u)?;
+        let result = |p: domain::ReadPosition, advanced| ReadResult {
+            read_up_to: p.read_up_to,
+            advanced,
+            unread: p.unread,
+            thread: p.thread,
+            conversation_unread: p.conversation_unread,
+        };
         let Some(adv) = wm.advance(to, sharing) else {
-            return Ok(ReadResult {
-                read_up_to: wm.seq,
-                advanced: false,
-                unread: self.t.unread(c, u, wm.seq, membership)?,
-            });
+            let p = self.t.read_position(c, u, thread, membership)?;
+            return Ok(result(p, false));
         };
         let WatermarkAdvance { before, after } = adv;
         let v = [after.seq.to_be_bytes(), after.public_seq.to_be_bytes()].concat();
-        put(&mut self.t.watermarks, &k2(c, u), &v)?;
+        put(&mut self.t.watermarks, &k2(&hist, u), &v)?;
         put(
             &mut self.t.read_hist,
-            &k3(c, u, after.seq),
+            &k3(&hist, u, after.seq),
             &at.to_be_bytes(),
         )?;
         if adv.is_public() {
             put(
                 &mut self.t.public_hist,
-                &k3(c, u, after.seq),
+                &k3(&hist, u, after.seq),
                 &at.to_be_bytes(),
             )?;
         }
-        let unread = self.t.unread(c, u, after.seq, membership)?;
-        self.emit(
-            *u,
-            EventBody::Watermark {
-                conversation: *c,
-                read_up_to: after.seq,
-                unread,
-            },
-        )?;
+        let p = self.t.read_position(c, u, thread, membership)?;
+        self.emit(*u, EventBody::Position(p))?;
         // What others may notice: reads that became visible, and messages that
         // became delivered through this read. Nothing else, so a private read
         // of already-delivered messages sends no event at all.
@@ -283,8 +285,12 @@ impl WriteCtx<'_, '_> {
         };
         // Deliveries of the newly read messages, in one range scan.
         let delivered = self.t.runs_between(c, u, before.seq + 1, after.seq)?;
+        let threads = self.t.threads_between(c, first + 1, after.seq)?;
         for m in self.t.messages_between(c, first + 1, after.seq)? {
-            if !membership.receives(*u, m.sender, m.seq) {
+            let of = threads.get(&m.seq).map_or(domain::MAIN, |t| t.seq);
+            if !domain::covers(timeline, after.seq, of, m.seq)
+                || !membership.receives(*u, m.sender, m.seq)
+            {
                 continue;
             }
             let visible = adv.is_public() && m.seq > before.public_seq;
@@ -294,11 +300,7 @@ impl WriteCtx<'_, '_> {
             }
         }
         self.touch(c, changed)?;
-        Ok(ReadResult {
-            read_up_to: after.seq,
-            advanced: true,
-            unread,
-        })
+        Ok(result(p, true))
     }
 }
 

@@ -496,11 +496,11 @@ impl Inner {
         let sharing = view.sharing[u];
         let Some(adv) = wm.advance(to, sharing) else {
             return Ok((
-                ReadResult {
-                    read_up_to: wm.seq,
-                    advanced: false,
-                    unread: self.unread_in(view, u, wm.seq, membership).await?,
-                },
+                ReadResult::main(
+                    wm.seq,
+                    false,
+                    self.unread_in(view, u, wm.seq, membership).await?,
+                ),
                 false,
             ));
         };
@@ -583,14 +583,7 @@ impl Inner {
             }
         }
         let windowed = self.touch(view, plan, &changed).await?;
-        Ok((
-            ReadResult {
-                read_up_to: after.seq,
-                advanced: true,
-                unread,
-            },
-            windowed,
-        ))
+        Ok((ReadResult::main(after.seq, true, unread), windowed))
     }
 
     /// Brings `u`'s entries in the counting indexes of every conversation it

@@ -229,7 +229,14 @@ impl Inner {
                 continue;
             };
             let wm = v.wm(u);
-            watermarks.push((c, wm.seq, self.unread(&c, u, wm.seq, membership).await?));
+            let unread = self.unread(&c, u, wm.seq, membership).await?;
+            watermarks.push(crate::domain::ReadPosition {
+                conversation: c,
+                thread: None,
+                read_up_to: wm.seq,
+                unread,
+                conversation_unread: unread,
+            });
         }
         Ok(Snapshot {
             recent_messages,

@@ -166,7 +166,7 @@ impl ReceiptStore for RedisStore {
     async fn register_messages(&self, messages: Vec<NewMessage>) -> StoreResult<u64> {
         let s = &self.inner;
         // Validate the whole batch before writing anything.
-        let order = distinct_registrations(&messages)?;
+        let order = distinct_registrations(&messages, |_| None)?;
         let ids: Vec<MessageId> = order.iter().map(|(_, m)| m.id).collect();
         let homes = s.homes(&ids).await?;
         let mut by_conv: BTreeMap<ConversationId, Vec<(usize, Message)>> = BTreeMap::new();
@@ -210,7 +210,8 @@ impl ReceiptStore for RedisStore {
                     if judge_registration(
                         *i,
                         m,
-                        existing,
+                        None,
+                        existing.map(|e| (e, None)),
                         taken.get(&m.seq).copied(),
                         sender_is_member,
                     )? {
@@ -479,16 +480,13 @@ impl ReceiptStore for RedisStore {
         &self,
         user: UserId,
         conversations: Vec<ConversationId>,
+        threads: Vec<(ConversationId, MessageId)>,
         at: Millis,
     ) -> StoreResult<Vec<ConversationRead>> {
         let s = &self.inner;
         let mut out = Vec::new();
+        let none = ReadResult::main(0, false, 0);
         'conv: for c in dedup(conversations) {
-            let none = ReadResult {
-                read_up_to: 0,
-                advanced: false,
-                unread: 0,
-            };
             let _serial = s.lock([&c]).await;
             for _ in 0..MAX_ATTEMPTS {
                 let Some(mut view) = s.view_for(&c, &user).await? else {
@@ -528,6 +526,18 @@ impl ReceiptStore for RedisStore {
                 backoff().await;
             }
             return Err(contended(&c));
+        }
+        // This store holds no threads (registering one is refused), so no
+        // root names one here.
+        for (c, root) in dedup(threads) {
+            out.push(ConversationRead {
+                conversation: c,
+                outcome: ConversationOutcome::NotFound,
+                read: ReadResult {
+                    thread: Some(root),
+                    ..none
+                },
+            });
         }
         Ok(out)
     }
@@ -732,13 +742,7 @@ impl ReceiptStore for RedisStore {
         let s = &self.inner;
         let mut out = Vec::new();
         for c in dedup(conversations) {
-            let mut r = UnreadCount {
-                conversation: c,
-                outcome: ConversationOutcome::Ok,
-                unread: 0,
-                read_up_to: 0,
-                last_seq: 0,
-            };
+            let mut r = UnreadCount::empty(c, ConversationOutcome::Ok);
             match s.view(&c).await? {
                 None => r.outcome = ConversationOutcome::NotFound,
                 Some(view) => match view.authorize(&user, "conversation_ids") {
@@ -747,6 +751,7 @@ impl ReceiptStore for RedisStore {
                         r.read_up_to = wm.seq;
                         r.last_seq = s.last_seq(&c).await?;
                         r.unread = s.unread(&c, &user, wm.seq, &membership).await?;
+                        r.main_unread = r.unread;
                     }
                     Err(_) => r.outcome = ConversationOutcome::PermissionDenied,
                 },

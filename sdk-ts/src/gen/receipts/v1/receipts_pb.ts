@@ -19,7 +19,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file receipts/v1/receipts.proto.
  */
 export const file_receipts_v1_receipts: GenFile = /*@__PURE__*/
-  fileDesc("ChpyZWNlaXB0cy92MS9yZWNlaXB0cy5wcm90bxILcmVjZWlwdHMudjEiZwoUTWFya0RlbGl2ZXJlZFJlcXVlc3QSEwoLbWVzc2FnZV9pZHMYASADKAkSOgoNY29udmVyc2F0aW9ucxgCIAMoCzIjLnJlY2VpcHRzLnYxLkNvbnZlcnNhdGlvbk1lc3NhZ2VJZHMiRgoWQ29udmVyc2F0aW9uTWVzc2FnZUlkcxIXCg9jb252ZXJzYXRpb25faWQYASABKAkSEwoLbWVzc2FnZV9pZHMYAiADKAkiRQoVTWFya0RlbGl2ZXJlZFJlc3BvbnNlEiwKB3Jlc3VsdHMYASADKAsyGy5yZWNlaXB0cy52MS5EZWxpdmVyeVJlc3VsdCJsCg5EZWxpdmVyeVJlc3VsdBISCgptZXNzYWdlX2lkGAEgASgJEi0KB291dGNvbWUYAiABKA4yHC5yZWNlaXB0cy52MS5EZWxpdmVyeU91dGNvbWUSFwoPZGVsaXZlcmVkX2F0X21zGAMgASgDIkIKE01hcmtSZWFkVXBUb1JlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhIKCm1lc3NhZ2VfaWQYAiABKAkiVgoUTWFya1JlYWRVcFRvUmVzcG9uc2USFgoOcmVhZF91cF90b19zZXEYASABKAMSEAoIYWR2YW5jZWQYAiABKAgSFAoMdW5yZWFkX2NvdW50GAMgASgDIl4KEkdldFJlY2VpcHRzUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSEwoLbWVzc2FnZV9pZHMYAiADKAkSGgoSaW5jbHVkZV9yZWNpcGllbnRzGAMgASgIIkUKE0dldFJlY2VpcHRzUmVzcG9uc2USLgoIbWVzc2FnZXMYASADKAsyHC5yZWNlaXB0cy52MS5NZXNzYWdlUmVjZWlwdHMi3gIKD01lc3NhZ2VSZWNlaXB0cxISCgptZXNzYWdlX2lkGAEgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCRILCgNzZXEYAyABKAMSEQoJc2VuZGVyX2lkGAQgASgJEhIKCnNlbnRfYXRfbXMYBSABKAMSHwoEdGljaxgGIAEoDjIRLnJlY2VpcHRzLnYxLlRpY2sSFwoPZGVsaXZlcmVkX2NvdW50GAcgASgDEhIKCnJlYWRfY291bnQYCCABKAMSGAoQcmVjaXBpZW50c190b3RhbBgJIAEoAxIXCg9kZWxpdmVyZWRfYXRfbXMYCiABKAMSEgoKcmVhZF9hdF9tcxgLIAEoAxIxCgpyZWNpcGllbnRzGAwgAygLMh0ucmVjZWlwdHMudjEuUmVjaXBpZW50UmVjZWlwdBIiChpyZWNpcGllbnRzX25leHRfcGFnZV90b2tlbhgNIAEoCSKZAQoVTGlzdFJlY2lwaWVudHNSZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRISCgptZXNzYWdlX2lkGAIgASgJEiwKBmZpbHRlchgDIAEoDjIcLnJlY2VpcHRzLnYxLlJlY2lwaWVudEZpbHRlchIRCglwYWdlX3NpemUYBCABKAUSEgoKcGFnZV90b2tlbhgFIAEoCSJkChZMaXN0UmVjaXBpZW50c1Jlc3BvbnNlEjEKCnJlY2lwaWVudHMYASADKAsyHS5yZWNlaXB0cy52MS5SZWNpcGllbnRSZWNlaXB0EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJ8ChBSZWNpcGllbnRSZWNlaXB0Eg8KB3VzZXJfaWQYASABKAkSKgoFc3RhdGUYAiABKA4yGy5yZWNlaXB0cy52MS5SZWNpcGllbnRTdGF0ZRIXCg9kZWxpdmVyZWRfYXRfbXMYAyABKAMSEgoKcmVhZF9hdF9tcxgEIAEoAyJBChhTdWJzY3JpYmVSZWNlaXB0c1JlcXVlc3QSDgoGY3Vyc29yGAEgASgJEhUKDWFjY2VwdF9yYW5nZXMYAiABKAgi8gEKGVN1YnNjcmliZVJlY2VpcHRzUmVzcG9uc2USDgoGY3Vyc29yGAEgASgJEjUKCHJlY2VpcHRzGAIgASgLMiEucmVjZWlwdHMudjEuQ29udmVyc2F0aW9uUmVjZWlwdHNIABIvCgl3YXRlcm1hcmsYAyABKAsyGi5yZWNlaXB0cy52MS5XYXRlcm1hcmtTeW5jSAASKwoFcmVzZXQYBCABKAsyGi5yZWNlaXB0cy52MS5SZWNlaXB0c1Jlc2V0SAASJwoEbGl2ZRgFIAEoCzIXLnJlY2VpcHRzLnYxLlN0cmVhbUxpdmVIAEIHCgVldmVudCKZAQoUQ29udmVyc2F0aW9uUmVjZWlwdHMSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg0KBWdyb3VwGAIgASgIEi4KCG1lc3NhZ2VzGAMgAygLMhwucmVjZWlwdHMudjEuTWVzc2FnZVJlY2VpcHRzEikKBnJhbmdlcxgEIAMoCzIZLnJlY2VpcHRzLnYxLlJlY2VpcHRSYW5nZSL4AQoMUmVjZWlwdFJhbmdlEhAKCGZyb21fc2VxGAEgASgDEg4KBnRvX3NlcRgCIAEoAxIfCgR0aWNrGAMgASgOMhEucmVjZWlwdHMudjEuVGljaxIXCg9kZWxpdmVyZWRfY291bnQYBCABKAMSEgoKcmVhZF9jb3VudBgFIAEoAxIYChByZWNpcGllbnRzX3RvdGFsGAYgASgDEhcKD2RlbGl2ZXJlZF9hdF9tcxgHIAEoAxISCgpyZWFkX2F0X21zGAggASgDEjEKCnJlY2lwaWVudHMYCSADKAsyHS5yZWNlaXB0cy52MS5SZWNpcGllbnRSZWNlaXB0IlYKDVdhdGVybWFya1N5bmMSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhYKDnJlYWRfdXBfdG9fc2VxGAIgASgDEhQKDHVucmVhZF9jb3VudBgDIAEoAyKgAQoNUmVjZWlwdHNSZXNldBIoCgZyZWFzb24YASABKA4yGC5yZWNlaXB0cy52MS5SZXNldFJlYXNvbhI1Cg9yZWNlbnRfbWVzc2FnZXMYAiADKAsyHC5yZWNlaXB0cy52MS5NZXNzYWdlUmVjZWlwdHMSLgoKd2F0ZXJtYXJrcxgDIAMoCzIaLnJlY2VpcHRzLnYxLldhdGVybWFya1N5bmMiHgoKU3RyZWFtTGl2ZRIQCghyZXBsYXllZBgBIAEoAyIyChZHZXRVbnJlYWRDb3VudHNSZXF1ZXN0EhgKEGNvbnZlcnNhdGlvbl9pZHMYASADKAkiUQoXR2V0VW5yZWFkQ291bnRzUmVzcG9uc2USNgoNY29udmVyc2F0aW9ucxgBIAMoCzIfLnJlY2VpcHRzLnYxLkNvbnZlcnNhdGlvblVucmVhZCKgAQoSQ29udmVyc2F0aW9uVW5yZWFkEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIxCgdvdXRjb21lGAIgASgOMiAucmVjZWlwdHMudjEuQ29udmVyc2F0aW9uT3V0Y29tZRIUCgx1bnJlYWRfY291bnQYAyABKAMSFgoOcmVhZF91cF90b19zZXEYBCABKAMSEAoIbGFzdF9zZXEYBSABKAMiOAocTWFya0NvbnZlcnNhdGlvbnNSZWFkUmVxdWVzdBIYChBjb252ZXJzYXRpb25faWRzGAEgAygJIlUKHU1hcmtDb252ZXJzYXRpb25zUmVhZFJlc3BvbnNlEjQKB3Jlc3VsdHMYASADKAsyIy5yZWNlaXB0cy52MS5Db252ZXJzYXRpb25SZWFkUmVzdWx0Io4BChZDb252ZXJzYXRpb25SZWFkUmVzdWx0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIxCgdvdXRjb21lGAIgASgOMiAucmVjZWlwdHMudjEuQ29udmVyc2F0aW9uT3V0Y29tZRIWCg5yZWFkX3VwX3RvX3NlcRgDIAEoAxIQCghhZHZhbmNlZBgEIAEoCCItCg9Qcml2YWN5U2V0dGluZ3MSGgoSc2VuZF9yZWFkX3JlY2VpcHRzGAEgASgIIhsKGUdldFByaXZhY3lTZXR0aW5nc1JlcXVlc3QiTAoaR2V0UHJpdmFjeVNldHRpbmdzUmVzcG9uc2USLgoIc2V0dGluZ3MYASABKAsyHC5yZWNlaXB0cy52MS5Qcml2YWN5U2V0dGluZ3MiTgocVXBkYXRlUHJpdmFjeVNldHRpbmdzUmVxdWVzdBIuCghzZXR0aW5ncxgBIAEoCzIcLnJlY2VpcHRzLnYxLlByaXZhY3lTZXR0aW5ncyJPCh1VcGRhdGVQcml2YWN5U2V0dGluZ3NSZXNwb25zZRIuCghzZXR0aW5ncxgBIAEoCzIcLnJlY2VpcHRzLnYxLlByaXZhY3lTZXR0aW5ncypOCgRUaWNrEhQKEFRJQ0tfVU5TUEVDSUZJRUQQABINCglUSUNLX1NFTlQQARISCg5USUNLX0RFTElWRVJFRBACEg0KCVRJQ0tfUkVBRBADKoQBCg5SZWNpcGllbnRTdGF0ZRIfChtSRUNJUElFTlRfU1RBVEVfVU5TUEVDSUZJRUQQABIYChRSRUNJUElFTlRfU1RBVEVfTk9ORRABEh0KGVJFQ0lQSUVOVF9TVEFURV9ERUxJVkVSRUQQAhIYChRSRUNJUElFTlRfU1RBVEVfUkVBRBADKqABCg9EZWxpdmVyeU91dGNvbWUSIAocREVMSVZFUllfT1VUQ09NRV9VTlNQRUNJRklFRBAAEh0KGURFTElWRVJZX09VVENPTUVfUkVDT1JERUQQARImCiJERUxJVkVSWV9PVVRDT01FX0FMUkVBRFlfREVMSVZFUkVEEAISJAogREVMSVZFUllfT1VUQ09NRV9OT1RfQV9SRUNJUElFTlQQAyqXAQoPUmVjaXBpZW50RmlsdGVyEiAKHFJFQ0lQSUVOVF9GSUxURVJfVU5TUEVDSUZJRUQQABIZChVSRUNJUElFTlRfRklMVEVSX1JFQUQQARIjCh9SRUNJUElFTlRfRklMVEVSX0RFTElWRVJFRF9PTkxZEAISIgoeUkVDSVBJRU5UX0ZJTFRFUl9OT1RfREVMSVZFUkVEEAMqsAEKC1Jlc2V0UmVhc29uEhwKGFJFU0VUX1JFQVNPTl9VTlNQRUNJRklFRBAAEh8KG1JFU0VUX1JFQVNPTl9DVVJTT1JfRVhQSVJFRBABEh4KGlJFU0VUX1JFQVNPTl9FUE9DSF9DSEFOR0VEEAISHwobUkVTRVRfUkVBU09OX0NVUlNPUl9JTlZBTElEEAMSIQodUkVTRVRfUkVBU09OX1JFUExBWV9UT09fTEFSR0UQBCqoAQoTQ29udmVyc2F0aW9uT3V0Y29tZRIkCiBDT05WRVJTQVRJT05fT1VUQ09NRV9VTlNQRUNJRklFRBAAEhsKF0NPTlZFUlNBVElPTl9PVVRDT01FX09LEAESIgoeQ09OVkVSU0FUSU9OX09VVENPTUVfTk9UX0ZPVU5EEAISKgomQ09OVkVSU0FUSU9OX09VVENPTUVfUEVSTUlTU0lPTl9ERU5JRUQQAzL1BgoOUmVjZWlwdFNlcnZpY2USVgoNTWFya0RlbGl2ZXJlZBIhLnJlY2VpcHRzLnYxLk1hcmtEZWxpdmVyZWRSZXF1ZXN0GiIucmVjZWlwdHMudjEuTWFya0RlbGl2ZXJlZFJlc3BvbnNlElMKDE1hcmtSZWFkVXBUbxIgLnJlY2VpcHRzLnYxLk1hcmtSZWFkVXBUb1JlcXVlc3QaIS5yZWNlaXB0cy52MS5NYXJrUmVhZFVwVG9SZXNwb25zZRJQCgtHZXRSZWNlaXB0cxIfLnJlY2VpcHRzLnYxLkdldFJlY2VpcHRzUmVxdWVzdBogLnJlY2VpcHRzLnYxLkdldFJlY2VpcHRzUmVzcG9uc2USWQoOTGlzdFJlY2lwaWVudHMSIi5yZWNlaXB0cy52MS5MaXN0UmVjaXBpZW50c1JlcXVlc3QaIy5yZWNlaXB0cy52MS5MaXN0UmVjaXBpZW50c1Jlc3BvbnNlEmQKEVN1YnNjcmliZVJlY2VpcHRzEiUucmVjZWlwdHMudjEuU3Vic2NyaWJlUmVjZWlwdHNSZXF1ZXN0GiYucmVjZWlwdHMudjEuU3Vic2NyaWJlUmVjZWlwdHNSZXNwb25zZTABElwKD0dldFVucmVhZENvdW50cxIjLnJlY2VpcHRzLnYxLkdldFVucmVhZENvdW50c1JlcXVlc3QaJC5yZWNlaXB0cy52MS5HZXRVbnJlYWRDb3VudHNSZXNwb25zZRJuChVNYXJrQ29udmVyc2F0aW9uc1JlYWQSKS5yZWNlaXB0cy52MS5NYXJrQ29udmVyc2F0aW9uc1JlYWRSZXF1ZXN0GioucmVjZWlwdHMudjEuTWFya0NvbnZlcnNhdGlvbnNSZWFkUmVzcG9uc2USZQoSR2V0UHJpdmFjeVNldHRpbmdzEiYucmVjZWlwdHMudjEuR2V0UHJpdmFjeVNldHRpbmdzUmVxdWVzdBonLnJlY2VpcHRzLnYxLkdldFByaXZhY3lTZXR0aW5nc1Jlc3BvbnNlEm4KFVVwZGF0ZVByaXZhY3lTZXR0aW5ncxIpLnJlY2VpcHRzLnYxLlVwZGF0ZVByaXZhY3lTZXR0aW5nc1JlcXVlc3QaKi5yZWNlaXB0cy52MS5VcGRhdGVQcml2YWN5U2V0dGluZ3NSZXNwb25zZWIGcHJvdG8z");
+  fileDesc("ChpyZWNlaXB0cy92MS9yZWNlaXB0cy5wcm90bxILcmVjZWlwdHMudjEiZwoUTWFya0RlbGl2ZXJlZFJlcXVlc3QSEwoLbWVzc2FnZV9pZHMYASADKAkSOgoNY29udmVyc2F0aW9ucxgCIAMoCzIjLnJlY2VpcHRzLnYxLkNvbnZlcnNhdGlvbk1lc3NhZ2VJZHMiRgoWQ29udmVyc2F0aW9uTWVzc2FnZUlkcxIXCg9jb252ZXJzYXRpb25faWQYASABKAkSEwoLbWVzc2FnZV9pZHMYAiADKAkiRQoVTWFya0RlbGl2ZXJlZFJlc3BvbnNlEiwKB3Jlc3VsdHMYASADKAsyGy5yZWNlaXB0cy52MS5EZWxpdmVyeVJlc3VsdCJsCg5EZWxpdmVyeVJlc3VsdBISCgptZXNzYWdlX2lkGAEgASgJEi0KB291dGNvbWUYAiABKA4yHC5yZWNlaXB0cy52MS5EZWxpdmVyeU91dGNvbWUSFwoPZGVsaXZlcmVkX2F0X21zGAMgASgDIkIKE01hcmtSZWFkVXBUb1JlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhIKCm1lc3NhZ2VfaWQYAiABKAkimQEKFE1hcmtSZWFkVXBUb1Jlc3BvbnNlEhYKDnJlYWRfdXBfdG9fc2VxGAEgASgDEhAKCGFkdmFuY2VkGAIgASgIEhQKDHVucmVhZF9jb3VudBgDIAEoAxIeChZ0aHJlYWRfcm9vdF9tZXNzYWdlX2lkGAQgASgJEiEKGWNvbnZlcnNhdGlvbl91bnJlYWRfY291bnQYBSABKAMiXgoSR2V0UmVjZWlwdHNSZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRITCgttZXNzYWdlX2lkcxgCIAMoCRIaChJpbmNsdWRlX3JlY2lwaWVudHMYAyABKAgiRQoTR2V0UmVjZWlwdHNSZXNwb25zZRIuCghtZXNzYWdlcxgBIAMoCzIcLnJlY2VpcHRzLnYxLk1lc3NhZ2VSZWNlaXB0cyLeAgoPTWVzc2FnZVJlY2VpcHRzEhIKCm1lc3NhZ2VfaWQYASABKAkSFwoPY29udmVyc2F0aW9uX2lkGAIgASgJEgsKA3NlcRgDIAEoAxIRCglzZW5kZXJfaWQYBCABKAkSEgoKc2VudF9hdF9tcxgFIAEoAxIfCgR0aWNrGAYgASgOMhEucmVjZWlwdHMudjEuVGljaxIXCg9kZWxpdmVyZWRfY291bnQYByABKAMSEgoKcmVhZF9jb3VudBgIIAEoAxIYChByZWNpcGllbnRzX3RvdGFsGAkgASgDEhcKD2RlbGl2ZXJlZF9hdF9tcxgKIAEoAxISCgpyZWFkX2F0X21zGAsgASgDEjEKCnJlY2lwaWVudHMYDCADKAsyHS5yZWNlaXB0cy52MS5SZWNpcGllbnRSZWNlaXB0EiIKGnJlY2lwaWVudHNfbmV4dF9wYWdlX3Rva2VuGA0gASgJIpkBChVMaXN0UmVjaXBpZW50c1JlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhIKCm1lc3NhZ2VfaWQYAiABKAkSLAoGZmlsdGVyGAMgASgOMhwucmVjZWlwdHMudjEuUmVjaXBpZW50RmlsdGVyEhEKCXBhZ2Vfc2l6ZRgEIAEoBRISCgpwYWdlX3Rva2VuGAUgASgJImQKFkxpc3RSZWNpcGllbnRzUmVzcG9uc2USMQoKcmVjaXBpZW50cxgBIAMoCzIdLnJlY2VpcHRzLnYxLlJlY2lwaWVudFJlY2VpcHQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJInwKEFJlY2lwaWVudFJlY2VpcHQSDwoHdXNlcl9pZBgBIAEoCRIqCgVzdGF0ZRgCIAEoDjIbLnJlY2VpcHRzLnYxLlJlY2lwaWVudFN0YXRlEhcKD2RlbGl2ZXJlZF9hdF9tcxgDIAEoAxISCgpyZWFkX2F0X21zGAQgASgDIkEKGFN1YnNjcmliZVJlY2VpcHRzUmVxdWVzdBIOCgZjdXJzb3IYASABKAkSFQoNYWNjZXB0X3JhbmdlcxgCIAEoCCLyAQoZU3Vic2NyaWJlUmVjZWlwdHNSZXNwb25zZRIOCgZjdXJzb3IYASABKAkSNQoIcmVjZWlwdHMYAiABKAsyIS5yZWNlaXB0cy52MS5Db252ZXJzYXRpb25SZWNlaXB0c0gAEi8KCXdhdGVybWFyaxgDIAEoCzIaLnJlY2VpcHRzLnYxLldhdGVybWFya1N5bmNIABIrCgVyZXNldBgEIAEoCzIaLnJlY2VpcHRzLnYxLlJlY2VpcHRzUmVzZXRIABInCgRsaXZlGAUgASgLMhcucmVjZWlwdHMudjEuU3RyZWFtTGl2ZUgAQgcKBWV2ZW50IpkBChRDb252ZXJzYXRpb25SZWNlaXB0cxIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDQoFZ3JvdXAYAiABKAgSLgoIbWVzc2FnZXMYAyADKAsyHC5yZWNlaXB0cy52MS5NZXNzYWdlUmVjZWlwdHMSKQoGcmFuZ2VzGAQgAygLMhkucmVjZWlwdHMudjEuUmVjZWlwdFJhbmdlIvgBCgxSZWNlaXB0UmFuZ2USEAoIZnJvbV9zZXEYASABKAMSDgoGdG9fc2VxGAIgASgDEh8KBHRpY2sYAyABKA4yES5yZWNlaXB0cy52MS5UaWNrEhcKD2RlbGl2ZXJlZF9jb3VudBgEIAEoAxISCgpyZWFkX2NvdW50GAUgASgDEhgKEHJlY2lwaWVudHNfdG90YWwYBiABKAMSFwoPZGVsaXZlcmVkX2F0X21zGAcgASgDEhIKCnJlYWRfYXRfbXMYCCABKAMSMQoKcmVjaXBpZW50cxgJIAMoCzIdLnJlY2VpcHRzLnYxLlJlY2lwaWVudFJlY2VpcHQimQEKDVdhdGVybWFya1N5bmMSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhYKDnJlYWRfdXBfdG9fc2VxGAIgASgDEhQKDHVucmVhZF9jb3VudBgDIAEoAxIeChZ0aHJlYWRfcm9vdF9tZXNzYWdlX2lkGAQgASgJEiEKGWNvbnZlcnNhdGlvbl91bnJlYWRfY291bnQYBSABKAMioAEKDVJlY2VpcHRzUmVzZXQSKAoGcmVhc29uGAEgASgOMhgucmVjZWlwdHMudjEuUmVzZXRSZWFzb24SNQoPcmVjZW50X21lc3NhZ2VzGAIgAygLMhwucmVjZWlwdHMudjEuTWVzc2FnZVJlY2VpcHRzEi4KCndhdGVybWFya3MYAyADKAsyGi5yZWNlaXB0cy52MS5XYXRlcm1hcmtTeW5jIh4KClN0cmVhbUxpdmUSEAoIcmVwbGF5ZWQYASABKAMiMgoWR2V0VW5yZWFkQ291bnRzUmVxdWVzdBIYChBjb252ZXJzYXRpb25faWRzGAEgAygJIlEKF0dldFVucmVhZENvdW50c1Jlc3BvbnNlEjYKDWNvbnZlcnNhdGlvbnMYASADKAsyHy5yZWNlaXB0cy52MS5Db252ZXJzYXRpb25VbnJlYWQi5wEKEkNvbnZlcnNhdGlvblVucmVhZBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSMQoHb3V0Y29tZRgCIAEoDjIgLnJlY2VpcHRzLnYxLkNvbnZlcnNhdGlvbk91dGNvbWUSFAoMdW5yZWFkX2NvdW50GAMgASgDEhYKDnJlYWRfdXBfdG9fc2VxGAQgASgDEhAKCGxhc3Rfc2VxGAUgASgDEhkKEW1haW5fdW5yZWFkX2NvdW50GAYgASgDEioKB3RocmVhZHMYByADKAsyGS5yZWNlaXB0cy52MS5UaHJlYWRVbnJlYWQibgoMVGhyZWFkVW5yZWFkEh4KFnRocmVhZF9yb290X21lc3NhZ2VfaWQYASABKAkSFAoMdW5yZWFkX2NvdW50GAIgASgDEhYKDnJlYWRfdXBfdG9fc2VxGAMgASgDEhAKCGxhc3Rfc2VxGAQgASgDIkQKCVRocmVhZFJlZhIXCg9jb252ZXJzYXRpb25faWQYASABKAkSHgoWdGhyZWFkX3Jvb3RfbWVzc2FnZV9pZBgCIAEoCSJhChxNYXJrQ29udmVyc2F0aW9uc1JlYWRSZXF1ZXN0EhgKEGNvbnZlcnNhdGlvbl9pZHMYASADKAkSJwoHdGhyZWFkcxgCIAMoCzIWLnJlY2VpcHRzLnYxLlRocmVhZFJlZiJVCh1NYXJrQ29udmVyc2F0aW9uc1JlYWRSZXNwb25zZRI0CgdyZXN1bHRzGAEgAygLMiMucmVjZWlwdHMudjEuQ29udmVyc2F0aW9uUmVhZFJlc3VsdCKuAQoWQ29udmVyc2F0aW9uUmVhZFJlc3VsdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSMQoHb3V0Y29tZRgCIAEoDjIgLnJlY2VpcHRzLnYxLkNvbnZlcnNhdGlvbk91dGNvbWUSFgoOcmVhZF91cF90b19zZXEYAyABKAMSEAoIYWR2YW5jZWQYBCABKAgSHgoWdGhyZWFkX3Jvb3RfbWVzc2FnZV9pZBgFIAEoCSItCg9Qcml2YWN5U2V0dGluZ3MSGgoSc2VuZF9yZWFkX3JlY2VpcHRzGAEgASgIIhsKGUdldFByaXZhY3lTZXR0aW5nc1JlcXVlc3QiTAoaR2V0UHJpdmFjeVNldHRpbmdzUmVzcG9uc2USLgoIc2V0dGluZ3MYASABKAsyHC5yZWNlaXB0cy52MS5Qcml2YWN5U2V0dGluZ3MiTgocVXBkYXRlUHJpdmFjeVNldHRpbmdzUmVxdWVzdBIuCghzZXR0aW5ncxgBIAEoCzIcLnJlY2VpcHRzLnYxLlByaXZhY3lTZXR0aW5ncyJPCh1VcGRhdGVQcml2YWN5U2V0dGluZ3NSZXNwb25zZRIuCghzZXR0aW5ncxgBIAEoCzIcLnJlY2VpcHRzLnYxLlByaXZhY3lTZXR0aW5ncypOCgRUaWNrEhQKEFRJQ0tfVU5TUEVDSUZJRUQQABINCglUSUNLX1NFTlQQARISCg5USUNLX0RFTElWRVJFRBACEg0KCVRJQ0tfUkVBRBADKoQBCg5SZWNpcGllbnRTdGF0ZRIfChtSRUNJUElFTlRfU1RBVEVfVU5TUEVDSUZJRUQQABIYChRSRUNJUElFTlRfU1RBVEVfTk9ORRABEh0KGVJFQ0lQSUVOVF9TVEFURV9ERUxJVkVSRUQQAhIYChRSRUNJUElFTlRfU1RBVEVfUkVBRBADKqABCg9EZWxpdmVyeU91dGNvbWUSIAocREVMSVZFUllfT1VUQ09NRV9VTlNQRUNJRklFRBAAEh0KGURFTElWRVJZX09VVENPTUVfUkVDT1JERUQQARImCiJERUxJVkVSWV9PVVRDT01FX0FMUkVBRFlfREVMSVZFUkVEEAISJAogREVMSVZFUllfT1VUQ09NRV9OT1RfQV9SRUNJUElFTlQQAyqXAQoPUmVjaXBpZW50RmlsdGVyEiAKHFJFQ0lQSUVOVF9GSUxURVJfVU5TUEVDSUZJRUQQABIZChVSRUNJUElFTlRfRklMVEVSX1JFQUQQARIjCh9SRUNJUElFTlRfRklMVEVSX0RFTElWRVJFRF9PTkxZEAISIgoeUkVDSVBJRU5UX0ZJTFRFUl9OT1RfREVMSVZFUkVEEAMqsAEKC1Jlc2V0UmVhc29uEhwKGFJFU0VUX1JFQVNPTl9VTlNQRUNJRklFRBAAEh8KG1JFU0VUX1JFQVNPTl9DVVJTT1JfRVhQSVJFRBABEh4KGlJFU0VUX1JFQVNPTl9FUE9DSF9DSEFOR0VEEAISHwobUkVTRVRfUkVBU09OX0NVUlNPUl9JTlZBTElEEAMSIQodUkVTRVRfUkVBU09OX1JFUExBWV9UT09fTEFSR0UQBCqoAQoTQ29udmVyc2F0aW9uT3V0Y29tZRIkCiBDT05WRVJTQVRJT05fT1VUQ09NRV9VTlNQRUNJRklFRBAAEhsKF0NPTlZFUlNBVElPTl9PVVRDT01FX09LEAESIgoeQ09OVkVSU0FUSU9OX09VVENPTUVfTk9UX0ZPVU5EEAISKgomQ09OVkVSU0FUSU9OX09VVENPTUVfUEVSTUlTU0lPTl9ERU5JRUQQAzL1BgoOUmVjZWlwdFNlcnZpY2USVgoNTWFya0RlbGl2ZXJlZBIhLnJlY2VpcHRzLnYxLk1hcmtEZWxpdmVyZWRSZXF1ZXN0GiIucmVjZWlwdHMudjEuTWFya0RlbGl2ZXJlZFJlc3BvbnNlElMKDE1hcmtSZWFkVXBUbxIgLnJlY2VpcHRzLnYxLk1hcmtSZWFkVXBUb1JlcXVlc3QaIS5yZWNlaXB0cy52MS5NYXJrUmVhZFVwVG9SZXNwb25zZRJQCgtHZXRSZWNlaXB0cxIfLnJlY2VpcHRzLnYxLkdldFJlY2VpcHRzUmVxdWVzdBogLnJlY2VpcHRzLnYxLkdldFJlY2VpcHRzUmVzcG9uc2USWQoOTGlzdFJlY2lwaWVudHMSIi5yZWNlaXB0cy52MS5MaXN0UmVjaXBpZW50c1JlcXVlc3QaIy5yZWNlaXB0cy52MS5MaXN0UmVjaXBpZW50c1Jlc3BvbnNlEmQKEVN1YnNjcmliZVJlY2VpcHRzEiUucmVjZWlwdHMudjEuU3Vic2NyaWJlUmVjZWlwdHNSZXF1ZXN0GiYucmVjZWlwdHMudjEuU3Vic2NyaWJlUmVjZWlwdHNSZXNwb25zZTABElwKD0dldFVucmVhZENvdW50cxIjLnJlY2VpcHRzLnYxLkdldFVucmVhZENvdW50c1JlcXVlc3QaJC5yZWNlaXB0cy52MS5HZXRVbnJlYWRDb3VudHNSZXNwb25zZRJuChVNYXJrQ29udmVyc2F0aW9uc1JlYWQSKS5yZWNlaXB0cy52MS5NYXJrQ29udmVyc2F0aW9uc1JlYWRSZXF1ZXN0GioucmVjZWlwdHMudjEuTWFya0NvbnZlcnNhdGlvbnNSZWFkUmVzcG9uc2USZQoSR2V0UHJpdmFjeVNldHRpbmdzEiYucmVjZWlwdHMudjEuR2V0UHJpdmFjeVNldHRpbmdzUmVxdWVzdBonLnJlY2VpcHRzLnYxLkdldFByaXZhY3lTZXR0aW5nc1Jlc3BvbnNlEm4KFVVwZGF0ZVByaXZhY3lTZXR0aW5ncxIpLnJlY2VpcHRzLnYxLlVwZGF0ZVByaXZhY3lTZXR0aW5nc1JlcXVlc3QaKi5yZWNlaXB0cy52MS5VcGRhdGVQcml2YWN5U2V0dGluZ3NSZXNwb25zZWIGcHJvdG8z");
 
 /**
  * Asks to record deliveries.
@@ -161,7 +161,12 @@ export type MarkReadUpToRequest = Message<"receipts.v1.MarkReadUpToRequest"> & {
 
   /**
    * The newest message the caller has read; it must belong to the conversation.
-   * Everything with a seq up to and including this message's seq becomes read.
+   * Everything with a seq up to and including this message's seq becomes read,
+   * in this message's timeline only: a message of a thread moves the caller's
+   * position in that thread (covering the thread's messages up to it and
+   * nothing outside the thread), any other message the position in the main
+   * timeline (which covers no thread's messages; a thread's root is in the
+   * main timeline).
    *
    * @generated from field: string message_id = 2;
    */
@@ -197,11 +202,27 @@ export type MarkReadUpToResponse = Message<"receipts.v1.MarkReadUpToResponse"> &
   advanced: boolean;
 
   /**
-   * The caller's unread count in the conversation after the call.
+   * The caller's unread count in the timeline that was read (the main
+   * timeline, or the thread) after the call.
    *
    * @generated from field: int64 unread_count = 3;
    */
   unreadCount: bigint;
+
+  /**
+   * The thread that was read (its root message); empty for the main timeline.
+   *
+   * @generated from field: string thread_root_message_id = 4;
+   */
+  threadRootMessageId: string;
+
+  /**
+   * The caller's unread count in the whole conversation after the call: the
+   * main timeline plus every thread.
+   *
+   * @generated from field: int64 conversation_unread_count = 5;
+   */
+  conversationUnreadCount: bigint;
 };
 
 /**
@@ -728,8 +749,8 @@ export const ReceiptRangeSchema: GenMessage<ReceiptRange> = /*@__PURE__*/
   messageDesc(file_receipts_v1_receipts, 15);
 
 /**
- * The caller's read position in one conversation, for unread badges that agree
- * across devices.
+ * The caller's read position in one timeline of a conversation (the main
+ * timeline, or one thread), for unread badges that agree across devices.
  *
  * @generated from message receipts.v1.WatermarkSync
  */
@@ -742,18 +763,33 @@ export type WatermarkSync = Message<"receipts.v1.WatermarkSync"> & {
   conversationId: string;
 
   /**
-   * The caller's read watermark (a seq).
+   * The caller's read watermark (a seq) in the timeline.
    *
    * @generated from field: int64 read_up_to_seq = 2;
    */
   readUpToSeq: bigint;
 
   /**
-   * The caller's unread count in the conversation.
+   * The caller's unread count in the timeline.
    *
    * @generated from field: int64 unread_count = 3;
    */
   unreadCount: bigint;
+
+  /**
+   * The thread (its root message); empty for the main timeline.
+   *
+   * @generated from field: string thread_root_message_id = 4;
+   */
+  threadRootMessageId: string;
+
+  /**
+   * The caller's unread count in the whole conversation: the main timeline
+   * plus every thread.
+   *
+   * @generated from field: int64 conversation_unread_count = 5;
+   */
+  conversationUnreadCount: bigint;
 };
 
 /**
@@ -786,7 +822,9 @@ export type ReceiptsReset = Message<"receipts.v1.ReceiptsReset"> & {
 
   /**
    * The caller's read watermark and unread count in each of its conversations
-   * (up to 500).
+   * (up to 500), each followed by its positions in that conversation's
+   * threads in which it has read anything (up to 100 per conversation, the
+   * threads with the highest roots).
    *
    * @generated from field: repeated receipts.v1.WatermarkSync watermarks = 3;
    */
@@ -884,26 +922,41 @@ export type ConversationUnread = Message<"receipts.v1.ConversationUnread"> & {
   outcome: ConversationOutcome;
 
   /**
-   * Messages others sent after the caller's read watermark, while the caller
-   * was a member.
+   * Messages others sent after the caller's read position in their timeline,
+   * while the caller was a member: the main timeline plus every thread.
    *
    * @generated from field: int64 unread_count = 3;
    */
   unreadCount: bigint;
 
   /**
-   * The caller's read watermark (a seq).
+   * The caller's read watermark (a seq) in the main timeline.
    *
    * @generated from field: int64 read_up_to_seq = 4;
    */
   readUpToSeq: bigint;
 
   /**
-   * The highest seq registered in the conversation.
+   * The highest seq registered in the conversation (in any timeline).
    *
    * @generated from field: int64 last_seq = 5;
    */
   lastSeq: bigint;
+
+  /**
+   * The unread messages of the main timeline alone.
+   *
+   * @generated from field: int64 main_unread_count = 6;
+   */
+  mainUnreadCount: bigint;
+
+  /**
+   * The threads with unread messages, highest root first (at most 100; their
+   * counts are in `unread_count` whether listed or not).
+   *
+   * @generated from field: repeated receipts.v1.ThreadUnread threads = 7;
+   */
+  threads: ThreadUnread[];
 };
 
 /**
@@ -914,17 +967,97 @@ export const ConversationUnreadSchema: GenMessage<ConversationUnread> = /*@__PUR
   messageDesc(file_receipts_v1_receipts, 21);
 
 /**
- * Asks to mark conversations read up to their latest message.
+ * The unread count of one thread.
+ *
+ * @generated from message receipts.v1.ThreadUnread
+ */
+export type ThreadUnread = Message<"receipts.v1.ThreadUnread"> & {
+  /**
+   * The thread's root message.
+   *
+   * @generated from field: string thread_root_message_id = 1;
+   */
+  threadRootMessageId: string;
+
+  /**
+   * Messages of the thread others sent after the caller's position in it.
+   *
+   * @generated from field: int64 unread_count = 2;
+   */
+  unreadCount: bigint;
+
+  /**
+   * The caller's read position in the thread (a seq; 0 before any read).
+   *
+   * @generated from field: int64 read_up_to_seq = 3;
+   */
+  readUpToSeq: bigint;
+
+  /**
+   * The highest seq registered in the thread.
+   *
+   * @generated from field: int64 last_seq = 4;
+   */
+  lastSeq: bigint;
+};
+
+/**
+ * Describes the message receipts.v1.ThreadUnread.
+ * Use `create(ThreadUnreadSchema)` to create a new message.
+ */
+export const ThreadUnreadSchema: GenMessage<ThreadUnread> = /*@__PURE__*/
+  messageDesc(file_receipts_v1_receipts, 22);
+
+/**
+ * One thread of a conversation.
+ *
+ * @generated from message receipts.v1.ThreadRef
+ */
+export type ThreadRef = Message<"receipts.v1.ThreadRef"> & {
+  /**
+   * The conversation.
+   *
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * The thread's root message.
+   *
+   * @generated from field: string thread_root_message_id = 2;
+   */
+  threadRootMessageId: string;
+};
+
+/**
+ * Describes the message receipts.v1.ThreadRef.
+ * Use `create(ThreadRefSchema)` to create a new message.
+ */
+export const ThreadRefSchema: GenMessage<ThreadRef> = /*@__PURE__*/
+  messageDesc(file_receipts_v1_receipts, 23);
+
+/**
+ * Asks to mark conversations (their main timeline and every thread) or single
+ * threads read up to their latest message.
  *
  * @generated from message receipts.v1.MarkConversationsReadRequest
  */
 export type MarkConversationsReadRequest = Message<"receipts.v1.MarkConversationsReadRequest"> & {
   /**
-   * The conversations, at most 500.
+   * The conversations, at most 500. Each is marked read in its main timeline
+   * (up to the main timeline's latest message) and in every thread (each up
+   * to the thread's latest message).
    *
    * @generated from field: repeated string conversation_ids = 1;
    */
   conversationIds: string[];
+
+  /**
+   * Threads to mark read, each up to its latest message, at most 500.
+   *
+   * @generated from field: repeated receipts.v1.ThreadRef threads = 2;
+   */
+  threads: ThreadRef[];
 };
 
 /**
@@ -932,16 +1065,18 @@ export type MarkConversationsReadRequest = Message<"receipts.v1.MarkConversation
  * Use `create(MarkConversationsReadRequestSchema)` to create a new message.
  */
 export const MarkConversationsReadRequestSchema: GenMessage<MarkConversationsReadRequest> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 22);
+  messageDesc(file_receipts_v1_receipts, 24);
 
 /**
- * One result per requested conversation.
+ * One result per requested conversation, then one per requested thread.
  *
  * @generated from message receipts.v1.MarkConversationsReadResponse
  */
 export type MarkConversationsReadResponse = Message<"receipts.v1.MarkConversationsReadResponse"> & {
   /**
-   * One entry per distinct requested conversation, in request order.
+   * One entry per distinct requested conversation, in request order, then one
+   * per distinct requested thread (with `thread_root_message_id` set), in
+   * request order.
    *
    * @generated from field: repeated receipts.v1.ConversationReadResult results = 1;
    */
@@ -953,7 +1088,7 @@ export type MarkConversationsReadResponse = Message<"receipts.v1.MarkConversatio
  * Use `create(MarkConversationsReadResponseSchema)` to create a new message.
  */
 export const MarkConversationsReadResponseSchema: GenMessage<MarkConversationsReadResponse> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 23);
+  messageDesc(file_receipts_v1_receipts, 25);
 
 /**
  * The result of marking one conversation read.
@@ -976,18 +1111,27 @@ export type ConversationReadResult = Message<"receipts.v1.ConversationReadResult
   outcome: ConversationOutcome;
 
   /**
-   * The caller's read watermark after the call.
+   * The caller's read watermark after the call (in the main timeline, or in
+   * the thread).
    *
    * @generated from field: int64 read_up_to_seq = 3;
    */
   readUpToSeq: bigint;
 
   /**
-   * True if this call moved the watermark forward.
+   * True if this call moved the watermark forward (for a conversation: its
+   * main timeline's or any of its threads').
    *
    * @generated from field: bool advanced = 4;
    */
   advanced: boolean;
+
+  /**
+   * The thread, for a result of `threads`; empty for a conversation.
+   *
+   * @generated from field: string thread_root_message_id = 5;
+   */
+  threadRootMessageId: string;
 };
 
 /**
@@ -995,7 +1139,7 @@ export type ConversationReadResult = Message<"receipts.v1.ConversationReadResult
  * Use `create(ConversationReadResultSchema)` to create a new message.
  */
 export const ConversationReadResultSchema: GenMessage<ConversationReadResult> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 24);
+  messageDesc(file_receipts_v1_receipts, 26);
 
 /**
  * A user's privacy settings.
@@ -1020,7 +1164,7 @@ export type PrivacySettings = Message<"receipts.v1.PrivacySettings"> & {
  * Use `create(PrivacySettingsSchema)` to create a new message.
  */
 export const PrivacySettingsSchema: GenMessage<PrivacySettings> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 25);
+  messageDesc(file_receipts_v1_receipts, 27);
 
 /**
  * Asks for the caller's privacy settings.
@@ -1035,7 +1179,7 @@ export type GetPrivacySettingsRequest = Message<"receipts.v1.GetPrivacySettingsR
  * Use `create(GetPrivacySettingsRequestSchema)` to create a new message.
  */
 export const GetPrivacySettingsRequestSchema: GenMessage<GetPrivacySettingsRequest> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 26);
+  messageDesc(file_receipts_v1_receipts, 28);
 
 /**
  * The caller's privacy settings.
@@ -1056,7 +1200,7 @@ export type GetPrivacySettingsResponse = Message<"receipts.v1.GetPrivacySettings
  * Use `create(GetPrivacySettingsResponseSchema)` to create a new message.
  */
 export const GetPrivacySettingsResponseSchema: GenMessage<GetPrivacySettingsResponse> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 27);
+  messageDesc(file_receipts_v1_receipts, 29);
 
 /**
  * Replaces the caller's privacy settings.
@@ -1077,7 +1221,7 @@ export type UpdatePrivacySettingsRequest = Message<"receipts.v1.UpdatePrivacySet
  * Use `create(UpdatePrivacySettingsRequestSchema)` to create a new message.
  */
 export const UpdatePrivacySettingsRequestSchema: GenMessage<UpdatePrivacySettingsRequest> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 28);
+  messageDesc(file_receipts_v1_receipts, 30);
 
 /**
  * The caller's privacy settings after the update.
@@ -1098,7 +1242,7 @@ export type UpdatePrivacySettingsResponse = Message<"receipts.v1.UpdatePrivacySe
  * Use `create(UpdatePrivacySettingsResponseSchema)` to create a new message.
  */
 export const UpdatePrivacySettingsResponseSchema: GenMessage<UpdatePrivacySettingsResponse> = /*@__PURE__*/
-  messageDesc(file_receipts_v1_receipts, 29);
+  messageDesc(file_receipts_v1_receipts, 31);
 
 /**
  * The sender's aggregate tick for a message.

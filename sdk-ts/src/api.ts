@@ -30,7 +30,7 @@ export type { ReceiptsClient, ReceiptsClientOptions } from "./client.js";
 export type { RequestOptions } from "./unary.js";
 export type { ConnectionOptions, TlsOptions, TraceContext } from "./connection.js";
 export type { DeliveredBatcher, DeliveredBatcherOptions } from "./delivered-batcher.js";
-export type { ReadMark, ReadMarker, ReadMarkerOptions } from "./read-marker.js";
+export type { ReadMark, ReadMarkOptions, ReadMarker, ReadMarkerOptions } from "./read-marker.js";
 export type { ReceiptSubscription, ReconnectOptions, SubscribeOptions } from "./subscription.js";
 export type {
   ConversationOutcome,
@@ -54,6 +54,8 @@ export type {
   ReconnectingEvent,
   ResetEvent,
   ResetReason,
+  ThreadRef,
+  ThreadUnread,
   Tick,
   Watermark,
   WatermarkEvent,

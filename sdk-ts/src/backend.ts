@@ -27,6 +27,14 @@ export interface MessageRegistration {
   senderId: string;
   /** When it was sent (a Date or ms since the epoch); default: the server's "now". */
   sentAt?: Date | number;
+  /**
+   * The thread the message belongs to, named by its root: a message of the
+   * same conversation's main timeline with a lower seq, registered before
+   * this one or earlier in the same call. Omitted (or `null`): the main
+   * timeline. Threads do not nest. Part of the message's identity:
+   * registering it again in another thread is `ALREADY_EXISTS`.
+   */
+  threadRootMessageId?: string | null;
 }
 
 /**
@@ -98,6 +106,7 @@ export function backendClient(connection: Connection): BackendClient {
               `messages[${i}].sent_at_ms`,
               m.sentAt === undefined ? 0 : typeof m.sentAt === "number" ? m.sentAt : m.sentAt.getTime(),
             ),
+            threadRootMessageId: m.threadRootMessageId ?? "",
           })),
         },
         o,

@@ -12,6 +12,7 @@ import {
   conversationUnread,
   deliveryResult,
   messageReceipts,
+  readUpToResult,
   recipientFilter,
   recipientPage,
   type ConversationReadResult,
@@ -24,6 +25,7 @@ import {
   type RecipientFilter,
   type RecipientPage,
   type RecipientReceipt,
+  type ThreadRef,
 } from "./types.js";
 import { unary, type RequestOptions } from "./unary.js";
 
@@ -93,7 +95,13 @@ function deliveredRequest(messages: readonly (MessageRef | string)[]) {
   };
 }
 
-/** Moves the caller's read watermark in a conversation up to a message (one write however many messages it covers). */
+/**
+ * Moves the caller's read watermark in a conversation up to a message (one
+ * write however many messages it covers), in the message's timeline only: a
+ * thread's message moves the caller's position in that thread, any other
+ * message the one in the main timeline. The result names the timeline
+ * (`threadRootMessageId`) and carries the conversation's whole unread count.
+ */
 export async function markReadUpTo(
   connection: ReceiptsConnection,
   conversationId: string,
@@ -101,11 +109,7 @@ export async function markReadUpTo(
   options?: RequestOptions,
 ): Promise<ReadUpToResult> {
   const res = await unary(connection, ReceiptService.method.markReadUpTo, { conversationId, messageId }, options);
-  return {
-    readUpToSeq: Number(res.readUpToSeq),
-    advanced: res.advanced,
-    unreadCount: Number(res.unreadCount),
-  };
+  return readUpToResult(res);
 }
 
 /**
@@ -194,7 +198,10 @@ export function subscribe(connection: ReceiptsConnection, options?: SubscribeOpt
   return openSubscription(connection, options);
 }
 
-/** Unread badges for up to 500 conversations, one per distinct id, in order. */
+/**
+ * Unread badges for up to 500 conversations, one per distinct id, in order:
+ * the whole conversation's count, the main timeline's, and the threads'.
+ */
 export async function getUnreadCounts(
   connection: ReceiptsConnection,
   conversationIds: string[],
@@ -204,13 +211,27 @@ export async function getUnreadCounts(
   return res.conversations.map(conversationUnread);
 }
 
-/** Marks up to 500 conversations read up to their latest message, with a result each. */
+/**
+ * Marks up to 500 conversations (each in its main timeline and every thread)
+ * and up to 500 single threads (`threads`) read up to their latest message.
+ * One result per distinct conversation, in order, then one per distinct
+ * thread (with `threadRootMessageId` set), in order.
+ */
 export async function markConversationsRead(
   connection: ReceiptsConnection,
-  conversationIds: string[],
-  options?: RequestOptions,
+  conversationIds: readonly string[],
+  options?: RequestOptions & { threads?: readonly ThreadRef[] },
 ): Promise<ConversationReadResult[]> {
-  const res = await unary(connection, ReceiptService.method.markConversationsRead, { conversationIds }, options);
+  const threads = (options?.threads ?? []).map((t) => ({
+    conversationId: t.conversationId,
+    threadRootMessageId: t.threadRootMessageId,
+  }));
+  const res = await unary(
+    connection,
+    ReceiptService.method.markConversationsRead,
+    { conversationIds: [...conversationIds], threads },
+    options,
+  );
   return res.results.map(conversationReadResult);
 }
 
@@ -238,7 +259,11 @@ export async function updatePrivacySettings(
   return { sendReadReceipts: res.settings?.sendReadReceipts ?? true };
 }
 
-/** A debounced read marker: at most one MarkReadUpTo per conversation per interval, with the highest mark. */
+/**
+ * A debounced read marker: at most one MarkReadUpTo per timeline (a
+ * conversation's main timeline, or one thread) per interval, with the highest
+ * mark.
+ */
 export function readMarker(connection: ReceiptsConnection, options?: ReadMarkerOptions): ReadMarker {
   return createReadMarker((c, m) => markReadUpTo(connection, c, m), options);
 }

@@ -30,6 +30,7 @@ import type {
   RecipientFilter,
   RecipientPage,
   RecipientReceipt,
+  ThreadRef,
 } from "./types.js";
 import type { RequestOptions } from "./unary.js";
 
@@ -49,7 +50,13 @@ export interface ReceiptsClient {
    * message id, in the order given.
    */
   markDelivered(messages: readonly (MessageRef | string)[], options?: RequestOptions): Promise<DeliveryResult[]>;
-  /** Moves the caller's read watermark in a conversation up to a message (one write however many messages it covers). */
+  /**
+   * Moves the caller's read watermark in a conversation up to a message (one
+   * write however many messages it covers), in the message's timeline only: a
+   * thread's message moves the caller's position in that thread, any other
+   * message the one in the main timeline. The result names the timeline
+   * (`threadRootMessageId`) and carries the conversation's whole unread count.
+   */
   markReadUpTo(conversationId: string, messageId: string, options?: RequestOptions): Promise<ReadUpToResult>;
   /**
    * The receipt state of up to 100 messages of one conversation, as the caller
@@ -95,14 +102,29 @@ export interface ReceiptsClient {
    * watermark moves. Reconnects by itself and resumes from its last cursor.
    */
   subscribe(options?: SubscribeOptions): ReceiptSubscription;
-  /** Unread badges for up to 500 conversations, one per distinct id, in order. */
+  /**
+   * Unread badges for up to 500 conversations, one per distinct id, in order:
+   * the whole conversation's count, the main timeline's, and the threads'.
+   */
   getUnreadCounts(conversationIds: string[], options?: RequestOptions): Promise<ConversationUnread[]>;
-  /** Marks up to 500 conversations read up to their latest message, with a result each. */
-  markConversationsRead(conversationIds: string[], options?: RequestOptions): Promise<ConversationReadResult[]>;
+  /**
+   * Marks up to 500 conversations (each in its main timeline and every
+   * thread) and up to 500 single threads (`threads`) read up to their latest
+   * message. One result per distinct conversation, in order, then one per
+   * distinct thread (with `threadRootMessageId` set), in order.
+   */
+  markConversationsRead(
+    conversationIds: readonly string[],
+    options?: RequestOptions & { threads?: readonly ThreadRef[] },
+  ): Promise<ConversationReadResult[]>;
   getPrivacySettings(options?: RequestOptions): Promise<PrivacySettings>;
   /** Replaces the caller's privacy settings; turning read receipts off takes effect at once. */
   updatePrivacySettings(settings: PrivacySettings, options?: RequestOptions): Promise<PrivacySettings>;
-  /** A debounced read marker: at most one MarkReadUpTo per conversation per interval, with the highest mark. */
+  /**
+   * A debounced read marker: at most one MarkReadUpTo per timeline (a
+   * conversation's main timeline, or one thread) per interval, with the
+   * highest mark.
+   */
   readMarker(options?: ReadMarkerOptions): ReadMarker;
   /** A delivered batcher: MarkDelivered calls bounded in size and delay. */
   deliveredBatcher(options?: DeliveredBatcherOptions): DeliveredBatcher;

@@ -5,7 +5,9 @@ import { applyRange, type MessageReceipts, type ReceiptEvent, type Watermark } f
 
 /**
  * The receipts of the messages the caller sent, and its read position per
- * conversation, as the server last told them: "apply absolute states,
+ * timeline of each conversation (the main timeline and each thread, kept
+ * apart) with the conversation's unread badge, as the server last told
+ * them: "apply absolute states,
  * replace everything on a reset, remember each message's seq" in one place,
  * so that a UI only renders.
  *
@@ -22,7 +24,7 @@ import { applyRange, type MessageReceipts, type ReceiptEvent, type Watermark } f
 export interface ReceiptState {
   /** Holds `messages`, replacing what it held for them; returns the ids whose state changed. */
   track(messages: Iterable<MessageReceipts>): string[];
-  /** Applies one event; returns what changed (message ids; for a watermark, its conversation id). */
+  /** Applies one event; returns what changed (message ids; for a watermark, in any timeline, its conversation id). */
   apply(event: ReceiptEvent): string[];
   /**
    * Subscribes with `client` (asking for ranges) from `options.cursor`, or
@@ -37,8 +39,20 @@ export interface ReceiptState {
   conversation(conversationId: string): MessageReceipts[];
   /** A held message's seq: what `readMarker.mark` needs. */
   seq(messageId: string): number | undefined;
-  /** The caller's read position and unread count in a conversation, once told. */
-  watermark(conversationId: string): Watermark | undefined;
+  /**
+   * The caller's read position and unread count in a conversation's main
+   * timeline, or in the thread `threadRootMessageId`, once told. A thread's
+   * position never stands for the main timeline's, nor the other way round.
+   */
+  watermark(conversationId: string, threadRootMessageId?: string | null): Watermark | undefined;
+  /** The caller's positions in the threads of a conversation it was told about, in the order first told. */
+  threadWatermarks(conversationId: string): Watermark[];
+  /**
+   * The conversation's unread badge: the main timeline plus every thread
+   * (`conversationUnreadCount` of the last watermark told for any of its
+   * timelines), once told.
+   */
+  unreadCount(conversationId: string): number | undefined;
   /** Where `follow` resumes: the cursor of the last event it applied. Persist it to resume after a reload. */
   readonly cursor: string | undefined;
   /** Calls `listener` with what changed after every change; returns a function that removes it. */
@@ -50,7 +64,10 @@ export function createReceiptState(): ReceiptState {
   let messages = new Map<string, MessageReceipts>();
   // conversation -> seq -> message id: what ranges apply to.
   let bySeq = new Map<string, Map<number, string>>();
-  let watermarks = new Map<string, Watermark>();
+  // conversation -> thread root (null: the main timeline) -> position.
+  let watermarks = new Map<string, Map<string | null, Watermark>>();
+  // conversation -> its badge, from the last watermark of any of its timelines.
+  let badges = new Map<string, number>();
   let cursor: string | undefined;
   const listeners = new Set<(changed: string[]) => void>();
 
@@ -71,6 +88,34 @@ export function createReceiptState(): ReceiptState {
       return false;
     }
     messages.set(m.messageId, m);
+    return true;
+  };
+
+  /** Holds `w` as its timeline's position and its conversation's badge; true if either changed. */
+  const putWatermark = (w: Watermark): boolean => {
+    let timelines = watermarks.get(w.conversationId);
+    if (timelines === undefined) {
+      timelines = new Map();
+      watermarks.set(w.conversationId, timelines);
+    }
+    const old = timelines.get(w.threadRootMessageId);
+    const badge = badges.get(w.conversationId);
+    badges.set(w.conversationId, w.conversationUnreadCount);
+    if (
+      old?.readUpToSeq === w.readUpToSeq &&
+      old.unreadCount === w.unreadCount &&
+      old.conversationUnreadCount === w.conversationUnreadCount &&
+      badge === w.conversationUnreadCount
+    ) {
+      return false;
+    }
+    timelines.set(w.threadRootMessageId, {
+      conversationId: w.conversationId,
+      threadRootMessageId: w.threadRootMessageId,
+      readUpToSeq: w.readUpToSeq,
+      unreadCount: w.unreadCount,
+      conversationUnreadCount: w.conversationUnreadCount,
+    });
     return true;
   };
 
@@ -107,26 +152,20 @@ export function createReceiptState(): ReceiptState {
           break;
         }
         case "watermark": {
-          const old = watermarks.get(event.conversationId);
-          if (old?.readUpToSeq !== event.readUpToSeq || old.unreadCount !== event.unreadCount) {
-            watermarks.set(event.conversationId, {
-              conversationId: event.conversationId,
-              readUpToSeq: event.readUpToSeq,
-              unreadCount: event.unreadCount,
-            });
-            changed.push(event.conversationId);
-          }
+          if (putWatermark(event)) changed.push(event.conversationId);
           break;
         }
         case "reset": {
           messages = new Map();
           bySeq = new Map();
           watermarks = new Map();
+          badges = new Map();
           for (const m of event.snapshot.recentMessages) {
             put(m);
             changed.push(m.messageId);
           }
-          for (const w of event.snapshot.watermarks) watermarks.set(w.conversationId, w);
+          // Per conversation: the main timeline, then its threads.
+          for (const w of event.snapshot.watermarks) putWatermark(w);
           // Everything was replaced, even with an empty snapshot.
           notify(changed, true);
           return changed;
@@ -162,7 +201,11 @@ export function createReceiptState(): ReceiptState {
         });
     },
     seq: (id) => messages.get(id)?.seq,
-    watermark: (conversationId) => watermarks.get(conversationId),
+    watermark: (conversationId, threadRootMessageId) =>
+      watermarks.get(conversationId)?.get(threadRootMessageId || null),
+    threadWatermarks: (conversationId) =>
+      [...(watermarks.get(conversationId)?.values() ?? [])].filter((w) => w.threadRootMessageId !== null),
+    unreadCount: (conversationId) => badges.get(conversationId),
     get cursor() {
       return cursor;
     },

@@ -154,21 +154,54 @@ export interface DeliveryResult {
   deliveredAt: Date | null;
 }
 
-/** The caller's read position in a conversation after `markReadUpTo`. */
+/**
+ * The caller's read position after `markReadUpTo`, in the timeline the
+ * message belongs to: the conversation's main timeline, or one thread.
+ */
 export interface ReadUpToResult {
-  /** The caller's read watermark (a seq). */
+  /** The caller's read watermark (a seq) in the timeline that was read. */
   readUpToSeq: number;
   /** True if the call moved the watermark forward (false for a late or duplicate call). */
   advanced: boolean;
-  /** The caller's unread count in the conversation after the call. */
+  /** The caller's unread count in the timeline that was read (the main timeline, or the thread) after the call. */
   unreadCount: number;
+  /** The thread that was read (its root message's id); `null` for the main timeline. */
+  threadRootMessageId: string | null;
+  /** The caller's unread count in the whole conversation after the call (the main timeline plus every thread): its badge. */
+  conversationUnreadCount: number;
 }
 
-/** The caller's read watermark and unread count in one conversation. */
+/**
+ * The caller's read watermark and unread count in one timeline of a
+ * conversation: its main timeline (`threadRootMessageId` is `null`) or one
+ * thread.
+ */
 export interface Watermark {
   conversationId: string;
+  /** The thread (its root message's id); `null` for the main timeline. */
+  threadRootMessageId: string | null;
+  /** The caller's read watermark (a seq) in the timeline. */
   readUpToSeq: number;
+  /** The caller's unread count in the timeline. */
   unreadCount: number;
+  /**
+   * The caller's unread count in the whole conversation (the main timeline
+   * plus every thread): the conversation's badge. For an event the server
+   * logged before it had threads, `unreadCount` (then the same thing).
+   */
+  conversationUnreadCount: number;
+}
+
+/** The unread count of one thread (`ConversationUnread.threads`). */
+export interface ThreadUnread {
+  /** The thread's root message. */
+  threadRootMessageId: string;
+  /** Messages of the thread others sent after the caller's position in it. */
+  unreadCount: number;
+  /** The caller's read position in the thread (a seq; 0 before any read). */
+  readUpToSeq: number;
+  /** The highest seq registered in the thread. */
+  lastSeq: number;
 }
 
 /** The unread badge of one conversation (`getUnreadCounts`). */
@@ -176,18 +209,40 @@ export interface ConversationUnread {
   conversationId: string;
   /** `OK`, or why the other fields are 0 (`NOT_FOUND`, `PERMISSION_DENIED`). */
   outcome: ConversationOutcome;
-  /** Messages others sent after the caller's watermark, while the caller was a member. */
+  /**
+   * Messages others sent after the caller's read position in their timeline,
+   * while the caller was a member: the main timeline plus every thread (the
+   * conversation's badge).
+   */
   unreadCount: number;
+  /** The caller's read watermark (a seq) in the main timeline. */
   readUpToSeq: number;
-  /** The highest seq registered in the conversation. */
+  /** The highest seq registered in the conversation (in any timeline). */
   lastSeq: number;
+  /** The unread messages of the main timeline alone. */
+  mainUnreadCount: number;
+  /**
+   * The threads with unread messages, highest root first (at most 100;
+   * their counts are in `unreadCount` whether listed or not).
+   */
+  threads: ThreadUnread[];
 }
 
-/** The result of marking one conversation read (`markConversationsRead`). */
+/** One thread of a conversation, named by its root message (`markConversationsRead`'s `threads`). */
+export interface ThreadRef {
+  conversationId: string;
+  threadRootMessageId: string;
+}
+
+/** The result of marking one conversation, or one thread, read (`markConversationsRead`). */
 export interface ConversationReadResult {
   conversationId: string;
+  /** The thread, for a result of `threads`; `null` for a conversation. */
+  threadRootMessageId: string | null;
   outcome: ConversationOutcome;
+  /** The caller's read watermark after the call (in the main timeline, or in the thread). */
   readUpToSeq: number;
+  /** True if the call moved a watermark forward (for a conversation: its main timeline's or any of its threads'). */
   advanced: boolean;
 }
 
@@ -201,7 +256,12 @@ export interface PrivacySettings {
 export interface ReceiptsSnapshot {
   /** The caller's most recently sent messages (up to 200), newest first, without per-recipient entries. */
   recentMessages: MessageReceipts[];
-  /** The caller's watermark and unread count in each of its conversations (up to 500). */
+  /**
+   * The caller's watermark and unread count in each of its conversations (up
+   * to 500): per conversation its main timeline (`threadRootMessageId` is
+   * `null`), followed by the threads in which it has read anything (up to
+   * 100 per conversation).
+   */
   watermarks: Watermark[];
 }
 
@@ -276,7 +336,7 @@ export function applyRange(message: MessageReceipts, range: ReceiptRange): Messa
   };
 }
 
-/** The caller's own read watermark moved (on any of its devices). */
+/** The caller's own read watermark moved (on any of its devices), in the main timeline or in a thread. */
 export interface WatermarkEvent extends Watermark {
   type: "watermark";
   cursor: string;
@@ -315,6 +375,16 @@ export interface ReconnectingEvent {
 
 const int = (v: bigint): number => Number(v);
 const time = (ms: bigint): Date | null => (ms === 0n ? null : new Date(Number(ms)));
+/** A thread root from the wire: empty names the main timeline. */
+const threadRoot = (id: string): string | null => (id === "" ? null : id);
+/**
+ * The conversation's unread count next to a timeline's: 0 from a server (or
+ * an event logged) before threads, where the timeline's count is the
+ * conversation's. A real count is never below the timeline's, so a 0 with
+ * unread messages in the timeline can only mean "not sent".
+ */
+const conversationCount = (conversation: bigint, timeline: bigint): number =>
+  int(conversation === 0n ? timeline : conversation);
 
 /** @internal */
 export function messageReceipts(m: pb.MessageReceipts): MessageReceipts {
@@ -380,19 +450,48 @@ export function deliveryResult(r: pb.DeliveryResult): DeliveryResult {
 export function watermark(w: pb.WatermarkSync): Watermark {
   return {
     conversationId: w.conversationId,
+    threadRootMessageId: threadRoot(w.threadRootMessageId),
     readUpToSeq: int(w.readUpToSeq),
     unreadCount: int(w.unreadCount),
+    conversationUnreadCount: conversationCount(w.conversationUnreadCount, w.unreadCount),
+  };
+}
+
+/** @internal */
+export function readUpToResult(r: pb.MarkReadUpToResponse): ReadUpToResult {
+  return {
+    readUpToSeq: int(r.readUpToSeq),
+    advanced: r.advanced,
+    unreadCount: int(r.unreadCount),
+    threadRootMessageId: threadRoot(r.threadRootMessageId),
+    conversationUnreadCount: conversationCount(r.conversationUnreadCount, r.unreadCount),
   };
 }
 
 /** @internal */
 export function conversationUnread(c: pb.ConversationUnread): ConversationUnread {
+  const threads = c.threads.map(threadUnread);
   return {
     conversationId: c.conversationId,
     outcome: conversationOutcome(c.outcome),
     unreadCount: int(c.unreadCount),
     readUpToSeq: int(c.readUpToSeq),
     lastSeq: int(c.lastSeq),
+    // A server before threads sends neither: its whole count is the main
+    // timeline's. (From a server with threads, a 0 with no thread listed
+    // means nothing is unread, as every thread with unread messages is
+    // listed up to 100.)
+    mainUnreadCount: int(c.mainUnreadCount === 0n && threads.length === 0 ? c.unreadCount : c.mainUnreadCount),
+    threads,
+  };
+}
+
+function threadUnread(t: pb.ThreadUnread): ThreadUnread {
+  return {
+    threadRootMessageId: t.threadRootMessageId,
+    unreadCount: int(t.unreadCount),
+    readUpToSeq: int(t.readUpToSeq),
+    lastSeq: int(t.lastSeq),
   };
 }
 
@@ -400,6 +499,7 @@ export function conversationUnread(c: pb.ConversationUnread): ConversationUnread
 export function conversationReadResult(r: pb.ConversationReadResult): ConversationReadResult {
   return {
     conversationId: r.conversationId,
+    threadRootMessageId: threadRoot(r.threadRootMessageId),
     outcome: conversationOutcome(r.outcome),
     readUpToSeq: int(r.readUpToSeq),
     advanced: r.advanced,

@@ -43,9 +43,10 @@ describe("ReceiptService", () => {
     const c = await chat(2);
     const ms = await c.send(3);
     const first = await c.clients[1]!.markReadUpTo(c.conversationId, ms[1]!.id);
-    expect(first).toEqual({ readUpToSeq: 2, advanced: true, unreadCount: 1 });
+    const main = { threadRootMessageId: null, unreadCount: 1, conversationUnreadCount: 1 };
+    expect(first).toEqual({ readUpToSeq: 2, advanced: true, ...main });
     const late = await c.clients[1]!.markReadUpTo(c.conversationId, ms[0]!.id);
-    expect(late).toEqual({ readUpToSeq: 2, advanced: false, unreadCount: 1 });
+    expect(late).toEqual({ readUpToSeq: 2, advanced: false, ...main });
   });
 
   it("getReceipts returns counts, times as Dates, and recipients when asked", async () => {
@@ -95,14 +96,14 @@ describe("ReceiptService", () => {
     // The same user in b: b.users[1] is another user, so b is not this user's.
     const counts = await me.getUnreadCounts([a.conversationId, b.conversationId, stranger]);
     expect(counts).toEqual([
-      { conversationId: a.conversationId, outcome: "ok", unreadCount: 2, readUpToSeq: 0, lastSeq: 2 },
-      { conversationId: b.conversationId, outcome: "permission_denied", unreadCount: 0, readUpToSeq: 0, lastSeq: 0 },
-      { conversationId: stranger, outcome: "not_found", unreadCount: 0, readUpToSeq: 0, lastSeq: 0 },
+      { conversationId: a.conversationId, outcome: "ok", unreadCount: 2, readUpToSeq: 0, lastSeq: 2, mainUnreadCount: 2, threads: [] },
+      { conversationId: b.conversationId, outcome: "permission_denied", unreadCount: 0, readUpToSeq: 0, lastSeq: 0, mainUnreadCount: 0, threads: [] },
+      { conversationId: stranger, outcome: "not_found", unreadCount: 0, readUpToSeq: 0, lastSeq: 0, mainUnreadCount: 0, threads: [] },
     ]);
     const read = await me.markConversationsRead([a.conversationId, stranger]);
     expect(read).toEqual([
-      { conversationId: a.conversationId, outcome: "ok", readUpToSeq: 2, advanced: true },
-      { conversationId: stranger, outcome: "not_found", readUpToSeq: 0, advanced: false },
+      { conversationId: a.conversationId, threadRootMessageId: null, outcome: "ok", readUpToSeq: 2, advanced: true },
+      { conversationId: stranger, threadRootMessageId: null, outcome: "not_found", readUpToSeq: 0, advanced: false },
     ]);
     const [after] = await me.getUnreadCounts([a.conversationId]);
     expect(after!.unreadCount).toBe(0);
@@ -233,6 +234,8 @@ describe("standalone functions", () => {
       readUpToSeq: 2,
       advanced: true,
       unreadCount: 0,
+      threadRootMessageId: null,
+      conversationUnreadCount: 0,
     });
     expect((await getUnreadCounts(reader!, [c.conversationId]))[0]!.unreadCount).toBe(0);
     const states = await getReceipts(sender!, c.conversationId, [m1!.id, m2!.id]);

@@ -2,7 +2,8 @@
 // with the highest mark, at most one call per conversation per interval, and
 // flush()/close() lose nothing.
 import { describe, expect, it, vi } from "vitest";
-import { Code, ReceiptsError, createReceiptsClient } from "../src/node.js";
+import { Code, ReceiptsError, createReceiptsClient, type ReadUpToResult } from "../src/node.js";
+import { createReadMarker } from "../src/read-marker.js";
 import { mintToken } from "./receiptd.js";
 import { chat, countingTransport, type Chat } from "./world.js";
 
@@ -130,7 +131,7 @@ describe("readMarker", () => {
     await vi.waitFor(() => expect(onError).toHaveBeenCalledTimes(1));
     const [error, mark] = onError.mock.calls[0]!;
     expect((error as ReceiptsError).code).toBe(Code.PermissionDenied);
-    expect(mark).toEqual({ conversationId: other.conversationId, messageId: m!.id, seq: 1 });
+    expect(mark).toEqual({ conversationId: other.conversationId, threadRootMessageId: null, messageId: m!.id, seq: 1 });
     await marker.close();
   });
 
@@ -138,5 +139,92 @@ describe("readMarker", () => {
     const marker = createReceiptsClient({ baseUrl: "http://127.0.0.1:1", token: "t" }).readMarker();
     expect(() => marker.mark("c", "m", 0)).toThrow(TypeError);
     expect(() => marker.mark("c", "m", 1.5)).toThrow(TypeError);
+  });
+});
+
+/**
+ * A fake MarkReadUpTo that knows each message's thread (as the server does)
+ * and records the calls: the read marker's keying, without a server.
+ */
+function fakeServer(threadOf: Record<string, string | null>) {
+  const calls: string[] = [];
+  const send = (_conversationId: string, messageId: string): Promise<ReadUpToResult> => {
+    calls.push(messageId);
+    return Promise.resolve({
+      readUpToSeq: 0,
+      advanced: true,
+      unreadCount: 0,
+      threadRootMessageId: threadOf[messageId] ?? null,
+      conversationUnreadCount: 0,
+    });
+  };
+  return { calls, send };
+}
+
+describe("readMarker per thread (unit)", () => {
+  // "c": main m1 (seq 1), m2 (2), m5 (5); thread of m1: t3 (3), t4 (4), t6 (6).
+  const threadOf = { m1: null, m2: null, m5: null, t3: "m1", t4: "m1", t6: "m1" };
+  const inThread = { threadRootMessageId: "m1" };
+
+  it("keeps the highest pending mark per (conversation, thread), never across them", async () => {
+    const server = fakeServer(threadOf);
+    const marker = createReadMarker(server.send, { intervalMs: 60_000 });
+    marker.mark("c", "t4", 4, inThread);
+    marker.mark("c", "m2", 2); // lower than the thread's mark: still the main timeline's
+    marker.mark("c", "t3", 3, inThread); // lower than the thread's pending mark: dropped
+    marker.mark("c", "m1", 1); // lower than the main timeline's pending mark: dropped
+    marker.mark("d", "m1", 1); // another conversation
+    await marker.flush();
+    expect(server.calls.sort()).toEqual(["m1", "m2", "t4"]);
+  });
+
+  it("confirms each timeline on its own: a confirmed thread does not suppress a lower main mark", async () => {
+    const server = fakeServer(threadOf);
+    const marker = createReadMarker(server.send, { intervalMs: 60_000 });
+    marker.mark("c", "t6", 6, inThread);
+    await marker.flush();
+    marker.mark("c", "m5", 5);
+    marker.mark("c", "t4", 4, inThread); // covered by the thread's confirmed 6
+    await marker.flush();
+    marker.mark("c", "m2", 2); // covered by the main timeline's confirmed 5
+    marker.mark("c", "t6", 6, { threadRootMessageId: "m1" });
+    await marker.close();
+    expect(server.calls).toEqual(["t6", "m5"]);
+  });
+
+  it("takes null and an empty thread root for the main timeline", async () => {
+    const server = fakeServer(threadOf);
+    const marker = createReadMarker(server.send, { intervalMs: 60_000 });
+    marker.mark("c", "m5", 5, { threadRootMessageId: null });
+    marker.mark("c", "m2", 2, { threadRootMessageId: "" });
+    marker.mark("c", "m1", 1);
+    await marker.close();
+    expect(server.calls).toEqual(["m5"]);
+  });
+
+  it("reports a mark the server found in another timeline, and confirms it where the server recorded it", async () => {
+    const server = fakeServer(threadOf);
+    const onError = vi.fn();
+    const marker = createReadMarker(server.send, { intervalMs: 10, onError });
+    marker.mark("c", "t4", 4); // a thread's message, named as the main timeline's
+    await vi.waitFor(() => expect(onError).toHaveBeenCalledTimes(1));
+    const [error, mark] = onError.mock.calls[0]! as [ReceiptsError, unknown];
+    expect([error.code, error.field, error.retryable]).toEqual([Code.InvalidArgument, "thread_root_message_id", false]);
+    expect(error.message).toContain("thread m1");
+    expect(mark).toEqual({ conversationId: "c", threadRootMessageId: null, messageId: "t4", seq: 4 });
+    // The thread was confirmed at 4 (a lower mark in it costs nothing); the
+    // main timeline was not (a lower mark in it is sent).
+    marker.mark("c", "t3", 3, inThread);
+    marker.mark("c", "m2", 2);
+    await marker.close();
+    expect(server.calls).toEqual(["t4", "m2"]);
+
+    // Without onError, the next flush() rejects with it.
+    const quiet = createReadMarker(fakeServer(threadOf).send, { intervalMs: 60_000 });
+    quiet.mark("c", "m2", 2, inThread);
+    const e = await quiet.flush().then(() => undefined, (err: unknown) => err);
+    expect((e as ReceiptsError).field).toBe("thread_root_message_id");
+    expect((e as ReceiptsError).message).toContain("the main timeline");
+    await quiet.close();
   });
 });

@@ -1,26 +1,8 @@
 // The client-side receipt state against a real receiptd: ranges over the
 // held messages, a resume, and a reset.
 import { describe, expect, it } from "vitest";
-import { createReceiptState, type ReceiptState } from "../src/node.js";
-import { chat } from "./world.js";
-
-/** Resolves once `ok(state)` holds, checking on every change and every 20 ms. */
-async function until(state: ReceiptState, what: string, ok: (s: ReceiptState) => boolean): Promise<void> {
-  const deadline = Date.now() + 10_000;
-  while (!ok(state)) {
-    if (Date.now() > deadline) throw new Error(`${what}: not within 10 s`);
-    await new Promise<void>((resolve) => {
-      const off = state.onChange(() => {
-        off();
-        resolve();
-      });
-      setTimeout(() => {
-        off();
-        resolve();
-      }, 20);
-    });
-  }
-}
+import { createReceiptState, type ReceiptState, type Watermark } from "../src/node.js";
+import { chat, until } from "./world.js";
 
 describe("createReceiptState", () => {
   it("follows ranges over the held messages, resumes from its cursor, and replaces everything on a reset", async () => {
@@ -68,5 +50,46 @@ describe("createReceiptState", () => {
     expect(reset.watermark(c.conversationId)?.readUpToSeq).toBe(0);
     stop.abort();
     await following;
+  });
+});
+
+describe("createReceiptState with threads (unit)", () => {
+  const at = (threadRootMessageId: string | null, readUpToSeq: number, unreadCount: number, conversationUnreadCount: number): Watermark => ({
+    conversationId: "c",
+    threadRootMessageId,
+    readUpToSeq,
+    unreadCount,
+    conversationUnreadCount,
+  });
+
+  it("keeps the main timeline's and each thread's position apart, with the conversation's badge from the latest", () => {
+    const state = createReceiptState();
+    expect(state.apply({ type: "watermark", cursor: "1", ...at("r1", 8, 0, 4) })).toEqual(["c"]);
+    // A thread's position never stands for the main timeline's.
+    expect(state.watermark("c")).toBeUndefined();
+    expect(state.watermark("c", "r1")).toEqual(at("r1", 8, 0, 4));
+    expect(state.unreadCount("c")).toBe(4);
+
+    expect(state.apply({ type: "watermark", cursor: "2", ...at(null, 2, 3, 3) })).toEqual(["c"]);
+    expect(state.watermark("c")).toEqual(at(null, 2, 3, 3));
+    expect(state.watermark("c", null)).toEqual(at(null, 2, 3, 3));
+    expect(state.watermark("c", "r1")).toEqual(at("r1", 8, 0, 4)); // untouched
+    expect(state.unreadCount("c")).toBe(3);
+    expect(state.threadWatermarks("c")).toEqual([at("r1", 8, 0, 4)]);
+    // The same again changes nothing.
+    expect(state.apply({ type: "watermark", cursor: "3", ...at(null, 2, 3, 3) })).toEqual([]);
+
+    // A reset: per conversation the main timeline, then its threads.
+    state.apply({
+      type: "reset",
+      cursor: "4",
+      reason: "cursor_invalid",
+      snapshot: { recentMessages: [], watermarks: [at(null, 5, 0, 1), at("r2", 6, 1, 1)] },
+    });
+    expect(state.watermark("c")).toEqual(at(null, 5, 0, 1));
+    expect(state.watermark("c", "r1")).toBeUndefined();
+    expect(state.threadWatermarks("c")).toEqual([at("r2", 6, 1, 1)]);
+    expect(state.unreadCount("c")).toBe(1);
+    expect(state.unreadCount("other")).toBeUndefined();
   });
 });

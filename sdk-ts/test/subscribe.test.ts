@@ -85,7 +85,15 @@ describe("subscribe", () => {
     await log.waitFor(is("live"));
     await c.clients[0]!.markReadUpTo(c.conversationId, ms[1]!.id); // "another device" of the same user
     const w = await log.waitFor(is("watermark"));
-    expect(w).toMatchObject({ conversationId: c.conversationId, readUpToSeq: 2, unreadCount: 1 });
+    expect(w).toEqual({
+      type: "watermark",
+      cursor: w.cursor,
+      conversationId: c.conversationId,
+      threadRootMessageId: null,
+      readUpToSeq: 2,
+      unreadCount: 1,
+      conversationUnreadCount: 1,
+    });
     await log.close();
   });
 
@@ -130,7 +138,9 @@ describe("subscribe", () => {
     expect(reset.reason).toBe("cursor_invalid");
     expect(reset.snapshot.recentMessages).toHaveLength(1);
     expect(reset.snapshot.recentMessages[0]).toMatchObject({ messageId: m!.id, tick: "delivered" });
-    expect(reset.snapshot.watermarks).toEqual([{ conversationId: c.conversationId, readUpToSeq: 0, unreadCount: 0 }]);
+    expect(reset.snapshot.watermarks).toEqual([
+      { conversationId: c.conversationId, threadRootMessageId: null, readUpToSeq: 0, unreadCount: 0, conversationUnreadCount: 0 },
+    ]);
     await log.waitFor(is("live"));
     expect(log.subscription.cursor).not.toBe("not-a-cursor");
     await log.close();

@@ -4,24 +4,32 @@ import { describe, expect, it } from "vitest";
 import { create } from "@bufbuild/protobuf";
 import {
   ConversationOutcome,
+  ConversationReadResultSchema,
+  ConversationUnreadSchema,
   DeliveryOutcome,
   ListRecipientsResponseSchema,
+  MarkReadUpToResponseSchema,
   MessageReceiptsSchema,
   RecipientFilter,
   RecipientState,
   ResetReason,
   Tick,
+  WatermarkSyncSchema,
 } from "../src/gen/receipts/v1/receipts_pb.js";
 import {
   applyRange,
   conversationOutcome,
+  conversationReadResult,
+  conversationUnread,
   deliveryOutcome,
   messageReceipts,
+  readUpToResult,
   recipientFilter,
   recipientPage,
   recipientState,
   resetReason,
   tick,
+  watermark,
   type RecipientFilter as Filter,
 } from "../src/types.js";
 
@@ -111,5 +119,56 @@ describe("page tokens", () => {
     expect(applied).toMatchObject({ messageId: "m", tick: "delivered", recipients: [] });
     expect("recipientsNextPageToken" in applied).toBe(false);
     expect(applyRange(cut, { ...range, fromSeq: 6 })).toBe(cut);
+  });
+});
+
+describe("threads in conversions", () => {
+  it("an empty thread root is the main timeline (null), any other is kept", () => {
+    const main = watermark(create(WatermarkSyncSchema, { conversationId: "c", readUpToSeq: 3n, unreadCount: 2n, conversationUnreadCount: 5n }));
+    expect(main).toEqual({ conversationId: "c", threadRootMessageId: null, readUpToSeq: 3, unreadCount: 2, conversationUnreadCount: 5 });
+    const inThread = watermark(create(WatermarkSyncSchema, { conversationId: "c", threadRootMessageId: "r", unreadCount: 1n, conversationUnreadCount: 4n }));
+    expect(inThread).toMatchObject({ threadRootMessageId: "r", unreadCount: 1, conversationUnreadCount: 4 });
+    expect(conversationReadResult(create(ConversationReadResultSchema, { conversationId: "c" })).threadRootMessageId).toBeNull();
+    expect(
+      conversationReadResult(create(ConversationReadResultSchema, { conversationId: "c", threadRootMessageId: "r" })).threadRootMessageId,
+    ).toBe("r");
+  });
+
+  it("a conversation count of 0 (an event logged, or a server, before threads) is the timeline's count", () => {
+    const old = watermark(create(WatermarkSyncSchema, { conversationId: "c", readUpToSeq: 3n, unreadCount: 2n }));
+    expect(old.conversationUnreadCount).toBe(2);
+    const read = readUpToResult(create(MarkReadUpToResponseSchema, { readUpToSeq: 3n, advanced: true, unreadCount: 2n }));
+    expect(read).toEqual({ readUpToSeq: 3, advanced: true, unreadCount: 2, threadRootMessageId: null, conversationUnreadCount: 2 });
+    const inThread = readUpToResult(
+      create(MarkReadUpToResponseSchema, { readUpToSeq: 9n, unreadCount: 0n, threadRootMessageId: "r", conversationUnreadCount: 4n }),
+    );
+    expect(inThread).toMatchObject({ unreadCount: 0, threadRootMessageId: "r", conversationUnreadCount: 4 });
+  });
+
+  it("unread counts carry the threads, and the main timeline's count from a server before threads", () => {
+    const withThreads = conversationUnread(
+      create(ConversationUnreadSchema, {
+        conversationId: "c",
+        outcome: ConversationOutcome.OK,
+        unreadCount: 5n,
+        readUpToSeq: 2n,
+        lastSeq: 9n,
+        mainUnreadCount: 0n,
+        threads: [{ threadRootMessageId: "r", unreadCount: 5n, readUpToSeq: 4n, lastSeq: 9n }],
+      }),
+    );
+    expect(withThreads).toEqual({
+      conversationId: "c",
+      outcome: "ok",
+      unreadCount: 5,
+      readUpToSeq: 2,
+      lastSeq: 9,
+      mainUnreadCount: 0,
+      threads: [{ threadRootMessageId: "r", unreadCount: 5, readUpToSeq: 4, lastSeq: 9 }],
+    });
+    const before = conversationUnread(
+      create(ConversationUnreadSchema, { conversationId: "c", outcome: ConversationOutcome.OK, unreadCount: 3n, lastSeq: 3n }),
+    );
+    expect(before).toMatchObject({ unreadCount: 3, mainUnreadCount: 3, threads: [] });
   });
 });

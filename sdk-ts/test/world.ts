@@ -7,6 +7,7 @@ import {
   createBackendClient,
   createReceiptsClient,
   type ReceiptEvent,
+  type ReceiptState,
   type ReceiptSubscription,
   type ReceiptsClient,
 } from "../src/node.js";
@@ -25,8 +26,11 @@ export interface Chat {
   users: string[];
   /** One client per member, acting as that member (JWT). */
   clients: ReceiptsClient[];
-  /** Registers `count` messages from `users[from]`, with the next seqs. */
-  send(count?: number, from?: number): Promise<Message[]>;
+  /**
+   * Registers `count` messages from `users[from]`, with the next seqs, in the
+   * main timeline or in the thread of `threadRootMessageId`.
+   */
+  send(count?: number, from?: number, threadRootMessageId?: string): Promise<Message[]>;
 }
 
 export function baseUrl(): string {
@@ -55,10 +59,16 @@ export async function chat(members: number | string[], url = baseUrl()): Promise
     conversationId,
     users,
     clients: users.map((u) => userClient(u, url)),
-    async send(count = 1, from = 0) {
+    async send(count = 1, from = 0, threadRootMessageId?: string) {
       const messages = Array.from({ length: count }, () => ({ id: uuid(), seq: ++seq }));
       await b.registerMessages(
-        messages.map((m) => ({ messageId: m.id, conversationId, seq: m.seq, senderId: users[from]! })),
+        messages.map((m) => ({
+          messageId: m.id,
+          conversationId,
+          seq: m.seq,
+          senderId: users[from]!,
+          threadRootMessageId,
+        })),
       );
       return messages;
     },
@@ -162,5 +172,23 @@ function summary(e: ReceiptEvent) {
       return { reconnecting: e.error.message };
     default:
       return e.type;
+  }
+}
+
+/** Resolves once `ok(state)` holds, checking on every change and every 20 ms. */
+export async function until(state: ReceiptState, what: string, ok: (s: ReceiptState) => boolean): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  while (!ok(state)) {
+    if (Date.now() > deadline) throw new Error(`${what}: not within 10 s`);
+    await new Promise<void>((resolve) => {
+      const off = state.onChange(() => {
+        off();
+        resolve();
+      });
+      setTimeout(() => {
+        off();
+        resolve();
+      }, 20);
+    });
   }
 }

@@ -20,7 +20,7 @@ KUBE_VERSION=1.30.0
 CHART=deploy/helm/receipts
 COMPOSE=deploy/compose.yaml
 
-step() { printf '\n==> %s\n' "$*"; }
+step() { printf '\n==> [%s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 PASSED=0
 FAILED=0
 pass() { PASSED=$((PASSED + 1)); echo "ok    $*"; }

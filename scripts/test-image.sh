@@ -11,7 +11,7 @@
 # machine's hard limits, which a container may not raise).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-step() { printf '\n==> %s\n' "$*"; }
+step() { printf '\n==> [%s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 
 step "container image: podman and runc from Debian's packages"
 if ! command -v podman >/dev/null || ! command -v runc >/dev/null; then

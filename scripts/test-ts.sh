@@ -14,7 +14,7 @@ SDK=$ROOT/sdk-ts
 WEB=$ROOT/examples/web
 export npm_config_loglevel=error npm_config_fund=false npm_config_audit=false
 
-step() { printf '\n==> %s\n' "$*"; }
+step() { printf '\n==> [%s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 fail() { printf 'test-ts: %s\n' "$*" >&2; exit 1; }
 
 export RECEIPTD=$ROOT/target/debug/receiptd

@@ -11,7 +11,7 @@ ROOT=$PWD
 CACHE=$ROOT/.cache
 mkdir -p "$CACHE"
 
-step() { printf '\n==> %s\n' "$*"; }
+step() { printf '\n==> [%s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 
 step "rustfmt"
 cargo fmt --all -- --check
@@ -138,3 +138,5 @@ node -e 'const fs = require("fs"), dir = process.argv[1];
   if (!(l.length === 12 && l.every((row) => row.call === "window flush (one summary)" || row.rounds > 0)))
     fail("large-groups report is missing rows");' "$BENCH"
 rm -rf "$BENCH"
+
+step "all passed"

@@ -5,11 +5,17 @@
 // Bob, Carol and Dave receive. The page also plays the messaging backend,
 // which registers each sent message and hands it to the recipients' panes;
 // in a real app that is your server, and each pane is someone's device.
+//
+// In the group, Alice can reply in a thread under one of her messages. A
+// thread is a timeline of its own: "Mark read" reads the main timelines, a
+// thread's "Read thread" reads that thread alone, and the unread badges count
+// both (the conversation's) and each thread apart.
 import {
   createBackendClient,
   createReceiptState,
   createReceiptsClient,
   ReceiptsError,
+  type ConversationUnread,
   type DeliveredBatcher,
   type MessageReceipts,
   type MessageRef,
@@ -52,6 +58,8 @@ interface Sent {
   id: string;
   seq: number;
   text: string;
+  /** The thread it replies in (its root message's id); `null` in the main timeline. */
+  threadRootMessageId: string | null;
 }
 
 const person = (name: string): Person => {
@@ -96,11 +104,16 @@ async function withRetries<T>(call: () => Promise<T>, onRetry: (attempt: number,
   }
 }
 
-/** Alice's pane: one thread per conversation, with her messages' ticks, live. */
+/**
+ * Alice's pane: one section per conversation, with her messages' ticks, live.
+ * In the group, "Reply" under one of her messages opens its thread: replies
+ * there get ticks like any message, from the same receipt state.
+ */
 class SenderPane {
   readonly root = el("section", { class: "pane", id: "sender" });
   private readonly status = el("span", { class: "status", "data-status": "connecting" }, "connecting…");
   private readonly error = el("p", { class: "error", role: "alert" });
+  /** Where messages are listed: per conversation (by its id) and per thread (by its root's id). */
   private readonly lists = new Map<string, HTMLOListElement>();
   private readonly rows = new Map<string, HTMLLIElement>();
   private readonly groups = new Set<string>();
@@ -126,30 +139,41 @@ class SenderPane {
       }
       const list = el("ol", { class: "messages outgoing" });
       this.lists.set(c.id, list);
-      const input = el("input", { name: "text", placeholder: `Message ${c.title}`, autocomplete: "off" });
-      const form = el("form", {}, input, el("button", { class: "primary", type: "submit" }, "Send"));
-      form.addEventListener("submit", (ev) => {
-        ev.preventDefault();
-        const text = input.value.trim();
-        if (text !== "") {
-          input.value = "";
-          const m: Sent = { id: uuidv7(), seq: ++c.lastSeq, text };
-          this.add(c, m);
-          void this.send(c, m);
-        }
-      });
       const others = c.members.filter((m) => m !== me).map((m) => m.name);
       this.root.append(
         el(
           "div",
-          { class: "thread", "data-conversation": c.title },
+          { class: "conversation", "data-conversation": c.title },
           el("h3", {}, group ? `${c.title} (${others.join(", ")})` : `Direct with ${c.title}`),
           list,
-          form,
+          this.composer(`Message ${c.title}`, (text) => this.post(c, text, null)),
         ),
       );
     }
     this.root.append(this.error);
+  }
+
+  /** A text field with a Send button; `onText` gets what was typed. */
+  private composer(placeholder: string, onText: (text: string) => void): HTMLFormElement {
+    const input = el("input", { name: "text", placeholder, autocomplete: "off" });
+    const form = el("form", {}, input, el("button", { class: "primary", type: "submit" }, "Send"));
+    form.addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      const text = input.value.trim();
+      if (text !== "") {
+        input.value = "";
+        onText(text);
+      }
+    });
+    return form;
+  }
+
+  /** A new message in the conversation's main timeline, or in the thread under `threadRootMessageId`. */
+  private post(c: Conversation, text: string, threadRootMessageId: string | null): void {
+    // Seqs are the conversation's, whichever timeline the message is in.
+    const m: Sent = { id: uuidv7(), seq: ++c.lastSeq, text, threadRootMessageId };
+    this.add(c, m);
+    void this.send(c, m);
   }
 
   /** Shows a message being sent: a clock until the backend registered it. */
@@ -157,8 +181,23 @@ class SenderPane {
     const row = el("li", { "data-message-id": m.id }, el("span", { class: "text" }, m.text));
     row.append(el("span", { class: "meta" }, el("span", { class: "tick" }), el("span", { class: "tick-label" })));
     this.rows.set(m.id, row);
-    this.lists.get(c.id)!.append(row);
+    this.lists.get(m.threadRootMessageId ?? c.id)!.append(row);
     this.paint(row, "pending");
+  }
+
+  /**
+   * Opens the thread under `root` (a registered message of the main
+   * timeline): its replies, below the root, and a field to reply.
+   */
+  private openThread(c: Conversation, root: Sent): void {
+    let list = this.lists.get(root.id);
+    if (list === undefined) {
+      list = el("ol", { class: "messages replies" });
+      this.lists.set(root.id, list);
+      const composer = this.composer("Reply in thread", (text) => this.post(c, text, root.id));
+      this.rows.get(root.id)!.after(el("li", { class: "thread", "data-thread-root": root.id }, list, composer));
+    }
+    list.parentElement!.querySelector("input")!.focus();
   }
 
   /**
@@ -191,16 +230,23 @@ class SenderPane {
   /**
    * The backend registered it: one tick, unless an event already said more;
    * from now on the receipt state holds it (with its seq, which ranges need).
+   * A group message of the main timeline can now have a thread (a reply's
+   * root must be registered first).
    */
   async registered(c: Conversation, m: Sent): Promise<void> {
-    const row = this.rows.get(m.id);
-    if (row?.dataset["tick"] === "pending" || row?.dataset["tick"] === "failed") {
+    const row = this.rows.get(m.id)!;
+    if (row.dataset["tick"] === "pending" || row.dataset["tick"] === "failed") {
       this.paint(row, "sent");
+    }
+    if (this.groups.has(c.id) && m.threadRootMessageId === null && row.querySelector(".reply") === null) {
+      const reply = el("button", { class: "reply", type: "button", title: "Reply in thread" }, "Reply");
+      reply.addEventListener("click", () => this.openThread(c, m));
+      row.querySelector(".meta")!.prepend(reply);
     }
     this.state.track(await this.me.client.getReceipts(c.id, [m.id]));
   }
 
-  /** Paints a message's state (from the receipt state). */
+  /** Paints a message's state (from the receipt state), a thread's reply like any other. */
   private apply(state: MessageReceipts): void {
     const row = this.rows.get(state.messageId);
     if (row === undefined) {
@@ -210,7 +256,8 @@ class SenderPane {
     if (this.groups.has(state.conversationId)) {
       const meta = row.querySelector(".meta")!;
       const count =
-        meta.querySelector<HTMLElement>(".count") ?? meta.insertBefore(el("span", { class: "count" }), meta.firstChild);
+        meta.querySelector<HTMLElement>(".count") ??
+        meta.insertBefore(el("span", { class: "count" }), meta.querySelector(".tick"));
       count.textContent = `${state.readCount} of ${state.recipientsTotal} read`;
       row.title = `${state.deliveredCount} of ${state.recipientsTotal} delivered`;
     }
@@ -262,42 +309,70 @@ class SenderPane {
   }
 }
 
+/** A key for a timeline: a conversation's main timeline, or one of its threads. */
+const timelineKey = (conversationId: string, threadRootMessageId: string | null) =>
+  JSON.stringify([conversationId, threadRootMessageId]);
+
 /**
- * A recipient's device: shows what it received and what its user has read,
- * acknowledges delivery, and marks read. With "Device offline" ticked its
- * receipts client sends nothing (the sender's message stays at one tick);
- * unticking sends what was held: delivered first, then the read position.
+ * One timeline a recipient reads: a conversation's main timeline, or one
+ * thread in it. Each has its own read position, so the page keeps them apart
+ * (seqs are the conversation's: a thread's position says nothing of the main
+ * timeline's, nor the other way round).
+ */
+interface Timeline {
+  conversationId: string;
+  /** The thread's root message; `null` for the main timeline. */
+  threadRootMessageId: string | null;
+  /** The newest message received in it. */
+  newest: Sent;
+  /** The newest message its user has read here (ahead of the server while offline). */
+  read: Sent | undefined;
+}
+
+/**
+ * A recipient's device: shows what it received (a thread's replies under
+ * their root) and what its user has read, acknowledges delivery, and marks
+ * read: "Mark read" in the main timelines, "Read thread" in one thread. With
+ * "Device offline" ticked its receipts client sends nothing (the sender's
+ * message stays at one tick); unticking sends what was held: delivered
+ * first, then the read positions.
  */
 class RecipientPane {
   readonly root: HTMLElement;
   private readonly list = el("ol", { class: "messages incoming" });
-  private readonly unread = el("span", { class: "unread" });
+  private readonly badges = el("p", { class: "badges" });
   private readonly status = el("p", { class: "device" });
   private readonly error = el("p", { class: "error", role: "alert" });
   private readonly delivered: DeliveredBatcher;
   private readonly reads: ReadMarker;
   /** This user's read positions as the server confirmed them (from any device), via its stream. */
   private readonly state = createReceiptState();
-  /** The newest message received per conversation. */
-  private readonly newest = new Map<string, Sent>();
-  /** Where this device's user has read up to, per conversation (ahead of the server while offline). */
-  private readonly readSeq = new Map<string, number>();
-  private readonly rows: { conversationId: string; seq: number; row: HTMLLIElement }[] = [];
+  /** What each conversation's badge is called: the group's title, or the other person in a direct chat. */
+  private readonly titles = new Map<string, string>();
+  /** By `timelineKey`. */
+  private readonly timelines = new Map<string, Timeline>();
+  /** Every message received, by id, with its row. */
+  private readonly received = new Map<string, { conversationId: string; message: Sent; row: HTMLLIElement }>();
+  /** Each thread's replies, by root message id. */
+  private readonly threads = new Map<string, HTMLOListElement>();
   /** Received while offline: acknowledged when back online. */
   private heldDeliveries: MessageRef[] = [];
   private offline = false;
+  /** Counts unread-count requests, so that only the latest answer is shown. */
+  private unreadAsked = 0;
 
   constructor(private readonly me: Person) {
     this.delivered = me.client.deliveredBatcher({ maxDelayMs: 100, onError: (e) => this.fail(e) });
     this.reads = me.client.readMarker({ intervalMs: 250, onError: (e) => this.fail(e) });
-    const read = el("button", { class: "primary", type: "button" }, "Mark read");
-    read.addEventListener("click", () => this.markRead());
+    const read = el("button", { class: "primary mark-read", type: "button" }, "Mark read");
+    read.addEventListener("click", () => this.markRead((t) => t.threadRootMessageId === null));
     const toggle = el("input", { type: "checkbox", name: "offline" });
     toggle.addEventListener("change", () => void this.setOffline(toggle.checked));
     this.root = el(
       "section",
       { class: "pane", id: me.name.toLowerCase(), "data-device": "online" },
-      el("h2", {}, me.name, this.unread),
+      el("h2", {}, me.name),
+      this.badges,
       el("label", { class: "offline-toggle" }, toggle, "Device offline"),
       this.status,
       this.list,
@@ -311,19 +386,24 @@ class RecipientPane {
 
   /** The messaging backend hands this device a message: show it, and acknowledge it unless offline. */
   receive(c: Conversation, from: Person, m: Sent): void {
-    const where = c.members.length > 2 ? `${c.title} · ${from.name}` : from.name;
+    const group = c.members.length > 2;
+    this.titles.set(c.id, group ? c.title : from.name);
     const row = el(
       "li",
       { "data-message-id": m.id },
-      el("span", { class: "conv" }, where),
+      el("span", { class: "conv" }, group && m.threadRootMessageId === null ? `${c.title} · ${from.name}` : from.name),
       el("span", { class: "text" }, m.text),
       el("span", { class: "read-state" }),
     );
-    this.rows.push({ conversationId: c.id, seq: m.seq, row });
-    this.list.append(row);
-    const last = this.newest.get(c.id);
-    if (last === undefined || last.seq < m.seq) {
-      this.newest.set(c.id, m);
+    this.received.set(m.id, { conversationId: c.id, message: m, row });
+    (m.threadRootMessageId === null ? this.list : this.replies(m.threadRootMessageId)).append(row);
+    const key = timelineKey(c.id, m.threadRootMessageId);
+    const timeline = this.timelines.get(key);
+    if (timeline === undefined) {
+      const { threadRootMessageId } = m;
+      this.timelines.set(key, { conversationId: c.id, threadRootMessageId, newest: m, read: undefined });
+    } else if (timeline.newest.seq < m.seq) {
+      timeline.newest = m;
     }
     this.paintReads();
     // Named with its conversation: the server finds it there, with no lookup by id alone.
@@ -337,16 +417,38 @@ class RecipientPane {
     void this.refreshUnread();
   }
 
-  /** The user has seen everything on screen: read up to the newest message of each conversation. */
-  private markRead(): void {
-    for (const [conversationId, m] of this.newest) {
-      this.readSeq.set(conversationId, Math.max(this.readSeq.get(conversationId) ?? 0, m.seq));
-      if (!this.offline) {
-        this.reads.mark(conversationId, m.id, m.seq);
-      }
+  /** The list of a thread's replies, below its root, with the thread's own "Read thread". */
+  private replies(rootId: string): HTMLOListElement {
+    let list = this.threads.get(rootId);
+    if (list === undefined) {
+      list = el("ol", { class: "messages replies" });
+      this.threads.set(rootId, list);
+      const read = el("button", { class: "read-thread", type: "button" }, "Read thread");
+      read.addEventListener("click", () => this.markRead((t) => t.threadRootMessageId === rootId));
+      const thread = el("li", { class: "thread", "data-thread-root": rootId }, list, read);
+      const root = this.received.get(rootId)?.row;
+      if (root !== undefined) root.after(thread);
+      else this.list.append(thread); // a root from before this device joined
+    }
+    return list;
+  }
+
+  /** The user has seen the timelines `which` keeps: read up to the newest message of each. */
+  private markRead(which: (t: Timeline) => boolean): void {
+    for (const t of this.timelines.values()) {
+      if (!which(t)) continue;
+      t.read = t.newest;
+      if (!this.offline) this.sendRead(t);
     }
     this.paintReads();
     this.showDevice();
+  }
+
+  /** Tells the server where the user has read up to in `t` (the marker sends one call per timeline and interval). */
+  private sendRead(t: Timeline): void {
+    if (t.read !== undefined) {
+      this.reads.mark(t.conversationId, t.read.id, t.read.seq, { threadRootMessageId: t.threadRootMessageId });
+    }
   }
 
   private async setOffline(offline: boolean): Promise<void> {
@@ -363,9 +465,8 @@ class RecipientPane {
         this.delivered.add(...held);
         await this.delivered.flush();
       }
-      for (const [conversationId, m] of this.newest) {
-        const seq = this.readSeq.get(conversationId) ?? 0;
-        if (seq >= m.seq) this.reads.mark(conversationId, m.id, m.seq);
+      for (const t of this.timelines.values()) {
+        this.sendRead(t); // the marker skips what the server already confirmed
       }
       await this.reads.flush();
       await this.refreshUnread();
@@ -376,11 +477,16 @@ class RecipientPane {
     }
   }
 
-  /** Marks each row read or unread: read up to the user's own position or the server's, whichever is further. */
+  /** The server's read position in `t`, as this user's stream last told it. */
+  private confirmedSeq(t: Timeline): number {
+    return this.state.watermark(t.conversationId, t.threadRootMessageId)?.readUpToSeq ?? 0;
+  }
+
+  /** Marks each row read or unread: up to the user's position in its timeline or the server's, whichever is further. */
   private paintReads(): void {
-    for (const { conversationId, seq, row } of this.rows) {
-      const upTo = Math.max(this.readSeq.get(conversationId) ?? 0, this.state.watermark(conversationId)?.readUpToSeq ?? 0);
-      const read = seq <= upTo;
+    for (const { conversationId, message, row } of this.received.values()) {
+      const t = this.timelines.get(timelineKey(conversationId, message.threadRootMessageId))!;
+      const read = message.seq <= Math.max(t.read?.seq ?? 0, this.confirmedSeq(t));
       row.dataset["read"] = String(read);
       row.querySelector(".read-state")!.textContent = read ? "read" : "new";
     }
@@ -392,9 +498,7 @@ class RecipientPane {
       this.status.textContent = "Online: acknowledges what arrives, marks what you read";
       return;
     }
-    const unsentReads = [...this.newest.keys()].some(
-      (c) => (this.readSeq.get(c) ?? 0) > (this.state.watermark(c)?.readUpToSeq ?? 0),
-    );
+    const unsentReads = [...this.timelines.values()].some((t) => (t.read?.seq ?? 0) > this.confirmedSeq(t));
     const held = [
       `${this.heldDeliveries.length} delivery receipt${this.heldDeliveries.length === 1 ? "" : "s"}`,
       ...(unsentReads ? ["your read position"] : []),
@@ -403,22 +507,52 @@ class RecipientPane {
   }
 
   private async refreshUnread(): Promise<void> {
+    const asked = ++this.unreadAsked;
     try {
-      const counts = await this.me.client.getUnreadCounts([...this.newest.keys()]);
-      this.showUnread(counts.reduce((n, c) => n + c.unreadCount, 0));
+      const counts = await this.me.client.getUnreadCounts([...this.titles.keys()]);
+      if (asked === this.unreadAsked) {
+        this.showUnread(counts); // an earlier request may answer after a later one: show the latest
+      }
     } catch (e) {
       this.fail(e);
     }
   }
 
-  private showUnread(n: number): void {
-    this.unread.textContent = n === 0 ? "" : `${n} unread`;
+  /**
+   * A badge per conversation with unread messages (its main timeline plus
+   * every thread), each followed by a badge per thread with unread replies.
+   */
+  private showUnread(counts: ConversationUnread[]): void {
+    const badge = (label: string, count: number, attrs: Record<string, string>) =>
+      el("span", { class: "badge", ...attrs }, label, " ", el("b", { class: "count" }, String(count)));
+    this.badges.replaceChildren(
+      ...counts
+        .filter((c) => c.unreadCount > 0)
+        .flatMap((c) => {
+          const title = this.titles.get(c.conversationId) ?? "";
+          return [
+            badge(title, c.unreadCount, {
+              "data-conversation": title,
+              title: `${c.mainUnreadCount} in the main timeline, ${c.unreadCount - c.mainUnreadCount} in threads`,
+            }),
+            ...c.threads.map((t) => {
+              const root = this.received.get(t.threadRootMessageId)?.message.text ?? "a thread";
+              return badge(`↳ ${root}`, t.unreadCount, {
+                class: "badge thread",
+                "data-thread-root": t.threadRootMessageId,
+                title: `Thread: ${root}`,
+              });
+            }),
+          ];
+        }),
+    );
   }
 
   /**
-   * Follows this user's stream: its read positions (from any device) go to
-   * the receipt state, which repaints the rows, and the unread badge
-   * follows; an error shown earlier goes once the stream is live again.
+   * Follows this user's stream: its read positions (from any device, in any
+   * timeline) go to the receipt state, which repaints the rows, and the
+   * unread badges follow; an error shown earlier goes once the stream is
+   * live again.
    */
   async follow(): Promise<void> {
     try {
@@ -458,7 +592,16 @@ async function main(): Promise<void> {
 
   const recipients = new Map([bob, carol, dave].map((p) => [p.id, new RecipientPane(p)]));
   const sender = new SenderPane(alice, conversations, async (c, m) => {
-    await backend.registerMessages([{ messageId: m.id, conversationId: c.id, seq: m.seq, senderId: alice.id }]);
+    await backend.registerMessages([
+      {
+        messageId: m.id,
+        conversationId: c.id,
+        seq: m.seq,
+        senderId: alice.id,
+        // A reply names its thread's root (registered before it, in the main timeline).
+        threadRootMessageId: m.threadRootMessageId,
+      },
+    ]);
     // Held by the receipt state before any recipient can acknowledge it.
     await sender.registered(c, m);
     for (const member of c.members) {

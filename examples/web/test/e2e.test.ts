@@ -2,9 +2,11 @@
 // opens the built page, served by `vite preview`, against a real receiptd.
 // Alice sends; the recipients' panes acknowledge delivery; "Mark read" in
 // their panes turns Alice's ticks blue, live over gRPC-web. A recipient's
-// "Device offline" holds a message at one tick; stopping receiptd makes a
-// send fail visibly, and restarting it lets it through. Each tick state is
-// kept as a screenshot in test-results/ (gitignored).
+// "Device offline" holds a message at one tick; Alice's replies in a thread
+// turn blue only once the others read the thread, and the recipients' badges
+// count the thread apart; stopping receiptd makes a send fail visibly, and
+// restarting it lets it through. Each tick state is kept as a screenshot in
+// test-results/ (gitignored).
 import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -75,13 +77,29 @@ function siteUrl(): string {
   return `http://127.0.0.1:${address.port}/`;
 }
 
-const thread = (conversation: string) => `#sender .thread[data-conversation="${conversation}"]`;
-const row = (conversation: string, text: string) => page.locator(`${thread(conversation)} li`, { hasText: text });
+const conversation = (title: string) => `#sender .conversation[data-conversation="${title}"]`;
+/** Alice's row of a message, in the main timeline or in a thread. */
+const row = (title: string, text: string) =>
+  page.locator(`${conversation(title)} li[data-message-id]`, { hasText: text });
+/** A recipient's row of a message. */
+const received = (who: string, text: string) => page.locator(`#${who} li[data-message-id]`, { hasText: text });
 
-async function send(conversation: string, text: string): Promise<void> {
-  await page.fill(`${thread(conversation)} input[name=text]`, text);
-  await page.click(`${thread(conversation)} button[type=submit]`);
+/** Sends in the conversation's main timeline. */
+async function send(title: string, text: string): Promise<void> {
+  await page.fill(`${conversation(title)} > form input[name=text]`, text);
+  await page.click(`${conversation(title)} > form button[type=submit]`);
 }
+
+/** Replies in the thread under `rootId`, opened in Alice's pane. */
+async function reply(rootId: string, text: string): Promise<void> {
+  const thread = `#sender li.thread[data-thread-root="${rootId}"]`;
+  await page.fill(`${thread} input[name=text]`, text);
+  await page.click(`${thread} button[type=submit]`);
+}
+
+/** The count on a recipient's unread badge (`which` selects it); "" while there is none. */
+const badge = async (who: string, which: string) =>
+  (await page.locator(`#${who} .badge${which} .count`).allTextContents()).join();
 
 const tickOf = (r: Locator) => r.getAttribute("data-tick");
 
@@ -117,7 +135,7 @@ it("holds a message at ✓ while Bob's device is offline, then ✓✓ when it is
   await send("Bob", "Hello Bob");
   const hello = row("Bob", "Hello Bob");
   await expect.poll(() => tickOf(hello), { timeout: 10_000 }).toBe("sent");
-  await expect.poll(() => page.locator("#bob li", { hasText: "Hello Bob" }).count()).toBe(1); // Bob's device has it
+  await expect.poll(() => received("bob", "Hello Bob").count()).toBe(1); // Bob's device has it
   await staysAt(hello, "sent");
   expect(await hello.locator(".tick path").count()).toBe(1);
   expect(await page.locator("#bob .device").textContent()).toBe("Offline: holding 1 delivery receipt");
@@ -126,14 +144,14 @@ it("holds a message at ✓ while Bob's device is offline, then ✓✓ when it is
   await offline("bob").uncheck();
   await expect.poll(() => tickOf(hello), { timeout: 10_000 }).toBe("delivered");
   expect(await hello.locator(".tick path").count()).toBe(2);
-  expect(await page.locator("#bob li", { hasText: "Hello Bob" }).getAttribute("data-read")).toBe("false");
+  expect(await received("bob", "Hello Bob").getAttribute("data-read")).toBe("false");
   await keep("tick-delivered.png");
 
-  await page.click("#bob button.primary");
+  await page.click("#bob button.mark-read");
   await expect.poll(() => tickOf(hello), { timeout: 10_000 }).toBe("read");
   const blue = await hello.locator(".tick").evaluate((e) => getComputedStyle(e).color);
   expect(blue).toBe("rgb(52, 183, 241)");
-  expect(await page.locator("#bob li", { hasText: "Hello Bob" }).getAttribute("data-read")).toBe("true");
+  expect(await received("bob", "Hello Bob").getAttribute("data-read")).toBe("true");
   await keep("tick-read.png");
   expect(pageErrors).toEqual([]);
 });
@@ -143,14 +161,14 @@ it("counts 2 of 3 read in a group; an offline device's read reaches the sender w
   await send("Team", "Lunch at noon?");
   const lunch = row("Team", "Lunch at noon?");
   await expect.poll(() => lunch.locator(".count").textContent(), { timeout: 10_000 }).toBe("0 of 3 read");
-  await page.click("#bob button.primary");
-  await page.click("#carol button.primary");
+  await page.click("#bob button.mark-read");
+  await page.click("#carol button.mark-read");
   await expect.poll(() => lunch.locator(".count").textContent(), { timeout: 10_000 }).toBe("2 of 3 read");
   await staysAt(lunch, "sent"); // Dave's device has not acknowledged it
 
   // Dave reads while offline: his pane shows it read, Alice still sees two of three.
-  await page.click("#dave button.primary");
-  expect(await page.locator("#dave li", { hasText: "Lunch" }).getAttribute("data-read")).toBe("true");
+  await page.click("#dave button.mark-read");
+  expect(await received("dave", "Lunch").getAttribute("data-read")).toBe("true");
   expect(await page.locator("#dave .device").textContent()).toBe(
     "Offline: holding 1 delivery receipt and your read position",
   );
@@ -166,7 +184,83 @@ it("counts 2 of 3 read in a group; an offline device's read reaches the sender w
   // Carol has not read the next one: the server's unread count says so.
   await send("Team", "Bring umbrellas");
   await expect.poll(() => tickOf(row("Team", "Bring umbrellas")), { timeout: 10_000 }).toBe("delivered");
-  await expect.poll(() => page.locator("#carol .unread").textContent(), { timeout: 10_000 }).toBe("1 unread");
+  await expect.poll(() => badge("carol", `[data-conversation="Team"]`), { timeout: 10_000 }).toBe("1");
+  expect(pageErrors).toEqual([]);
+});
+
+it("a thread reply turns blue when the others read the thread, not when they read the main timeline", async () => {
+  await send("Team", "Friday offsite?");
+  const root = row("Team", "Friday offsite?");
+  await expect.poll(() => tickOf(root), { timeout: 10_000 }).toBe("delivered");
+  const rootId = (await root.getAttribute("data-message-id"))!;
+  await root.locator("button.reply").click();
+  await reply(rootId, "Bring a jacket");
+  await reply(rootId, "Bus leaves at 9");
+  const replies = [row("Team", "Bring a jacket"), row("Team", "Bus leaves at 9")];
+  for (const r of replies) {
+    await expect.poll(() => tickOf(r), { timeout: 10_000 }).toBe("delivered");
+  }
+  // In the main timeline, above the replies' seqs: reading up to it must still leave them unread.
+  await send("Team", "Meet at the station");
+  const after = row("Team", "Meet at the station");
+  await expect.poll(() => tickOf(after), { timeout: 10_000 }).toBe("delivered");
+  // Bob's device lists the replies under their root.
+  expect(await page.locator(`#bob li.thread[data-thread-root="${rootId}"] li`).allTextContents()).toEqual([
+    expect.stringContaining("Bring a jacket"),
+    expect.stringContaining("Bus leaves at 9"),
+  ]);
+
+  // The conversation's badge counts the main timeline ("Bring umbrellas", unread since the
+  // last test, the root and "Meet at the station") and the thread; the thread's, its replies.
+  const team = `[data-conversation="Team"]`;
+  const thread = `[data-thread-root="${rootId}"]`;
+  for (const who of ["bob", "carol", "dave"]) {
+    await expect.poll(() => badge(who, team), { timeout: 10_000 }).toBe("5");
+    expect(await badge(who, thread)).toBe("2");
+  }
+  expect(await page.locator(`#bob .badge${team}`).getAttribute("title")).toBe("3 in the main timeline, 2 in threads");
+  expect(await page.locator(`#bob .badge${thread}`).textContent()).toBe("↳ Friday offsite? 2");
+
+  // Everyone reads the main timeline only: the root and the message after the replies turn
+  // blue, the replies stay at two grey ticks, read by no one, and only the thread is unread.
+  for (const who of ["bob", "carol", "dave"]) {
+    await page.click(`#${who} button.mark-read`);
+  }
+  await expect.poll(() => tickOf(after), { timeout: 10_000 }).toBe("read");
+  await expect.poll(() => tickOf(root), { timeout: 10_000 }).toBe("read");
+  await staysAt(replies[0]!, "delivered");
+  for (const r of replies) {
+    expect(await tickOf(r)).toBe("delivered");
+    expect(await r.locator(".count").textContent()).toBe("0 of 3 read");
+  }
+  expect(await received("bob", "Bring a jacket").getAttribute("data-read")).toBe("false");
+  expect(await received("bob", "Meet at the station").getAttribute("data-read")).toBe("true");
+  await expect.poll(() => badge("bob", team), { timeout: 10_000 }).toBe("2");
+  expect(await badge("bob", thread)).toBe("2");
+  await keep("thread-main-read.png");
+
+  // Bob reads the thread: one of three read it, and his badges are gone; Carol's thread is still unread.
+  await page.click(`#bob li.thread[data-thread-root="${rootId}"] button.read-thread`);
+  for (const r of replies) {
+    await expect.poll(() => r.locator(".count").textContent(), { timeout: 10_000 }).toBe("1 of 3 read");
+    expect(await tickOf(r)).toBe("delivered");
+  }
+  await expect.poll(() => page.locator("#bob .badge").count(), { timeout: 10_000 }).toBe(0);
+  expect(await received("bob", "Bus leaves at 9").getAttribute("data-read")).toBe("true");
+  expect(await badge("carol", thread)).toBe("2");
+
+  // Carol and Dave read it too: blue.
+  await page.click(`#carol li.thread[data-thread-root="${rootId}"] button.read-thread`);
+  await page.click(`#dave li.thread[data-thread-root="${rootId}"] button.read-thread`);
+  for (const r of replies) {
+    await expect.poll(() => tickOf(r), { timeout: 10_000 }).toBe("read");
+    expect(await r.locator(".count").textContent()).toBe("3 of 3 read");
+    expect(await r.locator(".tick").evaluate((e) => getComputedStyle(e).color)).toBe("rgb(52, 183, 241)");
+  }
+  await expect.poll(() => page.locator("#carol .badge, #dave .badge").count(), { timeout: 10_000 }).toBe(0);
+  await keep("thread-read.png");
+  // A read marked in the wrong timeline would be reported in the pane (INVALID_ARGUMENT).
+  expect((await page.locator(".pane .error").allTextContents()).join("")).toBe("");
   expect(pageErrors).toEqual([]);
 });
 

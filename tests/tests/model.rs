@@ -1,7 +1,6 @@
 //! Property test: random interleavings of registrations, deliveries and reads
 //! from several devices — with duplicates, reordering, privacy toggles,
-//! messages in threads (read positions per thread, on the stores that hold
-//! threads),
+//! messages in threads (read positions per thread),
 //! members leaving and joining again, deliveries of several messages at once
 //! and messages registered late into a gap below later ones (which must not
 //! be delivered by a run of deliveries written before them) — end in exactly
@@ -43,14 +42,8 @@ enum Op {
     /// User registers a message late, into a gap (index, modulo).
     Fill(usize, usize),
     /// User registers the next message in the thread under a main-timeline
-    /// message (index among them, modulo): on stores that hold threads.
+    /// message (index among them, modulo).
     Reply(usize, usize),
-}
-
-/// Whether the store under test holds threads (the production tier refuses
-/// them: docs/semantics.md, "Threads").
-fn threads() -> bool {
-    matches!(TestStore::from_env(), TestStore::Embedded)
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -130,7 +123,7 @@ impl Model {
     fn allows(&self, op: &Op) -> bool {
         match *op {
             Op::Send(u) | Op::Deliver(u, ..) | Op::Read(u, _) => self.current(u),
-            Op::Reply(u, r) => threads() && self.current(u) && self.root(r).is_some(),
+            Op::Reply(u, r) => self.current(u) && self.root(r).is_some(),
             Op::Share(..) | Op::Skip => true,
             // The backend registers only from a member at the seq.
             Op::Fill(u, g) => self.gap(g).is_some_and(|seq| self.member_at(u, seq)),

@@ -10,7 +10,9 @@
 //!
 //! Every test works in its own fresh keyspace, dropped at the end.
 
-use receipts_server::domain::{MemberInterval, Membership, Message, ReadWatermark, Run};
+use receipts_server::domain::{
+    MemberInterval, Membership, Message, ReadWatermark, Run, ThreadRoot,
+};
 use receipts_server::store::scylla::{
     ConversationImage, PersistOp, ScyllaOptions, ScyllaPersistence,
 };
@@ -237,6 +239,29 @@ fn scenario(ids: Ids) -> (Vec<PersistOp>, ConversationImage) {
         public_advanced: false,
         at: 2_300,
     });
+    // Messages 4 and 5 are in the thread under message 2; Carol reads the
+    // thread to 5 while sharing (twice, the later time losing): the thread's
+    // position is kept under its scope, apart from her main one.
+    let root = ThreadRoot {
+        id: ids.messages[1],
+        seq: 2,
+    };
+    for seq in [4, 5] {
+        ops.push(PersistOp::ThreadMessage {
+            conversation: c,
+            seq,
+            root,
+        });
+    }
+    for at in [3_000, 3_500] {
+        ops.push(PersistOp::Watermark {
+            conversation: receipts_server::store::thread_scope(&c, 2),
+            user: ids.carol,
+            watermark: wm(5, 5),
+            public_advanced: true,
+            at,
+        });
+    }
     // Sharing: version 3 (off) is the newest even though it is not last.
     ops.push(PersistOp::Sharing {
         user: ids.bob,
@@ -271,6 +296,12 @@ fn scenario(ids: Ids) -> (Vec<PersistOp>, ConversationImage) {
         messages: (0..5).map(|i| ids.message(i)).collect(),
         watermarks,
         history,
+        threads: vec![(4, root), (5, root)],
+        thread_watermarks: vec![(2, ids.carol, wm(5, 5))],
+        thread_history: vec![
+            (2, ids.carol, false, 5, 3_000),
+            (2, ids.carol, true, 5, 3_000),
+        ],
     };
     (ops, expected)
 }
@@ -292,6 +323,10 @@ fn shuffled<T: Clone>(items: &[T], mut seed: u64) -> Vec<T> {
 fn canonical(mut image: ConversationImage) -> ConversationImage {
     image.watermarks.sort_by_key(|(user, _)| *user);
     image.history.sort();
+    image
+        .thread_watermarks
+        .sort_by_key(|(root, user, _)| (*root, *user));
+    image.thread_history.sort();
     image
 }
 

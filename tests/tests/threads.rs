@@ -1,10 +1,10 @@
 //! DESIGN.md §2 "Threads": a message may belong to a thread of its
 //! conversation; a member has a read position in the main timeline and one
 //! per thread, and every rule holds per thread. Over a real socket and
-//! through the Rust SDK, on the embedded store (the production tier refuses
-//! a thread until it holds them:
-//! `the_production_tier_refuses_a_thread_and_registers_nothing` in
-//! `tests/tests/production/nodes.rs`).
+//! through the Rust SDK, on every store (`RECEIPTS_TEST_STORE`; CI runs it
+//! on Redis and on the Redis Cluster too). Through Cassandra:
+//! `threads_expire_from_redis_and_read_back_from_cassandra` in
+//! `tests/tests/production/nodes.rs`.
 
 use receipts_proto::v1 as pb;
 use receipts_sdk::{Client, NewMessage};

@@ -30,6 +30,29 @@ impl WatermarkAdvance {
     pub fn is_public(&self) -> bool {
         self.after.public_seq > self.before.public_seq
     }
+
+    /// The seq after which this read may change what others see: its true
+    /// position before, or the public one when the read is public (it may
+    /// reveal reads made while private).
+    pub fn changes_after(&self) -> Seq {
+        if self.is_public() {
+            self.before.public_seq.min(self.before.seq)
+        } else {
+            self.before.seq
+        }
+    }
+
+    /// Whether this read changes what others see of a message at `seq` that
+    /// it covers (`delivered`: the message was delivered to the reader
+    /// before): the message became visibly read (a read made while sharing,
+    /// past the public position), or delivered through the read. A private
+    /// read of delivered messages changes nothing others see, so it causes
+    /// no event.
+    pub fn changes(&self, seq: Seq, delivered: bool) -> bool {
+        let visible = self.is_public() && seq > self.before.public_seq;
+        let newly_delivered = seq > self.before.seq && !delivered;
+        visible || newly_delivered
+    }
 }
 
 impl ReadWatermark {

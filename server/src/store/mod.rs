@@ -329,29 +329,21 @@ pub trait ReceiptStore: Send + Sync + std::fmt::Debug + 'static {
             .await
     }
 
-    /// Registers messages (all or nothing). Returns how many were new.
-    async fn register_messages(&self, messages: Vec<NewMessage>) -> StoreResult<u64>;
+    /// Registers messages in the main timeline (all or nothing). Returns
+    /// how many were new.
+    async fn register_messages(&self, messages: Vec<NewMessage>) -> StoreResult<u64> {
+        self.register_in_threads(messages, Vec::new()).await
+    }
 
-    /// Registers messages of which some belong to threads: `roots[i]` names
-    /// the root of `messages[i]`'s thread (`None`: the main timeline; the
-    /// rule is [`crate::domain::judge_root`]). A store without threads
-    /// refuses a batch naming a root with FAILED_PRECONDITION, changing
-    /// nothing.
+    /// Registers messages (all or nothing), of which some may belong to
+    /// threads: `roots[i]` names the root of `messages[i]`'s thread (`None`
+    /// or absent: the main timeline; the rule is
+    /// [`crate::domain::judge_root`]). Returns how many were new.
     async fn register_in_threads(
         &self,
         messages: Vec<NewMessage>,
         roots: Vec<Option<MessageId>>,
-    ) -> StoreResult<u64> {
-        if let Some(i) = roots.iter().position(Option::is_some) {
-            return Err(ServiceError::FailedPrecondition {
-                field: format!("messages[{i}].thread_root_message_id"),
-                reason: "this server's store (redis-scylla) does not hold threads yet; only the \
-                         embedded store does (docs/semantics.md, \"Threads\")"
-                    .into(),
-            });
-        }
-        self.register_messages(messages).await
-    }
+    ) -> StoreResult<u64>;
 
     /// Records deliveries by `user` of distinct messages (all checked before
     /// any is written); results in the order of `messages`.
@@ -604,4 +596,45 @@ pub(crate) fn root_refused(i: usize, root: MessageId, e: crate::domain::RootErro
         }
     };
     ServiceError::invalid(field, reason)
+}
+
+/// Where a timeline's read positions are kept by a store that keys them by
+/// conversation: the conversation's id for the main timeline, and for the
+/// thread under the root at `root_seq` an id derived from the conversation
+/// and that seq (a name-based UUID, version 5), so that a thread's positions
+/// and histories use the main timeline's tables, rows and code.
+pub fn thread_scope(c: &ConversationId, timeline: crate::domain::Timeline) -> uuid::Uuid {
+    if timeline == crate::domain::MAIN {
+        *c
+    } else {
+        uuid::Uuid::new_v5(c, &timeline.to_be_bytes())
+    }
+}
+
+/// A reset snapshot's positions in conversation `c`: the main timeline's
+/// (`main`: position and unread count), then the positions in the threads
+/// the user read in (at most [`crate::domain::MAX_LISTED_THREADS`]), each
+/// with the conversation's unread count. Both stores build snapshots with it.
+pub(crate) fn snapshot_positions(
+    c: ConversationId,
+    main: (Seq, u64),
+    threads: &[ThreadUnread],
+) -> Vec<crate::domain::ReadPosition> {
+    use crate::domain::ReadPosition;
+    let total = crate::domain::conversation_unread(main.1, threads.iter().map(|t| t.unread));
+    let position = |thread, read_up_to, unread| ReadPosition {
+        conversation: c,
+        thread,
+        read_up_to,
+        unread,
+        conversation_unread: total,
+    };
+    let read_in = threads.iter().filter(|t| t.read_up_to > 0);
+    std::iter::once(position(None, main.0, main.1))
+        .chain(
+            read_in
+                .take(crate::domain::MAX_LISTED_THREADS)
+                .map(|t| position(Some(t.root), t.read_up_to, t.unread)),
+        )
+        .collect()
 }

@@ -71,7 +71,8 @@
 //! start at once; tables are only ever added, never altered in place.
 
 use crate::domain::{
-    ConversationId, Membership, Message, MessageId, Millis, ReadWatermark, Run, Seq, UserId,
+    ConversationId, Membership, Message, MessageId, Millis, ReadWatermark, Run, Seq, ThreadRoot,
+    UserId,
 };
 use crate::error::ServiceError;
 use futures::future::BoxFuture;
@@ -175,6 +176,18 @@ pub enum PersistOp {
         /// The run, exactly as it was written.
         run: Run,
     },
+    /// The message at `seq` of `conversation` is in the thread under `root`
+    /// (immutable, like the message). The members' positions in the thread
+    /// are [`PersistOp::Watermark`]s under the thread's scope
+    /// ([`crate::store::thread_scope`]) in place of the conversation.
+    ThreadMessage {
+        /// The conversation.
+        conversation: ConversationId,
+        /// The message's seq.
+        seq: Seq,
+        /// The thread's root.
+        root: ThreadRoot,
+    },
 }
 
 /// Everything persisted about one conversation, to re-warm the hot tier.
@@ -190,6 +203,12 @@ pub struct ConversationImage {
     pub watermarks: Vec<(UserId, ReadWatermark)>,
     /// All history rows: (user, public, seq, at), ordered by user, public, seq.
     pub history: Vec<(UserId, bool, Seq, Millis)>,
+    /// The messages in threads: (seq, root).
+    pub threads: Vec<(Seq, ThreadRoot)>,
+    /// Every member's position in each thread: (root seq, user, position).
+    pub thread_watermarks: Vec<(Seq, UserId, ReadWatermark)>,
+    /// The threads' history rows: (root seq, user, public, seq, at).
+    pub thread_history: Vec<(Seq, UserId, bool, Seq, Millis)>,
 }
 
 /// Where and how to persist.
@@ -254,6 +273,8 @@ struct Statements {
     select_sharing: PreparedStatement,
     select_recent_sent: PreparedStatement,
     select_user_conversations: PreparedStatement,
+    insert_thread_message: PreparedStatement,
+    select_thread_messages: PreparedStatement,
     ping: PreparedStatement,
 }
 
@@ -286,6 +307,9 @@ const TABLES: &[&str] = &[
         PRIMARY KEY (conversation, user, public, seq))",
     "CREATE TABLE IF NOT EXISTS {ks}.sharing (
         user uuid PRIMARY KEY, sharing boolean, version bigint)",
+    "CREATE TABLE IF NOT EXISTS {ks}.thread_messages (
+        conversation uuid, seq bigint, root_seq bigint, root uuid,
+        PRIMARY KEY (conversation, seq))",
 ];
 
 /// A backend failure: UNAVAILABLE with a client-safe message, the driver's
@@ -500,6 +524,17 @@ impl ScyllaPersistence {
                 writes
                     .push(self.write(&s.insert_sharing, (*user, *sharing, version, version, ttl)));
             }
+            PersistOp::ThreadMessage {
+                conversation,
+                seq,
+                root,
+            } => {
+                let (seq, root_seq) = (to_i64("seq", *seq)?, to_i64("root_seq", root.seq)?);
+                writes.push(self.write(
+                    &s.insert_thread_message,
+                    (*conversation, seq, root_seq, root.id, ttl),
+                ));
+            }
             PersistOp::Run {
                 conversation,
                 user,
@@ -586,7 +621,7 @@ impl ScyllaPersistence {
         c: ConversationId,
     ) -> Result<Option<ConversationImage>, ServiceError> {
         let s = &self.statements;
-        let (row, messages, watermarks, history) = futures::try_join!(
+        let (row, messages, (watermarks, history), threads) = futures::try_join!(
             self.select_one::<(Option<Vec<u8>>, Option<i64>)>(
                 &s.select_conversation,
                 (c,),
@@ -597,19 +632,42 @@ impl ScyllaPersistence {
                 (c,),
                 "read conversation messages"
             ),
-            self.select_all::<(Uuid, Option<i64>, Option<i64>)>(
-                &s.select_watermarks,
+            self.positions(c),
+            self.select_all::<(i64, i64, Uuid)>(
+                &s.select_thread_messages,
                 (c,),
-                "read watermarks"
-            ),
-            self.select_all::<(Uuid, bool, i64, i64)>(
-                &s.select_history,
-                (c,),
-                "read watermark history"
+                "read thread messages"
             ),
         )?;
         if row.is_none() && messages.is_empty() && watermarks.is_empty() && history.is_empty() {
             return Ok(None);
+        }
+        let threads = threads
+            .into_iter()
+            .map(|(seq, root_seq, root)| {
+                Ok((
+                    to_u64("thread_messages.seq", seq)?,
+                    ThreadRoot {
+                        id: root,
+                        seq: to_u64("thread_messages.root_seq", root_seq)?,
+                    },
+                ))
+            })
+            .collect::<Result<Vec<_>, ServiceError>>()?;
+        let roots: std::collections::BTreeSet<Seq> = threads.iter().map(|(_, r)| r.seq).collect();
+        let in_threads = futures::future::try_join_all(
+            roots
+                .iter()
+                .map(|root| self.positions(crate::store::thread_scope(&c, *root))),
+        )
+        .await?;
+        let (mut thread_watermarks, mut thread_history) = (Vec::new(), Vec::new());
+        for (root, (wms, hist)) in roots.iter().zip(in_threads) {
+            thread_watermarks.extend(wms.into_iter().map(|(u, wm)| (*root, u, wm)));
+            thread_history.extend(
+                hist.into_iter()
+                    .map(|(u, public, seq, at)| (*root, u, public, seq, at)),
+            );
         }
         let (members, version) = match row {
             Some((blob, version)) => {
@@ -637,6 +695,44 @@ impl ScyllaPersistence {
                 })
             })
             .collect::<Result<_, ServiceError>>()?;
+        Ok(Some(ConversationImage {
+            members,
+            version,
+            messages,
+            watermarks,
+            history,
+            threads,
+            thread_watermarks,
+            thread_history,
+        }))
+    }
+
+    /// The read positions and their histories kept under `scope`: a
+    /// conversation (its main timeline) or a thread's scope.
+    #[allow(clippy::type_complexity)]
+    async fn positions(
+        &self,
+        scope: Uuid,
+    ) -> Result<
+        (
+            Vec<(UserId, ReadWatermark)>,
+            Vec<(UserId, bool, Seq, Millis)>,
+        ),
+        ServiceError,
+    > {
+        let s = &self.statements;
+        let (watermarks, history) = futures::try_join!(
+            self.select_all::<(Uuid, Option<i64>, Option<i64>)>(
+                &s.select_watermarks,
+                (scope,),
+                "read watermarks"
+            ),
+            self.select_all::<(Uuid, bool, i64, i64)>(
+                &s.select_history,
+                (scope,),
+                "read watermark history"
+            ),
+        )?;
         let watermarks = watermarks
             .into_iter()
             .map(|(user, seq, public_seq)| {
@@ -655,13 +751,7 @@ impl ScyllaPersistence {
                 Ok((user, public, to_u64("watermark_history.seq", seq)?, at))
             })
             .collect::<Result<_, ServiceError>>()?;
-        Ok(Some(ConversationImage {
-            members,
-            version,
-            messages,
-            watermarks,
-            history,
-        }))
+        Ok((watermarks, history))
     }
 
     /// The message `m`, if persisted.
@@ -894,6 +984,15 @@ impl Statements {
             .await?,
             select_user_conversations: prepare(
                 "SELECT conversation FROM {ks}.user_conversations WHERE user = ?",
+            )
+            .await?,
+            insert_thread_message: prepare(
+                "INSERT INTO {ks}.thread_messages (conversation, seq, root_seq, root) \
+                 VALUES (?, ?, ?, ?) USING TTL ?",
+            )
+            .await?,
+            select_thread_messages: prepare(
+                "SELECT seq, root_seq, root FROM {ks}.thread_messages WHERE conversation = ?",
             )
             .await?,
             ping: prepare("SELECT release_version FROM system.local").await?,

@@ -837,47 +837,72 @@ async fn a_group_of_ten_thousand_members_is_created_and_served() {
     );
 }
 
-/// The production tier does not hold threads yet (docs/semantics.md,
-/// "Threads"): a batch naming a thread root is refused with
-/// FAILED_PRECONDITION naming the field, and none of it is registered, so no
-/// node ever holds a thread it would count as main-timeline messages.
+/// Threads on the production tier: registered replies, a read in the thread
+/// and the thread's unread count are flushed to Cassandra with the
+/// conversation and read back, unchanged, once Redis has lost the hot keys;
+/// writes go on in the thread from the re-warmed state.
 #[tokio::test]
-async fn the_production_tier_refuses_a_thread_and_registers_nothing() {
+async fn threads_expire_from_redis_and_read_back_from_cassandra() {
     let tier = Tier::new().await;
-    let node = tier.node().await;
+    let node = tier
+        .node_with(&["--hot-ttl-secs", "3", "--flush-interval-ms", "100"])
+        .await;
     let mut backend = node.backend().await;
     let mut group = Conversation::create(&mut backend, 3).await;
-    let alice = group.members[0];
+    let (alice, bob, carol) = (group.members[0], group.members[1], group.members[2]);
     let root = group.send(&mut backend, alice).await;
-    let (plain, reply) = (Uuid::now_v7(), Uuid::now_v7());
-    let refused = backend
+    let (t2, t3) = (Uuid::now_v7(), Uuid::now_v7());
+    let in_thread = |id, seq| pb::MessageRegistration {
+        thread_root_message_id: root.to_string(),
+        ..registration(id, group.id, seq, alice)
+    };
+    backend
         .register_messages(pb::RegisterMessagesRequest {
-            messages: vec![
-                registration(plain, group.id, 2, alice),
-                pb::MessageRegistration {
-                    thread_root_message_id: root.to_string(),
-                    ..registration(reply, group.id, 3, alice)
-                },
-            ],
+            messages: vec![in_thread(t2, 2), in_thread(t3, 3)],
         })
         .await
-        .expect_err("refused");
-    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
-    assert!(
-        refused
-            .message()
-            .contains("messages[1].thread_root_message_id"),
-        "{refused:?}"
+        .expect("register replies");
+    group.set_next_seq(4);
+    let m4 = group.send(&mut backend, alice).await;
+    let read = read_up_to(&mut node.user(bob).await, group.id, t2).await;
+    assert_eq!(read.thread_root_message_id, root.to_string());
+    assert_eq!((read.unread_count, read.conversation_unread_count), (1, 3));
+    let mut alice_client = node.user(alice).await;
+    let all = [root, t2, t3, m4];
+    let before = receipts_of(&mut alice_client, group.id, &all).await;
+    let reads: Vec<i64> = before.iter().map(|m| m.read_count).collect();
+    assert_eq!(reads, [0, 1, 0, 0], "bob read the thread up to t2 only");
+    let unread = |client: UserClient| async move {
+        let mut client = client;
+        client
+            .get_unread_counts(pb::GetUnreadCountsRequest {
+                conversation_ids: vec![group.id.to_string()],
+            })
+            .await
+            .expect("unread")
+            .into_inner()
+            .conversations
+            .remove(0)
+    };
+    let bob_before = unread(node.user(bob).await).await;
+    assert_eq!(
+        (bob_before.unread_count, bob_before.main_unread_count),
+        (3, 2)
     );
-    let looked = node
-        .user(alice)
-        .await
-        .get_receipts(pb::GetReceiptsRequest {
-            conversation_id: group.id.to_string(),
-            message_ids: vec![plain.to_string()],
-            include_recipients: false,
-        })
-        .await
-        .expect_err("nothing of the batch is registered");
-    assert_eq!(looked.code(), tonic::Code::NotFound);
+
+    let tag = group.id.simple().to_string();
+    eventually("the conversation's hot keys expire", || async {
+        !tier.keys().await.iter().any(|k| k.contains(&tag))
+    })
+    .await;
+    let after = receipts_of(&mut alice_client, group.id, &all).await;
+    assert_eq!(after, before, "read through from Cassandra, unchanged");
+    assert_eq!(unread(node.user(bob).await).await, bob_before);
+    // Writes go on in the thread from the re-warmed state.
+    read_up_to(&mut node.user(carol).await, group.id, t3).await;
+    read_up_to(&mut node.user(bob).await, group.id, t3).await;
+    let t3_now = receipt(&mut alice_client, group.id, t3).await;
+    assert_eq!((t3_now.read_count, tick(&t3_now)), (2, pb::Tick::Read));
+    let m4_now = receipt(&mut alice_client, group.id, m4).await;
+    assert_eq!(m4_now.read_count, 0, "thread reads leave the main timeline");
 }

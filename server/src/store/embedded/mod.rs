@@ -278,10 +278,6 @@ impl ReceiptStore for EmbeddedStore {
         .await
     }
 
-    async fn register_messages(&self, messages: Vec<NewMessage>) -> StoreResult<u64> {
-        self.register_in_threads(messages, Vec::new()).await
-    }
-
     async fn register_in_threads(
         &self,
         messages: Vec<NewMessage>,

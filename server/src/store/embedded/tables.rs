@@ -52,17 +52,11 @@ pub(super) const DENSE_SPAN_PER_MESSAGE: u64 = 8;
 pub(super) const SNAPSHOT_MESSAGES: usize = 200;
 pub(super) const SNAPSHOT_CONVERSATIONS: usize = 500;
 
-/// Where a timeline's read positions and histories are kept: under the
-/// conversation's id for the main timeline, and under an id derived from the
-/// conversation and the root's seq (a name-based UUID, version 5) for a
-/// thread, in the same tables (`watermarks`, `read_history`,
-/// `public_read_history`) and key layouts.
+/// Where a timeline's read positions and histories are kept, in the same
+/// tables (`watermarks`, `read_history`, `public_read_history`) and key
+/// layouts as the main timeline's: [`crate::store::thread_scope`].
 pub(super) fn scope(c: &ConversationId, timeline: domain::Timeline) -> Uuid {
-    if timeline == domain::MAIN {
-        *c
-    } else {
-        Uuid::new_v5(c, &timeline.to_be_bytes())
-    }
+    crate::store::thread_scope(c, timeline)
 }
 
 pub(super) fn k1(a: &Uuid) -> [u8; 16] {
@@ -917,24 +911,12 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
                 continue;
             }
             let (main, threads) = self.unread_by_timeline(&c, u, &membership)?;
-            let total = domain::conversation_unread(main, threads.iter().map(|t| t.unread));
-            watermarks.push(domain::ReadPosition {
-                conversation: c,
-                thread: None,
-                read_up_to: self.position(&c, u, domain::MAIN)?.seq,
-                unread: main,
-                conversation_unread: total,
-            });
-            let read_in = threads.iter().filter(|t| t.read_up_to > 0);
-            watermarks.extend(read_in.take(domain::MAX_LISTED_THREADS).map(|t| {
-                domain::ReadPosition {
-                    conversation: c,
-                    thread: Some(t.root),
-                    read_up_to: t.read_up_to,
-                    unread: t.unread,
-                    conversation_unread: total,
-                }
-            }));
+            let read_up_to = self.position(&c, u, domain::MAIN)?.seq;
+            watermarks.extend(crate::store::snapshot_positions(
+                c,
+                (read_up_to, main),
+                &threads,
+            ));
         }
         Ok(Snapshot {
             recent_messages,

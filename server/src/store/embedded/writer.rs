@@ -278,11 +278,7 @@ impl WriteCtx<'_, '_> {
         // became delivered through this read. Nothing else, so a private read
         // of already-delivered messages sends no event at all.
         let mut changed = Vec::new();
-        let first = if adv.is_public() {
-            before.public_seq.min(before.seq)
-        } else {
-            before.seq
-        };
+        let first = adv.changes_after();
         // Deliveries of the newly read messages, in one range scan.
         let delivered = self.t.runs_between(c, u, before.seq + 1, after.seq)?;
         let threads = self.t.threads_between(c, first + 1, after.seq)?;
@@ -293,9 +289,7 @@ impl WriteCtx<'_, '_> {
             {
                 continue;
             }
-            let visible = adv.is_public() && m.seq > before.public_seq;
-            let newly_delivered = m.seq > before.seq && delivered.delivered_at(m.seq).is_none();
-            if visible || newly_delivered {
+            if adv.changes(m.seq, delivered.delivered_at(m.seq).is_some()) {
                 changed.push(m);
             }
         }

@@ -495,16 +495,13 @@ impl Inner {
         self.ensure_sharing(view, &[*u]).await?;
         let sharing = view.sharing[u];
         let Some(adv) = wm.advance(to, sharing) else {
-            return Ok((
-                ReadResult::main(
-                    wm.seq,
-                    false,
-                    self.unread_in(view, u, wm.seq, membership).await?,
-                ),
-                false,
-            ));
+            let unread = self.unread_in(view, u, wm.seq, membership).await?;
+            let p = self
+                .position_after(view, u, membership, None, wm.seq, unread)
+                .await?;
+            return Ok((read_result(p, false), false));
         };
-        let (before, after) = (adv.before, adv.after);
+        let after = adv.after;
         let k = &self.keys;
         plan.cmds.push(rcmd![
             "HSET",
@@ -524,21 +521,13 @@ impl Inner {
             z.extend(rcmd![0, keys::history_entry(u, true, after.seq, at)]);
         }
         plan.cmds.push(z);
-        plan.persist.push(PersistOp::Watermark {
-            conversation: c,
-            user: *u,
-            watermark: after,
-            public_advanced: adv.is_public(),
-            at,
-        });
+        plan.persist.push(persisted_read(c, u, &adv, at));
         // Histories must be loaded before the view changes (it is the old state
         // plus this advancement).
-        let first = if adv.is_public() {
-            before.public_seq.min(before.seq)
-        } else {
-            before.seq
-        };
-        let candidates = self.between_in(view, first + 1, after.seq).await?;
+        let first = adv.changes_after();
+        // The main timeline's messages: a read there covers no thread's.
+        let mut candidates = self.between_in(view, first + 1, after.seq).await?;
+        candidates.retain(|m| m.thread.is_none());
         let group = view.group();
         if !group {
             // A direct conversation's events carry whole states, computed
@@ -559,31 +548,287 @@ impl Inner {
                 .push((after.seq, at));
         }
         let unread = self.unread_in(view, u, after.seq, membership).await?;
-        plan.events.push((
-            *u,
-            EventBody::Watermark {
-                conversation: c,
-                read_up_to: after.seq,
-                unread,
-            },
-        ));
-        let mut changed = Vec::new();
-        for m in candidates {
-            if !membership.receives(*u, m.sender, m.seq) {
-                continue;
-            }
-            let visible = adv.is_public() && m.seq > before.public_seq;
-            // In a group, a message already delivered is windowed too: its
-            // summary has absolute counts, so one more is harmless, and
-            // knowing would mean reading the reader's runs.
-            let newly_delivered =
-                m.seq > before.seq && (group || view.runs.delivered_at(u, m.seq).is_none());
-            if visible || newly_delivered {
-                changed.push(m);
-            }
-        }
+        let p = self
+            .position_after(view, u, membership, None, after.seq, unread)
+            .await?;
+        plan.events.push((*u, EventBody::Position(p)));
+        let changed = changed_by(view, &candidates, u, membership, &adv);
         let windowed = self.touch(view, plan, &changed).await?;
-        Ok((ReadResult::main(after.seq, true, unread), windowed))
+        Ok((read_result(p, true), windowed))
+    }
+
+    /// Marks `c` read for `u` up to the latest message: every timeline
+    /// (the main one up to its latest message, each thread up to its own),
+    /// or with `thread` that thread alone (`NotFound` unless its root is a
+    /// main-timeline message of `c`). One compare-and-apply.
+    pub(super) async fn mark_timelines_read(
+        &self,
+        u: &UserId,
+        c: ConversationId,
+        thread: Option<MessageId>,
+        at: Millis,
+    ) -> StoreResult<ConversationRead> {
+        let refused = |outcome| ConversationRead {
+            conversation: c,
+            outcome,
+            read: ReadResult {
+                thread,
+                ..ReadResult::main(0, false, 0)
+            },
+        };
+        let field = match thread {
+            None => "conversation_ids",
+            Some(_) => "threads.conversation_id",
+        };
+        let _serial = self.lock([&c]).await;
+        for _ in 0..MAX_ATTEMPTS {
+            let Some(mut view) = self.view_for(&c, u).await? else {
+                return Ok(refused(ConversationOutcome::NotFound));
+            };
+            let Ok(membership) = view.authorize(u, field) else {
+                return Ok(refused(ConversationOutcome::PermissionDenied));
+            };
+            let at = at.max(view.stamp);
+            let mut plan = Plan::default();
+            plan.cmds.push(rcmd!["HSET", self.keys.meta(&c), "t", at]);
+            let mut windowed = false;
+            let read = match thread {
+                Some(root) => {
+                    self.ensure_messages(&mut view, &[root]).await?;
+                    let root_seq = match view.messages.get(&root) {
+                        Some(m) if !view.threads.contains_key(&root) => m.seq,
+                        _ => return Ok(refused(ConversationOutcome::NotFound)),
+                    };
+                    let root = ThreadRoot {
+                        id: root,
+                        seq: root_seq,
+                    };
+                    let last = self
+                        .thread_between(&c, root_seq, 1, Seq::MAX)
+                        .await?
+                        .last()
+                        .map_or(0, |m| m.seq);
+                    let (read, w) = self
+                        .apply_thread_read(&mut view, &mut plan, u, &membership, root, last, at)
+                        .await?;
+                    windowed |= w;
+                    read
+                }
+                None => {
+                    let mut moved = false;
+                    if view.has_threads {
+                        for (root, msgs) in self.threads_of(&c).await? {
+                            let last = msgs.last().map_or(0, |m| m.seq);
+                            let (read, w) = self
+                                .apply_thread_read(
+                                    &mut view,
+                                    &mut plan,
+                                    u,
+                                    &membership,
+                                    root,
+                                    last,
+                                    at,
+                                )
+                                .await?;
+                            moved |= read.advanced;
+                            windowed |= w;
+                        }
+                    }
+                    let last = self.last_main_seq(&c).await?;
+                    let (mut read, w) = self
+                        .apply_read(&mut view, &mut plan, u, &membership, last, at)
+                        .await?;
+                    windowed |= w;
+                    read.advanced |= moved;
+                    read
+                }
+            };
+            if !read.advanced || self.commit(&view, plan).await? {
+                if windowed {
+                    self.schedule_window(c);
+                }
+                return Ok(ConversationRead {
+                    conversation: c,
+                    outcome: ConversationOutcome::Ok,
+                    read,
+                });
+            }
+            backoff().await;
+        }
+        Err(contended(&c))
+    }
+
+    /// The highest seq of `c`'s main timeline: the seq index from its end,
+    /// past any thread messages there.
+    pub(super) async fn last_main_seq(&self, c: &ConversationId) -> StoreResult<Seq> {
+        let mut from = 0i64;
+        loop {
+            let rows: Vec<(Vec<u8>, f64)> = self
+                .query(
+                    redis::cmd("ZREVRANGE")
+                        .arg(self.keys.seqs(c))
+                        .arg(from)
+                        .arg(from + 63)
+                        .arg("WITHSCORES"),
+                )
+                .await?;
+            for (member, score) in &rows {
+                let (_, _, thread) =
+                    keys::parse_seq_member(member).ok_or_else(|| corrupt("seq index"))?;
+                if thread.is_none() {
+                    return Ok(*score as Seq);
+                }
+            }
+            if rows.len() < 64 {
+                return Ok(0);
+            }
+            from += 64;
+        }
+    }
+
+    /// `u`'s position in one timeline (`thread`: `None` for the main one)
+    /// at `read_up_to` with `unread` messages after it, and the
+    /// conversation's unread count (the main timeline's plus every
+    /// thread's: nothing more to read without threads).
+    pub(super) async fn position_after(
+        &self,
+        view: &mut View,
+        u: &UserId,
+        membership: &Membership,
+        thread: Option<ThreadRoot>,
+        read_up_to: Seq,
+        unread: u64,
+    ) -> StoreResult<domain::ReadPosition> {
+        let conversation_unread = if view.has_threads {
+            let threads = self.unread_by_timeline(view, u, membership).await?;
+            let main = match thread {
+                None => unread,
+                Some(_) => {
+                    let wm = view.wm(u);
+                    self.unread(&view.c, u, wm.seq, membership).await?
+                }
+            };
+            // The timeline just read counts as the caller says: the plan
+            // is not committed yet.
+            let others = threads
+                .iter()
+                .filter(|t| Some(t.root) != thread.map(|r| r.id))
+                .map(|t| t.unread);
+            let own = if thread.is_some() { unread } else { 0 };
+            domain::conversation_unread(main, others.chain([own]))
+        } else {
+            unread
+        };
+        Ok(domain::ReadPosition {
+            conversation: view.c,
+            thread: thread.map(|t| t.id),
+            read_up_to,
+            unread,
+            conversation_unread,
+        })
+    }
+
+    /// Applies a read by `u` up to `to` in the thread under `root` to the
+    /// view and the plan: the thread's position and history (the rules are
+    /// [`ReadWatermark::advance`] and [`domain::covers`]), as
+    /// [`Self::apply_read`] does for the main timeline.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn apply_thread_read(
+        &self,
+        view: &mut View,
+        plan: &mut Plan,
+        u: &UserId,
+        membership: &Membership,
+        root: ThreadRoot,
+        to: Seq,
+        at: Millis,
+    ) -> StoreResult<(ReadResult, bool)> {
+        let c = view.c;
+        self.ensure_thread_positions(view, root.seq, &[*u]).await?;
+        self.ensure_sharing(view, &[*u]).await?;
+        let sharing = view.sharing[u];
+        let wm = view.position(u, root.seq);
+        let Some(adv) = wm.advance(to, sharing) else {
+            let after = self
+                .thread_between(&c, root.seq, wm.seq + 1, Seq::MAX)
+                .await?;
+            let unread = load::count_unread(&after, u, membership, Some(root.seq));
+            let p = self
+                .position_after(view, u, membership, Some(root), wm.seq, unread)
+                .await?;
+            return Ok((read_result(p, false), false));
+        };
+        let after = adv.after;
+        let k = &self.keys;
+        plan.cmds.push(rcmd![
+            "HSET",
+            k.thread_positions(&c),
+            load::thread_position_field(u, root.seq),
+            format!("{}:{}", after.seq, after.public_seq)
+        ]);
+        let mut z = rcmd![
+            "ZADD",
+            k.history(&c),
+            0,
+            keys::thread_history_entry(u, false, root.seq, after.seq, at)
+        ];
+        if adv.is_public() {
+            z.extend(rcmd![
+                0,
+                keys::thread_history_entry(u, true, root.seq, after.seq, at)
+            ]);
+        }
+        plan.cmds.push(z);
+        plan.persist.push(persisted_read(
+            crate::store::thread_scope(&c, root.seq),
+            u,
+            &adv,
+            at,
+        ));
+        let first = adv.changes_after();
+        let in_thread = self
+            .thread_between(&c, root.seq, first + 1, Seq::MAX)
+            .await?;
+        let candidates: Vec<Indexed> = in_thread
+            .iter()
+            .filter(|m| domain::covers(root.seq, after.seq, root.seq, m.seq))
+            .copied()
+            .collect();
+        let group = view.group();
+        if !group {
+            // Histories are loaded before the view changes (as for the main
+            // timeline): the events carry whole states.
+            let ids: Vec<MessageId> = candidates.iter().map(|m| m.id).collect();
+            self.ensure_deliveries(view, &ids).await?;
+            let members: Vec<UserId> = view.members.keys().copied().collect();
+            let min_seq = candidates.first().map_or(Seq::MAX, |m| m.seq);
+            self.ensure_thread_reads(view, root.seq, &members, min_seq)
+                .await?;
+        }
+        view.twms.insert((root.seq, *u), after);
+        view.thist
+            .entry((root.seq, *u, false))
+            .or_default()
+            .push((after.seq, at));
+        if adv.is_public() {
+            view.thist
+                .entry((root.seq, *u, true))
+                .or_default()
+                .push((after.seq, at));
+        }
+        let later: Vec<Indexed> = in_thread
+            .iter()
+            .filter(|m| m.seq > after.seq)
+            .copied()
+            .collect();
+        let unread = load::count_unread(&later, u, membership, Some(root.seq));
+        let p = self
+            .position_after(view, u, membership, Some(root), after.seq, unread)
+            .await?;
+        plan.events.push((*u, EventBody::Position(p)));
+        let changed = changed_by(view, &candidates, u, membership, &adv);
+        let windowed = self.touch(view, plan, &changed).await?;
+        Ok((read_result(p, true), windowed))
     }
 
     /// Brings `u`'s entries in the counting indexes of every conversation it
@@ -649,6 +894,57 @@ impl Inner {
         }
         Ok(())
     }
+}
+
+/// A read's result from the position it left.
+fn read_result(p: domain::ReadPosition, advanced: bool) -> ReadResult {
+    ReadResult {
+        read_up_to: p.read_up_to,
+        advanced,
+        unread: p.unread,
+        thread: p.thread,
+        conversation_unread: p.conversation_unread,
+    }
+}
+
+/// The Scylla change of `u`'s read `adv` at `at`, kept under `scope` (the
+/// conversation, or a thread's scope: [`crate::store::thread_scope`]).
+fn persisted_read(
+    scope: ConversationId,
+    u: &UserId,
+    adv: &domain::WatermarkAdvance,
+    at: Millis,
+) -> PersistOp {
+    PersistOp::Watermark {
+        conversation: scope,
+        user: *u,
+        watermark: adv.after,
+        public_advanced: adv.is_public(),
+        at,
+    }
+}
+
+/// The messages of `candidates` (covered by `u`'s read `adv`) whose state
+/// others see changed ([`domain::WatermarkAdvance::changes`]). In a group, a
+/// message already delivered counts as changed too: its summary has absolute
+/// counts, so one more is harmless, and knowing would mean reading the
+/// reader's runs.
+fn changed_by(
+    view: &View,
+    candidates: &[Indexed],
+    u: &UserId,
+    membership: &Membership,
+    adv: &domain::WatermarkAdvance,
+) -> Vec<Indexed> {
+    candidates
+        .iter()
+        .filter(|m| membership.receives(*u, m.sender, m.seq))
+        .filter(|m| {
+            let delivered = !view.group() && view.runs.delivered_at(u, m.seq).is_some();
+            adv.changes(m.seq, delivered)
+        })
+        .copied()
+        .collect()
 }
 
 #[cfg(test)]

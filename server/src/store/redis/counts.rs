@@ -179,6 +179,46 @@ fn get<T: redis::FromRedisValue>(v: Option<&Value>) -> StoreResult<T> {
 }
 
 impl Inner {
+    /// [`Self::aggregates`] for messages loaded in `loaded` (whose threads it
+    /// knows). A thread's messages are not in the counting indexes (which
+    /// hold main-timeline positions): they are counted from every member's
+    /// position in the thread, O(members) per thread (docs/storage.md,
+    /// "Threads").
+    pub(super) async fn counts_in(
+        &self,
+        loaded: &View,
+        viewer: Option<UserId>,
+        msgs: &[Message],
+    ) -> StoreResult<Vec<Aggregate>> {
+        let c = &loaded.c;
+        let (in_threads, main): (Vec<&Message>, Vec<&Message>) = msgs
+            .iter()
+            .partition(|m| loaded.threads.contains_key(&m.id));
+        if in_threads.is_empty() {
+            return self.aggregates(c, viewer, msgs).await;
+        }
+        let main: Vec<Message> = main.into_iter().copied().collect();
+        let mut counted: HashMap<MessageId, Aggregate> = main
+            .iter()
+            .map(|m| m.id)
+            .zip(self.aggregates(c, viewer, &main).await?)
+            .collect();
+        let Some(mut view) = self.view(c).await? else {
+            return Err(ServiceError::not_found(
+                "conversation_id",
+                "conversation",
+                c,
+            ));
+        };
+        let ids: Vec<MessageId> = in_threads.iter().map(|m| m.id).collect();
+        self.prepare_states(&mut view, &ids).await?;
+        for m in in_threads {
+            let v = viewer.unwrap_or(m.sender);
+            counted.insert(m.id, view.state(&v, m, false).aggregate);
+        }
+        Ok(msgs.iter().map(|m| counted[&m.id]).collect())
+    }
+
     /// The aggregates of `msgs` (all of conversation `c`), each as `viewer`
     /// sees it, or as its sender does when `viewer` is `None`. The
     /// conversation must exist in Redis (callers loaded or re-warmed it).

@@ -3,7 +3,7 @@
 //! group of keys in one slot and a Lua script may touch all of them at once.
 //! See docs/storage.md for what each key holds and how long it lives.
 
-use crate::domain::{ConversationId, Message, MessageId, UserId};
+use crate::domain::{ConversationId, Message, MessageId, Seq, ThreadRoot, UserId};
 
 /// A read-history entry of the `h` key: `user ‖ kind ‖ seq ‖ ms` (kind 0:
 /// the true watermark, 1: the public one), so that one member's entries of
@@ -30,43 +30,130 @@ pub fn parse_history_entry(e: &[u8]) -> Option<(u64, i64)> {
     (e.len() == 33).then_some((seq, at as i64))
 }
 
-/// A seq-index member: message ‖ sender, raw. 32 bytes, so a conversation's
+/// A history entry of a thread's position: `user ‖ kind ‖ root seq ‖ seq ‖
+/// ms` (kind 2: the true position, 3: the public one), in the same key as
+/// the main timeline's (whose kinds 0 and 1 sort before), so that one
+/// member's entries of one kind in one thread are a range ordered by seq.
+pub fn thread_history_entry(u: &UserId, public: bool, root: Seq, seq: u64, at: i64) -> Vec<u8> {
+    let mut e = thread_history_prefix(u, public, root);
+    e.extend_from_slice(&seq.to_be_bytes());
+    e.extend_from_slice(&(at.max(0) as u64).to_be_bytes());
+    e
+}
+
+/// The first bytes of every history entry of `u`, `public` and thread `root`.
+pub fn thread_history_prefix(u: &UserId, public: bool, root: Seq) -> Vec<u8> {
+    let mut e = Vec::with_capacity(41);
+    e.extend_from_slice(u.as_bytes());
+    e.push(2 + u8::from(public));
+    e.extend_from_slice(&root.to_be_bytes());
+    e
+}
+
+/// `(seq, ms)` of a [`thread_history_entry`].
+pub fn parse_thread_history_entry(e: &[u8]) -> Option<(u64, i64)> {
+    let seq = u64::from_be_bytes(e.get(25..33)?.try_into().ok()?);
+    let at = u64::from_be_bytes(e.get(33..41)?.try_into().ok()?);
+    (e.len() == 41).then_some((seq, at as i64))
+}
+
+/// A seq-index member: message ‖ sender, raw, and for a message in a thread
+/// its root's seq (8 bytes, big-endian). 32 or 40 bytes, so a conversation's
 /// sorted set stays a listpack up to 128 messages (`zset-max-listpack-value`
 /// is 64; the hex form, 65 bytes, made every one a skip list).
-pub fn seq_member(m: &MessageId, sender: &UserId) -> Vec<u8> {
-    let mut e = Vec::with_capacity(32);
+pub fn seq_member(m: &MessageId, sender: &UserId, thread: Option<Seq>) -> Vec<u8> {
+    let mut e = Vec::with_capacity(40);
+    e.extend_from_slice(m.as_bytes());
+    e.extend_from_slice(sender.as_bytes());
+    if let Some(root) = thread {
+        e.extend_from_slice(&root.to_be_bytes());
+    }
+    e
+}
+
+/// `(message, sender, thread root's seq)` of a [`seq_member`].
+pub fn parse_seq_member(e: &[u8]) -> Option<(MessageId, UserId, Option<Seq>)> {
+    let thread = match e.len() {
+        32 => None,
+        40 => Some(u64::from_be_bytes(e[32..40].try_into().ok()?)),
+        _ => return None,
+    };
+    Some((
+        MessageId::from_slice(&e[..16]).ok()?,
+        UserId::from_slice(&e[16..32]).ok()?,
+        thread,
+    ))
+}
+
+/// A messages-hash value: what the field (the raw id) and the key (the
+/// conversation) do not say. A message in a thread has its root after it
+/// (root id ‖ root seq, 24 bytes), which a reader of the first part alone
+/// (postcard ignores what follows) does not see.
+pub fn message_value(m: &Message, thread: Option<ThreadRoot>) -> Vec<u8> {
+    let mut v = super::enc(&(m.seq, m.sender, m.sent_at));
+    if let Some(root) = thread {
+        v.extend_from_slice(root.id.as_bytes());
+        v.extend_from_slice(&root.seq.to_be_bytes());
+    }
+    v
+}
+
+/// The message `id` of `c` from its [`message_value`].
+pub fn parse_message_value(c: &ConversationId, id: &MessageId, v: &[u8]) -> Option<Message> {
+    parse_message_entry(c, id, v).map(|(m, _)| m)
+}
+
+/// The message `id` of `c` and its thread from its [`message_value`].
+pub fn parse_message_entry(
+    c: &ConversationId,
+    id: &MessageId,
+    v: &[u8],
+) -> Option<(Message, Option<ThreadRoot>)> {
+    let ((seq, sender, sent_at), rest): ((u64, UserId, i64), &[u8]) =
+        postcard::take_from_bytes(v).ok()?;
+    let thread = match rest.len() {
+        0 => None,
+        24 => Some(ThreadRoot {
+            id: MessageId::from_slice(&rest[..16]).ok()?,
+            seq: u64::from_be_bytes(rest[16..24].try_into().ok()?),
+        }),
+        _ => return None,
+    };
+    Some((
+        Message {
+            id: *id,
+            conversation: *c,
+            seq,
+            sender,
+            sent_at,
+        },
+        thread,
+    ))
+}
+
+/// A thread-index member ([`Keys::thread_messages`]): `root seq ‖ seq ‖
+/// message ‖ sender`, raw (48 bytes, a listpack entry), so that a thread's
+/// messages are one lexicographic range in seq order.
+pub fn thread_member(root: Seq, seq: Seq, m: &MessageId, sender: &UserId) -> Vec<u8> {
+    let mut e = Vec::with_capacity(48);
+    e.extend_from_slice(&root.to_be_bytes());
+    e.extend_from_slice(&seq.to_be_bytes());
     e.extend_from_slice(m.as_bytes());
     e.extend_from_slice(sender.as_bytes());
     e
 }
 
-/// `(message, sender)` of a [`seq_member`].
-pub fn parse_seq_member(e: &[u8]) -> Option<(MessageId, UserId)> {
-    if e.len() != 32 {
+/// `(root seq, seq, message, sender)` of a [`thread_member`].
+pub fn parse_thread_member(e: &[u8]) -> Option<(Seq, Seq, MessageId, UserId)> {
+    if e.len() != 48 {
         return None;
     }
     Some((
-        MessageId::from_slice(&e[..16]).ok()?,
-        UserId::from_slice(&e[16..]).ok()?,
+        u64::from_be_bytes(e[..8].try_into().ok()?),
+        u64::from_be_bytes(e[8..16].try_into().ok()?),
+        MessageId::from_slice(&e[16..32]).ok()?,
+        UserId::from_slice(&e[32..48]).ok()?,
     ))
-}
-
-/// A messages-hash value: what the field (the raw id) and the key (the
-/// conversation) do not say.
-pub fn message_value(m: &Message) -> Vec<u8> {
-    super::enc(&(m.seq, m.sender, m.sent_at))
-}
-
-/// The message `id` of `c` from its [`message_value`].
-pub fn parse_message_value(c: &ConversationId, id: &MessageId, v: &[u8]) -> Option<Message> {
-    let (seq, sender, sent_at) = postcard::from_bytes(v).ok()?;
-    Some(Message {
-        id: *id,
-        conversation: *c,
-        seq,
-        sender,
-        sent_at,
-    })
 }
 
 /// Seqs per field of the completion cache ([`Keys::completions`]).
@@ -171,7 +258,7 @@ impl Keys {
     /// hot TTL after the last refresh, which the commit script makes at
     /// most every quarter TTL for all of them at once (`scripts::APPLY`).
     /// The queue is not one of them: it never expires.
-    pub fn conversation_state(&self, c: &ConversationId) -> [String; 15] {
+    pub fn conversation_state(&self, c: &ConversationId) -> [String; 17] {
         [
             self.meta(c),
             self.watermarks(c),
@@ -187,10 +274,24 @@ impl Keys {
             self.history(c),
             self.outbox(c),
             self.window(c),
-            // Last: a key added later, so that the marks of the keys before
-            // it (`e`, one per key in this order) keep their places.
+            // Last: keys added later, so that the marks of the keys before
+            // them (`e`, one per key in this order) keep their places.
             self.member_list(c),
+            self.thread_messages(c),
+            self.thread_positions(c),
         ]
+    }
+    /// Sorted set, by member (all scores 0): the messages of every thread,
+    /// [`thread_member`]s, so that a thread's messages after a position are
+    /// one `ZRANGEBYLEX`.
+    pub fn thread_messages(&self, c: &ConversationId) -> String {
+        self.conv(c, "tq")
+    }
+    /// Hash: `<user>:<root seq>` → `seq:public_seq`, each member's read
+    /// position in each thread it read in (the main timeline's are in
+    /// [`Keys::watermarks`]).
+    pub fn thread_positions(&self, c: &ConversationId) -> String {
+        self.conv(c, "tw")
     }
     /// Sorted set, by member (all scores 0): every member ever, as hex ids,
     /// so that a page of a message's recipients is one `ZRANGEBYLEX` in

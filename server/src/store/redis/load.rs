@@ -28,6 +28,16 @@ pub(super) struct View {
     /// `(s, rows)`: every seq-index entry after seq `s`, read with the view
     /// (see [`Inner::read_facts`]); ranges above `s` are answered from it.
     pub(super) tail: Option<(Seq, Vec<Indexed>)>,
+    /// Whether the conversation holds any thread message (the meta hash's
+    /// `th`): without, nothing thread-related is read.
+    pub(super) has_threads: bool,
+    /// The threads of the loaded messages that are in one.
+    pub(super) threads: HashMap<MessageId, ThreadRoot>,
+    /// Members' positions in threads, as far as loaded: (root seq, user).
+    pub(super) twms: HashMap<(Seq, UserId), ReadWatermark>,
+    /// (root seq, user, public) -> the thread's history entries (seq, at)
+    /// in seq order, as far as loaded.
+    pub(super) thist: HashMap<(Seq, UserId, bool), Vec<(Seq, Millis)>>,
 }
 
 impl View {
@@ -46,7 +56,60 @@ impl View {
             runs: RunBuckets::default(),
             hist: HashMap::new(),
             tail: None,
+            has_threads: false,
+            threads: HashMap::new(),
+            twms: HashMap::new(),
+            thist: HashMap::new(),
         }
+    }
+
+    /// The timeline of `m` (a loaded message): its thread's root seq, or
+    /// the main timeline.
+    pub(super) fn timeline(&self, m: &Message) -> domain::Timeline {
+        self.threads.get(&m.id).map_or(domain::MAIN, |r| r.seq)
+    }
+
+    /// `u`'s position in `timeline` (a thread's as far as loaded).
+    pub(super) fn position(&self, u: &UserId, timeline: domain::Timeline) -> ReadWatermark {
+        if timeline == domain::MAIN {
+            return self.wm(u);
+        }
+        self.twms.get(&(timeline, *u)).copied().unwrap_or_default()
+    }
+
+    /// The time of `u`'s first advancement in `timeline` that reached `seq`.
+    pub(super) fn covering(
+        &self,
+        u: &UserId,
+        timeline: domain::Timeline,
+        public: bool,
+        seq: Seq,
+    ) -> Option<Millis> {
+        if timeline == domain::MAIN {
+            return self.first_covering(u, public, seq);
+        }
+        self.thist
+            .get(&(timeline, *u, public))
+            .and_then(|h| h.iter().find(|(s, _)| *s >= seq).map(|(_, at)| *at))
+    }
+
+    /// When `u`'s read covered `m` (true position), if it did.
+    pub(super) fn read_at(&self, u: &UserId, m: &Message) -> Option<Millis> {
+        let timeline = self.timeline(m);
+        (self.position(u, timeline).seq >= m.seq)
+            .then(|| self.covering(u, timeline, false, m.seq))
+            .flatten()
+    }
+
+    /// Adds the message `id` from its messages-hash value.
+    pub(super) fn put_message(&mut self, id: &MessageId, value: &[u8]) -> StoreResult<Message> {
+        let (m, thread) =
+            keys::parse_message_entry(&self.c, id, value).ok_or_else(|| corrupt("message"))?;
+        self.messages.insert(m.id, m);
+        if let Some(root) = thread {
+            self.threads.insert(m.id, root);
+        }
+        Ok(m)
     }
 
     pub(super) fn group(&self) -> bool {
@@ -86,18 +149,19 @@ impl View {
         with_recipients: bool,
     ) -> MessageState {
         let mut views = Vec::new();
+        let timeline = self.timeline(m);
         for (u, membership) in &self.members {
             if !membership.receives(*u, m.sender, m.seq) {
                 continue;
             }
-            let wm = self.wm(u);
+            let wm = self.position(u, timeline);
             let facts = RecipientFacts {
                 delivered_at: self.delivered_at(m, u),
                 read_at: (wm.seq >= m.seq)
-                    .then(|| self.first_covering(u, false, m.seq))
+                    .then(|| self.covering(u, timeline, false, m.seq))
                     .flatten(),
                 public_read_at: (wm.public_seq >= m.seq)
-                    .then(|| self.first_covering(u, true, m.seq))
+                    .then(|| self.covering(u, timeline, true, m.seq))
                     .flatten(),
                 sharing: self.sharing.get(u).copied().unwrap_or(true),
             };
@@ -151,6 +215,10 @@ pub(super) fn parse_view(
         runs: RunBuckets::default(),
         hist: HashMap::new(),
         tail: None,
+        has_threads: meta.contains_key("th"),
+        threads: HashMap::new(),
+        twms: HashMap::new(),
+        thist: HashMap::new(),
     })
 }
 
@@ -188,9 +256,16 @@ pub(super) fn parse_view_reply(
         (Some(2), Some(fields), Some(wm)) => {
             let values: Vec<Option<Vec<u8>>> = Vec::from_redis_value(fields).map_err(parse_err)?;
             let mut meta = HashMap::new();
-            let names = ["v".to_string(), "mv".into(), "t".into(), "n".into()];
             let member = format!("m:{}", hex(u));
-            for (f, v) in names.into_iter().chain([member]).zip(values) {
+            let names = [
+                "v".to_string(),
+                "mv".into(),
+                "t".into(),
+                "n".into(),
+                member,
+                "th".into(),
+            ];
+            for (f, v) in names.into_iter().zip(values) {
                 if let Some(v) = v {
                     meta.insert(f, v);
                 }
@@ -205,12 +280,19 @@ pub(super) fn parse_view_reply(
     }
 }
 
-/// How many of `after` (the messages after a watermark) are unread by `u`:
-/// those others sent while `membership` covered them.
-fn count_unread(after: &[Indexed], u: &UserId, membership: &Membership) -> u64 {
+/// How many of `after` (the messages after a position, in the seq index
+/// or a thread's) of one timeline (`thread`: its root's seq, `None` for the
+/// main one) are unread by `u`: those others sent while `membership` covered
+/// them.
+pub(super) fn count_unread(
+    after: &[Indexed],
+    u: &UserId,
+    membership: &Membership,
+    thread: Option<Seq>,
+) -> u64 {
     after
         .iter()
-        .filter(|m| membership.receives(*u, m.sender, m.seq))
+        .filter(|m| m.thread == thread && membership.receives(*u, m.sender, m.seq))
         .count() as u64
 }
 
@@ -218,12 +300,13 @@ fn count_unread(after: &[Indexed], u: &UserId, membership: &Membership) -> u64 {
 fn parse_seq_rows(rows: Vec<(Vec<u8>, f64)>) -> StoreResult<Vec<Indexed>> {
     rows.into_iter()
         .map(|(member, score)| {
-            let (id, sender) =
+            let (id, sender, thread) =
                 keys::parse_seq_member(&member).ok_or_else(|| corrupt("seq index"))?;
             Ok(Indexed {
                 seq: score as Seq,
                 id,
                 sender,
+                thread,
             })
         })
         .collect()
@@ -412,15 +495,61 @@ impl Inner {
             }
             plan.cmds.push(z);
         }
+        let threads: HashMap<Seq, ThreadRoot> = img.threads.iter().copied().collect();
         for chunk in img.messages.chunks(200) {
             let mut z = rcmd!["ZADD", k.seqs(c)];
             let mut h = rcmd!["HSET", k.messages(c)];
             for m in chunk {
-                z.extend(rcmd![m.seq, keys::seq_member(&m.id, &m.sender)]);
-                h.extend(rcmd![m.id.as_bytes().as_slice(), keys::message_value(m)]);
+                let thread = threads.get(&m.seq).copied();
+                z.extend(rcmd![
+                    m.seq,
+                    keys::seq_member(&m.id, &m.sender, thread.map(|t| t.seq))
+                ]);
+                h.extend(rcmd![
+                    m.id.as_bytes().as_slice(),
+                    keys::message_value(m, thread)
+                ]);
             }
             plan.cmds.push(z);
             plan.cmds.push(h);
+        }
+        // Threads: the thread index, the positions, their histories, and the
+        // meta hash's mark that the conversation has threads.
+        let by_seq: HashMap<Seq, &Message> = img.messages.iter().map(|m| (m.seq, m)).collect();
+        for chunk in img.threads.chunks(200) {
+            let mut z = rcmd!["ZADD", k.thread_messages(c)];
+            for (seq, root) in chunk {
+                if let Some(m) = by_seq.get(seq) {
+                    z.extend(rcmd![
+                        0,
+                        keys::thread_member(root.seq, *seq, &m.id, &m.sender)
+                    ]);
+                }
+            }
+            plan.cmds.push(z);
+        }
+        if !img.threads.is_empty() {
+            plan.cmds.push(rcmd!["HSET", k.meta(c), "th", 1u64]);
+        }
+        for chunk in img.thread_watermarks.chunks(200) {
+            let mut h = rcmd!["HSET", k.thread_positions(c)];
+            for (root, u, wm) in chunk {
+                h.extend(rcmd![
+                    thread_position_field(u, *root),
+                    format!("{}:{}", wm.seq, wm.public_seq)
+                ]);
+            }
+            plan.cmds.push(h);
+        }
+        for chunk in img.thread_history.chunks(200) {
+            let mut z = rcmd!["ZADD", k.history(c)];
+            for (root, u, public, seq, at) in chunk {
+                z.extend(rcmd![
+                    0,
+                    keys::thread_history_entry(u, *public, *root, *seq, *at)
+                ]);
+            }
+            plan.cmds.push(z);
         }
         // The commit script gives every key of the conversation its expiry.
         // Only if still absent (version 0): a concurrent re-warm or write wins.
@@ -525,9 +654,7 @@ impl Inner {
         let rows: Vec<Option<Vec<u8>>> = self.query(&cmd).await?;
         for (id, row) in missing.iter().zip(rows) {
             let Some(row) = row else { continue };
-            let m =
-                keys::parse_message_value(&view.c, id, &row).ok_or_else(|| corrupt("message"))?;
-            view.messages.insert(m.id, m);
+            view.put_message(id, &row)?;
         }
         Ok(())
     }
@@ -604,9 +731,7 @@ impl Inner {
         Self::take_sharing(&mut view, &mut it)?;
         for (n, value) in named.iter().zip(values) {
             let Some(value) = value else { continue };
-            let m =
-                keys::parse_message_value(c, &n.id, &value).ok_or_else(|| corrupt("message"))?;
-            view.messages.insert(m.id, m);
+            view.put_message(&n.id, &value)?;
         }
         Ok(Some(view))
     }
@@ -667,13 +792,10 @@ impl Inner {
                 continue;
             };
             let id = MessageId::from_slice(id).map_err(|_| corrupt("message id"))?;
-            let m = keys::parse_message_value(c, &id, value).ok_or_else(|| corrupt("message"))?;
-            view.messages.insert(m.id, m);
+            view.put_message(&id, value)?;
         }
         if let Some(value) = value {
-            let m =
-                keys::parse_message_value(c, message, &value).ok_or_else(|| corrupt("message"))?;
-            view.messages.insert(m.id, m);
+            view.put_message(message, &value)?;
         }
         // The range starts where the watermark the view holds says it
         // should (a seq Lua's numbers would round is not trusted).
@@ -715,7 +837,7 @@ impl Inner {
         let after = self
             .between_in(view, wm.saturating_add(1), Seq::MAX)
             .await?;
-        Ok(count_unread(&after, u, membership))
+        Ok(count_unread(&after, u, membership, None))
     }
 
     /// Loads `u`'s own delivery runs at the seqs of `ids`: one field per
@@ -734,20 +856,40 @@ impl Inner {
         self.ensure_runs_at(view, &[*u], seqs).await
     }
 
-    /// Loads read histories from `min_seq` on for `users`.
+    /// Loads read histories in the main timeline from `min_seq` on for
+    /// `users`.
     pub(super) async fn ensure_history(
         &self,
         view: &mut View,
         users: &[UserId],
         min_seq: Seq,
     ) -> StoreResult<()> {
+        self.ensure_timeline_history(view, domain::MAIN, users, min_seq)
+            .await
+    }
+
+    /// Loads `users`' read histories in `timeline` from `min_seq` on (those
+    /// whose position there reaches it, and not loaded yet): one
+    /// `ZRANGEBYLEX` per member and kind, in one round trip.
+    async fn ensure_timeline_history(
+        &self,
+        view: &mut View,
+        timeline: domain::Timeline,
+        users: &[UserId],
+        min_seq: Seq,
+    ) -> StoreResult<()> {
+        let main = timeline == domain::MAIN;
+        let loaded = |view: &View, u: UserId, public: bool| match main {
+            true => view.hist.contains_key(&(u, public)),
+            false => view.thist.contains_key(&(timeline, u, public)),
+        };
         let wanted: Vec<(UserId, bool)> = users
             .iter()
             .flat_map(|u| [(*u, false), (*u, true)])
             .filter(|(u, public)| {
-                let wm = view.wm(u);
+                let wm = view.position(u, timeline);
                 let top = if *public { wm.public_seq } else { wm.seq };
-                top >= min_seq && !view.hist.contains_key(&(*u, *public))
+                top >= min_seq && !loaded(view, *u, *public)
             })
             .collect();
         if wanted.is_empty() {
@@ -755,26 +897,39 @@ impl Inner {
         }
         let mut p = redis::pipe();
         for (u, public) in &wanted {
+            let prefix = match main {
+                true => keys::history_prefix(u, *public),
+                false => keys::thread_history_prefix(u, *public, timeline),
+            };
             let mut lo = b"[".to_vec();
-            lo.extend(keys::history_prefix(u, *public));
+            lo.extend(&prefix);
             lo.extend_from_slice(&min_seq.to_be_bytes());
-            // Every entry of this member and kind is below the prefix with
-            // the kind's byte incremented.
-            let mut hi = b"(".to_vec();
-            hi.extend(keys::history_prefix(u, *public));
-            *hi.last_mut().expect("kind byte") += 1;
+            // Every entry of this member, kind (and thread) is the prefix,
+            // a seq and a time: 16 bytes, none above all ones.
+            let mut hi = b"[".to_vec();
+            hi.extend(&prefix);
+            hi.extend_from_slice(&[0xff; 16]);
             p.cmd("ZRANGEBYLEX")
                 .arg(self.keys.history(&view.c))
                 .arg(lo)
                 .arg(hi);
         }
         let rows: Vec<Vec<Vec<u8>>> = self.pipe(&p).await?;
-        for (key, row) in wanted.into_iter().zip(rows) {
+        for ((u, public), row) in wanted.into_iter().zip(rows) {
             let entries = row
                 .iter()
-                .map(|e| keys::parse_history_entry(e).ok_or_else(|| corrupt("history")))
+                .map(|e| {
+                    match main {
+                        true => keys::parse_history_entry(e),
+                        false => keys::parse_thread_history_entry(e),
+                    }
+                    .ok_or_else(|| corrupt("history"))
+                })
                 .collect::<StoreResult<Vec<_>>>()?;
-            view.hist.insert(key, entries);
+            match main {
+                true => view.hist.insert((u, public), entries),
+                false => view.thist.insert((timeline, u, public), entries),
+            };
         }
         Ok(())
     }
@@ -794,7 +949,19 @@ impl Inner {
             .filter_map(|m| view.messages.get(m).map(|m| m.seq))
             .min()
             .unwrap_or(Seq::MAX);
-        self.ensure_history(view, &members, min_seq).await
+        self.ensure_history(view, &members, min_seq).await?;
+        // Messages in threads: every member's position and history in each.
+        let mut roots: BTreeMap<Seq, Seq> = BTreeMap::new();
+        for id in ids {
+            if let (Some(m), Some(root)) = (view.messages.get(id), view.threads.get(id)) {
+                let low = roots.entry(root.seq).or_insert(m.seq);
+                *low = (*low).min(m.seq);
+            }
+        }
+        for (root, low) in roots {
+            self.ensure_thread_reads(view, root, &members, low).await?;
+        }
+        Ok(())
     }
 
     /// A message of `c` by id: from Redis, else from Scylla. (A message's
@@ -888,6 +1055,188 @@ impl Inner {
         membership: &Membership,
     ) -> StoreResult<u64> {
         let after = self.between(c, wm.saturating_add(1), Seq::MAX).await?;
-        Ok(count_unread(&after, u, membership))
+        Ok(count_unread(&after, u, membership, None))
     }
+
+    /// Loads `users`' positions in the thread under `root` (0 where none).
+    pub(super) async fn ensure_thread_positions(
+        &self,
+        view: &mut View,
+        root: Seq,
+        users: &[UserId],
+    ) -> StoreResult<()> {
+        let missing: Vec<UserId> = users
+            .iter()
+            .filter(|u| !view.twms.contains_key(&(root, **u)))
+            .copied()
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(self.keys.thread_positions(&view.c));
+        for u in &missing {
+            cmd.arg(thread_position_field(u, root));
+        }
+        let values: Vec<Option<String>> = self.query(&cmd).await?;
+        for (u, v) in missing.into_iter().zip(values) {
+            let wm = v.as_deref().map(parse_watermark).transpose()?;
+            view.twms.insert((root, u), wm.unwrap_or_default());
+        }
+        Ok(())
+    }
+
+    /// Loads `users`' positions in the thread under `root` and their
+    /// histories in it from `min_seq` on (as [`Self::ensure_history`] does
+    /// for the main timeline).
+    pub(super) async fn ensure_thread_reads(
+        &self,
+        view: &mut View,
+        root: Seq,
+        users: &[UserId],
+        min_seq: Seq,
+    ) -> StoreResult<()> {
+        self.ensure_thread_positions(view, root, users).await?;
+        self.ensure_timeline_history(view, root, users, min_seq)
+            .await
+    }
+
+    /// The messages of the thread under `root` with seqs in `lo..=hi`, in
+    /// seq order (from the thread index).
+    pub(super) async fn thread_between(
+        &self,
+        c: &ConversationId,
+        root: Seq,
+        lo: Seq,
+        hi: Seq,
+    ) -> StoreResult<Vec<Indexed>> {
+        if lo > hi {
+            return Ok(Vec::new());
+        }
+        let bound = |seq: Seq| {
+            let mut b = b"[".to_vec();
+            b.extend_from_slice(&root.to_be_bytes());
+            b.extend_from_slice(&seq.to_be_bytes());
+            b
+        };
+        let mut hi_bound = bound(hi);
+        hi_bound.extend_from_slice(&[0xff; 32]);
+        let rows: Vec<Vec<u8>> = self
+            .query(
+                redis::cmd("ZRANGEBYLEX")
+                    .arg(self.keys.thread_messages(c))
+                    .arg(bound(lo))
+                    .arg(hi_bound),
+            )
+            .await?;
+        rows.iter().map(|e| parse_thread_row(e)).collect()
+    }
+
+    /// Every thread of `c` with its messages, highest root first (the whole
+    /// thread index: O(thread messages)), and the roots' ids.
+    pub(super) async fn threads_of(
+        &self,
+        c: &ConversationId,
+    ) -> StoreResult<Vec<(ThreadRoot, Vec<Indexed>)>> {
+        let rows: Vec<Vec<u8>> = self
+            .query(
+                redis::cmd("ZRANGE")
+                    .arg(self.keys.thread_messages(c))
+                    .arg(0)
+                    .arg(-1),
+            )
+            .await?;
+        let mut threads: Vec<(Seq, Vec<Indexed>)> = Vec::new();
+        for e in &rows {
+            let m = parse_thread_row(e)?;
+            let root = m.thread.unwrap_or_default();
+            match threads.last_mut() {
+                Some((r, msgs)) if *r == root => msgs.push(m),
+                _ => threads.push((root, vec![m])),
+            }
+        }
+        threads.reverse();
+        // The roots' ids, from the seq index.
+        let mut p = redis::pipe();
+        for (root, _) in &threads {
+            p.cmd("ZRANGEBYSCORE")
+                .arg(self.keys.seqs(c))
+                .arg(*root)
+                .arg(*root);
+        }
+        let ids: Vec<Vec<Vec<u8>>> = if threads.is_empty() {
+            Vec::new()
+        } else {
+            self.pipe(&p).await?
+        };
+        let mut out = Vec::with_capacity(threads.len());
+        for ((root, msgs), id) in threads.into_iter().zip(ids) {
+            let (id, _, _) = id
+                .first()
+                .and_then(|e| keys::parse_seq_member(e))
+                .ok_or_else(|| corrupt("thread root"))?;
+            out.push((ThreadRoot { id, seq: root }, msgs));
+        }
+        Ok(out)
+    }
+
+    /// `u`'s unread counts in every thread of `view`'s conversation (highest
+    /// root first; none without threads), its positions loaded into the
+    /// view.
+    pub(super) async fn unread_by_timeline(
+        &self,
+        view: &mut View,
+        u: &UserId,
+        membership: &Membership,
+    ) -> StoreResult<Vec<crate::store::ThreadUnread>> {
+        if !view.has_threads {
+            return Ok(Vec::new());
+        }
+        let threads = self.threads_of(&view.c).await?;
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(self.keys.thread_positions(&view.c));
+        for (root, _) in &threads {
+            cmd.arg(thread_position_field(u, root.seq));
+        }
+        let positions: Vec<Option<String>> = if threads.is_empty() {
+            Vec::new()
+        } else {
+            self.query(&cmd).await?
+        };
+        let mut out = Vec::with_capacity(threads.len());
+        for ((root, msgs), pos) in threads.into_iter().zip(positions) {
+            let pos = pos
+                .as_deref()
+                .map(parse_watermark)
+                .transpose()?
+                .unwrap_or_default();
+            // A position the view already holds may be one this write moved.
+            let pos = *view.twms.entry((root.seq, *u)).or_insert(pos);
+            let after: Vec<Indexed> = msgs.iter().filter(|m| m.seq > pos.seq).copied().collect();
+            out.push(crate::store::ThreadUnread {
+                root: root.id,
+                unread: count_unread(&after, u, membership, Some(root.seq)),
+                read_up_to: pos.seq,
+                last_seq: msgs.last().map_or(0, |m| m.seq),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// A thread-index entry as an [`Indexed`].
+fn parse_thread_row(e: &[u8]) -> StoreResult<Indexed> {
+    let (root, seq, id, sender) =
+        keys::parse_thread_member(e).ok_or_else(|| corrupt("thread index"))?;
+    Ok(Indexed {
+        seq,
+        id,
+        sender,
+        thread: Some(root),
+    })
+}
+
+/// A [`Keys::thread_positions`] field: `<hex user>:<root seq>`.
+pub(super) fn thread_position_field(u: &UserId, root: Seq) -> String {
+    format!("{}:{root}", hex(u))
 }

@@ -186,7 +186,7 @@ impl Inner {
                     .filter_map(|m| v.messages.get(m))
                     .copied()
                     .collect();
-                let aggregates = self.aggregates(c, Some(*u), &msgs).await?;
+                let aggregates = self.counts_in(&v, Some(*u), &msgs).await?;
                 for state in counted_states(msgs, aggregates) {
                     states.insert(state.message.id, state);
                 }
@@ -222,21 +222,20 @@ impl Inner {
                 break;
             }
             let c = parse_uuid(&c)?;
-            let Some(v) = self.view_for(&c, u).await? else {
+            let Some(mut v) = self.view_for(&c, u).await? else {
                 continue;
             };
-            let Some(membership) = v.members.get(u).filter(|m| m.is_current()) else {
+            let Some(membership) = v.members.get(u).filter(|m| m.is_current()).cloned() else {
                 continue;
             };
             let wm = v.wm(u);
-            let unread = self.unread(&c, u, wm.seq, membership).await?;
-            watermarks.push(crate::domain::ReadPosition {
-                conversation: c,
-                thread: None,
-                read_up_to: wm.seq,
-                unread,
-                conversation_unread: unread,
-            });
+            let unread = self.unread(&c, u, wm.seq, &membership).await?;
+            let threads = self.unread_by_timeline(&mut v, u, &membership).await?;
+            watermarks.extend(crate::store::snapshot_positions(
+                c,
+                (wm.seq, unread),
+                &threads,
+            ));
         }
         Ok(Snapshot {
             recent_messages,

@@ -50,7 +50,8 @@ use super::{
 use super::{distinct_registrations, judge_registration};
 use crate::domain::{
     self, ConversationId, Cursor, Delivery, Event, EventBody, MemberChangeKind, Membership,
-    Message, MessageId, MessageState, Millis, ReadWatermark, RecipientFacts, Seq, UserId,
+    Message, MessageId, MessageState, Millis, ReadWatermark, RecipientFacts, Seq, ThreadRoot,
+    UserId,
 };
 use crate::error::ServiceError;
 use crate::fanout::{self, Hub, Windows};
@@ -308,6 +309,8 @@ struct Indexed {
     seq: Seq,
     id: MessageId,
     sender: UserId,
+    /// The seq of its thread's root; `None` in the main timeline.
+    thread: Option<Seq>,
 }
 
 struct Inner {

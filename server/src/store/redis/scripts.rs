@@ -499,8 +499,8 @@ return added
 /// here). Returns `{0}` if
 /// the conversation is not in Redis; `{1, meta, watermarks}` (both as flat
 /// field/value lists) if it has at most that many members; otherwise
-/// `{2, {v, mv, t, n, m:<member>}, watermark}`, which is all a group write
-/// by that member depends on.
+/// `{2, {v, mv, t, n, m:<member>, th}, watermark}`, which is all a group
+/// write by that member depends on (`th`: whether it has threads).
 pub static VIEW: LazyLock<Script> =
     LazyLock::new(|| Script::new(&format!("{VIEW_OF}\nreturn view_of()")));
 
@@ -537,7 +537,7 @@ local function sharing_of(users)
   return {users, values}
 end
 local function view_of()
-  local fields = redis.call('HMGET', KEYS[1], 'v', 'mv', 't', 'n', 'm:' .. ARGV[1])
+  local fields = redis.call('HMGET', KEYS[1], 'v', 'mv', 't', 'n', 'm:' .. ARGV[1], 'th')
   local n = fields[4]
   if not n then return {0} end
   if tonumber(n) <= tonumber(ARGV[2]) then

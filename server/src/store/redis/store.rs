@@ -163,10 +163,15 @@ impl ReceiptStore for RedisStore {
         Err(contended(&c))
     }
 
-    async fn register_messages(&self, messages: Vec<NewMessage>) -> StoreResult<u64> {
+    async fn register_in_threads(
+        &self,
+        messages: Vec<NewMessage>,
+        roots: Vec<Option<MessageId>>,
+    ) -> StoreResult<u64> {
         let s = &self.inner;
+        let root_of = |i: usize| roots.get(i).copied().flatten();
         // Validate the whole batch before writing anything.
-        let order = distinct_registrations(&messages, |_| None)?;
+        let order = distinct_registrations(&messages, root_of)?;
         let ids: Vec<MessageId> = order.iter().map(|(_, m)| m.id).collect();
         let homes = s.homes(&ids).await?;
         let mut by_conv: BTreeMap<ConversationId, Vec<(usize, Message)>> = BTreeMap::new();
@@ -181,6 +186,10 @@ impl ReceiptStore for RedisStore {
         let _serial = s.lock(by_conv.keys()).await;
         for attempt in 0..MAX_ATTEMPTS {
             plans.clear();
+            // The batch's messages judged so far (conversation, seq, thread),
+            // for roots named in it.
+            let mut in_batch: HashMap<MessageId, (ConversationId, Seq, Option<ThreadRoot>)> =
+                HashMap::new();
             for (c, msgs) in &by_conv {
                 let (i0, _) = msgs[0];
                 let Some(mut view) = s.view(c).await? else {
@@ -190,19 +199,48 @@ impl ReceiptStore for RedisStore {
                         c,
                     ));
                 };
-                let ids: Vec<MessageId> = msgs.iter().map(|(_, m)| m.id).collect();
+                let mut ids: Vec<MessageId> = msgs.iter().map(|(_, m)| m.id).collect();
+                ids.extend(msgs.iter().filter_map(|(i, _)| root_of(*i)));
                 s.ensure_messages(&mut view, &ids).await?;
                 let seqs: Vec<Seq> = msgs.iter().map(|(_, m)| m.seq).collect();
                 let taken = taken_seqs(s, c, &seqs).await?;
-                let mut fresh = Vec::new();
+                let mut fresh: Vec<(Message, Option<ThreadRoot>)> = Vec::new();
                 for (i, m) in msgs {
+                    let root = root_of(*i);
                     let existing = match view.messages.get(&m.id) {
-                        Some(e) => Some(*e),
+                        Some(e) => Some((*e, view.threads.get(&e.id).map(|t| t.id))),
                         None => match home_of.get(&m.id).copied().flatten() {
-                            Some(home) if home != *c => s.find_message(&home, &m.id).await?,
+                            Some(home) if home != *c => {
+                                s.find_message(&home, &m.id).await?.map(|e| (e, None))
+                            }
                             _ => None,
                         },
                     };
+                    // A new message's thread: its root must be an earlier
+                    // main-timeline message of this conversation
+                    // (`domain::judge_root`).
+                    let thread = match root {
+                        Some(r) if existing.is_none() => {
+                            let found = match (in_batch.get(&r), view.messages.get(&r)) {
+                                (Some(known), _) => Some(*known),
+                                (None, Some(rm)) => {
+                                    Some((*c, rm.seq, view.threads.get(&r).copied()))
+                                }
+                                (None, None) => s.homes(&[r]).await?[0]
+                                    .filter(|home| home != c)
+                                    .map(|home| (home, 0, None)),
+                            };
+                            let seq = domain::judge_root(*c, m.seq, found)
+                                .map_err(|e| crate::store::root_refused(*i, r, e))?;
+                            Some(ThreadRoot { id: r, seq })
+                        }
+                        _ => None,
+                    };
+                    let known_thread = match &existing {
+                        Some((e, _)) => view.threads.get(&e.id).copied(),
+                        None => thread,
+                    };
+                    in_batch.insert(m.id, (*c, m.seq, known_thread));
                     let sender_is_member = view
                         .members
                         .get(&m.sender)
@@ -210,12 +248,12 @@ impl ReceiptStore for RedisStore {
                     if judge_registration(
                         *i,
                         m,
-                        None,
-                        existing.map(|e| (e, None)),
+                        root,
+                        existing,
                         taken.get(&m.seq).copied(),
                         sender_is_member,
                     )? {
-                        fresh.push(*m);
+                        fresh.push((*m, thread));
                     }
                 }
                 let mut plan = Plan::default();
@@ -223,13 +261,34 @@ impl ReceiptStore for RedisStore {
                     let k = &s.keys;
                     let mut z = rcmd!["ZADD", k.seqs(c)];
                     let mut h = rcmd!["HSET", k.messages(c)];
-                    for m in &fresh {
-                        z.extend(rcmd![m.seq, keys::seq_member(&m.id, &m.sender)]);
-                        h.extend(rcmd![m.id.as_bytes().as_slice(), keys::message_value(m)]);
+                    let mut tq = rcmd!["ZADD", k.thread_messages(c)];
+                    for (m, thread) in &fresh {
+                        let root_seq = thread.map(|t| t.seq);
+                        z.extend(rcmd![m.seq, keys::seq_member(&m.id, &m.sender, root_seq)]);
+                        h.extend(rcmd![
+                            m.id.as_bytes().as_slice(),
+                            keys::message_value(m, *thread)
+                        ]);
                         plan.persist.push(PersistOp::Message(*m));
+                        if let Some(root) = thread {
+                            tq.extend(rcmd![
+                                0,
+                                keys::thread_member(root.seq, m.seq, &m.id, &m.sender)
+                            ]);
+                            plan.persist.push(PersistOp::ThreadMessage {
+                                conversation: *c,
+                                seq: m.seq,
+                                root: *root,
+                            });
+                        }
                     }
                     plan.cmds.push(z);
                     plan.cmds.push(h);
+                    if tq.len() > 2 {
+                        plan.cmds.push(tq);
+                        plan.cmds.push(rcmd!["HSET", k.meta(c), "th", 1u64]);
+                    }
+                    let fresh: Vec<Message> = fresh.iter().map(|(m, _)| *m).collect();
                     // Below the last registered seq, a run written before
                     // this message existed may cover its seq.
                     let last = s.last_seq(c).await?;
@@ -238,6 +297,7 @@ impl ReceiptStore for RedisStore {
                     }
                     plan.cmds.extend(s.runs_cmds(&view));
                 }
+                let fresh: Vec<Message> = fresh.into_iter().map(|(m, _)| m).collect();
                 plans.push((view, plan, fresh));
             }
             // Message ids resolve to their conversation before the commit, so
@@ -360,6 +420,18 @@ impl ReceiptStore for RedisStore {
                     .min()
                     .unwrap_or(Seq::MAX);
                 s.ensure_history(&mut view, &[user], min_seq).await?;
+                // A thread message's read is the caller's position in its
+                // thread.
+                let mut roots: BTreeMap<Seq, Seq> = BTreeMap::new();
+                for id in msgs {
+                    if let (Some(m), Some(root)) = (view.messages.get(id), view.threads.get(id)) {
+                        let low = roots.entry(root.seq).or_insert(m.seq);
+                        *low = (*low).min(m.seq);
+                    }
+                }
+                for (root, low) in roots {
+                    s.ensure_thread_reads(&mut view, root, &[user], low).await?;
+                }
                 let at = at.max(view.stamp);
                 let mut plan = Plan::default();
                 plan.cmds.push(rcmd!["HSET", s.keys.meta(c), "t", at]);
@@ -368,11 +440,7 @@ impl ReceiptStore for RedisStore {
                 let mut out = Vec::new();
                 for id in msgs {
                     let m = view.messages[id];
-                    let read_at = if view.wm(&user).seq >= m.seq {
-                        view.first_covering(&user, false, m.seq)
-                    } else {
-                        None
-                    };
+                    let read_at = view.read_at(&user, &m);
                     let existing = view.delivered_at(&m, &user);
                     match domain::judge_delivery(
                         user,
@@ -397,6 +465,7 @@ impl ReceiptStore for RedisStore {
                         seq: m.seq,
                         id: m.id,
                         sender: m.sender,
+                        thread: view.threads.get(&m.id).map(|t| t.seq),
                     });
                     out.push(DeliveryResult::recorded(m.id, at));
                 }
@@ -459,9 +528,16 @@ impl ReceiptStore for RedisStore {
             let at = at.max(view.stamp);
             let mut plan = Plan::default();
             plan.cmds.push(rcmd!["HSET", s.keys.meta(&c), "t", at]);
-            let (result, windowed) = s
-                .apply_read(&mut view, &mut plan, &user, &membership, m.seq, at)
-                .await?;
+            let (result, windowed) = match view.threads.get(&m.id).copied() {
+                Some(root) => {
+                    s.apply_thread_read(&mut view, &mut plan, &user, &membership, root, m.seq, at)
+                        .await?
+                }
+                None => {
+                    s.apply_read(&mut view, &mut plan, &user, &membership, m.seq, at)
+                        .await?
+                }
+            };
             if !result.advanced {
                 return Ok(result);
             }
@@ -485,59 +561,12 @@ impl ReceiptStore for RedisStore {
     ) -> StoreResult<Vec<ConversationRead>> {
         let s = &self.inner;
         let mut out = Vec::new();
-        let none = ReadResult::main(0, false, 0);
-        'conv: for c in dedup(conversations) {
-            let _serial = s.lock([&c]).await;
-            for _ in 0..MAX_ATTEMPTS {
-                let Some(mut view) = s.view_for(&c, &user).await? else {
-                    out.push(ConversationRead {
-                        conversation: c,
-                        outcome: ConversationOutcome::NotFound,
-                        read: none,
-                    });
-                    continue 'conv;
-                };
-                let Ok(membership) = view.authorize(&user, "conversation_ids") else {
-                    out.push(ConversationRead {
-                        conversation: c,
-                        outcome: ConversationOutcome::PermissionDenied,
-                        read: none,
-                    });
-                    continue 'conv;
-                };
-                let last = s.last_seq(&c).await?;
-                let at = at.max(view.stamp);
-                let mut plan = Plan::default();
-                plan.cmds.push(rcmd!["HSET", s.keys.meta(&c), "t", at]);
-                let (read, windowed) = s
-                    .apply_read(&mut view, &mut plan, &user, &membership, last, at)
-                    .await?;
-                if !read.advanced || s.commit(&view, plan).await? {
-                    if windowed {
-                        s.schedule_window(c);
-                    }
-                    out.push(ConversationRead {
-                        conversation: c,
-                        outcome: ConversationOutcome::Ok,
-                        read,
-                    });
-                    continue 'conv;
-                }
-                backoff().await;
-            }
-            return Err(contended(&c));
-        }
-        // This store holds no threads (registering one is refused), so no
-        // root names one here.
-        for (c, root) in dedup(threads) {
-            out.push(ConversationRead {
-                conversation: c,
-                outcome: ConversationOutcome::NotFound,
-                read: ReadResult {
-                    thread: Some(root),
-                    ..none
-                },
-            });
+        let named = dedup(conversations)
+            .into_iter()
+            .map(|c| (c, None))
+            .chain(dedup(threads).into_iter().map(|(c, r)| (c, Some(r))));
+        for (c, thread) in named {
+            out.push(s.mark_timelines_read(&user, c, thread, at).await?);
         }
         Ok(out)
     }
@@ -607,7 +636,7 @@ impl ReceiptStore for RedisStore {
                 s.ensure_messages(&mut view, &ids).await?;
                 s.check_found(&view, &ids, "message_ids").await?;
                 let msgs: Vec<Message> = ids.iter().map(|m| view.messages[m]).collect();
-                let aggregates = s.aggregates(&c, Some(viewer), &msgs).await?;
+                let aggregates = s.counts_in(&view, Some(viewer), &msgs).await?;
                 return Ok(counted_states(msgs, aggregates));
             }
         }
@@ -745,13 +774,22 @@ impl ReceiptStore for RedisStore {
             let mut r = UnreadCount::empty(c, ConversationOutcome::Ok);
             match s.view(&c).await? {
                 None => r.outcome = ConversationOutcome::NotFound,
-                Some(view) => match view.authorize(&user, "conversation_ids") {
+                Some(mut view) => match view.authorize(&user, "conversation_ids") {
                     Ok(membership) => {
                         let wm = view.wm(&user);
                         r.read_up_to = wm.seq;
                         r.last_seq = s.last_seq(&c).await?;
-                        r.unread = s.unread(&c, &user, wm.seq, &membership).await?;
-                        r.main_unread = r.unread;
+                        r.main_unread = s.unread(&c, &user, wm.seq, &membership).await?;
+                        let threads = s.unread_by_timeline(&mut view, &user, &membership).await?;
+                        r.unread = domain::conversation_unread(
+                            r.main_unread,
+                            threads.iter().map(|t| t.unread),
+                        );
+                        r.threads = threads
+                            .into_iter()
+                            .filter(|t| t.unread > 0)
+                            .take(domain::MAX_LISTED_THREADS)
+                            .collect();
                     }
                     Err(_) => r.outcome = ConversationOutcome::PermissionDenied,
                 },
@@ -901,7 +939,7 @@ pub(super) async fn taken_seqs(
     let rows: Vec<Vec<Vec<u8>>> = s.pipe(&p).await?;
     for (seq, row) in seqs.iter().zip(rows) {
         if let Some(member) = row.first() {
-            let (id, _) = keys::parse_seq_member(member).ok_or_else(|| corrupt("seq index"))?;
+            let (id, _, _) = keys::parse_seq_member(member).ok_or_else(|| corrupt("seq index"))?;
             out.insert(*seq, id);
         }
     }

@@ -166,16 +166,44 @@ fn seq_members_and_message_values_round_trip_raw() {
         sender: uuid::Uuid::new_v4(),
         sent_at: 1_800_000_000_123,
     };
-    let member = keys::seq_member(&m.id, &m.sender);
-    assert!(
-        member.len() <= 64,
-        "fits a listpack entry: {}",
-        member.len()
+    let root = crate::domain::ThreadRoot {
+        id: uuid::Uuid::now_v7(),
+        seq: 7,
+    };
+    for thread in [None, Some(root)] {
+        let member = keys::seq_member(&m.id, &m.sender, thread.map(|t| t.seq));
+        assert!(
+            member.len() <= 64,
+            "fits a listpack entry: {}",
+            member.len()
+        );
+        assert_eq!(
+            keys::parse_seq_member(&member),
+            Some((m.id, m.sender, thread.map(|t| t.seq)))
+        );
+        assert_eq!(keys::parse_seq_member(&member[1..]), None);
+        let value = keys::message_value(&m, thread);
+        assert!(value.len() <= 64, "fits a listpack entry: {}", value.len());
+        assert_eq!(
+            keys::parse_message_entry(&c, &m.id, &value),
+            Some((m, thread))
+        );
+        // A reader of the first part alone (a node before threads) sees the
+        // message itself.
+        assert_eq!(keys::parse_message_value(&c, &m.id, &value), Some(m));
+        assert_eq!(keys::parse_message_value(&c, &m.id, &value[..3]), None);
+        assert_eq!(
+            keys::parse_message_entry(&c, &m.id, &value[..value.len() - 1]),
+            None
+        );
+    }
+    let entry = keys::thread_member(root.seq, m.seq, &m.id, &m.sender);
+    assert!(entry.len() <= 64, "fits a listpack entry: {}", entry.len());
+    assert_eq!(
+        keys::parse_thread_member(&entry),
+        Some((root.seq, m.seq, m.id, m.sender))
     );
-    assert_eq!(keys::parse_seq_member(&member), Some((m.id, m.sender)));
-    assert_eq!(keys::parse_seq_member(&member[1..]), None);
-    let value = keys::message_value(&m);
-    assert!(value.len() <= 64, "fits a listpack entry: {}", value.len());
-    assert_eq!(keys::parse_message_value(&c, &m.id, &value), Some(m));
-    assert_eq!(keys::parse_message_value(&c, &m.id, &value[..3]), None);
+    let h = keys::thread_history_entry(&m.sender, true, root.seq, m.seq, 42);
+    assert_eq!(keys::parse_thread_history_entry(&h), Some((m.seq, 42)));
+    assert!(h.starts_with(&keys::thread_history_prefix(&m.sender, true, root.seq)));
 }

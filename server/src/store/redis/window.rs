@@ -164,7 +164,7 @@ impl Inner {
                 .collect();
             let mut states = Vec::with_capacity(msgs.len());
             for chunk in msgs.chunks(fanout::MAX_MESSAGES_PER_EVENT) {
-                let aggregates = self.aggregates(c, None, chunk).await?;
+                let aggregates = self.counts_in(&view, None, chunk).await?;
                 states.extend(counted_states(chunk.to_vec(), aggregates));
             }
             let mut plan = Plan::default();

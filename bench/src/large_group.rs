@@ -198,6 +198,42 @@ pub async fn run(
             m.finish(&mut probe, size, "the whole list, 500 a page")
                 .await?,
         );
+
+        // A thread under the first message: one reply per reader, each
+        // reader reading the thread up to its reply; then the counts of a
+        // reply (on the production tier, from every member's position in
+        // the thread: docs/storage.md, "Threads").
+        let replies: Vec<NewMessage> = (0..rounds as u64)
+            .map(|i| {
+                NewMessage {
+                    message_id: Uuid::now_v7(),
+                    conversation_id: conv,
+                    seq: rounds as u64 + 1 + i,
+                    sender_id: sender,
+                    sent_at: None,
+                    thread_root_message_id: None,
+                }
+                .in_thread(ids[0])
+            })
+            .collect();
+        backend.register_messages(&replies).await?;
+        let mut m = Measure::start(&mut probe).await?;
+        for (r, reply) in readers.iter().zip(&replies) {
+            timed!(m, r.mark_read_up_to(conv, reply.message_id).await?);
+        }
+        rows.push(
+            m.finish(&mut probe, size, "MarkReadUpTo in a thread")
+                .await?,
+        );
+        tokio::time::sleep(window * 3).await;
+        let mut m = Measure::start(&mut probe).await?;
+        for reply in &replies {
+            timed!(m, me.get_receipts(conv, &[reply.message_id]).await?);
+        }
+        rows.push(
+            m.finish(&mut probe, size, "GetReceipts (counts), thread")
+                .await?,
+        );
     }
     println!(
         "{:>8}  {:<32} {:>6} {:>10} {:>10} {:>14} {:>14}",

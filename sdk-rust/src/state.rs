@@ -142,6 +142,13 @@ impl ReceiptState {
                 inner
                     .watermarks
                     .insert((w.conversation_id, w.thread_root_message_id), w.clone());
+                // The conversation's unread count is the same for every
+                // timeline of it: the newest says it.
+                for ((c, _), other) in inner.watermarks.iter_mut() {
+                    if *c == w.conversation_id {
+                        other.conversation_unread_count = w.conversation_unread_count;
+                    }
+                }
                 changed.push(w.conversation_id);
             }
             Event::Reset(snapshot) => {
@@ -240,5 +247,37 @@ impl ReceiptState {
     /// repaint then.
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.version.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn position(c: Uuid, thread: Option<Uuid>, seq: u64, unread: u64, total: u64) -> Event {
+        Event::Watermark(Watermark {
+            conversation_id: c,
+            read_up_to_seq: seq,
+            unread_count: unread,
+            thread_root_message_id: thread,
+            conversation_unread_count: total,
+        })
+    }
+
+    #[test]
+    fn a_thread_read_moves_the_conversations_count_for_every_timeline() {
+        let state = ReceiptState::new();
+        let (c, root) = (Uuid::now_v7(), Uuid::now_v7());
+        state.apply(&position(c, None, 3, 2, 5));
+        state.apply(&position(c, Some(root), 7, 0, 2));
+        let main = state.watermark(c).expect("main");
+        assert_eq!((main.read_up_to_seq, main.unread_count), (3, 2));
+        assert_eq!(main.conversation_unread_count, 2, "the thread read's count");
+        let thread = state.thread_watermark(c, root).expect("thread");
+        assert_eq!(
+            (thread.read_up_to_seq, thread.conversation_unread_count),
+            (7, 2)
+        );
+        assert!(state.thread_watermark(Uuid::now_v7(), root).is_none());
     }
 }

@@ -321,6 +321,22 @@ async fn a_root_is_an_earlier_main_timeline_message_of_the_conversation() {
     assert_eq!(bad.code(), Code::InvalidArgument);
     assert!(bad.message().contains(field));
 
+    // A root in the same request counts only if it comes earlier, in
+    // whatever conversations (the stores order their work by conversation).
+    for (root_first, code) in [(true, Code::InvalidArgument), (false, Code::NotFound)] {
+        let (root, reply) = (Uuid::now_v7(), Uuid::now_v7());
+        let mut o = Conversation::create_with(&mut backend, vec![t.a, t.b]).await;
+        let root_entry = registration(root, o.id, o.next_seq(), t.a);
+        o.set_next_seq(o.next_seq() + 1);
+        let reply_entry = in_thread(reply, t.conv.id, 20, t.a, root);
+        let batch = match root_first {
+            true => vec![root_entry, reply_entry],
+            false => vec![reply_entry, root_entry],
+        };
+        let err = register(&mut backend, batch).await.expect_err("refused");
+        assert_eq!(err.code(), code, "root first: {root_first}: {err:?}");
+    }
+
     // A root and its thread in one request; the same again is a no-op; the
     // same message in another thread is refused.
     let (root, reply) = (Uuid::now_v7(), Uuid::now_v7());
@@ -531,4 +547,71 @@ async fn the_rust_sdk_reads_threads() {
         (1, 1)
     );
     marker.close().await.expect("close");
+}
+
+/// A direct chat's live events after a bulk read of every timeline carry the
+/// states GetReceipts gives: the reads that moved each timeline, with their
+/// exact times, whatever the order the timelines were read in.
+#[tokio::test]
+async fn a_bulk_read_in_a_direct_chat_pushes_the_states_get_receipts_gives() {
+    let s = TestServer::start().await;
+    let mut backend = s.backend().await;
+    let mut chat = Conversation::create(&mut backend, 2).await;
+    let (a, b) = (chat.members[0], chat.members[1]);
+    let s1 = chat.send(&mut backend, b).await;
+    let s2 = chat.send(&mut backend, b).await;
+    let s3 = chat.send(&mut backend, b).await;
+    let s4 = Uuid::now_v7();
+    register(&mut backend, vec![in_thread(s4, chat.id, 4, b, s1)])
+        .await
+        .expect("reply");
+    chat.set_next_seq(5);
+    let s5 = chat.send(&mut backend, b).await;
+    let s6 = chat.send(&mut backend, b).await;
+    let mut reader = s.user(a).await;
+    set_sharing(&mut reader, false).await;
+    read_up_to(&mut reader, chat.id, s2).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    read_up_to(&mut reader, chat.id, s5).await;
+    set_sharing(&mut reader, true).await;
+    let mut sender = s.user(b).await;
+    // As a client that applies ranges: the live states as the write built
+    // them (a client that does not gets them recomputed from the store).
+    let (mut sub, _) = Subscription::open_with(&mut sender, None, true).await;
+    reader
+        .mark_conversations_read(pb::MarkConversationsReadRequest {
+            conversation_ids: vec![chat.id.to_string()],
+            threads: Vec::new(),
+        })
+        .await
+        .expect("bulk read");
+    let all = [s1, s2, s3, s4, s5, s6];
+    // (delivered_at, read_at, tick) by seq, as pushed.
+    let mut pushed = std::collections::BTreeMap::new();
+    while let Some(ev) = sub.next_within(Duration::from_millis(500)).await {
+        if let Some(pb::subscribe_receipts_response::Event::Receipts(r)) = ev.event {
+            for range in r.ranges {
+                for seq in range.from_seq..=range.to_seq {
+                    pushed.insert(seq, (range.delivered_at_ms, range.read_at_ms, range.tick));
+                }
+            }
+            for m in r.messages {
+                pushed.insert(m.seq, (m.delivered_at_ms, m.read_at_ms, m.tick));
+            }
+        }
+    }
+    for (seq, id) in (1..).zip(all) {
+        let now = receipt(&mut sender, chat.id, id).await;
+        if let Some(live) = pushed.get(&seq) {
+            assert_eq!(
+                *live,
+                (now.delivered_at_ms, now.read_at_ms, now.tick),
+                "seq {seq}: the live state is the stored one"
+            );
+        }
+    }
+    assert!(
+        pushed.contains_key(&1) && pushed.contains_key(&4) && pushed.contains_key(&6),
+        "the main timeline's reads, revealed, and the thread reply changed: {pushed:?}"
+    );
 }

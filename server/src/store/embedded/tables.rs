@@ -894,12 +894,14 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
         }
         let (lo, hi) = (k2(u, &Uuid::nil()), k2(u, &Uuid::max()));
         let mut watermarks = Vec::new();
+        let mut listed = 0;
         for entry in self
             .user_convs
             .range(lo.as_slice()..=hi.as_slice())
             .map_err(storage)?
         {
-            if watermarks.len() >= SNAPSHOT_CONVERSATIONS {
+            // The limit is on conversations (each with its thread positions).
+            if listed >= SNAPSHOT_CONVERSATIONS {
                 break;
             }
             let (k, _) = entry.map_err(storage)?;
@@ -917,6 +919,7 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
                 (read_up_to, main),
                 &threads,
             ));
+            listed += 1;
         }
         Ok(Snapshot {
             recent_messages,

@@ -539,14 +539,7 @@ impl Inner {
             self.ensure_history(view, &members, min_seq).await?;
         }
         view.wms.insert(*u, after);
-        let h = view.hist.entry((*u, false)).or_default();
-        h.push((after.seq, at));
-        if adv.is_public() {
-            view.hist
-                .entry((*u, true))
-                .or_default()
-                .push((after.seq, at));
-        }
+        view.push_read(domain::MAIN, u, &adv, at);
         let unread = self.unread_in(view, u, after.seq, membership).await?;
         let p = self
             .position_after(view, u, membership, None, after.seq, unread)
@@ -617,7 +610,10 @@ impl Inner {
                 None => {
                     let mut moved = false;
                     if view.has_threads {
-                        for (root, msgs) in self.threads_of(&c).await? {
+                        if view.thread_index.is_none() {
+                            view.thread_index = Some(self.threads_of(&c).await?);
+                        }
+                        for (root, msgs) in view.thread_index.clone().unwrap_or_default() {
                             let last = msgs.last().map_or(0, |m| m.seq);
                             let (read, w) = self
                                 .apply_thread_read(
@@ -806,16 +802,7 @@ impl Inner {
                 .await?;
         }
         view.twms.insert((root.seq, *u), after);
-        view.thist
-            .entry((root.seq, *u, false))
-            .or_default()
-            .push((after.seq, at));
-        if adv.is_public() {
-            view.thist
-                .entry((root.seq, *u, true))
-                .or_default()
-                .push((after.seq, at));
-        }
+        view.push_read(root.seq, u, &adv, at);
         let later: Vec<Indexed> = in_thread
             .iter()
             .filter(|m| m.seq > after.seq)

@@ -38,6 +38,12 @@ pub(super) struct View {
     /// (root seq, user, public) -> the thread's history entries (seq, at)
     /// in seq order, as far as loaded.
     pub(super) thist: HashMap<(Seq, UserId, bool), Vec<(Seq, Millis)>>,
+    /// (timeline, user, public) -> the lowest seq a history in `hist` or
+    /// `thist` was loaded from: asked for from lower, the part below is
+    /// loaded and put in front (entries added by the write are kept).
+    pub(super) hist_from: HashMap<(domain::Timeline, UserId, bool), Seq>,
+    /// The thread index (`threads_of`), once read in this view.
+    pub(super) thread_index: Option<Vec<(ThreadRoot, Vec<Indexed>)>>,
 }
 
 impl View {
@@ -60,6 +66,8 @@ impl View {
             threads: HashMap::new(),
             twms: HashMap::new(),
             thist: HashMap::new(),
+            hist_from: HashMap::new(),
+            thread_index: None,
         }
     }
 
@@ -99,6 +107,35 @@ impl View {
         (self.position(u, timeline).seq >= m.seq)
             .then(|| self.covering(u, timeline, false, m.seq))
             .flatten()
+    }
+
+    /// Adds `u`'s read `adv` at `at` in `timeline` to the histories held
+    /// (true, and public if it was). Every stored entry is at or below the
+    /// position before the read, so what is held is then complete above it
+    /// ([`View::hist_from`]): a later load for higher seqs reads nothing.
+    pub(super) fn push_read(
+        &mut self,
+        timeline: domain::Timeline,
+        u: &UserId,
+        adv: &domain::WatermarkAdvance,
+        at: Millis,
+    ) {
+        let kinds = [(false, adv.before.seq), (true, adv.before.public_seq)];
+        for (public, before) in kinds {
+            if public && !adv.is_public() {
+                continue;
+            }
+            let held = match timeline {
+                domain::MAIN => self.hist.entry((*u, public)).or_default(),
+                _ => self.thist.entry((timeline, *u, public)).or_default(),
+            };
+            held.push((adv.after.seq, at));
+            let from = self
+                .hist_from
+                .entry((timeline, *u, public))
+                .or_insert(Seq::MAX);
+            *from = (*from).min(before.saturating_add(1));
+        }
     }
 
     /// Adds the message `id` from its messages-hash value.
@@ -219,6 +256,8 @@ pub(super) fn parse_view(
         threads: HashMap::new(),
         twms: HashMap::new(),
         thist: HashMap::new(),
+        hist_from: HashMap::new(),
+        thread_index: None,
     })
 }
 
@@ -879,24 +918,22 @@ impl Inner {
         min_seq: Seq,
     ) -> StoreResult<()> {
         let main = timeline == domain::MAIN;
-        let loaded = |view: &View, u: UserId, public: bool| match main {
-            true => view.hist.contains_key(&(u, public)),
-            false => view.thist.contains_key(&(timeline, u, public)),
-        };
-        let wanted: Vec<(UserId, bool)> = users
+        // Loaded from a seq at or below `min_seq` already: nothing to read.
+        let wanted: Vec<(UserId, bool, Option<Seq>)> = users
             .iter()
             .flat_map(|u| [(*u, false), (*u, true)])
-            .filter(|(u, public)| {
-                let wm = view.position(u, timeline);
-                let top = if *public { wm.public_seq } else { wm.seq };
-                top >= min_seq && !loaded(view, *u, *public)
+            .filter_map(|(u, public)| {
+                let wm = view.position(&u, timeline);
+                let top = if public { wm.public_seq } else { wm.seq };
+                let from = view.hist_from.get(&(timeline, u, public)).copied();
+                (top >= min_seq && from.is_none_or(|f| f > min_seq)).then_some((u, public, from))
             })
             .collect();
         if wanted.is_empty() {
             return Ok(());
         }
         let mut p = redis::pipe();
-        for (u, public) in &wanted {
+        for (u, public, from) in &wanted {
             let prefix = match main {
                 true => keys::history_prefix(u, *public),
                 false => keys::thread_history_prefix(u, *public, timeline),
@@ -905,17 +942,24 @@ impl Inner {
             lo.extend(&prefix);
             lo.extend_from_slice(&min_seq.to_be_bytes());
             // Every entry of this member, kind (and thread) is the prefix,
-            // a seq and a time: 16 bytes, none above all ones.
+            // a seq and a time: 16 bytes, none above all ones. Below what
+            // was loaded before, if anything was.
             let mut hi = b"[".to_vec();
             hi.extend(&prefix);
-            hi.extend_from_slice(&[0xff; 16]);
+            match from {
+                Some(f) => {
+                    hi.extend_from_slice(&(f - 1).to_be_bytes());
+                    hi.extend_from_slice(&[0xff; 8]);
+                }
+                None => hi.extend_from_slice(&[0xff; 16]),
+            }
             p.cmd("ZRANGEBYLEX")
                 .arg(self.keys.history(&view.c))
                 .arg(lo)
                 .arg(hi);
         }
         let rows: Vec<Vec<Vec<u8>>> = self.pipe(&p).await?;
-        for ((u, public), row) in wanted.into_iter().zip(rows) {
+        for ((u, public, _), row) in wanted.into_iter().zip(rows) {
             let entries = row
                 .iter()
                 .map(|e| {
@@ -926,10 +970,14 @@ impl Inner {
                     .ok_or_else(|| corrupt("history"))
                 })
                 .collect::<StoreResult<Vec<_>>>()?;
-            match main {
-                true => view.hist.insert((u, public), entries),
-                false => view.thist.insert((timeline, u, public), entries),
+            let held = match main {
+                true => view.hist.entry((u, public)).or_default(),
+                false => view.thist.entry((timeline, u, public)).or_default(),
             };
+            // The part read is below everything held.
+            let later = std::mem::replace(held, entries);
+            held.extend(later);
+            view.hist_from.insert((timeline, u, public), min_seq);
         }
         Ok(())
     }
@@ -944,9 +992,13 @@ impl Inner {
         self.ensure_deliveries(view, ids).await?;
         let members: Vec<UserId> = view.members.keys().copied().collect();
         self.ensure_sharing(view, &members).await?;
+        // Main-timeline messages: the main histories; a thread's message
+        // needs none of them.
         let min_seq = ids
             .iter()
-            .filter_map(|m| view.messages.get(m).map(|m| m.seq))
+            .filter_map(|m| view.messages.get(m))
+            .filter(|m| view.timeline(m) == domain::MAIN)
+            .map(|m| m.seq)
             .min()
             .unwrap_or(Seq::MAX);
         self.ensure_history(view, &members, min_seq).await?;
@@ -1192,26 +1244,33 @@ impl Inner {
         if !view.has_threads {
             return Ok(Vec::new());
         }
-        let threads = self.threads_of(&view.c).await?;
-        let mut cmd = redis::cmd("HMGET");
-        cmd.arg(self.keys.thread_positions(&view.c));
-        for (root, _) in &threads {
-            cmd.arg(thread_position_field(u, root.seq));
+        // The thread index is read once per view (a write's several reads
+        // of timelines share it), and the positions the view lacks in one
+        // HMGET; a position the view holds may be one this write moved.
+        if view.thread_index.is_none() {
+            view.thread_index = Some(self.threads_of(&view.c).await?);
         }
-        let positions: Vec<Option<String>> = if threads.is_empty() {
-            Vec::new()
-        } else {
-            self.query(&cmd).await?
-        };
+        let threads = view.thread_index.clone().unwrap_or_default();
+        let missing: Vec<Seq> = threads
+            .iter()
+            .map(|(root, _)| root.seq)
+            .filter(|root| !view.twms.contains_key(&(*root, *u)))
+            .collect();
+        if !missing.is_empty() {
+            let mut cmd = redis::cmd("HMGET");
+            cmd.arg(self.keys.thread_positions(&view.c));
+            for root in &missing {
+                cmd.arg(thread_position_field(u, *root));
+            }
+            let positions: Vec<Option<String>> = self.query(&cmd).await?;
+            for (root, pos) in missing.into_iter().zip(positions) {
+                let pos = pos.as_deref().map(parse_watermark).transpose()?;
+                view.twms.insert((root, *u), pos.unwrap_or_default());
+            }
+        }
         let mut out = Vec::with_capacity(threads.len());
-        for ((root, msgs), pos) in threads.into_iter().zip(positions) {
-            let pos = pos
-                .as_deref()
-                .map(parse_watermark)
-                .transpose()?
-                .unwrap_or_default();
-            // A position the view already holds may be one this write moved.
-            let pos = *view.twms.entry((root.seq, *u)).or_insert(pos);
+        for (root, msgs) in threads {
+            let pos = view.position(u, root.seq);
             let after: Vec<Indexed> = msgs.iter().filter(|m| m.seq > pos.seq).copied().collect();
             out.push(crate::store::ThreadUnread {
                 root: root.id,

@@ -217,8 +217,10 @@ impl Inner {
         }
         convs.sort();
         let mut watermarks = Vec::new();
+        // The limit is on conversations (each with its thread positions).
+        let mut listed = 0;
         for c in convs {
-            if watermarks.len() >= SNAPSHOT_CONVERSATIONS {
+            if listed >= SNAPSHOT_CONVERSATIONS {
                 break;
             }
             let c = parse_uuid(&c)?;
@@ -236,6 +238,7 @@ impl Inner {
                 (wm.seq, unread),
                 &threads,
             ));
+            listed += 1;
         }
         Ok(Snapshot {
             recent_messages,

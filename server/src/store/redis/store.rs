@@ -180,16 +180,18 @@ impl ReceiptStore for RedisStore {
         }
         let home_of: HashMap<MessageId, Option<ConversationId>> =
             ids.iter().copied().zip(homes).collect();
+        // Every message of the batch with its request index, for roots named
+        // in it: a root counts only if it comes earlier in the request.
+        let in_batch: HashMap<MessageId, (usize, ConversationId, Seq, Option<MessageId>)> = order
+            .iter()
+            .map(|(i, m)| (m.id, (*i, m.conversation, m.seq, root_of(*i))))
+            .collect();
         // Per conversation: validate (all conversations first), then commit.
         let mut plans: Vec<(View, Plan, Vec<Message>)> = Vec::new();
         let mut total = 0;
         let _serial = s.lock(by_conv.keys()).await;
         for attempt in 0..MAX_ATTEMPTS {
             plans.clear();
-            // The batch's messages judged so far (conversation, seq, thread),
-            // for roots named in it.
-            let mut in_batch: HashMap<MessageId, (ConversationId, Seq, Option<ThreadRoot>)> =
-                HashMap::new();
             for (c, msgs) in &by_conv {
                 let (i0, _) = msgs[0];
                 let Some(mut view) = s.view(c).await? else {
@@ -221,8 +223,11 @@ impl ReceiptStore for RedisStore {
                     // (`domain::judge_root`).
                     let thread = match root {
                         Some(r) if existing.is_none() => {
-                            let found = match (in_batch.get(&r), view.messages.get(&r)) {
-                                (Some(known), _) => Some(*known),
+                            let earlier = in_batch.get(&r).filter(|(j, ..)| j < i);
+                            let found = match (earlier, view.messages.get(&r)) {
+                                (Some((_, rc, rs, rroot)), _) => {
+                                    Some((*rc, *rs, rroot.map(|id| ThreadRoot { id, seq: 0 })))
+                                }
                                 (None, Some(rm)) => {
                                     Some((*c, rm.seq, view.threads.get(&r).copied()))
                                 }
@@ -236,11 +241,6 @@ impl ReceiptStore for RedisStore {
                         }
                         _ => None,
                     };
-                    let known_thread = match &existing {
-                        Some((e, _)) => view.threads.get(&e.id).copied(),
-                        None => thread,
-                    };
-                    in_batch.insert(m.id, (*c, m.seq, known_thread));
                     let sender_is_member = view
                         .members
                         .get(&m.sender)

@@ -38,10 +38,12 @@ mod tables;
 mod migrate;
 #[cfg(test)]
 mod tests;
+mod threads;
 mod writer;
 
 use migrate::migrate_to_runs;
 use tables::*;
+use threads::thread_of_value;
 use writer::*;
 
 /// Settings of the embedded store.

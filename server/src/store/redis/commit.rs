@@ -502,26 +502,9 @@ impl Inner {
             return Ok((read_result(p, false), false));
         };
         let after = adv.after;
-        let k = &self.keys;
-        plan.cmds.push(rcmd![
-            "HSET",
-            k.watermarks(&c),
-            hex(u),
-            format!("{}:{}", after.seq, after.public_seq)
-        ]);
+        self.plan_read(plan, &c, domain::MAIN, u, &adv, at);
         plan.cmds
-            .extend(index_read(k, &c, u, membership, after, sharing));
-        let mut z = rcmd![
-            "ZADD",
-            k.history(&c),
-            0,
-            keys::history_entry(u, false, after.seq, at)
-        ];
-        if adv.is_public() {
-            z.extend(rcmd![0, keys::history_entry(u, true, after.seq, at)]);
-        }
-        plan.cmds.push(z);
-        plan.persist.push(persisted_read(c, u, &adv, at));
+            .extend(index_read(&self.keys, &c, u, membership, after, sharing));
         // Histories must be loaded before the view changes (it is the old state
         // plus this advancement).
         let first = adv.changes_after();
@@ -682,6 +665,49 @@ impl Inner {
         }
     }
 
+    /// The writes of `u`'s read `adv` at `at` in `timeline` of `c`: the
+    /// position (in `w`, or `tw` for a thread), its history entries (true,
+    /// and public if it was) and the Scylla change under the timeline's
+    /// scope ([`crate::store::thread_scope`]). The main timeline's counting
+    /// entries are the caller's ([`index_read`]).
+    fn plan_read(
+        &self,
+        plan: &mut Plan,
+        c: &ConversationId,
+        timeline: domain::Timeline,
+        u: &UserId,
+        adv: &domain::WatermarkAdvance,
+        at: Millis,
+    ) {
+        let (k, after) = (&self.keys, adv.after);
+        let position = format!("{}:{}", after.seq, after.public_seq);
+        let entry = |public| match timeline {
+            domain::MAIN => keys::history_entry(u, public, after.seq, at),
+            root => keys::thread_history_entry(u, public, root, after.seq, at),
+        };
+        plan.cmds.push(match timeline {
+            domain::MAIN => rcmd!["HSET", k.watermarks(c), hex(u), position],
+            root => rcmd![
+                "HSET",
+                k.thread_positions(c),
+                threads::thread_position_field(u, root),
+                position
+            ],
+        });
+        let mut z = rcmd!["ZADD", k.history(c), 0, entry(false)];
+        if adv.is_public() {
+            z.extend(rcmd![0, entry(true)]);
+        }
+        plan.cmds.push(z);
+        plan.persist.push(PersistOp::Watermark {
+            conversation: crate::store::thread_scope(c, timeline),
+            user: *u,
+            watermark: after,
+            public_advanced: adv.is_public(),
+            at,
+        });
+    }
+
     /// `u`'s position in one timeline (`thread`: `None` for the main one)
     /// at `read_up_to` with `unread` messages after it, and the
     /// conversation's unread count (the main timeline's plus every
@@ -755,32 +781,7 @@ impl Inner {
             return Ok((read_result(p, false), false));
         };
         let after = adv.after;
-        let k = &self.keys;
-        plan.cmds.push(rcmd![
-            "HSET",
-            k.thread_positions(&c),
-            load::thread_position_field(u, root.seq),
-            format!("{}:{}", after.seq, after.public_seq)
-        ]);
-        let mut z = rcmd![
-            "ZADD",
-            k.history(&c),
-            0,
-            keys::thread_history_entry(u, false, root.seq, after.seq, at)
-        ];
-        if adv.is_public() {
-            z.extend(rcmd![
-                0,
-                keys::thread_history_entry(u, true, root.seq, after.seq, at)
-            ]);
-        }
-        plan.cmds.push(z);
-        plan.persist.push(persisted_read(
-            crate::store::thread_scope(&c, root.seq),
-            u,
-            &adv,
-            at,
-        ));
+        self.plan_read(plan, &c, root.seq, u, &adv, at);
         let first = adv.changes_after();
         let in_thread = self
             .thread_between(&c, root.seq, first + 1, Seq::MAX)
@@ -891,23 +892,6 @@ fn read_result(p: domain::ReadPosition, advanced: bool) -> ReadResult {
         unread: p.unread,
         thread: p.thread,
         conversation_unread: p.conversation_unread,
-    }
-}
-
-/// The Scylla change of `u`'s read `adv` at `at`, kept under `scope` (the
-/// conversation, or a thread's scope: [`crate::store::thread_scope`]).
-fn persisted_read(
-    scope: ConversationId,
-    u: &UserId,
-    adv: &domain::WatermarkAdvance,
-    at: Millis,
-) -> PersistOp {
-    PersistOp::Watermark {
-        conversation: scope,
-        user: *u,
-        watermark: adv.after,
-        public_advanced: adv.is_public(),
-        at,
     }
 }
 

@@ -40,6 +40,8 @@
 mod counts;
 pub mod keys;
 mod scripts;
+mod threads;
+mod view;
 
 use super::scylla::{PersistOp, ScyllaOptions, ScyllaPersistence};
 use super::{

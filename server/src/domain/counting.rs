@@ -181,6 +181,69 @@ pub fn count(
     c
 }
 
+/// A registered message after a member's delivered prefix, as
+/// [`advance_delivered`] walks them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Later {
+    /// Its seq.
+    pub seq: Seq,
+    /// Who sent it.
+    pub sender: UserId,
+    /// Whether it is in a thread. A store that counts thread messages
+    /// another way (from the members' thread positions) keeps prefixes over
+    /// the main timeline alone and passes over thread messages.
+    pub in_thread: bool,
+}
+
+/// A regular member's delivered prefix once more is delivered to it: from
+/// `prefix`, over `after` (registered messages after it, in seq order;
+/// possibly only the first few), as long as each is the member's own, in a
+/// thread, or delivered: `covered(seq)` is the last seq of the delivery run
+/// covering it, if one does, and the prefix then reaches that far at once
+/// (a run never spans a recipient seq left undelivered, [`super::runs_of`],
+/// and one registered late splits it). The walk stops at the first message
+/// of someone else that is not delivered, or where `after` ends: a prefix
+/// may stay short of what is delivered (the member is then counted one by
+/// one for the seqs beyond it), never go past what is not.
+pub fn advance_delivered(
+    user: UserId,
+    prefix: Seq,
+    after: &[Later],
+    covered: impl Fn(Seq) -> Option<Seq>,
+) -> Seq {
+    let mut p = prefix;
+    for m in after {
+        if m.seq <= p {
+            continue;
+        }
+        if m.in_thread || m.sender == user {
+            p = m.seq;
+        } else if let Some(last) = covered(m.seq) {
+            p = last.max(m.seq);
+        } else {
+            break;
+        }
+    }
+    p
+}
+
+/// A regular member's delivered prefix once main-timeline messages are
+/// registered late, below messages registered before them (`late`: seq and
+/// sender): it ends before the first one it receives (`from` on, not its
+/// own) and has not read (`read_up_to`), which it cannot have had.
+pub fn prefix_after_late(
+    user: UserId,
+    prefix: Seq,
+    from: Seq,
+    read_up_to: Seq,
+    late: &[(Seq, UserId)],
+) -> Seq {
+    late.iter()
+        .filter(|&&(s, x)| s <= prefix && s >= from && s > read_up_to && x != user)
+        .map(|&(s, _)| s - 1)
+        .fold(prefix, Seq::min)
+}
+
 /// A [`PrefixIndex`] over sorted vectors: for tests, and for a store that
 /// keeps a conversation's index in memory.
 #[derive(Clone, Debug, Default)]
@@ -237,7 +300,7 @@ impl PrefixIndex for SortedPrefixes {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{MemberInterval, RecipientFacts, aggregate, recipient_view};
+    use super::super::{MemberInterval, RecipientFacts, Run, aggregate, recipient_view, runs_of};
     use super::*;
     use proptest::prelude::*;
     use std::collections::BTreeSet;
@@ -341,6 +404,139 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// One step of a member's life in [`prefix_is_kept_by_walks_and_late_registrations`].
+    #[derive(Clone, Debug)]
+    enum Step {
+        /// A message at this seq: from the member (true) or someone else, in
+        /// a thread or not.
+        Register(Seq, bool, bool),
+        /// The member marks these registered seqs delivered.
+        Deliver(Vec<Seq>),
+        /// The member reads up to this seq.
+        Read(Seq),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            (1u64..40, any::<bool>(), proptest::bool::weighted(0.2))
+                .prop_map(|(s, own, t)| Step::Register(s, own, t)),
+            proptest::collection::vec(1u64..40, 1..6).prop_map(Step::Deliver),
+            (1u64..40).prop_map(Step::Read),
+        ]
+    }
+
+    proptest! {
+        /// The prefix a store keeps with [`advance_delivered`] (given the
+        /// first few messages after it) and [`prefix_after_late`] never
+        /// claims a main-timeline message of someone else that the member
+        /// has not had, and `beyond` (the highest delivered seq past the
+        /// prefix, as a store keeps it) bounds every delivery past it.
+        #[test]
+        fn prefix_is_kept_by_walks_and_late_registrations(
+            from in 1u64..8,
+            steps in proptest::collection::vec(step(), 1..40),
+            window in 1usize..6,
+        ) {
+            let me = Uuid::from_u128(1);
+            let other = Uuid::from_u128(2);
+            // seq -> (sender, in thread)
+            let mut registered: std::collections::BTreeMap<Seq, (UserId, bool)> = Default::default();
+            let mut runs: Vec<Run> = Vec::new();
+            let mut read = 0;
+            let mut prefix = from - 1;
+            let mut beyond: Option<Seq> = None;
+            for st in steps {
+                match st {
+                    Step::Register(s, own, t) => {
+                        if registered.contains_key(&s) { continue; }
+                        let last = registered.keys().next_back().copied().unwrap_or(0);
+                        let sender = if own { me } else { other };
+                        registered.insert(s, (sender, t));
+                        // A run over the new seq was written before it
+                        // existed: it is split around it (the stores do).
+                        if let Some(i) = runs.iter().position(|r| r.covers(s)) {
+                            let (l, r) = runs.remove(i).without(s);
+                            runs.extend(l.into_iter().chain(r));
+                        }
+                        if s < last && !t {
+                            let p = prefix_after_late(me, prefix, from, read, &[(s, sender)]);
+                            if p < prefix {
+                                beyond = beyond.max(Some(prefix));
+                                prefix = p;
+                            }
+                        }
+                    }
+                    Step::Deliver(seqs) => {
+                        let covered = |runs: &Vec<Run>, s: Seq| runs.iter().find(|r| r.covers(s)).map(|r| r.last);
+                        let mut new: Vec<Seq> = seqs.into_iter()
+                            .filter(|s| *s >= from && *s > read && covered(&runs, *s).is_none())
+                            .filter(|s| registered.get(s).is_some_and(|(x, _)| *x != me))
+                            .collect();
+                        new.sort_unstable();
+                        new.dedup();
+                        let (Some(&lo), Some(&hi)) = (new.first(), new.last()) else { continue };
+                        let span: Vec<(Seq, UserId)> = registered.range(lo..=hi).map(|(&s, &(x, _))| (s, x)).collect();
+                        let made = runs_of(me, &Membership::joined(from), &new, Some(&span), 0);
+                        runs.extend(made.iter().copied());
+                        let top = made.iter().map(|r| r.last).max().expect("some");
+                        let after: Vec<Later> = registered.range(prefix + 1..).take(window)
+                            .map(|(&seq, &(sender, in_thread))| Later { seq, sender, in_thread })
+                            .collect();
+                        prefix = advance_delivered(me, prefix, &after, |s| covered(&runs, s));
+                        if top > prefix { beyond = beyond.max(Some(top)); }
+                        if beyond.is_some_and(|b| b <= prefix) { beyond = None; }
+                    }
+                    Step::Read(s) => {
+                        if !registered.contains_key(&s) || s <= read { continue; }
+                        read = s;
+                        prefix = prefix.max(read);
+                        if beyond.is_some_and(|b| b <= prefix) { beyond = None; }
+                    }
+                }
+                let delivered = |s: Seq| runs.iter().any(|r| r.covers(s));
+                for (&s, &(x, t)) in registered.range(from..prefix + 1) {
+                    prop_assert!(t || x == me || delivered(s) || read >= s,
+                        "prefix {} claims seq {}", prefix, s);
+                }
+                prop_assert!(prefix >= read.max(from - 1));
+                for &s in registered.keys().filter(|&&s| s > prefix && delivered(s)) {
+                    prop_assert!(beyond.is_some_and(|b| b >= s), "delivered {} past prefix {} unbounded", s, prefix);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_walk_passes_own_and_thread_messages_and_stops_at_a_gap() {
+        let (me, other) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let later = |seq, sender, in_thread| Later {
+            seq,
+            sender,
+            in_thread,
+        };
+        let after = [
+            later(3, me, false),
+            later(4, other, true),
+            later(5, other, false),
+            later(7, other, false),
+        ];
+        let single = |seqs: &'static [Seq]| move |s: Seq| seqs.contains(&s).then_some(s);
+        assert_eq!(advance_delivered(me, 2, &after, single(&[5])), 5);
+        assert_eq!(advance_delivered(me, 2, &after, single(&[5, 7])), 7);
+        assert_eq!(advance_delivered(me, 2, &after, single(&[7])), 4);
+        // A run reaches past what the walk read: the prefix goes with it.
+        assert_eq!(
+            advance_delivered(me, 2, &after, |s| (5..=40).contains(&s).then_some(40)),
+            40
+        );
+        // A late message of someone else, unread, ends the prefix before it;
+        // the member's own, or one it read, does not.
+        assert_eq!(prefix_after_late(me, 9, 1, 2, &[(6, other)]), 5);
+        assert_eq!(prefix_after_late(me, 9, 1, 2, &[(6, me)]), 9);
+        assert_eq!(prefix_after_late(me, 9, 1, 7, &[(6, other)]), 9);
+        assert_eq!(prefix_after_late(me, 9, 1, 2, &[(8, other), (4, other)]), 3);
     }
 
     #[test]

@@ -37,7 +37,10 @@ mod recipients;
 mod thread;
 mod view;
 
-pub use counting::{Counts, Party, PrefixIndex, Prefixes, SortedPrefixes, count, standing};
+pub use counting::{
+    Counts, Later, Party, PrefixIndex, Prefixes, SortedPrefixes, advance_delivered, count,
+    prefix_after_late, standing,
+};
 pub use cursor::{Cursor, ReplayFrom, ResetReason, replay_start, too_large};
 pub use delivery::{Delivery, Run, Runs, judge as judge_delivery, runs_of};
 pub use event::{Event, EventBody, Message, MessageState, RangeState, coalesce};

@@ -2,25 +2,28 @@
 //! docs/storage.md).
 //!
 //! A member whose membership is one open interval from seq `j` is *simple*.
-//! Simple members live in four sorted sets of the conversation:
+//! Simple members live in sorted sets of the conversation:
 //!
 //! - `jz`: join seq; `jr`: join seq, only those who share read receipts;
-//! - `tz`: `max(true watermark, j - 1)`; `rz`: `max(public watermark, j - 1)`,
-//!   only those who share read receipts.
+//! - `tz`: the delivered prefix (`prefix.rs`), at least `max(true watermark,
+//!   j - 1)`; `rz`: `max(public watermark, j - 1)`, only those who share
+//!   read receipts;
+//! - `gz`: the few whose deliveries reach past their prefix, scored by the
+//!   highest seq delivered past it.
 //!
 //! The `j - 1` floor is what makes one `ZCOUNT` enough: a member who joined
 //! after a message (`j > seq`) always scores at least `seq`, so the members
-//! who read message `seq` are `ZCOUNT tz seq +inf - ZCOUNT jz (seq +inf`, and
-//! the same with `rz` and `jr` for reads others may see. Recipients are
-//! `ZCOUNT jz -inf seq`. The sender is taken out with its own entries, and a
-//! viewer who is a recipient sees its own true read. Members who ever left
-//! (`cx`) are few and are counted one by one with the domain rules. Delivered
-//! means "marked delivered, or read": the members who read, plus the simple
-//! members whose true score is below `seq` and whose delivery runs cover it.
+//! who had message `seq` up to their prefix are `ZCOUNT tz seq +inf - ZCOUNT
+//! jz (seq +inf`, and the same with `rz` and `jr` gives the reads others may
+//! see. Recipients are `ZCOUNT jz -inf seq`. The sender is taken out with
+//! its own entries, and a viewer who is a recipient sees its own true read.
+//! Delivered adds the gapped members whose prefix is below `seq`, whose
+//! score reaches it, and whose runs cover it. Members who ever left (`cx`)
+//! are few and are counted one by one with the domain rules.
 //!
 //! Everything here is O(log n) in group size per message, plus one read of
-//! the runs of the members who have not read every message asked about (in
-//! the messages' buckets) and of the members who ever left.
+//! the runs of the gapped members and of the members who ever left, in the
+//! messages' buckets.
 
 use super::*;
 use crate::domain::{Aggregate, RecipientState, Tick};
@@ -32,20 +35,25 @@ pub(super) struct Counted {
     pub joined_by: u64,
     /// `ZCOUNT jz (seq +inf`: simple members who joined after it.
     pub joined_after: u64,
-    /// `ZCOUNT tz seq +inf`.
-    pub true_from: u64,
+    /// `ZCOUNT tz seq +inf`: prefixes that reach it.
+    pub prefix_from: u64,
     /// `ZCOUNT rz seq +inf`.
     pub public_from: u64,
     /// `ZCOUNT jr (seq +inf`.
     pub sharing_joined_after: u64,
 }
 
-/// One user's own entries in the sorted sets (`None`: absent).
+/// One user's own entries (`None`: absent).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(super) struct Entries {
+    /// Its `jz` score.
     pub join: Option<Seq>,
-    pub true_score: Option<Seq>,
+    /// Its `tz` score (delivered prefix).
+    pub prefix: Option<Seq>,
+    /// Its `rz` score.
     pub public_score: Option<Seq>,
+    /// Its true watermark (the watermarks hash).
+    pub read_up_to: Seq,
 }
 
 impl Entries {
@@ -54,8 +62,12 @@ impl Entries {
         self.join.is_some_and(|j| j <= seq)
     }
 
+    fn had(&self, seq: Seq) -> bool {
+        self.prefix.is_some_and(|t| t >= seq)
+    }
+
     fn read(&self, seq: Seq) -> bool {
-        self.true_score.is_some_and(|t| t >= seq)
+        self.read_up_to >= seq
     }
 
     fn public_read(&self, seq: Seq) -> bool {
@@ -63,9 +75,9 @@ impl Entries {
     }
 }
 
-/// Counts among simple recipients: (total, read, read as `viewer` sees it).
-/// Delivered is "read" plus the explicit deliveries of members who have not
-/// read the message, which the `COUNT` script counts.
+/// Counts among simple recipients: (total, had it up to their prefix, read
+/// as `viewer` sees it). Delivered is the second plus the gapped members
+/// whose runs cover the message past their prefix, which the caller counts.
 pub(super) fn simple_counts(
     seq: Seq,
     n: Counted,
@@ -76,14 +88,37 @@ pub(super) fn simple_counts(
     // The snapshot is atomic, so these never go below zero; saturating keeps
     // a damaged index from panicking a node.
     let total = n.joined_by.saturating_sub(u64::from(sender_in));
-    let read = (n.true_from.saturating_sub(n.joined_after))
-        .saturating_sub(u64::from(sender_in && sender.read(seq)));
+    let had = (n.prefix_from.saturating_sub(n.joined_after))
+        .saturating_sub(u64::from(sender_in && sender.had(seq)));
     let mut public = (n.public_from.saturating_sub(n.sharing_joined_after))
         .saturating_sub(u64::from(sender_in && sender.public_read(seq)));
     if let Some(v) = viewer.filter(|v| v.member_at(seq)) {
         public = public.saturating_sub(u64::from(v.public_read(seq))) + u64::from(v.read(seq));
     }
-    (total, read, public)
+    (total, had, public)
+}
+
+/// A gapped member as a count reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Gapped {
+    pub user: UserId,
+    /// Its `gz` score: nothing past it is delivered.
+    pub beyond: Seq,
+    /// Its prefix (`None`: no longer simple).
+    pub prefix: Option<Seq>,
+}
+
+impl Gapped {
+    /// Whether it has `seq` (not its own) past its prefix: `covered` tells
+    /// whether one of its runs covers it.
+    fn has_past_prefix(&self, seq: Seq, covered: impl Fn() -> bool) -> bool {
+        self.prefix.is_some_and(|p| p < seq) && self.beyond >= seq && covered()
+    }
+
+    /// Its prefix reached its score: it no longer belongs in the set.
+    fn covered(&self) -> bool {
+        self.prefix.is_some_and(|p| p >= self.beyond)
+    }
 }
 
 /// What is needed of a member who ever left.
@@ -183,25 +218,27 @@ impl Inner {
     /// knows). A thread's messages are not in the counting indexes (which
     /// hold main-timeline positions): they are counted from every member's
     /// position in the thread, O(members) per thread (docs/storage.md,
-    /// "Threads").
+    /// "Threads"). `covered` gets the gapped members the count found
+    /// covered (see [`Self::aggregates`]).
     pub(super) async fn counts_in(
         &self,
         loaded: &View,
         viewer: Option<UserId>,
         msgs: &[Message],
+        covered: &mut BTreeSet<UserId>,
     ) -> StoreResult<Vec<Aggregate>> {
         let c = &loaded.c;
         let (in_threads, main): (Vec<&Message>, Vec<&Message>) = msgs
             .iter()
             .partition(|m| loaded.threads.contains_key(&m.id));
         if in_threads.is_empty() {
-            return self.aggregates(c, viewer, msgs).await;
+            return self.aggregates(c, viewer, msgs, covered).await;
         }
         let main: Vec<Message> = main.into_iter().copied().collect();
         let mut counted: HashMap<MessageId, Aggregate> = main
             .iter()
             .map(|m| m.id)
-            .zip(self.aggregates(c, viewer, &main).await?)
+            .zip(self.aggregates(c, viewer, &main, covered).await?)
             .collect();
         let Some(mut view) = self.view(c).await? else {
             return Err(ServiceError::not_found(
@@ -222,11 +259,19 @@ impl Inner {
     /// The aggregates of `msgs` (all of conversation `c`), each as `viewer`
     /// sees it, or as its sender does when `viewer` is `None`. The
     /// conversation must exist in Redis (callers loaded or re-warmed it).
+    ///
+    /// `covered` gets the gapped members whose prefix has reached their
+    /// score (a read or a later delivery took it there): they no longer
+    /// belong in `gz`. A caller that commits at the version it read before
+    /// counting (the window's summary) takes them out in that commit; the
+    /// others leave them for it (they cost a count a little, never a wrong
+    /// number).
     pub(super) async fn aggregates(
         &self,
         c: &ConversationId,
         viewer: Option<UserId>,
         msgs: &[Message],
+        covered: &mut BTreeSet<UserId>,
     ) -> StoreResult<Vec<Aggregate>> {
         if msgs.is_empty() {
             return Ok(Vec::new());
@@ -240,15 +285,30 @@ impl Inner {
             .collect::<BTreeSet<u32>>()
             .into_iter()
             .collect();
+        // Runs that expired are re-warmed from Scylla, and a gapped set
+        // never built (keys written before it, or re-warmed) is built; then
+        // everything is read again in one consistent step.
         let mut reply = self.count_snapshot(c, &own, &bs, msgs).await?;
-        // Runs that expired are re-warmed from Scylla, then everything is
-        // read again in one consistent step.
-        if list(&reply)?.get(7) == Some(&Value::Int(0)) {
-            self.rewarm_runs(c).await?;
+        for _ in 0..3 {
+            let top = list(&reply)?;
+            if top.get(7) == Some(&Value::Int(0)) {
+                self.rewarm_runs(c).await?;
+            } else {
+                let (_, dp, v): (Option<String>, Option<String>, Option<u64>) = get(top.first())?;
+                if dp.is_some() {
+                    break;
+                }
+                self.build_gapped(c, v.unwrap_or_default()).await?;
+            }
             reply = self.count_snapshot(c, &own, &bs, msgs).await?;
         }
         let top = list(&reply)?;
-        let (mv,): (Option<String>,) = get(top.first())?;
+        let (mv, dp, _): (Option<String>, Option<String>, Option<u64>) = get(top.first())?;
+        if dp.is_none() {
+            return Err(ServiceError::unavailable(format!(
+                "the counting indexes of conversation {c} could not be built (concurrent writes)"
+            )));
+        }
         let tag = mv.unwrap_or_default();
         let complex_ids: Vec<String> = get(top.get(1))?;
         let complex_users: Vec<UserId> = complex_ids
@@ -257,31 +317,52 @@ impl Inner {
             .collect::<StoreResult<_>>()?;
         let memberships: Vec<Option<Vec<u8>>> = get(top.get(2))?;
         let wms: Vec<Option<String>> = get(top.get(3))?;
-        let mut entries: HashMap<UserId, Entries> =
-            own.iter().map(|u| (*u, Entries::default())).collect();
+        let own_wms: Vec<Option<String>> = get(top.get(11))?;
+        let mut entries: HashMap<UserId, Entries> = HashMap::new();
+        for (u, w) in own.iter().zip(own_wms) {
+            let read_up_to = match w {
+                Some(w) => parse_watermark(&w)?.seq,
+                None => 0,
+            };
+            entries.insert(
+                *u,
+                Entries {
+                    read_up_to,
+                    ..Entries::default()
+                },
+            );
+        }
         for (which, row) in top.iter().skip(4).take(3).enumerate() {
             for (u, v) in own.iter().zip(list(row)?) {
                 let e = entries.get_mut(u).expect("listed");
                 let s = score(v)?;
                 match which {
                     0 => e.join = s,
-                    1 => e.true_score = s,
+                    1 => e.prefix = s,
                     _ => e.public_score = s,
                 }
             }
         }
-        // Simple members who have not read every message asked about, with
-        // their true scores, and their runs and the complex members' in the
-        // messages' buckets.
-        let below: Vec<(String, f64)> = get(top.get(8))?;
-        let unread: Vec<(UserId, Seq)> = below
+        // The gapped members whose score reaches the lowest seq asked
+        // about, with their prefixes, and their runs and the complex
+        // members' in the messages' buckets.
+        let scored: Vec<(String, f64)> = get(top.get(8))?;
+        let prefixes: Vec<Option<f64>> = get(top.get(9))?;
+        let gapped: Vec<Gapped> = scored
             .iter()
-            .map(|(u, s)| Ok((parse_uuid(u)?, s.max(0.0) as Seq)))
+            .zip(prefixes)
+            .map(|((u, b), p)| {
+                Ok(Gapped {
+                    user: parse_uuid(u)?,
+                    beyond: b.max(0.0) as Seq,
+                    prefix: seq_score(p),
+                })
+            })
             .collect::<StoreResult<_>>()?;
-        let values: Vec<Option<Vec<u8>>> = get(top.get(9))?;
+        let values: Vec<Option<Vec<u8>>> = get(top.get(10))?;
         let mut runs = RunBuckets::default();
         let mut values = values.into_iter();
-        for u in unread.iter().map(|(u, _)| u).chain(&complex_users) {
+        for u in gapped.iter().map(|g| &g.user).chain(&complex_users) {
             for b in &bs {
                 runs.insert(*u, *b, values.next().flatten().as_deref())?;
             }
@@ -304,7 +385,7 @@ impl Inner {
             });
         }
 
-        let (fields, values): (Vec<String>, Vec<Option<String>>) = get(top.get(10))?;
+        let (fields, values): (Vec<String>, Vec<Option<String>>) = get(top.get(12))?;
         let cache: HashMap<String, String> = fields
             .into_iter()
             .zip(values)
@@ -312,7 +393,7 @@ impl Inner {
             .collect();
         let mut out = Vec::with_capacity(msgs.len());
         let mut full = Vec::new();
-        for (m, row) in msgs.iter().zip(top.iter().skip(11)) {
+        for (m, row) in msgs.iter().zip(top.iter().skip(13)) {
             let row = list(row)?;
             let mut n = [0u64; 5];
             for (i, slot) in n.iter_mut().enumerate() {
@@ -321,16 +402,18 @@ impl Inner {
             let counted = Counted {
                 joined_by: n[0],
                 joined_after: n[1],
-                true_from: n[2],
+                prefix_from: n[2],
                 public_from: n[3],
                 sharing_joined_after: n[4],
             };
-            // Delivered but not read: simple recipients whose true score is
-            // below the seq (so they joined at or before it) and whose runs
-            // cover it.
-            let delivered_unread = unread
+            // Delivered past a prefix: gapped recipients whose runs cover
+            // it (a run is only ever recorded for a recipient).
+            let past_prefix = gapped
                 .iter()
-                .filter(|(u, t)| *u != m.sender && *t < m.seq && runs.covering(u, m.seq).is_some())
+                .filter(|g| {
+                    g.user != m.sender
+                        && g.has_past_prefix(m.seq, || runs.covering(&g.user, m.seq).is_some())
+                })
                 .count() as u64;
             let deliveries: HashMap<UserId, Millis> = complex_users
                 .iter()
@@ -345,7 +428,7 @@ impl Inner {
             let viewer_entries = (v != m.sender).then(|| entries[&v]);
             let (t1, d1, r1) = simple_counts(m.seq, counted, entries[&m.sender], viewer_entries);
             let (t2, d2, r2) = complex_counts(m, &v, &complex, &deliveries);
-            let (total, delivered, read) = (t1 + t2, d1 + delivered_unread + d2, r1 + r2);
+            let (total, delivered, read) = (t1 + t2, d1 + past_prefix + d2, r1 + r2);
             let all_delivered = total > 0 && delivered == total;
             let all_read = total > 0 && read == total;
             let viewer_recipient = v != m.sender
@@ -369,6 +452,7 @@ impl Inner {
             self.complete(c, viewer, msgs, &full, &tag, &mut out)
                 .await?;
         }
+        covered.extend(gapped.iter().filter(|g| g.covered()).map(|g| g.user));
         Ok(out)
     }
 
@@ -384,12 +468,13 @@ impl Inner {
         inv.key(k.meta(c))
             .key(k.complex(c))
             .key(k.joins(c))
-            .key(k.true_readers(c))
+            .key(k.prefixes(c))
             .key(k.readers(c))
             .key(k.sharing_joins(c))
             .key(k.watermarks(c))
             .key(k.runs(c))
-            .key(k.completions(c));
+            .key(k.completions(c))
+            .key(k.gapped(c));
         inv.arg(own.len());
         for u in own {
             inv.arg(hex(u));
@@ -454,68 +539,101 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// One simple member: (join seq, true watermark, public watermark,
-    /// shares, delivered).
-    type Member = (Seq, Seq, Seq, bool, bool);
+    /// One simple member: join seq, true and public watermarks, whether it
+    /// shares, how far its deliveries reach without a gap (its prefix is at
+    /// least that), and whether it has a delivery past its prefix (then every
+    /// seq past it is delivered, up to the gapped score 14).
+    #[derive(Clone, Copy, Debug)]
+    struct Member {
+        j: Seq,
+        wm: Seq,
+        public: Seq,
+        shares: bool,
+        prefix: Seq,
+        gap: bool,
+    }
 
     fn members() -> impl Strategy<Value = Vec<Member>> {
         proptest::collection::vec(
-            (1u64..12, 0u64..14, 0u64..14, any::<bool>(), any::<bool>()).prop_map(
-                |(j, a, b, s, d)| {
+            (
+                1u64..12,
+                0u64..14,
+                0u64..14,
+                any::<bool>(),
+                0u64..14,
+                any::<bool>(),
+            )
+                .prop_map(|(j, a, b, shares, d, gap)| {
                     let (wm, public) = (a.max(b), a.min(b));
-                    (j, wm, public, s, d)
-                },
-            ),
+                    Member {
+                        j,
+                        wm,
+                        public,
+                        shares,
+                        prefix: d.max(wm).max(j - 1),
+                        gap,
+                    }
+                }),
             1..12,
         )
     }
 
     fn entries(m: &Member) -> Entries {
-        let (j, wm, public, shares, _) = *m;
         Entries {
-            join: Some(j),
-            true_score: Some(wm.max(j - 1)),
-            public_score: shares.then_some(public.max(j - 1)),
+            join: Some(m.j),
+            prefix: Some(m.prefix),
+            public_score: m.shares.then_some(m.public.max(m.j - 1)),
+            read_up_to: m.wm,
         }
     }
 
+    fn gapped(i: usize, m: &Member) -> Option<Gapped> {
+        m.gap.then_some(Gapped {
+            user: Uuid::from_u128(i as u128),
+            beyond: 14,
+            prefix: Some(m.prefix),
+        })
+    }
+
     proptest! {
-        /// The ZCOUNT arithmetic equals counting member by member.
+        /// The ZCOUNT arithmetic, with the gapped members counted one by
+        /// one, equals counting member by member.
         #[test]
         fn index_counts_equal_a_scan(ms in members(), seq in 1u64..13, sender in 0usize..12, viewer in 0usize..12) {
             let sender = sender % ms.len();
             let viewer = viewer % ms.len();
             let count = |f: &dyn Fn(&Member) -> bool| ms.iter().filter(|m| f(m)).count() as u64;
             let n = Counted {
-                joined_by: count(&|m| m.0 <= seq),
-                joined_after: count(&|m| m.0 > seq),
-                true_from: count(&|m| m.1.max(m.0 - 1) >= seq),
-                public_from: count(&|m| m.3 && m.2.max(m.0 - 1) >= seq),
-                sharing_joined_after: count(&|m| m.3 && m.0 > seq),
+                joined_by: count(&|m| m.j <= seq),
+                joined_after: count(&|m| m.j > seq),
+                prefix_from: count(&|m| m.prefix >= seq),
+                public_from: count(&|m| m.shares && m.public.max(m.j - 1) >= seq),
+                sharing_joined_after: count(&|m| m.shares && m.j > seq),
             };
-            // What the script adds: explicit deliveries (only ever recorded
-            // for a recipient) of members whose true score is below the seq.
-            let unread = ms
+            // What the caller adds: gapped members whose runs cover the seq
+            // past their prefix (runs are only recorded for recipients).
+            let past = ms
                 .iter()
                 .enumerate()
-                .filter(|(i, m)| *i != sender && m.4 && m.0 <= seq)
-                .filter(|(_, m)| entries(m).true_score.is_some_and(|t| t < seq))
+                .filter(|(i, m)| *i != sender && m.j <= seq)
+                .filter_map(|(i, m)| gapped(i, m))
+                .filter(|g| g.has_past_prefix(seq, || true))
                 .count() as u64;
-            let (total, read, public) = simple_counts(
+            let (total, had, public) = simple_counts(
                 seq,
                 n,
                 entries(&ms[sender]),
                 (viewer != sender).then(|| entries(&ms[viewer])),
             );
-            let got = (total, read + unread, public);
+            let got = (total, had + past, public);
             let mut want = (0, 0, 0);
-            for (i, &(j, wm, public, shares, d)) in ms.iter().enumerate() {
-                if i == sender || j > seq {
+            for (i, m) in ms.iter().enumerate() {
+                if i == sender || m.j > seq {
                     continue;
                 }
                 want.0 += 1;
-                want.1 += u64::from(d || wm >= seq);
-                let read = if i == viewer { wm >= seq } else { shares && public >= seq };
+                want.1 += u64::from(m.prefix >= seq || m.gap);
+                let read = if i == viewer { m.wm >= seq } else { m.shares && m.public >= seq };
                 want.2 += u64::from(read);
             }
             prop_assert_eq!(got, want);

@@ -209,10 +209,21 @@ impl Keys {
     pub fn readers(&self, c: &ConversationId) -> String {
         self.conv(c, "rz")
     }
-    /// Sorted set: every simple member, scored by `max(true watermark, join
-    /// seq - 1)`.
-    pub fn true_readers(&self, c: &ConversationId) -> String {
+    /// Sorted set: every simple member, scored by its delivered prefix: a
+    /// seq up to which it has every main-timeline message it receives
+    /// (delivered or read), at least `max(true watermark, join seq - 1)`
+    /// (`counts.rs`). (Named for what it held first, the true watermark,
+    /// which is still a valid prefix: a conversation written before keeps
+    /// its entries.)
+    pub fn prefixes(&self, c: &ConversationId) -> String {
         self.conv(c, "tz")
+    }
+    /// Sorted set: the simple members with a delivery past their prefix
+    /// (a gap below it), scored by the highest seq delivered past it; they
+    /// are counted one by one for the seqs between (`counts.rs`). Complete
+    /// once the meta hash's `dp` is set.
+    pub fn gapped(&self, c: &ConversationId) -> String {
+        self.conv(c, "gz")
     }
     /// Sorted set: every simple member, scored by its join seq.
     pub fn joins(&self, c: &ConversationId) -> String {
@@ -258,12 +269,12 @@ impl Keys {
     /// hot TTL after the last refresh, which the commit script makes at
     /// most every quarter TTL for all of them at once (`scripts::APPLY`).
     /// The queue is not one of them: it never expires.
-    pub fn conversation_state(&self, c: &ConversationId) -> [String; 17] {
+    pub fn conversation_state(&self, c: &ConversationId) -> [String; 18] {
         [
             self.meta(c),
             self.watermarks(c),
             self.readers(c),
-            self.true_readers(c),
+            self.prefixes(c),
             self.joins(c),
             self.sharing_joins(c),
             self.complex(c),
@@ -279,6 +290,7 @@ impl Keys {
             self.member_list(c),
             self.thread_messages(c),
             self.thread_positions(c),
+            self.gapped(c),
         ]
     }
     /// Sorted set, by member (all scores 0): the messages of every thread,

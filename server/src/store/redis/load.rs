@@ -7,7 +7,7 @@ use super::*;
 /// (see [`Inner::sharing_of`]).
 const SHARING_READS_IN_FLIGHT: usize = 64;
 
-pub(super) use super::view::View;
+pub(super) use super::view::{PrefixFacts, View};
 
 pub(super) fn parse_view(
     c: &ConversationId,
@@ -55,6 +55,7 @@ pub(super) fn parse_view(
         thist: HashMap::new(),
         hist_from: HashMap::new(),
         thread_index: None,
+        prefix: None,
     })
 }
 
@@ -318,6 +319,12 @@ impl Inner {
                 format!("{}:{}", wm.seq, wm.public_seq)
             ]);
         }
+        // Prefixes start again from the watermarks, and the gapped set is
+        // built again by the first count (the meta hash has no `dp`): an
+        // entry left from before the keys expired may claim more than the
+        // facts read back.
+        plan.cmds.push(rcmd!["DEL", k.prefixes(c)]);
+        plan.cmds.push(rcmd!["DEL", k.gapped(c)]);
         let users: Vec<UserId> = img.members.iter().map(|(u, _)| *u).collect();
         let sharing = self.sharing_of(&users).await?;
         for ((u, m), (shares, _)) in img.members.iter().zip(sharing) {
@@ -555,6 +562,8 @@ impl Inner {
         let mut inv = self.view_invocation(&scripts::DELIVERY_VIEW, c, u);
         inv.key(self.keys.messages(c))
             .key(self.keys.runs(c))
+            .key(self.keys.prefixes(c))
+            .key(self.keys.seqs(c))
             .arg(runs::BUCKET);
         for n in named {
             inv.arg(n.id.as_bytes().as_slice());
@@ -565,6 +574,11 @@ impl Inner {
         let values: Vec<Option<Vec<u8>>> = next_part(&mut it)?;
         Self::take_runs(&mut view, &mut it)?;
         Self::take_sharing(&mut view, &mut it)?;
+        let (prefix, after): (Option<f64>, Vec<(Vec<u8>, f64)>) = next_part(&mut it)?;
+        view.prefix = Some(PrefixFacts {
+            prefix: seq_score(prefix),
+            after: prefix::later(after)?,
+        });
         for (n, value) in named.iter().zip(values) {
             let Some(value) = value else { continue };
             view.put_message(&n.id, &value)?;

@@ -186,7 +186,9 @@ impl Inner {
                     .filter_map(|m| v.messages.get(m))
                     .copied()
                     .collect();
-                let aggregates = self.counts_in(&v, Some(*u), &msgs).await?;
+                let aggregates = self
+                    .counts_in(&v, Some(*u), &msgs, &mut BTreeSet::new())
+                    .await?;
                 for state in counted_states(msgs, aggregates) {
                     states.insert(state.message.id, state);
                 }

@@ -282,6 +282,7 @@ mod ids;
 mod load;
 mod log;
 mod persist;
+mod prefix;
 mod runs;
 mod store;
 #[cfg(test)]
@@ -293,6 +294,7 @@ use conn::*;
 use load::*;
 use log::*;
 use persist::*;
+use prefix::*;
 use runs::*;
 use window::*;
 
@@ -467,7 +469,8 @@ fn index_member(
         None => vec![
             listed,
             rcmd!["ZREM", keys.joins(c), member.clone()],
-            rcmd!["ZREM", keys.true_readers(c), member.clone()],
+            rcmd!["ZREM", keys.prefixes(c), member.clone()],
+            rcmd!["ZREM", keys.gapped(c), member.clone()],
             rcmd!["ZREM", keys.readers(c), member.clone()],
             rcmd!["ZREM", keys.sharing_joins(c), member.clone()],
             rcmd!["SADD", keys.complex(c), member],
@@ -494,9 +497,13 @@ fn index_read(
     };
     let member = hex(u);
     let floor = j.saturating_sub(1);
+    // The delivered prefix is at least the watermark (read implies
+    // delivered), and may be further: `GT` keeps the larger. A simple
+    // member's join seq never changes, so the floor is the one it had.
     let mut cmds = vec![rcmd![
         "ZADD",
-        keys.true_readers(c),
+        keys.prefixes(c),
+        "GT",
         wm.seq.max(floor),
         member.clone()
     ]];

@@ -374,21 +374,22 @@ return 0
 /// A consistent snapshot of what counting the receipts of some messages
 /// needs (see `counts.rs`), read in one atomic step so that a write cannot
 /// land between two of its parts. KEYS: the conversation's meta hash, `cx`,
-/// `jz`, `tz`, `rz`, `jr`, its watermarks hash, its runs hash, its
-/// completions hash. ARGV: the number of "own" users, their hex ids (senders
-/// and viewer), the number of run buckets, the buckets (4 bytes each), the
-/// seqs per completion-cache field, then each message's seq. Returns
-/// `{{mv}, complex hex ids, {their m: fields}, {their watermarks}, {own jz
-/// scores}, {own tz scores}, {own rz scores}, runs loaded (0/1), {simple
-/// members below the highest seq in tz, with their scores}, {the runs fields
-/// of those members then of the complex ones, bucket by bucket}, {{the
-/// completion-cache fields of the messages' buckets, d:<b> and r:<b>},
-/// {their values}}, per message: {5 ZCOUNTs}}`.
+/// `jz`, `tz` (the delivered prefixes), `rz`, `jr`, its watermarks hash, its
+/// runs hash, its completions hash, `gz` (the gapped set). ARGV: the number
+/// of "own" users, their hex ids (senders and viewer), the number of run
+/// buckets, the buckets (4 bytes each), the seqs per completion-cache field,
+/// then each message's seq. Returns `{{mv, dp, v}, complex hex ids, {their
+/// m: fields}, {their watermarks}, {own jz scores}, {own tz scores}, {own rz
+/// scores}, runs loaded (0/1), {gapped members scored at least the lowest
+/// seq asked about, with their scores}, {their tz scores}, {the runs fields
+/// of those members then of the complex ones, bucket by bucket}, {own
+/// watermarks}, {{the completion-cache fields of the messages' buckets,
+/// d:<b> and r:<b>}, {their values}}, per message: {5 ZCOUNTs}}`.
 pub static COUNT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-local meta, cx, jz, tz, rz, jr, w, d, a =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local meta, cx, jz, tz, rz, jr, w, d, a, gz =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local function chunked(cmd, key, list, prefix)
   local out = {}
   for i = 1, #list, 1000 do
@@ -410,13 +411,16 @@ local bs = {}
 for i = 1, n_buckets do bs[i] = ARGV[2 + n_own + i] end
 local csize = tonumber(ARGV[3 + n_own + n_buckets])
 local first_seq = 4 + n_own + n_buckets
-local top = 0
-for i = first_seq, #ARGV do top = math.max(top, tonumber(ARGV[i])) end
+local low = ARGV[first_seq]
+for i = first_seq, #ARGV do
+  if tonumber(ARGV[i]) < tonumber(low) then low = ARGV[i] end
+end
 local complex = redis.call('SMEMBERS', cx)
-local below = redis.call('ZRANGEBYSCORE', tz, '-inf', '(' .. top, 'WITHSCORES')
-local fields = {}
-for i = 1, #below, 2 do
-  local r = raw(below[i])
+local gapped = redis.call('ZRANGEBYSCORE', gz, low, '+inf', 'WITHSCORES')
+local gapped_ids, fields = {}, {}
+for i = 1, #gapped, 2 do
+  gapped_ids[#gapped_ids + 1] = gapped[i]
+  local r = raw(gapped[i])
   for _, b in ipairs(bs) do fields[#fields + 1] = r .. b end
 end
 for _, h in ipairs(complex) do
@@ -424,7 +428,7 @@ for _, h in ipairs(complex) do
   for _, b in ipairs(bs) do fields[#fields + 1] = r .. b end
 end
 local out = {
-  redis.call('HMGET', meta, 'mv'),
+  redis.call('HMGET', meta, 'mv', 'dp', 'v'),
   complex,
   chunked('HMGET', meta, complex, 'm:'),
   chunked('HMGET', w, complex),
@@ -432,8 +436,10 @@ local out = {
   chunked('ZMSCORE', tz, own),
   chunked('ZMSCORE', rz, own),
   redis.call('HEXISTS', d, '_'),
-  below,
+  gapped,
+  chunked('ZMSCORE', tz, gapped_ids),
   chunked('HMGET', d, fields),
+  chunked('HMGET', w, own),
 }
 local cfields, seen = {}, {}
 for i = first_seq, #ARGV do
@@ -555,6 +561,12 @@ local function own_watermark(view)
 end
 "#;
 
+/// How many seq-index entries after a member's delivered prefix a delivery
+/// reads to move it (`domain::advance_delivered`): enough to pass the
+/// member's own messages between two it receives; a prefix that stops short
+/// only costs that member being counted one by one until its next read.
+pub const PREFIX_WALK: usize = 16;
+
 /// What a MarkDelivered by one member needs of a conversation, in one round
 /// trip: [`VIEW`]'s reply, then the named messages and the delivery-runs
 /// fields at their seqs. KEYS: the conversation's meta hash, watermarks
@@ -563,11 +575,15 @@ end
 /// conversation is not in Redis; else `VIEW`'s three parts, then `{the
 /// messages' values}` (false where unknown), `runs_at` ([`RUNS_AT`]) the
 /// messages' seqs of every member of a view read in full or of the caller
-/// alone in a group, and `sharing_of` the members of a view read in full
-/// (none otherwise: a group delivery does not need them).
+/// alone in a group, `sharing_of` the members of a view read in full
+/// (none otherwise: a group delivery does not need them), and the caller's
+/// prefix facts: `{its prefix (false if it has none: not a simple member,
+/// or not a group, whose counts do not use prefixes),
+/// the first [`PREFIX_WALK`] seq-index entries after the prefix,
+/// WITHSCORES}` (KEYS 5 and 6: the prefixes, the seq index).
 pub static DELIVERY_VIEW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{VIEW_OF}{RUNS_AT}{}",
+        "{VIEW_OF}{RUNS_AT}local walk = {PREFIX_WALK}\n{}",
         r#"
 local out = view_of()
 if out[1] == 0 then return out end
@@ -583,6 +599,12 @@ local runs = runs_at(KEYS[4], tonumber(ARGV[5]), members, seqs)
 out[5], out[6], out[7] = runs[1], runs[2], runs[3]
 local sharing = sharing_of(out[1] == 1 and members or {})
 out[8], out[9] = sharing[1], sharing[2]
+local prefix = out[1] == 2 and redis.call('ZSCORE', KEYS[5], ARGV[1])
+local after = {}
+if prefix then
+  after = redis.call('ZRANGEBYSCORE', KEYS[6], '(' .. prefix, '+inf', 'WITHSCORES', 'LIMIT', 0, walk)
+end
+out[10] = {prefix or false, after}
 return out
 "#
     ))

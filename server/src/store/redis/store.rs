@@ -45,6 +45,9 @@ impl ReceiptStore for RedisStore {
                 0i64,
                 // Every member goes in the member list below.
                 "ml",
+                1u64,
+                // No deliveries yet: the gapped set is complete (empty).
+                "dp",
                 1u64
             ];
             for (u, m) in &image {
@@ -127,6 +130,12 @@ impl ReceiptStore for RedisStore {
             }
             plan.cmds.push(meta);
             plan.cmds.extend(index);
+            // A direct chat keeps no delivered prefixes (its counts read
+            // both members): as it becomes a group, the first count builds
+            // its gapped set from the runs (`prefix.rs`).
+            if view.count <= DIRECT_MEMBERS && count > DIRECT_MEMBERS {
+                plan.cmds.push(rcmd!["HDEL", s.keys.meta(&c), "dp"]);
+            }
             view.count = count;
             plan.persist.push(PersistOp::Conversation {
                 conversation: c,
@@ -288,14 +297,21 @@ impl ReceiptStore for RedisStore {
                         plan.cmds.push(tq);
                         plan.cmds.push(rcmd!["HSET", k.meta(c), "th", 1u64]);
                     }
-                    let fresh: Vec<Message> = fresh.iter().map(|(m, _)| *m).collect();
                     // Below the last registered seq, a run written before
-                    // this message existed may cover its seq.
+                    // this message existed may cover its seq, and a
+                    // delivered prefix may pass it.
                     let last = s.last_seq(c).await?;
+                    let late: Vec<(Seq, UserId)> = fresh
+                        .iter()
+                        .filter(|(m, thread)| m.seq < last && thread.is_none())
+                        .map(|(m, _)| (m.seq, m.sender))
+                        .collect();
+                    let fresh: Vec<Message> = fresh.iter().map(|(m, _)| *m).collect();
                     for m in fresh.iter().filter(|m| m.seq < last) {
                         s.split_runs_at(&mut view, &mut plan, m.seq).await?;
                     }
                     plan.cmds.extend(s.runs_cmds(&view));
+                    s.prefixes_after_late(&view, &mut plan, &late).await?;
                 }
                 let fresh: Vec<Message> = fresh.into_iter().map(|(m, _)| m).collect();
                 plans.push((view, plan, fresh));
@@ -473,6 +489,12 @@ impl ReceiptStore for RedisStore {
                 s.record_runs(&mut view, &mut plan, &user, &membership, &new, at)
                     .await?;
                 plan.cmds.extend(s.runs_cmds(&view));
+                // Only a group's counts use prefixes; a direct chat that
+                // becomes one has its gapped set built again (below).
+                if let Some(&top) = new.last().filter(|_| view.group()) {
+                    s.ensure_prefix(&mut view, &user).await?;
+                    plan.cmds.extend(s.prefix_cmds(&view, &user, top));
+                }
                 let windowed = s.touch(&mut view, &mut plan, &touched).await?;
                 if touched.is_empty() || s.commit(&view, plan).await? {
                     if windowed {
@@ -636,7 +658,9 @@ impl ReceiptStore for RedisStore {
                 s.ensure_messages(&mut view, &ids).await?;
                 s.check_found(&view, &ids, "message_ids").await?;
                 let msgs: Vec<Message> = ids.iter().map(|m| view.messages[m]).collect();
-                let aggregates = s.counts_in(&view, Some(viewer), &msgs).await?;
+                let aggregates = s
+                    .counts_in(&view, Some(viewer), &msgs, &mut BTreeSet::new())
+                    .await?;
                 return Ok(counted_states(msgs, aggregates));
             }
         }

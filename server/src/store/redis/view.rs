@@ -41,6 +41,19 @@ pub(super) struct View {
     pub(super) hist_from: HashMap<(domain::Timeline, UserId, bool), Seq>,
     /// The thread index (`threads_of`), once read in this view.
     pub(super) thread_index: Option<Vec<(ThreadRoot, Vec<Indexed>)>>,
+    /// The writer's counting prefix, once read (a delivery moves it).
+    pub(super) prefix: Option<PrefixFacts>,
+}
+
+/// A simple member's delivered prefix (`tz`) and the messages just after
+/// it (`prefix.rs`).
+#[derive(Clone, Debug, Default)]
+pub(super) struct PrefixFacts {
+    /// Its prefix; `None`: not a simple member, nothing to keep.
+    pub(super) prefix: Option<Seq>,
+    /// The first seq-index entries after the prefix
+    /// ([`scripts::PREFIX_WALK`]).
+    pub(super) after: Vec<domain::Later>,
 }
 
 impl View {
@@ -65,6 +78,7 @@ impl View {
             thist: HashMap::new(),
             hist_from: HashMap::new(),
             thread_index: None,
+            prefix: None,
         }
     }
 

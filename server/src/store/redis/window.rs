@@ -163,12 +163,22 @@ impl Inner {
                 .copied()
                 .collect();
             let mut states = Vec::with_capacity(msgs.len());
+            let mut covered = BTreeSet::new();
             for chunk in msgs.chunks(fanout::MAX_MESSAGES_PER_EVENT) {
-                let aggregates = self.counts_in(&view, None, chunk).await?;
+                let aggregates = self.counts_in(&view, None, chunk, &mut covered).await?;
                 states.extend(counted_states(chunk.to_vec(), aggregates));
             }
             let mut plan = Plan::default();
             plan.cmds.push(rcmd!["DEL", self.keys.window(c)]);
+            // Gapped members the counts found covered leave `gz`, at the
+            // version read before counting (`prefix.rs`).
+            if !covered.is_empty() {
+                let mut zrem = rcmd!["ZREM", self.keys.gapped(c)];
+                for u in &covered {
+                    zrem.extend(rcmd![hex(u)]);
+                }
+                plan.cmds.push(zrem);
+            }
             emit(&mut plan, *c, true, states, None);
             if self.commit(&view, plan).await? {
                 return Ok(());

@@ -539,6 +539,21 @@ impl Conversation {
     pub fn set_next_seq(&mut self, seq: i64) {
         self.next_seq = seq;
     }
+
+    /// Adds `user` as a member receiving from `from_seq` on (not to
+    /// `members`, which stay the ones it was created with).
+    pub async fn add_member(&self, backend: &mut BackendClient, user: Uuid, from_seq: i64) {
+        backend
+            .add_members(pb::AddMembersRequest {
+                conversation_id: self.id.to_string(),
+                members: vec![pb::MembershipChange {
+                    user_id: user.to_string(),
+                    from_seq,
+                }],
+            })
+            .await
+            .expect("add a member");
+    }
 }
 
 /// A registration entry.

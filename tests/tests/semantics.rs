@@ -391,16 +391,7 @@ async fn recipients_are_members_at_the_message_seq_minus_the_sender() {
     let (a, b, d) = (c.members[0], c.members[1], c.members[2]);
     let newcomer = Uuid::now_v7();
     let m1 = c.send(&mut backend, a).await;
-    backend
-        .add_members(pb::AddMembersRequest {
-            conversation_id: c.id.to_string(),
-            members: vec![pb::MembershipChange {
-                user_id: newcomer.to_string(),
-                from_seq: 2,
-            }],
-        })
-        .await
-        .unwrap();
+    c.add_member(&mut backend, newcomer, 2).await;
     let m2 = c.send(&mut backend, a).await;
     backend
         .remove_members(pb::RemoveMembersRequest {
@@ -445,16 +436,7 @@ async fn a_member_who_joined_later_is_not_a_recipient_of_earlier_messages() {
     let mut c = Conversation::create(&mut backend, 3).await;
     let m1 = c.send(&mut backend, c.members[0]).await;
     let late = Uuid::now_v7();
-    backend
-        .add_members(pb::AddMembersRequest {
-            conversation_id: c.id.to_string(),
-            members: vec![pb::MembershipChange {
-                user_id: late.to_string(),
-                from_seq: 2,
-            }],
-        })
-        .await
-        .unwrap();
+    c.add_member(&mut backend, late, 2).await;
     let out = deliver(&mut s.user(late).await, &[m1]).await;
     assert_eq!(
         out.results[0].outcome,
@@ -462,6 +444,99 @@ async fn a_member_who_joined_later_is_not_a_recipient_of_earlier_messages() {
     );
     let r = receipt(&mut s.user(c.members[0]).await, c.id, m1).await;
     assert_eq!((r.delivered_count, r.recipients_total), (0, 2));
+}
+
+/// Counts in a group, where stores count from indexes rather than member by
+/// member (docs/storage.md, "Counting reads"): a message registered late,
+/// into a gap below messages a member already had, is not delivered to that
+/// member until it says so, unless its read covers it; the counts agree with
+/// the per-recipient list throughout.
+#[tokio::test]
+async fn a_message_registered_late_below_what_a_member_had_is_not_counted_delivered() {
+    let s = TestServer::start().await;
+    let mut backend = s.backend().await;
+    let mut c = Conversation::create(&mut backend, 4).await;
+    let (a, b, x, r) = (c.members[0], c.members[1], c.members[2], c.members[3]);
+    let m1 = c.send(&mut backend, a).await;
+    c.set_next_seq(3);
+    let m3 = c.send(&mut backend, a).await;
+    let m4 = c.send(&mut backend, x).await;
+    // b has everything registered so far, one call at a time; r reads it all.
+    for m in [m1, m3, m4] {
+        deliver(&mut s.user(b).await, &[m]).await;
+    }
+    read_up_to(&mut s.user(r).await, c.id, m4).await;
+    let m2 = Uuid::now_v7();
+    backend
+        .register_messages(pb::RegisterMessagesRequest {
+            messages: vec![registration(m2, c.id, 2, x)],
+        })
+        .await
+        .expect("register late");
+    let check = |r: &pb::MessageReceipts, want: (i64, i64, i64)| {
+        assert_eq!(
+            (r.delivered_count, r.read_count, r.recipients_total),
+            want,
+            "{r:?}"
+        );
+        let listed = r
+            .recipients
+            .iter()
+            .filter(|x| x.state > pb::RecipientState::None as i32)
+            .count() as i64;
+        assert!(r.recipients.is_empty() || listed == want.0, "{r:?}");
+    };
+    // m2: r read past it; b never had it.
+    check(
+        &counts_only(&mut s.user(x).await, c.id, m2).await,
+        (1, 1, 3),
+    );
+    check(&receipt(&mut s.user(x).await, c.id, m2).await, (1, 1, 3));
+    // The messages around it are as they were.
+    check(
+        &counts_only(&mut s.user(a).await, c.id, m3).await,
+        (2, 1, 3),
+    );
+    check(
+        &counts_only(&mut s.user(x).await, c.id, m4).await,
+        (2, 1, 3),
+    );
+    deliver(&mut s.user(b).await, &[m2]).await;
+    check(
+        &counts_only(&mut s.user(x).await, c.id, m2).await,
+        (2, 1, 3),
+    );
+    check(&receipt(&mut s.user(x).await, c.id, m2).await, (2, 1, 3));
+}
+
+/// A direct chat that becomes a group is counted from indexes from then on
+/// (docs/storage.md, "Counting reads"): deliveries made while it was direct,
+/// with a gap, count for exactly the messages they named.
+#[tokio::test]
+async fn deliveries_made_in_a_direct_chat_count_once_it_is_a_group() {
+    let s = TestServer::start().await;
+    let mut backend = s.backend().await;
+    let mut c = Conversation::create(&mut backend, 2).await;
+    let (a, b) = (c.members[0], c.members[1]);
+    let ms = c.send_many(&mut backend, a, 4).await;
+    deliver(&mut s.user(b).await, &[ms[1], ms[2]]).await;
+    let late = Uuid::now_v7();
+    c.add_member(&mut backend, late, 1).await;
+    let mut sender = s.user(a).await;
+    let mut counted = Vec::new();
+    for m in &ms {
+        let r = counts_only(&mut sender, c.id, *m).await;
+        counted.push((r.delivered_count, r.recipients_total));
+    }
+    assert_eq!(counted, [(0, 2), (1, 2), (1, 2), (0, 2)]);
+    deliver(&mut s.user(b).await, &[ms[0]]).await;
+    deliver(&mut s.user(late).await, &[ms[3]]).await;
+    let mut counted = Vec::new();
+    for m in &ms {
+        let r = counts_only(&mut sender, c.id, *m).await;
+        counted.push(r.delivered_count);
+    }
+    assert_eq!(counted, [1, 1, 1, 1]);
 }
 
 #[tokio::test]
@@ -615,16 +690,7 @@ async fn unread_counts_only_count_messages_from_while_a_member() {
     c.send(&mut backend, c.members[0]).await;
     c.send(&mut backend, c.members[0]).await;
     let late = Uuid::now_v7();
-    backend
-        .add_members(pb::AddMembersRequest {
-            conversation_id: c.id.to_string(),
-            members: vec![pb::MembershipChange {
-                user_id: late.to_string(),
-                from_seq: 3,
-            }],
-        })
-        .await
-        .unwrap();
+    c.add_member(&mut backend, late, 3).await;
     c.send(&mut backend, c.members[0]).await;
     let out = s
         .user(late)

@@ -521,3 +521,41 @@ async fn membership_changes_push_new_counts_to_senders() {
     assert_eq!(ev.messages[0].message_id, m.to_string());
     assert_eq!(ev.messages[0].recipients_total, 3);
 }
+
+/// A group window that closes after the group has shrunk to a direct chat
+/// sums up what happened in between: the last word on a message is its
+/// state, whatever the store counted the window's messages with
+/// (docs/storage.md, "Counting reads": a direct chat keeps no delivered
+/// prefixes).
+#[tokio::test]
+async fn a_window_that_closes_after_the_group_shrank_to_two_counts_what_happened_since() {
+    let s = TestServer::start_with(|c| c.group_window_ms = 1000).await;
+    let mut backend = s.backend().await;
+    let mut c = Conversation::create(&mut backend, 3).await;
+    let (a, b, gone) = (c.members[0], c.members[1], c.members[2]);
+    let m = c.send(&mut backend, a).await;
+    let (mut sub, _) = Subscription::open(&mut s.user(a).await, None).await;
+    // Opens the window while it is a group.
+    deliver(&mut s.user(gone).await, &[m]).await;
+    c.remove_member(&mut backend, gone, 2).await;
+    deliver(&mut s.user(b).await, &[m]).await;
+    // m is at seq 1; an event's ranges hold first, its messages after them.
+    let mut last = None;
+    while let Some(ev) = sub.next_within(Duration::from_millis(2500)).await {
+        if let Some(E::Receipts(r)) = ev.event {
+            for x in r.ranges.iter().filter(|x| x.from_seq <= 1 && 1 <= x.to_seq) {
+                last = Some((x.delivered_count, x.recipients_total));
+            }
+            for x in r.messages.iter().filter(|x| x.message_id == m.to_string()) {
+                last = Some((x.delivered_count, x.recipients_total));
+            }
+        }
+    }
+    assert_eq!(
+        last,
+        Some((2, 2)),
+        "the last push says what GetReceipts says"
+    );
+    let r = receipt(&mut s.user(a).await, c.id, m).await;
+    assert_eq!((r.delivered_count, r.recipients_total), (2, 2));
+}

@@ -130,13 +130,17 @@ impl Inner {
             let (ver, n): (Option<u64>, Option<u64>) = self
                 .query(redis::cmd("HMGET").arg(self.keys.meta(c)).arg("v").arg("n"))
                 .await?;
-            let ver = match (ver, n) {
-                (ver, Some(_)) => ver.unwrap_or(0),
+            // A group that has shrunk to a direct chat since the window
+            // opened keeps no delivered prefixes (`prefix.rs`): its summary
+            // is computed from the full view, as its counts are.
+            let full = match (ver, n) {
+                (_, Some(n)) if n > DIRECT_MEMBERS => None,
                 _ => match self.view(c).await? {
-                    Some(view) => view.ver,
+                    Some(view) => Some(view),
                     None => return Ok(()),
                 },
             };
+            let ver = full.as_ref().map_or(ver.unwrap_or(0), |v| v.ver);
             let touched: HashMap<String, String> = self
                 .query(redis::cmd("HGETALL").arg(self.keys.window(c)))
                 .await?;
@@ -155,7 +159,8 @@ impl Inner {
                 }
             }
             let ids = dedup(ids);
-            let mut view = View::bare(*c, ver);
+            let counted = full.is_none();
+            let mut view = full.unwrap_or_else(|| View::bare(*c, ver));
             self.ensure_messages(&mut view, &ids).await?;
             let msgs: Vec<Message> = ids
                 .iter()
@@ -164,9 +169,15 @@ impl Inner {
                 .collect();
             let mut states = Vec::with_capacity(msgs.len());
             let mut covered = BTreeSet::new();
-            for chunk in msgs.chunks(fanout::MAX_MESSAGES_PER_EVENT) {
-                let aggregates = self.counts_in(&view, None, chunk, &mut covered).await?;
-                states.extend(counted_states(chunk.to_vec(), aggregates));
+            if counted {
+                for chunk in msgs.chunks(fanout::MAX_MESSAGES_PER_EVENT) {
+                    let aggregates = self.counts_in(&view, None, chunk, &mut covered).await?;
+                    states.extend(counted_states(chunk.to_vec(), aggregates));
+                }
+            } else {
+                let ids: Vec<MessageId> = msgs.iter().map(|m| m.id).collect();
+                self.prepare_states(&mut view, &ids).await?;
+                states.extend(msgs.iter().map(|m| view.state(&m.sender, m, false)));
             }
             let mut plan = Plan::default();
             plan.cmds.push(rcmd!["DEL", self.keys.window(c)]);

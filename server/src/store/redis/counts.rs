@@ -298,7 +298,22 @@ impl Inner {
                 if dp.is_some() {
                     break;
                 }
-                self.build_gapped(c, v.unwrap_or_default()).await?;
+                // Keys that expired since the caller looked are re-warmed
+                // first: a build must not commit into a missing meta hash.
+                let v = match v {
+                    Some(v) => v,
+                    None => match self.view(c).await? {
+                        Some(view) => view.ver,
+                        None => {
+                            return Err(ServiceError::not_found(
+                                "conversation_id",
+                                "conversation",
+                                c,
+                            ));
+                        }
+                    },
+                };
+                self.build_gapped(c, v).await?;
             }
             reply = self.count_snapshot(c, &own, &bs, msgs).await?;
         }

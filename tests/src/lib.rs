@@ -540,6 +540,21 @@ impl Conversation {
         self.next_seq = seq;
     }
 
+    /// Removes `user`: it no longer receives from `from_seq` on (it stays
+    /// in `members`).
+    pub async fn remove_member(&self, backend: &mut BackendClient, user: Uuid, from_seq: i64) {
+        backend
+            .remove_members(pb::RemoveMembersRequest {
+                conversation_id: self.id.to_string(),
+                members: vec![pb::MembershipChange {
+                    user_id: user.to_string(),
+                    from_seq,
+                }],
+            })
+            .await
+            .expect("remove a member");
+    }
+
     /// Adds `user` as a member receiving from `from_seq` on (not to
     /// `members`, which stay the ones it was created with).
     pub async fn add_member(&self, backend: &mut BackendClient, user: Uuid, from_seq: i64) {

@@ -282,16 +282,7 @@ async fn pages_list_the_members_at_the_message_seq() {
         })
         .await
         .unwrap();
-    backend
-        .remove_members(pb::RemoveMembersRequest {
-            conversation_id: c.id.to_string(),
-            members: vec![pb::MembershipChange {
-                user_id: leaver.to_string(),
-                from_seq: 2,
-            }],
-        })
-        .await
-        .unwrap();
+    c.remove_member(&mut backend, leaver, 2).await;
     let m2 = c.send(&mut backend, sender).await;
     let mut viewer = s.user(c.members[1]).await;
     let all = pb::RecipientFilter::Unspecified;

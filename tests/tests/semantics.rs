@@ -393,16 +393,7 @@ async fn recipients_are_members_at_the_message_seq_minus_the_sender() {
     let m1 = c.send(&mut backend, a).await;
     c.add_member(&mut backend, newcomer, 2).await;
     let m2 = c.send(&mut backend, a).await;
-    backend
-        .remove_members(pb::RemoveMembersRequest {
-            conversation_id: c.id.to_string(),
-            members: vec![pb::MembershipChange {
-                user_id: d.to_string(),
-                from_seq: 3,
-            }],
-        })
-        .await
-        .unwrap();
+    c.remove_member(&mut backend, d, 3).await;
     let m3 = c.send(&mut backend, a).await;
     let mut viewer = s.user(b).await;
     let total = |r: &pb::MessageReceipts| {

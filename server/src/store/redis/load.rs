@@ -37,25 +37,13 @@ pub(super) fn parse_view(
         watermarks.insert(parse_uuid(&u)?, parse_watermark(&v)?);
     }
     Ok(View {
-        c: *c,
-        ver: num("v")?,
         mver: num("mv")?,
         stamp: num("t")? as Millis,
         count: num("n")?,
         members,
         wms: watermarks,
-        sharing: HashMap::new(),
-        messages: HashMap::new(),
-        runs: RunBuckets::default(),
-        hist: HashMap::new(),
-        tail: None,
         has_threads: meta.contains_key("th"),
-        threads: HashMap::new(),
-        twms: HashMap::new(),
-        thist: HashMap::new(),
-        hist_from: HashMap::new(),
-        thread_index: None,
-        prefix: None,
+        ..View::bare(*c, num("v")?)
     })
 }
 
@@ -134,7 +122,7 @@ pub(super) fn count_unread(
 }
 
 /// Seq-index entries read `WITHSCORES`.
-fn parse_seq_rows(rows: Vec<(Vec<u8>, f64)>) -> StoreResult<Vec<Indexed>> {
+pub(super) fn parse_seq_rows(rows: Vec<(Vec<u8>, f64)>) -> StoreResult<Vec<Indexed>> {
     rows.into_iter()
         .map(|(member, score)| {
             let (id, sender, thread) =

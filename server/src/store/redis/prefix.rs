@@ -31,17 +31,14 @@ use crate::domain::{Later, Run};
 
 /// The messages after a prefix, from seq-index rows.
 pub(super) fn later(rows: Vec<(Vec<u8>, f64)>) -> StoreResult<Vec<Later>> {
-    rows.into_iter()
-        .map(|(member, score)| {
-            let (_, sender, thread) =
-                keys::parse_seq_member(&member).ok_or_else(|| corrupt("seq index"))?;
-            Ok(Later {
-                seq: score as Seq,
-                sender,
-                in_thread: thread.is_some(),
-            })
+    Ok(load::parse_seq_rows(rows)?
+        .into_iter()
+        .map(|m| Later {
+            seq: m.seq,
+            sender: m.sender,
+            in_thread: m.thread.is_some(),
         })
-        .collect()
+        .collect())
 }
 
 /// A sorted-set score as a seq.

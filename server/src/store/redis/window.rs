@@ -126,7 +126,8 @@ impl Inner {
     pub(super) async fn flush_window(&self, c: &ConversationId) -> StoreResult<()> {
         let _serial = self.lock([c]).await;
         for _ in 0..MAX_ATTEMPTS {
-            // Counts come from the indexes; nothing here reads every member.
+            // A group's counts come from the indexes; nothing here reads
+            // every member.
             let (ver, n): (Option<u64>, Option<u64>) = self
                 .query(redis::cmd("HMGET").arg(self.keys.meta(c)).arg("v").arg("n"))
                 .await?;
@@ -140,7 +141,8 @@ impl Inner {
                     None => return Ok(()),
                 },
             };
-            let ver = full.as_ref().map_or(ver.unwrap_or(0), |v| v.ver);
+            let counted = full.is_none();
+            let mut view = full.unwrap_or_else(|| View::bare(*c, ver.unwrap_or(0)));
             let touched: HashMap<String, String> = self
                 .query(redis::cmd("HGETALL").arg(self.keys.window(c)))
                 .await?;
@@ -159,8 +161,6 @@ impl Inner {
                 }
             }
             let ids = dedup(ids);
-            let counted = full.is_none();
-            let mut view = full.unwrap_or_else(|| View::bare(*c, ver));
             self.ensure_messages(&mut view, &ids).await?;
             let msgs: Vec<Message> = ids
                 .iter()

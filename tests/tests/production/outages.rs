@@ -179,13 +179,41 @@ async fn writes_are_acknowledged_through_a_cassandra_outage_and_all_reach_it_aft
         }
     }
     assert_eq!(
-        receipts_of(&mut b.user(alice).await, direct.id, &dm).await,
+        read_back(&mut b.user(alice).await, direct.id, &dm).await,
         before_direct
     );
     assert_eq!(
-        receipts_of(&mut b.user(sender).await, group.id, &gm).await,
+        read_back(&mut b.user(sender).await, group.id, &gm).await,
         before_group
     );
+}
+
+/// [`receipts_of`] once the node reaches Cassandra again: after the proxy
+/// is restored its driver reconnects with backoff, and until then a read
+/// that must go to Cassandra is refused with `Unavailable` ("retry with
+/// backoff"), which a client retries. Any other refusal fails at once.
+async fn read_back(
+    client: &mut UserClient,
+    conversation: Uuid,
+    ids: &[Uuid],
+) -> Vec<pb::MessageReceipts> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = client
+            .get_receipts(pb::GetReceiptsRequest {
+                conversation_id: conversation.to_string(),
+                message_ids: ids.iter().map(Uuid::to_string).collect(),
+                include_recipients: true,
+            })
+            .await;
+        match r {
+            Ok(r) => return r.into_inner().messages,
+            Err(e) if e.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("get receipts: {e:?}"),
+        }
+    }
 }
 
 /// A primary and its replica (owned), a node acknowledging MarkReadUpTo

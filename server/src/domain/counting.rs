@@ -181,6 +181,20 @@ pub fn count(
     c
 }
 
+/// Whether a member whose delivered prefix is `prefix`, with deliveries
+/// past it up to `beyond` (a *gapped* member), has the message at `s`,
+/// which it receives: only past the prefix (up to it, the prefix counted
+/// it) and up to `beyond` (nothing past it is delivered), where
+/// `covered()` says a delivery run covers it.
+pub fn delivered_past_prefix(
+    prefix: Seq,
+    beyond: Seq,
+    s: Seq,
+    covered: impl FnOnce() -> bool,
+) -> bool {
+    prefix < s && s <= beyond && covered()
+}
+
 /// A registered message after a member's delivered prefix, as
 /// [`advance_delivered`] walks them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -39,7 +39,7 @@ mod view;
 
 pub use counting::{
     Counts, Later, Party, PrefixIndex, Prefixes, SortedPrefixes, advance_delivered, count,
-    prefix_after_late, standing,
+    delivered_past_prefix, prefix_after_late, standing,
 };
 pub use cursor::{Cursor, ReplayFrom, ResetReason, replay_start, too_large};
 pub use delivery::{Delivery, Run, Runs, judge as judge_delivery, runs_of};

@@ -112,7 +112,8 @@ impl Gapped {
     /// Whether it has `seq` (not its own) past its prefix: `covered` tells
     /// whether one of its runs covers it.
     fn has_past_prefix(&self, seq: Seq, covered: impl Fn() -> bool) -> bool {
-        self.prefix.is_some_and(|p| p < seq) && self.beyond >= seq && covered()
+        self.prefix
+            .is_some_and(|p| domain::delivered_past_prefix(p, self.beyond, seq, covered))
     }
 
     /// Its prefix reached its score: it no longer belongs in the set.

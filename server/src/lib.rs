@@ -216,6 +216,7 @@ pub async fn open_store(config: &ServeArgs) -> Result<Arc<dyn ReceiptStore>, Run
             log_retention: config.log_retention,
             subscriber_buffer: config.subscriber_buffer,
             cache_bytes: (config.cache_mb as usize).saturating_mul(1 << 20),
+            indexed_above: store::embedded::INDEXED_ABOVE,
         },
     )?;
     Ok(Arc::new(store))

@@ -35,6 +35,7 @@ use uuid::Uuid;
 
 #[macro_use]
 mod tables;
+mod counts;
 mod migrate;
 #[cfg(test)]
 mod tests;
@@ -58,7 +59,16 @@ pub struct EmbeddedOptions {
     /// Memory for redb's page cache (its default, 1 GiB, is more than a
     /// one-process default should take).
     pub cache_bytes: usize,
+    /// A conversation's counting index is kept once it has more members
+    /// than this ([`INDEXED_ABOVE`] by default; tests lower it to exercise
+    /// the index in small groups).
+    pub indexed_above: u64,
 }
+
+/// Below this many members, a count reading every member's facts costs
+/// less than keeping the counting index on every delivery and read
+/// (BENCHMARKS.md, "Counting without the members on the embedded store").
+pub const INDEXED_ABOVE: u64 = 64;
 
 /// The embedded store. Cheap to share behind an `Arc`.
 #[derive(Debug)]
@@ -108,6 +118,7 @@ impl EmbeddedStore {
             (epoch, next_offset, trimmed_to, sender_counter, pending)
         };
         migrate_to_runs(&txn)?;
+        counts::build_count_index(&txn, options.indexed_above)?;
         txn.commit().map_err(storage)?;
         let db = Arc::new(db);
         let hub = Hub::new(options.subscriber_buffer);
@@ -235,6 +246,9 @@ impl ReceiptStore for EmbeddedStore {
                 )?;
                 put(&mut ctx.t.user_convs, &k2(u, &conversation), &[])?;
             }
+            if members.len() as u64 > ctx.st.options.indexed_above {
+                ctx.t.keep_index(&conversation)?;
+            }
             Ok(true)
         })
         .await
@@ -261,10 +275,14 @@ impl ReceiptStore for EmbeddedStore {
             for (u, (ms, from)) in &updated {
                 put(&mut ctx.t.members, &k2(&conversation, u), &encode(ms))?;
                 put(&mut ctx.t.user_convs, &k2(u, &conversation), &[])?;
+                ctx.t.index_membership(&conversation, u, ms)?;
                 lowest = lowest.min(*from);
             }
             meta.member_count = kind.count_after(meta.member_count, updated.len() as u64);
             put(&mut ctx.t.convs, &k1(&conversation), &encode(&meta))?;
+            if meta.member_count > ctx.st.options.indexed_above {
+                ctx.t.keep_index(&conversation)?;
+            }
             // Recipients of already registered messages at or after the change
             // are now different: their counts change.
             let last = ctx.t.last_seq(&conversation)?;
@@ -375,10 +393,18 @@ impl ReceiptStore for EmbeddedStore {
                 in_batch.insert(m.id, (m.conversation, m.seq, known_thread));
             }
             fresh.sort_by_key(|m| (m.conversation, m.seq));
+            // Main-timeline messages registered below the last one, per
+            // conversation: they end the delivered prefixes that cover them.
+            let mut late: BTreeMap<ConversationId, Vec<(Seq, UserId)>> = BTreeMap::new();
             for m in &fresh {
                 let last = last_seqs.entry(m.conversation).or_default();
                 if *last > m.seq {
                     ctx.split_runs_at(&m.conversation, m.seq)?;
+                    if !fresh_threads.contains_key(&m.id) {
+                        late.entry(m.conversation)
+                            .or_default()
+                            .push((m.seq, m.sender));
+                    }
                 }
                 *last = (*last).max(m.seq);
                 put(&mut ctx.t.messages, &k1(&m.id), &encode(m))?;
@@ -396,6 +422,9 @@ impl ReceiptStore for EmbeddedStore {
                     )?;
                     put(&mut ctx.t.thread_roots, &k_seq(c, t.seq), t.id.as_bytes())?;
                 }
+            }
+            for (c, late) in &late {
+                ctx.t.index_late(c, late)?;
             }
             // Consecutive seqs of one sender are one row by seq and one by
             // sender, however many messages they hold.
@@ -517,7 +546,15 @@ impl ReceiptStore for EmbeddedStore {
                     };
                     results.insert(m.id, result);
                 }
+                let top = touched
+                    .iter()
+                    .filter(|m| timeline_of(m) == domain::MAIN)
+                    .map(|m| m.seq)
+                    .max();
                 ctx.record_runs(&c, &user, membership, new, at)?;
+                if top.is_some() {
+                    ctx.t.index_delivery(&c, &user, top)?;
+                }
                 ctx.touch(&c, touched)?;
             }
             Ok(named.iter().map(|n| results[&n.id]).collect())
@@ -640,6 +677,9 @@ impl ReceiptStore for EmbeddedStore {
 
     async fn set_sharing(&self, user: UserId, sharing: bool) -> StoreResult<bool> {
         self.write(move |ctx| {
+            if ctx.t.sharing(&user)? != sharing {
+                ctx.t.index_sharing(&user, sharing)?;
+            }
             put(&mut ctx.t.privacy, &k1(&user), &[u8::from(sharing)])?;
             Ok(sharing)
         })
@@ -663,8 +703,13 @@ impl ReceiptStore for EmbeddedStore {
                 .into_iter()
                 .map(|id| t.message_in(&conversation, id, "message_ids"))
                 .collect::<StoreResult<Vec<_>>>()?;
+            if !include_recipients {
+                // Completion times computed here are kept by the writer's
+                // next summary of the conversation, not by a read.
+                return t.counted_states(&conversation, &found, |_| viewer, &mut Vec::new());
+            }
             let ctx = t.context(&conversation)?;
-            t.states(&ctx, &found, |_| viewer, include_recipients)
+            t.states(&ctx, &found, |_| viewer, true)
         })
         .await
     }

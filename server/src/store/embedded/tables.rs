@@ -38,6 +38,18 @@ pub(super) const THREAD_OF: Def = TableDefinition::new("thread_of");
 pub(super) const THREAD_MSGS: Def = TableDefinition::new("thread_messages");
 /// Each conversation's threads: `conv ‖ root seq` → root id.
 pub(super) const THREAD_ROOTS: Def = TableDefinition::new("thread_roots");
+/// The counting histograms (`counts.rs`): `conv ‖ kind ‖ seq` → how many
+/// simple members score exactly `seq` in that kind.
+pub(super) const COUNT_INDEX: Def = TableDefinition::new("count_index");
+/// Each simple member's scores: `conv ‖ user` → `from ‖ delivered ‖ public`.
+pub(super) const PREFIXES: Def = TableDefinition::new("member_prefixes");
+/// Members counted one by one: `conv ‖ user` → nothing (ever left or joined
+/// again) or the highest seq delivered past its prefix (gapped).
+pub(super) const APART: Def = TableDefinition::new("counted_apart");
+/// Completion times of messages every recipient has: `conv ‖ seq` →
+/// membership version ‖ when the last got it ‖ when the last read it, as
+/// others may see it (`counts.rs`).
+pub(super) const COMPLETIONS: Def = TableDefinition::new("completion_times");
 
 pub(super) const META_EPOCH: &[u8] = b"epoch";
 pub(super) const META_NEXT_OFFSET: &[u8] = b"next_offset";
@@ -133,6 +145,10 @@ pub(super) struct Tables<T> {
     pub(super) thread_of: T,
     pub(super) thread_msgs: T,
     pub(super) thread_roots: T,
+    pub(super) count_index: T,
+    pub(super) prefixes: T,
+    pub(super) apart: T,
+    pub(super) completions: T,
 }
 
 macro_rules! open_tables {
@@ -156,6 +172,10 @@ macro_rules! open_tables {
             thread_of: $txn.open_table(THREAD_OF).map_err(storage)?,
             thread_msgs: $txn.open_table(THREAD_MSGS).map_err(storage)?,
             thread_roots: $txn.open_table(THREAD_ROOTS).map_err(storage)?,
+            count_index: $txn.open_table(COUNT_INDEX).map_err(storage)?,
+            prefixes: $txn.open_table(PREFIXES).map_err(storage)?,
+            apart: $txn.open_table(APART).map_err(storage)?,
+            completions: $txn.open_table(COMPLETIONS).map_err(storage)?,
         }
     };
 }
@@ -687,15 +707,19 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
                 }
             }
         }
-        let mut contexts: HashMap<ConversationId, ConvContext> = HashMap::new();
-        let mut recent_messages = Vec::with_capacity(recent.len());
+        // Counted per conversation, kept in the order of `recent`.
+        let mut by_conv: HashMap<ConversationId, Vec<Message>> = HashMap::new();
         for m in &recent {
-            if let std::collections::hash_map::Entry::Vacant(e) = contexts.entry(m.conversation) {
-                e.insert(self.context(&m.conversation)?);
-            }
-            let ctx = &contexts[&m.conversation];
-            recent_messages.extend(self.states(ctx, std::slice::from_ref(m), |_| *u, false)?);
+            by_conv.entry(m.conversation).or_default().push(*m);
         }
+        let mut states: HashMap<MessageId, domain::MessageState> = HashMap::new();
+        for (c, msgs) in by_conv {
+            for s in self.counted_states(&c, &msgs, |_| *u, &mut Vec::new())? {
+                states.insert(s.message.id, s);
+            }
+        }
+        let recent_messages: Vec<domain::MessageState> =
+            recent.iter().filter_map(|m| states.remove(&m.id)).collect();
         let (lo, hi) = (k2(u, &Uuid::nil()), k2(u, &Uuid::max()));
         let mut watermarks = Vec::new();
         let mut listed = 0;

@@ -43,6 +43,7 @@ fn options() -> EmbeddedOptions {
         log_retention: 1_000_000,
         subscriber_buffer: 16,
         cache_bytes: 16 << 20,
+        indexed_above: INDEXED_ABOVE,
     }
 }
 
@@ -639,4 +640,180 @@ async fn an_id_is_judged_the_same_above_and_below_the_highest() {
         );
     }
     store.shutdown().await;
+}
+
+/// A small deterministic generator for the random sequences below.
+struct Xorshift(u64);
+
+impl Xorshift {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+}
+
+/// Every main-timeline message's counts from the counting index equal the
+/// counts from every member's facts, for every viewer who ever was a member.
+fn assert_counts_match(store: &EmbeddedStore, c: &ConversationId, users: &[UserId], at: &str) {
+    let txn = store.db.begin_read().expect("read");
+    let run = || -> StoreResult<()> {
+        let t = open_tables!(txn);
+        let last = t.last_seq(c)?;
+        let msgs = t.messages_between(c, 1, last)?;
+        let threads = t.threads_between(c, 1, last)?;
+        let main: Vec<Message> = msgs
+            .into_iter()
+            .filter(|m| !threads.contains_key(&m.seq))
+            .collect();
+        let ctx = t.context(c)?;
+        for v in users {
+            let indexed = t.counted_states(c, &main, |_| *v, &mut Vec::new())?;
+            let full = t.states(&ctx, &main, |_| *v, false)?;
+            for (a, b) in indexed.iter().zip(&full) {
+                assert_eq!(
+                    a.aggregate, b.aggregate,
+                    "{at}: seq {} sent by {} seen by {v}",
+                    a.message.seq, a.message.sender
+                );
+            }
+            assert_eq!(indexed.len(), full.len());
+        }
+        Ok(())
+    };
+    run().expect("count");
+}
+
+/// The counting index (`counts.rs`) against a scan of every member, after
+/// each step of random sequences of every write that moves it: appended,
+/// late and thread registrations, deliveries, reads in both timelines,
+/// privacy toggles, members joining, leaving and joining again, a direct
+/// chat becoming a group; then once more after the index is dropped and
+/// built again at open.
+#[tokio::test]
+async fn counts_from_the_index_equal_a_scan_of_every_member() {
+    for seed in 1..=40u64 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Windows close at once: their summaries keep completion times,
+        // which the checks then read.
+        let options = EmbeddedOptions {
+            group_window: Duration::from_millis(1),
+            indexed_above: 2,
+            ..options()
+        };
+        let mut store = EmbeddedStore::open(dir.path(), options.clone()).expect("open");
+        let mut rng = Xorshift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let users: Vec<UserId> = (0..7).map(|_| Uuid::now_v7()).collect();
+        let c = Uuid::now_v7();
+        // Odd seeds start as a direct chat, which keeps no index until it
+        // has a third member (in this test).
+        let first = if seed % 2 == 1 { 2 } else { 4 };
+        store
+            .create_conversation(c, users[..first].to_vec())
+            .await
+            .expect("create");
+        let mut current: Vec<UserId> = users[..first].to_vec();
+        let mut main: Vec<Message> = Vec::new();
+        let mut all: Vec<Message> = Vec::new();
+        let mut gaps: Vec<Seq> = Vec::new();
+        let mut last: Seq = 0;
+        for step in 0..70 {
+            let pick =
+                |rng: &mut Xorshift, from: &[UserId]| from[rng.below(from.len() as u64) as usize];
+            match rng.below(12) {
+                0..=2 => {
+                    let sender = pick(&mut rng, &current);
+                    let late = rng.below(4) == 0 && !gaps.is_empty();
+                    let seq = if late {
+                        gaps.remove(rng.below(gaps.len() as u64) as usize)
+                    } else {
+                        if rng.below(3) == 0 {
+                            gaps.push(last + 1);
+                            last += 1;
+                        }
+                        last += 1;
+                        last
+                    };
+                    let m = message(c, seq, sender, 1);
+                    let root = main
+                        .iter()
+                        .filter(|r| r.seq < seq)
+                        .nth(rng.below(8) as usize)
+                        .filter(|_| rng.below(4) == 0)
+                        .map(|r| r.id);
+                    if store.register_in_threads(vec![m], vec![root]).await.is_ok() {
+                        if root.is_none() {
+                            main.push(m);
+                        }
+                        all.push(m);
+                    }
+                }
+                3..=5 if !all.is_empty() => {
+                    let u = pick(&mut rng, &users);
+                    let n = 1 + rng.below(4) as usize;
+                    let start = rng.below(all.len() as u64) as usize;
+                    let ids: Vec<MessageId> =
+                        all.iter().skip(start).take(n).map(|m| m.id).collect();
+                    let _ = store.mark_delivered(u, Named::ids(ids), 10 + step).await;
+                }
+                6 | 7 if !all.is_empty() => {
+                    let u = pick(&mut rng, &users);
+                    let m = all[rng.below(all.len() as u64) as usize];
+                    let _ = store.mark_read_up_to(u, c, m.id, 10 + step).await;
+                }
+                8 => {
+                    let u = pick(&mut rng, &users);
+                    let on = rng.below(2) == 0;
+                    store.set_sharing(u, on).await.expect("sharing");
+                }
+                9 => {
+                    let u = pick(&mut rng, &users);
+                    let from = 1 + rng.below(last + 1);
+                    let ch = vec![MemberChange {
+                        user: u,
+                        from_seq: from,
+                    }];
+                    if store.add_members(c, ch).await.is_ok() && !current.contains(&u) {
+                        current.push(u);
+                    }
+                }
+                10 if current.len() > 2 => {
+                    let u = pick(&mut rng, &current);
+                    let ch = vec![MemberChange {
+                        user: u,
+                        from_seq: last + 1,
+                    }];
+                    if store.remove_members(c, ch).await.is_ok() {
+                        current.retain(|x| *x != u);
+                    }
+                }
+                11 => {
+                    let u = pick(&mut rng, &current);
+                    let _ = store
+                        .mark_conversations_read(u, vec![c], Vec::new(), 10 + step)
+                        .await;
+                }
+                _ => {}
+            }
+            assert_counts_match(&store, &c, &users, &format!("seed {seed} step {step}"));
+        }
+        // A data directory from before the index: built at open, the same.
+        {
+            let txn = store.db.begin_write().expect("write");
+            for def in [COUNT_INDEX, PREFIXES, APART] {
+                txn.delete_table(def).expect("drop");
+            }
+            txn.open_table(META)
+                .expect("meta")
+                .remove(b"count_index_v1".as_slice())
+                .expect("marker");
+            txn.commit().expect("commit");
+        }
+        store.shutdown().await;
+        drop(store);
+        store = EmbeddedStore::open(dir.path(), options).expect("reopen");
+        assert_counts_match(&store, &c, &users, &format!("seed {seed} rebuilt"));
+        store.shutdown().await;
+    }
 }

@@ -75,35 +75,37 @@ impl WriteCtx<'_, '_> {
         } else {
             None
         };
-        self.emit_states(&ctx, &msgs, false, registered.as_deref())
+        let states = self.t.states(&ctx, &msgs, |m| m.sender, true)?;
+        self.emit_states(c, states, false, registered.as_deref())
     }
 
-    /// Computes the states of `msgs` for their senders and logs one event per
-    /// sender (split into chunks); `registered`, when given, is every
-    /// message registered between the lowest and the highest of `msgs`.
+    /// Logs the states of messages of `c` (computed for their senders) as
+    /// one event per sender (split into chunks); `registered`, when given,
+    /// is every message registered between the lowest and the highest.
     pub(super) fn emit_states(
         &mut self,
-        ctx: &ConvContext,
-        msgs: &[Message],
+        c: &ConversationId,
+        states: Vec<domain::MessageState>,
         group: bool,
         registered: Option<&[Message]>,
     ) -> StoreResult<()> {
-        let states = self.t.states(ctx, msgs, |m| m.sender, !group)?;
         let registered: Option<Vec<(Seq, UserId)>> =
             registered.map(|r| r.iter().map(|m| (m.seq, m.sender)).collect());
-        for (sender, body) in
-            fanout::receipt_events(ctx.conversation, group, states, registered.as_deref())
-        {
+        for (sender, body) in fanout::receipt_events(*c, group, states, registered.as_deref()) {
             self.emit(sender, body)?;
         }
         Ok(())
     }
 
+    /// A group's window closes: one summary per sender, counted without
+    /// reading every member (`counts.rs`).
     pub(super) fn flush_window(&mut self, c: &ConversationId, w: Window) -> StoreResult<()> {
         self.t.pending.remove(k1(c).as_slice()).map_err(storage)?;
-        let ctx = self.t.context(c)?;
         let msgs = self.t.messages_between(c, w.lo, w.hi)?;
-        self.emit_states(&ctx, &msgs, true, Some(&msgs))
+        let mut fresh = Vec::new();
+        let states = self.t.counted_states(c, &msgs, |m| m.sender, &mut fresh)?;
+        self.t.keep_completions(c, &fresh)?;
+        self.emit_states(c, states, true, Some(&msgs))
     }
 
     pub(super) fn flush_due_windows(&mut self, all: bool) -> StoreResult<()> {
@@ -260,6 +262,9 @@ impl WriteCtx<'_, '_> {
         let WatermarkAdvance { before, after } = adv;
         let v = [after.seq.to_be_bytes(), after.public_seq.to_be_bytes()].concat();
         put(&mut self.t.watermarks, &k2(&hist, u), &v)?;
+        if thread.is_none() {
+            self.t.index_read(c, u, after, sharing)?;
+        }
         put(
             &mut self.t.read_hist,
             &k3(&hist, u, after.seq),

@@ -57,9 +57,9 @@ const META_COUNT_INDEX: &[u8] = b"count_index_v1";
 /// A simple member's scores.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Scores {
-    from: Seq,
-    delivered: Seq,
-    public: Seq,
+    pub(super) from: Seq,
+    pub(super) delivered: Seq,
+    pub(super) public: Seq,
 }
 
 impl Scores {
@@ -766,6 +766,19 @@ impl Tables<Table<'_, Bytes, Bytes>> {
             return Ok(());
         }
         self.hist_add(c, KEPT, 0, 1)?;
+        // Completion times kept before (by an index dropped since) were
+        // kept for a version this build starts again from.
+        let (lo, hi) = (k_seq(c, 0), k_seq(c, Seq::MAX));
+        let kept: Vec<Vec<u8>> = self
+            .completions
+            .range(lo.as_slice()..=hi.as_slice())
+            .map_err(storage)?
+            .map(|e| e.map(|(k, _)| k.value().to_vec()))
+            .collect::<Result<_, _>>()
+            .map_err(storage)?;
+        for k in kept {
+            self.completions.remove(k.as_slice()).map_err(storage)?;
+        }
         for (u, ms) in self.members(c)? {
             self.index_membership(c, &u, &ms)?;
             let top = self

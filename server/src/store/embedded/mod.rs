@@ -551,8 +551,11 @@ impl ReceiptStore for EmbeddedStore {
                     .filter(|m| timeline_of(m) == domain::MAIN)
                     .map(|m| m.seq)
                     .max();
+                // Any delivery walks the prefix on (one the walk's cap
+                // stopped goes on); `top` is what may lie past it.
+                let delivered_some = !new.is_empty();
                 ctx.record_runs(&c, &user, membership, new, at)?;
-                if top.is_some() {
+                if delivered_some {
                     ctx.t.index_delivery(&c, &user, top)?;
                 }
                 ctx.touch(&c, touched)?;

@@ -723,30 +723,43 @@ async fn counts_from_the_index_equal_a_scan_of_every_member() {
                 |rng: &mut Xorshift, from: &[UserId]| from[rng.below(from.len() as u64) as usize];
             match rng.below(12) {
                 0..=2 => {
-                    let sender = pick(&mut rng, &current);
-                    let late = rng.below(4) == 0 && !gaps.is_empty();
-                    let seq = if late {
-                        gaps.remove(rng.below(gaps.len() as u64) as usize)
-                    } else {
-                        if rng.below(3) == 0 {
-                            gaps.push(last + 1);
+                    // One to three messages in one call: appended, late
+                    // (at a seq left free) or in a thread.
+                    let mut batch = Vec::new();
+                    let mut roots = Vec::new();
+                    for _ in 0..=rng.below(3) {
+                        let sender = pick(&mut rng, &current);
+                        let late = rng.below(4) == 0 && !gaps.is_empty();
+                        let seq = if late {
+                            gaps.remove(rng.below(gaps.len() as u64) as usize)
+                        } else {
+                            if rng.below(3) == 0 {
+                                gaps.push(last + 1);
+                                last += 1;
+                            }
                             last += 1;
+                            last
+                        };
+                        batch.push(message(c, seq, sender, 1));
+                        roots.push(
+                            main.iter()
+                                .filter(|r| r.seq < seq)
+                                .nth(rng.below(8) as usize)
+                                .filter(|_| rng.below(4) == 0)
+                                .map(|r| r.id),
+                        );
+                    }
+                    if store
+                        .register_in_threads(batch.clone(), roots.clone())
+                        .await
+                        .is_ok()
+                    {
+                        for (m, root) in batch.into_iter().zip(roots) {
+                            if root.is_none() {
+                                main.push(m);
+                            }
+                            all.push(m);
                         }
-                        last += 1;
-                        last
-                    };
-                    let m = message(c, seq, sender, 1);
-                    let root = main
-                        .iter()
-                        .filter(|r| r.seq < seq)
-                        .nth(rng.below(8) as usize)
-                        .filter(|_| rng.below(4) == 0)
-                        .map(|r| r.id);
-                    if store.register_in_threads(vec![m], vec![root]).await.is_ok() {
-                        if root.is_none() {
-                            main.push(m);
-                        }
-                        all.push(m);
                     }
                 }
                 3..=5 if !all.is_empty() => {
@@ -779,10 +792,12 @@ async fn counts_from_the_index_equal_a_scan_of_every_member() {
                     }
                 }
                 10 if current.len() > 2 => {
+                    // From a seq that may already be registered: the
+                    // recipients of those messages change.
                     let u = pick(&mut rng, &current);
                     let ch = vec![MemberChange {
                         user: u,
-                        from_seq: last + 1,
+                        from_seq: 1 + rng.below(last + 1),
                     }];
                     if store.remove_members(c, ch).await.is_ok() {
                         current.retain(|x| *x != u);
@@ -816,4 +831,69 @@ async fn counts_from_the_index_equal_a_scan_of_every_member() {
         assert_counts_match(&store, &c, &users, &format!("seed {seed} rebuilt"));
         store.shutdown().await;
     }
+}
+
+/// A delivery's walk reads 64 seqs at a time and at most 1,024: a member
+/// whose runs are split by thread messages it has not marked walks 1,024
+/// seqs, is gapped for what it has past them, and its next delivery walks
+/// on. The counts stay exact throughout.
+#[tokio::test]
+async fn a_walk_stops_at_its_cap_and_the_next_delivery_goes_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = EmbeddedOptions {
+        indexed_above: 2,
+        ..options()
+    };
+    let store = EmbeddedStore::open(dir.path(), options).expect("open");
+    let (c, a, b, d) = (
+        Uuid::now_v7(),
+        Uuid::now_v7(),
+        Uuid::now_v7(),
+        Uuid::now_v7(),
+    );
+    let users = [a, b, d];
+    store
+        .create_conversation(c, users.to_vec())
+        .await
+        .expect("create");
+    // Odd seqs in the main timeline, even ones replies in the thread of 1.
+    let msgs: Vec<Message> = (1..=1_500).map(|seq| message(c, seq, a, 1)).collect();
+    let roots: Vec<Option<MessageId>> = msgs
+        .iter()
+        .map(|m| (m.seq % 2 == 0).then_some(msgs[0].id))
+        .collect();
+    for (chunk, roots) in msgs.chunks(500).zip(roots.chunks(500)) {
+        store
+            .register_in_threads(chunk.to_vec(), roots.to_vec())
+            .await
+            .expect("register");
+    }
+    let (main, replies): (Vec<Message>, Vec<Message>) = msgs.iter().partition(|m| m.seq % 2 == 1);
+    let index_of_b = || {
+        let txn = store.db.begin_read().expect("read");
+        let read = || -> StoreResult<_> {
+            let t = open_tables!(txn);
+            Ok((t.scores(&c, &b)?.expect("simple"), t.apart(&c, &b)?))
+        };
+        read().expect("index")
+    };
+    store
+        .mark_delivered(b, Named::ids(main.iter().map(|m| m.id)), 10)
+        .await
+        .expect("deliver main");
+    let (scores, apart) = index_of_b();
+    assert!(
+        scores.delivered >= 1_024 && scores.delivered < 1_499,
+        "{scores:?}"
+    );
+    assert_eq!(apart, Some(counts::Apart::Gapped(1_499)));
+    assert_counts_match(&store, &c, &users, "after the main timeline");
+    store
+        .mark_delivered(b, Named::ids(replies.iter().map(|m| m.id)), 20)
+        .await
+        .expect("deliver replies");
+    let (scores, apart) = index_of_b();
+    assert_eq!((scores.delivered, apart), (1_500, None));
+    assert_counts_match(&store, &c, &users, "after the replies");
+    store.shutdown().await;
 }

@@ -769,16 +769,9 @@ impl Tables<Table<'_, Bytes, Bytes>> {
         // Completion times kept before (by an index dropped since) were
         // kept for a version this build starts again from.
         let (lo, hi) = (k_seq(c, 0), k_seq(c, Seq::MAX));
-        let kept: Vec<Vec<u8>> = self
-            .completions
-            .range(lo.as_slice()..=hi.as_slice())
-            .map_err(storage)?
-            .map(|e| e.map(|(k, _)| k.value().to_vec()))
-            .collect::<Result<_, _>>()
+        self.completions
+            .retain_in(lo.as_slice()..=hi.as_slice(), |_, _| false)
             .map_err(storage)?;
-        for k in kept {
-            self.completions.remove(k.as_slice()).map_err(storage)?;
-        }
         for (u, ms) in self.members(c)? {
             self.index_membership(c, &u, &ms)?;
             let top = self

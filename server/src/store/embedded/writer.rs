@@ -196,17 +196,10 @@ impl WriteCtx<'_, '_> {
             // seqs (any such seq ends a run), only pieces left by a split:
             // they go, so that runs stay disjoint.
             let (from, to) = (k3(c, u, run.first.saturating_add(1)), k3(c, u, run.last));
-            let inside: Vec<Vec<u8>> = self
-                .t
+            self.t
                 .runs
-                .range(from.as_slice()..=to.as_slice())
-                .map_err(storage)?
-                .map(|e| e.map(|(k, _)| k.value().to_vec()))
-                .collect::<Result<_, _>>()
+                .retain_in(from.as_slice()..=to.as_slice(), |_, _| false)
                 .map_err(storage)?;
-            for k in inside {
-                self.t.runs.remove(k.as_slice()).map_err(storage)?;
-            }
             put_run(&mut self.t.runs, c, u, run)?;
         }
         Ok(())

@@ -623,6 +623,16 @@ async fn a_group_write_costs_redis_the_same_in_a_group_of_5_or_500() {
     }
     let ((d5, r5), (d500, r500)) = (&costs[0], &costs[1]);
     assert_eq!((&d5.0, &r5.0), (&d500.0, &r500.0), "the same commands");
+    // The warm-up's commit registered the queue and marked it so in the
+    // meta hash: these commits register nothing (no TIME, no ZADD to the
+    // flushers' index).
+    for (what, cost) in [("MarkDelivered", &d5.0), ("MarkReadUpTo", &r5.0)] {
+        assert_eq!(
+            cost.get("time"),
+            None,
+            "{what} in a registered queue registers nothing: {cost:?}"
+        );
+    }
     // A read rewrites only the index entries its watermark scores (no SREM
     // of the complex members' set: the membership did not change), and the
     // meta hash's fields go in the commit's one HSET of the version: one

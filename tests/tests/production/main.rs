@@ -18,6 +18,8 @@ use receipts_tests::tier::*;
 use receipts_tests::*;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::time::{Instant, sleep};
 use tonic_health::pb::health_check_response::ServingStatus;

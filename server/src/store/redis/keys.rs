@@ -418,6 +418,19 @@ impl Keys {
         format!("{}:bus", self.prefix)
     }
 
+    /// The hash a queue's commits are versioned on, which also records
+    /// whether the queue is registered (`q`): a conversation's meta hash for
+    /// [`Keys::conv_queue`], a user's sharing hash for [`Keys::user_queue`].
+    pub fn queue_owner(&self, queue: &str) -> Option<String> {
+        let tag = queue
+            .strip_prefix(&self.prefix)?
+            .strip_prefix(':')?
+            .strip_suffix(":q")?;
+        let id = tag.strip_prefix('{')?.strip_suffix('}')?;
+        let suffix = if id.starts_with('u') { "sh" } else { "cn" };
+        Some(format!("{}:{tag}:{suffix}", self.prefix))
+    }
+
     /// Parses the conversation out of a queue key built by [`Keys::conv_queue`].
     pub fn queue_conversation(&self, queue: &str) -> Option<ConversationId> {
         let rest = queue.strip_prefix(&self.prefix)?.strip_prefix(":{")?;
@@ -448,5 +461,8 @@ mod tests {
         }
         assert_eq!(k.queue_conversation(&k.conv_queue(&c)), Some(c));
         assert_eq!(k.queue_conversation(&k.user_queue(&u)), None);
+        assert_eq!(k.queue_owner(&k.conv_queue(&c)), Some(k.meta(&c)));
+        assert_eq!(k.queue_owner(&k.user_queue(&u)), Some(k.sharing(&u)));
+        assert_eq!(k.queue_owner("other:{x}:q"), None);
     }
 }

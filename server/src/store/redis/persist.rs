@@ -198,14 +198,34 @@ impl Inner {
             // drains and forgets it.
             return Ok(total);
         }
-        let _: i64 = scripts::UNREGISTER
-            .key(self.keys.queue_index())
-            .arg(queue)
-            .arg(score as u64)
-            .arg(LEASE_MS)
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(redis_err)?;
+        // On a single Redis server the commit registers its queue itself
+        // and skips that while the owner hash says it is registered: only
+        // a queue found empty in the same atomic step is forgotten, with
+        // that mark. On a cluster a writer registers before its commit, so
+        // a registration newer than the one seen, or within the lease, may
+        // still be committing.
+        let owner = self.keys.queue_owner(queue);
+        let _: i64 = match (&self.conn, owner) {
+            (Conn::Single(_), Some(owner)) => {
+                scripts::FORGET_DRAINED
+                    .key(self.keys.queue_index())
+                    .key(queue)
+                    .key(owner)
+                    .arg(queue)
+                    .invoke_async(&mut self.conn())
+                    .await
+            }
+            _ => {
+                scripts::UNREGISTER
+                    .key(self.keys.queue_index())
+                    .arg(queue)
+                    .arg(score as u64)
+                    .arg(LEASE_MS)
+                    .invoke_async(&mut self.conn())
+                    .await
+            }
+        }
+        .map_err(redis_err)?;
         Ok(total)
     }
 

@@ -26,7 +26,14 @@ pub const MAX_ARGS: usize = 2_000;
 /// index and a queue to register in it now (Redis clock) in the same atomic
 /// step, or two empty strings: only on a single Redis server, where one
 /// script may touch the index too (on a cluster it lives in another slot, so
-/// the caller registers first and passes the registration time); then,
+/// the caller registers first and passes the registration time). That
+/// registration is skipped while KEYS[1]'s `q` (when a commit last made it,
+/// the node's clock) is within the lease of now: a drain forgets a queue
+/// only when it is empty, and drops `q` in the same atomic step
+/// ([`FORGET_DRAINED`]), so a `q` means registered. (Registering again at
+/// least once per lease keeps a queue safe from a node of an earlier
+/// release, whose drain forgets a queue registered longer than two leases
+/// ago without looking at `q`.) Then,
 /// optionally, the write's events to forward in the same step (again only on
 /// a single Redis server, where the addressees' logs may be touched too):
 /// the conversation's outbox, its hex id, the log retention, a fresh epoch,
@@ -69,7 +76,7 @@ pub static APPLY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{FORWARD_TO}{}",
         r#"
-local meta = redis.call('HMGET', KEYS[1], 'v', 'x', 'e')
+local meta = redis.call('HMGET', KEYS[1], 'v', 'x', 'e', 'q')
 local v = tonumber(meta[1] or '0')
 if v ~= tonumber(ARGV[1]) then return -1 end
 local reg = tonumber(ARGV[2])
@@ -113,13 +120,18 @@ for c = 1, ncmds do
   if c >= kept_from then replies[#replies + 1] = r end
   i = i + n + 1
 end
+local now, ttl = tonumber(ARGV[4]), ARGV[5]
 if ARGV[i] ~= '' then
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  redis.call('ZADD', ARGV[i], 'GT', now, ARGV[i + 1])
+  local q = tonumber(meta[4] or '')
+  if not q or math.abs(now - q) >= tonumber(ARGV[3]) then
+    local t = redis.call('TIME')
+    local at = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    redis.call('ZADD', ARGV[i], 'GT', at, ARGV[i + 1])
+    own[#own + 1] = 'q'
+    own[#own + 1] = now
+  end
 end
 i = i + 2
-local now, ttl = tonumber(ARGV[4]), ARGV[5]
 local forwarded = 0
 if ARGV[i] then
   local outbox = ARGV[i]
@@ -344,6 +356,24 @@ if tonumber(s) == tonumber(ARGV[2]) and tonumber(s) < now - 2 * tonumber(ARGV[3]
   return 1
 end
 return 0
+"#,
+    )
+});
+
+/// Forgets a drained queue on a single Redis server, where the commit
+/// registers its queue itself ([`APPLY`]) and skips that while the queue's
+/// owner hash (a conversation's meta hash, a user's sharing hash) says it is
+/// registered (`q`). KEYS: the index, the queue stream, the owner hash.
+/// ARGV: the queue. Only a queue with no entry left is forgotten, and its
+/// owner's `q` goes with it in the same atomic step: so every entry a commit
+/// appended is in a registered queue, whatever the timing of the drain.
+/// Returns 1 if forgotten.
+pub static FORGET_DRAINED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('XLEN', KEYS[2]) > 0 then return 0 end
+redis.call('HDEL', KEYS[3], 'q')
+return redis.call('ZREM', KEYS[1], ARGV[1])
 "#,
     )
 });

@@ -28,6 +28,7 @@ use uuid::Uuid;
 mod costs;
 mod nodes;
 mod outages;
+mod writebehind;
 
 fn tick(m: &pb::MessageReceipts) -> pb::Tick {
     pb::Tick::try_from(m.tick).expect("tick")

@@ -686,7 +686,7 @@ impl Inner {
             root => keys::thread_history_entry(u, public, root, after.seq, at),
         };
         plan.cmds.push(match timeline {
-            domain::MAIN => rcmd!["HSET", k.watermarks(c), hex(u), position],
+            domain::MAIN => rcmd!["HSET", k.meta(c), keys::watermark_field(u), position],
             root => rcmd![
                 "HSET",
                 k.thread_positions(c),
@@ -853,11 +853,11 @@ impl Inner {
                     .arg(self.keys.meta(&c))
                     .arg("v")
                     .arg("n")
-                    .arg(&field);
-                p.cmd("HGET").arg(self.keys.watermarks(&c)).arg(hex(u));
-                // (version, member count, membership), watermark.
-                type Row = ((Option<u64>, Option<u64>, Option<Vec<u8>>), Option<String>);
-                let ((ver, n, membership), wm): Row = self.pipe(&p).await?;
+                    .arg(&field)
+                    .arg(keys::watermark_field(u));
+                // (version, member count, membership, watermark).
+                type Row = ((Option<u64>, Option<u64>, Option<Vec<u8>>, Option<String>),);
+                let ((ver, n, membership, wm),): Row = self.pipe(&p).await?;
                 // Not in Redis: a re-warm indexes it from the setting.
                 let (Some(_), Some(membership)) = (n, membership) else {
                     continue 'conv;

@@ -487,7 +487,6 @@ impl Inner {
             .key(k.prefixes(c))
             .key(k.readers(c))
             .key(k.sharing_joins(c))
-            .key(k.watermarks(c))
             .key(k.runs(c))
             .key(k.completions(c))
             .key(k.gapped(c));

@@ -5,6 +5,14 @@
 
 use crate::domain::{ConversationId, Message, MessageId, Seq, ThreadRoot, UserId};
 
+/// The meta hash's field holding `u`'s read watermark in the main timeline
+/// (`seq:public_seq`): beside the membership, so that a write's view reads
+/// both with the version in one `HMGET`, and a read's commit writes it in
+/// the script's own `HSET` of the version.
+pub fn watermark_field(u: &UserId) -> String {
+    format!("w:{}", u.simple())
+}
+
 /// A read-history entry of the `h` key: `user ‖ kind ‖ seq ‖ ms` (kind 0:
 /// the true watermark, 1: the public one), so that one member's entries of
 /// one kind are a lexicographic range ordered by seq.
@@ -193,16 +201,14 @@ impl Keys {
     }
 
     /// Hash: `v` version, `t` last stamp, `n` current member count,
-    /// `m:<user>` membership, `x` when the conversation's keys' expiry was
-    /// last refreshed. (`cn`, not the earlier `c` or `cm`: a conversation
-    /// kept in an earlier layout, with its messages by hex ids, is re-warmed
-    /// from Scylla.)
+    /// `m:<user>` membership, `w:<user>` the member's read watermark in the
+    /// main timeline ([`watermark_field`]), `x` when the conversation's
+    /// keys' expiry was last refreshed. (`cw`, not the earlier `c`, `cm` or
+    /// `cn`: a conversation kept in an earlier layout, with its messages by
+    /// hex ids or its watermarks in a hash of their own, is re-warmed from
+    /// Scylla.)
     pub fn meta(&self, c: &ConversationId) -> String {
-        self.conv(c, "cn")
-    }
-    /// Hash: user -> watermark (true and public seq).
-    pub fn watermarks(&self, c: &ConversationId) -> String {
-        self.conv(c, "w")
+        self.conv(c, "cw")
     }
     /// Sorted set: the *simple* members (see [`Keys::complex`]) who share
     /// read receipts, scored by `max(public watermark, join seq - 1)`.
@@ -269,10 +275,9 @@ impl Keys {
     /// hot TTL after the last refresh, which the commit script makes at
     /// most every quarter TTL for all of them at once (`scripts::APPLY`).
     /// The queue is not one of them: it never expires.
-    pub fn conversation_state(&self, c: &ConversationId) -> [String; 18] {
+    pub fn conversation_state(&self, c: &ConversationId) -> [String; 17] {
         [
             self.meta(c),
-            self.watermarks(c),
             self.readers(c),
             self.prefixes(c),
             self.joins(c),
@@ -427,7 +432,7 @@ impl Keys {
             .strip_prefix(':')?
             .strip_suffix(":q")?;
         let id = tag.strip_prefix('{')?.strip_suffix('}')?;
-        let suffix = if id.starts_with('u') { "sh" } else { "cn" };
+        let suffix = if id.starts_with('u') { "sh" } else { "cw" };
         Some(format!("{}:{tag}:{suffix}", self.prefix))
     }
 

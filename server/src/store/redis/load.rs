@@ -27,12 +27,15 @@ pub(super) fn parse_view(
             .map(|v| v.unwrap_or(0))
     };
     let mut members = BTreeMap::new();
+    let mut watermarks = HashMap::new();
     for (f, v) in &meta {
         if let Some(u) = f.strip_prefix("m:") {
             members.insert(parse_uuid(u)?, dec(v, "membership")?);
+        } else if let Some(u) = f.strip_prefix("w:") {
+            let v = std::str::from_utf8(v).map_err(|_| corrupt("watermark"))?;
+            watermarks.insert(parse_uuid(u)?, parse_watermark(v)?);
         }
     }
-    let mut watermarks = HashMap::new();
     for (u, v) in wms {
         watermarks.insert(parse_uuid(&u)?, parse_watermark(&v)?);
     }
@@ -151,13 +154,11 @@ impl Inner {
     /// miss. `None`: no such conversation.
     pub(super) async fn view(&self, c: &ConversationId) -> StoreResult<Option<View>> {
         for _ in 0..3 {
-            let mut p = redis::pipe();
-            p.hgetall(self.keys.meta(c))
-                .hgetall(self.keys.watermarks(c));
-            let (meta, wms): (HashMap<String, Vec<u8>>, HashMap<String, String>) =
-                self.pipe(&p).await?;
+            let meta: HashMap<String, Vec<u8>> = self
+                .query(redis::cmd("HGETALL").arg(self.keys.meta(c)))
+                .await?;
             if meta.contains_key("n") {
-                return Ok(Some(parse_view(c, meta, wms)?));
+                return Ok(Some(parse_view(c, meta, HashMap::new())?));
             }
             if !self.rewarm(c).await? {
                 return Ok(None);
@@ -224,10 +225,7 @@ impl Inner {
         u: &UserId,
     ) -> redis::ScriptInvocation<'a> {
         let mut inv = script.prepare_invoke();
-        inv.key(self.keys.meta(c))
-            .key(self.keys.watermarks(c))
-            .arg(hex(u))
-            .arg(DIRECT_MEMBERS);
+        inv.key(self.keys.meta(c)).arg(hex(u)).arg(DIRECT_MEMBERS);
         match self.conn {
             Conn::Single(_) => {
                 let (before, after) = self.keys.sharing_around_id();
@@ -297,16 +295,14 @@ impl Inner {
         for (u, m) in &img.members {
             meta.extend(rcmd![format!("m:{}", hex(u)), enc(m)]);
         }
-        plan.cmds.push(meta);
         let wms: HashMap<UserId, ReadWatermark> = img.watermarks.iter().copied().collect();
         for (u, wm) in &wms {
-            plan.cmds.push(rcmd![
-                "HSET",
-                k.watermarks(c),
-                hex(u),
+            meta.extend(rcmd![
+                keys::watermark_field(u),
                 format!("{}:{}", wm.seq, wm.public_seq)
             ]);
         }
+        plan.cmds.push(meta);
         // Prefixes start again from the watermarks, and the gapped set is
         // built again by the first count (the meta hash has no `dp`): an
         // entry left from before the keys expired may claim more than the

@@ -404,8 +404,7 @@ return 0
 /// A consistent snapshot of what counting the receipts of some messages
 /// needs (see `counts.rs`), read in one atomic step so that a write cannot
 /// land between two of its parts. KEYS: the conversation's meta hash, `cx`,
-/// `jz`, `tz` (the delivered prefixes), `rz`, `jr`, its watermarks hash, its
-/// runs hash, its completions hash, `gz` (the gapped set). ARGV: the number
+/// `jz`, `tz` (the delivered prefixes), `rz`, `jr`, its runs hash, its completions hash, `gz` (the gapped set). ARGV: the number
 /// of "own" users, their hex ids (senders and viewer), the number of run
 /// buckets, the buckets (4 bytes each), the seqs per completion-cache field,
 /// then each message's seq. Returns `{{mv, dp, v}, complex hex ids, {their
@@ -418,8 +417,8 @@ return 0
 pub static COUNT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-local meta, cx, jz, tz, rz, jr, w, d, a, gz =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+local meta, cx, jz, tz, rz, jr, d, a, gz =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local function chunked(cmd, key, list, prefix)
   local out = {}
   for i = 1, #list, 1000 do
@@ -461,7 +460,7 @@ local out = {
   redis.call('HMGET', meta, 'mv', 'dp', 'v'),
   complex,
   chunked('HMGET', meta, complex, 'm:'),
-  chunked('HMGET', w, complex),
+  chunked('HMGET', meta, complex, 'w:'),
   chunked('ZMSCORE', jz, own),
   chunked('ZMSCORE', tz, own),
   chunked('ZMSCORE', rz, own),
@@ -469,7 +468,7 @@ local out = {
   gapped,
   chunked('ZMSCORE', tz, gapped_ids),
   chunked('HMGET', d, fields),
-  chunked('HMGET', w, own),
+  chunked('HMGET', meta, own, 'w:'),
 }
 local cfields, seen = {}, {}
 for i = first_seq, #ARGV do
@@ -529,19 +528,21 @@ return added
 });
 
 /// What a write by one member needs of a conversation, in one round trip.
-/// KEYS: the conversation's meta hash, its watermarks hash. ARGV: the
-/// member's hex id, the largest member count read in full, and the sharing
+/// KEYS: the conversation's meta hash (which holds the watermarks too, as
+/// `w:<member>`). ARGV: the member's hex id, the largest member count read in full, and the sharing
 /// keys' prefix and suffix around a hex user id (see [`VIEW_OF`]; unused
 /// here). Returns `{0}` if
-/// the conversation is not in Redis; `{1, meta, watermarks}` (both as flat
-/// field/value lists) if it has at most that many members; otherwise
-/// `{2, {v, mv, t, n, m:<member>, th}, watermark}`, which is all a group
-/// write by that member depends on (`th`: whether it has threads).
+/// the conversation is not in Redis; `{1, meta, {}}` (the meta hash as a
+/// flat field/value list) if it has at most that many members; otherwise
+/// `{2, {v, mv, t, n, m:<member>, th, w:<member>}, watermark}`, which is all
+/// a group write by that member depends on (`th`: whether it has threads).
+/// (The third part is where the watermarks were when they had a hash of
+/// their own: the callers read the first three parts either way.)
 pub static VIEW: LazyLock<Script> =
     LazyLock::new(|| Script::new(&format!("{VIEW_OF}\nreturn view_of()")));
 
 /// [`VIEW`] as a Lua function `view_of()` (its reply, with the same KEYS[1],
-/// KEYS[2], ARGV[1] and ARGV[2]), which the scripts that read more for one
+/// ARGV[1] and ARGV[2]), which the scripts that read more for one
 /// write start with, and three helpers for them: `members_of(view)`, the hex
 /// ids of a view read in full (`{1, …}`), `own_watermark(view)`, the
 /// member's (ARGV[1]) watermark in a view (nil without one), and
@@ -573,19 +574,20 @@ local function sharing_of(users)
   return {users, values}
 end
 local function view_of()
-  local fields = redis.call('HMGET', KEYS[1], 'v', 'mv', 't', 'n', 'm:' .. ARGV[1], 'th')
+  local fields = redis.call('HMGET', KEYS[1], 'v', 'mv', 't', 'n', 'm:' .. ARGV[1], 'th',
+    'w:' .. ARGV[1])
   local n = fields[4]
   if not n then return {0} end
   if tonumber(n) <= tonumber(ARGV[2]) then
-    return {1, redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2])}
+    return {1, redis.call('HGETALL', KEYS[1]), {}}
   end
-  return {2, fields, redis.call('HGET', KEYS[2], ARGV[1]) or false}
+  return {2, fields, fields[7] or false}
 end
 local function own_watermark(view)
   if view[1] == 2 then return view[3] or nil end
-  local wms = view[3]
-  for i = 1, #wms, 2 do
-    if wms[i] == ARGV[1] then return wms[i + 1] end
+  local meta, own = view[2], 'w:' .. ARGV[1]
+  for i = 1, #meta, 2 do
+    if meta[i] == own then return meta[i + 1] end
   end
   return nil
 end
@@ -599,8 +601,8 @@ pub const PREFIX_WALK: usize = 16;
 
 /// What a MarkDelivered by one member needs of a conversation, in one round
 /// trip: [`VIEW`]'s reply, then the named messages and the delivery-runs
-/// fields at their seqs. KEYS: the conversation's meta hash, watermarks
-/// hash, messages hash, runs hash. ARGV: `VIEW`'s four, the seqs per runs
+/// fields at their seqs. KEYS: the conversation's meta hash, messages
+/// hash, runs hash. ARGV: `VIEW`'s four, the seqs per runs
 /// bucket, then the raw ids of the messages. Returns `{0}` if the
 /// conversation is not in Redis; else `VIEW`'s three parts, then `{the
 /// messages' values}` (false where unknown), `runs_at` ([`RUNS_AT`]) the
@@ -610,7 +612,7 @@ pub const PREFIX_WALK: usize = 16;
 /// prefix facts: `{its prefix (false if it has none: not a simple member,
 /// or not a group, whose counts do not use prefixes),
 /// the first [`PREFIX_WALK`] seq-index entries after the prefix,
-/// WITHSCORES}` (KEYS 5 and 6: the prefixes, the seq index).
+/// WITHSCORES}` (KEYS 4 and 5: the prefixes, the seq index).
 pub static DELIVERY_VIEW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{VIEW_OF}{RUNS_AT}local walk = {PREFIX_WALK}\n{}",
@@ -619,20 +621,20 @@ local out = view_of()
 if out[1] == 0 then return out end
 local members = {ARGV[1]}
 if out[1] == 1 then members = members_of(out) end
-local values = redis.call('HMGET', KEYS[3], unpack(ARGV, 6))
+local values = redis.call('HMGET', KEYS[2], unpack(ARGV, 6))
 local seqs = {}
 for i = 1, #ARGV - 5 do
   seqs[#seqs + 1] = values[i] and seq_of(values[i])
 end
 out[4] = values
-local runs = runs_at(KEYS[4], tonumber(ARGV[5]), members, seqs)
+local runs = runs_at(KEYS[3], tonumber(ARGV[5]), members, seqs)
 out[5], out[6], out[7] = runs[1], runs[2], runs[3]
 local sharing = sharing_of(out[1] == 1 and members or {})
 out[8], out[9] = sharing[1], sharing[2]
-local prefix = out[1] == 2 and redis.call('ZSCORE', KEYS[5], ARGV[1])
+local prefix = out[1] == 2 and redis.call('ZSCORE', KEYS[4], ARGV[1])
 local after = {}
 if prefix then
-  after = redis.call('ZRANGEBYSCORE', KEYS[6], '(' .. prefix, '+inf', 'WITHSCORES', 'LIMIT', 0, walk)
+  after = redis.call('ZRANGEBYSCORE', KEYS[5], '(' .. prefix, '+inf', 'WITHSCORES', 'LIMIT', 0, walk)
 end
 out[10] = {prefix or false, after}
 return out
@@ -684,7 +686,7 @@ end
 /// trip: [`VIEW`]'s reply, the target message, and the seq index after the
 /// member's lower watermark (the messages the read may cover and those that
 /// stay unread after it, in one range). KEYS: the conversation's meta hash,
-/// watermarks hash, messages hash, seq index, runs hash. ARGV: `VIEW`'s
+/// messages hash, seq index, runs hash. ARGV: `VIEW`'s
 /// four, the target's raw id, the seqs per runs bucket. Returns `{0}` if the
 /// conversation is not in Redis; else `VIEW`'s three parts, then the
 /// target's messages-hash value (false if unknown), the seq the range starts
@@ -709,9 +711,9 @@ if wm then
     if tonumber(s) <= tonumber(p) then from = s else from = p end
   end
 end
-out[4] = redis.call('HGET', KEYS[3], ARGV[5]) or false
+out[4] = redis.call('HGET', KEYS[2], ARGV[5]) or false
 out[5] = from
-out[6] = redis.call('ZRANGEBYSCORE', KEYS[4], '(' .. from, '+inf', 'WITHSCORES')
+out[6] = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. from, '+inf', 'WITHSCORES')
 local members = out[1] == 1 and members_of(out) or {ARGV[1]}
 local sharing = sharing_of(members)
 out[7], out[8] = sharing[1], sharing[2]
@@ -726,12 +728,12 @@ if out[1] == 1 and target then
       ids[#ids + 1] = string.sub(range[i - 1], 1, 16)
     end
   end
-  local runs = runs_at(KEYS[5], tonumber(ARGV[6]), members, seqs)
+  local runs = runs_at(KEYS[4], tonumber(ARGV[6]), members, seqs)
   out[9], out[10], out[11] = runs[1], runs[2], runs[3]
   local covered = {}
   for i = 1, #ids, 1000 do
     local part = {unpack(ids, i, math.min(i + 999, #ids))}
-    local values = redis.call('HMGET', KEYS[3], unpack(part))
+    local values = redis.call('HMGET', KEYS[2], unpack(part))
     for j = 1, #part do
       covered[#covered + 1] = part[j]
       covered[#covered + 1] = values[j]

@@ -748,9 +748,9 @@ impl ReceiptStore for RedisStore {
         }
         if !page.is_empty() {
             let mut wms = redis::cmd("HMGET");
-            wms.arg(s.keys.watermarks(&c));
+            wms.arg(s.keys.meta(&c));
             for u in &page {
-                wms.arg(hex(u));
+                wms.arg(keys::watermark_field(u));
             }
             let values: Vec<Option<String>> = s.query(&wms).await?;
             for (u, v) in page.iter().zip(values) {

@@ -86,6 +86,9 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use uuid::Uuid;
 
+mod schema;
+use schema::{Statements, TABLES};
+
 /// How long one statement may wait for Scylla's answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -247,70 +250,6 @@ pub struct ScyllaPersistence {
     /// `USING TTL` value, seconds.
     ttl: i32,
 }
-
-/// Every statement, prepared once at connect.
-#[derive(Debug)]
-struct Statements {
-    insert_conversation: PreparedStatement,
-    insert_user_conversation: PreparedStatement,
-    insert_message: PreparedStatement,
-    insert_conversation_message: PreparedStatement,
-    insert_sender_message: PreparedStatement,
-    insert_receipt: PreparedStatement,
-    insert_run: PreparedStatement,
-    remove_run: PreparedStatement,
-    select_runs: PreparedStatement,
-    update_watermark_seq: PreparedStatement,
-    update_watermark_public_seq: PreparedStatement,
-    insert_history: PreparedStatement,
-    insert_sharing: PreparedStatement,
-    select_conversation: PreparedStatement,
-    select_conversation_messages: PreparedStatement,
-    select_watermarks: PreparedStatement,
-    select_history: PreparedStatement,
-    select_message: PreparedStatement,
-    select_deliveries: PreparedStatement,
-    select_sharing: PreparedStatement,
-    select_recent_sent: PreparedStatement,
-    select_user_conversations: PreparedStatement,
-    insert_thread_message: PreparedStatement,
-    select_thread_messages: PreparedStatement,
-    ping: PreparedStatement,
-}
-
-/// The schema; `{ks}` is replaced by the keyspace. See the module docs.
-const TABLES: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS {ks}.conversations (
-        conversation uuid PRIMARY KEY, members blob, version bigint)",
-    "CREATE TABLE IF NOT EXISTS {ks}.user_conversations (
-        user uuid, conversation uuid, PRIMARY KEY (user, conversation))",
-    "CREATE TABLE IF NOT EXISTS {ks}.messages (
-        id uuid PRIMARY KEY, conversation uuid, seq bigint, sender uuid, sent_at bigint)",
-    "CREATE TABLE IF NOT EXISTS {ks}.conversation_messages (
-        conversation uuid, seq bigint, id uuid, sender uuid, sent_at bigint,
-        PRIMARY KEY (conversation, seq))",
-    "CREATE TABLE IF NOT EXISTS {ks}.sender_messages (
-        sender uuid, sent_at bigint, id uuid, conversation uuid, seq bigint,
-        PRIMARY KEY (sender, sent_at, id))
-        WITH CLUSTERING ORDER BY (sent_at DESC, id DESC)",
-    "CREATE TABLE IF NOT EXISTS {ks}.receipts (
-        message uuid, user uuid, conversation uuid, delivered_at bigint,
-        PRIMARY KEY (message, user))",
-    "CREATE TABLE IF NOT EXISTS {ks}.delivery_runs (
-        conversation uuid, user uuid, first bigint, last bigint, at bigint, removed boolean,
-        PRIMARY KEY (conversation, user, first, last, at))",
-    "CREATE TABLE IF NOT EXISTS {ks}.watermarks (
-        conversation uuid, user uuid, seq bigint, public_seq bigint,
-        PRIMARY KEY (conversation, user))",
-    "CREATE TABLE IF NOT EXISTS {ks}.watermark_history (
-        conversation uuid, user uuid, public boolean, seq bigint, at bigint,
-        PRIMARY KEY (conversation, user, public, seq))",
-    "CREATE TABLE IF NOT EXISTS {ks}.sharing (
-        user uuid PRIMARY KEY, sharing boolean, version bigint)",
-    "CREATE TABLE IF NOT EXISTS {ks}.thread_messages (
-        conversation uuid, seq bigint, root_seq bigint, root uuid,
-        PRIMARY KEY (conversation, seq))",
-];
 
 /// A backend failure: UNAVAILABLE with a client-safe message, the driver's
 /// error kept as its cause.
@@ -868,135 +807,6 @@ impl ScyllaPersistence {
             .await
             .map(drop)
             .map_err(|e| unavailable("ping", e))
-    }
-}
-
-impl Statements {
-    async fn prepare(session: &Session, ks: &str) -> Result<Self, ServiceError> {
-        let prepare = |cql: &str| {
-            let cql = cql.replace("{ks}", ks);
-            async move {
-                session
-                    .prepare(cql)
-                    .await
-                    .map_err(|e| unavailable("prepare", e))
-            }
-        };
-        Ok(Self {
-            insert_conversation: prepare(
-                "INSERT INTO {ks}.conversations (conversation, members, version) \
-                 VALUES (?, ?, ?) USING TIMESTAMP ? AND TTL ?",
-            )
-            .await?,
-            insert_user_conversation: prepare(
-                "INSERT INTO {ks}.user_conversations (user, conversation) \
-                 VALUES (?, ?) USING TTL ?",
-            )
-            .await?,
-            insert_message: prepare(
-                "INSERT INTO {ks}.messages (id, conversation, seq, sender, sent_at) \
-                 VALUES (?, ?, ?, ?, ?) USING TTL ?",
-            )
-            .await?,
-            insert_conversation_message: prepare(
-                "INSERT INTO {ks}.conversation_messages (conversation, seq, id, sender, sent_at) \
-                 VALUES (?, ?, ?, ?, ?) USING TTL ?",
-            )
-            .await?,
-            insert_sender_message: prepare(
-                "INSERT INTO {ks}.sender_messages (sender, sent_at, id, conversation, seq) \
-                 VALUES (?, ?, ?, ?, ?) USING TTL ?",
-            )
-            .await?,
-            insert_receipt: prepare(
-                "INSERT INTO {ks}.receipts (message, user, conversation, delivered_at) \
-                 VALUES (?, ?, ?, ?) USING TIMESTAMP ? AND TTL ?",
-            )
-            .await?,
-            insert_run: prepare(
-                "INSERT INTO {ks}.delivery_runs (conversation, user, first, last, at) \
-                 VALUES (?, ?, ?, ?, ?) USING TTL ?",
-            )
-            .await?,
-            remove_run: prepare(
-                "UPDATE {ks}.delivery_runs USING TTL ? SET removed = true \
-                 WHERE conversation = ? AND user = ? AND first = ? AND last = ? AND at = ?",
-            )
-            .await?,
-            select_runs: prepare(
-                "SELECT user, first, last, at, removed FROM {ks}.delivery_runs \
-                 WHERE conversation = ?",
-            )
-            .await?,
-            // UPDATE, not INSERT: no row marker, so each field's timestamp
-            // stands alone and the two fields merge independently.
-            update_watermark_seq: prepare(
-                "UPDATE {ks}.watermarks USING TIMESTAMP ? AND TTL ? SET seq = ? \
-                 WHERE conversation = ? AND user = ?",
-            )
-            .await?,
-            update_watermark_public_seq: prepare(
-                "UPDATE {ks}.watermarks USING TIMESTAMP ? AND TTL ? SET public_seq = ? \
-                 WHERE conversation = ? AND user = ?",
-            )
-            .await?,
-            insert_history: prepare(
-                "INSERT INTO {ks}.watermark_history (conversation, user, public, seq, at) \
-                 VALUES (?, ?, ?, ?, ?) USING TIMESTAMP ? AND TTL ?",
-            )
-            .await?,
-            insert_sharing: prepare(
-                "INSERT INTO {ks}.sharing (user, sharing, version) \
-                 VALUES (?, ?, ?) USING TIMESTAMP ? AND TTL ?",
-            )
-            .await?,
-            select_conversation: prepare(
-                "SELECT members, version FROM {ks}.conversations WHERE conversation = ?",
-            )
-            .await?,
-            select_conversation_messages: prepare(
-                "SELECT id, seq, sender, sent_at FROM {ks}.conversation_messages \
-                 WHERE conversation = ?",
-            )
-            .await?,
-            select_watermarks: prepare(
-                "SELECT user, seq, public_seq FROM {ks}.watermarks WHERE conversation = ?",
-            )
-            .await?,
-            select_history: prepare(
-                "SELECT user, public, seq, at FROM {ks}.watermark_history WHERE conversation = ?",
-            )
-            .await?,
-            select_message: prepare(
-                "SELECT conversation, seq, sender, sent_at FROM {ks}.messages WHERE id = ?",
-            )
-            .await?,
-            select_deliveries: prepare(
-                "SELECT user, delivered_at FROM {ks}.receipts WHERE message = ?",
-            )
-            .await?,
-            select_sharing: prepare("SELECT sharing, version FROM {ks}.sharing WHERE user = ?")
-                .await?,
-            select_recent_sent: prepare(
-                "SELECT sent_at, id, conversation, seq FROM {ks}.sender_messages \
-                 WHERE sender = ? LIMIT ?",
-            )
-            .await?,
-            select_user_conversations: prepare(
-                "SELECT conversation FROM {ks}.user_conversations WHERE user = ?",
-            )
-            .await?,
-            insert_thread_message: prepare(
-                "INSERT INTO {ks}.thread_messages (conversation, seq, root_seq, root) \
-                 VALUES (?, ?, ?, ?) USING TTL ?",
-            )
-            .await?,
-            select_thread_messages: prepare(
-                "SELECT seq, root_seq, root FROM {ks}.thread_messages WHERE conversation = ?",
-            )
-            .await?,
-            ping: prepare("SELECT release_version FROM system.local").await?,
-        })
     }
 }
 

@@ -126,6 +126,7 @@
 
 mod backend;
 mod batch;
+mod builder;
 mod client;
 mod error;
 mod state;
@@ -136,7 +137,8 @@ mod types;
 
 pub use backend::BackendClient;
 pub use batch::{DeliveredBatcher, ReadMarker};
-pub use client::{Client, ClientBuilder, Interceptor, RetryPolicy, TokenProvider, token_fn};
+pub use builder::{ClientBuilder, Interceptor, RetryPolicy, TokenProvider, token_fn};
+pub use client::Client;
 pub use error::Error;
 pub use state::ReceiptState;
 pub use subscribe::{Event, SubscribeOptions, Subscription};

@@ -21,20 +21,24 @@ async fn writes_during_drains_reach_cassandra_and_a_drained_queue_is_registered_
     let sent = group.send_many(&mut backend, alice, 120).await;
     let keys = receipts_server::store::redis::keys::Keys::new(&tier.prefix);
     let (queue, meta) = (keys.conv_queue(&group.id), keys.meta(&group.id));
-    // Meanwhile, over and over in one atomic step: a queue holding entries
-    // must be registered.
+    let outbox = keys.outbox(&group.id);
+    // Meanwhile, over and over in one atomic step: a queue holding entries,
+    // in its stream or in the conversation's outbox (whose events a drain
+    // forwards), must be registered.
     let stop = Arc::new(AtomicBool::new(false));
     let watch = tokio::spawn({
         let (stop, mut con) = (stop.clone(), tier.redis().await);
-        let (index, queue) = (keys.queue_index(), queue.clone());
+        let (index, queue, outbox) = (keys.queue_index(), queue.clone(), outbox.clone());
         async move {
             let (mut holding, mut stranded) = (0u64, 0u64);
             while !stop.load(Ordering::Relaxed) {
                 let (left, registered): (u64, Option<f64>) = redis::Script::new(
-                    "return {redis.call('XLEN', KEYS[1]), redis.call('ZSCORE', KEYS[2], ARGV[1])}",
+                    "return {redis.call('XLEN', KEYS[1]) + redis.call('XLEN', KEYS[3]), \
+                     redis.call('ZSCORE', KEYS[2], ARGV[1])}",
                 )
                 .key(&queue)
                 .key(&index)
+                .key(&outbox)
                 .arg(&queue)
                 .invoke_async(&mut con)
                 .await

@@ -666,7 +666,7 @@ impl Inner {
     }
 
     /// The writes of `u`'s read `adv` at `at` in `timeline` of `c`: the
-    /// position (in `w`, or `tw` for a thread), its history entries (true,
+    /// position (the meta hash's `w:` field, or `tw` for a thread), its history entries (true,
     /// and public if it was) and the Scylla change under the timeline's
     /// scope ([`crate::store::thread_scope`]). The main timeline's counting
     /// entries are the caller's ([`index_read`]).

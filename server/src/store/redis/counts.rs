@@ -52,7 +52,7 @@ pub(super) struct Entries {
     pub prefix: Option<Seq>,
     /// Its `rz` score.
     pub public_score: Option<Seq>,
-    /// Its true watermark (the watermarks hash).
+    /// Its true watermark (the meta hash's `w:` field).
     pub read_up_to: Seq,
 }
 

@@ -140,7 +140,7 @@ pub(super) fn parse_seq_rows(rows: Vec<(Vec<u8>, f64)>) -> StoreResult<Vec<Index
         .collect()
 }
 
-/// A watermarks-hash value: `seq:public_seq`.
+/// A watermark as the meta hash keeps it (`w:<member>`): `seq:public_seq`.
 pub(super) fn parse_watermark(v: &str) -> StoreResult<ReadWatermark> {
     let (s, p) = v.split_once(':').ok_or_else(|| corrupt("watermark"))?;
     Ok(ReadWatermark {

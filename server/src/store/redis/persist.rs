@@ -200,20 +200,20 @@ impl Inner {
         }
         // On a single Redis server the commit registers its queue itself
         // and skips that while the owner hash says it is registered: only
-        // a queue found empty in the same atomic step is forgotten, with
-        // that mark. On a cluster a writer registers before its commit, so
+        // a queue found empty in the same atomic step (its stream, and a
+        // conversation's outbox, which the registration also covers) is
+        // forgotten, with that mark. On a cluster a writer registers before its commit, so
         // a registration newer than the one seen, or within the lease, may
         // still be committing.
         let owner = self.keys.queue_owner(queue);
         let _: i64 = match (&self.conn, owner) {
             (Conn::Single(_), Some(owner)) => {
-                scripts::FORGET_DRAINED
-                    .key(self.keys.queue_index())
-                    .key(queue)
-                    .key(owner)
-                    .arg(queue)
-                    .invoke_async(&mut self.conn())
-                    .await
+                let mut forget = scripts::FORGET_DRAINED.prepare_invoke();
+                forget.key(self.keys.queue_index()).key(queue).key(owner);
+                if let Some(c) = self.keys.queue_conversation(queue) {
+                    forget.key(self.keys.outbox(&c));
+                }
+                forget.arg(queue).invoke_async(&mut self.conn()).await
             }
             _ => {
                 scripts::UNREGISTER

@@ -363,15 +363,20 @@ return 0
 /// Forgets a drained queue on a single Redis server, where the commit
 /// registers its queue itself ([`APPLY`]) and skips that while the queue's
 /// owner hash (a conversation's meta hash, a user's sharing hash) says it is
-/// registered (`q`). KEYS: the index, the queue stream, the owner hash.
-/// ARGV: the queue. Only a queue with no entry left is forgotten, and its
-/// owner's `q` goes with it in the same atomic step: so every entry a commit
-/// appended is in a registered queue, whatever the timing of the drain.
-/// Returns 1 if forgotten.
+/// registered (`q`). KEYS: the index, the queue stream, the owner hash, and
+/// for a conversation's queue its outbox, whose entries the registration
+/// covers too (a drain forwards what a dead node left there; a commit with
+/// events and nothing to persist, such as a window's summary, registers the
+/// queue for that alone). ARGV: the queue. Only a queue with no entry left,
+/// in the stream or the outbox, is forgotten, and its owner's `q` goes with
+/// it in the same atomic step: so every entry a commit appended to either is
+/// in a registered queue, whatever the timing of the drain. Returns 1 if
+/// forgotten.
 pub static FORGET_DRAINED: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 if redis.call('XLEN', KEYS[2]) > 0 then return 0 end
+if KEYS[4] and redis.call('XLEN', KEYS[4]) > 0 then return 0 end
 redis.call('HDEL', KEYS[3], 'q')
 return redis.call('ZREM', KEYS[1], ARGV[1])
 "#,

@@ -9,11 +9,9 @@ const SHARING_READS_IN_FLIGHT: usize = 64;
 
 pub(super) use super::view::{PrefixFacts, View};
 
-pub(super) fn parse_view(
-    c: &ConversationId,
-    meta: HashMap<String, Vec<u8>>,
-    wms: HashMap<String, String>,
-) -> StoreResult<View> {
+/// A view from the meta hash's fields (all of them, or those a group write
+/// reads), watermarks included (`w:<member>`).
+pub(super) fn parse_view(c: &ConversationId, meta: HashMap<String, Vec<u8>>) -> StoreResult<View> {
     let num = |f: &str| -> StoreResult<u64> {
         meta.get(f)
             .map(|b| {
@@ -36,9 +34,6 @@ pub(super) fn parse_view(
             watermarks.insert(parse_uuid(u)?, parse_watermark(v)?);
         }
     }
-    for (u, v) in wms {
-        watermarks.insert(parse_uuid(&u)?, parse_watermark(&v)?);
-    }
     Ok(View {
         mver: num("mv")?,
         stamp: num("t")? as Millis,
@@ -59,7 +54,7 @@ fn next_part<T: FromRedisValue>(it: &mut impl Iterator<Item = Value>) -> StoreRe
     T::from_redis_value(it.next().ok_or_else(|| corrupt("view reply"))?).map_err(parse_err)
 }
 
-/// The view in a [`scripts::VIEW`] reply (its first three parts, taken from
+/// The view in a [`scripts::VIEW`] reply (its first two parts, taken from
 /// `it`) for a write by `u`; `None` when the conversation is not in Redis.
 pub(super) fn parse_view_reply(
     c: &ConversationId,
@@ -74,14 +69,12 @@ pub(super) fn parse_view_reply(
     if kind == Some(0) {
         return Ok(None);
     }
-    let (meta, wms) = (it.next(), it.next());
-    match (kind, meta, wms) {
-        (Some(1), Some(meta), Some(wms)) => Ok(Some(parse_view(
+    match (kind, it.next()) {
+        (Some(1), Some(meta)) => Ok(Some(parse_view(
             c,
             HashMap::from_redis_value(meta).map_err(parse_err)?,
-            HashMap::from_redis_value(wms).map_err(parse_err)?,
         )?)),
-        (Some(2), Some(fields), Some(wm)) => {
+        (Some(2), Some(fields)) => {
             let values: Vec<Option<Vec<u8>>> = Vec::from_redis_value(fields).map_err(parse_err)?;
             let mut meta = HashMap::new();
             let member = format!("m:{}", hex(u));
@@ -92,17 +85,14 @@ pub(super) fn parse_view_reply(
                 "n".into(),
                 member,
                 "th".into(),
+                keys::watermark_field(u),
             ];
             for (f, v) in names.into_iter().zip(values) {
                 if let Some(v) = v {
                     meta.insert(f, v);
                 }
             }
-            let mut own = HashMap::new();
-            if let Some(wm) = Option::<String>::from_redis_value(wm).map_err(parse_err)? {
-                own.insert(hex(u), wm);
-            }
-            Ok(Some(parse_view(c, meta, own)?))
+            Ok(Some(parse_view(c, meta)?))
         }
         _ => Err(corrupt("view reply")),
     }
@@ -158,7 +148,7 @@ impl Inner {
                 .query(redis::cmd("HGETALL").arg(self.keys.meta(c)))
                 .await?;
             if meta.contains_key("n") {
-                return Ok(Some(parse_view(c, meta, HashMap::new())?));
+                return Ok(Some(parse_view(c, meta)?));
             }
             if !self.rewarm(c).await? {
                 return Ok(None);

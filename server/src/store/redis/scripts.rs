@@ -534,15 +534,13 @@ return added
 
 /// What a write by one member needs of a conversation, in one round trip.
 /// KEYS: the conversation's meta hash (which holds the watermarks too, as
-/// `w:<member>`). ARGV: the member's hex id, the largest member count read in full, and the sharing
-/// keys' prefix and suffix around a hex user id (see [`VIEW_OF`]; unused
-/// here). Returns `{0}` if
-/// the conversation is not in Redis; `{1, meta, {}}` (the meta hash as a
-/// flat field/value list) if it has at most that many members; otherwise
-/// `{2, {v, mv, t, n, m:<member>, th, w:<member>}, watermark}`, which is all
-/// a group write by that member depends on (`th`: whether it has threads).
-/// (The third part is where the watermarks were when they had a hash of
-/// their own: the callers read the first three parts either way.)
+/// `w:<member>`). ARGV: the member's hex id, the largest member count read
+/// in full, and the sharing keys' prefix and suffix around a hex user id
+/// (see [`VIEW_OF`]; unused here). Returns `{0}` if the conversation is not
+/// in Redis; `{1, meta}` (the meta hash as a flat field/value list) if it
+/// has at most that many members; otherwise `{2, {v, mv, t, n, m:<member>,
+/// th, w:<member>}}`, which is all a group write by that member depends on
+/// (`th`: whether it has threads).
 pub static VIEW: LazyLock<Script> =
     LazyLock::new(|| Script::new(&format!("{VIEW_OF}\nreturn view_of()")));
 
@@ -584,12 +582,12 @@ local function view_of()
   local n = fields[4]
   if not n then return {0} end
   if tonumber(n) <= tonumber(ARGV[2]) then
-    return {1, redis.call('HGETALL', KEYS[1]), {}}
+    return {1, redis.call('HGETALL', KEYS[1])}
   end
-  return {2, fields, fields[7] or false}
+  return {2, fields}
 end
 local function own_watermark(view)
-  if view[1] == 2 then return view[3] or nil end
+  if view[1] == 2 then return view[2][7] or nil end
   local meta, own = view[2], 'w:' .. ARGV[1]
   for i = 1, #meta, 2 do
     if meta[i] == own then return meta[i + 1] end
@@ -609,7 +607,7 @@ pub const PREFIX_WALK: usize = 16;
 /// fields at their seqs. KEYS: the conversation's meta hash, messages
 /// hash, runs hash. ARGV: `VIEW`'s four, the seqs per runs
 /// bucket, then the raw ids of the messages. Returns `{0}` if the
-/// conversation is not in Redis; else `VIEW`'s three parts, then `{the
+/// conversation is not in Redis; else `VIEW`'s two parts, then `{the
 /// messages' values}` (false where unknown), `runs_at` ([`RUNS_AT`]) the
 /// messages' seqs of every member of a view read in full or of the caller
 /// alone in a group, `sharing_of` the members of a view read in full
@@ -631,17 +629,17 @@ local seqs = {}
 for i = 1, #ARGV - 5 do
   seqs[#seqs + 1] = values[i] and seq_of(values[i])
 end
-out[4] = values
+out[3] = values
 local runs = runs_at(KEYS[3], tonumber(ARGV[5]), members, seqs)
-out[5], out[6], out[7] = runs[1], runs[2], runs[3]
+out[4], out[5], out[6] = runs[1], runs[2], runs[3]
 local sharing = sharing_of(out[1] == 1 and members or {})
-out[8], out[9] = sharing[1], sharing[2]
+out[7], out[8] = sharing[1], sharing[2]
 local prefix = out[1] == 2 and redis.call('ZSCORE', KEYS[4], ARGV[1])
 local after = {}
 if prefix then
   after = redis.call('ZRANGEBYSCORE', KEYS[5], '(' .. prefix, '+inf', 'WITHSCORES', 'LIMIT', 0, walk)
 end
-out[10] = {prefix or false, after}
+out[9] = {prefix or false, after}
 return out
 "#
     ))
@@ -693,7 +691,7 @@ end
 /// stay unread after it, in one range). KEYS: the conversation's meta hash,
 /// messages hash, seq index, runs hash. ARGV: `VIEW`'s
 /// four, the target's raw id, the seqs per runs bucket. Returns `{0}` if the
-/// conversation is not in Redis; else `VIEW`'s three parts, then the
+/// conversation is not in Redis; else `VIEW`'s two parts, then the
 /// target's messages-hash value (false if unknown), the seq the range starts
 /// after (the smaller of the member's two watermarks, as text; 0 without
 /// one), the range (`ZRANGEBYSCORE … WITHSCORES`), `sharing_of` the members
@@ -716,16 +714,16 @@ if wm then
     if tonumber(s) <= tonumber(p) then from = s else from = p end
   end
 end
-out[4] = redis.call('HGET', KEYS[2], ARGV[5]) or false
-out[5] = from
-out[6] = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. from, '+inf', 'WITHSCORES')
+out[3] = redis.call('HGET', KEYS[2], ARGV[5]) or false
+out[4] = from
+out[5] = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. from, '+inf', 'WITHSCORES')
 local members = out[1] == 1 and members_of(out) or {ARGV[1]}
 local sharing = sharing_of(members)
-out[7], out[8] = sharing[1], sharing[2]
-local target = out[4] and seq_of(out[4])
+out[6], out[7] = sharing[1], sharing[2]
+local target = out[3] and seq_of(out[3])
 if out[1] == 1 and target then
   local seqs, ids = {}, {}
-  local range = out[6]
+  local range = out[5]
   for i = 2, #range, 2 do
     local s = tonumber(range[i])
     if s <= target then
@@ -734,7 +732,7 @@ if out[1] == 1 and target then
     end
   end
   local runs = runs_at(KEYS[4], tonumber(ARGV[6]), members, seqs)
-  out[9], out[10], out[11] = runs[1], runs[2], runs[3]
+  out[8], out[9], out[10] = runs[1], runs[2], runs[3]
   local covered = {}
   for i = 1, #ids, 1000 do
     local part = {unpack(ids, i, math.min(i + 999, #ids))}
@@ -744,9 +742,9 @@ if out[1] == 1 and target then
       covered[#covered + 1] = values[j]
     end
   end
-  out[12] = covered
+  out[11] = covered
 else
-  out[9], out[10], out[11], out[12] = {}, {}, {}, {}
+  out[8], out[9], out[10], out[11] = {}, {}, {}, {}
 end
 return out
 "#

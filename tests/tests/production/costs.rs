@@ -386,16 +386,6 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    let calls = redis_calls_with_keys_of(tier, call).await;
-    calls.into_iter().map(|(name, _)| name).collect()
-}
-
-/// [`redis_calls_of`] with each call's first argument (its key, for most).
-async fn redis_calls_with_keys_of<F, Fut>(tier: &Tier, call: F) -> Vec<(String, String)>
-where
-    F: FnOnce() -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
     use futures::StreamExt as _;
     const END: &str = "end-of-measured-calls";
     let client = redis::Client::open(tier.redis_url.as_str()).expect("redis url");
@@ -417,15 +407,13 @@ where
         if line.contains(END) {
             return calls;
         }
-        let mut parts = line.split('"');
-        let Some(name) = parts.nth(1) else {
+        let Some(name) = line.split('"').nth(1) else {
             continue;
         };
         if line.contains(" lua]") || name.eq_ignore_ascii_case("PING") {
             continue;
         }
-        let key = parts.nth(1).unwrap_or_default();
-        calls.push((name.to_uppercase(), key.to_string()));
+        calls.push(name.to_uppercase());
     }
 }
 
@@ -578,59 +566,6 @@ async fn a_registration_writes_the_id_index_once_per_index_key_and_the_rest_once
         c
     };
     assert_eq!(without_index(&single), without_index(&many));
-}
-
-/// A registration of new messages does not look them up in the
-/// conversation's messages hash: the id index, read after the conversation's
-/// view, already says they are registered nowhere. Registering the same
-/// messages again does look them up (to compare their content), and
-/// registers nothing.
-#[tokio::test]
-async fn a_registration_of_new_messages_reads_no_messages_hash() {
-    let (_redis, tier, node) = measured_node().await;
-    let mut backend = node.backend().await;
-    let mut direct = Conversation::create(&mut backend, 2).await;
-    let alice = direct.members[0];
-    direct.send(&mut backend, alice).await;
-    let seq = direct.next_seq();
-    direct.set_next_seq(seq + 100);
-    let sent_at_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_millis() as i64;
-    let request = pb::RegisterMessagesRequest {
-        messages: (0..100)
-            .map(|i| pb::MessageRegistration {
-                sent_at_ms,
-                ..registration(Uuid::now_v7(), direct.id, seq + i, alice)
-            })
-            .collect(),
-    };
-    let messages_hash = format!("{{{}}}:mr", direct.id.simple());
-    let reads_of_the_messages_hash = |calls: &[(String, String)]| {
-        calls
-            .iter()
-            .filter(|(name, key)| name == "HMGET" && key.ends_with(&messages_hash))
-            .count()
-    };
-    // New messages, then the same again: (registered, lookups in `mr`).
-    for (round, expected) in [("new", (100, 0)), ("again", (0, 1))] {
-        let mut registered = 0;
-        let calls = redis_calls_with_keys_of(&tier, || async {
-            registered = backend
-                .register_messages(request.clone())
-                .await
-                .expect("register 100")
-                .into_inner()
-                .registered;
-        })
-        .await;
-        assert_eq!(
-            (registered, reads_of_the_messages_hash(&calls)),
-            expected,
-            "{round}: {calls:?}"
-        );
-    }
 }
 
 /// What one call costs Redis: its commands (commands run inside Lua scripts

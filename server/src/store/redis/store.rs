@@ -182,10 +182,13 @@ impl ReceiptStore for RedisStore {
         // Validate the whole batch before writing anything.
         let order = distinct_registrations(&messages, root_of)?;
         let ids: Vec<MessageId> = order.iter().map(|(_, m)| m.id).collect();
+        let homes = s.homes(&ids).await?;
         let mut by_conv: BTreeMap<ConversationId, Vec<(usize, Message)>> = BTreeMap::new();
         for (i, m) in &order {
             by_conv.entry(m.conversation).or_default().push((*i, *m));
         }
+        let home_of: HashMap<MessageId, Option<ConversationId>> =
+            ids.iter().copied().zip(homes).collect();
         // Every message of the batch with its request index, for roots named
         // in it: a root counts only if it comes earlier in the request.
         let in_batch: HashMap<MessageId, (usize, ConversationId, Seq, Option<MessageId>)> = order
@@ -198,33 +201,16 @@ impl ReceiptStore for RedisStore {
         let _serial = s.lock(by_conv.keys()).await;
         for attempt in 0..MAX_ATTEMPTS {
             plans.clear();
-            // The views first, then where each id lives (the id index, or
-            // Scylla for ids it cannot answer for). The index is written
-            // before a registration commits, so an id it reads as
-            // unregistered after a view was read is not in that view: its
-            // messages-hash lookup is skipped (a batch of new messages reads
-            // none). A registration committed after the view moved its
-            // version, and this attempt's commit fails and retries.
-            let mut views = Vec::with_capacity(by_conv.len());
             for (c, msgs) in &by_conv {
                 let (i0, _) = msgs[0];
-                let Some(view) = s.view(c).await? else {
+                let Some(mut view) = s.view(c).await? else {
                     return Err(ServiceError::not_found(
                         format!("messages[{i0}].conversation_id"),
                         "conversation",
                         c,
                     ));
                 };
-                views.push(view);
-            }
-            let home_of: HashMap<MessageId, Option<ConversationId>> =
-                ids.iter().copied().zip(s.homes(&ids).await?).collect();
-            for ((c, msgs), mut view) in by_conv.iter().zip(views) {
-                let mut ids: Vec<MessageId> = msgs
-                    .iter()
-                    .map(|(_, m)| m.id)
-                    .filter(|m| home_of.get(m).copied().flatten().is_some())
-                    .collect();
+                let mut ids: Vec<MessageId> = msgs.iter().map(|(_, m)| m.id).collect();
                 ids.extend(msgs.iter().filter_map(|(i, _)| root_of(*i)));
                 s.ensure_messages(&mut view, &ids).await?;
                 let seqs: Vec<Seq> = msgs.iter().map(|(_, m)| m.seq).collect();

@@ -358,26 +358,6 @@ async fn a_write_forwards_its_events_in_its_commit() {
     assert_eq!(tick(&r), pb::Tick::Read);
 }
 
-/// MarkDelivered naming the conversation, every message newly recorded.
-async fn deliver_in(client: &mut UserClient, conversation: Uuid, ids: &[Uuid]) {
-    let r = client
-        .mark_delivered(pb::MarkDeliveredRequest {
-            conversations: vec![pb::ConversationMessageIds {
-                conversation_id: conversation.to_string(),
-                message_ids: ids.iter().map(Uuid::to_string).collect(),
-            }],
-            ..Default::default()
-        })
-        .await
-        .expect("mark delivered")
-        .into_inner();
-    assert!(
-        r.results
-            .iter()
-            .all(|r| r.outcome == pb::DeliveryOutcome::Recorded as i32)
-    );
-}
-
 /// The calls one call makes to Redis, in order, by command name (`MONITOR`;
 /// the commands scripts run and the node's health PINGs left out). Each is
 /// one round trip, unless sent together with others.

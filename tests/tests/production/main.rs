@@ -7,7 +7,8 @@
 //! never skips, without them. The Redis-restart test starts its own
 //! `redis-server` (from Debian's package) so it can kill it.
 //!
-//! One file per concern: `nodes.rs` (nodes sharing the tier, kills, restarts,
+//! One file per concern: `buckets.rs` (messages registered together),
+//! `nodes.rs` (nodes sharing the tier, kills, restarts,
 //! expiry), `costs.rs` (what a call and a message cost Redis), `outages.rs`
 //! (Cassandra outages, Redis failovers).
 
@@ -25,6 +26,7 @@ use tokio::time::{Instant, sleep};
 use tonic_health::pb::health_check_response::ServingStatus;
 use uuid::Uuid;
 
+mod buckets;
 mod costs;
 mod nodes;
 mod outages;
@@ -50,4 +52,45 @@ async fn receipts_of(
         .expect("get receipts")
         .into_inner()
         .messages
+}
+
+/// MarkDelivered of `ids`, naming their conversation; all recorded.
+async fn deliver_in(client: &mut UserClient, conversation: Uuid, ids: &[Uuid]) {
+    let r = client
+        .mark_delivered(pb::MarkDeliveredRequest {
+            conversations: vec![pb::ConversationMessageIds {
+                conversation_id: conversation.to_string(),
+                message_ids: ids.iter().map(Uuid::to_string).collect(),
+            }],
+            ..Default::default()
+        })
+        .await
+        .expect("mark delivered")
+        .into_inner();
+    assert!(
+        r.results
+            .iter()
+            .all(|r| r.outcome == pb::DeliveryOutcome::Recorded as i32)
+    );
+}
+
+/// A node whose hot data lives 3 s after its last update (flushing every
+/// 100 ms), its backend client, and a group of 3 created through it.
+async fn short_lived(tier: &Tier) -> (ChildServer, BackendClient, Conversation) {
+    let node = tier
+        .node_with(&["--hot-ttl-secs", "3", "--flush-interval-ms", "100"])
+        .await;
+    let mut backend = node.backend().await;
+    let group = Conversation::create(&mut backend, 3).await;
+    (node, backend, group)
+}
+
+/// Waits until none of `c`'s hot keys is left in Redis (expired, as Redis
+/// would evict them).
+async fn until_expired(tier: &Tier, c: Uuid) {
+    let tag = c.simple().to_string();
+    eventually("the conversation's hot keys expire", || async {
+        !tier.keys().await.iter().any(|k| k.contains(&tag))
+    })
+    .await;
 }

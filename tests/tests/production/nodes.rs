@@ -241,12 +241,7 @@ async fn sigterm_flushes_every_queued_write_before_exit() {
 #[tokio::test]
 async fn expired_hot_data_reads_through_from_cassandra() {
     let tier = Tier::new().await;
-    // Hot data lives 3 s after its last update; flushes every 100 ms.
-    let node = tier
-        .node_with(&["--hot-ttl-secs", "3", "--flush-interval-ms", "100"])
-        .await;
-    let mut backend = node.backend().await;
-    let mut group = Conversation::create(&mut backend, 3).await;
+    let (node, mut backend, mut group) = short_lived(&tier).await;
     let (alice, bob, carol) = (group.members[0], group.members[1], group.members[2]);
     let m1 = group.send(&mut backend, alice).await;
     let m2 = group.send(&mut backend, alice).await;
@@ -257,13 +252,9 @@ async fn expired_hot_data_reads_through_from_cassandra() {
     let mut alice_client = node.user(alice).await;
     let before = receipts_of(&mut alice_client, group.id, &[m1, m2, m3]).await;
 
-    // Wait until the conversation's hot keys are gone (expired, as Redis
-    // would evict them), with everything flushed first by then.
+    // Everything is flushed by the time the hot keys are gone.
+    until_expired(&tier, group.id).await;
     let tag = group.id.simple().to_string();
-    eventually("the conversation's hot keys expire", || async {
-        !tier.keys().await.iter().any(|k| k.contains(&tag))
-    })
-    .await;
 
     let after = receipts_of(&mut alice_client, group.id, &[m1, m2, m3]).await;
     assert_eq!(after, before, "read through from Cassandra, unchanged");

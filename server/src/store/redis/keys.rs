@@ -106,6 +106,80 @@ pub fn message_value(m: &Message, thread: Option<ThreadRoot>) -> Vec<u8> {
     v
 }
 
+/// The messages-hash field that holds a bucket of messages: the first 5
+/// bytes of their ids (for UUIDv7 ids, the same 256 ms of minting time).
+pub const MESSAGE_BUCKET_BYTES: usize = 5;
+
+/// The bucket field of message `id` ([`MESSAGE_BUCKET_BYTES`]).
+pub fn message_bucket(id: &MessageId) -> &[u8] {
+    &id.as_bytes()[..MESSAGE_BUCKET_BYTES]
+}
+
+/// The messages-hash writes for newly registered messages: `(per-message
+/// fields, bucket appends)`. Messages that share a bucket with another one
+/// of the same call are appended to the bucket's field as records (the
+/// rest of the id, 11 bytes ‖ the value's length, 1 byte ‖ the
+/// [`message_value`]); a message alone in its bucket gets a field of its
+/// own (the raw id), as before buckets existed. So a batch of messages
+/// costs about its records' bytes (one field per 256 ms of ids), and a
+/// conversation of messages registered one by one keeps short values and
+/// Redis's compact encoding. Readers look a message up in both
+/// ([`find_in_bucket`]).
+pub fn message_writes(msgs: &[(Message, Option<ThreadRoot>)]) -> MessageWrites {
+    let mut by_bucket: std::collections::BTreeMap<&[u8], Vec<&(Message, Option<ThreadRoot>)>> =
+        std::collections::BTreeMap::new();
+    for m in msgs {
+        by_bucket
+            .entry(message_bucket(&m.0.id))
+            .or_default()
+            .push(m);
+    }
+    let MessageWrites {
+        mut own,
+        mut appends,
+    } = MessageWrites::default();
+    for (bucket, in_bucket) in by_bucket {
+        if let [(m, thread)] = in_bucket[..] {
+            own.push((m.id.as_bytes().to_vec(), message_value(m, *thread)));
+            continue;
+        }
+        let mut records = Vec::new();
+        for (m, thread) in in_bucket {
+            let value = message_value(m, *thread);
+            records.extend_from_slice(&m.id.as_bytes()[MESSAGE_BUCKET_BYTES..]);
+            records.push(value.len() as u8);
+            records.extend_from_slice(&value);
+        }
+        appends.push((bucket.to_vec(), records));
+    }
+    MessageWrites { own, appends }
+}
+
+/// [`message_writes`]: `(field, value)` pairs to set, and `(bucket field,
+/// records)` pairs to append.
+#[derive(Debug, Default)]
+pub struct MessageWrites {
+    /// Raw id -> [`message_value`], for a message alone in its bucket.
+    pub own: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Bucket field -> records to append.
+    pub appends: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// The [`message_value`] of `id` in a bucket field's records, if there.
+pub fn find_in_bucket<'a>(records: &'a [u8], id: &MessageId) -> Option<&'a [u8]> {
+    let rest = &id.as_bytes()[MESSAGE_BUCKET_BYTES..];
+    let mut at = 0;
+    while at + rest.len() < records.len() {
+        let len = records[at + rest.len()] as usize;
+        let value = records.get(at + rest.len() + 1..at + rest.len() + 1 + len)?;
+        if &records[at..at + rest.len()] == rest {
+            return Some(value);
+        }
+        at += rest.len() + 1 + len;
+    }
+    None
+}
+
 /// The message `id` of `c` from its [`message_value`].
 pub fn parse_message_value(c: &ConversationId, id: &MessageId, v: &[u8]) -> Option<Message> {
     parse_message_entry(c, id, v).map(|(m, _)| m)
@@ -248,7 +322,9 @@ impl Keys {
     pub fn seqs(&self, c: &ConversationId) -> String {
         self.conv(c, "sq")
     }
-    /// Hash: raw message id -> [`message_value`] (seq, sender, sent time).
+    /// Hash: raw message id -> [`message_value`] (seq, sender, sent time),
+    /// and bucket fields for messages registered together
+    /// ([`message_writes`]).
     pub fn messages(&self, c: &ConversationId) -> String {
         self.conv(c, "mr")
     }

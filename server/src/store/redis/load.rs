@@ -98,6 +98,30 @@ pub(super) fn parse_view_reply(
     }
 }
 
+/// The commands that write [`keys::message_writes`] into `c`'s messages
+/// hash: an `HSET` of the messages alone in their bucket, and an `HAPPEND`
+/// (a command of the commit script, [`scripts::APPLY`]: appends to a hash
+/// field) of each bucket's records.
+pub(super) fn message_cmds(
+    k: &Keys,
+    c: &ConversationId,
+    keys::MessageWrites { own, appends }: keys::MessageWrites,
+) -> Vec<Vec<Vec<u8>>> {
+    let mut cmds = Vec::new();
+    for (name, pairs) in [("HSET", own), ("HAPPEND", appends)] {
+        if pairs.is_empty() {
+            continue;
+        }
+        let mut cmd = rcmd![name, k.messages(c)];
+        for (field, value) in pairs {
+            cmd.push(field);
+            cmd.push(value);
+        }
+        cmds.push(cmd);
+    }
+    cmds
+}
+
 /// How many of `after` (the messages after a position, in the seq index
 /// or a thread's) of one timeline (`thread`: its root's seq, `None` for the
 /// main one) are unread by `u`: those others sent while `membership` covered
@@ -315,21 +339,22 @@ impl Inner {
         let threads: HashMap<Seq, ThreadRoot> = img.threads.iter().copied().collect();
         for chunk in img.messages.chunks(200) {
             let mut z = rcmd!["ZADD", k.seqs(c)];
-            let mut h = rcmd!["HSET", k.messages(c)];
             for m in chunk {
                 let thread = threads.get(&m.seq).copied();
                 z.extend(rcmd![
                     m.seq,
                     keys::seq_member(&m.id, &m.sender, thread.map(|t| t.seq))
                 ]);
-                h.extend(rcmd![
-                    m.id.as_bytes().as_slice(),
-                    keys::message_value(m, thread)
-                ]);
             }
             plan.cmds.push(z);
-            plan.cmds.push(h);
         }
+        let with_threads: Vec<(Message, Option<ThreadRoot>)> = img
+            .messages
+            .iter()
+            .map(|m| (*m, threads.get(&m.seq).copied()))
+            .collect();
+        plan.cmds
+            .extend(message_cmds(k, c, keys::message_writes(&with_threads)));
         // Threads: the thread index, the positions, their histories, and the
         // meta hash's mark that the conversation has threads.
         let by_seq: HashMap<Seq, &Message> = img.messages.iter().map(|m| (m.seq, m)).collect();
@@ -463,17 +488,49 @@ impl Inner {
         if missing.is_empty() {
             return Ok(());
         }
-        let mut cmd = redis::cmd("HMGET");
-        cmd.arg(self.keys.messages(&view.c));
-        for m in &missing {
-            cmd.arg(m.as_bytes().as_slice());
-        }
-        let rows: Vec<Option<Vec<u8>>> = self.query(&cmd).await?;
+        let rows = self.message_values(&view.c, &missing).await?;
         for (id, row) in missing.iter().zip(rows) {
             let Some(row) = row else { continue };
             view.put_message(id, &row)?;
         }
         Ok(())
+    }
+
+    /// The messages-hash values of `ids` (`None` where absent), each from
+    /// its own field or its bucket's (`keys::message_writes`): one `HMGET`
+    /// of the ids and their distinct buckets.
+    pub(super) async fn message_values(
+        &self,
+        c: &ConversationId,
+        ids: &[MessageId],
+    ) -> StoreResult<Vec<Option<Vec<u8>>>> {
+        let mut buckets: Vec<&[u8]> = ids.iter().map(keys::message_bucket).collect();
+        buckets.sort_unstable();
+        buckets.dedup();
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(self.keys.messages(c));
+        for m in ids {
+            cmd.arg(m.as_bytes().as_slice());
+        }
+        for b in &buckets {
+            cmd.arg(*b);
+        }
+        let mut rows: Vec<Option<Vec<u8>>> = self.query(&cmd).await?;
+        let records: HashMap<&[u8], Vec<u8>> = buckets
+            .iter()
+            .zip(rows.drain(ids.len()..))
+            .filter_map(|(b, v)| Some((*b, v?)))
+            .collect();
+        Ok(ids
+            .iter()
+            .zip(rows)
+            .map(|(m, own)| {
+                own.or_else(|| {
+                    let bucket = records.get(keys::message_bucket(m))?;
+                    keys::find_in_bucket(bucket, m).map(<[u8]>::to_vec)
+                })
+            })
+            .collect())
     }
 
     /// Loads every member's delivery runs at the seqs of `ids` (the
@@ -809,13 +866,7 @@ impl Inner {
         c: &ConversationId,
         m: &MessageId,
     ) -> StoreResult<Option<Message>> {
-        let hot: Option<Vec<u8>> = self
-            .query(
-                redis::cmd("HGET")
-                    .arg(self.keys.messages(c))
-                    .arg(m.as_bytes().as_slice()),
-            )
-            .await?;
+        let hot = self.message_values(c, &[*m]).await?.pop().flatten();
         match hot {
             Some(b) => Ok(Some(
                 keys::parse_message_value(c, m, &b).ok_or_else(|| corrupt("message"))?,

@@ -85,7 +85,8 @@ if reg > 0 then
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   if now - reg > tonumber(ARGV[3]) then return -2 end
 end
-local adds = {HSET = true, HSETNX = true, HINCRBY = true, ZADD = true, SADD = true, XADD = true}
+local adds = {HSET = true, HSETNX = true, HINCRBY = true, ZADD = true, SADD = true, XADD = true,
+  HAPPEND = true}
 local reads = {XLEN = true}
 local shared = {}
 for j = 2, #KEYS do shared[KEYS[j]] = j - 1 end
@@ -108,7 +109,15 @@ for c = 1, ncmds do
       redis.call('HSET', KEYS[1], unpack(own))
       own = {}
     end
-    r = redis.call(unpack(ARGV, i + 1, i + n))
+    if name == 'HAPPEND' then
+      for j = i + 3, i + n, 2 do
+        local f = ARGV[j]
+        redis.call('HSET', key, f, (redis.call('HGET', key, f) or '') .. ARGV[j + 1])
+      end
+      r = 1
+    else
+      r = redis.call(unpack(ARGV, i + 1, i + n))
+    end
   end
   if shared[key] and not reads[name] then
     if adds[name] then
@@ -618,13 +627,13 @@ pub const PREFIX_WALK: usize = 16;
 /// WITHSCORES}` (KEYS 4 and 5: the prefixes, the seq index).
 pub static DELIVERY_VIEW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{VIEW_OF}{RUNS_AT}local walk = {PREFIX_WALK}\n{}",
+        "{VIEW_OF}{RUNS_AT}{MESSAGES_AT}local walk = {PREFIX_WALK}\n{}",
         r#"
 local out = view_of()
 if out[1] == 0 then return out end
 local members = {ARGV[1]}
 if out[1] == 1 then members = members_of(out) end
-local values = redis.call('HMGET', KEYS[2], unpack(ARGV, 6))
+local values = messages_at(KEYS[2], {unpack(ARGV, 6)})
 local seqs = {}
 for i = 1, #ARGV - 5 do
   seqs[#seqs + 1] = values[i] and seq_of(values[i])
@@ -685,6 +694,56 @@ local function runs_at(key, size, members, seqs)
 end
 "#;
 
+/// Lua helper for the scripts that look messages up by id:
+/// `messages_at(messages hash, raw ids)`, each id's messages-hash value
+/// (false where absent) from its own field or from its bucket's records
+/// (`keys::message_writes`: the id's first 5 bytes name the bucket; a
+/// record is the id's other 11 bytes, the value's length in one byte, the
+/// value), in one `HMGET` of the ids and their distinct buckets (1,000
+/// fields at a time).
+const MESSAGES_AT: &str = r#"
+local function messages_at(key, ids)
+  local fields, at = {}, {}
+  for i, id in ipairs(ids) do fields[i] = id end
+  for _, id in ipairs(ids) do
+    local b = string.sub(id, 1, 5)
+    if not at[b] then
+      fields[#fields + 1] = b
+      at[b] = #fields
+    end
+  end
+  local values = {}
+  for i = 1, #fields, 1000 do
+    local part = redis.call('HMGET', key, unpack(fields, i, math.min(i + 999, #fields)))
+    for j = 1, #part do values[i + j - 1] = part[j] end
+  end
+  local parsed, found = {}, {}
+  for i, id in ipairs(ids) do
+    local v = values[i]
+    if not v then
+      local b = string.sub(id, 1, 5)
+      local records = parsed[b]
+      if not records then
+        records = {}
+        local r = values[at[b]]
+        if r then
+          local p = 1
+          while p + 11 <= #r do
+            local len = string.byte(r, p + 11)
+            records[string.sub(r, p, p + 10)] = string.sub(r, p + 12, p + 11 + len)
+            p = p + 12 + len
+          end
+        end
+        parsed[b] = records
+      end
+      v = records[string.sub(id, 6)] or false
+    end
+    found[i] = v
+  end
+  return found
+end
+"#;
+
 /// What a MarkReadUpTo by one member needs of a conversation, in one round
 /// trip: [`VIEW`]'s reply, the target message, and the seq index after the
 /// member's lower watermark (the messages the read may cover and those that
@@ -702,7 +761,7 @@ end
 /// without the `'_'`, otherwise).
 pub static READ_VIEW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{VIEW_OF}{RUNS_AT}{}",
+        "{VIEW_OF}{RUNS_AT}{MESSAGES_AT}{}",
         r#"
 local out = view_of()
 if out[1] == 0 then return out end
@@ -714,7 +773,7 @@ if wm then
     if tonumber(s) <= tonumber(p) then from = s else from = p end
   end
 end
-out[3] = redis.call('HGET', KEYS[2], ARGV[5]) or false
+out[3] = messages_at(KEYS[2], {ARGV[5]})[1]
 out[4] = from
 out[5] = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. from, '+inf', 'WITHSCORES')
 local members = out[1] == 1 and members_of(out) or {ARGV[1]}
@@ -734,13 +793,10 @@ if out[1] == 1 and target then
   local runs = runs_at(KEYS[4], tonumber(ARGV[6]), members, seqs)
   out[8], out[9], out[10] = runs[1], runs[2], runs[3]
   local covered = {}
-  for i = 1, #ids, 1000 do
-    local part = {unpack(ids, i, math.min(i + 999, #ids))}
-    local values = redis.call('HMGET', KEYS[2], unpack(part))
-    for j = 1, #part do
-      covered[#covered + 1] = part[j]
-      covered[#covered + 1] = values[j]
-    end
+  local values = messages_at(KEYS[2], ids)
+  for j = 1, #ids do
+    covered[#covered + 1] = ids[j]
+    covered[#covered + 1] = values[j]
   end
   out[11] = covered
 else

@@ -269,15 +269,10 @@ impl ReceiptStore for RedisStore {
                 if !fresh.is_empty() {
                     let k = &s.keys;
                     let mut z = rcmd!["ZADD", k.seqs(c)];
-                    let mut h = rcmd!["HSET", k.messages(c)];
                     let mut tq = rcmd!["ZADD", k.thread_messages(c)];
                     for (m, thread) in &fresh {
                         let root_seq = thread.map(|t| t.seq);
                         z.extend(rcmd![m.seq, keys::seq_member(&m.id, &m.sender, root_seq)]);
-                        h.extend(rcmd![
-                            m.id.as_bytes().as_slice(),
-                            keys::message_value(m, *thread)
-                        ]);
                         plan.persist.push(PersistOp::Message(*m));
                         if let Some(root) = thread {
                             tq.extend(rcmd![
@@ -292,7 +287,8 @@ impl ReceiptStore for RedisStore {
                         }
                     }
                     plan.cmds.push(z);
-                    plan.cmds.push(h);
+                    plan.cmds
+                        .extend(load::message_cmds(k, c, keys::message_writes(&fresh)));
                     if tq.len() > 2 {
                         plan.cmds.push(tq);
                         plan.cmds.push(rcmd!["HSET", k.meta(c), "th", 1u64]);

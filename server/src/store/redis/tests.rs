@@ -207,3 +207,67 @@ fn seq_members_and_message_values_round_trip_raw() {
     assert_eq!(keys::parse_thread_history_entry(&h), Some((m.seq, 42)));
     assert!(h.starts_with(&keys::thread_history_prefix(&m.sender, true, root.seq)));
 }
+
+#[test]
+fn messages_registered_together_share_a_bucket_field_and_are_found_in_it() {
+    let c = uuid::Uuid::now_v7();
+    let in_bucket = |last: u8| {
+        let mut b = *uuid::Uuid::now_v7().as_bytes();
+        b[..5].copy_from_slice(&[1, 2, 3, 4, 5]);
+        b[15] = last;
+        uuid::Uuid::from_bytes(b)
+    };
+    let message = |id, seq| crate::domain::Message {
+        id,
+        conversation: c,
+        seq,
+        sender: uuid::Uuid::new_v4(),
+        sent_at: 1_800_000_000_123 + seq as i64,
+    };
+    let root = crate::domain::ThreadRoot {
+        id: uuid::Uuid::now_v7(),
+        seq: 7,
+    };
+    let mut alone = *uuid::Uuid::now_v7().as_bytes();
+    alone[..5].copy_from_slice(&[9, 9, 9, 9, 9]);
+    let msgs = [
+        (message(in_bucket(1), 10), None),
+        (message(uuid::Uuid::from_bytes(alone), 11), None),
+        (message(in_bucket(2), 1 << 40), Some(root)),
+        (message(in_bucket(3), 12), None),
+    ];
+    let keys::MessageWrites { own, appends } = keys::message_writes(&msgs);
+    // The message alone in its bucket keeps a field of its own.
+    assert_eq!(
+        own,
+        [(alone.to_vec(), keys::message_value(&msgs[1].0, None))]
+    );
+    let [(bucket, records)] = &appends[..] else {
+        panic!("one bucket: {appends:?}");
+    };
+    assert_eq!(bucket.as_slice(), &[1, 2, 3, 4, 5]);
+    for (m, thread) in [&msgs[0], &msgs[2], &msgs[3]] {
+        assert_eq!(keys::message_bucket(&m.id), bucket.as_slice());
+        let value = keys::find_in_bucket(records, &m.id).expect("in its bucket");
+        assert_eq!(
+            keys::parse_message_entry(&c, &m.id, value),
+            Some((*m, *thread))
+        );
+    }
+    assert_eq!(keys::find_in_bucket(records, &in_bucket(4)), None);
+    // A bucket appended to again holds both calls' records.
+    let later = [
+        (message(in_bucket(5), 13), None),
+        (message(in_bucket(6), 14), None),
+    ];
+    let more = keys::message_writes(&later).appends;
+    let both = [records.clone(), more[0].1.clone()].concat();
+    for (m, _) in msgs.iter().chain(&later).filter(|(m, _)| m.seq != 11) {
+        assert!(keys::find_in_bucket(&both, &m.id).is_some());
+    }
+    // Records cut short are not misread.
+    assert_eq!(
+        keys::find_in_bucket(&records[..records.len() - 1], &msgs[3].0.id),
+        None
+    );
+}

@@ -115,51 +115,73 @@ pub fn message_bucket(id: &MessageId) -> &[u8] {
     &id.as_bytes()[..MESSAGE_BUCKET_BYTES]
 }
 
-/// The messages-hash writes for newly registered messages: `(per-message
-/// fields, bucket appends)`. Messages that share a bucket with another one
-/// of the same call are appended to the bucket's field as records (the
-/// rest of the id, 11 bytes ‖ the value's length, 1 byte ‖ the
-/// [`message_value`]); a message alone in its bucket gets a field of its
-/// own (the raw id), as before buckets existed. So a batch of messages
-/// costs about its records' bytes (one field per 256 ms of ids), and a
-/// conversation of messages registered one by one keeps short values and
-/// Redis's compact encoding. Readers look a message up in both
-/// ([`find_in_bucket`]).
-pub fn message_writes(msgs: &[(Message, Option<ThreadRoot>)]) -> MessageWrites {
+/// How many messages of one bucket a call registers at least for them to
+/// share the bucket's field: fewer keep a field each. A record is about 37
+/// bytes, so two already pass Redis's `hash-max-listpack-value` (64) and
+/// make the whole hash a hash table (about 90 B per field instead of about
+/// 50 in the listpack): a conversation of messages registered one or a
+/// few at a time keeps the compact encoding.
+pub const MESSAGE_BUCKET_MIN: usize = 8;
+
+/// The most bytes of records a bucket field holds. A bucket of UUIDv7 ids
+/// spans 256 ms of minting, so this bounds only a burst (an import of ids
+/// minted at once): past it, messages keep a field each, and a lookup never
+/// reads more than this for one bucket.
+pub const MESSAGE_BUCKET_MAX_BYTES: usize = 4096;
+
+/// The messages-hash writes for newly registered messages ([`MessageWrites`]).
+/// UUIDv7 messages that share a bucket with at least
+/// [`MESSAGE_BUCKET_MIN`] - 1 others of the same call are appended to the
+/// bucket's field as records (the rest of the id, 11 bytes ‖ the value's
+/// length, 1 byte ‖ the [`message_value`]), while the field stays within
+/// [`MESSAGE_BUCKET_MAX_BYTES`] (`held`: the bytes a bucket field holds
+/// already); every other message gets a field of its own (the raw id). So a
+/// batch costs about its records' bytes (one field per 256 ms of ids). Readers
+/// look a message up in both ([`find_in_bucket`]).
+pub fn message_writes(
+    msgs: &[(Message, Option<ThreadRoot>)],
+    held: impl Fn(&[u8]) -> usize,
+) -> MessageWrites {
     let mut by_bucket: std::collections::BTreeMap<&[u8], Vec<&(Message, Option<ThreadRoot>)>> =
         std::collections::BTreeMap::new();
+    let mut out = MessageWrites::default();
     for m in msgs {
-        by_bucket
-            .entry(message_bucket(&m.0.id))
-            .or_default()
-            .push(m);
-    }
-    let MessageWrites {
-        mut own,
-        mut appends,
-    } = MessageWrites::default();
-    for (bucket, in_bucket) in by_bucket {
-        if let [(m, thread)] = in_bucket[..] {
-            own.push((m.id.as_bytes().to_vec(), message_value(m, *thread)));
-            continue;
+        if m.0.id.get_version_num() == 7 {
+            by_bucket
+                .entry(message_bucket(&m.0.id))
+                .or_default()
+                .push(m);
+        } else {
+            out.own
+                .push((m.0.id.as_bytes().to_vec(), message_value(&m.0, m.1)));
         }
+    }
+    for (bucket, in_bucket) in by_bucket {
         let mut records = Vec::new();
-        for (m, thread) in in_bucket {
+        let room = MESSAGE_BUCKET_MAX_BYTES.saturating_sub(held(bucket));
+        for (m, thread) in in_bucket.iter().copied() {
             let value = message_value(m, *thread);
+            let record_len = 16 - MESSAGE_BUCKET_BYTES + 1 + value.len();
+            if in_bucket.len() < MESSAGE_BUCKET_MIN || records.len() + record_len > room {
+                out.own.push((m.id.as_bytes().to_vec(), value));
+                continue;
+            }
             records.extend_from_slice(&m.id.as_bytes()[MESSAGE_BUCKET_BYTES..]);
             records.push(value.len() as u8);
             records.extend_from_slice(&value);
         }
-        appends.push((bucket.to_vec(), records));
+        if !records.is_empty() {
+            out.appends.push((bucket.to_vec(), records));
+        }
     }
-    MessageWrites { own, appends }
+    out
 }
 
 /// [`message_writes`]: `(field, value)` pairs to set, and `(bucket field,
 /// records)` pairs to append.
 #[derive(Debug, Default)]
 pub struct MessageWrites {
-    /// Raw id -> [`message_value`], for a message alone in its bucket.
+    /// Raw id -> [`message_value`], for a message with a field of its own.
     pub own: Vec<(Vec<u8>, Vec<u8>)>,
     /// Bucket field -> records to append.
     pub appends: Vec<(Vec<u8>, Vec<u8>)>,

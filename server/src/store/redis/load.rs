@@ -353,8 +353,14 @@ impl Inner {
             .iter()
             .map(|m| (*m, threads.get(&m.seq).copied()))
             .collect();
-        plan.cmds
-            .extend(message_cmds(k, c, keys::message_writes(&with_threads)));
+        // A messages hash left from before (it may outlive the meta hash by
+        // a refresh interval) would have its buckets appended to twice.
+        plan.cmds.push(rcmd!["DEL", k.messages(c)]);
+        plan.cmds.extend(message_cmds(
+            k,
+            c,
+            keys::message_writes(&with_threads, |_| 0),
+        ));
         // Threads: the thread index, the positions, their histories, and the
         // meta hash's mark that the conversation has threads.
         let by_seq: HashMap<Seq, &Message> = img.messages.iter().map(|m| (m.seq, m)).collect();
@@ -488,11 +494,12 @@ impl Inner {
         if missing.is_empty() {
             return Ok(());
         }
-        let rows = self.message_values(&view.c, &missing).await?;
+        let (rows, buckets) = self.message_lookup(&view.c, &missing).await?;
         for (id, row) in missing.iter().zip(rows) {
             let Some(row) = row else { continue };
             view.put_message(id, &row)?;
         }
+        view.bucket_bytes.extend(buckets);
         Ok(())
     }
 
@@ -504,6 +511,15 @@ impl Inner {
         c: &ConversationId,
         ids: &[MessageId],
     ) -> StoreResult<Vec<Option<Vec<u8>>>> {
+        Ok(self.message_lookup(c, ids).await?.0)
+    }
+
+    /// [`Self::message_values`], and the bytes each bucket field read holds.
+    async fn message_lookup(
+        &self,
+        c: &ConversationId,
+        ids: &[MessageId],
+    ) -> StoreResult<(Vec<Option<Vec<u8>>>, Vec<(Vec<u8>, usize)>)> {
         let mut buckets: Vec<&[u8]> = ids.iter().map(keys::message_bucket).collect();
         buckets.sort_unstable();
         buckets.dedup();
@@ -521,7 +537,7 @@ impl Inner {
             .zip(rows.drain(ids.len()..))
             .filter_map(|(b, v)| Some((*b, v?)))
             .collect();
-        Ok(ids
+        let values = ids
             .iter()
             .zip(rows)
             .map(|(m, own)| {
@@ -530,7 +546,12 @@ impl Inner {
                     keys::find_in_bucket(bucket, m).map(<[u8]>::to_vec)
                 })
             })
-            .collect())
+            .collect();
+        let sizes = buckets
+            .iter()
+            .map(|b| (b.to_vec(), records.get(b).map_or(0, Vec::len)))
+            .collect();
+        Ok((values, sizes))
     }
 
     /// Loads every member's delivery runs at the seqs of `ids` (the

@@ -22,7 +22,10 @@ pub const MAX_ARGS: usize = 2_000;
 /// script's own `HSET` of the version, one command for both: at most 64
 /// folded values, far below what Lua's `unpack` takes, written before any
 /// later `HSET` of KEYS[1] that is not folded; callers keep each
-/// command under [`MAX_ARGS`] arguments for the same reason); then a queue
+/// command under [`MAX_ARGS`] arguments for the same reason; one command is
+/// the script's own, `HAPPEND key field bytes [field bytes …]`, which
+/// appends to hash fields, for the messages hash's buckets,
+/// `keys::message_writes`); then a queue
 /// index and a queue to register in it now (Redis clock) in the same atomic
 /// step, or two empty strings: only on a single Redis server, where one
 /// script may touch the index too (on a cluster it lives in another slot, so

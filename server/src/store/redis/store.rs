@@ -287,8 +287,13 @@ impl ReceiptStore for RedisStore {
                         }
                     }
                     plan.cmds.push(z);
-                    plan.cmds
-                        .extend(load::message_cmds(k, c, keys::message_writes(&fresh)));
+                    plan.cmds.extend(load::message_cmds(
+                        k,
+                        c,
+                        keys::message_writes(&fresh, |b| {
+                            view.bucket_bytes.get(b).copied().unwrap_or(0)
+                        }),
+                    ));
                     if tq.len() > 2 {
                         plan.cmds.push(tq);
                         plan.cmds.push(rcmd!["HSET", k.meta(c), "th", 1u64]);

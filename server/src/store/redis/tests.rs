@@ -211,9 +211,9 @@ fn seq_members_and_message_values_round_trip_raw() {
 #[test]
 fn messages_registered_together_share_a_bucket_field_and_are_found_in_it() {
     let c = uuid::Uuid::now_v7();
-    let in_bucket = |last: u8| {
+    let in_bucket = |prefix: [u8; 5], last: u8| {
         let mut b = *uuid::Uuid::now_v7().as_bytes();
-        b[..5].copy_from_slice(&[1, 2, 3, 4, 5]);
+        b[..5].copy_from_slice(&prefix);
         b[15] = last;
         uuid::Uuid::from_bytes(b)
     };
@@ -228,25 +228,34 @@ fn messages_registered_together_share_a_bucket_field_and_are_found_in_it() {
         id: uuid::Uuid::now_v7(),
         seq: 7,
     };
-    let mut alone = *uuid::Uuid::now_v7().as_bytes();
-    alone[..5].copy_from_slice(&[9, 9, 9, 9, 9]);
-    let msgs = [
-        (message(in_bucket(1), 10), None),
-        (message(uuid::Uuid::from_bytes(alone), 11), None),
-        (message(in_bucket(2), 1 << 40), Some(root)),
-        (message(in_bucket(3), 12), None),
-    ];
-    let keys::MessageWrites { own, appends } = keys::message_writes(&msgs);
-    // The message alone in its bucket keeps a field of its own.
-    assert_eq!(
-        own,
-        [(alone.to_vec(), keys::message_value(&msgs[1].0, None))]
-    );
+    let min = keys::MESSAGE_BUCKET_MIN;
+    // A bucket of `min` (one in a thread), one of `min - 1`, and an id that
+    // is not UUIDv7 in the first bucket's bytes.
+    let mut msgs: Vec<_> = (0..min)
+        .map(|i| (message(in_bucket([1; 5], i as u8), 10 + i as u64), None))
+        .collect();
+    msgs[2].1 = Some(root);
+    msgs[2].0.seq = 1 << 40;
+    msgs.extend((0..min - 1).map(|i| (message(in_bucket([2; 5], i as u8), 100 + i as u64), None)));
+    let mut v4 = *uuid::Uuid::new_v4().as_bytes();
+    v4[..5].copy_from_slice(&[1; 5]);
+    msgs.push((message(uuid::Uuid::from_bytes(v4), 200), None));
+    let keys::MessageWrites { own, appends } = keys::message_writes(&msgs, |_| 0);
+    // Fewer than `min` together, and ids that are not UUIDv7, keep a field
+    // each.
+    let mut expected: Vec<(Vec<u8>, Vec<u8>)> = msgs[min..]
+        .iter()
+        .map(|(m, thread)| (m.id.as_bytes().to_vec(), keys::message_value(m, *thread)))
+        .collect();
+    let mut own = own;
+    own.sort();
+    expected.sort();
+    assert_eq!(own, expected);
     let [(bucket, records)] = &appends[..] else {
         panic!("one bucket: {appends:?}");
     };
-    assert_eq!(bucket.as_slice(), &[1, 2, 3, 4, 5]);
-    for (m, thread) in [&msgs[0], &msgs[2], &msgs[3]] {
+    assert_eq!(bucket.as_slice(), &[1; 5]);
+    for (m, thread) in &msgs[..min] {
         assert_eq!(keys::message_bucket(&m.id), bucket.as_slice());
         let value = keys::find_in_bucket(records, &m.id).expect("in its bucket");
         assert_eq!(
@@ -254,20 +263,39 @@ fn messages_registered_together_share_a_bucket_field_and_are_found_in_it() {
             Some((*m, *thread))
         );
     }
-    assert_eq!(keys::find_in_bucket(records, &in_bucket(4)), None);
-    // A bucket appended to again holds both calls' records.
-    let later = [
-        (message(in_bucket(5), 13), None),
-        (message(in_bucket(6), 14), None),
-    ];
-    let more = keys::message_writes(&later).appends;
-    let both = [records.clone(), more[0].1.clone()].concat();
-    for (m, _) in msgs.iter().chain(&later).filter(|(m, _)| m.seq != 11) {
-        assert!(keys::find_in_bucket(&both, &m.id).is_some());
-    }
+    assert_eq!(keys::find_in_bucket(records, &in_bucket([1; 5], 200)), None);
     // Records cut short are not misread.
+    let last = &msgs[min - 1].0.id;
     assert_eq!(
-        keys::find_in_bucket(&records[..records.len() - 1], &msgs[3].0.id),
+        keys::find_in_bucket(&records[..records.len() - 1], last),
         None
     );
+    // A bucket appended to again holds both calls' records, up to the most
+    // it may hold; the rest keep a field each.
+    let later: Vec<_> = (0..min)
+        .map(|i| {
+            (
+                message(in_bucket([1; 5], 100 + i as u8), 300 + i as u64),
+                None,
+            )
+        })
+        .collect();
+    let more = keys::message_writes(&later, |_| records.len());
+    let both = [records.clone(), more.appends[0].1.clone()].concat();
+    for (m, _) in msgs[..min].iter().chain(&later) {
+        assert!(keys::find_in_bucket(&both, &m.id).is_some());
+    }
+    let full = keys::message_writes(&later, |_| keys::MESSAGE_BUCKET_MAX_BYTES - 100);
+    let appended = full.appends.first().map_or(&[][..], |(_, r)| r.as_slice());
+    assert!(
+        !appended.is_empty() && appended.len() <= 100,
+        "{}",
+        appended.len()
+    );
+    let in_bucket_now = later
+        .iter()
+        .filter(|(m, _)| keys::find_in_bucket(appended, &m.id).is_some())
+        .count();
+    assert!(in_bucket_now > 0 && !full.own.is_empty());
+    assert_eq!(in_bucket_now + full.own.len(), min);
 }

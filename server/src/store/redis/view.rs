@@ -18,6 +18,10 @@ pub(super) struct View {
     pub(super) wms: HashMap<UserId, ReadWatermark>,
     pub(super) sharing: HashMap<UserId, bool>,
     pub(super) messages: HashMap<MessageId, Message>,
+    /// The bytes each messages-hash bucket field read so far holds (0 for
+    /// an absent one): how much a registration may still append to it
+    /// (`keys::message_writes`).
+    pub(super) bucket_bytes: HashMap<Vec<u8>, usize>,
     /// Delivery runs, by member and bucket, as far as loaded.
     pub(super) runs: RunBuckets,
     /// (user, public) -> history entries (seq, at) in seq order.
@@ -69,6 +73,7 @@ impl View {
             wms: HashMap::new(),
             sharing: HashMap::new(),
             messages: HashMap::new(),
+            bucket_bytes: HashMap::new(),
             runs: RunBuckets::default(),
             hist: HashMap::new(),
             tail: None,

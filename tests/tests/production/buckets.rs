@@ -26,13 +26,13 @@ async fn messages_registered_together_share_a_bucket_field_and_are_found_by_id()
             .query_async(&mut con)
             .await
             .expect("HKEYS");
-        let (buckets, own): (Vec<_>, Vec<_>) = fields.into_iter().partition(|f| f.len() == 5);
+        let (buckets, own): (Vec<_>, Vec<_>) = fields.into_iter().partition(|f| f.len() == 6);
         (buckets, own)
     };
     let (buckets, own) = fields().await;
     assert!(
         (1..=2).contains(&buckets.len()),
-        "20 ids minted together: one bucket, or two across a 256 ms boundary: {buckets:?}"
+        "20 ids minted together: one bucket, or two across a millisecond: {buckets:?}"
     );
     assert_eq!(
         own,
@@ -86,7 +86,7 @@ async fn messages_registered_together_share_a_bucket_field_and_are_found_by_id()
     let after = receipts_of(&mut alice_client, group.id, &all).await;
     assert_eq!(after, before, "read through from Cassandra, unchanged");
     // The re-warm groups the messages by bucket: the one registered alone
-    // shares its bucket with the others if minted in the same 256 ms.
+    // shares its bucket with the others if minted in the same millisecond.
     let (buckets, own) = fields().await;
     assert!(!buckets.is_empty(), "the re-warm writes buckets");
     assert!(own.len() <= 1, "{own:?}");

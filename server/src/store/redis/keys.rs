@@ -106,9 +106,11 @@ pub fn message_value(m: &Message, thread: Option<ThreadRoot>) -> Vec<u8> {
     v
 }
 
-/// The messages-hash field that holds a bucket of messages: the first 5
-/// bytes of their ids (for UUIDv7 ids, the same 256 ms of minting time).
-pub const MESSAGE_BUCKET_BYTES: usize = 5;
+/// The messages-hash field that holds a bucket of messages: the first 6
+/// bytes of their ids, for UUIDv7 ids the millisecond they were minted in
+/// (a batch minted in a loop is one or two buckets; consecutive batches are
+/// others).
+pub const MESSAGE_BUCKET_BYTES: usize = 6;
 
 /// The bucket field of message `id` ([`MESSAGE_BUCKET_BYTES`]).
 pub fn message_bucket(id: &MessageId) -> &[u8] {
@@ -124,7 +126,7 @@ pub fn message_bucket(id: &MessageId) -> &[u8] {
 pub const MESSAGE_BUCKET_MIN: usize = 8;
 
 /// The most bytes of records a bucket field holds. A bucket of UUIDv7 ids
-/// spans 256 ms of minting, so this bounds only a burst (an import of ids
+/// spans one millisecond of minting, so this bounds only a burst (an import of ids
 /// minted at once): past it, messages keep a field each, and a lookup never
 /// reads more than this for one bucket.
 pub const MESSAGE_BUCKET_MAX_BYTES: usize = 4096;
@@ -132,11 +134,11 @@ pub const MESSAGE_BUCKET_MAX_BYTES: usize = 4096;
 /// The messages-hash writes for newly registered messages ([`MessageWrites`]).
 /// UUIDv7 messages that share a bucket with at least
 /// [`MESSAGE_BUCKET_MIN`] - 1 others of the same call are appended to the
-/// bucket's field as records (the rest of the id, 11 bytes ‖ the value's
+/// bucket's field as records (the rest of the id, 10 bytes ‖ the value's
 /// length, 1 byte ‖ the [`message_value`]), while the field stays within
 /// [`MESSAGE_BUCKET_MAX_BYTES`] (`held`: the bytes a bucket field holds
 /// already); every other message gets a field of its own (the raw id). So a
-/// batch costs about its records' bytes (one field per 256 ms of ids). Readers
+/// batch costs about its records' bytes (one field per millisecond of ids). Readers
 /// look a message up in both ([`find_in_bucket`]).
 pub fn message_writes(
     msgs: &[(Message, Option<ThreadRoot>)],

@@ -700,8 +700,8 @@ end
 /// Lua helper for the scripts that look messages up by id:
 /// `messages_at(messages hash, raw ids)`, each id's messages-hash value
 /// (false where absent) from its own field or from its bucket's records
-/// (`keys::message_writes`: the id's first 5 bytes name the bucket; a
-/// record is the id's other 11 bytes, the value's length in one byte, the
+/// (`keys::message_writes`: the id's first 6 bytes name the bucket; a
+/// record is the id's other 10 bytes, the value's length in one byte, the
 /// value), in one `HMGET` of the ids and their distinct buckets (1,000
 /// fields at a time).
 const MESSAGES_AT: &str = r#"
@@ -709,7 +709,7 @@ local function messages_at(key, ids)
   local fields, at = {}, {}
   for i, id in ipairs(ids) do fields[i] = id end
   for _, id in ipairs(ids) do
-    local b = string.sub(id, 1, 5)
+    local b = string.sub(id, 1, 6)
     if not at[b] then
       fields[#fields + 1] = b
       at[b] = #fields
@@ -724,22 +724,22 @@ local function messages_at(key, ids)
   for i, id in ipairs(ids) do
     local v = values[i]
     if not v then
-      local b = string.sub(id, 1, 5)
+      local b = string.sub(id, 1, 6)
       local records = parsed[b]
       if not records then
         records = {}
         local r = values[at[b]]
         if r then
           local p = 1
-          while p + 11 <= #r do
-            local len = string.byte(r, p + 11)
-            records[string.sub(r, p, p + 10)] = string.sub(r, p + 12, p + 11 + len)
-            p = p + 12 + len
+          while p + 10 <= #r do
+            local len = string.byte(r, p + 10)
+            records[string.sub(r, p, p + 9)] = string.sub(r, p + 11, p + 10 + len)
+            p = p + 11 + len
           end
         end
         parsed[b] = records
       end
-      v = records[string.sub(id, 6)] or false
+      v = records[string.sub(id, 7)] or false
     end
     found[i] = v
   end

@@ -211,9 +211,9 @@ fn seq_members_and_message_values_round_trip_raw() {
 #[test]
 fn messages_registered_together_share_a_bucket_field_and_are_found_in_it() {
     let c = uuid::Uuid::now_v7();
-    let in_bucket = |prefix: [u8; 5], last: u8| {
+    let in_bucket = |prefix: [u8; 6], last: u8| {
         let mut b = *uuid::Uuid::now_v7().as_bytes();
-        b[..5].copy_from_slice(&prefix);
+        b[..6].copy_from_slice(&prefix);
         b[15] = last;
         uuid::Uuid::from_bytes(b)
     };
@@ -232,13 +232,13 @@ fn messages_registered_together_share_a_bucket_field_and_are_found_in_it() {
     // A bucket of `min` (one in a thread), one of `min - 1`, and an id that
     // is not UUIDv7 in the first bucket's bytes.
     let mut msgs: Vec<_> = (0..min)
-        .map(|i| (message(in_bucket([1; 5], i as u8), 10 + i as u64), None))
+        .map(|i| (message(in_bucket([1; 6], i as u8), 10 + i as u64), None))
         .collect();
     msgs[2].1 = Some(root);
     msgs[2].0.seq = 1 << 40;
-    msgs.extend((0..min - 1).map(|i| (message(in_bucket([2; 5], i as u8), 100 + i as u64), None)));
+    msgs.extend((0..min - 1).map(|i| (message(in_bucket([2; 6], i as u8), 100 + i as u64), None)));
     let mut v4 = *uuid::Uuid::new_v4().as_bytes();
-    v4[..5].copy_from_slice(&[1; 5]);
+    v4[..6].copy_from_slice(&[1; 6]);
     msgs.push((message(uuid::Uuid::from_bytes(v4), 200), None));
     let keys::MessageWrites { own, appends } = keys::message_writes(&msgs, |_| 0);
     // Fewer than `min` together, and ids that are not UUIDv7, keep a field
@@ -254,7 +254,7 @@ fn messages_registered_together_share_a_bucket_field_and_are_found_in_it() {
     let [(bucket, records)] = &appends[..] else {
         panic!("one bucket: {appends:?}");
     };
-    assert_eq!(bucket.as_slice(), &[1; 5]);
+    assert_eq!(bucket.as_slice(), &[1; 6]);
     for (m, thread) in &msgs[..min] {
         assert_eq!(keys::message_bucket(&m.id), bucket.as_slice());
         let value = keys::find_in_bucket(records, &m.id).expect("in its bucket");
@@ -263,7 +263,7 @@ fn messages_registered_together_share_a_bucket_field_and_are_found_in_it() {
             Some((*m, *thread))
         );
     }
-    assert_eq!(keys::find_in_bucket(records, &in_bucket([1; 5], 200)), None);
+    assert_eq!(keys::find_in_bucket(records, &in_bucket([1; 6], 200)), None);
     // Records cut short are not misread.
     let last = &msgs[min - 1].0.id;
     assert_eq!(
@@ -275,7 +275,7 @@ fn messages_registered_together_share_a_bucket_field_and_are_found_in_it() {
     let later: Vec<_> = (0..min)
         .map(|i| {
             (
-                message(in_bucket([1; 5], 100 + i as u8), 300 + i as u64),
+                message(in_bucket([1; 6], 100 + i as u8), 300 + i as u64),
                 None,
             )
         })

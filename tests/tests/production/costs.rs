@@ -496,56 +496,83 @@ async fn a_read_reads_its_facts_in_one_call() {
     assert_eq!(tick(&r), pb::Tick::Read);
 }
 
-/// RegisterMessages of 100 messages writes the id index once per index key
-/// the ids fall in (an HSET of all of them and a PEXPIREAT, no key per
-/// message) and everything else once: the seq index, the messages hash, the
-/// queue entry, the sender's recent list.
+/// A registration writes the id index once per index key its ids fall in
+/// (an HSET and a PEXPIREAT; a UUIDv7 id's key is its second and its last
+/// byte), or, for 8 or more ids of one millisecond, once in all (their
+/// bucket field), and everything else once: the seq index, the messages
+/// hash, the queue entry, the sender's recent list. So 100 ids minted in
+/// one millisecond cost the writes of one.
 #[tokio::test]
-async fn a_registration_writes_the_id_index_once_per_index_key_and_the_rest_once() {
+async fn a_registration_writes_the_id_index_once_per_bucket_or_index_key_and_the_rest_once() {
     let (_redis, tier, node) = measured_node().await;
     let mut backend = node.backend().await;
     let mut direct = Conversation::create(&mut backend, 2).await;
     let alice = direct.members[0];
     direct.send(&mut backend, alice).await;
-    let mut register = |n: usize| {
+    let mut register = |ids: Vec<Uuid>| {
         let seq = direct.next_seq();
-        direct.set_next_seq(seq + n as i64);
+        direct.set_next_seq(seq + ids.len() as i64);
         pb::RegisterMessagesRequest {
-            messages: (0..n)
-                .map(|i| registration(Uuid::now_v7(), direct.id, seq + i as i64, alice))
+            messages: ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| registration(*id, direct.id, seq + i as i64, alice))
                 .collect(),
         }
     };
-    let (one, hundred) = (register(1), register(100));
-    let single = writes_of(&tier, || async {
-        backend.register_messages(one).await.expect("register 1");
-    })
-    .await;
-    let many = writes_of(&tier, || async {
-        backend
-            .register_messages(hundred)
-            .await
-            .expect("register 100");
-    })
-    .await;
+    // Ids of one millisecond: 100 of them, and 7 (below the bucket minimum).
+    let of_one_millisecond = |n: u8| -> Vec<Uuid> {
+        let minted = *Uuid::now_v7().as_bytes();
+        (0..n)
+            .map(|i| {
+                let mut b = minted;
+                b[15] = i;
+                Uuid::from_bytes(b)
+            })
+            .collect()
+    };
+    let (one, hundred) = (
+        register(vec![Uuid::now_v7()]),
+        register(of_one_millisecond(100)),
+    );
+    let seven = register(of_one_millisecond(7));
+    let mut writes = Vec::new();
+    for (request, what) in [
+        (one, "register 1"),
+        (hundred, "register 100"),
+        (seven, "register 7"),
+    ] {
+        writes.push(
+            writes_of(&tier, || async {
+                backend.register_messages(request).await.expect(what);
+            })
+            .await,
+        );
+    }
+    let [single, many, few] = &writes[..] else {
+        unreachable!()
+    };
     println!("RegisterMessages writes, 1 message: {single:?}");
-    println!("RegisterMessages writes, 100 messages: {many:?}");
+    println!("RegisterMessages writes, 100 messages of one millisecond: {many:?}");
+    println!("RegisterMessages writes, 7 messages of one millisecond: {few:?}");
     let calls = |c: &BTreeMap<String, u64>, name: &str| c.get(name).copied().unwrap_or(0);
     assert_eq!(many.get("set"), None, "no key per message");
-    assert_eq!(calls(&single, "pexpireat"), 1, "one index key");
-    let keys = calls(&many, "pexpireat");
+    assert_eq!(calls(single, "pexpireat"), 1, "one index key");
+    assert_eq!(many, single, "one bucket field: the writes of one message");
+    // Below the minimum, a field each: one HSET and PEXPIREAT per index key.
+    let keys = calls(few, "pexpireat");
     assert!(
-        (1..=2 * ID_INDEX_SHARDS).contains(&keys),
-        "16 index keys per second of ids: {keys}"
+        (1..=7).contains(&keys),
+        "an index key per last byte: {keys}"
     );
-    assert_eq!(calls(&many, "hset"), calls(&single, "hset") + keys - 1);
+    assert_eq!(calls(few, "hset"), calls(single, "hset") + keys - 1);
     let without_index = |c: &BTreeMap<String, u64>| {
         let mut c = c.clone();
         c.remove("hset");
         c.remove("pexpireat");
         c
     };
-    assert_eq!(without_index(&single), without_index(&many));
+    assert_eq!(without_index(single), without_index(few));
 }
 
 /// What one call costs Redis: its commands (commands run inside Lua scripts

@@ -59,13 +59,46 @@ impl Inner {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
+        // Each UUIDv7 id has two places: a field of its own, or a record in
+        // the bucket field of its millisecond (`write_homes`). One HMGET per
+        // index key, each field asked once.
         let (groups, plain) = self.keys.id_index_groups(ids);
+        let mut lookups: Vec<(String, Vec<Vec<u8>>)> = Vec::new();
+        let mut by_key: HashMap<String, usize> = HashMap::new();
+        let mut asked: HashMap<(usize, Vec<u8>), usize> = HashMap::new();
+        let mut ask = |key: String, field: Vec<u8>| -> (usize, usize) {
+            let g = *by_key.entry(key.clone()).or_insert_with(|| {
+                lookups.push((key, Vec::new()));
+                lookups.len() - 1
+            });
+            let f = *asked.entry((g, field.clone())).or_insert_with(|| {
+                lookups[g].1.push(field);
+                lookups[g].1.len() - 1
+            });
+            (g, f)
+        };
+        // Per id: (lookup, field) of its own field, and of its bucket's.
+        type Place = ((usize, usize), (usize, usize));
+        let mut places: Vec<Option<Place>> = vec![None; ids.len()];
+        for (key, at) in groups {
+            for i in at {
+                let m = &ids[i];
+                let own = ask(key.clone(), m.as_bytes().to_vec());
+                let ms = v7_millis(m).unwrap_or(0);
+                let (secs, shard) = keys::id_bucket_slot(ms);
+                let bucket = ask(
+                    self.keys.id_index(secs, shard),
+                    keys::message_bucket(m).to_vec(),
+                );
+                places[i] = Some((own, bucket));
+            }
+        }
         let mut p = redis::pipe();
-        for (key, at) in &groups {
+        for (key, fields) in &lookups {
             let mut cmd = redis::cmd("HMGET");
             cmd.arg(key);
-            for i in at {
-                cmd.arg(ids[*i].as_bytes().as_slice());
+            for f in fields {
+                cmd.arg(f.as_slice());
             }
             p.add_command(cmd);
         }
@@ -84,18 +117,29 @@ impl Inner {
             .flatten();
         let mut rows: Vec<Option<ConversationId>> = vec![None; ids.len()];
         let mut replies = replies.into_iter();
-        for (_, at) in &groups {
-            let values: Vec<Option<Vec<u8>>> = replies
-                .next()
-                .map(Vec::from_redis_value)
-                .transpose()
-                .map_err(parse)?
-                .unwrap_or_default();
-            for (i, v) in at.iter().zip(values) {
-                rows[*i] = v
-                    .map(|b| ConversationId::from_slice(&b).map_err(|_| corrupt("id index")))
-                    .transpose()?;
-            }
+        let mut values: Vec<Vec<Option<Vec<u8>>>> = Vec::with_capacity(lookups.len());
+        for _ in &lookups {
+            values.push(
+                replies
+                    .next()
+                    .map(Vec::from_redis_value)
+                    .transpose()
+                    .map_err(parse)?
+                    .unwrap_or_default(),
+            );
+        }
+        let value = |(g, f): (usize, usize)| {
+            values
+                .get(g)
+                .and_then(|v| v.get(f))
+                .and_then(|v| v.as_deref())
+        };
+        for (i, place) in places.iter().enumerate() {
+            let Some((own, bucket)) = place else { continue };
+            rows[i] = match value(*own) {
+                Some(b) => Some(ConversationId::from_slice(b).map_err(|_| corrupt("id index"))?),
+                None => value(*bucket).and_then(|r| keys::find_id_record(r, &ids[i])),
+            };
         }
         for i in &plain {
             let v: Option<String> = replies
@@ -120,25 +164,78 @@ impl Inner {
             let Some(msg) = self.scylla.message(*m).await? else {
                 return Ok(None);
             };
-            let mut p = redis::pipe();
-            for cmd in self.home_cmds(&[(*m, msg.conversation)]) {
-                p.add_command(cmd).ignore();
-            }
-            self.pipe::<()>(&p).await?;
+            self.write_homes(&[(*m, msg.conversation)]).await?;
             Ok(Some(msg.conversation))
         });
         futures::future::try_join_all(lookups).await
     }
 
+    /// Makes `(message, conversation)` pairs findable by [`Self::homes`].
+    /// UUIDv7 ids of one millisecond, [`keys::ID_BUCKET_MIN`] or more, are
+    /// records of that millisecond's bucket field ([`scripts::INDEX_APPEND`],
+    /// up to [`keys::MESSAGE_BUCKET_MAX_BYTES`]: one key, one field, for a
+    /// batch minted in a loop); the others go by [`Self::home_cmds`].
+    pub(super) async fn write_homes(
+        &self,
+        pairs: &[(MessageId, ConversationId)],
+    ) -> StoreResult<()> {
+        let mut by_ms: BTreeMap<u64, Vec<(MessageId, ConversationId)>> = BTreeMap::new();
+        let mut own = Vec::new();
+        for (m, c) in pairs {
+            match v7_millis(m) {
+                Some(ms) => by_ms.entry(ms).or_default().push((*m, *c)),
+                None => own.push((*m, *c)),
+            }
+        }
+        let ttl_ms = self.ttl().saturating_mul(1000);
+        let now = crate::domain::now_millis().max(0) as u64;
+        let mut appends = Vec::new();
+        for (ms, in_ms) in by_ms {
+            if in_ms.len() < keys::ID_BUCKET_MIN {
+                own.extend(in_ms);
+                continue;
+            }
+            let (secs, shard) = keys::id_bucket_slot(ms);
+            let mut inv = scripts::INDEX_APPEND.prepare_invoke();
+            inv.key(self.keys.id_index(secs, shard))
+                .arg(id_index_expiry(secs, now, ttl_ms))
+                .arg(keys::MESSAGE_BUCKET_MAX_BYTES)
+                .arg(keys::message_bucket(&in_ms[0].0))
+                .arg(
+                    in_ms
+                        .iter()
+                        .flat_map(|(m, c)| keys::id_record(m, c))
+                        .collect::<Vec<u8>>(),
+                );
+            appends.push((inv, in_ms));
+        }
+        let kept = futures::future::try_join_all(appends.iter().map(|(inv, _)| {
+            let mut conn = self.conn();
+            async move { inv.invoke_async::<i64>(&mut conn).await }
+        }))
+        .await
+        .map_err(redis_err)?;
+        for ((_, in_ms), kept) in appends.into_iter().zip(kept) {
+            if kept == 0 {
+                own.extend(in_ms);
+            }
+        }
+        let mut p = redis::pipe();
+        for cmd in self.home_cmds(&own) {
+            p.add_command(cmd).ignore();
+        }
+        self.pipe::<()>(&p).await
+    }
+
     /// The writes that make `(message, conversation)` pairs findable by
-    /// [`Self::homes`]: for UUIDv7 ids, one HSET and one PEXPIREAT per id
-    /// index key; for others, a home key each.
+    /// [`Self::homes`] a field each: for UUIDv7 ids, one HSET and one
+    /// PEXPIREAT per id index key; for others, a home key each.
     ///
     /// An index key lives until the later of its second plus the hot TTL and
     /// now plus the hot TTL (plus [`CLOCK_SKEW_MS`]), so every entry outlives
     /// both its id's minting and its registration by the TTL: what
     /// [`Self::new_id_horizon`] relies on.
-    pub(super) fn home_cmds(&self, pairs: &[(MessageId, ConversationId)]) -> Vec<Cmd> {
+    fn home_cmds(&self, pairs: &[(MessageId, ConversationId)]) -> Vec<Cmd> {
         let ids: Vec<MessageId> = pairs.iter().map(|(m, _)| *m).collect();
         let (groups, plain) = self.keys.id_index_groups(&ids);
         let ttl_ms = self.ttl().saturating_mul(1000);

@@ -275,6 +275,41 @@ pub fn id_index_slot(m: &MessageId, ms: u64) -> (u64, u8) {
     (ms / 1000, m.as_bytes()[15] % ID_INDEX_SHARDS)
 }
 
+/// An id-index record of a bucket field ([`id_record`]): the id's last 10
+/// bytes and the raw conversation id.
+pub const ID_RECORD_BYTES: usize = 16 - MESSAGE_BUCKET_BYTES + 16;
+
+/// How many ids of one millisecond a registration writes at least for
+/// them to share an id-index bucket field, as for the messages hash
+/// ([`MESSAGE_BUCKET_MIN`]).
+pub const ID_BUCKET_MIN: usize = MESSAGE_BUCKET_MIN;
+
+/// The id-index key coordinates of the bucket of the UUIDv7 ids minted in
+/// millisecond `ms`: its second, and a shard by the millisecond (so every
+/// id of one millisecond is in one key, one field: the ids' first 6 bytes).
+pub fn id_bucket_slot(ms: u64) -> (u64, u8) {
+    (ms / 1000, (ms % u64::from(ID_INDEX_SHARDS)) as u8)
+}
+
+/// The record of `(m, c)` in an id-index bucket field: `m`'s last 10
+/// bytes ‖ `c`, raw ([`ID_RECORD_BYTES`]).
+pub fn id_record(m: &MessageId, c: &ConversationId) -> Vec<u8> {
+    let mut r = Vec::with_capacity(ID_RECORD_BYTES);
+    r.extend_from_slice(&m.as_bytes()[MESSAGE_BUCKET_BYTES..]);
+    r.extend_from_slice(c.as_bytes());
+    r
+}
+
+/// The conversation of `m` in an id-index bucket field's records, if there
+/// (the first record of `m`).
+pub fn find_id_record(records: &[u8], m: &MessageId) -> Option<ConversationId> {
+    let tail = &m.as_bytes()[MESSAGE_BUCKET_BYTES..];
+    records
+        .chunks_exact(ID_RECORD_BYTES)
+        .find(|r| &r[..tail.len()] == tail)
+        .and_then(|r| ConversationId::from_slice(&r[tail.len()..]).ok())
+}
+
 /// Key builder for one namespace prefix (several deployments, or tests, can
 /// share one Redis).
 #[derive(Clone, Debug)]

@@ -697,6 +697,35 @@ local function runs_at(key, size, members, seqs)
 end
 "#;
 
+/// Appends records to an id-index bucket field (`keys::id_record`:
+/// 26 bytes each), skipping those it holds already, unless that would take
+/// the field past a size. KEYS[1]: the index key. ARGV: its expiry (ms,
+/// `PEXPIREAT`, set with each write as for the index's other fields), the
+/// most bytes the field may hold, the field, the records. Returns 1 if
+/// they are in the field, 0 if it is full (the caller writes them a field
+/// each).
+pub static INDEX_APPEND: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local cur = redis.call('HGET', KEYS[1], ARGV[3]) or ''
+local have, add = {}, {}
+for p = 1, #cur, 26 do have[string.sub(cur, p, p + 25)] = true end
+local recs = ARGV[4]
+for p = 1, #recs, 26 do
+  local r = string.sub(recs, p, p + 25)
+  if not have[r] then
+    add[#add + 1] = r
+    have[r] = true
+  end
+end
+if #cur + 26 * #add > tonumber(ARGV[2]) then return 0 end
+if #add > 0 then redis.call('HSET', KEYS[1], ARGV[3], cur .. table.concat(add)) end
+redis.call('PEXPIREAT', KEYS[1], ARGV[1])
+return 1
+"#,
+    )
+});
+
 /// Lua helper for the scripts that look messages up by id:
 /// `messages_at(messages hash, raw ids)`, each id's messages-hash value
 /// (false where absent) from its own field or from its bucket's records

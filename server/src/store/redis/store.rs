@@ -323,11 +323,7 @@ impl ReceiptStore for RedisStore {
                 .iter()
                 .flat_map(|(_, _, fresh)| fresh.iter().map(|m| (m.id, m.conversation)))
                 .collect();
-            let mut p = redis::pipe();
-            for cmd in s.home_cmds(&pairs) {
-                p.add_command(cmd).ignore();
-            }
-            s.pipe::<()>(&p).await?;
+            s.write_homes(&pairs).await?;
             let mut conflict = false;
             let mut committed = Vec::new();
             for (view, plan, fresh) in plans.drain(..) {

@@ -299,3 +299,35 @@ fn messages_registered_together_share_a_bucket_field_and_are_found_in_it() {
     assert!(in_bucket_now > 0 && !full.own.is_empty());
     assert_eq!(in_bucket_now + full.own.len(), min);
 }
+
+#[test]
+fn id_index_records_find_their_conversation() {
+    let ms = 1_800_000_000_123u64;
+    let ids: Vec<uuid::Uuid> = (0..3u8)
+        .map(|i| {
+            let mut b = *uuid::Uuid::now_v7().as_bytes();
+            b[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+            b[15] = i;
+            uuid::Uuid::from_bytes(b)
+        })
+        .collect();
+    let convs: Vec<uuid::Uuid> = (0..3).map(|_| uuid::Uuid::new_v4()).collect();
+    let records: Vec<u8> = ids
+        .iter()
+        .zip(&convs)
+        .flat_map(|(m, c)| keys::id_record(m, c))
+        .collect();
+    assert_eq!(records.len(), 3 * keys::ID_RECORD_BYTES);
+    for (m, c) in ids.iter().zip(&convs) {
+        assert_eq!(keys::message_bucket(m), &ms.to_be_bytes()[2..]);
+        assert_eq!(keys::find_id_record(&records, m), Some(*c));
+    }
+    let mut other = *ids[0].as_bytes();
+    other[15] = 9;
+    assert_eq!(
+        keys::find_id_record(&records, &uuid::Uuid::from_bytes(other)),
+        None
+    );
+    // Every id of one millisecond is in one key.
+    assert_eq!(keys::id_bucket_slot(ms), (ms / 1000, (ms % 16) as u8));
+}

@@ -164,7 +164,8 @@ impl Inner {
             let Some(msg) = self.scylla.message(*m).await? else {
                 return Ok(None);
             };
-            self.write_homes(&[(*m, msg.conversation)]).await?;
+            self.write_homes(&[(*m, msg.conversation)], |_| true)
+                .await?;
             Ok(Some(msg.conversation))
         });
         futures::future::try_join_all(lookups).await
@@ -174,15 +175,21 @@ impl Inner {
     /// UUIDv7 ids of one millisecond, [`keys::ID_BUCKET_MIN`] or more, are
     /// records of that millisecond's bucket field ([`scripts::INDEX_APPEND`],
     /// up to [`keys::MESSAGE_BUCKET_MAX_BYTES`]: one key, one field, for a
-    /// batch minted in a loop); the others go by [`Self::home_cmds`].
+    /// batch minted in a loop); the others go by [`Self::home_cmds`], and
+    /// so does every id for which `replaces` holds. A lookup reads an id's
+    /// own field before its bucket, and a bucket keeps the first record of
+    /// an id, so an id the index already places (an entry left by a
+    /// registration that never committed) must be replaced through its own
+    /// field: the caller says which.
     pub(super) async fn write_homes(
         &self,
         pairs: &[(MessageId, ConversationId)],
+        replaces: impl Fn(&MessageId) -> bool,
     ) -> StoreResult<()> {
         let mut by_ms: BTreeMap<u64, Vec<(MessageId, ConversationId)>> = BTreeMap::new();
         let mut own = Vec::new();
         for (m, c) in pairs {
-            match v7_millis(m) {
+            match v7_millis(m).filter(|_| !replaces(m)) {
                 Some(ms) => by_ms.entry(ms).or_default().push((*m, *c)),
                 None => own.push((*m, *c)),
             }

@@ -323,7 +323,11 @@ impl ReceiptStore for RedisStore {
                 .iter()
                 .flat_map(|(_, _, fresh)| fresh.iter().map(|m| (m.id, m.conversation)))
                 .collect();
-            s.write_homes(&pairs).await?;
+            // An id the index placed somewhere (a registration that never
+            // committed, since `fresh` says it is not there) is written a
+            // field of its own: read before any bucket, it replaces that entry.
+            s.write_homes(&pairs, |m| home_of.get(m).copied().flatten().is_some())
+                .await?;
             let mut conflict = false;
             let mut committed = Vec::new();
             for (view, plan, fresh) in plans.drain(..) {

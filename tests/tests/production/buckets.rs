@@ -115,3 +115,79 @@ async fn messages_registered_together_share_a_bucket_field_and_are_found_by_id()
     let r = receipt(&mut alice_client, group.id, sent[19]).await;
     assert_eq!((r.delivered_count, r.read_count), (2, 1));
 }
+
+/// An id-index entry left by a registration that never committed (here
+/// written by hand, as a field of its own and as a bucket record, naming a
+/// conversation that does not hold the message) is replaced by the next
+/// registration of that id, also in a batch whose other ids share a
+/// bucket: the id is then found in its real conversation by id alone.
+#[tokio::test]
+async fn an_index_entry_of_a_registration_that_never_committed_is_replaced() {
+    let tier = Tier::new().await;
+    let node = tier.node().await;
+    let mut backend = node.backend().await;
+    let mut group = Conversation::create(&mut backend, 2).await;
+    let elsewhere = Conversation::create(&mut backend, 2).await;
+    let (alice, bob) = (group.members[0], group.members[1]);
+    let keys = receipts_server::store::redis::keys::Keys::new(&tier.prefix);
+    use receipts_server::store::redis::keys as k;
+    let mut con = tier.redis().await;
+    for stale_in_bucket in [false, true] {
+        let minted = *Uuid::now_v7().as_bytes();
+        let ids: Vec<Uuid> = (0..10u8)
+            .map(|i| {
+                let mut b = minted;
+                b[15] = i;
+                Uuid::from_bytes(b)
+            })
+            .collect();
+        let ms = u64::from_be_bytes([
+            0, 0, minted[0], minted[1], minted[2], minted[3], minted[4], minted[5],
+        ]);
+        let stale = ids[3];
+        let (key, field, value) = if stale_in_bucket {
+            let (secs, shard) = k::id_bucket_slot(ms);
+            (
+                keys.id_index(secs, shard),
+                minted[..6].to_vec(),
+                k::id_record(&stale, &elsewhere.id),
+            )
+        } else {
+            let (secs, shard) = k::id_index_slot(&stale, ms);
+            (
+                keys.id_index(secs, shard),
+                stale.as_bytes().to_vec(),
+                elsewhere.id.as_bytes().to_vec(),
+            )
+        };
+        let _: () = redis::cmd("HSET")
+            .arg(&key)
+            .arg(field)
+            .arg(value)
+            .query_async(&mut con)
+            .await
+            .expect("a stale entry");
+        let first = group.next_seq();
+        group.set_next_seq(first + 10);
+        let registered = backend
+            .register_messages(pb::RegisterMessagesRequest {
+                messages: ids
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| registration(*m, group.id, first + i as i64, alice))
+                    .collect(),
+            })
+            .await
+            .expect("register 10")
+            .into_inner()
+            .registered;
+        assert_eq!(registered, 10);
+        let r = deliver(&mut node.user(bob).await, &ids).await;
+        assert!(
+            r.results
+                .iter()
+                .all(|r| r.outcome == pb::DeliveryOutcome::Recorded as i32),
+            "stale entry in a bucket: {stale_in_bucket}: {r:?}"
+        );
+    }
+}

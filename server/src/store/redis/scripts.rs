@@ -698,7 +698,8 @@ end
 "#;
 
 /// Appends records to an id-index bucket field (`keys::id_record`:
-/// 26 bytes each), skipping those it holds already, unless that would take
+/// 26 bytes each; a call's records are of distinct ids), skipping those it
+/// holds already (none to look for in a new field), unless that would take
 /// the field past a size. KEYS[1]: the index key. ARGV: its expiry (ms,
 /// `PEXPIREAT`, set with each write as for the index's other fields), the
 /// most bytes the field may hold, the field, the records. Returns 1 if
@@ -708,6 +709,12 @@ pub static INDEX_APPEND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local cur = redis.call('HGET', KEYS[1], ARGV[3]) or ''
+if cur == '' then
+  if #ARGV[4] > tonumber(ARGV[2]) then return 0 end
+  redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
+  redis.call('PEXPIREAT', KEYS[1], ARGV[1])
+  return 1
+end
 local have, add = {}, {}
 for p = 1, #cur, 26 do have[string.sub(cur, p, p + 25)] = true end
 local recs = ARGV[4]

@@ -515,8 +515,20 @@ impl Conversation {
         n: usize,
     ) -> Vec<Uuid> {
         let ids: Vec<Uuid> = (0..n).map(|_| Uuid::now_v7()).collect();
+        self.send_ids(backend, sender, &ids).await;
+        ids
+    }
+
+    /// Registers messages `ids` from `sender` at the next seqs in one call;
+    /// returns how many were newly registered.
+    pub async fn send_ids(
+        &mut self,
+        backend: &mut BackendClient,
+        sender: Uuid,
+        ids: &[Uuid],
+    ) -> i64 {
         let seq = self.next_seq;
-        self.next_seq += n as i64;
+        self.next_seq += ids.len() as i64;
         backend
             .register_messages(pb::RegisterMessagesRequest {
                 messages: ids
@@ -526,8 +538,9 @@ impl Conversation {
                     .collect(),
             })
             .await
-            .expect("register messages");
-        ids
+            .expect("register messages")
+            .into_inner()
+            .registered
     }
 
     /// The seq the next message will get.

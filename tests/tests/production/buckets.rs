@@ -14,31 +14,10 @@ async fn messages_registered_together_share_a_bucket_field_and_are_found_by_id()
     let tier = Tier::new().await;
     let (node, mut backend, mut group) = short_lived(&tier).await;
     let (alice, bob, carol) = (group.members[0], group.members[1], group.members[2]);
-    // 20 UUIDv7 ids of one millisecond (a batch minted in a loop may
-    // straddle two).
-    let minted = *Uuid::now_v7().as_bytes();
-    let sent: Vec<Uuid> = (0..20u8)
-        .map(|i| {
-            let mut b = minted;
-            b[15] = i;
-            Uuid::from_bytes(b)
-        })
-        .collect();
+    let sent = ids_of_one_millisecond(20);
+    let minted = *sent[0].as_bytes();
     let first = group.next_seq();
-    group.set_next_seq(first + 20);
-    let registered = backend
-        .register_messages(pb::RegisterMessagesRequest {
-            messages: sent
-                .iter()
-                .enumerate()
-                .map(|(i, m)| registration(*m, group.id, first + i as i64, alice))
-                .collect(),
-        })
-        .await
-        .expect("register 20")
-        .into_inner()
-        .registered;
-    assert_eq!(registered, 20);
+    assert_eq!(group.send_ids(&mut backend, alice, &sent).await, 20);
     let alone = group.send(&mut backend, alice).await;
     let keys = receipts_server::store::redis::keys::Keys::new(&tier.prefix);
     let messages_hash = keys.messages(&group.id);
@@ -133,14 +112,8 @@ async fn an_index_entry_of_a_registration_that_never_committed_is_replaced() {
     use receipts_server::store::redis::keys as k;
     let mut con = tier.redis().await;
     for stale_in_bucket in [false, true] {
-        let minted = *Uuid::now_v7().as_bytes();
-        let ids: Vec<Uuid> = (0..10u8)
-            .map(|i| {
-                let mut b = minted;
-                b[15] = i;
-                Uuid::from_bytes(b)
-            })
-            .collect();
+        let ids = ids_of_one_millisecond(10);
+        let minted = *ids[0].as_bytes();
         let ms = u64::from_be_bytes([
             0, 0, minted[0], minted[1], minted[2], minted[3], minted[4], minted[5],
         ]);
@@ -167,21 +140,7 @@ async fn an_index_entry_of_a_registration_that_never_committed_is_replaced() {
             .query_async(&mut con)
             .await
             .expect("a stale entry");
-        let first = group.next_seq();
-        group.set_next_seq(first + 10);
-        let registered = backend
-            .register_messages(pb::RegisterMessagesRequest {
-                messages: ids
-                    .iter()
-                    .enumerate()
-                    .map(|(i, m)| registration(*m, group.id, first + i as i64, alice))
-                    .collect(),
-            })
-            .await
-            .expect("register 10")
-            .into_inner()
-            .registered;
-        assert_eq!(registered, 10);
+        assert_eq!(group.send_ids(&mut backend, alice, &ids).await, 10);
         let r = deliver(&mut node.user(bob).await, &ids).await;
         assert!(
             r.results

@@ -521,21 +521,11 @@ async fn a_registration_writes_the_id_index_once_per_bucket_or_index_key_and_the
         }
     };
     // Ids of one millisecond: 100 of them, and 7 (below the bucket minimum).
-    let of_one_millisecond = |n: u8| -> Vec<Uuid> {
-        let minted = *Uuid::now_v7().as_bytes();
-        (0..n)
-            .map(|i| {
-                let mut b = minted;
-                b[15] = i;
-                Uuid::from_bytes(b)
-            })
-            .collect()
-    };
     let (one, hundred) = (
         register(vec![Uuid::now_v7()]),
-        register(of_one_millisecond(100)),
+        register(ids_of_one_millisecond(100)),
     );
-    let seven = register(of_one_millisecond(7));
+    let seven = register(ids_of_one_millisecond(7));
     let mut writes = Vec::new();
     for (request, what) in [
         (one, "register 1"),

@@ -74,6 +74,19 @@ async fn deliver_in(client: &mut UserClient, conversation: Uuid, ids: &[Uuid]) {
     );
 }
 
+/// `n` UUIDv7 ids of one millisecond (a batch minted in a loop may straddle
+/// two), differing in their last byte.
+fn ids_of_one_millisecond(n: u8) -> Vec<Uuid> {
+    let minted = *Uuid::now_v7().as_bytes();
+    (0..n)
+        .map(|i| {
+            let mut b = minted;
+            b[15] = i;
+            Uuid::from_bytes(b)
+        })
+        .collect()
+}
+
 /// A node whose hot data lives 3 s after its last update (flushing every
 /// 100 ms), its backend client, and a group of 3 created through it.
 async fn short_lived(tier: &Tier) -> (ChildServer, BackendClient, Conversation) {

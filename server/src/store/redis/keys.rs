@@ -148,7 +148,7 @@ pub fn message_writes(
         std::collections::BTreeMap::new();
     let mut out = MessageWrites::default();
     for m in msgs {
-        if m.0.id.get_version_num() == 7 {
+        if super::v7_millis(&m.0.id).is_some() {
             by_bucket
                 .entry(message_bucket(&m.0.id))
                 .or_default()

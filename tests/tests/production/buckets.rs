@@ -1,5 +1,7 @@
 //! Messages registered together: one field of the conversation's messages
-//! hash per bucket of ids (docs/storage.md, "Redis keys", `mr`).
+//! hash per bucket of ids (docs/storage.md, "Redis keys", `mr`); the seq
+//! index packed by bucket of seqs (`sb`), and packed from the form written
+//! before it (`sq`).
 
 use super::*;
 
@@ -149,4 +151,263 @@ async fn an_index_entry_of_a_registration_that_never_committed_is_replaced() {
             "stale entry in a bucket: {stale_in_bucket}: {r:?}"
         );
     }
+}
+
+/// [`receipts_of`] for any number of ids, 100 (the request's limit) at a
+/// time.
+async fn receipts_of_all(
+    client: &mut UserClient,
+    conversation: Uuid,
+    ids: &[Uuid],
+) -> Vec<pb::MessageReceipts> {
+    let mut out = Vec::new();
+    for chunk in ids.chunks(100) {
+        out.extend(receipts_of(client, conversation, chunk).await);
+    }
+    out
+}
+
+/// `(unread, read up to, last seq)` of `conversation` for `client`.
+async fn unread_of(client: &mut UserClient, conversation: Uuid) -> (i64, i64, i64) {
+    let c = client
+        .get_unread_counts(pb::GetUnreadCountsRequest {
+            conversation_ids: vec![conversation.to_string()],
+        })
+        .await
+        .expect("unread counts")
+        .into_inner()
+        .conversations
+        .remove(0);
+    (c.unread_count, c.read_up_to_seq, c.last_seq)
+}
+
+/// A conversation whose seq index was written before buckets (a member
+/// per message in `sq`, no `sb` in the meta hash; here rewritten by hand
+/// from the buckets) answers as before, and its first view packs it: `sb`
+/// holds every message again (with its thread root), `sq` is gone, every
+/// key keeps an expiry, and writes go on from there (a new message in the
+/// last bucket, deliveries and a read across buckets).
+#[tokio::test]
+async fn a_seq_index_written_before_buckets_is_packed_by_the_first_view() {
+    let tier = Tier::new().await;
+    let node = tier.node().await;
+    let mut backend = node.backend().await;
+    let mut group = Conversation::create(&mut backend, 3).await;
+    let (alice, bob, carol) = (group.members[0], group.members[1], group.members[2]);
+    // More than 128: packed, a member per bucket of 64 seqs.
+    let mut sent = group.send_many(&mut backend, alice, 130).await;
+    // A thread under the second message, at seq 131; carol's message at 132.
+    let reply = Uuid::now_v7();
+    let mut r = registration(reply, group.id, group.next_seq(), bob);
+    r.thread_root_message_id = sent[1].to_string();
+    backend
+        .register_messages(pb::RegisterMessagesRequest { messages: vec![r] })
+        .await
+        .expect("a thread reply");
+    group.set_next_seq(group.next_seq() + 1);
+    sent.push(group.send(&mut backend, carol).await);
+    let mut bob_client = node.user(bob).await;
+    deliver_in(&mut bob_client, group.id, &sent[..66]).await;
+    read_up_to(&mut bob_client, group.id, sent[9]).await;
+
+    let keys = receipts_server::store::redis::keys::Keys::new(&tier.prefix);
+    let (sb, sq, meta) = (
+        keys.seq_buckets(&group.id),
+        keys.legacy_seqs(&group.id),
+        keys.meta(&group.id),
+    );
+    let mut con = tier.redis().await;
+    let buckets: Vec<(Vec<u8>, u64)> = redis::cmd("ZRANGE")
+        .arg(&sb)
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .query_async(&mut con)
+        .await
+        .expect("the buckets");
+    assert_eq!(
+        buckets.iter().map(|(_, b)| *b).collect::<Vec<_>>(),
+        [0, 64, 128],
+        "seqs 1..=63, 64..=127 and 128..=132"
+    );
+    // Each bucket's records: seq mod 64 (128 set in a thread) ‖ id ‖
+    // sender ‖ the root's seq (in a thread), as `sq` members by seq.
+    let mut legacy: Vec<(u64, Vec<u8>)> = Vec::new();
+    for (value, b) in &buckets {
+        let mut rest = &value[..];
+        while let Some(&k) = rest.first() {
+            let len = if k & 0x80 != 0 { 41 } else { 33 };
+            let id = Uuid::from_slice(&rest[1..17]).expect("id");
+            let sender = Uuid::from_slice(&rest[17..33]).expect("sender");
+            let root = (len == 41).then(|| u64::from_be_bytes(rest[33..41].try_into().unwrap()));
+            let member = receipts_server::store::redis::keys::seq_member(&id, &sender, root);
+            legacy.push((b / 64 * 64 + u64::from(k & 0x3f), member));
+            rest = &rest[len..];
+        }
+    }
+    assert_eq!(legacy.len(), 132);
+    assert!(
+        legacy.iter().any(|(s, m)| *s == 131 && m.len() == 40),
+        "the reply is in a thread"
+    );
+
+    let mut alice_client = node.user(alice).await;
+    let mut carol_client = node.user(carol).await;
+    let all: Vec<Uuid> = sent.iter().copied().chain([reply]).collect();
+    let before = receipts_of_all(&mut alice_client, group.id, &all).await;
+    let unread_before = unread_of(&mut carol_client, group.id).await;
+    // Alice's 130 and the reply in the thread; carol's own is not unread.
+    assert_eq!(unread_before, (131, 0, 132));
+
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&meta)
+        .query_async(&mut con)
+        .await
+        .expect("PTTL");
+    assert!(ttl > 0);
+    let mut z = redis::cmd("ZADD");
+    z.arg(&sq);
+    for (seq, member) in &legacy {
+        z.arg(*seq).arg(member.as_slice());
+    }
+    let _: () = redis::pipe()
+        .atomic()
+        .add_command(z)
+        .ignore()
+        .cmd("PEXPIRE")
+        .arg(&sq)
+        .arg(ttl)
+        .ignore()
+        .cmd("DEL")
+        .arg(&sb)
+        .ignore()
+        .cmd("HDEL")
+        .arg(&meta)
+        .arg("sb")
+        .ignore()
+        .query_async(&mut con)
+        .await
+        .expect("the seq index as written before buckets");
+
+    assert_eq!(unread_of(&mut carol_client, group.id).await, unread_before);
+    let after = receipts_of_all(&mut alice_client, group.id, &all).await;
+    assert_eq!(after, before, "the same answers from the packed index");
+    let exists: (bool, bool, bool) = redis::pipe()
+        .cmd("EXISTS")
+        .arg(&sq)
+        .cmd("EXISTS")
+        .arg(&sb)
+        .cmd("HEXISTS")
+        .arg(&meta)
+        .arg("sb")
+        .query_async(&mut con)
+        .await
+        .expect("EXISTS");
+    assert_eq!(
+        exists,
+        (false, true, true),
+        "packed once, by the first view"
+    );
+    let repacked: Vec<(Vec<u8>, u64)> = redis::cmd("ZRANGE")
+        .arg(&sb)
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .query_async(&mut con)
+        .await
+        .expect("the buckets");
+    assert_eq!(repacked.len(), 3);
+    assert_eq!(
+        repacked.iter().map(|(v, _)| v.len()).sum::<usize>(),
+        buckets.iter().map(|(v, _)| v.len()).sum::<usize>(),
+        "every record again"
+    );
+
+    // Writes go on: a new message (seq 133) in the last bucket, deliveries
+    // and a read across the buckets.
+    sent.push(group.send(&mut backend, alice).await);
+    let others: Vec<Uuid> = sent[..130].iter().chain(&sent[131..]).copied().collect();
+    deliver_in(&mut carol_client, group.id, &others).await;
+    read_up_to(&mut carol_client, group.id, sent[130]).await;
+    // Seq 133 and the reply are unread.
+    assert_eq!(unread_of(&mut carol_client, group.id).await, (2, 132, 133));
+    let r = receipt(&mut alice_client, group.id, sent[65]).await;
+    assert_eq!((r.delivered_count, r.read_count), (2, 1));
+    let r = receipt(&mut alice_client, group.id, sent[131]).await;
+    assert_eq!((r.delivered_count, r.read_count), (1, 0));
+    for key in tier.keys().await {
+        if key.contains(&group.id.simple().to_string()) && !key.ends_with(":q") {
+            let ttl: i64 = redis::cmd("PTTL")
+                .arg(&key)
+                .query_async(&mut con)
+                .await
+                .expect("PTTL");
+            // -2: gone since it was listed (a window flushed, say).
+            assert!(ttl > 0 || ttl == -2, "{key} has an expiry: {ttl}");
+        }
+    }
+}
+
+/// A short conversation's seq index is a member per message, which Redis
+/// keeps in a listpack (in a direct chat and in a group); the registration that takes it past 128 packs it
+/// into a member per bucket of 64 seqs, and every answer stays the same
+/// across it.
+#[tokio::test]
+async fn the_seq_index_is_a_member_per_message_until_it_passes_128_then_packed() {
+    let tier = Tier::new().await;
+    let node = tier.node().await;
+    let mut backend = node.backend().await;
+    let keys = receipts_server::store::redis::keys::Keys::new(&tier.prefix);
+    let mut con = tier.redis().await;
+    // A direct chat (whose read reads the range and its messages in Lua)
+    // and a group.
+    for size in [2, 3] {
+        let mut group = Conversation::create(&mut backend, size).await;
+        let (alice, bob) = (group.members[0], group.members[1]);
+        let sb = keys.seq_buckets(&group.id);
+        let shape = || {
+            let mut p = redis::pipe();
+            p.cmd("ZCARD")
+                .arg(&sb)
+                .cmd("OBJECT")
+                .arg("ENCODING")
+                .arg(&sb);
+            let mut con = con.clone();
+            async move {
+                let r: (u64, String) = p.query_async(&mut con).await.expect("ZCARD");
+                r
+            }
+        };
+        let mut sent = group.send_many(&mut backend, alice, 100).await;
+        sent.push(group.send(&mut backend, alice).await);
+        assert_eq!(shape().await, (101, "listpack".to_string()));
+        let mut bob_client = node.user(bob).await;
+        deliver_in(&mut bob_client, group.id, &sent[..90]).await;
+        read_up_to(&mut bob_client, group.id, sent[49]).await;
+        let mut alice_client = node.user(alice).await;
+        let before = receipts_of_all(&mut alice_client, group.id, &sent).await;
+        assert_eq!(unread_of(&mut bob_client, group.id).await, (51, 50, 101));
+
+        sent.extend(group.send_many(&mut backend, alice, 40).await);
+        assert_eq!(
+            shape().await,
+            (3, "skiplist".to_string()),
+            "seqs 1..=141 in three buckets"
+        );
+        let after = receipts_of_all(&mut alice_client, group.id, &sent[..101]).await;
+        assert_eq!(after, before);
+        assert_eq!(unread_of(&mut bob_client, group.id).await, (91, 50, 141));
+        deliver_in(&mut bob_client, group.id, &sent[90..]).await;
+        read_up_to(&mut bob_client, group.id, sent[139]).await;
+        assert_eq!(unread_of(&mut bob_client, group.id).await, (1, 140, 141));
+        for m in [sent[0], sent[100], sent[140]] {
+            let r = receipt(&mut alice_client, group.id, m).await;
+            let read = i64::from(m != sent[140]);
+            assert_eq!((r.delivered_count, r.read_count), (1, read), "{m}");
+        }
+    }
+    let _: () = redis::cmd("PING")
+        .query_async(&mut con)
+        .await
+        .expect("PING");
 }

@@ -637,34 +637,6 @@ impl Inner {
         Err(contended(&c))
     }
 
-    /// The highest seq of `c`'s main timeline: the seq index from its end,
-    /// past any thread messages there.
-    pub(super) async fn last_main_seq(&self, c: &ConversationId) -> StoreResult<Seq> {
-        let mut from = 0i64;
-        loop {
-            let rows: Vec<(Vec<u8>, f64)> = self
-                .query(
-                    redis::cmd("ZREVRANGE")
-                        .arg(self.keys.seqs(c))
-                        .arg(from)
-                        .arg(from + 63)
-                        .arg("WITHSCORES"),
-                )
-                .await?;
-            for (member, score) in &rows {
-                let (_, _, thread) =
-                    keys::parse_seq_member(member).ok_or_else(|| corrupt("seq index"))?;
-                if thread.is_none() {
-                    return Ok(*score as Seq);
-                }
-            }
-            if rows.len() < 64 {
-                return Ok(0);
-            }
-            from += 64;
-        }
-    }
-
     /// The writes of `u`'s read `adv` at `at` in `timeline` of `c`: the
     /// position (the meta hash's `w:` field, or `tw` for a thread), its history entries (true,
     /// and public if it was) and the Scylla change under the timeline's

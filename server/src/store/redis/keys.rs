@@ -65,10 +65,10 @@ pub fn parse_thread_history_entry(e: &[u8]) -> Option<(u64, i64)> {
     (e.len() == 41).then_some((seq, at as i64))
 }
 
-/// A seq-index member: message ‖ sender, raw, and for a message in a thread
-/// its root's seq (8 bytes, big-endian). 32 or 40 bytes, so a conversation's
-/// sorted set stays a listpack up to 128 messages (`zset-max-listpack-value`
-/// is 64; the hex form, 65 bytes, made every one a skip list).
+/// A member of the seq index as conversations written before `sb` hold it
+/// (`P:{C}:sq`, scored by seq; read only to write it again, `seqs.rs`):
+/// message ‖ sender, raw, and for a message in a thread its root's seq (8
+/// bytes, big-endian).
 pub fn seq_member(m: &MessageId, sender: &UserId, thread: Option<Seq>) -> Vec<u8> {
     let mut e = Vec::with_capacity(40);
     e.extend_from_slice(m.as_bytes());
@@ -377,8 +377,15 @@ impl Keys {
     pub fn complex(&self, c: &ConversationId) -> String {
         self.conv(c, "cx")
     }
-    /// Sorted set: [`seq_member`]s (raw message ‖ sender) scored by seq.
-    pub fn seqs(&self, c: &ConversationId) -> String {
+    /// Sorted set: the seq index, a member per bucket of seqs (its
+    /// messages' records, `seqs.rs`) scored by the bucket.
+    pub fn seq_buckets(&self, c: &ConversationId) -> String {
+        self.conv(c, "sb")
+    }
+    /// Sorted set: the seq index as conversations written before
+    /// [`Self::seq_buckets`] hold it, [`seq_member`]s (raw message ‖
+    /// sender) scored by seq; packed by the first view of one.
+    pub fn legacy_seqs(&self, c: &ConversationId) -> String {
         self.conv(c, "sq")
     }
     /// Hash: raw message id -> [`message_value`] (seq, sender, sent time),
@@ -410,7 +417,7 @@ impl Keys {
     /// hot TTL after the last refresh, which the commit script makes at
     /// most every quarter TTL for all of them at once (`scripts::APPLY`).
     /// The queue is not one of them: it never expires.
-    pub fn conversation_state(&self, c: &ConversationId) -> [String; 17] {
+    pub fn conversation_state(&self, c: &ConversationId) -> [String; 18] {
         [
             self.meta(c),
             self.readers(c),
@@ -418,7 +425,9 @@ impl Keys {
             self.joins(c),
             self.sharing_joins(c),
             self.complex(c),
-            self.seqs(c),
+            // Gone once packed into `sb` (below); an EXPIRE of a missing key
+            // does nothing.
+            self.legacy_seqs(c),
             self.messages(c),
             self.runs(c),
             self.completions(c),
@@ -431,6 +440,7 @@ impl Keys {
             self.thread_messages(c),
             self.thread_positions(c),
             self.gapped(c),
+            self.seq_buckets(c),
         ]
     }
     /// Sorted set, by member (all scores 0): the messages of every thread,

@@ -41,6 +41,7 @@ pub(super) fn parse_view(c: &ConversationId, meta: HashMap<String, Vec<u8>>) -> 
         members,
         wms: watermarks,
         has_threads: meta.contains_key("th"),
+        seq_form: seqs::SeqForm::of(meta.get("sb").map(Vec::as_slice)),
         ..View::bare(*c, num("v")?)
     })
 }
@@ -86,6 +87,7 @@ pub(super) fn parse_view_reply(
                 member,
                 "th".into(),
                 keys::watermark_field(u),
+                "sb".into(),
             ];
             for (f, v) in names.into_iter().zip(values) {
                 if let Some(v) = v {
@@ -138,22 +140,6 @@ pub(super) fn count_unread(
         .count() as u64
 }
 
-/// Seq-index entries read `WITHSCORES`.
-pub(super) fn parse_seq_rows(rows: Vec<(Vec<u8>, f64)>) -> StoreResult<Vec<Indexed>> {
-    rows.into_iter()
-        .map(|(member, score)| {
-            let (id, sender, thread) =
-                keys::parse_seq_member(&member).ok_or_else(|| corrupt("seq index"))?;
-            Ok(Indexed {
-                seq: score as Seq,
-                id,
-                sender,
-                thread,
-            })
-        })
-        .collect()
-}
-
 /// A watermark as the meta hash keeps it (`w:<member>`): `seq:public_seq`.
 pub(super) fn parse_watermark(v: &str) -> StoreResult<ReadWatermark> {
     let (s, p) = v.split_once(':').ok_or_else(|| corrupt("watermark"))?;
@@ -172,7 +158,12 @@ impl Inner {
                 .query(redis::cmd("HGETALL").arg(self.keys.meta(c)))
                 .await?;
             if meta.contains_key("n") {
-                return Ok(Some(parse_view(c, meta)?));
+                let view = parse_view(c, meta)?;
+                if view.seq_form == seqs::SeqForm::Legacy {
+                    self.pack_seq_index(&view).await?;
+                    continue;
+                }
+                return Ok(Some(view));
             }
             if !self.rewarm(c).await? {
                 return Ok(None);
@@ -276,12 +267,22 @@ impl Inner {
         c: &ConversationId,
         u: &UserId,
     ) -> StoreResult<Option<(View, std::vec::IntoIter<Value>)>> {
-        let reply: Vec<Value> = inv
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(redis_err)?;
-        let mut it = reply.into_iter();
-        Ok(parse_view_reply(c, u, &mut it)?.map(|view| (view, it)))
+        for _ in 0..3 {
+            let reply: Vec<Value> = inv
+                .invoke_async(&mut self.conn())
+                .await
+                .map_err(redis_err)?;
+            let mut it = reply.into_iter();
+            match parse_view_reply(c, u, &mut it)? {
+                Some(view) if view.seq_form == seqs::SeqForm::Legacy => {
+                    self.pack_seq_index(&view).await?;
+                }
+                view => return Ok(view.map(|view| (view, it))),
+            }
+        }
+        Err(ServiceError::unavailable(format!(
+            "conversation {c} could not be loaded into redis"
+        )))
     }
 
     /// Loads a conversation from Scylla into Redis. `false`: Scylla has none.
@@ -337,17 +338,18 @@ impl Inner {
             plan.cmds.push(z);
         }
         let threads: HashMap<Seq, ThreadRoot> = img.threads.iter().copied().collect();
-        for chunk in img.messages.chunks(200) {
-            let mut z = rcmd!["ZADD", k.seqs(c)];
-            for m in chunk {
-                let thread = threads.get(&m.seq).copied();
-                z.extend(rcmd![
-                    m.seq,
-                    keys::seq_member(&m.id, &m.sender, thread.map(|t| t.seq))
-                ]);
-            }
-            plan.cmds.push(z);
-        }
+        // The seq index is written whole (an index left from before, which
+        // may outlive the meta hash by a refresh interval, deleted first),
+        // in the form its size calls for.
+        plan.cmds.push(rcmd!["DEL", k.legacy_seqs(c)]);
+        plan.cmds.extend(seqs::fill_cmds(
+            k,
+            c,
+            img.messages
+                .iter()
+                .map(|m| (m.seq, m.id, m.sender, threads.get(&m.seq).map(|t| t.seq)))
+                .collect(),
+        ));
         let with_threads: Vec<(Message, Option<ThreadRoot>)> = img
             .messages
             .iter()
@@ -615,7 +617,7 @@ impl Inner {
         inv.key(self.keys.messages(c))
             .key(self.keys.runs(c))
             .key(self.keys.prefixes(c))
-            .key(self.keys.seqs(c))
+            .key(self.keys.seq_buckets(c))
             .arg(runs::BUCKET);
         for n in named {
             inv.arg(n.id.as_bytes().as_slice());
@@ -627,9 +629,13 @@ impl Inner {
         Self::take_runs(&mut view, &mut it)?;
         Self::take_sharing(&mut view, &mut it)?;
         let (prefix, after): (Option<f64>, Vec<(Vec<u8>, f64)>) = next_part(&mut it)?;
+        let prefix = seq_score(prefix);
         view.prefix = Some(PrefixFacts {
-            prefix: seq_score(prefix),
-            after: prefix::later(after)?,
+            prefix,
+            after: match prefix {
+                Some(d) => prefix::later(&after, d)?,
+                None => Vec::new(),
+            },
         });
         for (n, value) in named.iter().zip(values) {
             let Some(value) = value else { continue };
@@ -676,7 +682,7 @@ impl Inner {
     ) -> StoreResult<Option<View>> {
         let mut inv = self.view_invocation(&scripts::READ_VIEW, c, u);
         inv.key(self.keys.messages(c))
-            .key(self.keys.seqs(c))
+            .key(self.keys.seq_buckets(c))
             .key(self.keys.runs(c))
             .arg(message.as_bytes().as_slice())
             .arg(runs::BUCKET);
@@ -702,8 +708,10 @@ impl Inner {
         // The range starts where the watermark the view holds says it
         // should (a seq Lua's numbers would round is not trusted).
         let wm = view.wm(u);
-        if from.parse::<Seq>().ok() == Some(wm.seq.min(wm.public_seq)) {
-            view.tail = Some((wm.seq.min(wm.public_seq), parse_seq_rows(rows)?));
+        let after = wm.seq.min(wm.public_seq);
+        if from.parse::<Seq>().ok() == Some(after) {
+            let rows = seqs::parse_rows(&rows, after.saturating_add(1), Seq::MAX)?;
+            view.tail = Some((after, rows));
         }
         Ok(Some(view))
     }
@@ -918,41 +926,6 @@ impl Inner {
             ),
             None => ServiceError::not_found(field, "message", id),
         })
-    }
-
-    /// `(seq, id, sender)` for seqs in `lo..=hi`.
-    pub(super) async fn between(
-        &self,
-        c: &ConversationId,
-        lo: Seq,
-        hi: Seq,
-    ) -> StoreResult<Vec<Indexed>> {
-        if lo > hi {
-            return Ok(Vec::new());
-        }
-        let rows: Vec<(Vec<u8>, f64)> = self
-            .query(
-                redis::cmd("ZRANGEBYSCORE")
-                    .arg(self.keys.seqs(c))
-                    .arg(lo)
-                    .arg(hi)
-                    .arg("WITHSCORES"),
-            )
-            .await?;
-        parse_seq_rows(rows)
-    }
-
-    pub(super) async fn last_seq(&self, c: &ConversationId) -> StoreResult<Seq> {
-        let rows: Vec<(Vec<u8>, f64)> = self
-            .query(
-                redis::cmd("ZRANGE")
-                    .arg(self.keys.seqs(c))
-                    .arg(-1)
-                    .arg(-1)
-                    .arg("WITHSCORES"),
-            )
-            .await?;
-        Ok(rows.first().map_or(0, |(_, s)| *s as Seq))
     }
 
     /// Messages others sent after `wm` while `membership` covered them.

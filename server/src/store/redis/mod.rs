@@ -284,6 +284,7 @@ mod log;
 mod persist;
 mod prefix;
 mod runs;
+mod seqs;
 mod store;
 #[cfg(test)]
 mod tests;

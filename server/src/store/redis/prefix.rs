@@ -12,7 +12,7 @@
 //!
 //! - a read raises the prefix to the watermark (`index_read`, `ZADD GT`);
 //! - a delivery walks it over the first messages after it
-//!   ([`scripts::PREFIX_WALK`], read with the delivery's view);
+//!   ([`PREFIX_WALK`], read with the delivery's view);
 //! - a message registered late below a prefix that it does not cover ends
 //!   the prefix before it;
 //! - a member whose prefix reaches its gapped score (by a read or a later
@@ -29,10 +29,18 @@
 use super::*;
 use crate::domain::{Later, Run};
 
-/// The messages after a prefix, from seq-index rows.
-pub(super) fn later(rows: Vec<(Vec<u8>, f64)>) -> StoreResult<Vec<Later>> {
-    Ok(load::parse_seq_rows(rows)?
+/// How many seq-index entries after a member's delivered prefix a delivery
+/// walks to move it (of the two buckets it reads) (`domain::advance_delivered`): enough to pass the
+/// member's own messages between two it receives; a prefix that stops short
+/// only costs that member being counted one by one until its next read.
+pub const PREFIX_WALK: usize = 16;
+
+/// The first [`PREFIX_WALK`] messages after `prefix`, from the seq index's
+/// members in the two buckets from its next seq's (at least 64 seqs).
+pub(super) fn later(rows: &[(Vec<u8>, f64)], prefix: Seq) -> StoreResult<Vec<Later>> {
+    Ok(seqs::parse_rows(rows, prefix.saturating_add(1), Seq::MAX)?
         .into_iter()
+        .take(PREFIX_WALK)
         .map(|m| Later {
             seq: m.seq,
             sender: m.sender,
@@ -59,14 +67,13 @@ impl Inner {
         let after = match prefix {
             Some(d) => {
                 let mut cmd = redis::cmd("ZRANGEBYSCORE");
-                cmd.arg(k.seqs(c))
-                    .arg(format!("({d}"))
-                    .arg("+inf")
-                    .arg("WITHSCORES")
-                    .arg("LIMIT")
-                    .arg(0)
-                    .arg(scripts::PREFIX_WALK);
-                later(self.query(&cmd).await?)?
+                let start = seqs::bucket_start(d.saturating_add(1));
+                cmd.arg(k.seq_buckets(c))
+                    .arg(start)
+                    .arg(start.saturating_add(2 * seqs::SEQ_BUCKET - 1))
+                    .arg("WITHSCORES");
+                let rows: Vec<(Vec<u8>, f64)> = self.query(&cmd).await?;
+                later(&rows, d)?
             }
             None => Vec::new(),
         };

@@ -255,6 +255,8 @@ impl Inner {
     /// written (`HSETNX`): a field a commit wrote in the meantime is newer.
     pub(super) async fn rewarm_runs(&self, c: &ConversationId) -> StoreResult<()> {
         let runs = self.scylla.runs(*c).await?;
+        // The legacy rows are read for the messages of the seq index.
+        self.ensure_seq_form(c).await?;
         let legacy = self.legacy_deliveries(c).await?;
         let key = self.keys.runs(c);
         let mut p = redis::pipe();

@@ -2,6 +2,7 @@
 //! (`crate::domain`); Redis only checks versions and applies writes
 //! atomically, and reads what counting needs in one consistent step.
 
+use super::seqs::SEQ_BUCKET;
 use redis::Script;
 use std::sync::LazyLock;
 
@@ -22,10 +23,15 @@ pub const MAX_ARGS: usize = 2_000;
 /// script's own `HSET` of the version, one command for both: at most 64
 /// folded values, far below what Lua's `unpack` takes, written before any
 /// later `HSET` of KEYS[1] that is not folded; callers keep each
-/// command under [`MAX_ARGS`] arguments for the same reason; one command is
-/// the script's own, `HAPPEND key field bytes [field bytes …]`, which
-/// appends to hash fields, for the messages hash's buckets,
-/// `keys::message_writes`); then a queue
+/// command under [`MAX_ARGS`] arguments for the same reason; two commands
+/// are the script's own: `HAPPEND key field bytes [field bytes …]`, which
+/// appends to hash fields, for the messages hash's buckets
+/// (`keys::message_writes`), and `ZAPPEND key score old bytes [score old
+/// bytes …]`, which replaces the sorted-set member `old` (empty: none) by
+/// `old ‖ bytes` at `score`, adding before it removes so that the key is
+/// never emptied and keeps its expiry, for the seq index's buckets
+/// (`seqs.rs`; `old` is the member the caller read at the version it
+/// commits at)); then a queue
 /// index and a queue to register in it now (Redis clock) in the same atomic
 /// step, or two empty strings: only on a single Redis server, where one
 /// script may touch the index too (on a cluster it lives in another slot, so
@@ -89,7 +95,7 @@ if reg > 0 then
   if now - reg > tonumber(ARGV[3]) then return -2 end
 end
 local adds = {HSET = true, HSETNX = true, HINCRBY = true, ZADD = true, SADD = true, XADD = true,
-  HAPPEND = true}
+  HAPPEND = true, ZAPPEND = true}
 local reads = {XLEN = true}
 local shared = {}
 for j = 2, #KEYS do shared[KEYS[j]] = j - 1 end
@@ -116,6 +122,13 @@ for c = 1, ncmds do
       for j = i + 3, i + n, 2 do
         local f = ARGV[j]
         redis.call('HSET', key, f, (redis.call('HGET', key, f) or '') .. ARGV[j + 1])
+      end
+      r = 1
+    elseif name == 'ZAPPEND' then
+      for j = i + 3, i + n, 3 do
+        local old = ARGV[j + 1]
+        redis.call('ZADD', key, ARGV[j], old .. ARGV[j + 2])
+        if old ~= '' then redis.call('ZREM', key, old) end
       end
       r = 1
     else
@@ -551,8 +564,9 @@ return added
 /// (see [`VIEW_OF`]; unused here). Returns `{0}` if the conversation is not
 /// in Redis; `{1, meta}` (the meta hash as a flat field/value list) if it
 /// has at most that many members; otherwise `{2, {v, mv, t, n, m:<member>,
-/// th, w:<member>}}`, which is all a group write by that member depends on
-/// (`th`: whether it has threads).
+/// th, w:<member>, sb}}`, which is all a group write by that member depends on
+/// (`th`: whether it has threads; `sb`: its seq index is in buckets,
+/// `seqs.rs`).
 pub static VIEW: LazyLock<Script> =
     LazyLock::new(|| Script::new(&format!("{VIEW_OF}\nreturn view_of()")));
 
@@ -590,7 +604,7 @@ local function sharing_of(users)
 end
 local function view_of()
   local fields = redis.call('HMGET', KEYS[1], 'v', 'mv', 't', 'n', 'm:' .. ARGV[1], 'th',
-    'w:' .. ARGV[1])
+    'w:' .. ARGV[1], 'sb')
   local n = fields[4]
   if not n then return {0} end
   if tonumber(n) <= tonumber(ARGV[2]) then
@@ -608,12 +622,6 @@ local function own_watermark(view)
 end
 "#;
 
-/// How many seq-index entries after a member's delivered prefix a delivery
-/// reads to move it (`domain::advance_delivered`): enough to pass the
-/// member's own messages between two it receives; a prefix that stops short
-/// only costs that member being counted one by one until its next read.
-pub const PREFIX_WALK: usize = 16;
-
 /// What a MarkDelivered by one member needs of a conversation, in one round
 /// trip: [`VIEW`]'s reply, then the named messages and the delivery-runs
 /// fields at their seqs. KEYS: the conversation's meta hash, messages
@@ -626,11 +634,12 @@ pub const PREFIX_WALK: usize = 16;
 /// (none otherwise: a group delivery does not need them), and the caller's
 /// prefix facts: `{its prefix (false if it has none: not a simple member,
 /// or not a group, whose counts do not use prefixes),
-/// the first [`PREFIX_WALK`] seq-index entries after the prefix,
-/// WITHSCORES}` (KEYS 4 and 5: the prefixes, the seq index).
+/// the seq index's members in the two buckets from the prefix's next seq,
+/// WITHSCORES}` (KEYS 4 and 5: the prefixes, the seq index; its records
+/// after the prefix are walked in Rust, at most `prefix::PREFIX_WALK` of them).
 pub static DELIVERY_VIEW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{VIEW_OF}{RUNS_AT}{MESSAGES_AT}local walk = {PREFIX_WALK}\n{}",
+        "{VIEW_OF}{RUNS_AT}{MESSAGES_AT}local seq_bucket = {SEQ_BUCKET}\n{}",
         r#"
 local out = view_of()
 if out[1] == 0 then return out end
@@ -649,7 +658,8 @@ out[7], out[8] = sharing[1], sharing[2]
 local prefix = out[1] == 2 and redis.call('ZSCORE', KEYS[4], ARGV[1])
 local after = {}
 if prefix then
-  after = redis.call('ZRANGEBYSCORE', KEYS[5], '(' .. prefix, '+inf', 'WITHSCORES', 'LIMIT', 0, walk)
+  local start = math.floor((tonumber(prefix) + 1) / seq_bucket) * seq_bucket
+  after = redis.call('ZRANGEBYSCORE', KEYS[5], start, start + 2 * seq_bucket - 1, 'WITHSCORES')
 end
 out[9] = {prefix or false, after}
 return out
@@ -792,7 +802,9 @@ end
 /// conversation is not in Redis; else `VIEW`'s two parts, then the
 /// target's messages-hash value (false if unknown), the seq the range starts
 /// after (the smaller of the member's two watermarks, as text; 0 without
-/// one), the range (`ZRANGEBYSCORE … WITHSCORES`), `sharing_of` the members
+/// one), the range (the seq index's buckets from the one of the seq after
+/// it, `ZRANGEBYSCORE … WITHSCORES`: the caller keeps the seqs after it),
+/// `sharing_of` the members
 /// of a view read in full, or the reader alone; then, for a view read in full
 /// (a direct chat, whose events carry whole states), `runs_at` every member
 /// at the seqs of the range up to the target's and `{raw id, messages-hash
@@ -800,7 +812,7 @@ end
 /// without the `'_'`, otherwise).
 pub static READ_VIEW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{VIEW_OF}{RUNS_AT}{MESSAGES_AT}{}",
+        "{VIEW_OF}{RUNS_AT}{MESSAGES_AT}local seq_bucket = {SEQ_BUCKET}\n{}",
         r#"
 local out = view_of()
 if out[1] == 0 then return out end
@@ -814,19 +826,30 @@ if wm then
 end
 out[3] = messages_at(KEYS[2], {ARGV[5]})[1]
 out[4] = from
-out[5] = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. from, '+inf', 'WITHSCORES')
+out[5] = redis.call('ZRANGEBYSCORE', KEYS[3],
+  math.floor((tonumber(from) + 1) / seq_bucket) * seq_bucket, '+inf', 'WITHSCORES')
 local members = out[1] == 1 and members_of(out) or {ARGV[1]}
 local sharing = sharing_of(members)
 out[6], out[7] = sharing[1], sharing[2]
 local target = out[3] and seq_of(out[3])
 if out[1] == 1 and target then
   local seqs, ids = {}, {}
-  local range = out[5]
-  for i = 2, #range, 2 do
-    local s = tonumber(range[i])
-    if s <= target then
-      seqs[#seqs + 1] = s
-      ids[#ids + 1] = string.sub(range[i - 1], 1, 16)
+  local range, after = out[5], tonumber(from)
+  -- A member's records (`seqs::record`), in the bucket of its score: seq
+  -- mod seq_bucket, with 128 for a thread message (8 more bytes) ‖ id ‖
+  -- sender.
+  for i = 1, #range, 2 do
+    local v = range[i]
+    local base = math.floor(tonumber(range[i + 1]) / seq_bucket) * seq_bucket
+    local p = 1
+    while p <= #v do
+      local k = string.byte(v, p)
+      local s = base + k % 128
+      if s > after and s <= target then
+        seqs[#seqs + 1] = s
+        ids[#ids + 1] = string.sub(v, p + 1, p + 16)
+      end
+      p = p + (k >= 128 and 41 or 33)
     end
   end
   local runs = runs_at(KEYS[4], tonumber(ARGV[6]), members, seqs)

@@ -48,7 +48,11 @@ impl ReceiptStore for RedisStore {
                 1u64,
                 // No deliveries yet: the gapped set is complete (empty).
                 "dp",
-                1u64
+                1u64,
+                // The seq index holds one message per member until it
+                // grows (`seqs.rs`).
+                "sb",
+                seqs::SeqForm::Singles.mark()
             ];
             for (u, m) in &image {
                 meta.extend(rcmd![format!("m:{}", hex(u)), enc(m)]);
@@ -214,7 +218,9 @@ impl ReceiptStore for RedisStore {
                 ids.extend(msgs.iter().filter_map(|(i, _)| root_of(*i)));
                 s.ensure_messages(&mut view, &ids).await?;
                 let seqs: Vec<Seq> = msgs.iter().map(|(_, m)| m.seq).collect();
-                let taken = taken_seqs(s, c, &seqs).await?;
+                let buckets = s
+                    .seq_buckets_at(c, &seqs, view.seq_form != seqs::SeqForm::Packed)
+                    .await?;
                 let mut fresh: Vec<(Message, Option<ThreadRoot>)> = Vec::new();
                 for (i, m) in msgs {
                     let root = root_of(*i);
@@ -259,7 +265,7 @@ impl ReceiptStore for RedisStore {
                         m,
                         root,
                         existing,
-                        taken.get(&m.seq).copied(),
+                        buckets.taken.get(&m.seq).copied(),
                         sender_is_member,
                     )? {
                         fresh.push((*m, thread));
@@ -268,11 +274,14 @@ impl ReceiptStore for RedisStore {
                 let mut plan = Plan::default();
                 if !fresh.is_empty() {
                     let k = &s.keys;
-                    let mut z = rcmd!["ZADD", k.seqs(c)];
                     let mut tq = rcmd!["ZADD", k.thread_messages(c)];
+                    let entries = fresh
+                        .iter()
+                        .map(|(m, t)| (m.seq, m.id, m.sender, t.map(|t| t.seq)))
+                        .collect();
+                    plan.cmds
+                        .extend(s.seq_writes(&view, &buckets, entries).await?);
                     for (m, thread) in &fresh {
-                        let root_seq = thread.map(|t| t.seq);
-                        z.extend(rcmd![m.seq, keys::seq_member(&m.id, &m.sender, root_seq)]);
                         plan.persist.push(PersistOp::Message(*m));
                         if let Some(root) = thread {
                             tq.extend(rcmd![
@@ -286,7 +295,6 @@ impl ReceiptStore for RedisStore {
                             });
                         }
                     }
-                    plan.cmds.push(z);
                     plan.cmds.extend(load::message_cmds(
                         k,
                         c,
@@ -932,41 +940,4 @@ impl ReceiptStore for RedisStore {
             let _ = t.await;
         }
     }
-}
-
-/// Which of `seqs` are already used in `c`, and by which message. A batch
-/// of (nearly) consecutive seqs is one range read, not one read per seq.
-pub(super) async fn taken_seqs(
-    s: &Inner,
-    c: &ConversationId,
-    seqs: &[Seq],
-) -> StoreResult<HashMap<Seq, MessageId>> {
-    let (Some(&lo), Some(&hi)) = (seqs.iter().min(), seqs.iter().max()) else {
-        return Ok(HashMap::new());
-    };
-    let mut out = HashMap::new();
-    if hi - lo < 8u64.saturating_mul(seqs.len() as u64) {
-        let wanted: HashSet<Seq> = seqs.iter().copied().collect();
-        for m in s.between(c, lo, hi).await? {
-            if wanted.contains(&m.seq) {
-                out.insert(m.seq, m.id);
-            }
-        }
-        return Ok(out);
-    }
-    let mut p = redis::pipe();
-    for seq in seqs {
-        p.cmd("ZRANGEBYSCORE")
-            .arg(s.keys.seqs(c))
-            .arg(*seq)
-            .arg(*seq);
-    }
-    let rows: Vec<Vec<Vec<u8>>> = s.pipe(&p).await?;
-    for (seq, row) in seqs.iter().zip(rows) {
-        if let Some(member) = row.first() {
-            let (id, _, _) = keys::parse_seq_member(member).ok_or_else(|| corrupt("seq index"))?;
-            out.insert(*seq, id);
-        }
-    }
-    Ok(out)
 }

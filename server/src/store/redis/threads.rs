@@ -106,24 +106,11 @@ impl Inner {
         }
         threads.reverse();
         // The roots' ids, from the seq index.
-        let mut p = redis::pipe();
-        for (root, _) in &threads {
-            p.cmd("ZRANGEBYSCORE")
-                .arg(self.keys.seqs(c))
-                .arg(*root)
-                .arg(*root);
-        }
-        let ids: Vec<Vec<Vec<u8>>> = if threads.is_empty() {
-            Vec::new()
-        } else {
-            self.pipe(&p).await?
-        };
+        let roots: Vec<Seq> = threads.iter().map(|(root, _)| *root).collect();
+        let ids = self.ids_at(c, &roots).await?;
         let mut out = Vec::with_capacity(threads.len());
-        for ((root, msgs), id) in threads.into_iter().zip(ids) {
-            let (id, _, _) = id
-                .first()
-                .and_then(|e| keys::parse_seq_member(e))
-                .ok_or_else(|| corrupt("thread root"))?;
+        for (root, msgs) in threads {
+            let id = *ids.get(&root).ok_or_else(|| corrupt("thread root"))?;
             out.push((ThreadRoot { id, seq: root }, msgs));
         }
         Ok(out)

@@ -32,6 +32,10 @@ pub(super) struct View {
     /// Whether the conversation holds any thread message (the meta hash's
     /// `th`): without, nothing thread-related is read.
     pub(super) has_threads: bool,
+    /// The seq index's form (the meta hash's `sb`); a view of one written
+    /// before `sb` ([`SeqForm::Legacy`]) is written again before it is used
+    /// ([`Inner::pack_seq_index`]).
+    pub(super) seq_form: seqs::SeqForm,
     /// The threads of the loaded messages that are in one.
     pub(super) threads: HashMap<MessageId, ThreadRoot>,
     /// Members' positions in threads, as far as loaded: (root seq, user).
@@ -56,7 +60,7 @@ pub(super) struct PrefixFacts {
     /// Its prefix; `None`: not a simple member, nothing to keep.
     pub(super) prefix: Option<Seq>,
     /// The first seq-index entries after the prefix
-    /// ([`scripts::PREFIX_WALK`]).
+    /// ([`prefix::PREFIX_WALK`]).
     pub(super) after: Vec<domain::Later>,
 }
 
@@ -78,6 +82,7 @@ impl View {
             hist: HashMap::new(),
             tail: None,
             has_threads: false,
+            seq_form: seqs::SeqForm::Singles,
             threads: HashMap::new(),
             twms: HashMap::new(),
             thist: HashMap::new(),

@@ -128,9 +128,21 @@ impl Inner {
         for _ in 0..MAX_ATTEMPTS {
             // A group's counts come from the indexes; nothing here reads
             // every member.
-            let (ver, n): (Option<u64>, Option<u64>) = self
-                .query(redis::cmd("HMGET").arg(self.keys.meta(c)).arg("v").arg("n"))
+            let (ver, n, sb): (Option<u64>, Option<u64>, Option<Vec<u8>>) = self
+                .query(
+                    redis::cmd("HMGET")
+                        .arg(self.keys.meta(c))
+                        .arg("v")
+                        .arg("n")
+                        .arg("sb"),
+                )
                 .await?;
+            // A seq index written before `sb` is written again first
+            // (`seqs.rs`): the ranges below read `sb`.
+            if n.is_some() && sb.is_none() {
+                self.view(c).await?;
+                continue;
+            }
             // A group that has shrunk to a direct chat since the window
             // opened keeps no delivered prefixes (`prefix.rs`): its summary
             // is computed from the full view, as its counts are.

@@ -217,14 +217,7 @@ async fn a_seq_index_written_before_buckets_is_packed_by_the_first_view() {
         keys.meta(&group.id),
     );
     let mut con = tier.redis().await;
-    let buckets: Vec<(Vec<u8>, u64)> = redis::cmd("ZRANGE")
-        .arg(&sb)
-        .arg(0)
-        .arg(-1)
-        .arg("WITHSCORES")
-        .query_async(&mut con)
-        .await
-        .expect("the buckets");
+    let buckets = members_with_scores(&mut con, &sb).await;
     assert_eq!(
         buckets.iter().map(|(_, b)| *b).collect::<Vec<_>>(),
         [0, 64, 128],
@@ -308,14 +301,7 @@ async fn a_seq_index_written_before_buckets_is_packed_by_the_first_view() {
         (false, true, true),
         "packed once, by the first view"
     );
-    let repacked: Vec<(Vec<u8>, u64)> = redis::cmd("ZRANGE")
-        .arg(&sb)
-        .arg(0)
-        .arg(-1)
-        .arg("WITHSCORES")
-        .query_async(&mut con)
-        .await
-        .expect("the buckets");
+    let repacked = members_with_scores(&mut con, &sb).await;
     assert_eq!(repacked.len(), 3);
     assert_eq!(
         repacked.iter().map(|(v, _)| v.len()).sum::<usize>(),
@@ -358,7 +344,7 @@ async fn the_seq_index_is_a_member_per_message_until_it_passes_128_then_packed()
     let node = tier.node().await;
     let mut backend = node.backend().await;
     let keys = receipts_server::store::redis::keys::Keys::new(&tier.prefix);
-    let mut con = tier.redis().await;
+    let con = tier.redis().await;
     // A direct chat (whose read reads the range and its messages in Lua)
     // and a group.
     for size in [2, 3] {
@@ -406,8 +392,19 @@ async fn the_seq_index_is_a_member_per_message_until_it_passes_128_then_packed()
             assert_eq!((r.delivered_count, r.read_count), (1, read), "{m}");
         }
     }
-    let _: () = redis::cmd("PING")
-        .query_async(&mut con)
+}
+
+/// Every member of the sorted set `key` with its score, in score order.
+async fn members_with_scores(
+    con: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+) -> Vec<(Vec<u8>, u64)> {
+    redis::cmd("ZRANGE")
+        .arg(key)
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .query_async(con)
         .await
-        .expect("PING");
+        .expect("ZRANGE")
 }

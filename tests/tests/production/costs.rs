@@ -314,7 +314,8 @@ async fn mark_delivered_in_the_conversation_reads_no_id_index() {
 /// A write's events reach their addressees' logs inside its commit on a
 /// single Redis server (the commit script forwards them when the outbox is
 /// empty: they never enter it, and there is no forward call), and the
-/// outbox is not read back. A direct MarkReadUpTo has two addressees (the
+/// outbox is not read back, nor its length: the previous commit recorded
+/// that it is empty (`o` in the meta hash). A direct MarkReadUpTo has two addressees (the
 /// reader's own devices and the sender). On a cluster the forward is one
 /// call per addressee, sent together (`redis_cluster_…` tests).
 #[tokio::test]
@@ -335,6 +336,7 @@ async fn a_write_forwards_its_events_in_its_commit() {
     println!("direct MarkReadUpTo: {read:?}");
     let calls = |name: &str| read.get(name).copied().unwrap_or(0);
     assert_eq!(calls("xrange"), 0, "the outbox is not read back: {read:?}");
+    assert_eq!(calls("xlen"), 0, "the outbox is known empty: {read:?}");
     assert_eq!(calls("publish"), 2, "two events: {read:?}");
     // HINCRBY runs once per addressee's log (its next offset).
     assert_eq!(calls("hincrby"), 2, "one append per addressee: {read:?}");
@@ -632,6 +634,9 @@ async fn a_group_write_costs_redis_the_same_in_a_group_of_5_or_500() {
             None,
             "{what} in a registered queue registers nothing: {cost:?}"
         );
+        // And the warm-up's commit forwarded its events and recorded that
+        // the outbox is empty: no XLEN.
+        assert_eq!(cost.get("xlen"), None, "{what} reads no outbox: {cost:?}");
     }
     // A read rewrites only the index entries its watermark scores (no SREM
     // of the complex members' set: the membership did not change), and the

@@ -645,6 +645,16 @@ async fn events_left_in_the_outbox_are_forwarded_first_and_in_order() {
         .query_async(&mut redis)
         .await
         .expect("SET");
+    // The outbox is known empty (as a commit that forwarded everything
+    // records it): the read's commit forwards without looking at it.
+    let conv_meta = keys.meta(&direct.id);
+    let _: () = redis::cmd("HSET")
+        .arg(&conv_meta)
+        .arg("o")
+        .arg("0")
+        .query_async(&mut redis)
+        .await
+        .expect("HSET");
     let mut bob_client = node.user(bob).await;
     let failed = try_read_up_to(&mut bob_client, direct.id, m1)
         .await
@@ -653,6 +663,22 @@ async fn events_left_in_the_outbox_are_forwarded_first_and_in_order() {
     let outbox = format!("{}:{{{}}}:o", tier.prefix, direct.id.simple());
     let waiting: u64 = outbox_len(&mut redis, &outbox).await;
     assert_eq!(waiting, 1, "alice's event of the read waits in the outbox");
+    // The commit recorded that the outbox holds entries. A meta hash
+    // without the record (written by an earlier release) means the same:
+    // the next commit looks at the outbox (`XLEN`) before forwarding.
+    let may_wait: Option<String> = redis::cmd("HGET")
+        .arg(&conv_meta)
+        .arg("o")
+        .query_async(&mut redis)
+        .await
+        .expect("HGET");
+    assert_eq!(may_wait.as_deref(), Some("1"), "the outbox is marked");
+    let _: () = redis::cmd("HDEL")
+        .arg(&conv_meta)
+        .arg("o")
+        .query_async(&mut redis)
+        .await
+        .expect("HDEL");
     let _: () = redis::cmd("DEL")
         .arg(&meta)
         .query_async(&mut redis)

@@ -387,7 +387,10 @@ async fn redis_wait_replicas_without_a_replica_fails_writes_as_unavailable_namin
 /// outbox and the node forwards them after the `WAIT` (on a single Redis
 /// server without the setting, the commit forwards them itself). Here no
 /// replica confirms: the read is refused, its two events wait in the
-/// outbox, and neither member's replay log has them.
+/// outbox, and neither member's replay log has them. The commit marked the
+/// outbox as holding entries (`o` in the meta hash), so the plain node's
+/// next write (which forwards in its commit only when the outbox is known
+/// empty) looks at the outbox and forwards them first, its own behind them.
 #[tokio::test]
 async fn with_redis_wait_replicas_events_wait_for_the_replicas() {
     let tier = Tier::new().await;
@@ -399,6 +402,48 @@ async fn with_redis_wait_replicas_events_wait_for_the_replicas() {
     let mut direct = Conversation::create(&mut backend, 2).await;
     let (alice, bob) = (direct.members[0], direct.members[1]);
     let m = direct.send(&mut backend, alice).await;
+    let m2 = direct.send(&mut backend, alice).await;
+    let keys = receipts_server::store::redis::keys::Keys::new(&tier.prefix);
+    let redis = tier.redis().await;
+    let count = |cmd: &'static str, key: String| {
+        let mut redis = redis.clone();
+        async move {
+            let n: u64 = redis::cmd(cmd)
+                .arg(key)
+                .query_async(&mut redis)
+                .await
+                .expect(cmd);
+            n
+        }
+    };
+    let mark = || {
+        let mut redis = redis.clone();
+        let meta = keys.meta(&direct.id);
+        async move {
+            let o: Option<String> = redis::cmd("HGET")
+                .arg(meta)
+                .arg("o")
+                .query_async(&mut redis)
+                .await
+                .expect("HGET");
+            o
+        }
+    };
+    // A delivery through the plain node: its commit forwards its events and
+    // records that the outbox is empty.
+    deliver(&mut plain.user(bob).await, &[m]).await;
+    assert_eq!(
+        mark().await.as_deref(),
+        Some("0"),
+        "the outbox is known empty"
+    );
+    let logs = || async {
+        (
+            count("ZCARD", keys.log(&alice)).await,
+            count("ZCARD", keys.log(&bob)).await,
+        )
+    };
+    let (alice_before, bob_before) = logs().await;
     let waiting = tier
         .node_with(&[
             NO_FLUSH[0],
@@ -414,22 +459,27 @@ async fn with_redis_wait_replicas_events_wait_for_the_replicas() {
         .expect_err("no replica confirms the read");
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     assert!(status.message().contains("0 of 1 replicas"), "{status:?}");
-    let keys = receipts_server::store::redis::keys::Keys::new(&tier.prefix);
-    let mut redis = tier.redis().await;
-    let outbox: u64 = redis::cmd("XLEN")
-        .arg(keys.outbox(&direct.id))
-        .query_async(&mut redis)
-        .await
-        .expect("XLEN");
-    assert_eq!(outbox, 2, "the read's events wait in the outbox");
-    for u in [alice, bob] {
-        let logged: u64 = redis::cmd("ZCARD")
-            .arg(keys.log(&u))
-            .query_async(&mut redis)
-            .await
-            .expect("ZCARD");
-        assert_eq!(logged, 0, "no event reached {u}'s log before the replicas");
-    }
+    let outbox = || count("XLEN", keys.outbox(&direct.id));
+    assert_eq!(outbox().await, 2, "the read's events wait in the outbox");
+    assert_eq!(
+        logs().await,
+        (alice_before, bob_before),
+        "no event of the read reached a log before the replicas"
+    );
+    assert_eq!(
+        mark().await.as_deref(),
+        Some("1"),
+        "the commit marked the outbox as holding entries"
+    );
+    // The plain node's next write looks at the outbox, so its events go
+    // behind the waiting ones, and all four are forwarded.
+    read_up_to(&mut plain.user(bob).await, direct.id, m2).await;
+    assert_eq!(outbox().await, 0, "everything forwarded");
+    assert_eq!(
+        logs().await,
+        (alice_before + 2, bob_before + 2),
+        "the waiting read's events, then m2's"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

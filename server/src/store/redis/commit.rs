@@ -315,6 +315,10 @@ impl Inner {
         let replies = if inline || events.is_empty() {
             0
         } else {
+            // The outbox may hold entries from now on: a commit that
+            // forwards inline must look at it (`o` in `scripts::APPLY`).
+            // Folded into the commit's own HSET of the meta hash.
+            plan.cmds.push(rcmd!["HSET", k.meta(&c), "o", "1"]);
             let outbox = k.outbox(&c);
             for (u, body) in &events {
                 plan.cmds.push(rcmd![

@@ -55,7 +55,15 @@ pub const MAX_ARGS: usize = 2_000;
 /// addressee whose log cannot take them (an error inside `forward_to`, caught
 /// with `pcall`: Redis does not roll a script back, so an error must not
 /// end it between the commands and the version) has its events appended to
-/// the outbox too. Returns `{new version, {those replies}, 1 if every event
+/// the outbox too. Whether the outbox may hold entries is KEYS[1]'s `o`
+/// (`0`: empty; set by this step, `1` whenever an event enters the outbox,
+/// `0` when every event was forwarded), so a write into an empty outbox's
+/// conversation does not read the outbox (`XLEN`) at all: only when `o` is
+/// not `0`, which includes a meta hash without it (written by an earlier
+/// release, whose nodes must be stopped before this release starts, as for
+/// the seq index: docs/operations.md). A commit that appends events to the
+/// outbox itself (a cluster, `--redis-wait-replicas`) sets `o` to `1` with
+/// its `HSET` of KEYS[1]. Returns `{new version, {those replies}, 1 if every event
 /// was forwarded, else 0}`, -1 if the version moved (the caller re-reads and
 /// retries) or -2 if the queue registration is older than the lease (the
 /// caller registers again).
@@ -85,7 +93,7 @@ pub static APPLY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{FORWARD_TO}{}",
         r#"
-local meta = redis.call('HMGET', KEYS[1], 'v', 'x', 'e', 'q')
+local meta = redis.call('HMGET', KEYS[1], 'v', 'x', 'e', 'q', 'o')
 local v = tonumber(meta[1] or '0')
 if v ~= tonumber(ARGV[1]) then return -1 end
 local reg = tonumber(ARGV[2])
@@ -168,7 +176,7 @@ if ARGV[i] then
       bodies = {unpack(ARGV, a + 4, a + 3 + k)}}
     a = a + 4 + k
   end
-  local waits = redis.call('XLEN', outbox) > 0
+  local waits = meta[5] ~= '0' and redis.call('XLEN', outbox) > 0
   forwarded = 1
   for _, g in ipairs(groups) do
     if waits or not pcall(forward_to, ARGV[i + 1], tonumber(ARGV[i + 2]), ttl, ARGV[i + 3],
@@ -179,6 +187,11 @@ if ARGV[i] then
       if shared[outbox] and written[outbox] == nil then written[outbox] = true end
       forwarded = 0
     end
+  end
+  local o = forwarded == 1 and '0' or '1'
+  if meta[5] ~= o then
+    own[#own + 1] = 'o'
+    own[#own + 1] = o
   end
 end
 local tag = ttl .. ':'

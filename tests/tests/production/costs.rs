@@ -173,6 +173,38 @@ where
         .collect()
 }
 
+/// The kinds of the Scylla changes the last commit in `conversation` queued
+/// (its write-behind queue's newest entry; the measured node flushes
+/// nothing): each is one row, or a few for a watermark (its positions and
+/// history), whatever the number of messages it covers.
+async fn last_queued_ops(tier: &Tier, conversation: Uuid) -> Vec<String> {
+    use receipts_server::store::scylla::PersistOp;
+    let keys = receipts_server::store::redis::keys::Keys::new(&tier.prefix);
+    let mut con = tier.redis().await;
+    let newest: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+        .arg(keys.conv_queue(&conversation))
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(&mut con)
+        .await
+        .expect("XREVRANGE");
+    let entry = newest.ids.first().expect("a queued change");
+    let bytes: Vec<u8> = entry.get("p").expect("the entry's changes");
+    let ops: Vec<PersistOp> = postcard::from_bytes(&bytes).expect("postcard ops");
+    ops.iter()
+        .map(|op| {
+            let debug = format!("{op:?}");
+            debug
+                .split(|c: char| !c.is_alphanumeric())
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect()
+}
+
 /// The Redis writes of one MarkReadUpTo, by command.
 async fn read_writes(
     tier: &Tier,
@@ -223,10 +255,16 @@ async fn mark_read_up_to_writes_the_same_whether_it_covers_one_message_or_ten_th
     // The first read also creates bob's replay log: not what is measured.
     read_up_to(&mut bob_client, group.id, first).await;
     let one = read_writes(&tier, &mut bob_client, group.id, second).await;
+    let one_rows = last_queued_ops(&tier, group.id).await;
     let many = read_writes(&tier, &mut bob_client, group.id, last).await;
+    let many_rows = last_queued_ops(&tier, group.id).await;
     println!("MarkReadUpTo writes, covering 1 message: {one:?}");
     println!("MarkReadUpTo writes, covering 10,000 messages: {many:?}");
     assert_eq!(one, many, "the same writes, command by command");
+    // And the same Scylla changes: the watermark (its position and history
+    // rows), not a row per message read.
+    assert_eq!(one_rows, many_rows, "the same queued Scylla changes");
+    assert_eq!(one_rows, ["Watermark"], "{one_rows:?}");
     let total: u64 = one.values().sum();
     assert!(total > 0 && total < 40, "a handful of writes: {one:?}");
     let r = receipt(&mut node.user(alice).await, group.id, last).await;
@@ -253,14 +291,20 @@ async fn mark_delivered_writes_the_same_whether_it_covers_one_message_or_a_thous
         deliver(&mut bob_client, &[one]).await;
     })
     .await;
+    let single_rows = last_queued_ops(&tier, direct.id).await;
     let thousand = writes_of(&tier, || async {
         let r = deliver(&mut bob_client, &batch).await;
         assert_eq!(r.results.len(), 1000);
     })
     .await;
+    let thousand_rows = last_queued_ops(&tier, direct.id).await;
     println!("MarkDelivered writes, 1 message: {single:?}");
     println!("MarkDelivered writes, 1,000 messages: {thousand:?}");
     assert_eq!(single, thousand, "the same writes, command by command");
+    // One queued Scylla change each time: the run of the deliveries, one
+    // row, not a row per message.
+    assert_eq!(single_rows, ["Run"], "one message: {single_rows:?}");
+    assert_eq!(thousand_rows, ["Run"], "1,000 messages: {thousand_rows:?}");
     let total: u64 = single.values().sum();
     assert!(total > 0 && total < 40, "a handful of writes: {single:?}");
     let r = receipt(&mut node.user(alice).await, direct.id, batch[999]).await;

@@ -381,6 +381,11 @@ async fn a_write_forwards_its_events_in_its_commit() {
     let calls = |name: &str| read.get(name).copied().unwrap_or(0);
     assert_eq!(calls("xrange"), 0, "the outbox is not read back: {read:?}");
     assert_eq!(calls("xlen"), 0, "the outbox is known empty: {read:?}");
+    // The view's meta hash, the message (once: a read of one message does
+    // not look it up again among those it covers), both members' sharing
+    // settings and delivery runs; the commit's version check; each
+    // addressee's log meta.
+    assert_eq!(calls("hmget"), 8, "the facts, each read once: {read:?}");
     assert_eq!(calls("publish"), 2, "two events: {read:?}");
     // HINCRBY runs once per addressee's log (its next offset).
     assert_eq!(calls("hincrby"), 2, "one append per addressee: {read:?}");

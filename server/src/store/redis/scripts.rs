@@ -867,11 +867,28 @@ if out[1] == 1 and target then
   end
   local runs = runs_at(KEYS[4], tonumber(ARGV[6]), members, seqs)
   out[8], out[9], out[10] = runs[1], runs[2], runs[3]
+  -- The target's value was read above: the others' only (none, for a
+  -- read of one message).
+  local others, slot = {}, {}
+  for j = 1, #ids do
+    if ids[j] ~= ARGV[5] then
+      others[#others + 1] = ids[j]
+      slot[#others] = j
+    end
+  end
+  local values = {}
+  if #others > 0 then
+    local found = messages_at(KEYS[2], others)
+    for i = 1, #others do values[slot[i]] = found[i] end
+  end
   local covered = {}
-  local values = messages_at(KEYS[2], ids)
   for j = 1, #ids do
     covered[#covered + 1] = ids[j]
-    covered[#covered + 1] = values[j]
+    if ids[j] == ARGV[5] then
+      covered[#covered + 1] = out[3]
+    else
+      covered[#covered + 1] = values[j]
+    end
   end
   out[11] = covered
 else

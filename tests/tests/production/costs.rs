@@ -311,6 +311,134 @@ async fn mark_delivered_writes_the_same_whether_it_covers_one_message_or_a_thous
     assert_eq!(r.delivered_count, 1, "the deliveries were applied");
 }
 
+/// A node remembers which conversations it last saw direct (at most two
+/// members) and has their view read the whole meta hash at once. The
+/// memory is a hint: here a direct chat the node knows as such gets a third
+/// member, and the next view, hinted, still answers as a group's (the
+/// member's own fields, picked out of the hash in the script), after which
+/// the node reads the group's view by its fields alone.
+#[tokio::test]
+async fn a_direct_chat_that_becomes_a_group_is_viewed_as_a_group() {
+    let (_redis, tier, node) = measured_node().await;
+    let mut backend = node.backend().await;
+    let mut chat = Conversation::create(&mut backend, 2).await;
+    let (alice, bob) = (chat.members[0], chat.members[1]);
+    let carol = Uuid::now_v7();
+    let m1 = chat.send(&mut backend, alice).await;
+    let mut bob_client = node.user(bob).await;
+    let (direct, _) = redis_cost_of(&tier, || async {
+        read_up_to(&mut bob_client, chat.id, m1).await;
+    })
+    .await;
+    chat.add_member(&mut backend, carol, 2).await;
+    let m2 = chat.send(&mut backend, alice).await;
+    let m3 = chat.send(&mut backend, alice).await;
+    let (hinted, _) = redis_cost_of(&tier, || async {
+        let r = read_up_to(&mut bob_client, chat.id, m2).await;
+        assert_eq!((r.read_up_to_seq, r.unread_count), (2, 1), "{r:?}");
+    })
+    .await;
+    let (group, _) = redis_cost_of(&tier, || async {
+        let r = read_up_to(&mut bob_client, chat.id, m3).await;
+        assert_eq!((r.read_up_to_seq, r.unread_count), (3, 0), "{r:?}");
+    })
+    .await;
+    println!("direct: {direct:?}\nhinted, now a group: {hinted:?}\ngroup: {group:?}");
+    assert_eq!(
+        hinted.get("hgetall"),
+        Some(&1),
+        "the stale hint read the whole hash: {hinted:?}"
+    );
+    assert_eq!(
+        group.get("hgetall"),
+        None,
+        "then the group's view reads its fields alone: {group:?}"
+    );
+    // A group's read leaves its counting to the window: carol's delivery
+    // and the counts are the group's.
+    deliver_in(&mut node.user(carol).await, chat.id, &[m2, m3]).await;
+    let r = receipt(&mut node.user(alice).await, chat.id, m3).await;
+    assert_eq!((r.delivered_count, r.read_count), (2, 1), "{r:?}");
+}
+
+/// The view script's reply is the same with the node's hint ("2+": read
+/// the whole meta hash at once) as without it ("2"), byte for byte, for a
+/// missing hash, one without a member count, a direct chat's, and a group's
+/// with and without the optional fields.
+#[tokio::test]
+async fn the_hinted_view_answers_as_the_unhinted_one() {
+    let (_redis, tier, _node) = measured_node().await;
+    let mut con = tier.redis().await;
+    let (a, b, c) = ("aa".repeat(16), "bb".repeat(16), "cc".repeat(16));
+    let m = |u: &str| format!("m:{u}");
+    let w = |u: &str| format!("w:{u}");
+    let cases: Vec<(&str, Vec<(String, String)>)> = vec![
+        ("absent", vec![]),
+        ("no member count", vec![("v".into(), "3".into())]),
+        (
+            "direct",
+            vec![
+                ("v".into(), "3".into()),
+                ("mv".into(), "1".into()),
+                ("n".into(), "2".into()),
+                (m(&a), "x".into()),
+                (m(&b), "y".into()),
+                (w(&a), "1:1".into()),
+            ],
+        ),
+        (
+            "group, sparse",
+            vec![
+                ("v".into(), "3".into()),
+                ("n".into(), "3".into()),
+                (m(&b), "y".into()),
+                (m(&c), "z".into()),
+            ],
+        ),
+        (
+            "group, every field",
+            vec![
+                ("v".into(), "3".into()),
+                ("mv".into(), "2".into()),
+                ("t".into(), "7".into()),
+                ("n".into(), "3".into()),
+                (m(&a), "x".into()),
+                (m(&b), "y".into()),
+                (m(&c), "z".into()),
+                ("th".into(), "1".into()),
+                (w(&a), "4:2".into()),
+                (w(&b), "1:1".into()),
+                ("sb".into(), "2".into()),
+            ],
+        ),
+    ];
+    for (i, (what, fields)) in cases.iter().enumerate() {
+        let key = format!("{}:{{view-test-{i}}}:cw", tier.prefix);
+        if !fields.is_empty() {
+            let mut hset = redis::cmd("HSET");
+            hset.arg(&key);
+            for (f, v) in fields {
+                hset.arg(f).arg(v);
+            }
+            let _: () = hset.query_async(&mut con).await.expect("HSET");
+        }
+        let mut replies = Vec::new();
+        for limit in ["2", "2+"] {
+            let reply: redis::Value = receipts_server::store::redis::scripts::VIEW
+                .key(&key)
+                .arg(&a)
+                .arg(limit)
+                .arg("")
+                .arg("")
+                .invoke_async(&mut con)
+                .await
+                .expect("VIEW");
+            replies.push(reply);
+        }
+        assert_eq!(replies[0], replies[1], "{what}");
+    }
+}
+
 /// MarkDelivered naming the conversation reads nothing of the id index:
 /// the same commands as naming ids alone, less the index reads (one HMGET
 /// per index key the ids fall in, and the completeness marker's GET).
@@ -381,11 +509,14 @@ async fn a_write_forwards_its_events_in_its_commit() {
     let calls = |name: &str| read.get(name).copied().unwrap_or(0);
     assert_eq!(calls("xrange"), 0, "the outbox is not read back: {read:?}");
     assert_eq!(calls("xlen"), 0, "the outbox is known empty: {read:?}");
-    // The view's meta hash, the message (once: a read of one message does
-    // not look it up again among those it covers), both members' sharing
-    // settings and delivery runs; the commit's version check; each
-    // addressee's log meta.
-    assert_eq!(calls("hmget"), 8, "the facts, each read once: {read:?}");
+    // The message (once: a read of one message does not look it up again
+    // among those it covers), both members' sharing settings and delivery
+    // runs; the commit's version check; each addressee's log meta.
+    assert_eq!(calls("hmget"), 7, "the facts, each read once: {read:?}");
+    // The view's meta hash: read whole at once, since this node's last view
+    // of the chat found it direct (not the member's fields first, then the
+    // whole hash).
+    assert_eq!(calls("hgetall"), 1, "the meta hash, once: {read:?}");
     assert_eq!(calls("publish"), 2, "two events: {read:?}");
     // HINCRBY runs once per addressee's log (its next offset).
     assert_eq!(calls("hincrby"), 2, "one append per addressee: {read:?}");

@@ -230,7 +230,16 @@ impl Inner {
         u: &UserId,
     ) -> redis::ScriptInvocation<'a> {
         let mut inv = script.prepare_invoke();
-        inv.key(self.keys.meta(c)).arg(hex(u)).arg(DIRECT_MEMBERS);
+        let small = self
+            .small_views
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(c);
+        inv.key(self.keys.meta(c)).arg(hex(u)).arg(if small {
+            format!("{DIRECT_MEMBERS}+")
+        } else {
+            DIRECT_MEMBERS.to_string()
+        });
         match self.conn {
             Conn::Single(_) => {
                 let (before, after) = self.keys.sharing_around_id();
@@ -277,12 +286,31 @@ impl Inner {
                 Some(view) if view.seq_form == seqs::SeqForm::Legacy => {
                     self.pack_seq_index(&view).await?;
                 }
-                view => return Ok(view.map(|view| (view, it))),
+                view => {
+                    if let Some(view) = &view {
+                        self.note_view_size(c, view.count);
+                    }
+                    return Ok(view.map(|view| (view, it)));
+                }
             }
         }
         Err(ServiceError::unavailable(format!(
             "conversation {c} could not be loaded into redis"
         )))
+    }
+
+    /// Remembers whether `c`'s views are whole (at most [`DIRECT_MEMBERS`]
+    /// members), for the next view's hint ([`Inner::small_views`]).
+    fn note_view_size(&self, c: &ConversationId, count: u64) {
+        let mut small = self.small_views.lock().unwrap_or_else(|e| e.into_inner());
+        if count > DIRECT_MEMBERS {
+            small.remove(c);
+        } else if !small.contains(c) {
+            if small.len() >= SMALL_VIEWS_MAX {
+                small.clear();
+            }
+            small.insert(*c);
+        }
     }
 
     /// Loads a conversation from Scylla into Redis. `false`: Scylla has none.

@@ -39,7 +39,9 @@
 
 mod counts;
 pub mod keys;
-mod scripts;
+/// The Lua scripts; public so that the integration tests can run them
+/// against a real Redis (their Rust callers are this module's).
+pub mod scripts;
 mod threads;
 mod view;
 
@@ -344,7 +346,19 @@ struct Inner {
     /// This node's writes to one conversation queue here instead of
     /// racing each other's compare-and-apply (see [`Inner::lock`]).
     stripes: Box<[tokio::sync::Mutex<()>]>,
+    /// Conversations whose last view on this node had at most
+    /// [`DIRECT_MEMBERS`] members: their view scripts read the whole meta
+    /// hash at once (`HGETALL`) instead of the member's fields first
+    /// (`view_of` in [`scripts::VIEW_OF`]). A hint only: the script checks
+    /// the member count and answers the same either way, so a stale or
+    /// missing hint costs one command, never a wrong view. Bounded: emptied
+    /// when it reaches [`SMALL_VIEWS_MAX`] conversations.
+    small_views: Mutex<HashSet<ConversationId>>,
 }
+
+/// The most conversations [`Inner::small_views`] remembers (about 9 MB of
+/// hash set at the bound; emptied, not shrunk, when reached).
+const SMALL_VIEWS_MAX: usize = 1 << 18;
 
 /// The Redis + Scylla store. Cheap to share behind an `Arc`.
 pub struct RedisStore {
@@ -407,6 +421,7 @@ impl RedisStore {
             stripes: (0..WRITE_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            small_views: Mutex::new(HashSet::new()),
         });
         let (stop, _) = watch::channel(false);
         let tasks = vec![

@@ -573,7 +573,10 @@ return added
 /// What a write by one member needs of a conversation, in one round trip.
 /// KEYS: the conversation's meta hash (which holds the watermarks too, as
 /// `w:<member>`). ARGV: the member's hex id, the largest member count read
-/// in full, and the sharing keys' prefix and suffix around a hex user id
+/// in full (followed by `+` when the caller expects the conversation to be
+/// that small: the script then reads the whole hash at once, one command
+/// instead of two, and picks the fields out itself if it is larger after
+/// all; the reply is the same), and the sharing keys' prefix and suffix around a hex user id
 /// (see [`VIEW_OF`]; unused here). Returns `{0}` if the conversation is not
 /// in Redis; `{1, meta}` (the meta hash as a flat field/value list) if it
 /// has at most that many members; otherwise `{2, {v, mv, t, n, m:<member>,
@@ -616,11 +619,25 @@ local function sharing_of(users)
   return {users, values}
 end
 local function view_of()
-  local fields = redis.call('HMGET', KEYS[1], 'v', 'mv', 't', 'n', 'm:' .. ARGV[1], 'th',
+  local whole = tonumber(string.match(ARGV[2], '^%d+'))
+  local fields
+  if string.sub(ARGV[2], -1) == '+' then
+    local meta = redis.call('HGETALL', KEYS[1])
+    local at = {}
+    for i = 1, #meta, 2 do at[meta[i]] = meta[i + 1] end
+    local n = at['n']
+    if not n then return {0} end
+    if tonumber(n) <= whole then return {1, meta} end
+    fields = {at['v'] or false, at['mv'] or false, at['t'] or false, n,
+      at['m:' .. ARGV[1]] or false, at['th'] or false, at['w:' .. ARGV[1]] or false,
+      at['sb'] or false}
+    return {2, fields}
+  end
+  fields = redis.call('HMGET', KEYS[1], 'v', 'mv', 't', 'n', 'm:' .. ARGV[1], 'th',
     'w:' .. ARGV[1], 'sb')
   local n = fields[4]
   if not n then return {0} end
-  if tonumber(n) <= tonumber(ARGV[2]) then
+  if tonumber(n) <= whole then
     return {1, redis.call('HGETALL', KEYS[1])}
   end
   return {2, fields}

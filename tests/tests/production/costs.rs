@@ -867,6 +867,7 @@ async fn a_group_write_costs_redis_the_same_in_a_group_of_5_or_500() {
 /// beside the first, which stays as it was.
 #[tokio::test]
 async fn completion_times_are_read_from_the_cache_by_bucket() {
+    use receipts_server::store::redis::keys;
     let (_redis, tier, node) = measured_node().await;
     let mut backend = node.backend().await;
     let mut group = Conversation::create(&mut backend, 4).await;
@@ -881,25 +882,28 @@ async fn completion_times_are_read_from_the_cache_by_bucket() {
     let first = counts_only(&mut sender_client, group.id, sent[0]).await;
     assert_eq!((first.read_count, first.recipients_total), (3, 3));
     assert!(first.read_at_ms > 0, "read by everyone: {first:?}");
-    let keys = receipts_server::store::redis::keys::Keys::new(&tier.prefix);
-    let cache = keys.completions(&group.id);
+    let cache = keys::Keys::new(&tier.prefix).completions(&group.id);
     let mut redis = tier.redis().await;
-    let field: String = redis::cmd("HGET")
+    let field: Vec<u8> = redis::cmd("HGET")
         .arg(&cache)
         .arg("r:0")
         .query_async(&mut redis)
         .await
         .expect("the read completions of seqs 0..64 are cached in one field");
-    let (tag, entries) = field.split_once(';').expect("tag;entries");
-    let entry = entries
-        .split(';')
-        .find(|e| e.starts_with("1:"))
-        .expect("seq 1 is cached");
-    let ms: i64 = entry[2..].parse().expect("ms after send");
+    let hash = field.iter().position(|b| *b == b'#').expect("tag#entries");
+    let tag = String::from_utf8(field[..hash].to_vec()).expect("the tag");
+    let entries = keys::completion_entries(&field, &tag).expect("this tag's");
+    let ms = entries
+        .iter()
+        .find(|(offset, _)| *offset == 1)
+        .expect("seq 1 is cached")
+        .1;
+    let mut changed = format!("{tag}#").into_bytes();
+    changed.extend(keys::completion_entry(1, ms + 7).expect("an entry"));
     let _: () = redis::cmd("HSET")
         .arg(&cache)
         .arg("r:0")
-        .arg(format!("{tag};1:{}", ms + 7))
+        .arg(&changed)
         .query_async(&mut redis)
         .await
         .expect("HSET");
@@ -913,14 +917,23 @@ async fn completion_times_are_read_from_the_cache_by_bucket() {
     let computed = receipt(&mut node.user(sender).await, group.id, sent[1]).await;
     assert_eq!(second.read_at_ms, computed.read_at_ms);
     assert!(second.read_at_ms > 0);
-    let field: String = redis::cmd("HGET")
+    let field: Vec<u8> = redis::cmd("HGET")
         .arg(&cache)
         .arg("r:0")
         .query_async(&mut redis)
         .await
         .expect("HGET");
-    assert!(
-        field.starts_with(&format!("{tag};1:{};2:", ms + 7)),
-        "seq 2 added beside seq 1, which stays: {field}"
+    let entries = keys::completion_entries(&field, &tag).expect("this tag's");
+    assert_eq!(
+        entries[0],
+        (1, ms + 7),
+        "seq 1 stays as it was: {entries:?}"
+    );
+    assert_eq!(entries.len(), 2, "seq 2 added beside it: {entries:?}");
+    assert_eq!(entries[1].0, 2, "{entries:?}");
+    assert_eq!(
+        second.read_at_ms,
+        second.sent_at_ms + entries[1].1,
+        "as cached"
     );
 }

@@ -166,20 +166,15 @@ pub(super) fn complex_counts(
 /// ones were made, and reads made while private never count for others.
 ///
 /// The cache holds one field per kind and bucket of seqs
-/// ([`keys::COMPLETION_BUCKET`]): the tag, then `;<offset>:<ms after send>`
-/// per message (`offset`: the seq's place in its bucket). A field with
-/// another tag is stale as a whole.
-fn cached(value: Option<&String>, tag: &str, m: &Message) -> Option<Millis> {
-    let mut parts = value?.split(';');
-    if parts.next()? != tag {
-        return None;
-    }
-    let offset = (m.seq % keys::COMPLETION_BUCKET).to_string();
-    parts
-        .filter_map(|e| e.split_once(':'))
+/// ([`keys::COMPLETION_BUCKET`]): the tag and `#`, then a
+/// [`keys::completion_entry`] per message. A field with another tag is
+/// stale as a whole.
+fn cached(value: Option<&Vec<u8>>, tag: &str, m: &Message) -> Option<Millis> {
+    let offset = m.seq % keys::COMPLETION_BUCKET;
+    keys::completion_entries(value?, tag)?
+        .into_iter()
         .find(|(o, _)| *o == offset)
-        .and_then(|(_, d)| d.parse::<i64>().ok())
-        .map(|d| m.sent_at.saturating_add(d))
+        .map(|(_, d)| m.sent_at.saturating_add(d))
 }
 
 /// The cache field of `m` for completion `kind` (`d` or `r`).
@@ -187,13 +182,12 @@ fn cache_field(kind: char, m: &Message) -> String {
     format!("{kind}:{}", m.seq / keys::COMPLETION_BUCKET)
 }
 
-/// `m`'s entry in its cache field: the seq's offset in the bucket, then the
-/// time as ms after the send (short).
-fn cache_entry(m: &Message, at: Millis) -> String {
-    format!(
-        "{}:{}",
+/// `m`'s entry in its cache field (`None`: too far from the send to
+/// cache).
+fn cache_entry(m: &Message, at: Millis) -> Option<Vec<u8>> {
+    keys::completion_entry(
         m.seq % keys::COMPLETION_BUCKET,
-        at.saturating_sub(m.sent_at)
+        at.saturating_sub(m.sent_at),
     )
 }
 
@@ -401,8 +395,8 @@ impl Inner {
             });
         }
 
-        let (fields, values): (Vec<String>, Vec<Option<String>>) = get(top.get(12))?;
-        let cache: HashMap<String, String> = fields
+        let (fields, values): (Vec<String>, Vec<Option<Vec<u8>>>) = get(top.get(12))?;
+        let cache: HashMap<String, Vec<u8>> = fields
             .into_iter()
             .zip(values)
             .filter_map(|(f, v)| Some((f, v?)))
@@ -533,11 +527,16 @@ impl Inner {
                 .members
                 .get(&v)
                 .is_some_and(|x| x.receives(v, m.sender, m.seq));
-            if let Some(at) = state.aggregate.delivered_at {
-                put.arg(cache_field('d', m)).arg(cache_entry(m, at));
+            if let Some(e) = state
+                .aggregate
+                .delivered_at
+                .and_then(|at| cache_entry(m, at))
+            {
+                put.arg(cache_field('d', m)).arg(e);
             }
-            if let Some(at) = state.aggregate.read_at.filter(|_| !viewer_recipient) {
-                put.arg(cache_field('r', m)).arg(cache_entry(m, at));
+            let read_at = state.aggregate.read_at.filter(|_| !viewer_recipient);
+            if let Some(e) = read_at.and_then(|at| cache_entry(m, at)) {
+                put.arg(cache_field('r', m)).arg(e);
             }
             out[*i] = state.aggregate;
         }
@@ -667,16 +666,18 @@ mod tests {
         // Seqs 70 and 75 share the bucket of 64..128; 6 is in another.
         assert_eq!(cache_field('d', &m(70)), "d:1");
         assert_eq!(cache_field('d', &m(6)), "d:0");
-        let v = format!(
-            "3;{};{}",
-            cache_entry(&m(70), 1_234),
-            cache_entry(&m(75), 1_500)
-        );
-        assert_eq!(v, "3;6:234;11:500");
+        let mut v = b"3#".to_vec();
+        v.extend(cache_entry(&m(70), 1_234).unwrap());
+        v.extend(cache_entry(&m(75), 1_500).unwrap());
+        // Offset 6 with 2 bytes (zigzag 468), offset 11 with 2 (1,000).
+        assert_eq!(v, b"3#\x46\x01\xd4\x4b\x03\xe8");
         assert_eq!(cached(Some(&v), "3", &m(70)), Some(1_234));
         assert_eq!(cached(Some(&v), "3", &m(75)), Some(1_500));
         assert_eq!(cached(Some(&v), "3", &m(71)), None, "not cached");
         assert_eq!(cached(Some(&v), "4", &m(70)), None, "another version");
+        assert_eq!(cached(Some(&v), "", &m(70)), None, "another version");
+        let text = b"3;6:234;11:500".to_vec();
+        assert_eq!(cached(Some(&text), "3", &m(70)), None, "an earlier form");
         assert_eq!(cached(None, "3", &m(70)), None);
     }
 }

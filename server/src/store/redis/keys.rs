@@ -265,6 +265,43 @@ pub fn parse_thread_member(e: &[u8]) -> Option<(Seq, Seq, MessageId, UserId)> {
 /// Seqs per field of the completion cache ([`Keys::completions`]).
 pub const COMPLETION_BUCKET: u64 = 64;
 
+/// The completion cache's entry for the seq at `offset` in its bucket
+/// (below [`COMPLETION_BUCKET`]) that completed `ms` after its send: one
+/// byte of the offset (its low 6 bits) and of the length of what follows
+/// less one (its high 2 bits), then `ms` zigzag-encoded, big-endian, in 1
+/// to 4 bytes: 3 bytes in all for a completion within 32 s of the send, 4
+/// within 2 h 20 min, where the text `;<offset>:<ms>` took 8 to 11. `None`
+/// when `ms` needs more than 4 bytes (a completion 24 days from its send,
+/// either way): such a time is computed each time, not cached.
+pub fn completion_entry(offset: u64, ms: i64) -> Option<Vec<u8>> {
+    debug_assert!(offset < COMPLETION_BUCKET);
+    let z = u32::try_from((ms << 1) ^ (ms >> 63)).ok()?;
+    let len = (4 - z.leading_zeros() as usize / 8).max(1);
+    let mut e = Vec::with_capacity(1 + len);
+    e.push(offset as u8 | ((len as u8 - 1) << 6));
+    e.extend_from_slice(&z.to_be_bytes()[4 - len..]);
+    Some(e)
+}
+
+/// The entries of a completion-cache field (`<tag>#` then
+/// [`completion_entry`]s) as `(offset, ms after send)`, if its tag is
+/// `tag`; `None` for a field of another tag (stale as a whole) or of the
+/// text form of earlier releases (`<tag>;…`, which has no `#`).
+pub fn completion_entries(value: &[u8], tag: &str) -> Option<Vec<(u64, i64)>> {
+    let entries = value.strip_prefix(tag.as_bytes())?.strip_prefix(b"#")?;
+    let mut out = Vec::new();
+    let mut p = 0;
+    while let Some(&head) = entries.get(p) {
+        let len = usize::from(head >> 6) + 1;
+        let bytes = entries.get(p + 1..p + 1 + len)?;
+        let z = bytes.iter().fold(0u32, |z, b| (z << 8) | u32::from(*b));
+        let ms = i64::from(z >> 1) ^ -i64::from(z & 1);
+        out.push((u64::from(head & 63), ms));
+        p += 1 + len;
+    }
+    Some(out)
+}
+
 /// Shards of the id index per second of UUIDv7 time: a second's
 /// registrations spread over this many keys (and Cluster slots).
 pub const ID_INDEX_SHARDS: u8 = 16;
@@ -400,8 +437,9 @@ impl Keys {
         self.conv(c, "d")
     }
     /// Hash: completion times, cached, by bucket of [`COMPLETION_BUCKET`]
-    /// seqs: `d:<bucket>` / `r:<bucket>` -> `mv` then `;<seq - bucket
-    /// start>:<ms after send>` for each message of the bucket that every
+    /// seqs: `d:<bucket>` / `r:<bucket>` -> `mv`, `#`, then a
+    /// [`completion_entry`] (the seq's offset in the bucket, the ms after
+    /// send; 3 or 4 bytes) for each message of the bucket that every
     /// recipient had / had read (see `counts.rs`). One field per 64
     /// messages, not one per message: past 128 fields Redis keeps a hash as
     /// a hash table, ~100 B per field.
@@ -595,6 +633,43 @@ impl Keys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn completion_entries_read_back_what_was_written() {
+        let times = [
+            0,
+            1,
+            -1,
+            32_767,
+            32_768,
+            -32_768,
+            8_388_607,
+            2_147_483_647,
+            -2_147_483_648,
+        ];
+        let mut field = b"17#".to_vec();
+        for (offset, ms) in times.iter().enumerate() {
+            field.extend(completion_entry(offset as u64, *ms).expect("fits"));
+        }
+        let read = completion_entries(&field, "17").expect("this tag");
+        let expected: Vec<(u64, i64)> = times
+            .iter()
+            .enumerate()
+            .map(|(o, ms)| (o as u64, *ms))
+            .collect();
+        assert_eq!(read, expected);
+        // 3 bytes within 32 s of the send, 4 within 2 h 20 min, 5 past it.
+        assert_eq!(completion_entry(63, 32_767).map(|e| e.len()), Some(3));
+        assert_eq!(completion_entry(63, 32_768).map(|e| e.len()), Some(4));
+        assert_eq!(completion_entry(63, 8_388_608).map(|e| e.len()), Some(5));
+        assert_eq!(completion_entry(0, 2_147_483_648), None, "not cached");
+        assert_eq!(completion_entry(0, i64::MAX), None);
+        assert_eq!(completion_entry(0, i64::MIN), None);
+        assert_eq!(completion_entries(&field, "1"), None, "another tag");
+        assert_eq!(completion_entries(b"17;3:250", "17"), None, "the text form");
+        let cut = &field[..field.len() - 1];
+        assert_eq!(completion_entries(cut, "17"), None, "a cut entry");
+    }
 
     #[test]
     fn conversation_keys_share_one_hash_tag() {

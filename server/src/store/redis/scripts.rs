@@ -541,26 +541,36 @@ return out
 /// Adds completion times to the cache (`keys::completions`). KEYS: the
 /// completions hash. ARGV: the TTL (s), the membership version (the tag),
 /// then pairs of a field (`d:<bucket>` or `r:<bucket>`) and an entry
-/// (`<offset>:<ms after send>`). A field whose tag is another version is
-/// replaced; an entry whose offset the field holds already is left as it
-/// is (a completion time, once every recipient is in, does not change
-/// while the membership version stays). The hash gets the TTL (it shares
-/// its conversation's lifetime, and this write is outside the commit
-/// script). Returns the number of entries added.
+/// (`keys::completion_entry`: its first byte's low 6 bits are the seq's
+/// offset in the bucket, its high 2 the length of what follows less one).
+/// A field whose tag is another version (or that is in an earlier
+/// release's text form, `<tag>;…`) is replaced by `<tag>#` and the entry;
+/// an entry whose offset the field holds already is left as it is (a
+/// completion time, once every recipient is in, does not change while the
+/// membership version stays). The hash gets the TTL (it shares its
+/// conversation's lifetime, and this write is outside the commit script).
+/// Returns the number of entries added.
 pub static CACHE_PUT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-local tag = ARGV[2]
+local head = ARGV[2] .. '#'
 local added = 0
 for i = 3, #ARGV, 2 do
   local field, entry = ARGV[i], ARGV[i + 1]
   local v = redis.call('HGET', KEYS[1], field)
-  local offset = ';' .. string.match(entry, '^(%d+):') .. ':'
-  if not v or (v ~= tag and string.sub(v, 1, #tag + 1) ~= tag .. ';') then
-    v = tag
+  if not v or string.sub(v, 1, #head) ~= head then v = head end
+  local offset = string.byte(entry, 1) % 64
+  local p, found = #head + 1, false
+  while p <= #v do
+    local b = string.byte(v, p)
+    if b % 64 == offset then
+      found = true
+      break
+    end
+    p = p + 2 + math.floor(b / 64)
   end
-  if not string.find(v .. ';', offset, 1, true) then
-    redis.call('HSET', KEYS[1], field, v .. ';' .. entry)
+  if not found then
+    redis.call('HSET', KEYS[1], field, v .. entry)
     added = added + 1
   end
 end

@@ -845,7 +845,9 @@ impl Inner {
                     .transpose()?
                     .unwrap_or_default();
                 let sharing = self.sharing_of(&[*u]).await?[0].0;
-                let cmds = index_member(&self.keys, &c, u, &membership, wm, sharing);
+                // Already listed if the list is complete (every member
+                // ever is in it): a re-index leaves it.
+                let cmds = index_member(&self.keys, &c, u, &membership, wm, sharing, false);
                 let applied = self
                     .apply(&c, ver.unwrap_or(0), Registration::None, cmds, 0, &[])
                     .await?;

@@ -262,6 +262,14 @@ pub fn parse_thread_member(e: &[u8]) -> Option<(Seq, Seq, MessageId, UserId)> {
     ))
 }
 
+/// Up to this many members ever, a conversation keeps no member list
+/// ([`Keys::member_list`]; a 20-member group's cost ~870 B, 9 B a message
+/// over 100 messages): a page of recipients reads the meta hash's `m:`
+/// fields, at most this many, and sorts them. Past it the list is built,
+/// once, and a page is O(page). 128 is where Redis keeps a sorted set in a
+/// listpack (`zset-max-listpack-entries`), whose range reads scan it too.
+pub const UNLISTED_MAX: usize = 128;
+
 /// Seqs per field of the completion cache ([`Keys::completions`]).
 pub const COMPLETION_BUCKET: u64 = 64;
 
@@ -496,7 +504,12 @@ impl Keys {
     /// Sorted set, by member (all scores 0): every member ever, as hex ids,
     /// so that a page of a message's recipients is one `ZRANGEBYLEX` in
     /// user-id order. Complete once the meta hash's `ml` is set
-    /// (`scripts::MEMBERS_AFTER` builds it from the meta hash the first time).
+    /// (`scripts::MEMBERS_AFTER` builds it from the meta hash the first time
+    /// a page is asked of a conversation of more than [`UNLISTED_MAX`]
+    /// members ever). A smaller conversation created or re-warmed by this
+    /// release has none, or the members whose membership changed since
+    /// (unused): its pages are taken from the meta hash's `m:` fields. One
+    /// written by an earlier release keeps its complete list and `ml`.
     pub fn member_list(&self, c: &ConversationId) -> String {
         self.conv(c, "ml")
     }

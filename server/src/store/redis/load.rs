@@ -322,19 +322,13 @@ impl Inner {
         let k = &self.keys;
         let mut plan = Plan::default();
         let count = img.members.iter().filter(|(_, m)| m.is_current()).count() as u64;
-        // Every member goes in the member list (`ml`) below.
-        let mut meta = rcmd![
-            "HSET",
-            k.meta(c),
-            "n",
-            count,
-            "mv",
-            img.version,
-            "t",
-            0i64,
-            "ml",
-            1u64
-        ];
+        let mut meta = rcmd!["HSET", k.meta(c), "n", count, "mv", img.version, "t", 0i64];
+        // Every member goes in the member list below, unless there are few
+        // enough to page from the meta hash (`keys::UNLISTED_MAX`).
+        let listed = img.members.len() > keys::UNLISTED_MAX;
+        if listed {
+            meta.extend(rcmd!["ml", 1u64]);
+        }
         for (u, m) in &img.members {
             meta.extend(rcmd![format!("m:{}", hex(u)), enc(m)]);
         }
@@ -356,7 +350,8 @@ impl Inner {
         let sharing = self.sharing_of(&users).await?;
         for ((u, m), (shares, _)) in img.members.iter().zip(sharing) {
             let wm = wms.get(u).copied().unwrap_or_default();
-            plan.cmds.extend(index_member(k, c, u, m, wm, shares));
+            plan.cmds
+                .extend(index_member(k, c, u, m, wm, shares, listed));
         }
         for chunk in img.history.chunks(200) {
             let mut z = rcmd!["ZADD", k.history(c)];

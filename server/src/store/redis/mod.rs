@@ -460,8 +460,8 @@ fn fresh_epoch() -> u64 {
 /// docs/storage.md): a member with one open interval from `j` is *simple* and
 /// lives in the sorted sets, scored so that one `ZCOUNT` each counts reads;
 /// anyone else (a member who left, even if back) is listed in `cx` and
-/// counted one by one. Every member is in the member list (`ml`), for the
-/// recipient pages.
+/// counted one by one. With `listed`, the member goes in the member list
+/// (`ml`), for the recipient pages (`keys::UNLISTED_MAX`).
 fn index_member(
     keys: &Keys,
     c: &ConversationId,
@@ -469,28 +469,31 @@ fn index_member(
     membership: &Membership,
     wm: ReadWatermark,
     sharing: bool,
+    listed: bool,
 ) -> Vec<Vec<Vec<u8>>> {
     let member = hex(u);
-    let listed = rcmd!["ZADD", keys.member_list(c), 0, member.clone()];
+    let mut cmds = Vec::new();
+    if listed {
+        cmds.push(rcmd!["ZADD", keys.member_list(c), 0, member.clone()]);
+    }
     match simple_join(membership) {
         Some(j) => {
-            let mut cmds = vec![
-                listed,
-                rcmd!["ZADD", keys.joins(c), j, member.clone()],
-                rcmd!["SREM", keys.complex(c), member],
-            ];
+            cmds.push(rcmd!["ZADD", keys.joins(c), j, member.clone()]);
+            cmds.push(rcmd!["SREM", keys.complex(c), member]);
             cmds.extend(index_read(keys, c, u, membership, wm, sharing));
             cmds
         }
-        None => vec![
-            listed,
-            rcmd!["ZREM", keys.joins(c), member.clone()],
-            rcmd!["ZREM", keys.prefixes(c), member.clone()],
-            rcmd!["ZREM", keys.gapped(c), member.clone()],
-            rcmd!["ZREM", keys.readers(c), member.clone()],
-            rcmd!["ZREM", keys.sharing_joins(c), member.clone()],
-            rcmd!["SADD", keys.complex(c), member],
-        ],
+        None => {
+            cmds.extend([
+                rcmd!["ZREM", keys.joins(c), member.clone()],
+                rcmd!["ZREM", keys.prefixes(c), member.clone()],
+                rcmd!["ZREM", keys.gapped(c), member.clone()],
+                rcmd!["ZREM", keys.readers(c), member.clone()],
+                rcmd!["ZREM", keys.sharing_joins(c), member.clone()],
+                rcmd!["SADD", keys.complex(c), member],
+            ]);
+            cmds
+        }
     }
 }
 

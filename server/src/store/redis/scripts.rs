@@ -928,39 +928,47 @@ return out
 
 /// One page's members of a conversation, in user-id order: KEYS: the meta
 /// hash, the member list (`keys::member_list`). ARGV: the hex id to start
-/// after ('' for the first page), how many. Returns `false` if the
-/// conversation is not in Redis; else `{hex ids, their memberships (the
-/// meta hash's `m:<id>`)}`, at most one more than asked for (so the caller
-/// knows whether the list goes on).
+/// after ('' for the first page), how many, [`keys::UNLISTED_MAX`].
+/// Returns `false` if the conversation is not in Redis; else `{hex ids,
+/// their memberships (the meta hash's `m:<id>`)}`: from the list, the
+/// page and one more (so the caller knows whether the list goes on); for
+/// a conversation without a complete list of at most `UNLISTED_MAX`
+/// members ever, every member, in no order (the caller sorts and pages:
+/// Lua's string order follows the server's locale, not bytes).
 ///
 /// The list is complete once the meta hash's `ml` is set. A conversation
-/// whose keys were written before the list existed has members missing
-/// from it: the first call builds it from the meta hash's `m:` fields, with
-/// the meta hash's remaining lifetime, and sets `ml`, in the same atomic
-/// step. From then on every membership commit adds its member
-/// (`index_member`), and a re-warm writes every member.
+/// without `ml` (a small one, or one whose keys were written before the
+/// list existed) may have members missing from the list: past
+/// `UNLISTED_MAX` members the first call builds it from the meta hash's
+/// `m:` fields, with the meta hash's remaining lifetime, and sets `ml`, in
+/// the same atomic step. From then on every membership commit adds its
+/// member (`index_member`), and a re-warm writes every member.
 pub static MEMBERS_AFTER: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 if redis.call('HGET', KEYS[1], 'ml') ~= '1' then
   local ttl = redis.call('PTTL', KEYS[1])
   if ttl == -2 then return false end
-  local fields = redis.call('HKEYS', KEYS[1])
-  local add = {}
-  for _, f in ipairs(fields) do
+  local ids, fields = {}, {}
+  for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
     if string.sub(f, 1, 2) == 'm:' then
+      ids[#ids + 1] = string.sub(f, 3)
+      fields[#fields + 1] = f
+    end
+  end
+  if #ids <= tonumber(ARGV[3]) then
+    if #ids == 0 then return {{}, {}} end
+    return {ids, redis.call('HMGET', KEYS[1], unpack(fields))}
+  end
+  for i = 1, #ids, 1000 do
+    local add = {}
+    for j = i, math.min(i + 999, #ids) do
       add[#add + 1] = 0
-      add[#add + 1] = string.sub(f, 3)
+      add[#add + 1] = ids[j]
     end
-    if #add >= 1000 then
-      redis.call('ZADD', KEYS[2], unpack(add))
-      add = {}
-    end
+    redis.call('ZADD', KEYS[2], unpack(add))
   end
-  if #add > 0 then redis.call('ZADD', KEYS[2], unpack(add)) end
-  if ttl > 0 and redis.call('EXISTS', KEYS[2]) == 1 then
-    redis.call('PEXPIRE', KEYS[2], ttl)
-  end
+  if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
   redis.call('HSET', KEYS[1], 'ml', '1')
 end
 local from = '-'

@@ -43,9 +43,6 @@ impl ReceiptStore for RedisStore {
                 1u64,
                 "t",
                 0i64,
-                // Every member goes in the member list below.
-                "ml",
-                1u64,
                 // No deliveries yet: the gapped set is complete (empty).
                 "dp",
                 1u64,
@@ -54,6 +51,12 @@ impl ReceiptStore for RedisStore {
                 "sb",
                 seqs::SeqForm::Singles.mark()
             ];
+            // A large group's members all go in the member list below; a
+            // small one's pages read the meta hash (`keys::UNLISTED_MAX`).
+            let listed = members.len() > keys::UNLISTED_MAX;
+            if listed {
+                meta.extend(rcmd!["ml", 1u64]);
+            }
             for (u, m) in &image {
                 meta.extend(rcmd![format!("m:{}", hex(u)), enc(m)]);
             }
@@ -69,6 +72,7 @@ impl ReceiptStore for RedisStore {
                     m,
                     ReadWatermark::default(),
                     shares,
+                    listed,
                 ));
             }
             plan.persist.push(PersistOp::Conversation {
@@ -128,7 +132,9 @@ impl ReceiptStore for RedisStore {
             let mut index = Vec::new();
             for ((u, (ms, from)), (shares, _)) in updated.iter().zip(sharing) {
                 meta.extend(rcmd![format!("m:{}", hex(u)), enc(ms)]);
-                index.extend(index_member(&s.keys, &c, u, ms, view.wm(u), shares));
+                // Listed whatever the size: a page that builds the list
+                // between this view and its commit must not miss it.
+                index.extend(index_member(&s.keys, &c, u, ms, view.wm(u), shares, true));
                 view.members.insert(*u, ms.clone());
                 lowest = lowest.min(*from);
             }
@@ -707,6 +713,7 @@ impl ReceiptStore for RedisStore {
                 .key(s.keys.member_list(&c))
                 .arg(after.map(|u| hex(&u)).unwrap_or_default())
                 .arg(budget)
+                .arg(keys::UNLISTED_MAX)
                 .invoke_async(&mut s.conn())
                 .await
                 .map_err(redis_err)?;
@@ -726,6 +733,17 @@ impl ReceiptStore for RedisStore {
                 .await?
                 .ok_or_else(|| ServiceError::not_found("conversation_id", "conversation", c))?,
         };
+        // A small conversation's members come all at once and unordered
+        // (`MEMBERS_AFTER`); the list's page is already this.
+        let after = after.map(|u| hex(&u)).unwrap_or_default();
+        let mut members: Vec<(String, Option<Vec<u8>>)> = ids
+            .into_iter()
+            .zip(memberships)
+            .filter(|(id, _)| *id > after)
+            .collect();
+        members.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        members.truncate(budget + 1);
+        let (ids, memberships): (Vec<String>, Vec<Option<Vec<u8>>>) = members.into_iter().unzip();
         let mut auth = View::bare(c, 0);
         let mine: Option<Vec<u8>> = s
             .query(

@@ -9,7 +9,8 @@
 //!
 //! One file per concern: `buckets.rs` (messages registered together),
 //! `nodes.rs` (nodes sharing the tier, kills, restarts,
-//! expiry), `costs.rs` (what a call and a message cost Redis), `outages.rs`
+//! expiry), `members.rs` (member lists, recipient pages, a group of
+//! 10,000), `costs.rs` (what a call and a message cost Redis), `outages.rs`
 //! (Cassandra outages, Redis failovers).
 
 use pb::subscribe_receipts_response::Event as E;
@@ -28,6 +29,7 @@ use uuid::Uuid;
 
 mod buckets;
 mod costs;
+mod members;
 mod nodes;
 mod outages;
 mod writebehind;

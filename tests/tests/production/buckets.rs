@@ -1,7 +1,8 @@
 //! Messages registered together: one field of the conversation's messages
 //! hash per bucket of ids (docs/storage.md, "Redis keys", `mr`); the seq
 //! index packed by bucket of seqs (`sb`), and packed from the form written
-//! before it (`sq`).
+//! before it (`sq`); a short conversation's messages in its seq index
+//! alone.
 
 use super::*;
 
@@ -16,6 +17,12 @@ async fn messages_registered_together_share_a_bucket_field_and_are_found_by_id()
     let tier = Tier::new().await;
     let (node, mut backend, mut group) = short_lived(&tier).await;
     let (alice, bob, carol) = (group.members[0], group.members[1], group.members[2]);
+    // A conversation keeps a messages hash past 128 messages (a smaller
+    // one's seq index holds its messages, below): filled first with ids
+    // that are not UUIDv7 (a field each, left out of what is looked at).
+    let filler: Vec<Uuid> = (0..129).map(|_| Uuid::new_v4()).collect();
+    assert_eq!(group.send_ids(&mut backend, alice, &filler).await, 129);
+    let filler: HashSet<Vec<u8>> = filler.iter().map(|u| u.as_bytes().to_vec()).collect();
     let sent = ids_of_one_millisecond(20);
     let minted = *sent[0].as_bytes();
     let first = group.next_seq();
@@ -30,7 +37,10 @@ async fn messages_registered_together_share_a_bucket_field_and_are_found_by_id()
             .query_async(&mut con)
             .await
             .expect("HKEYS");
-        let (buckets, own): (Vec<_>, Vec<_>) = fields.into_iter().partition(|f| f.len() == 6);
+        let (buckets, own): (Vec<_>, Vec<_>) = fields
+            .into_iter()
+            .filter(|f| !filler.contains(f))
+            .partition(|f| f.len() == 6);
         (buckets, own)
     };
     let (buckets, own) = fields().await;
@@ -392,6 +402,146 @@ async fn the_seq_index_is_a_member_per_message_until_it_passes_128_then_packed()
             assert_eq!((r.delivered_count, r.read_count), (1, read), "{m}");
         }
     }
+}
+
+/// Up to 128 messages a conversation keeps no messages hash: its seq
+/// index's records carry what the hash would (`seqs::SeqForm::Timed`: the
+/// send time after each record), and every lookup by id finds the messages
+/// there: GetReceipts (with the send times given at registration, also a
+/// tiny one and one of an id that is not UUIDv7), MarkDelivered by id alone
+/// and in the conversation, MarkReadUpTo in the main timeline and in a
+/// thread, registering them again, a reply to a reply (refused: its root
+/// is found in a thread). A re-warm from Cassandra writes the same form;
+/// the registration that passes 128 writes the hash, with every message and
+/// an expiry, and every answer stays the same.
+#[tokio::test]
+async fn a_short_conversation_finds_its_messages_in_its_seq_index_until_it_passes_128() {
+    let tier = Tier::new().await;
+    let (node, mut backend, mut group) = short_lived(&tier).await;
+    let (alice, bob, carol) = (group.members[0], group.members[1], group.members[2]);
+    let keys = receipts_server::store::redis::keys::Keys::new(&tier.prefix);
+    let (mr, meta) = (keys.messages(&group.id), keys.meta(&group.id));
+    let con = tier.redis().await;
+    let form = || {
+        let mut p = redis::pipe();
+        p.cmd("HGET").arg(&meta).arg("sb").cmd("EXISTS").arg(&mr);
+        let mut con = con.clone();
+        async move {
+            let r: (Option<String>, bool) = p.query_async(&mut con).await.expect("form");
+            r
+        }
+    };
+    let (first, second, reply) = (Uuid::now_v7(), Uuid::new_v4(), Uuid::now_v7());
+    let seq = group.next_seq();
+    let mut regs = vec![
+        registration(first, group.id, seq, alice),
+        registration(second, group.id, seq + 1, bob),
+        registration(reply, group.id, seq + 2, carol),
+    ];
+    regs[0].sent_at_ms = 1_600_000_000_123;
+    regs[1].sent_at_ms = 42;
+    regs[2].thread_root_message_id = first.to_string();
+    let register = |messages: Vec<pb::MessageRegistration>| {
+        let mut backend = backend.clone();
+        async move {
+            backend
+                .register_messages(pb::RegisterMessagesRequest { messages })
+                .await
+                .map(|r| r.into_inner().registered)
+        }
+    };
+    assert_eq!(register(regs.clone()).await.expect("register"), 3);
+    group.set_next_seq(seq + 3);
+    assert_eq!(form().await, (Some("3".into()), false), "timed, no hash");
+    assert_eq!(register(regs.clone()).await.expect("again"), 0);
+    let mut moved = regs[1].clone();
+    moved.seq = seq + 10;
+    let refused = register(vec![moved]).await.expect_err("another seq");
+    assert_eq!(refused.code(), tonic::Code::AlreadyExists, "{refused:?}");
+    let mut nested = registration(Uuid::now_v7(), group.id, seq + 3, alice);
+    nested.thread_root_message_id = reply.to_string();
+    let refused = register(vec![nested])
+        .await
+        .expect_err("a reply to a reply");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(
+        refused.message().contains("threads do not nest"),
+        "{refused:?}"
+    );
+
+    let mut bob_client = node.user(bob).await;
+    let mut carol_client = node.user(carol).await;
+    deliver(&mut bob_client, &[first]).await;
+    deliver_in(&mut carol_client, group.id, &[first, second]).await;
+    read_up_to(&mut carol_client, group.id, first).await;
+    read_up_to(&mut bob_client, group.id, reply).await;
+    let mut alice_client = node.user(alice).await;
+    let ids = [first, second, reply];
+    let before = receipts_of(&mut alice_client, group.id, &ids).await;
+    let facts = |rs: &[pb::MessageReceipts]| -> Vec<(i64, String, i64, i64, i64)> {
+        rs.iter()
+            .map(|r| {
+                let sent = if r.sent_at_ms > 1_700_000_000_000 {
+                    -1
+                } else {
+                    r.sent_at_ms
+                };
+                (
+                    r.seq,
+                    r.sender_id.clone(),
+                    sent,
+                    r.delivered_count,
+                    r.read_count,
+                )
+            })
+            .collect()
+    };
+    let expected = vec![
+        (seq, alice.to_string(), 1_600_000_000_123, 2, 1),
+        (seq + 1, bob.to_string(), 42, 1, 0),
+        // Sent now (no time given); read by bob in its thread.
+        (seq + 2, carol.to_string(), -1, 1, 1),
+    ];
+    assert_eq!(facts(&before), expected);
+
+    // After the hot keys expired, a read re-warms from Cassandra: the same
+    // form, the same answers; writes go on from it.
+    until_expired(&tier, group.id).await;
+    assert_eq!(receipts_of(&mut alice_client, group.id, &ids).await, before);
+    assert_eq!(form().await, (Some("3".into()), false), "re-warmed timed");
+    deliver_in(&mut alice_client, group.id, &[second]).await;
+    let r = receipt(&mut alice_client, group.id, second).await;
+    assert_eq!((r.delivered_count, r.sent_at_ms), (2, 42));
+
+    // Past 128: the hash is written with every message, and lives as long
+    // as the conversation.
+    let more = group.send_many(&mut backend, alice, 126).await;
+    assert_eq!(
+        form().await,
+        (Some("2".into()), true),
+        "packed, with the hash"
+    );
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&mr)
+        .query_async(&mut con.clone())
+        .await
+        .expect("PTTL");
+    assert!(ttl > 0, "the hash has an expiry: {ttl}");
+    let after = receipts_of(&mut alice_client, group.id, &ids).await;
+    let mut now = expected.clone();
+    now[1].3 = 2;
+    assert_eq!(facts(&after), now, "the same messages from the hash");
+    let all: Vec<Uuid> = ids.iter().chain(&more).copied().collect();
+    assert_eq!(
+        receipts_of_all(&mut alice_client, group.id, &all)
+            .await
+            .len(),
+        129
+    );
+    deliver(&mut alice_client, &[reply]).await;
+    read_up_to(&mut alice_client, group.id, reply).await;
+    let r = receipt(&mut node.user(carol).await, group.id, reply).await;
+    assert_eq!((r.delivered_count, r.read_count), (2, 2));
 }
 
 /// Every member of the sorted set `key` with its score, in score order.

@@ -365,27 +365,24 @@ impl Inner {
         // may outlive the meta hash by a refresh interval, deleted first),
         // in the form its size calls for.
         plan.cmds.push(rcmd!["DEL", k.legacy_seqs(c)]);
-        plan.cmds.extend(seqs::fill_cmds(
-            k,
-            c,
-            img.messages
-                .iter()
-                .map(|m| (m.seq, m.id, m.sender, threads.get(&m.seq).map(|t| t.seq)))
-                .collect(),
-        ));
         let with_threads: Vec<(Message, Option<ThreadRoot>)> = img
             .messages
             .iter()
             .map(|m| (*m, threads.get(&m.seq).copied()))
             .collect();
+        let (fill, form) = seqs::fill_cmds(k, c, seqs::entries(&with_threads, true));
+        plan.cmds.extend(fill);
         // A messages hash left from before (it may outlive the meta hash by
-        // a refresh interval) would have its buckets appended to twice.
+        // a refresh interval) would have its buckets appended to twice; a
+        // timed index holds what it would (`seqs::SeqForm::Timed`).
         plan.cmds.push(rcmd!["DEL", k.messages(c)]);
-        plan.cmds.extend(message_cmds(
-            k,
-            c,
-            keys::message_writes(&with_threads, |_| 0),
-        ));
+        if form != seqs::SeqForm::Timed {
+            plan.cmds.extend(message_cmds(
+                k,
+                c,
+                keys::message_writes(&with_threads, |_| 0),
+            ));
+        }
         // Threads: the thread index, the positions, their histories, and the
         // meta hash's mark that the conversation has threads.
         let by_seq: HashMap<Seq, &Message> = img.messages.iter().map(|m| (m.seq, m)).collect();
@@ -519,7 +516,12 @@ impl Inner {
         if missing.is_empty() {
             return Ok(());
         }
-        let (rows, buckets) = self.message_lookup(&view.c, &missing).await?;
+        // A timed index is the messages hash (`seqs::SeqForm::Timed`): the
+        // script reads the form again, in the step that reads the values.
+        let (rows, buckets) = match view.seq_form {
+            seqs::SeqForm::Timed => (self.message_values(&view.c, &missing).await?, Vec::new()),
+            _ => self.message_lookup(&view.c, &missing).await?,
+        };
         for (id, row) in missing.iter().zip(rows) {
             let Some(row) = row else { continue };
             view.put_message(id, &row)?;
@@ -529,14 +531,22 @@ impl Inner {
     }
 
     /// The messages-hash values of `ids` (`None` where absent), each from
-    /// its own field or its bucket's (`keys::message_writes`): one `HMGET`
-    /// of the ids and their distinct buckets.
+    /// its own field or its bucket's (`keys::message_writes`), or from the
+    /// seq index's records where it is timed: one call of
+    /// [`scripts::MESSAGES`].
     pub(super) async fn message_values(
         &self,
         c: &ConversationId,
         ids: &[MessageId],
     ) -> StoreResult<Vec<Option<Vec<u8>>>> {
-        Ok(self.message_lookup(c, ids).await?.0)
+        let mut inv = scripts::MESSAGES.prepare_invoke();
+        inv.key(self.keys.meta(c))
+            .key(self.keys.messages(c))
+            .key(self.keys.seq_buckets(c));
+        for m in ids {
+            inv.arg(m.as_bytes().as_slice());
+        }
+        inv.invoke_async(&mut self.conn()).await.map_err(redis_err)
     }
 
     /// [`Self::message_values`], and the bytes each bucket field read holds.

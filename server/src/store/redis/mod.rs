@@ -318,6 +318,9 @@ struct Indexed {
     sender: UserId,
     /// The seq of its thread's root; `None` in the main timeline.
     thread: Option<Seq>,
+    /// When it was sent, where known (a record of a [`seqs::SeqForm::Timed`]
+    /// index holds it).
+    sent_at: Option<Millis>,
 }
 
 struct Inner {

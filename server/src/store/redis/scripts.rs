@@ -598,9 +598,11 @@ pub static VIEW: LazyLock<Script> =
 
 /// [`VIEW`] as a Lua function `view_of()` (its reply, with the same KEYS[1],
 /// ARGV[1] and ARGV[2]), which the scripts that read more for one
-/// write start with, and three helpers for them: `members_of(view)`, the hex
+/// write start with, and four helpers for them: `members_of(view)`, the hex
 /// ids of a view read in full (`{1, …}`), `own_watermark(view)`, the
-/// member's (ARGV[1]) watermark in a view (nil without one), and
+/// member's (ARGV[1]) watermark in a view (nil without one),
+/// `timed_index(view, seq index)`, the index if the conversation's is timed
+/// (for `messages_at`), and
 /// `sharing_of(users)`, the
 /// sharing settings of those users as `{users, {s, v, s, v, …}}` (false
 /// where absent). The settings live in the users' own keys, which ARGV[3]
@@ -652,6 +654,21 @@ local function view_of()
   end
   return {2, fields}
 end
+-- The seq index `key` if the view's conversation has a timed one (its
+-- meta hash's `sb` is 3: no messages hash, `seqs::SeqForm::Timed`), else
+-- false: the third argument of `messages_at`.
+local function timed_index(view, key)
+  local form
+  if view[1] == 2 then
+    form = view[2][8]
+  else
+    local meta = view[2]
+    for i = 1, #meta, 2 do
+      if meta[i] == 'sb' then form = meta[i + 1] end
+    end
+  end
+  return form == '3' and key
+end
 local function own_watermark(view)
   if view[1] == 2 then return view[2][7] or nil end
   local meta, own = view[2], 'w:' .. ARGV[1]
@@ -685,7 +702,7 @@ local out = view_of()
 if out[1] == 0 then return out end
 local members = {ARGV[1]}
 if out[1] == 1 then members = members_of(out) end
-local values = messages_at(KEYS[2], {unpack(ARGV, 6)})
+local values = messages_at(KEYS[2], {unpack(ARGV, 6)}, timed_index(out, KEYS[5]))
 local seqs = {}
 for i = 1, #ARGV - 5 do
   seqs[#seqs + 1] = values[i] and seq_of(values[i])
@@ -784,14 +801,87 @@ return 1
 });
 
 /// Lua helper for the scripts that look messages up by id:
-/// `messages_at(messages hash, raw ids)`, each id's messages-hash value
-/// (false where absent) from its own field or from its bucket's records
-/// (`keys::message_writes`: the id's first 6 bytes name the bucket; a
-/// record is the id's other 10 bytes, the value's length in one byte, the
-/// value), in one `HMGET` of the ids and their distinct buckets (1,000
-/// fields at a time).
+/// `messages_at(messages hash, raw ids, seq index or false)`, each id's
+/// messages-hash value (false where absent) from its own field or from its
+/// bucket's records (`keys::message_writes`: the id's first 6 bytes name
+/// the bucket; a record is the id's other 10 bytes, the value's length in
+/// one byte, the value), in one `HMGET` of the ids and their distinct
+/// buckets (1,000 fields at a time). Given the seq index (a conversation
+/// whose index is `seqs::SeqForm::Timed`: no messages hash), the values are
+/// made from its records instead (`timed_values`), in one `ZRANGE` of its
+/// at most 128 members.
 const MESSAGES_AT: &str = r#"
-local function messages_at(key, ids)
+local function varint(n)
+  local out = {}
+  repeat
+    local b = n % 128
+    n = (n - b) / 128
+    if n > 0 then b = b + 128 end
+    out[#out + 1] = string.char(b)
+  until n == 0
+  return table.concat(out)
+end
+local function be8(n)
+  local out = {}
+  for j = 8, 1, -1 do
+    out[j] = string.char(n % 256)
+    n = math.floor(n / 256)
+  end
+  return table.concat(out)
+end
+-- A record's send time (`seqs::record`): a zigzag varint of the time less
+-- the id's base (`seqs::time_base`: its first 6 bytes as ms if its version
+-- nibble is 7, else 0), written back as postcard writes the time (an i64:
+-- a zigzag varint of the time itself).
+local function sent_time(id, bytes)
+  local z, mul = 0, 1
+  for i = 1, #bytes do
+    z = z + (string.byte(bytes, i) % 128) * mul
+    mul = mul * 128
+  end
+  local t = (z % 2 == 0) and z / 2 or -(z + 1) / 2
+  if math.floor(string.byte(id, 7) / 16) == 7 then
+    local base = 0
+    for j = 1, 6 do base = base * 256 + string.byte(id, j) end
+    t = t + base
+  end
+  return varint(t >= 0 and 2 * t or -2 * t - 1)
+end
+-- A timed index is one record per member, scored by its seq
+-- (`seqs::record`): flags (128: in a thread, 64: timed) and seq mod 64 ‖
+-- id ‖ sender ‖ root seq (8 bytes, big-endian; in a thread) ‖ the send
+-- time (`sent_time`). `keys::message_value` is postcard `(seq, sender,
+-- time)` (varints, 16 then the sender's 16 bytes) ‖ root id ‖ root seq for
+-- a thread message.
+local function timed_values(sb, ids)
+  local want, found, roots, id_at = {}, {}, {}, {}
+  for _, id in ipairs(ids) do want[id] = true end
+  local rows = redis.call('ZRANGE', sb, 0, -1, 'WITHSCORES')
+  for i = 1, #rows, 2 do
+    local v, seq = rows[i], tonumber(rows[i + 1])
+    local k, id = string.byte(v, 1), string.sub(v, 2, 17)
+    id_at[seq] = id
+    if want[id] and k % 128 >= 64 then
+      local at = 34
+      if k >= 128 then
+        local root = 0
+        for j = 34, 41 do root = root * 256 + string.byte(v, j) end
+        roots[id] = root
+        at = 42
+      end
+      found[id] = varint(seq) .. '\16' .. string.sub(v, 18, 33) .. sent_time(id, string.sub(v, at))
+    end
+  end
+  for id, root in pairs(roots) do
+    -- A root missing from the index leaves the value cut: corrupt.
+    if id_at[root] then found[id] = found[id] .. id_at[root] .. be8(root) end
+  end
+  local out = {}
+  for i, id in ipairs(ids) do out[i] = found[id] or false end
+  return out
+end
+local function messages_at(key, ids, sb)
+  if sb then return timed_values(sb, ids) end
   local fields, at = {}, {}
   for i, id in ipairs(ids) do fields[i] = id end
   for _, id in ipairs(ids) do
@@ -833,6 +923,20 @@ local function messages_at(key, ids)
 end
 "#;
 
+/// Messages by id, as [`MESSAGES_AT`] finds them: KEYS: the conversation's
+/// meta hash, messages hash, seq index. ARGV: raw ids. Returns their
+/// messages-hash values (false where absent), from the seq index when the
+/// meta hash names it timed (`sb` = 3), read in the same step.
+pub static MESSAGES: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{MESSAGES_AT}{}",
+        r#"
+local timed = redis.call('HGET', KEYS[1], 'sb') == '3' and KEYS[3]
+return messages_at(KEYS[2], ARGV, timed)
+"#
+    ))
+});
+
 /// What a MarkReadUpTo by one member needs of a conversation, in one round
 /// trip: [`VIEW`]'s reply, the target message, and the seq index after the
 /// member's lower watermark (the messages the read may cover and those that
@@ -864,7 +968,8 @@ if wm then
     if tonumber(s) <= tonumber(p) then from = s else from = p end
   end
 end
-out[3] = messages_at(KEYS[2], {ARGV[5]})[1]
+local timed = timed_index(out, KEYS[3])
+out[3] = messages_at(KEYS[2], {ARGV[5]}, timed)[1]
 out[4] = from
 out[5] = redis.call('ZRANGEBYSCORE', KEYS[3],
   math.floor((tonumber(from) + 1) / seq_bucket) * seq_bucket, '+inf', 'WITHSCORES')
@@ -876,20 +981,24 @@ if out[1] == 1 and target then
   local seqs, ids = {}, {}
   local range, after = out[5], tonumber(from)
   -- A member's records (`seqs::record`), in the bucket of its score: seq
-  -- mod seq_bucket, with 128 for a thread message (8 more bytes) ‖ id ‖
-  -- sender.
+  -- mod seq_bucket, with 128 for a thread message (8 more bytes) and 64
+  -- for a timed one (a varint after the rest) ‖ id ‖ sender.
   for i = 1, #range, 2 do
     local v = range[i]
     local base = math.floor(tonumber(range[i + 1]) / seq_bucket) * seq_bucket
     local p = 1
     while p <= #v do
       local k = string.byte(v, p)
-      local s = base + k % 128
+      local s = base + k % 64
       if s > after and s <= target then
         seqs[#seqs + 1] = s
         ids[#ids + 1] = string.sub(v, p + 1, p + 16)
       end
       p = p + (k >= 128 and 41 or 33)
+      if k % 128 >= 64 then
+        while (string.byte(v, p) or 0) >= 128 do p = p + 1 end
+        p = p + 1
+      end
     end
   end
   local runs = runs_at(KEYS[4], tonumber(ARGV[6]), members, seqs)
@@ -905,7 +1014,7 @@ if out[1] == 1 and target then
   end
   local values = {}
   if #others > 0 then
-    local found = messages_at(KEYS[2], others)
+    local found = messages_at(KEYS[2], others, timed)
     for i = 1, #others do values[slot[i]] = found[i] end
   end
   local covered = {}

@@ -47,6 +47,12 @@ pub(super) enum SeqForm {
     Singles,
     /// `sb` = 2: one member per bucket.
     Packed,
+    /// `sb` = 3: one record per member, each with its message's send time,
+    /// and no messages hash: a lookup by id reads the index (at most
+    /// [`SINGLES_MAX`] records), which holds all the hash would. The
+    /// registration that packs the index writes the hash (see the module's
+    /// doc).
+    Timed,
 }
 
 impl SeqForm {
@@ -55,6 +61,7 @@ impl SeqForm {
         match sb {
             None => SeqForm::Legacy,
             Some(b"1") => SeqForm::Singles,
+            Some(b"3") => SeqForm::Timed,
             Some(_) => SeqForm::Packed,
         }
     }
@@ -65,6 +72,7 @@ impl SeqForm {
             SeqForm::Legacy => 0,
             SeqForm::Singles => 1,
             SeqForm::Packed => 2,
+            SeqForm::Timed => 3,
         }
     }
 }
@@ -72,6 +80,24 @@ impl SeqForm {
 /// The flag bit of a record's first byte: the message is in a thread (the
 /// root's seq follows the sender).
 const IN_THREAD: u8 = 0x80;
+
+/// The flag bit of a record's first byte: the message's send time follows
+/// the rest (less [`time_base`], as an `i64` zigzag varint, postcard), in
+/// an index of [`SeqForm::Timed`].
+const TIMED: u8 = 0x40;
+
+/// What a record's send time is written relative to: for an id whose
+/// version nibble is 7 (a UUIDv7), the millisecond in its first 6 bytes,
+/// when it was minted, which a backend's registration follows closely
+/// (1 to 3 bytes for a time within 17 minutes of it, where the time itself
+/// takes 6); else 0. `scripts::MESSAGES_AT` reads it the same way.
+fn time_base(m: &MessageId) -> Millis {
+    let b = m.as_bytes();
+    match b[6] >> 4 {
+        7 => b[..6].iter().fold(0, |ms, x| (ms << 8) | Millis::from(*x)),
+        _ => 0,
+    }
+}
 
 /// The first seq of `seq`'s bucket.
 pub(super) fn bucket_start(seq: Seq) -> Seq {
@@ -84,16 +110,28 @@ pub(super) fn bucket_end(seq: Seq) -> Seq {
 }
 
 /// One message in its bucket: `seq mod SEQ_BUCKET` (1 byte, with
-/// [`IN_THREAD`] for a thread message) ‖ message ‖ sender (raw, 16 bytes
-/// each) ‖ for a thread message its root's seq (8 bytes, big-endian).
-pub(super) fn record(seq: Seq, m: &MessageId, sender: &UserId, thread: Option<Seq>) -> Vec<u8> {
-    let mut r = Vec::with_capacity(41);
-    let flag = if thread.is_some() { IN_THREAD } else { 0 };
+/// [`IN_THREAD`] for a thread message and [`TIMED`] when its send time
+/// follows) ‖ message ‖ sender (raw, 16 bytes each) ‖ for a thread message
+/// its root's seq (8 bytes, big-endian) ‖ with a send time, the time less
+/// the message's [`time_base`], postcard (an `i64` zigzag varint).
+pub(super) fn record(
+    seq: Seq,
+    m: &MessageId,
+    sender: &UserId,
+    thread: Option<Seq>,
+    sent_at: Option<Millis>,
+) -> Vec<u8> {
+    let mut r = Vec::with_capacity(48);
+    let flag =
+        if thread.is_some() { IN_THREAD } else { 0 } | if sent_at.is_some() { TIMED } else { 0 };
     r.push((seq % SEQ_BUCKET) as u8 | flag);
     r.extend_from_slice(m.as_bytes());
     r.extend_from_slice(sender.as_bytes());
     if let Some(root) = thread {
         r.extend_from_slice(&root.to_be_bytes());
+    }
+    if let Some(t) = sent_at {
+        r.extend_from_slice(&enc(&t.wrapping_sub(time_base(m))));
     }
     r
 }
@@ -107,13 +145,22 @@ pub(super) fn parse_member(score: Seq, value: &[u8]) -> Option<Vec<Indexed>> {
     while let Some(&k) = rest.first() {
         let len = if k & IN_THREAD != 0 { 41 } else { 33 };
         let r = rest.get(..len)?;
+        let id = MessageId::from_slice(&r[1..17]).ok()?;
+        let (sent_at, after) = match k & TIMED {
+            0 => (None, &rest[len..]),
+            _ => {
+                let (t, after) = postcard::take_from_bytes::<Millis>(&rest[len..]).ok()?;
+                (Some(t.wrapping_add(time_base(&id))), after)
+            }
+        };
         out.push(Indexed {
-            seq: base + u64::from(k & !IN_THREAD),
-            id: MessageId::from_slice(&r[1..17]).ok()?,
+            seq: base + u64::from(k % TIMED),
+            id,
             sender: UserId::from_slice(&r[17..33]).ok()?,
             thread: (len == 41).then(|| u64::from_be_bytes(r[33..41].try_into().unwrap_or([0; 8]))),
+            sent_at,
         });
-        rest = &rest[len..];
+        rest = after;
     }
     Some(out)
 }
@@ -130,8 +177,24 @@ pub(super) fn parse_rows(rows: &[(Vec<u8>, f64)], lo: Seq, hi: Seq) -> StoreResu
     Ok(out)
 }
 
-/// Messages to write into a seq index: (seq, id, sender, thread root's seq).
-pub(super) type Entry = (Seq, MessageId, UserId, Option<Seq>);
+/// Messages to write into a seq index: (seq, id, sender, thread root's seq,
+/// send time: only in an index of [`SeqForm::Timed`]).
+pub(super) type Entry = (Seq, MessageId, UserId, Option<Seq>, Option<Millis>);
+
+/// The [`Entry`]s of `msgs`, with their send times if `timed`.
+pub(super) fn entries(msgs: &[(Message, Option<ThreadRoot>)], timed: bool) -> Vec<Entry> {
+    msgs.iter()
+        .map(|(m, t)| {
+            (
+                m.seq,
+                m.id,
+                m.sender,
+                t.map(|t| t.seq),
+                timed.then_some(m.sent_at),
+            )
+        })
+        .collect()
+}
 
 /// What a registration read of the index (under the version it commits at):
 /// the messages at the buckets of its seqs, and what its writes need.
@@ -170,13 +233,14 @@ impl SeqBuckets {
     }
 }
 
-/// `msgs`' records by bucket start.
+/// `msgs`' records by bucket start, without send times: a packed index
+/// has the messages hash beside it.
 fn by_bucket(msgs: impl IntoIterator<Item = Entry>) -> BTreeMap<Seq, Vec<u8>> {
     let mut out: BTreeMap<Seq, Vec<u8>> = BTreeMap::new();
-    for (seq, id, sender, thread) in msgs {
+    for (seq, id, sender, thread, _) in msgs {
         out.entry(bucket_start(seq))
             .or_default()
-            .extend(record(seq, &id, &sender, thread));
+            .extend(record(seq, &id, &sender, thread, None));
     }
     out
 }
@@ -187,7 +251,9 @@ fn add_cmds(key: &str, form: SeqForm, msgs: Vec<Entry>) -> Vec<Vec<Vec<u8>>> {
         SeqForm::Packed => by_bucket(msgs).into_iter().collect(),
         _ => msgs
             .into_iter()
-            .map(|(seq, id, sender, thread)| (seq, record(seq, &id, &sender, thread)))
+            .map(|(seq, id, sender, thread, sent_at)| {
+                (seq, record(seq, &id, &sender, thread, sent_at))
+            })
             .collect(),
     };
     members
@@ -204,10 +270,18 @@ fn add_cmds(key: &str, form: SeqForm, msgs: Vec<Entry>) -> Vec<Vec<Vec<u8>>> {
 
 /// The commands that write `msgs` as a whole seq index (a re-warm, a
 /// legacy index written again): the index deleted and written in the form
-/// its size calls for, and the meta hash's `sb` naming it.
-pub(super) fn fill_cmds(k: &Keys, c: &ConversationId, msgs: Vec<Entry>) -> Vec<Vec<Vec<u8>>> {
+/// its size calls for, and the meta hash's `sb` naming it; with the form.
+/// Up to [`SINGLES_MAX`] messages whose send times the entries carry (a
+/// re-warm's), [`SeqForm::Timed`]: the caller writes no messages hash.
+pub(super) fn fill_cmds(
+    k: &Keys,
+    c: &ConversationId,
+    msgs: Vec<Entry>,
+) -> (Vec<Vec<Vec<u8>>>, SeqForm) {
     let form = if msgs.len() > SINGLES_MAX {
         SeqForm::Packed
+    } else if msgs.iter().all(|e| e.4.is_some()) {
+        SeqForm::Timed
     } else {
         SeqForm::Singles
     };
@@ -215,7 +289,41 @@ pub(super) fn fill_cmds(k: &Keys, c: &ConversationId, msgs: Vec<Entry>) -> Vec<V
     let mut cmds = vec![rcmd!["DEL", key.clone()]];
     cmds.extend(add_cmds(&key, form, msgs));
     cmds.push(rcmd!["HSET", k.meta(c), "sb", form.mark()]);
-    cmds
+    (cmds, form)
+}
+
+/// The messages of a [`SeqForm::Timed`] index's records (every one of
+/// them, `rows`), as the messages hash holds them: each with its send time
+/// and, in a thread, its root (the record at the root's seq).
+fn timed_messages(
+    c: &ConversationId,
+    rows: &[Indexed],
+) -> StoreResult<Vec<(Message, Option<ThreadRoot>)>> {
+    let ids: HashMap<Seq, MessageId> = rows.iter().map(|m| (m.seq, m.id)).collect();
+    rows.iter()
+        .map(|m| {
+            let sent_at = m
+                .sent_at
+                .ok_or_else(|| corrupt("seq index: a record without its time"))?;
+            let thread = match m.thread {
+                None => None,
+                Some(seq) => Some(ThreadRoot {
+                    id: *ids
+                        .get(&seq)
+                        .ok_or_else(|| corrupt("seq index: a thread without its root"))?,
+                    seq,
+                }),
+            };
+            let msg = Message {
+                id: m.id,
+                conversation: *c,
+                seq: m.seq,
+                sender: m.sender,
+                sent_at,
+            };
+            Ok((msg, thread))
+        })
+        .collect()
 }
 
 impl Inner {
@@ -340,40 +448,61 @@ impl Inner {
         Ok(self.seq_buckets_at(c, seqs, false).await?.taken)
     }
 
-    /// The writes that register `fresh` in `view`'s seq index, given what
-    /// [`Self::seq_buckets_at`] read of it (with the count, for an index of
-    /// singles): appended to a packed index's buckets; added one per member
-    /// while the index stays within [`SINGLES_MAX`]; else the whole index
-    /// (read now, under the same version) written again packed.
+    /// The writes that register `fresh` (with their threads) in `view`'s
+    /// seq index and messages hash, given what [`Self::seq_buckets_at`]
+    /// read of the index (with the count, for an index of singles):
+    /// appended to a packed index's buckets; added one per member while the
+    /// index stays within [`SINGLES_MAX`] (with their send times and no
+    /// messages hash in a [`SeqForm::Timed`] one); else the whole index
+    /// (read now, under the same version) written again packed, and, for a
+    /// timed one, the messages hash written with every message it held.
     pub(super) async fn seq_writes(
         &self,
         view: &View,
         read: &SeqBuckets,
-        fresh: Vec<Entry>,
+        fresh: &[(Message, Option<ThreadRoot>)],
     ) -> StoreResult<Vec<Vec<Vec<u8>>>> {
         let (k, c) = (&self.keys, &view.c);
         if fresh.is_empty() {
             return Ok(Vec::new());
         }
+        let held = |b: &[u8]| view.bucket_bytes.get(b).copied().unwrap_or(0);
+        let timed = view.seq_form == SeqForm::Timed;
+        let mut cmds = Vec::new();
+        let mut hashed = Vec::new();
         if view.seq_form == SeqForm::Packed {
-            return Ok(read
-                .append_cmd(k.seq_buckets(c), fresh)
+            cmds.extend(read.append_cmd(k.seq_buckets(c), entries(fresh, false)));
+        } else if read.count + fresh.len() <= SINGLES_MAX {
+            cmds.extend(add_cmds(
+                &k.seq_buckets(c),
+                view.seq_form,
+                entries(fresh, timed),
+            ));
+            if timed {
+                return Ok(cmds);
+            }
+        } else {
+            let rows = self.whole(&k.seq_buckets(c)).await?;
+            let old = parse_rows(&rows, 0, Seq::MAX)?;
+            if timed {
+                hashed = timed_messages(c, &old)?;
+            }
+            let mut all: Vec<Entry> = old
                 .into_iter()
-                .collect());
+                .map(|m| (m.seq, m.id, m.sender, m.thread, None))
+                .collect();
+            all.extend(entries(fresh, false));
+            let key = k.seq_buckets(c);
+            cmds.push(rcmd!["DEL", key.clone()]);
+            cmds.extend(add_cmds(&key, SeqForm::Packed, all));
+            cmds.push(rcmd!["HSET", k.meta(c), "sb", SeqForm::Packed.mark()]);
         }
-        if read.count + fresh.len() <= SINGLES_MAX {
-            return Ok(add_cmds(&k.seq_buckets(c), SeqForm::Singles, fresh));
-        }
-        let rows = self.whole(&k.seq_buckets(c)).await?;
-        let mut all: Vec<Entry> = parse_rows(&rows, 0, Seq::MAX)?
-            .into_iter()
-            .map(|m| (m.seq, m.id, m.sender, m.thread))
-            .collect();
-        all.extend(fresh);
-        let key = k.seq_buckets(c);
-        let mut cmds = vec![rcmd!["DEL", key.clone()]];
-        cmds.extend(add_cmds(&key, SeqForm::Packed, all));
-        cmds.push(rcmd!["HSET", k.meta(c), "sb", SeqForm::Packed.mark()]);
+        hashed.extend_from_slice(fresh);
+        cmds.extend(load::message_cmds(
+            k,
+            c,
+            keys::message_writes(&hashed, held),
+        ));
         Ok(cmds)
     }
 
@@ -418,12 +547,13 @@ impl Inner {
         for (member, score) in &rows {
             let (id, sender, thread) =
                 keys::parse_seq_member(member).ok_or_else(|| corrupt("seq index"))?;
-            msgs.push((*score as Seq, id, sender, thread));
+            // No send time: the messages hash stays.
+            msgs.push((*score as Seq, id, sender, thread, None));
         }
         tracing::debug!(conversation = %c, messages = msgs.len(), "writing the seq index again");
         let mut plan = Plan::default();
         let written = !msgs.is_empty();
-        plan.cmds.extend(fill_cmds(k, c, msgs));
+        plan.cmds.extend(fill_cmds(k, c, msgs).0);
         // The meta hash's `e` may mark `sb` as carrying an expiry (a node of
         // this release wrote it before the key was lost): a key created by
         // adds alone would then keep none. An EXPIRE is not an add, so the
@@ -442,21 +572,25 @@ mod tests {
     use super::*;
 
     fn msg(seq: Seq, thread: Option<Seq>) -> Entry {
-        (seq, Uuid::now_v7(), Uuid::new_v4(), thread)
+        (seq, Uuid::now_v7(), Uuid::new_v4(), thread, None)
+    }
+
+    fn timed(seq: Seq, thread: Option<Seq>, at: Millis) -> Entry {
+        (seq, Uuid::now_v7(), Uuid::new_v4(), thread, Some(at))
     }
 
     fn records(msgs: &[Entry]) -> Vec<u8> {
         msgs.iter()
-            .flat_map(|(s, m, u, t)| record(*s, m, u, *t))
+            .flat_map(|(s, m, u, t, at)| record(*s, m, u, *t, *at))
             .collect()
     }
 
-    /// `(seq, id, sender, thread)` of parsed rows.
-    fn entries(rows: &[(Vec<u8>, f64)]) -> Vec<Entry> {
+    /// `(seq, id, sender, thread, sent_at)` of parsed rows.
+    fn parsed(rows: &[(Vec<u8>, f64)]) -> Vec<Entry> {
         parse_rows(rows, 0, Seq::MAX)
             .unwrap()
             .iter()
-            .map(|m| (m.seq, m.id, m.sender, m.thread))
+            .map(|m| (m.seq, m.id, m.sender, m.thread, m.sent_at))
             .collect()
     }
 
@@ -489,7 +623,7 @@ mod tests {
         let got: Vec<_> = parse_member(128, &value)
             .unwrap()
             .iter()
-            .map(|m| (m.seq, m.id, m.sender, m.thread))
+            .map(|m| (m.seq, m.id, m.sender, m.thread, m.sent_at))
             .collect();
         assert_eq!(got, a.to_vec());
         let single = records(&b[1..]);
@@ -501,7 +635,7 @@ mod tests {
             .map(|m| m.seq)
             .collect();
         assert_eq!(seqs, [130, 191, 192]);
-        assert_eq!(entries(&rows).len(), 5);
+        assert_eq!(parsed(&rows).len(), 5);
         // Cut short, a member is corrupt, not fewer messages.
         let cut = &rows[0].0[..40];
         assert!(parse_member(128, cut).is_none());
@@ -534,9 +668,10 @@ mod tests {
     fn a_whole_index_is_one_record_per_member_up_to_the_listpack_size_then_packed() {
         let k = Keys::new("t");
         let c = Uuid::now_v7();
-        for (n, members, mark) in [(0, 0, b"1"), (128, 128, b"1"), (200, 4, b"2")] {
+        for (n, members, mark) in [(0, 0, b"3"), (128, 128, b"1"), (200, 4, b"2")] {
             let all: Vec<Entry> = (1..=n).map(|s| msg(s, None)).collect();
-            let cmds = fill_cmds(&k, &c, all.clone());
+            let (cmds, form) = fill_cmds(&k, &c, all.clone());
+            assert_eq!(form.mark().to_string().as_bytes(), mark);
             assert_eq!(cmds[0], rcmd!["DEL", k.seq_buckets(&c)]);
             let last = cmds.last().unwrap();
             assert_eq!(last[..3], rcmd!["HSET", k.meta(&c), "sb"][..]);
@@ -544,7 +679,100 @@ mod tests {
             let rows = added(&cmds);
             assert_eq!(rows.len(), members, "{n} messages");
             assert!(rows.iter().all(|(v, _)| v.len() <= 64) || n > SINGLES_MAX as u64);
-            assert_eq!(entries(&rows), all);
+            assert_eq!(parsed(&rows), all);
+        }
+        // With their send times, up to the listpack size: timed singles
+        // (and no messages hash); past it, packed without them.
+        for (n, mark) in [(128u64, b"3"), (129, b"2")] {
+            let all: Vec<Entry> = (1..=n).map(|s| timed(s, None, 1_700_000_000_000)).collect();
+            let (cmds, form) = fill_cmds(&k, &c, all.clone());
+            assert_eq!(form.mark().to_string().as_bytes(), mark);
+            let got = parsed(&added(&cmds));
+            assert_eq!(got.len(), n as usize);
+            let times: Vec<Option<Millis>> = got.iter().map(|e| e.4).collect();
+            match form {
+                SeqForm::Timed => assert_eq!(got, all),
+                _ => assert!(times.iter().all(Option::is_none)),
+            }
+        }
+    }
+
+    #[test]
+    fn a_timed_record_carries_its_send_time_after_the_rest_and_keeps_its_seq() {
+        let at = 1_764_755_000_123;
+        let msgs = [
+            timed(63, None, at),
+            timed(64, Some(63), at + 1),
+            timed(65, None, 0),
+            timed(66, Some(1), -5),
+            msg(67, None),
+        ];
+        // Relative to the id's minting: a byte for the ids minted now; a
+        // time of this century is 6 bytes on its own (an id not UUIDv7).
+        let minted = time_base(&msgs[0].1);
+        assert!(minted > 1_764_000_000_000, "{minted}");
+        let now = record(63, &msgs[0].1, &msgs[0].2, None, Some(minted + 5));
+        assert_eq!(now.len(), 33 + 1);
+        assert_eq!(now[0], 63 | TIMED);
+        let v4 = Uuid::new_v4();
+        assert_eq!(time_base(&v4), 0);
+        let one = record(63, &v4, &msgs[0].2, None, Some(at));
+        assert_eq!(one.len(), 33 + 6);
+        assert_eq!(one[33..], super::enc(&at)[..]);
+        let one_back = parse_member(63, &one).unwrap();
+        assert_eq!((one_back[0].id, one_back[0].sent_at), (v4, Some(at)));
+        let two = records(&msgs[1..2]);
+        assert_eq!(two[0], IN_THREAD | TIMED);
+        // Several in one member (a packed index never writes them, but a
+        // reader needs no form), each found whole.
+        let value = records(&msgs[1..]);
+        let got: Vec<Entry> = parse_member(64, &value)
+            .unwrap()
+            .iter()
+            .map(|m| (m.seq, m.id, m.sender, m.thread, m.sent_at))
+            .collect();
+        assert_eq!(got, msgs[1..].to_vec());
+        assert_eq!(parse_member(63, &one).unwrap()[0].seq, 63);
+        // Cut inside the time: corrupt.
+        assert!(parse_member(63, &one[..37]).is_none());
+    }
+
+    /// `scripts::MESSAGES_AT` makes a message's messages-hash value from
+    /// its timed record, byte for byte: the seq's varint, 16 and the
+    /// sender (a postcard `Uuid`), the time (its base added back, as a
+    /// postcard `i64`), then for a thread message the root's id and seq.
+    #[test]
+    fn a_timed_record_holds_the_messages_hash_value_after_its_seq() {
+        let c = Uuid::now_v7();
+        for (seq, thread, id) in [
+            (1, None, Uuid::now_v7()),
+            (300, None, Uuid::new_v4()),
+            (70_000, Some(5), Uuid::now_v7()),
+        ] {
+            let m = Message {
+                id,
+                conversation: c,
+                seq,
+                sender: Uuid::new_v4(),
+                sent_at: 1_764_755_000_123,
+            };
+            let root = thread.map(|seq| ThreadRoot {
+                id: Uuid::now_v7(),
+                seq,
+            });
+            let r = record(seq, &m.id, &m.sender, thread, Some(m.sent_at));
+            let time_at = if thread.is_some() { 41 } else { 33 };
+            let mut made = super::enc(&seq);
+            made.push(16);
+            made.extend_from_slice(&r[17..33]);
+            let (delta, rest) = postcard::take_from_bytes::<Millis>(&r[time_at..]).unwrap();
+            assert!(rest.is_empty());
+            made.extend_from_slice(&super::enc(&(delta + time_base(&m.id))));
+            if let Some(root) = root {
+                made.extend_from_slice(root.id.as_bytes());
+                made.extend_from_slice(&root.seq.to_be_bytes());
+            }
+            assert_eq!(made, keys::message_value(&m, root), "seq {seq}");
         }
     }
 }

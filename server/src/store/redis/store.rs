@@ -46,10 +46,11 @@ impl ReceiptStore for RedisStore {
                 // No deliveries yet: the gapped set is complete (empty).
                 "dp",
                 1u64,
-                // The seq index holds one message per member until it
-                // grows (`seqs.rs`).
+                // The seq index holds one message per member, with its
+                // send time and no messages hash, until it grows
+                // (`seqs.rs`).
                 "sb",
-                seqs::SeqForm::Singles.mark()
+                seqs::SeqForm::Timed.mark()
             ];
             // A large group's members all go in the member list below; a
             // small one's pages read the meta hash (`keys::UNLISTED_MAX`).
@@ -281,12 +282,8 @@ impl ReceiptStore for RedisStore {
                 if !fresh.is_empty() {
                     let k = &s.keys;
                     let mut tq = rcmd!["ZADD", k.thread_messages(c)];
-                    let entries = fresh
-                        .iter()
-                        .map(|(m, t)| (m.seq, m.id, m.sender, t.map(|t| t.seq)))
-                        .collect();
                     plan.cmds
-                        .extend(s.seq_writes(&view, &buckets, entries).await?);
+                        .extend(s.seq_writes(&view, &buckets, &fresh).await?);
                     for (m, thread) in &fresh {
                         plan.persist.push(PersistOp::Message(*m));
                         if let Some(root) = thread {
@@ -301,13 +298,6 @@ impl ReceiptStore for RedisStore {
                             });
                         }
                     }
-                    plan.cmds.extend(load::message_cmds(
-                        k,
-                        c,
-                        keys::message_writes(&fresh, |b| {
-                            view.bucket_bytes.get(b).copied().unwrap_or(0)
-                        }),
-                    ));
                     if tq.len() > 2 {
                         plan.cmds.push(tq);
                         plan.cmds.push(rcmd!["HSET", k.meta(c), "th", 1u64]);
@@ -497,6 +487,7 @@ impl ReceiptStore for RedisStore {
                         id: m.id,
                         sender: m.sender,
                         thread: view.threads.get(&m.id).map(|t| t.seq),
+                        sent_at: Some(m.sent_at),
                     });
                     out.push(DeliveryResult::recorded(m.id, at));
                 }

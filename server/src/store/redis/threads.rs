@@ -176,6 +176,7 @@ fn parse_thread_row(e: &[u8]) -> StoreResult<Indexed> {
         id,
         sender,
         thread: Some(root),
+        sent_at: None,
     })
 }
 

@@ -82,7 +82,9 @@ impl View {
             hist: HashMap::new(),
             tail: None,
             has_threads: false,
-            seq_form: seqs::SeqForm::Singles,
+            // Not read: as for a timed index, lookups by id go through
+            // `scripts::MESSAGES`, which reads the form with the values.
+            seq_form: seqs::SeqForm::Timed,
             threads: HashMap::new(),
             twms: HashMap::new(),
             thist: HashMap::new(),

@@ -154,7 +154,10 @@ impl Inner {
                 },
             };
             let counted = full.is_none();
-            let mut view = full.unwrap_or_else(|| View::bare(*c, ver.unwrap_or(0)));
+            let mut view = full.unwrap_or_else(|| View {
+                seq_form: seqs::SeqForm::of(sb.as_deref()),
+                ..View::bare(*c, ver.unwrap_or(0))
+            });
             let touched: HashMap<String, String> = self
                 .query(redis::cmd("HGETALL").arg(self.keys.window(c)))
                 .await?;

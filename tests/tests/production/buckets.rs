@@ -130,20 +130,12 @@ async fn an_index_entry_of_a_registration_that_never_committed_is_replaced() {
             0, 0, minted[0], minted[1], minted[2], minted[3], minted[4], minted[5],
         ]);
         let stale = ids[3];
-        let (key, field, value) = if stale_in_bucket {
-            let (secs, shard) = k::id_bucket_slot(ms);
-            (
-                keys.id_index(secs, shard),
-                minted[..6].to_vec(),
-                k::id_record(&stale, &elsewhere.id),
-            )
+        let (secs, shard) = k::id_index_slot(ms);
+        let key = keys.id_index(secs, shard);
+        let (field, value) = if stale_in_bucket {
+            (minted[..6].to_vec(), k::id_record(&stale, &elsewhere.id))
         } else {
-            let (secs, shard) = k::id_index_slot(&stale, ms);
-            (
-                keys.id_index(secs, shard),
-                stale.as_bytes().to_vec(),
-                elsewhere.id.as_bytes().to_vec(),
-            )
+            (stale.as_bytes().to_vec(), elsewhere.id.as_bytes().to_vec())
         };
         let _: () = redis::cmd("HSET")
             .arg(&key)
@@ -161,6 +153,115 @@ async fn an_index_entry_of_a_registration_that_never_committed_is_replaced() {
             "stale entry in a bucket: {stale_in_bucket}: {r:?}"
         );
     }
+}
+
+/// Ids an earlier release registered (its id index: 16 shards a second,
+/// an id's own field in the shard of its last byte, its millisecond's
+/// bucket in the shard of the millisecond, keys named `{iS.N}`) are found
+/// there by id alone while its keys live: a node looks there too for the
+/// ids minted before the mark the first node of this layout wrote
+/// (`ix-layout`: now, in a Redis that held registrations; 0 in one that
+/// held none, as every other test's, which then reads one layout alone).
+#[tokio::test]
+async fn ids_in_the_id_index_layout_before_are_found_while_it_lives() {
+    use receipts_server::store::redis::keys as k;
+    let tier = Tier::new().await;
+    let keys = k::Keys::new(&tier.prefix);
+    let mut con = tier.redis().await;
+    // A Redis in which an earlier release registered messages: it wrote
+    // the completeness mark.
+    let _: () = redis::cmd("SET")
+        .arg(keys.complete_since())
+        .arg(1)
+        .query_async(&mut con)
+        .await
+        .expect("SET");
+    let node = tier.node().await;
+    let mut backend = node.backend().await;
+    let mut group = Conversation::create(&mut backend, 2).await;
+    let (alice, bob) = (group.members[0], group.members[1]);
+    let single = group.send(&mut backend, alice).await;
+    let batch = ids_of_one_millisecond(10);
+    assert_eq!(group.send_ids(&mut backend, alice, &batch).await, 10);
+    let since: u64 = redis::cmd("GET")
+        .arg(keys.id_layout_since())
+        .query_async(&mut con)
+        .await
+        .expect("the layout's mark");
+    assert!(since > 1_700_000_000_000, "now, not 0: {since}");
+    // Their entries moved where the earlier release put them.
+    let ms_of = |m: &Uuid| {
+        let b = m.as_bytes();
+        u64::from_be_bytes([0, 0, b[0], b[1], b[2], b[3], b[4], b[5]])
+    };
+    let (mut moved, mut index_keys) = (0, HashSet::new());
+    for m in batch.iter().chain([&single]) {
+        let ms = ms_of(m);
+        let (secs, shard) = k::id_index_slot(ms);
+        let key = keys.id_index(secs, shard);
+        let [own, bucket] = k::legacy_id_slots(m, ms);
+        for (field, (secs, shard)) in [
+            (m.as_bytes().to_vec(), own),
+            (k::message_bucket(m).to_vec(), bucket),
+        ] {
+            let value: Option<Vec<u8>> = redis::cmd("HGET")
+                .arg(&key)
+                .arg(&field)
+                .query_async(&mut con)
+                .await
+                .expect("HGET");
+            let Some(value) = value else { continue };
+            let legacy = keys.legacy_id_index(secs, shard);
+            let _: () = redis::pipe()
+                .cmd("HDEL")
+                .arg(&key)
+                .arg(&field)
+                .ignore()
+                .cmd("HSET")
+                .arg(&legacy)
+                .arg(&field)
+                .arg(value)
+                .ignore()
+                .cmd("PEXPIRE")
+                .arg(&legacy)
+                .arg(60_000)
+                .ignore()
+                .query_async(&mut con)
+                .await
+                .expect("moved");
+            moved += 1;
+        }
+        index_keys.insert(key);
+    }
+    for key in index_keys {
+        let left: bool = redis::cmd("EXISTS")
+            .arg(&key)
+            .query_async(&mut con)
+            .await
+            .expect("EXISTS");
+        assert!(!left, "nothing left in the layout: {key}");
+    }
+    assert_eq!(moved, 2, "the single's own field and the batch's bucket");
+    let r = deliver(&mut node.user(bob).await, &[single]).await;
+    assert_eq!(r.results[0].outcome, pb::DeliveryOutcome::Recorded as i32);
+    let r = deliver(&mut node.user(bob).await, &batch).await;
+    assert!(
+        r.results
+            .iter()
+            .all(|r| r.outcome == pb::DeliveryOutcome::Recorded as i32),
+        "{r:?}"
+    );
+    // Registered again: known (found in the layout before), nothing new.
+    let again = pb::RegisterMessagesRequest {
+        messages: vec![registration(single, group.id, 1, alice)],
+    };
+    let n = backend
+        .register_messages(again)
+        .await
+        .expect("again")
+        .into_inner()
+        .registered;
+    assert_eq!(n, 0);
 }
 
 /// [`receipts_of`] for any number of ids, 100 (the request's limit) at a

@@ -49,9 +49,36 @@ impl Inner {
         Ok(Some(since.max(now.saturating_sub(ttl_ms)) + CLOCK_SKEW_MS))
     }
 
+    /// Since when every registration in this Redis is in the id index's
+    /// layout ([`Keys::id_layout_since`]), read once per node. The first
+    /// node of this release writes it: now, or 0 when this Redis has no
+    /// completeness mark ([`Keys::complete_since`], which the first
+    /// registration of a release with the id index writes), so holds no
+    /// registration in the layout before. A later value (written anew after
+    /// Redis lost its data) only narrows what may be in the layout before,
+    /// so the value read first stays valid for the node's life.
+    async fn id_layout_since(&self) -> StoreResult<u64> {
+        if let Some(t) = self.id_layout.get() {
+            return Ok(*t);
+        }
+        let key = self.keys.id_layout_since();
+        let complete: Option<u64> = self
+            .query(redis::cmd("GET").arg(self.keys.complete_since()))
+            .await?;
+        let now = crate::domain::now_millis().max(0) as u64;
+        let mark = if complete.is_some() { now } else { 0 };
+        let _: Option<String> = self
+            .query(redis::cmd("SET").arg(&key).arg(mark).arg("NX"))
+            .await?;
+        let since: Option<u64> = self.query(redis::cmd("GET").arg(&key)).await?;
+        Ok(*self.id_layout.get_or_init(|| since.unwrap_or(mark)))
+    }
+
     /// The conversation a message belongs to (re-warmed from Scylla): UUIDv7
-    /// ids from the id index (one HMGET per index key), others from their
-    /// home key.
+    /// ids from the id index (one HMGET per index key: an id's own field and
+    /// its millisecond's bucket are in one key; an id minted before
+    /// [`Self::id_layout_since`] is looked for in the layout before as
+    /// well), others from their home key.
     pub(super) async fn homes(
         &self,
         ids: &[MessageId],
@@ -60,8 +87,10 @@ impl Inner {
             return Ok(Vec::new());
         }
         // Each UUIDv7 id has two places: a field of its own, or a record in
-        // the bucket field of its millisecond (`write_homes`). One HMGET per
-        // index key, each field asked once.
+        // the bucket field of its millisecond (`write_homes`), both in one
+        // key; two more for an id that may be in the layout before. One
+        // HMGET per index key, each field asked once.
+        let layout_since = self.id_layout_since().await?;
         let (groups, plain) = self.keys.id_index_groups(ids);
         let mut lookups: Vec<(String, Vec<Vec<u8>>)> = Vec::new();
         let mut by_key: HashMap<String, usize> = HashMap::new();
@@ -77,20 +106,27 @@ impl Inner {
             });
             (g, f)
         };
-        // Per id: (lookup, field) of its own field, and of its bucket's.
-        type Place = ((usize, usize), (usize, usize));
+        // Per id: (lookup, field) of its own field and of its bucket's, in
+        // the layout and then in the layout before.
+        type Place = Vec<((usize, usize), (usize, usize))>;
         let mut places: Vec<Option<Place>> = vec![None; ids.len()];
         for (key, at) in groups {
             for i in at {
                 let m = &ids[i];
-                let own = ask(key.clone(), m.as_bytes().to_vec());
+                let (own, bucket) = (m.as_bytes().to_vec(), keys::message_bucket(m).to_vec());
+                let mut place = vec![(
+                    ask(key.clone(), own.clone()),
+                    ask(key.clone(), bucket.clone()),
+                )];
                 let ms = v7_millis(m).unwrap_or(0);
-                let (secs, shard) = keys::id_bucket_slot(ms);
-                let bucket = ask(
-                    self.keys.id_index(secs, shard),
-                    keys::message_bucket(m).to_vec(),
-                );
-                places[i] = Some((own, bucket));
+                if ms < layout_since.saturating_add(CLOCK_SKEW_MS) {
+                    let [o, b] = keys::legacy_id_slots(m, ms);
+                    place.push((
+                        ask(self.keys.legacy_id_index(o.0, o.1), own),
+                        ask(self.keys.legacy_id_index(b.0, b.1), bucket),
+                    ));
+                }
+                places[i] = Some(place);
             }
         }
         let mut p = redis::pipe();
@@ -135,11 +171,18 @@ impl Inner {
                 .and_then(|v| v.as_deref())
         };
         for (i, place) in places.iter().enumerate() {
-            let Some((own, bucket)) = place else { continue };
-            rows[i] = match value(*own) {
-                Some(b) => Some(ConversationId::from_slice(b).map_err(|_| corrupt("id index"))?),
-                None => value(*bucket).and_then(|r| keys::find_id_record(r, &ids[i])),
-            };
+            let Some(place) = place else { continue };
+            for (own, bucket) in place {
+                rows[i] = match value(*own) {
+                    Some(b) => {
+                        Some(ConversationId::from_slice(b).map_err(|_| corrupt("id index"))?)
+                    }
+                    None => value(*bucket).and_then(|r| keys::find_id_record(r, &ids[i])),
+                };
+                if rows[i].is_some() {
+                    break;
+                }
+            }
         }
         for i in &plain {
             let v: Option<String> = replies
@@ -202,7 +245,7 @@ impl Inner {
                 own.extend(in_ms);
                 continue;
             }
-            let (secs, shard) = keys::id_bucket_slot(ms);
+            let (secs, shard) = keys::id_index_slot(ms);
             let mut inv = scripts::INDEX_APPEND.prepare_invoke();
             inv.key(self.keys.id_index(secs, shard))
                 .arg(id_index_expiry(secs, now, ttl_ms))

@@ -311,13 +311,35 @@ pub fn completion_entries(value: &[u8], tag: &str) -> Option<Vec<(u64, i64)>> {
 }
 
 /// Shards of the id index per second of UUIDv7 time: a second's
-/// registrations spread over this many keys (and Cluster slots).
-pub const ID_INDEX_SHARDS: u8 = 16;
+/// registrations spread over this many keys (and Cluster slots), by the
+/// millisecond the ids were minted in. 8: each key holds at most 125
+/// milliseconds, so a second keeps its keys listpacks up to 512
+/// registrations a key (`hash-max-listpack-entries`), about 4,000 a
+/// second over the deployment, and a quiet second costs 8 keys' overhead
+/// (~100 B each), not 16.
+pub const ID_INDEX_SHARDS: u8 = 8;
 
-/// The id-index key coordinates of a UUIDv7 id minted at `ms`: the second,
-/// and the shard (the id's last byte, which is random in a UUIDv7).
-pub fn id_index_slot(m: &MessageId, ms: u64) -> (u64, u8) {
-    (ms / 1000, m.as_bytes()[15] % ID_INDEX_SHARDS)
+/// The id-index key coordinates of the UUIDv7 ids minted in millisecond
+/// `ms`: its second, and a shard by the millisecond, so that an id's own
+/// field and its millisecond's bucket field are in one key (one `HMGET`
+/// reads both).
+pub fn id_index_slot(ms: u64) -> (u64, u8) {
+    (ms / 1000, (ms % u64::from(ID_INDEX_SHARDS)) as u8)
+}
+
+/// Shards per second of the id index as releases before
+/// [`Keys::id_layout_since`] wrote it ([`Keys::legacy_id_index`]).
+pub const LEGACY_ID_INDEX_SHARDS: u8 = 16;
+
+/// Where releases before [`Keys::id_layout_since`] put a UUIDv7 id minted
+/// at `ms`: its own field in the shard of its last byte, its bucket in the
+/// shard of its millisecond (both of [`LEGACY_ID_INDEX_SHARDS`]).
+pub fn legacy_id_slots(m: &MessageId, ms: u64) -> [(u64, u8); 2] {
+    let n = LEGACY_ID_INDEX_SHARDS;
+    [
+        (ms / 1000, m.as_bytes()[15] % n),
+        (ms / 1000, (ms % u64::from(n)) as u8),
+    ]
 }
 
 /// An id-index record of a bucket field ([`id_record`]): the id's last 10
@@ -328,13 +350,6 @@ pub const ID_RECORD_BYTES: usize = 16 - MESSAGE_BUCKET_BYTES + 16;
 /// them to share an id-index bucket field, as for the messages hash
 /// ([`MESSAGE_BUCKET_MIN`]).
 pub const ID_BUCKET_MIN: usize = MESSAGE_BUCKET_MIN;
-
-/// The id-index key coordinates of the bucket of the UUIDv7 ids minted in
-/// millisecond `ms`: its second, and a shard by the millisecond (so every
-/// id of one millisecond is in one key, one field: the ids' first 6 bytes).
-pub fn id_bucket_slot(ms: u64) -> (u64, u8) {
-    (ms / 1000, (ms % u64::from(ID_INDEX_SHARDS)) as u8)
-}
 
 /// The record of `(m, c)` in an id-index bucket field: `m`'s last 10
 /// bytes ‖ `c`, raw ([`ID_RECORD_BYTES`]).
@@ -525,11 +540,27 @@ impl Keys {
     pub fn window(&self, c: &ConversationId) -> String {
         self.conv(c, "g")
     }
-    /// Hash: raw message id → raw conversation id, for the UUIDv7 ids minted
-    /// in one second (`secs`), one of [`ID_INDEX_SHARDS`] by the id's last
-    /// byte (see [`id_index_slot`]).
+    /// Hash: raw message id → raw conversation id, and a millisecond's
+    /// bucket field → its ids' records ([`id_record`]), for the UUIDv7 ids
+    /// minted in one second (`secs`), one of [`ID_INDEX_SHARDS`] by the
+    /// millisecond (see [`id_index_slot`]).
     pub fn id_index(&self, secs: u64, shard: u8) -> String {
+        format!("{}:{{i{secs}:{shard}}}", self.prefix)
+    }
+    /// The id index as releases before [`Self::id_layout_since`] wrote it
+    /// ([`legacy_id_slots`]): read for ids minted before that time, until
+    /// its keys expire.
+    pub fn legacy_id_index(&self, secs: u64, shard: u8) -> String {
         format!("{}:{{i{secs}.{shard}}}", self.prefix)
+    }
+    /// String: since when (ms since the epoch) every registration in this
+    /// Redis is in the id index as [`Self::id_index`] lays it out (written
+    /// once, `SET NX`, by the first node of that release; 0 when this Redis
+    /// held no registration then, see `Inner::id_layout_since`). An id
+    /// minted before it (less the clock skew) may be in
+    /// [`Self::legacy_id_index`].
+    pub fn id_layout_since(&self) -> String {
+        format!("{}:ix-layout", self.prefix)
     }
     /// `ids` by where [`super::Inner::homes`] finds them: the id-index keys
     /// of the UUIDv7 ones, each with the positions of its ids (in order of
@@ -544,7 +575,7 @@ impl Keys {
                 plain.push(i);
                 continue;
             };
-            let (secs, shard) = id_index_slot(m, ms);
+            let (secs, shard) = id_index_slot(ms);
             let g = *by_slot.entry((secs, shard)).or_insert_with(|| {
                 groups.push((self.id_index(secs, shard), Vec::new()));
                 groups.len() - 1

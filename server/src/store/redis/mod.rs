@@ -357,6 +357,8 @@ struct Inner {
     /// missing hint costs one command, never a wrong view. Bounded: emptied
     /// when it reaches [`SMALL_VIEWS_MAX`] conversations.
     small_views: Mutex<HashSet<ConversationId>>,
+    /// [`Keys::id_layout_since`], once read ([`Inner::id_layout_since`]).
+    id_layout: std::sync::OnceLock<u64>,
 }
 
 /// The most conversations [`Inner::small_views`] remembers (about 9 MB of
@@ -425,6 +427,7 @@ impl RedisStore {
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             small_views: Mutex::new(HashSet::new()),
+            id_layout: std::sync::OnceLock::new(),
         });
         let (stop, _) = watch::channel(false);
         let tasks = vec![

@@ -137,23 +137,31 @@ fn ids_are_grouped_by_index_key_and_only_v7_ids_go_to_the_index() {
     };
     let t = 1_800_000_000_000;
     let ids = [
-        v7(t, 3),
+        v7(t + 3, 1),
         uuid::Uuid::new_v4(),
-        v7(t + 999, 19), // same second, 19 % 16 == 3: same key
-        v7(t + 1000, 3), // next second
-        v7(t, 4),
+        v7(t + 995, 2),  // same second, 995 % 8 == 3: same key
+        v7(t + 1003, 1), // next second
+        v7(t + 4, 1),
+        v7(t + 3, 9), // the same millisecond, another last byte: same key
     ];
     let (groups, plain) = keys.id_index_groups(&ids);
     let got: Vec<(String, Vec<usize>)> = groups;
     assert_eq!(
         got,
         [
-            ("p:{i1800000000.3}".to_string(), vec![0, 2]),
-            ("p:{i1800000001.3}".to_string(), vec![3]),
-            ("p:{i1800000000.4}".to_string(), vec![4]),
+            ("p:{i1800000000:3}".to_string(), vec![0, 2, 5]),
+            ("p:{i1800000001:3}".to_string(), vec![3]),
+            ("p:{i1800000000:4}".to_string(), vec![4]),
         ]
     );
     assert_eq!(plain, [1]);
+    // The layout before: an id's own field by its last byte, its bucket
+    // by its millisecond, of 16 shards, in keys named apart.
+    assert_eq!(
+        keys::legacy_id_slots(&ids[5], t + 3),
+        [(1_800_000_000, 9), (1_800_000_000, 3)]
+    );
+    assert_eq!(keys.legacy_id_index(1_800_000_000, 9), "p:{i1800000000.9}");
 }
 
 #[test]
@@ -329,5 +337,5 @@ fn id_index_records_find_their_conversation() {
         None
     );
     // Every id of one millisecond is in one key.
-    assert_eq!(keys::id_bucket_slot(ms), (ms / 1000, (ms % 16) as u8));
+    assert_eq!(keys::id_index_slot(ms), (ms / 1000, (ms % 8) as u8));
 }

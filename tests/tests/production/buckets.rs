@@ -251,7 +251,9 @@ async fn ids_in_the_id_index_layout_before_are_found_while_it_lives() {
             .all(|r| r.outcome == pb::DeliveryOutcome::Recorded as i32),
         "{r:?}"
     );
-    // Registered again: known (found in the layout before), nothing new.
+    // Registered again: known (found in the layout before), nothing new;
+    // in another conversation: refused, as that conversation does not
+    // hold it (only the index knows where it is).
     let again = pb::RegisterMessagesRequest {
         messages: vec![registration(single, group.id, 1, alice)],
     };
@@ -262,6 +264,15 @@ async fn ids_in_the_id_index_layout_before_are_found_while_it_lives() {
         .into_inner()
         .registered;
     assert_eq!(n, 0);
+    let other = Conversation::create(&mut backend, 2).await;
+    let elsewhere = pb::RegisterMessagesRequest {
+        messages: vec![registration(batch[0], other.id, 1, other.members[0])],
+    };
+    let refused = backend
+        .register_messages(elsewhere)
+        .await
+        .expect_err("an id registered in another conversation");
+    assert_eq!(refused.code(), tonic::Code::AlreadyExists, "{refused:?}");
 }
 
 /// [`receipts_of`] for any number of ids, 100 (the request's limit) at a
@@ -643,6 +654,46 @@ async fn a_short_conversation_finds_its_messages_in_its_seq_index_until_it_passe
     read_up_to(&mut alice_client, group.id, reply).await;
     let r = receipt(&mut node.user(carol).await, group.id, reply).await;
     assert_eq!((r.delivered_count, r.read_count), (2, 2));
+}
+
+/// A message at a seq past 2^53 (which the API takes: any positive i64)
+/// would not read back exactly from a timed seq index (Lua's numbers are
+/// doubles): its registration packs the index and writes the messages
+/// hash, and every answer names its seq exactly.
+#[tokio::test]
+async fn a_seq_past_what_lua_reads_exactly_keeps_the_messages_hash() {
+    let tier = Tier::new().await;
+    let node = tier.node().await;
+    let mut backend = node.backend().await;
+    let mut group = Conversation::create(&mut backend, 3).await;
+    let (alice, bob) = (group.members[0], group.members[1]);
+    let first = group.send(&mut backend, alice).await;
+    let far = (1i64 << 53) + 3;
+    group.set_next_seq(far);
+    let last = group.send(&mut backend, alice).await;
+    let keys = receipts_server::store::redis::keys::Keys::new(&tier.prefix);
+    let (sb, mr): (Option<String>, bool) = redis::pipe()
+        .cmd("HGET")
+        .arg(keys.meta(&group.id))
+        .arg("sb")
+        .cmd("EXISTS")
+        .arg(keys.messages(&group.id))
+        .query_async(&mut tier.redis().await)
+        .await
+        .expect("form");
+    assert_eq!(
+        (sb.as_deref(), mr),
+        (Some("2"), true),
+        "packed, with the hash"
+    );
+    let mut bob_client = node.user(bob).await;
+    deliver(&mut bob_client, &[last]).await;
+    let got = receipts_of(&mut node.user(alice).await, group.id, &[first, last]).await;
+    let seqs: Vec<(i64, i64, i64)> = got
+        .iter()
+        .map(|r| (r.seq, r.delivered_count, r.read_count))
+        .collect();
+    assert_eq!(seqs, [(1, 0, 0), (far, 1, 0)]);
 }
 
 /// Every member of the sorted set `key` with its score, in score order.

@@ -55,8 +55,9 @@ impl Inner {
     /// completeness mark ([`Keys::complete_since`], which the first
     /// registration of a release with the id index writes), so holds no
     /// registration in the layout before. A later value (written anew after
-    /// Redis lost its data) only narrows what may be in the layout before,
-    /// so the value read first stays valid for the node's life.
+    /// Redis lost its data, and with it the layout before) would only have
+    /// the node look there for more ids, so the value read first stays
+    /// valid for the node's life.
     async fn id_layout_since(&self) -> StoreResult<u64> {
         if let Some(t) = self.id_layout.get() {
             return Ok(*t);
@@ -91,6 +92,11 @@ impl Inner {
         // key; two more for an id that may be in the layout before. One
         // HMGET per index key, each field asked once.
         let layout_since = self.id_layout_since().await?;
+        // The layout before is written no more: its last key expires by
+        // the mark plus the TTL, a second and twice the clock skew.
+        let ttl_ms = self.ttl().saturating_mul(1000);
+        let legacy_until = layout_since + ttl_ms + 2 * CLOCK_SKEW_MS + 1000;
+        let legacy_lives = (crate::domain::now_millis().max(0) as u64) < legacy_until;
         let (groups, plain) = self.keys.id_index_groups(ids);
         let mut lookups: Vec<(String, Vec<Vec<u8>>)> = Vec::new();
         let mut by_key: HashMap<String, usize> = HashMap::new();
@@ -119,7 +125,7 @@ impl Inner {
                     ask(key.clone(), bucket.clone()),
                 )];
                 let ms = v7_millis(m).unwrap_or(0);
-                if ms < layout_since.saturating_add(CLOCK_SKEW_MS) {
+                if legacy_lives && ms < layout_since.saturating_add(CLOCK_SKEW_MS) {
                     let [o, b] = keys::legacy_id_slots(m, ms);
                     place.push((
                         ask(self.keys.legacy_id_index(o.0, o.1), own),

@@ -114,6 +114,7 @@ pub(super) fn bucket_end(seq: Seq) -> Seq {
 /// follows) ‖ message ‖ sender (raw, 16 bytes each) ‖ for a thread message
 /// its root's seq (8 bytes, big-endian) ‖ with a send time, the time less
 /// the message's [`time_base`], postcard (an `i64` zigzag varint).
+/// The registration's writers keep a timed index [`exact`].
 pub(super) fn record(
     seq: Seq,
     m: &MessageId,
@@ -268,11 +269,35 @@ fn add_cmds(key: &str, form: SeqForm, msgs: Vec<Entry>) -> Vec<Vec<Vec<u8>>> {
         .collect()
 }
 
+/// Whether a timed record of `e` reads back exactly in Lua
+/// (`timed_values` in `scripts::MESSAGES_AT`, whose numbers are doubles):
+/// it has a send time, from 0 to 2^50 ms, and its seq and its root's are
+/// below 2^53. Other messages keep a messages hash (a registration of one
+/// packs the index; a re-warm writes the singles form with the hash).
+fn exact(e: &Entry) -> bool {
+    const EXACT: u64 = 1 << 53;
+    let (seq, _, _, thread, at) = e;
+    *seq < EXACT
+        && at.is_some_and(|t| (0..1 << 50).contains(&t))
+        && thread.is_none_or(|r| r < EXACT)
+}
+
+/// Whether `msgs`, a whole index, can be [`SeqForm::Timed`]: each
+/// [`exact`], and each thread's root among them (its id is found by its
+/// seq; a re-warm can lack a root whose row Scylla's retention dropped
+/// before its replies').
+fn timeable(msgs: &[Entry]) -> bool {
+    let seqs: HashSet<Seq> = msgs.iter().map(|e| e.0).collect();
+    msgs.iter()
+        .all(|e| exact(e) && e.3.is_none_or(|r| seqs.contains(&r)))
+}
+
 /// The commands that write `msgs` as a whole seq index (a re-warm, a
 /// legacy index written again): the index deleted and written in the form
 /// its size calls for, and the meta hash's `sb` naming it; with the form.
 /// Up to [`SINGLES_MAX`] messages whose send times the entries carry (a
-/// re-warm's), [`SeqForm::Timed`]: the caller writes no messages hash.
+/// re-warm's) and that are [`timeable`], [`SeqForm::Timed`]: the caller
+/// writes no messages hash (nor for no messages at all).
 pub(super) fn fill_cmds(
     k: &Keys,
     c: &ConversationId,
@@ -280,7 +305,7 @@ pub(super) fn fill_cmds(
 ) -> (Vec<Vec<Vec<u8>>>, SeqForm) {
     let form = if msgs.len() > SINGLES_MAX {
         SeqForm::Packed
-    } else if msgs.iter().all(|e| e.4.is_some()) {
+    } else if timeable(&msgs) {
         SeqForm::Timed
     } else {
         SeqForm::Singles
@@ -470,9 +495,13 @@ impl Inner {
         let timed = view.seq_form == SeqForm::Timed;
         let mut cmds = Vec::new();
         let mut hashed = Vec::new();
+        // A timed index takes messages its Lua reader reads exactly (a
+        // thread's root is an earlier message of the index); else packed.
+        let fits = read.count + fresh.len() <= SINGLES_MAX
+            && (!timed || entries(fresh, true).iter().all(exact));
         if view.seq_form == SeqForm::Packed {
             cmds.extend(read.append_cmd(k.seq_buckets(c), entries(fresh, false)));
-        } else if read.count + fresh.len() <= SINGLES_MAX {
+        } else if fits {
             cmds.extend(add_cmds(
                 &k.seq_buckets(c),
                 view.seq_form,
@@ -735,6 +764,34 @@ mod tests {
         assert_eq!(parse_member(63, &one).unwrap()[0].seq, 63);
         // Cut inside the time: corrupt.
         assert!(parse_member(63, &one[..37]).is_none());
+    }
+
+    #[test]
+    fn a_whole_index_is_timed_only_when_its_lua_reader_reads_it_exactly() {
+        let k = Keys::new("t");
+        let c = Uuid::now_v7();
+        let at = 1_764_755_000_000;
+        let form = |msgs: Vec<Entry>| fill_cmds(&k, &c, msgs).1;
+        let ok = vec![timed(1, None, at), timed(2, Some(1), at)];
+        assert_eq!(form(ok.clone()), SeqForm::Timed);
+        assert_eq!(form(Vec::new()), SeqForm::Timed, "nothing to look up");
+        // A reply whose root a re-warm lacks (Scylla's retention dropped
+        // the root's row before its reply's).
+        assert_eq!(form(vec![timed(2, Some(1), at)]), SeqForm::Singles);
+        // A seq or a root's seq past 2^53, a time past 2^50 ms or before 0.
+        for bad in [
+            timed(1 << 53, None, at),
+            timed(5, Some(1 << 53), at),
+            timed(3, None, 1 << 50),
+            timed(3, None, -1),
+            msg(3, None),
+        ] {
+            let mut msgs = ok.clone();
+            msgs.push(bad);
+            assert_eq!(form(msgs), SeqForm::Singles, "{bad:?}");
+        }
+        assert!(exact(&timed((1 << 53) - 1, None, (1 << 50) - 1)));
+        assert!(exact(&timed(7, Some((1 << 53) - 1), 0)));
     }
 
     /// `scripts::MESSAGES_AT` makes a message's messages-hash value from

@@ -263,8 +263,9 @@ local function timed_values(sb, ids)
     end
   end
   for id, root in pairs(roots) do
-    -- A root missing from the index leaves the value cut: corrupt.
-    if id_at[root] then found[id] = found[id] .. id_at[root] .. be8(root) end
+    -- A timed index holds every thread's root (`seqs::timeable`).
+    if not id_at[root] then error('corrupt seq index: a thread message without its root') end
+    found[id] = found[id] .. id_at[root] .. be8(root)
   end
   local out = {}
   for i, id in ipairs(ids) do out[i] = found[id] or false end
